@@ -1,0 +1,493 @@
+//! The connection state machine: bytes in, messages and bytes out.
+
+use std::collections::VecDeque;
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use crate::close::{CloseCode, CloseFrame};
+use crate::config::{Config, Role};
+use crate::error::{ProtocolError, SendError};
+use crate::frame::{FrameHeader, OpCode};
+use crate::mask::apply_mask;
+use crate::message::{Message, Utf8Bytes};
+use crate::utf8::Utf8Validator;
+
+/// Payloads at least this long are queued for transmission as their own [`Bytes`] instead of
+/// being copied next to their header (server role only: client payloads are masked in a copy).
+const ZERO_COPY_MIN: usize = 1024;
+
+/// Where the close handshake stands (RFC 6455 §7).
+///
+/// ```text
+///             send close                     receive close
+///   Open ─────────────────▶ CloseSent ─────────────────────▶ Closed
+///     │                                                        ▲
+///     │ receive close (a close reply is queued at once)        │
+///     └────────────────────────────────────────────────────────┘
+///   Open / CloseSent ── protocol violation (close 1002/1007/1009 queued if none was sent) ──▶ Failed
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    /// Messages flow both ways.
+    Open,
+    /// This endpoint sent a close frame and waits for the peer's; incoming messages are still delivered.
+    CloseSent,
+    /// Both close frames were exchanged. The server closes the transport now; a client waits briefly
+    /// for the server to do so.
+    Closed,
+    /// The peer violated the protocol (or a limit). A close frame with the reason is queued when
+    /// none had been sent; the transport should be closed once it is written.
+    Failed,
+}
+
+/// A fragmented (or still arriving) message being reassembled.
+#[derive(Debug)]
+struct Assembly {
+    text: bool,
+    buf: BytesMut,
+    utf8: Utf8Validator,
+}
+
+/// The frame whose payload is arriving.
+#[derive(Debug, Clone, Copy)]
+struct InFrame {
+    header: FrameHeader,
+    remaining: u64,
+    consumed: usize,
+}
+
+/// One WebSocket connection after the opening handshake, without any I/O.
+///
+/// Feed received bytes to [`handle_read`](Self::handle_read), queue outgoing messages with
+/// [`send`](Self::send) and [`close`](Self::close). After every input, drain
+/// [`poll_event`](Self::poll_event) (messages for the application) and
+/// [`poll_transmit`](Self::poll_transmit) (bytes to write, in order) until both return `None`.
+///
+/// Pings are answered and close frames echoed automatically; both still surface as events.
+/// No input can make it panic, and every limit is checked before memory is committed for it.
+#[derive(Debug)]
+pub struct Connection {
+    role: Role,
+    config: Config,
+    state: State,
+    rbuf: BytesMut,
+    frame: Option<InFrame>,
+    message: Option<Assembly>,
+    events: VecDeque<Message>,
+    out: VecDeque<Bytes>,
+    out_buf: BytesMut,
+    out_len: usize,
+}
+
+impl Connection {
+    /// A connection in the `Open` state, as after a successful opening handshake.
+    pub fn new(role: Role, config: Config) -> Self {
+        Self {
+            role,
+            config,
+            state: State::Open,
+            rbuf: BytesMut::new(),
+            frame: None,
+            message: None,
+            events: VecDeque::new(),
+            out: VecDeque::new(),
+            out_buf: BytesMut::new(),
+            out_len: 0,
+        }
+    }
+
+    /// This endpoint's role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Where the close handshake stands.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Whether no more input is expected: the close handshake completed or the connection failed.
+    pub fn is_terminated(&self) -> bool {
+        matches!(self.state, State::Closed | State::Failed)
+    }
+
+    /// Processes bytes received from the peer.
+    ///
+    /// On a protocol violation the connection moves to [`State::Failed`], queues a close frame
+    /// with the matching code (unless one was sent already) and returns the error; messages
+    /// completed before the violation stay queued for [`poll_event`](Self::poll_event).
+    /// Input after the connection terminated is ignored.
+    pub fn handle_read(&mut self, data: &[u8]) -> Result<(), ProtocolError> {
+        if self.is_terminated() {
+            return Ok(());
+        }
+        self.rbuf.extend_from_slice(data);
+        self.process()
+    }
+
+    /// The receive buffer, for drivers that read straight into it; call
+    /// [`handle_buffered`](Self::handle_buffered) after appending.
+    pub fn read_buffer(&mut self) -> &mut BytesMut {
+        &mut self.rbuf
+    }
+
+    /// Processes bytes appended to [`read_buffer`](Self::read_buffer); same contract as
+    /// [`handle_read`](Self::handle_read).
+    pub fn handle_buffered(&mut self) -> Result<(), ProtocolError> {
+        if self.is_terminated() {
+            self.rbuf.clear();
+            return Ok(());
+        }
+        self.process()
+    }
+
+    /// The next message or control frame received, in arrival order.
+    pub fn poll_event(&mut self) -> Option<Message> {
+        self.events.pop_front()
+    }
+
+    /// The next bytes to write to the transport, in order.
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        let bytes = match self.out.pop_front() {
+            Some(b) => b,
+            None if !self.out_buf.is_empty() => self.out_buf.split().freeze(),
+            None => return None,
+        };
+        self.out_len -= bytes.len();
+        Some(bytes)
+    }
+
+    /// How many bytes wait in [`poll_transmit`](Self::poll_transmit).
+    pub fn pending_transmit(&self) -> usize {
+        self.out_len
+    }
+
+    /// Queues a message. Text and binary messages longer than the configured fragment size are
+    /// split into frames; `Message::Close` is the same as [`close`](Self::close).
+    pub fn send(&mut self, message: Message) -> Result<(), SendError> {
+        match message {
+            Message::Text(text) => self.send_data(OpCode::Text, text.into_bytes()),
+            Message::Binary(data) => self.send_data(OpCode::Binary, data),
+            Message::Ping(data) => self.send_control(OpCode::Ping, data),
+            Message::Pong(data) => self.send_control(OpCode::Pong, data),
+            Message::Close(frame) => self.close(frame),
+        }
+    }
+
+    /// Starts the close handshake with `frame` (or an empty close frame for `None`).
+    ///
+    /// Does nothing if a close frame was already sent. The reason must fit in a control frame
+    /// (123 bytes) and the code must be one that may be sent ([`CloseCode::is_sendable`]).
+    pub fn close(&mut self, frame: Option<CloseFrame>) -> Result<(), SendError> {
+        if self.state != State::Open {
+            return Ok(());
+        }
+        if let Some(f) = &frame {
+            if !f.code.is_sendable() {
+                return Err(SendError::InvalidCloseCode(f.code.0));
+            }
+            if f.reason.len() > 123 {
+                return Err(SendError::ControlFrameTooLong(2 + f.reason.len()));
+            }
+        }
+        self.queue_close(frame.as_ref());
+        self.state = State::CloseSent;
+        Ok(())
+    }
+
+    fn send_data(&mut self, opcode: OpCode, payload: Bytes) -> Result<(), SendError> {
+        if self.state != State::Open {
+            return Err(SendError::Closed);
+        }
+        let fragment = self.config.fragment_size.unwrap_or(usize::MAX).max(1);
+        if payload.len() <= fragment {
+            self.queue_frame(true, opcode, payload);
+            return Ok(());
+        }
+        let mut rest = payload;
+        let mut opcode = opcode;
+        while rest.len() > fragment {
+            let head = rest.split_to(fragment);
+            self.queue_frame(false, opcode, head);
+            opcode = OpCode::Continuation;
+        }
+        self.queue_frame(true, opcode, rest);
+        Ok(())
+    }
+
+    fn send_control(&mut self, opcode: OpCode, payload: Bytes) -> Result<(), SendError> {
+        if self.state != State::Open {
+            return Err(SendError::Closed);
+        }
+        if payload.len() > 125 {
+            return Err(SendError::ControlFrameTooLong(payload.len()));
+        }
+        self.queue_frame(true, opcode, payload);
+        Ok(())
+    }
+
+    fn queue_close(&mut self, frame: Option<&CloseFrame>) {
+        let mut payload = BytesMut::new();
+        if let Some(f) = frame {
+            payload.extend_from_slice(&f.code.0.to_be_bytes());
+            payload.extend_from_slice(f.reason.as_bytes());
+        }
+        self.queue_frame(true, OpCode::Close, payload.freeze());
+    }
+
+    fn queue_frame(&mut self, fin: bool, opcode: OpCode, payload: Bytes) {
+        let mask = match self.role {
+            Role::Client => Some(rand::random::<[u8; 4]>()),
+            Role::Server => None,
+        };
+        let header = FrameHeader {
+            fin,
+            rsv: 0,
+            opcode,
+            mask,
+            payload_len: payload.len() as u64,
+        };
+        self.out_len += header.encoded_len() + payload.len();
+        header.encode(&mut self.out_buf);
+        if let Some(key) = mask {
+            let start = self.out_buf.len();
+            self.out_buf.extend_from_slice(&payload);
+            apply_mask(&mut self.out_buf[start..], key, 0);
+        } else if payload.len() < ZERO_COPY_MIN {
+            self.out_buf.extend_from_slice(&payload);
+        } else {
+            let head = self.out_buf.split().freeze();
+            self.out.push_back(head);
+            self.out.push_back(payload);
+        }
+    }
+
+    fn process(&mut self) -> Result<(), ProtocolError> {
+        match self.process_frames() {
+            Ok(()) => Ok(()),
+            Err(err) => {
+                self.fail(&err);
+                Err(err)
+            }
+        }
+    }
+
+    fn fail(&mut self, err: &ProtocolError) {
+        if self.state == State::Open {
+            let mut reason = err.to_string();
+            if reason.len() > 123 {
+                let mut cut = 123;
+                while !reason.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                reason.truncate(cut);
+            }
+            self.queue_close(Some(&CloseFrame::new(err.close_code(), reason)));
+        }
+        self.state = State::Failed;
+        self.frame = None;
+        self.message = None;
+        self.rbuf.clear();
+    }
+
+    fn check_header(&self, h: &FrameHeader) -> Result<(), ProtocolError> {
+        if h.rsv != 0 {
+            return Err(ProtocolError::ReservedBits(h.rsv));
+        }
+        match (self.role, h.mask.is_some()) {
+            (Role::Server, false) => return Err(ProtocolError::UnmaskedFrame),
+            (Role::Client, true) => return Err(ProtocolError::MaskedFrame),
+            _ => {}
+        }
+        match h.opcode {
+            OpCode::Continuation if self.message.is_none() => {
+                return Err(ProtocolError::UnexpectedContinuation);
+            }
+            OpCode::Text | OpCode::Binary if self.message.is_some() => {
+                return Err(ProtocolError::ExpectedContinuation);
+            }
+            _ => {}
+        }
+        if !h.opcode.is_control() {
+            let max_frame = self.config.effective_max_frame_size();
+            if h.payload_len > max_frame as u64 {
+                return Err(ProtocolError::FrameTooLarge {
+                    size: h.payload_len,
+                    max: max_frame,
+                });
+            }
+            let have = self.message.as_ref().map_or(0, |m| m.buf.len()) as u64;
+            let total = have.saturating_add(h.payload_len);
+            if total > self.config.max_message_size as u64 {
+                return Err(ProtocolError::MessageTooLarge {
+                    size: total,
+                    max: self.config.max_message_size,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn process_frames(&mut self) -> Result<(), ProtocolError> {
+        loop {
+            if self.is_terminated() {
+                self.rbuf.clear();
+                return Ok(());
+            }
+            let Some(frame) = self.frame.as_mut() else {
+                let Some((header, header_len)) = FrameHeader::parse(&self.rbuf)? else {
+                    return Ok(());
+                };
+                self.check_header(&header)?;
+                self.rbuf.advance(header_len);
+                let whole_message = header.fin
+                    && matches!(header.opcode, OpCode::Text | OpCode::Binary)
+                    && self.rbuf.len() as u64 >= header.payload_len;
+                if whole_message {
+                    // The common case: an unfragmented message already fully received. Hand out
+                    // its bytes without copying them.
+                    let mut payload = self.rbuf.split_to(header.payload_len as usize);
+                    if let Some(key) = header.mask {
+                        apply_mask(&mut payload, key, 0);
+                    }
+                    let payload = payload.freeze();
+                    let message = if header.opcode == OpCode::Text {
+                        simdutf8::basic::from_utf8(&payload)
+                            .map_err(|_| ProtocolError::InvalidUtf8)?;
+                        Message::Text(Utf8Bytes::from_validated(payload))
+                    } else {
+                        Message::Binary(payload)
+                    };
+                    self.events.push_back(message);
+                    continue;
+                }
+                if matches!(header.opcode, OpCode::Text | OpCode::Binary) {
+                    self.message = Some(Assembly {
+                        text: header.opcode == OpCode::Text,
+                        buf: BytesMut::new(),
+                        utf8: Utf8Validator::new(),
+                    });
+                }
+                self.frame = Some(InFrame {
+                    header,
+                    remaining: header.payload_len,
+                    consumed: 0,
+                });
+                continue;
+            };
+
+            if frame.header.opcode.is_control() {
+                // At most 125 bytes: wait for all of it.
+                let len = frame.remaining as usize;
+                if self.rbuf.len() < len {
+                    return Ok(());
+                }
+                let header = frame.header;
+                self.frame = None;
+                let mut payload = self.rbuf.split_to(len);
+                if let Some(key) = header.mask {
+                    apply_mask(&mut payload, key, 0);
+                }
+                self.on_control(header.opcode, payload.freeze())?;
+                continue;
+            }
+
+            // A data frame's payload, streamed: unmask, validate and append what has arrived, so
+            // that invalid UTF-8 fails the connection at the first bad byte.
+            let n = frame.remaining.min(self.rbuf.len() as u64) as usize;
+            if n == 0 && frame.remaining > 0 {
+                return Ok(());
+            }
+            let chunk = &mut self.rbuf[..n];
+            if let Some(key) = frame.header.mask {
+                apply_mask(chunk, key, frame.consumed);
+            }
+            frame.consumed += n;
+            frame.remaining -= n as u64;
+            let frame_done = frame.remaining == 0;
+            let fin = frame.header.fin;
+            let Some(message) = self.message.as_mut() else {
+                // check_header guarantees a message for every data frame.
+                return Err(ProtocolError::UnexpectedContinuation);
+            };
+            if message.text {
+                message
+                    .utf8
+                    .feed(chunk)
+                    .map_err(|_| ProtocolError::InvalidUtf8)?;
+            }
+            message.buf.extend_from_slice(chunk);
+            self.rbuf.advance(n);
+            if frame_done {
+                self.frame = None;
+                if fin {
+                    self.finish_message()?;
+                }
+            }
+        }
+    }
+
+    fn finish_message(&mut self) -> Result<(), ProtocolError> {
+        let Some(message) = self.message.take() else {
+            return Ok(());
+        };
+        let payload = message.buf.freeze();
+        let event = if message.text {
+            if !message.utf8.is_complete() {
+                return Err(ProtocolError::InvalidUtf8);
+            }
+            Message::Text(Utf8Bytes::from_validated(payload))
+        } else {
+            Message::Binary(payload)
+        };
+        self.events.push_back(event);
+        Ok(())
+    }
+
+    fn on_control(&mut self, opcode: OpCode, payload: Bytes) -> Result<(), ProtocolError> {
+        match opcode {
+            OpCode::Ping => {
+                if self.state == State::Open {
+                    self.queue_frame(true, OpCode::Pong, payload.clone());
+                }
+                self.events.push_back(Message::Ping(payload));
+            }
+            OpCode::Pong => self.events.push_back(Message::Pong(payload)),
+            OpCode::Close => {
+                let frame = parse_close_payload(payload)?;
+                if self.state == State::Open {
+                    // Echo the status code (RFC 6455 §5.5.1); an empty close gets an empty reply.
+                    let reply = frame.as_ref().map(|f| CloseFrame::new(f.code, ""));
+                    self.queue_close(reply.as_ref());
+                }
+                self.state = State::Closed;
+                self.message = None;
+                self.events.push_back(Message::Close(frame));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Parses and validates a received close frame's payload.
+fn parse_close_payload(payload: Bytes) -> Result<Option<CloseFrame>, ProtocolError> {
+    match payload.len() {
+        0 => Ok(None),
+        1 => Err(ProtocolError::InvalidClosePayload),
+        _ => {
+            let code = CloseCode(u16::from_be_bytes([payload[0], payload[1]]));
+            if !code.is_sendable() {
+                return Err(ProtocolError::InvalidCloseCode(code.0));
+            }
+            let reason = Utf8Bytes::try_from_bytes(payload.slice(2..))
+                .map_err(|_| ProtocolError::InvalidCloseReason)?;
+            Ok(Some(CloseFrame { code, reason }))
+        }
+    }
+}

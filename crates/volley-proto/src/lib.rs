@@ -1,0 +1,35 @@
+//! Sans-IO core of the Volley WebSocket toolkit: RFC 6455 without sockets, runtimes or clocks.
+//!
+//! - [`handshake`]: the opening handshake in both roles.
+//! - [`Connection`]: the state machine after the handshake. Feed it bytes with
+//!   [`Connection::handle_read`], queue messages with [`Connection::send`], and after every input
+//!   drain [`Connection::poll_event`] and [`Connection::poll_transmit`].
+//! - [`frame`], [`mask`], [`utf8`]: the building blocks, public for tools and fuzzing.
+//!
+//! ```
+//! use volley_proto::{Config, Connection, Message, Role};
+//!
+//! let mut server = Connection::new(Role::Server, Config::default());
+//! let mut client = Connection::new(Role::Client, Config::default());
+//! client.send(Message::text("hello")).unwrap();
+//! while let Some(bytes) = client.poll_transmit() {
+//!     server.handle_read(&bytes).unwrap();
+//! }
+//! assert_eq!(server.poll_event(), Some(Message::text("hello")));
+//! ```
+
+pub mod close;
+pub mod config;
+pub mod conn;
+pub mod error;
+pub mod frame;
+pub mod handshake;
+pub mod mask;
+pub mod message;
+pub mod utf8;
+
+pub use close::{CloseCode, CloseFrame};
+pub use config::{Config, Role};
+pub use conn::{Connection, State};
+pub use error::{ProtocolError, SendError};
+pub use message::{Message, Utf8Bytes};

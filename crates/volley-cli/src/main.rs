@@ -1,1 +1,182 @@
-fn main() {}
+//! `volley`: run a WebSocket server, connect to one, or (later) benchmark one.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use volley::{ClientBuilder, CloseCode, Config, Message, Server};
+
+#[derive(Parser)]
+#[command(
+    name = "volley",
+    version,
+    about = "Volley WebSocket toolkit: serve, connect"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the Volley server (for now: an echo endpoint).
+    Serve(ServeArgs),
+    /// Connect to a WebSocket server: stdin lines are sent, received messages printed.
+    Connect(ConnectArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    bind: SocketAddr,
+    /// Largest message accepted, in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_message_size: usize,
+}
+
+#[derive(clap::Args)]
+struct ConnectArgs {
+    /// The ws:// URL to connect to.
+    url: String,
+    /// Send stdin lines as binary messages instead of text.
+    #[arg(long)]
+    binary: bool,
+    /// Largest message accepted, in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_message_size: usize,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("volley: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::Connect(args) => connect(args).await,
+        }
+    })
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    let config = Config::default().max_message_size(args.max_message_size);
+    let server = match Server::bind(args.bind).await {
+        Ok(s) => s.config(config),
+        Err(e) => {
+            eprintln!("volley serve: cannot listen on {}: {e}", args.bind);
+            return ExitCode::from(2);
+        }
+    };
+    let addr = server.local_addr().map_or(args.bind, |a| a);
+    eprintln!("volley serve: listening on ws://{addr}/ (echo)");
+    let served = server.serve(|mut ws, _request| async move {
+        while let Some(message) = ws.recv().await {
+            match message {
+                Ok(m) if m.is_data() => {
+                    if ws.send(m).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!("connection ended: {e}");
+                    break;
+                }
+            }
+        }
+    });
+    tokio::select! {
+        result = served => {
+            if let Err(e) = result {
+                eprintln!("volley serve: {e}");
+                return ExitCode::from(2);
+            }
+        }
+        _ = tokio::signal::ctrl_c() => eprintln!("volley serve: shutting down"),
+    }
+    ExitCode::SUCCESS
+}
+
+async fn connect(args: ConnectArgs) -> ExitCode {
+    let config = Config::default().max_message_size(args.max_message_size);
+    let ws = match ClientBuilder::new(&args.url).config(config).connect().await {
+        Ok((ws, _)) => ws,
+        Err(e) => {
+            eprintln!("volley connect: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let interactive = std::io::stdin().is_terminal();
+    if interactive {
+        eprintln!("connected to {} (type messages, Ctrl-D to close)", args.url);
+    }
+    let (mut tx, mut rx) = ws.split();
+    let binary = args.binary;
+    let input = tokio::spawn(async move {
+        let mut lines = BufReader::new(tokio::io::stdin()).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let message = if binary {
+                Message::binary(line.into_bytes())
+            } else {
+                Message::text(line)
+            };
+            if tx.send(message).await.is_err() {
+                return;
+            }
+        }
+        let _ = tx
+            .close(Some(volley::CloseFrame::new(CloseCode::NORMAL, "")))
+            .await;
+    });
+
+    let mut stdout = tokio::io::stdout();
+    let mut status = ExitCode::from(2);
+    while let Some(message) = rx.recv().await {
+        match message {
+            Ok(Message::Text(text)) => {
+                let _ = stdout.write_all(text.as_bytes()).await;
+                let _ = stdout.write_all(b"\n").await;
+                let _ = stdout.flush().await;
+            }
+            Ok(Message::Binary(data)) => {
+                let _ = stdout.write_all(&data).await;
+                let _ = stdout.write_all(b"\n").await;
+                let _ = stdout.flush().await;
+            }
+            Ok(Message::Close(frame)) => {
+                let (code, reason) = frame.map_or((CloseCode::NO_STATUS, String::new()), |f| {
+                    (f.code, f.reason.to_string())
+                });
+                eprintln!("closed: {code} {reason}");
+                status = if matches!(code.0, 1000 | 1001 | 1005) {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                };
+            }
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("volley connect: {e}");
+                status = ExitCode::from(2);
+                break;
+            }
+        }
+    }
+    input.abort();
+    status
+}

@@ -176,7 +176,11 @@ mod tests {
         let (parsed, n) = FrameHeader::parse(&buf).unwrap().unwrap();
         assert_eq!((parsed, n), (h, buf.len()));
         for cut in 0..buf.len() {
-            assert_eq!(FrameHeader::parse(&buf[..cut]).unwrap(), None, "cut at {cut}");
+            assert_eq!(
+                FrameHeader::parse(&buf[..cut]).unwrap(),
+                None,
+                "cut at {cut}"
+            );
         }
     }
 

@@ -340,7 +340,10 @@ impl UpgradeRequest {
     ///
     /// Returns `Ok(None)` while the header block is incomplete (and still under the limits), or the
     /// request and the number of bytes it used; bytes after that belong to the WebSocket stream.
-    pub fn parse(buf: &[u8], limits: &HeaderLimits) -> Result<Option<(Self, usize)>, HandshakeError> {
+    pub fn parse(
+        buf: &[u8],
+        limits: &HeaderLimits,
+    ) -> Result<Option<(Self, usize)>, HandshakeError> {
         let mut raw = vec![httparse::EMPTY_HEADER; limits.max_headers];
         let mut req = httparse::Request::new(&mut raw);
         let len = match req.parse(buf).map_err(|e| map_httparse(e, limits))? {
@@ -380,7 +383,9 @@ impl UpgradeRequest {
     pub fn from_request(request: Request<()>) -> Result<Self, HandshakeError> {
         use http::header;
         if request.method() != Method::GET {
-            return Err(HandshakeError::MethodNotAllowed(request.method().to_string()));
+            return Err(HandshakeError::MethodNotAllowed(
+                request.method().to_string(),
+            ));
         }
         if request.version() < http::Version::HTTP_11 {
             return Err(HandshakeError::HttpVersion);

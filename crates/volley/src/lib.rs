@@ -1,1 +1,35 @@
-//! Volley
+//! Volley: a WebSocket server and client for tokio, on the sans-IO [`volley_proto`] core.
+//!
+//! - [`Server`] binds and runs a handler per connection; [`accept`] upgrades any transport.
+//! - [`connect`] and [`ClientBuilder`] open client connections.
+//! - [`WebSocket`] sends and receives [`Message`]s and [`split`](WebSocket::split)s into halves.
+//!
+//! ```no_run
+//! # async fn run() -> volley::Result<()> {
+//! let mut ws = volley::connect("ws://127.0.0.1:9001/").await?;
+//! ws.send("hello").await?;
+//! if let Some(reply) = ws.recv().await {
+//!     println!("{:?}", reply?);
+//! }
+//! ws.close(None).await?;
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod error;
+mod handshake;
+mod server;
+mod stream;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use handshake::{ClientBuilder, accept, accept_with_config, connect};
+pub use server::Server;
+pub use stream::{WebSocket, WsReceiver, WsSender};
+pub use volley_proto::handshake::{HandshakeError, HeaderLimits, UpgradeResponse};
+pub use volley_proto::{
+    CloseCode, CloseFrame, Message, ProtocolError, Role, SendError, State, Utf8Bytes,
+};
+
+/// The sans-IO protocol core, re-exported.
+pub use volley_proto as proto;

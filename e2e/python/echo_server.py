@@ -30,6 +30,22 @@ MAX_MESSAGE = 16 * 1024 * 1024  # 16 MiB
 PING_TIMEOUT = 10.0  # seconds to wait for the Pong of a `ping:` command
 
 
+async def send_fragmented_text(ws, parts: list[str]) -> None:
+    """Send one text message as exactly len(parts) frames (FIN on the last).
+
+    `await ws.send(iterable)` would fragment too, but websockets then sends
+    every item with FIN=0 plus an extra *empty* FIN=1 continuation frame (4
+    frames for 3 items). To control the framing we drive the Sans-I/O layer
+    directly, inside send_context(), exactly as ws.send() does internally:
+    the frames are written to the socket when the context exits.
+    """
+    async with ws.send_context():
+        ws.protocol.send_text(parts[0].encode(), fin=False)
+        for part in parts[1:-1]:
+            ws.protocol.send_continuation(part.encode(), fin=False)
+        ws.protocol.send_continuation(parts[-1].encode(), fin=True)
+
+
 async def ping_then_report(ws: ServerConnection, payload: str) -> None:
     """Send a Ping(payload) and, once its Pong arrives, send "pong:<payload>"."""
     try:
@@ -58,8 +74,7 @@ async def on_message(ws: ServerConnection, message: str | bytes, tasks: set) -> 
             return
 
         if message == "fragmented":
-            # An iterable is sent as one message, one fragment per item.
-            await ws.send(["frag-one|", "frag-two|", "frag-three"])
+            await send_fragmented_text(ws, ["frag-one|", "frag-two|", "frag-three"])
             return
 
         if message == "malformed":

@@ -461,9 +461,9 @@ impl Connection {
             OpCode::Close => {
                 let frame = parse_close_payload(payload)?;
                 if self.state == State::Open {
-                    // Echo the status code (RFC 6455 §5.5.1); an empty close gets an empty reply.
-                    let reply = frame.as_ref().map(|f| CloseFrame::new(f.code, ""));
-                    self.queue_close(reply.as_ref());
+                    // Echo the close frame (RFC 6455 §5.5.1), as Python websockets and Node ws
+                    // do; an empty close gets an empty reply.
+                    self.queue_close(frame.as_ref());
                 }
                 self.state = State::Closed;
                 self.message = None;

@@ -22,7 +22,7 @@ const ZERO_COPY_MIN: usize = 1024;
 ///             send close                     receive close
 ///   Open ─────────────────▶ CloseSent ─────────────────────▶ Closed
 ///     │                                                        ▲
-///     │ receive close (a close reply is queued at once)        │
+///     │ receive close (reply queued when the close is polled)  │
 ///     └────────────────────────────────────────────────────────┘
 ///   Open / CloseSent ── protocol violation (close 1002/1007/1009 queued if none was sent) ──▶ Failed
 /// ```
@@ -77,6 +77,13 @@ pub struct Connection {
     out: VecDeque<Bytes>,
     out_buf: BytesMut,
     out_len: usize,
+    /// A violation found behind messages not yet polled: it takes effect (close frame queued,
+    /// state `Failed`) once they have been, so replies to them still go out first.
+    pending_failure: Option<ProtocolError>,
+    /// A close frame received behind data messages not yet polled: it takes effect (reply
+    /// queued, state `Closed`, `Message::Close` event) when they have been, so the application
+    /// can still answer them.
+    pending_close: Option<Option<CloseFrame>>,
 }
 
 impl Connection {
@@ -93,6 +100,8 @@ impl Connection {
             out: VecDeque::new(),
             out_buf: BytesMut::new(),
             out_len: 0,
+            pending_failure: None,
+            pending_close: None,
         }
     }
 
@@ -111,17 +120,22 @@ impl Connection {
         self.state
     }
 
-    /// Whether no more input is expected: the close handshake completed or the connection failed.
+    /// Whether no more input is expected: the close handshake completed or the connection failed
+    /// (or will fail once the messages received before the violation are polled).
     pub fn is_terminated(&self) -> bool {
         matches!(self.state, State::Closed | State::Failed)
+            || self.pending_failure.is_some()
+            || self.pending_close.is_some()
     }
 
     /// Processes bytes received from the peer.
     ///
-    /// On a protocol violation the connection moves to [`State::Failed`], queues a close frame
-    /// with the matching code (unless one was sent already) and returns the error; messages
-    /// completed before the violation stay queued for [`poll_event`](Self::poll_event).
-    /// Input after the connection terminated is ignored.
+    /// On a protocol violation it returns the error, ignores all further input, and fails the
+    /// connection: it moves to [`State::Failed`] and queues a close frame with the matching code
+    /// (unless one was sent already). If messages received before the violation are still queued,
+    /// the failure waits until [`poll_event`](Self::poll_event) has returned them all, so that
+    /// the application's replies to them are sent before the close frame (as Autobahn's strict
+    /// cases 3.x–5.x expect). Input after the connection terminated is ignored.
     pub fn handle_read(&mut self, data: &[u8]) -> Result<(), ProtocolError> {
         if self.is_terminated() {
             return Ok(());
@@ -147,8 +161,25 @@ impl Connection {
     }
 
     /// The next message or control frame received, in arrival order.
+    ///
+    /// Once it returns `None`, a pending protocol failure takes effect (see
+    /// [`handle_read`](Self::handle_read)): drain [`poll_transmit`](Self::poll_transmit) next.
+    ///
+    /// A close frame received behind text or binary messages not yet polled takes effect (its
+    /// reply is queued and the state becomes `Closed`) only when this returns it, after those
+    /// messages: the application can still send replies to them first.
     pub fn poll_event(&mut self) -> Option<Message> {
-        self.events.pop_front()
+        let event = self.events.pop_front();
+        if event.is_none() {
+            if let Some(frame) = self.pending_close.take() {
+                self.on_close(frame);
+                return self.events.pop_front();
+            }
+            if let Some(err) = self.pending_failure.take() {
+                self.fail(&err);
+            }
+        }
+        event
     }
 
     /// The next bytes to write to the transport, in order.
@@ -271,7 +302,14 @@ impl Connection {
         match self.process_frames() {
             Ok(()) => Ok(()),
             Err(err) => {
-                self.fail(&err);
+                if self.events.is_empty() {
+                    self.fail(&err);
+                } else {
+                    self.frame = None;
+                    self.message = None;
+                    self.rbuf.clear();
+                    self.pending_failure = Some(err.clone());
+                }
                 Err(err)
             }
         }
@@ -460,18 +498,26 @@ impl Connection {
             OpCode::Pong => self.events.push_back(Message::Pong(payload)),
             OpCode::Close => {
                 let frame = parse_close_payload(payload)?;
-                if self.state == State::Open {
-                    // Echo the close frame (RFC 6455 §5.5.1), as Python websockets and Node ws
-                    // do; an empty close gets an empty reply.
-                    self.queue_close(frame.as_ref());
+                if self.events.iter().any(Message::is_data) {
+                    self.pending_close = Some(frame);
+                } else {
+                    self.on_close(frame);
                 }
-                self.state = State::Closed;
-                self.message = None;
-                self.events.push_back(Message::Close(frame));
             }
             _ => {}
         }
         Ok(())
+    }
+
+    /// Applies a received close frame: echo it (RFC 6455 §5.5.1, as Python websockets and Node
+    /// ws do; an empty close gets an empty reply) unless ours was sent, and surface it.
+    fn on_close(&mut self, frame: Option<CloseFrame>) {
+        if self.state == State::Open {
+            self.queue_close(frame.as_ref());
+        }
+        self.state = State::Closed;
+        self.message = None;
+        self.events.push_back(Message::Close(frame));
     }
 }
 

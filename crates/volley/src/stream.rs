@@ -7,10 +7,12 @@
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::Notify;
+use tokio::time::Instant;
 use volley_proto::{CloseFrame, Connection, Message, Role, State};
 
 use crate::config::Config;
@@ -31,6 +33,10 @@ struct Shared<S> {
     proto: Mutex<Connection>,
     writer: tokio::sync::Mutex<Writer<S>>,
     config: Config,
+    /// When the close handshake must be complete: set when our close frame is queued.
+    close_deadline: OnceLock<Instant>,
+    /// Wakes a receiver blocked in a read when our close frame is queued.
+    closing: Notify,
 }
 
 impl<S> Shared<S> {
@@ -38,6 +44,23 @@ impl<S> Shared<S> {
         // A panic while holding this lock cannot leave the state machine half-updated in a way
         // that matters more than losing the connection, so recover the guard.
         self.proto.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records that our close frame is queued (if `state` says so): starts the close deadline
+    /// and wakes the receiver so that its read honours it.
+    fn closing_if(&self, state: State) {
+        if state == State::CloseSent {
+            self.close_deadline
+                .get_or_init(|| Instant::now() + self.config.close_timeout);
+            self.closing.notify_one();
+        }
+    }
+
+    /// The close deadline (from now, if no close frame was queued through a sender).
+    fn close_deadline(&self) -> Instant {
+        *self
+            .close_deadline
+            .get_or_init(|| Instant::now() + self.config.close_timeout)
     }
 }
 
@@ -121,6 +144,8 @@ pub struct WsReceiver<S> {
     io: ReadHalf<S>,
     buf: BytesMut,
     error: Option<Error>,
+    /// An item already polled, returned once the bytes polling queued are flushed.
+    ready: Option<Result<Message>>,
     done: bool,
 }
 
@@ -158,6 +183,8 @@ impl<S: AsyncRead + AsyncWrite> WebSocket<S> {
                 queue: VecDeque::new(),
             }),
             config,
+            close_deadline: OnceLock::new(),
+            closing: Notify::new(),
         });
         Self {
             tx: WsSender {
@@ -168,6 +195,7 @@ impl<S: AsyncRead + AsyncWrite> WebSocket<S> {
                 io: read,
                 buf: BytesMut::with_capacity(READ_CHUNK),
                 error,
+                ready: None,
                 done: false,
             },
         }
@@ -234,7 +262,12 @@ impl<S: AsyncRead + AsyncWrite> WsSender<S> {
     /// Sends a message and waits until it is written. Cancel-safe like [`WebSocket::send`].
     pub async fn send(&mut self, message: impl Into<Message>) -> Result<()> {
         let w = self.shared.writer.lock().await;
-        self.shared.proto().send(message.into())?;
+        let state = {
+            let mut proto = self.shared.proto();
+            proto.send(message.into())?;
+            proto.state()
+        };
+        self.shared.closing_if(state);
         self.shared.flush_and_release(w).await
     }
 
@@ -248,7 +281,12 @@ impl<S: AsyncRead + AsyncWrite> WsSender<S> {
     /// and then `None`. Cancel-safe like [`WebSocket::send`].
     pub async fn close(&mut self, frame: Option<CloseFrame>) -> Result<()> {
         let w = self.shared.writer.lock().await;
-        self.shared.proto().close(frame)?;
+        let state = {
+            let mut proto = self.shared.proto();
+            proto.close(frame)?;
+            proto.state()
+        };
+        self.shared.closing_if(state);
         self.shared.flush_and_release(w).await
     }
 
@@ -262,21 +300,33 @@ impl<S: AsyncRead + AsyncWrite> WsReceiver<S> {
     /// Receives the next message; see [`WebSocket::recv`]. Cancel-safe.
     pub async fn recv(&mut self) -> Option<Result<Message>> {
         loop {
-            let (event, pending, state) = {
-                let mut proto = self.shared.proto();
-                (proto.poll_event(), proto.pending_transmit(), proto.state())
-            };
-            if pending > 0 {
+            // Flush replies (pongs, close frames) and bytes a cancelled `send` left queued before
+            // taking an event: if this future is dropped while writing, no event is lost. If the
+            // transport is broken, the messages already received are still handed out first.
+            if !self.done {
                 if let Err(e) = self.shared.try_flush().await {
                     self.done = true;
-                    return Some(Err(e));
+                    self.error.get_or_insert(e);
                 }
             }
-            if let Some(message) = event {
-                return Some(Ok(message));
+            if let Some(item) = self.ready.take() {
+                return Some(item);
             }
-            if let Some(err) = self.error.take() {
-                return Some(Err(err));
+            let (event, pending, state) = {
+                let mut proto = self.shared.proto();
+                let event = proto.poll_event();
+                (event, proto.pending_transmit(), proto.state())
+            };
+            if let Some(item) = event.map(Ok).or_else(|| self.error.take().map(Err)) {
+                if pending > 0 && !self.done {
+                    // Polling can make a close frame due: the reply to the peer's close, or ours
+                    // for a protocol failure, which both wait until the messages before them were
+                    // polled. Write it before handing the item out; the item waits in `ready` so
+                    // that a cancelled flush loses nothing.
+                    self.ready = Some(item);
+                    continue;
+                }
+                return Some(item);
             }
             if self.done {
                 return None;
@@ -287,7 +337,10 @@ impl<S: AsyncRead + AsyncWrite> WsReceiver<S> {
             }
             let read = self.io.read_buf(&mut self.buf);
             let n = if state == State::CloseSent {
-                match tokio::time::timeout(self.shared.config.close_timeout, read).await {
+                // The deadline runs from when our close frame was queued, however much the peer
+                // sends meanwhile.
+                let deadline = self.shared.close_deadline();
+                match tokio::time::timeout_at(deadline, read).await {
                     Ok(n) => n,
                     Err(_) => {
                         self.done = true;
@@ -295,7 +348,11 @@ impl<S: AsyncRead + AsyncWrite> WsReceiver<S> {
                     }
                 }
             } else {
-                read.await
+                // A close sent by the other half while this read waits must start the deadline.
+                tokio::select! {
+                    n = read => n,
+                    () = self.shared.closing.notified() => continue,
+                }
             };
             match n {
                 Ok(0) => {

@@ -67,9 +67,14 @@ def abort(ws: ClientConnection) -> None:
         ws.transport.abort()
 
 
+# TLS context for wss:// URLs, trusting the CA given with --ca (None: ws:// only).
+SSL_CONTEXT = None
+
+
 def open_connection(url: str):
     return connect(
         url,
+        ssl=SSL_CONTEXT if url.startswith("wss://") else None,
         compression=None,
         max_size=MAX_MESSAGE,
         ping_interval=None,  # no keepalive pings: keep the traffic deterministic
@@ -217,7 +222,13 @@ async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("url")
     parser.add_argument("--scenario", default="all", choices=["all", *RAW_SCENARIOS])
+    parser.add_argument("--ca", help="PEM CA certificate to trust for wss:// URLs")
     args = parser.parse_args()  # exits 2 on bad usage
+    if args.ca:
+        import ssl
+
+        global SSL_CONTEXT
+        SSL_CONTEXT = ssl.create_default_context(cafile=args.ca)
 
     run = run_all(args.url) if args.scenario == "all" else run_raw(args.url, args.scenario)
     try:

@@ -35,6 +35,12 @@ struct ServeArgs {
     /// Largest message accepted, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     max_message_size: usize,
+    /// Serve wss://: PEM certificate chain (leaf first). Needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// Serve wss://: PEM private key. Needs --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -44,6 +50,18 @@ struct ConnectArgs {
     /// Send stdin lines as binary messages instead of text.
     #[arg(long)]
     binary: bool,
+    /// Extra request header, as "Name: value" (repeatable).
+    #[arg(long = "header", short = 'H')]
+    headers: Vec<String>,
+    /// Offer a subprotocol (repeatable, in order of preference).
+    #[arg(long = "subprotocol")]
+    subprotocols: Vec<String>,
+    /// wss://: trust the CA certificates in this PEM file (in addition to the Mozilla roots).
+    #[arg(long)]
+    ca: Option<std::path::PathBuf>,
+    /// wss://: accept any server certificate (dangerous: for testing only).
+    #[arg(long, conflicts_with = "ca")]
+    insecure: bool,
     /// Largest message accepted, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     max_message_size: usize,
@@ -65,25 +83,43 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Connect(args) => connect(args).await,
         }
-    })
+    });
+    // Don't wait for blocking work: a read of stdin cannot be cancelled, and dropping the runtime
+    // would wait for it (that is, for the user to press Enter) after the server went away.
+    runtime.shutdown_background();
+    code
 }
 
 async fn serve(args: ServeArgs) -> ExitCode {
     let config = Config::default().max_message_size(args.max_message_size);
-    let server = match Server::bind(args.bind).await {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => match volley::tls::server_config(cert, key) {
+            Ok(tls) => Some(tls),
+            Err(e) => {
+                eprintln!("volley serve: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
+    let mut server = match Server::bind(args.bind).await {
         Ok(s) => s.config(config),
         Err(e) => {
             eprintln!("volley serve: cannot listen on {}: {e}", args.bind);
             return ExitCode::from(2);
         }
     };
+    if let Some(tls) = tls {
+        server = server.tls(tls);
+    }
     let addr = server.local_addr().map_or(args.bind, |a| a);
-    eprintln!("volley serve: listening on ws://{addr}/ (echo)");
+    eprintln!("volley serve: listening on {scheme}://{addr}/ (echo)");
     let served = server.serve(|mut ws, _request| async move {
         while let Some(message) = ws.recv().await {
             match message {
@@ -114,7 +150,40 @@ async fn serve(args: ServeArgs) -> ExitCode {
 
 async fn connect(args: ConnectArgs) -> ExitCode {
     let config = Config::default().max_message_size(args.max_message_size);
-    let ws = match ClientBuilder::new(&args.url).config(config).connect().await {
+    let mut builder = ClientBuilder::new(&args.url).config(config);
+    for header in &args.headers {
+        let parsed = header.split_once(':').and_then(|(name, value)| {
+            let name = http::HeaderName::from_bytes(name.trim().as_bytes()).ok()?;
+            let value = http::HeaderValue::from_str(value.trim()).ok()?;
+            Some((name, value))
+        });
+        match parsed {
+            Some((name, value)) => builder = builder.header(name, value),
+            None => {
+                eprintln!("volley connect: --header {header:?} is not \"Name: value\"");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    for protocol in &args.subprotocols {
+        builder = builder.protocol(protocol.clone());
+    }
+    if args.insecure || args.ca.is_some() {
+        let tls = if args.insecure {
+            volley::tls::insecure_client_config()
+        } else {
+            let ca = args.ca.clone().into_iter().collect();
+            volley::tls::client_config(&volley::tls::Roots::WebPkiAnd(ca))
+        };
+        match tls {
+            Ok(tls) => builder = builder.tls_config(tls),
+            Err(e) => {
+                eprintln!("volley connect: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let ws = match builder.connect().await {
         Ok((ws, _)) => ws,
         Err(e) => {
             eprintln!("volley connect: {e}");

@@ -23,6 +23,10 @@ pub enum Error {
     /// The transport closed without a close frame (close code 1006).
     #[error("connection closed without a close frame (1006)")]
     AbnormalClose,
+    /// A TLS configuration could not be built.
+    #[cfg(feature = "tls")]
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// A timeout elapsed: the opening handshake (`open_timeout`) or the close handshake (`close_timeout`).
     #[error("{0} timed out")]
     Timeout(&'static str),

@@ -8,6 +8,7 @@ use volley_proto::handshake::{ClientHandshake, HandshakeError, UpgradeRequest, U
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::maybe_tls::MaybeTlsStream;
 use crate::stream::WebSocket;
 
 /// Reads from `stream` into `buf` until `parse` yields a value, returning it and its length.
@@ -94,7 +95,7 @@ where
 /// Connects to a `ws://` URL with the default configuration.
 ///
 /// Not cancel-safe: dropping it midway abandons the connection attempt.
-pub async fn connect(url: &str) -> Result<WebSocket<TcpStream>> {
+pub async fn connect(url: &str) -> Result<WebSocket<MaybeTlsStream>> {
     ClientBuilder::new(url).connect().await.map(|(ws, _)| ws)
 }
 
@@ -105,6 +106,8 @@ pub struct ClientBuilder {
     config: Config,
     protocols: Vec<String>,
     headers: HeaderMap,
+    #[cfg(feature = "tls")]
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl ClientBuilder {
@@ -115,7 +118,17 @@ impl ClientBuilder {
             config: Config::default(),
             protocols: Vec::new(),
             headers: HeaderMap::new(),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
+    }
+
+    /// Sets the TLS configuration for `wss://` URLs (default: trust the Mozilla roots). Build one
+    /// with [`tls::client_config`](crate::tls::client_config).
+    #[cfg(feature = "tls")]
+    pub fn tls_config(mut self, config: std::sync::Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(config);
+        self
     }
 
     /// Sets the configuration.
@@ -139,32 +152,60 @@ impl ClientBuilder {
     /// Connects over TCP and performs the opening handshake within `open_timeout`.
     ///
     /// Not cancel-safe: dropping it midway abandons the connection attempt.
-    pub async fn connect(self) -> Result<(WebSocket<TcpStream>, UpgradeResponse)> {
+    pub async fn connect(self) -> Result<(WebSocket<MaybeTlsStream>, UpgradeResponse)> {
         let uri: Uri = self
             .url
             .parse()
             .map_err(|e| HandshakeError::InvalidUrl(format!("{}: {e}", self.url)))?;
-        if uri.scheme_str() != Some("ws") {
-            return Err(HandshakeError::InvalidUrl(format!(
-                "{}: only ws:// URLs are supported",
-                self.url
-            ))
-            .into());
-        }
+        let secure = match uri.scheme_str() {
+            Some("ws") => false,
+            Some("wss") if cfg!(feature = "tls") => true,
+            Some("wss") => {
+                return Err(HandshakeError::InvalidUrl(format!(
+                    "{}: wss:// needs volley's `tls` feature",
+                    self.url
+                ))
+                .into());
+            }
+            _ => {
+                return Err(HandshakeError::InvalidUrl(format!(
+                    "{}: the scheme must be ws:// or wss://",
+                    self.url
+                ))
+                .into());
+            }
+        };
         let host = uri
             .host()
-            .unwrap_or_default()
+            .ok_or_else(|| HandshakeError::InvalidUrl(format!("{}: missing host", self.url)))?
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned();
-        let port = uri.port_u16().unwrap_or(80);
-        let timeout = self.config.open_timeout;
+        let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
         let connecting = async {
             let stream = TcpStream::connect((host.as_str(), port)).await?;
             stream.set_nodelay(true)?;
-            Ok::<_, Error>(stream)
+            if !secure {
+                return Ok::<_, Error>(MaybeTlsStream::Plain(stream));
+            }
+            #[cfg(feature = "tls")]
+            {
+                let config = match &self.tls {
+                    Some(config) => config.clone(),
+                    None => crate::tls::client_config(&crate::tls::Roots::WebPki)?,
+                };
+                let name = rustls_pki_types::ServerName::try_from(host.clone()).map_err(|_| {
+                    HandshakeError::InvalidUrl(format!("{host}: not a valid TLS server name"))
+                })?;
+                let tls = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, stream)
+                    .await?;
+                Ok(MaybeTlsStream::ClientTls(Box::new(tls)))
+            }
+            #[cfg(not(feature = "tls"))]
+            Err(HandshakeError::InvalidUrl("wss:// needs volley's `tls` feature".into()).into())
         };
-        let stream = tokio::time::timeout(timeout, connecting)
+        let stream = tokio::time::timeout(self.config.open_timeout, connecting)
             .await
             .map_err(|_| Error::Timeout("connect"))??;
         self.handshake(stream, &uri).await

@@ -18,12 +18,16 @@
 mod config;
 mod error;
 mod handshake;
+mod maybe_tls;
 mod server;
 mod stream;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use config::Config;
 pub use error::{Error, Result};
 pub use handshake::{ClientBuilder, accept, accept_with_config, connect};
+pub use maybe_tls::MaybeTlsStream;
 pub use server::Server;
 pub use stream::{WebSocket, WsReceiver, WsSender};
 pub use volley_proto::handshake::{HandshakeError, HeaderLimits, UpgradeResponse};

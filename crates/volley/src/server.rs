@@ -4,10 +4,11 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use http::Request;
-use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio::net::{TcpListener, ToSocketAddrs};
 
 use crate::config::Config;
 use crate::handshake::accept_with_config;
+use crate::maybe_tls::MaybeTlsStream;
 use crate::stream::WebSocket;
 
 /// A WebSocket server: binds a TCP listener and serves each connection in its own task.
@@ -26,10 +27,20 @@ use crate::stream::WebSocket;
 ///     .await
 /// # }
 /// ```
-#[derive(Debug)]
 pub struct Server {
     listener: TcpListener,
     config: Config,
+    #[cfg(feature = "tls")]
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("listener", &self.listener)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Server {
@@ -37,10 +48,7 @@ impl Server {
     ///
     /// Not cancel-safe in a meaningful way: dropping it leaves nothing bound.
     pub async fn bind(addr: impl ToSocketAddrs) -> std::io::Result<Self> {
-        Ok(Self {
-            listener: TcpListener::bind(addr).await?,
-            config: Config::default(),
-        })
+        Ok(Self::from_listener(TcpListener::bind(addr).await?))
     }
 
     /// Wraps an already bound listener.
@@ -48,7 +56,17 @@ impl Server {
         Self {
             listener,
             config: Config::default(),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
+    }
+
+    /// Serves `wss://`: every connection does a TLS handshake (within `open_timeout`) first.
+    /// Build the configuration with [`tls::server_config`](crate::tls::server_config).
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: std::sync::Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(tokio_rustls::TlsAcceptor::from(config));
+        self
     }
 
     /// Sets the configuration every connection gets.
@@ -70,7 +88,7 @@ impl Server {
     /// dropping it stops accepting; connections already running continue in their tasks.
     pub async fn serve<F, Fut>(self, handler: F) -> std::io::Result<()>
     where
-        F: Fn(WebSocket<TcpStream>, Request<()>) -> Fut + Clone + Send + 'static,
+        F: Fn(WebSocket<MaybeTlsStream>, Request<()>) -> Fut + Clone + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         loop {
@@ -87,7 +105,30 @@ impl Server {
             let _ = stream.set_nodelay(true);
             let config = self.config.clone();
             let handler = handler.clone();
+            #[cfg(feature = "tls")]
+            let tls = self.tls.clone();
             tokio::spawn(async move {
+                #[cfg(feature = "tls")]
+                let stream = match tls {
+                    Some(acceptor) => {
+                        match tokio::time::timeout(config.open_timeout, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(tls)) => MaybeTlsStream::ServerTls(Box::new(tls)),
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, "TLS handshake failed: {e}");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        }
+                    }
+                    None => MaybeTlsStream::Plain(stream),
+                };
+                #[cfg(not(feature = "tls"))]
+                let stream = MaybeTlsStream::Plain(stream);
                 match accept_with_config(stream, config).await {
                     Ok((ws, request)) => handler(ws, request).await,
                     Err(e) => tracing::debug!(%peer, "handshake failed: {e}"),

@@ -165,7 +165,7 @@ impl PeerServer {
 }
 
 /// The next message that is not a ping.
-async fn next(ws: &mut volley::WebSocket<tokio::net::TcpStream>) -> Message {
+async fn next(ws: &mut volley::WebSocket<volley::MaybeTlsStream>) -> Message {
     loop {
         let message = timeout(Duration::from_secs(10), ws.recv())
             .await

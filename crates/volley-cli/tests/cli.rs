@@ -1,0 +1,335 @@
+//! The `volley` binary: `serve` and `connect` as separate processes, on loopback only.
+
+use std::net::SocketAddr;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+use tokio::time::timeout;
+use volley::{CloseCode, CloseFrame, Config, Message, Server};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn volley() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_volley"));
+    cmd.env("RUST_LOG", "info").kill_on_drop(true);
+    cmd
+}
+
+/// A free loopback port: bind port 0 and drop the listener.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .expect("local_addr")
+        .port()
+}
+
+/// A running `volley serve`; killed on drop.
+struct Serve {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Serve {
+    /// Starts `volley serve --bind 127.0.0.1:<free port>` and waits for its "listening" line,
+    /// retrying with another port if the chosen one was taken in the meantime.
+    async fn start() -> Self {
+        for _ in 0..5 {
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let mut child = volley()
+                .args(["serve", "--bind", &addr.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn volley serve");
+            let stderr = child.stderr.take().expect("stderr");
+            let mut lines = BufReader::new(stderr).lines();
+            let mut seen = String::new();
+            let listening = timeout(WAIT, async {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    seen.push_str(&line);
+                    seen.push('\n');
+                    if line.contains("listening") {
+                        return true;
+                    }
+                }
+                false
+            })
+            .await
+            .expect("volley serve printed nothing in time");
+            if listening {
+                assert!(seen.contains(&addr.to_string()), "{seen}");
+                // Keep draining stderr so the server never blocks on a full pipe.
+                tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+                return Self { child, addr };
+            }
+            // The port was taken between choosing and binding: try another one.
+            let _ = timeout(WAIT, child.wait()).await;
+        }
+        panic!("volley serve did not start in 5 attempts");
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+struct Output {
+    status: ExitStatus,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+/// Runs `volley connect <args>` with `input` on stdin (then EOF), bounded by [`WAIT`].
+async fn connect(args: &[&str], input: &[u8]) -> Output {
+    let mut child = volley()
+        .arg("connect")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn volley connect");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = input.to_vec();
+    let writer = tokio::spawn(async move {
+        let _ = stdin.write_all(&input).await;
+        // Dropping stdin here is the EOF.
+    });
+    let output = timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("volley connect did not exit in time")
+        .expect("wait for volley connect");
+    let _ = writer.await;
+    Output {
+        status: output.status,
+        stdout: output.stdout,
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+#[tokio::test]
+async fn serve_and_connect_round_trip_text() {
+    let server = Serve::start().await;
+    let out = connect(&[&server.url()], b"hello\nworld\n").await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello\nworld\n",
+        "stderr: {}",
+        out.stderr
+    );
+    assert!(out.status.success(), "{:?}: {}", out.status, out.stderr);
+    assert!(out.stderr.contains("closed: 1000"), "{}", out.stderr);
+}
+
+#[tokio::test]
+async fn round_trip_is_reliable() {
+    // The close follows the last line immediately; the echoes must still come back first.
+    let server = Serve::start().await;
+    for round in 0..10 {
+        let out = connect(&[&server.url()], b"one\ntwo\nthree\n").await;
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "one\ntwo\nthree\n",
+            "round {round}, stderr: {}",
+            out.stderr
+        );
+        assert!(out.status.success(), "round {round}: {}", out.stderr);
+    }
+}
+
+#[tokio::test]
+async fn serve_and_connect_round_trip_binary() {
+    let server = Serve::start().await;
+    let out = connect(&["--binary", &server.url()], b"bin one\nbin two\n").await;
+    assert_eq!(out.stdout, b"bin one\nbin two\n", "stderr: {}", out.stderr);
+    assert!(out.status.success(), "{:?}: {}", out.status, out.stderr);
+    assert!(out.stderr.contains("closed: 1000"), "{}", out.stderr);
+}
+
+#[tokio::test]
+async fn binary_flag_sends_binary_messages_and_text_mode_sends_text() {
+    // An in-process server reports each message's type back as text.
+    let server = Server::bind("127.0.0.1:0").await.unwrap();
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(server.serve(|mut ws, _| async move {
+        while let Some(Ok(m)) = ws.recv().await {
+            let reply = match m {
+                Message::Text(t) => format!("text:{t}"),
+                Message::Binary(b) => format!("binary:{}", String::from_utf8_lossy(&b)),
+                _ => continue,
+            };
+            if ws.send(reply).await.is_err() {
+                break;
+            }
+        }
+    }));
+    let url = format!("ws://{addr}/");
+    let out = connect(&["--binary", &url], b"abc\n").await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "binary:abc\n",
+        "{}",
+        out.stderr
+    );
+    let out = connect(&[&url], b"abc\n").await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "text:abc\n",
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test]
+async fn connect_to_a_closed_port_fails_with_a_message() {
+    let port = free_port();
+    let out = connect(&[&format!("ws://127.0.0.1:{port}/")], b"").await;
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("volley connect"), "{}", out.stderr);
+    assert!(
+        out.stderr.to_lowercase().contains("refused"),
+        "the message should say why: {}",
+        out.stderr
+    );
+}
+
+#[tokio::test]
+async fn connect_with_a_bad_url_fails() {
+    let out = connect(&["http://127.0.0.1:1/"], b"").await;
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("URL"), "{}", out.stderr);
+}
+
+/// A raw server that accepts one connection, completes the handshake by hand, sends `frames`
+/// and then drops the TCP connection (no close frame unless `frames` has one).
+async fn scripted_server(frames: Vec<u8>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if stream.read(&mut byte).await.unwrap() == 0 {
+                return;
+            }
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        let key = head
+            .lines()
+            .find_map(|l| {
+                let (n, v) = l.split_once(':')?;
+                n.eq_ignore_ascii_case("sec-websocket-key")
+                    .then(|| v.trim().to_owned())
+            })
+            .unwrap();
+        let accept = volley::proto::handshake::accept_key(key.as_bytes());
+        let response = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {accept}\r\n\r\n"
+        );
+        stream.write_all(response.as_bytes()).await.unwrap();
+        stream.write_all(&frames).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(stream);
+    });
+    addr
+}
+
+fn server_text(s: &str) -> Vec<u8> {
+    let mut f = vec![0x81, s.len() as u8];
+    f.extend_from_slice(s.as_bytes());
+    f
+}
+
+#[tokio::test]
+async fn server_dropping_tcp_without_close_is_a_failure() {
+    let addr = scripted_server(server_text("bye?")).await;
+    // stdin stays open (like an interactive session): the CLI must still exit on its own.
+    let mut child = volley()
+        .args(["connect", &format!("ws://{addr}/")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn volley connect");
+    let stdin = child.stdin.take();
+    let output = timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("volley connect must exit when the server goes away, even with stdin open")
+        .expect("wait");
+    drop(stdin);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "bye?\n");
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("1006") || stderr.contains("without a close frame"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn server_closing_with_an_error_code_exits_non_zero() {
+    let close = CloseFrame::new(CloseCode(4000), "go away");
+    let mut frame = vec![0x88, (2 + close.reason.len()) as u8];
+    frame.extend_from_slice(&close.code.0.to_be_bytes());
+    frame.extend_from_slice(close.reason.as_bytes());
+    let addr = scripted_server(frame).await;
+    let out = connect(&[&format!("ws://{addr}/")], b"").await;
+    assert!(!out.status.success());
+    assert!(
+        out.stderr.contains("closed: 4000 go away"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test]
+async fn messages_over_the_max_size_fail_the_client() {
+    // `--max-message-size` applies to what the client accepts.
+    let server = Server::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .config(Config::default());
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(server.serve(|mut ws, _| async move {
+        let _ = ws.send("x".repeat(100)).await;
+        while let Some(Ok(_)) = ws.recv().await {}
+    }));
+    let out = connect(&["--max-message-size", "10", &format!("ws://{addr}/")], b"").await;
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    assert!(out.stderr.contains("exceeds"), "{}", out.stderr);
+}
+
+#[tokio::test]
+async fn serve_on_a_port_in_use_fails() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let output = timeout(
+        WAIT,
+        volley()
+            .args(["serve", "--bind", &addr.to_string()])
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("volley serve should exit at once")
+    .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot listen"), "{stderr}");
+    drop(taken);
+}

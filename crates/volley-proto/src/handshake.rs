@@ -64,7 +64,7 @@ pub enum HandshakeError {
     /// The request method was not GET.
     #[error("method {0} not allowed: a WebSocket handshake uses GET")]
     MethodNotAllowed(String),
-    /// The request was not HTTP/1.1.
+    /// The request (or, on the client, the 101 response) was not HTTP/1.1.
     #[error("a WebSocket handshake needs HTTP/1.1")]
     HttpVersion,
     /// The request had no Host header.
@@ -570,6 +570,9 @@ impl ClientHandshake {
         let code = resp.code.unwrap_or(0);
         if code != 101 {
             return Err(HandshakeError::UnexpectedStatus(code));
+        }
+        if resp.version != Some(1) {
+            return Err(HandshakeError::HttpVersion);
         }
         let headers = parse_headers(resp.headers)?;
         if !header_has_token(&headers, &header::UPGRADE, "websocket") {

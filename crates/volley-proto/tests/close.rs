@@ -80,7 +80,11 @@ fn close_with_a_valid_code_is_echoed() {
                 )))]
             );
             let echo = expect_close_sent(&mut c, code);
-            assert_eq!(echo.payload.len(), 2, "the echo carries the code only");
+            assert_eq!(
+                &echo.payload[2..],
+                "bye €".as_bytes(),
+                "the whole frame is echoed"
+            );
         }
     }
 }
@@ -159,6 +163,72 @@ fn close_in_the_middle_of_a_fragmented_message_drops_it() {
     // The rest of the message is ignored, like everything after the close.
     s.handle_read(&cframe_fin(true, CONT, "ial")).unwrap();
     assert_eq!(events(&mut s), []);
+}
+
+#[test]
+fn close_behind_unpolled_data_takes_effect_when_polled() {
+    for role in ROLES {
+        let mut c = conn(role);
+        let mut input = from_peer(role, RawFrame::new(TEXT, "question"));
+        input.extend(close_from_peer(role, &close_payload(1000, b"done")));
+        input.extend(from_peer(role, RawFrame::new(TEXT, "after the close")));
+        c.handle_read(&input).unwrap();
+        // Nothing takes effect yet, but no more input is taken.
+        assert_eq!(c.state(), State::Open);
+        assert!(c.is_terminated());
+        assert_eq!(drain_transmit(&mut c), b"");
+        c.handle_read(&from_peer(role, RawFrame::new(TEXT, "ignored")))
+            .unwrap();
+        // The application can still answer the message before the echo goes out.
+        assert_eq!(c.poll_event(), Some(Message::text("question")));
+        c.send(Message::text("answer")).unwrap();
+        assert_eq!(c.state(), State::Open);
+        assert_eq!(
+            c.poll_event(),
+            Some(Message::Close(Some(CloseFrame::new(
+                CloseCode::NORMAL,
+                "done"
+            ))))
+        );
+        assert_eq!(c.state(), State::Closed);
+        assert_eq!(c.poll_event(), None);
+        let frames = transmitted(&mut c);
+        let ops: Vec<u8> = frames.iter().map(|f| f.opcode).collect();
+        assert_eq!(ops, [TEXT, CLOSE]);
+        assert_eq!(frames[1].close_code(), Some(1000));
+        assert_eq!(c.send(Message::text("late")), Err(SendError::Closed));
+    }
+}
+
+#[test]
+fn our_close_while_a_received_close_is_pending_is_not_doubled() {
+    let mut s = server();
+    let mut input = cframe(BINARY, "data");
+    input.extend(cframe(CLOSE, close_payload(1001, b"")));
+    s.handle_read(&input).unwrap();
+    s.close(Some(CloseFrame::new(CloseCode::NORMAL, "")))
+        .unwrap();
+    assert_eq!(s.state(), State::CloseSent);
+    assert_eq!(
+        events(&mut s),
+        [
+            Message::binary(&b"data"[..]),
+            Message::Close(Some(CloseFrame::new(CloseCode::GOING_AWAY, "")))
+        ]
+    );
+    assert_eq!(s.state(), State::Closed);
+    expect_close_sent(&mut s, 1000);
+}
+
+#[test]
+fn close_behind_only_control_frames_takes_effect_at_once() {
+    let mut s = server();
+    let mut input = cframe(PING, "p");
+    input.extend(cframe(CLOSE, close_payload(1000, b"")));
+    s.handle_read(&input).unwrap();
+    assert_eq!(s.state(), State::Closed);
+    let ops: Vec<u8> = transmitted(&mut s).iter().map(|f| f.opcode).collect();
+    assert_eq!(ops, [PONG, CLOSE]);
 }
 
 // ---------------------------------------------------------------------------------------------

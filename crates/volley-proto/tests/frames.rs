@@ -211,6 +211,56 @@ fn messages_completed_before_a_violation_are_still_delivered() {
         [Message::text("one"), Message::binary(&b"two"[..])]
     );
     expect_close_sent(&mut s, 1002);
+    assert_eq!(s.state(), State::Failed);
+}
+
+#[test]
+fn violation_behind_unpolled_messages_fails_once_they_are_polled() {
+    // Autobahn's strict cases: replies to messages received before a violation go out before
+    // the close frame.
+    let mut s = server();
+    let mut input = cframe(TEXT, "one");
+    input.extend(cframe(PING, "p"));
+    input.extend(cframe(TEXT, b"\xff")); // 1007
+    assert_eq!(s.handle_read(&input), Err(ProtocolError::InvalidUtf8));
+    // Not failed yet, but no more input is taken.
+    assert_eq!(s.state(), State::Open);
+    assert!(s.is_terminated());
+    s.handle_read(&cframe(TEXT, "ignored")).unwrap();
+    // The pong was queued as the ping was read; no close frame yet.
+    let pong = transmitted(&mut s);
+    assert_eq!(pong.len(), 1);
+    assert_eq!((pong[0].opcode, &pong[0].payload[..]), (PONG, &b"p"[..]));
+    // The application answers the message it is about to poll.
+    s.send(Message::text("reply")).unwrap();
+    assert_eq!(s.poll_event(), Some(Message::text("one")));
+    assert_eq!(s.poll_event(), Some(Message::Ping("p".into())));
+    assert_eq!(s.state(), State::Open);
+    assert_eq!(s.poll_event(), None);
+    assert_eq!(s.state(), State::Failed);
+    let frames = transmitted(&mut s);
+    let ops: Vec<u8> = frames.iter().map(|f| f.opcode).collect();
+    assert_eq!(ops, [TEXT, CLOSE]);
+    assert_eq!(frames[1].close_code(), Some(1007));
+    assert_eq!(s.send(Message::text("late")), Err(SendError::Closed));
+    assert_eq!(s.poll_event(), None);
+    assert_eq!(drain_transmit(&mut s), b"");
+}
+
+#[test]
+fn violation_behind_unpolled_messages_after_our_close_sends_no_second_close() {
+    let mut s = server();
+    s.close(None).unwrap();
+    drain_transmit(&mut s);
+    let mut input = cframe(TEXT, "one");
+    input.extend(cframe(CONT, "bad"));
+    assert_eq!(
+        s.handle_read(&input),
+        Err(ProtocolError::UnexpectedContinuation)
+    );
+    assert_eq!(events(&mut s), [Message::text("one")]);
+    assert_eq!(s.state(), State::Failed);
+    assert_eq!(drain_transmit(&mut s), b"");
 }
 
 #[test]

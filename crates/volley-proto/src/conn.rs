@@ -6,6 +6,7 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use crate::close::{CloseCode, CloseFrame};
 use crate::config::{Config, Role};
+use crate::deflate::{DeflateParams, Deflater, Inflater};
 use crate::error::{ProtocolError, SendError};
 use crate::frame::{FrameHeader, OpCode};
 use crate::mask::apply_mask;
@@ -16,6 +17,17 @@ use crate::utf8::Utf8Validator;
 /// being copied next to their header (server role only: client payloads are masked in a copy).
 const ZERO_COPY_MIN: usize = 1024;
 
+/// RSV1 in [`FrameHeader::rsv`]: set on the first frame of a compressed message.
+const RSV1: u8 = 0b100;
+
+/// The most compressed bytes a message may take on the wire: DEFLATE can expand incompressible
+/// data a little (5 bytes per 64 KiB stored block, plus a flush marker per frame the peer flushed),
+/// so a message whose inflated size is exactly the limit must still fit.
+fn compressed_wire_limit(max_message_size: usize) -> usize {
+    max_message_size
+        .saturating_add(max_message_size / 8)
+        .saturating_add(1024)
+}
 /// Where the close handshake stands (RFC 6455 §7).
 ///
 /// ```text
@@ -44,8 +56,21 @@ pub enum State {
 #[derive(Debug)]
 struct Assembly {
     text: bool,
+    /// The first frame had RSV1 set: the payload is DEFLATE data, inflated into `buf`.
+    compressed: bool,
+    /// Payload bytes received on the wire so far (for a compressed message, before inflating).
+    wire: u64,
     buf: BytesMut,
     utf8: Utf8Validator,
+}
+
+/// permessage-deflate state: the agreed parameters and one codec per direction.
+#[derive(Debug)]
+struct Deflate {
+    params: DeflateParams,
+    threshold: usize,
+    deflater: Deflater,
+    inflater: Inflater,
 }
 
 /// The frame whose payload is arriving.
@@ -84,11 +109,51 @@ pub struct Connection {
     /// queued, state `Closed`, `Message::Close` event) when they have been, so the application
     /// can still answer them.
     pending_close: Option<Option<CloseFrame>>,
+    /// permessage-deflate, when negotiated.
+    deflate: Option<Deflate>,
 }
 
 impl Connection {
-    /// A connection in the `Open` state, as after a successful opening handshake.
+    /// A connection in the `Open` state, as after a successful opening handshake without
+    /// extensions.
     pub fn new(role: Role, config: Config) -> Self {
+        Self::with_deflate(role, config, None)
+    }
+
+    /// A connection in the `Open` state with permessage-deflate, when `deflate` holds the
+    /// parameters the handshake agreed on ([`UpgradeRequest::negotiate_deflate`] on a server,
+    /// [`UpgradeResponse::deflate`] on a client).
+    ///
+    /// Text and binary messages of at least [`DeflateConfig::threshold`](crate::DeflateConfig::threshold) bytes (from
+    /// `config.deflate`, else the default) are then sent compressed, and compressed messages from
+    /// the peer are inflated, with the max message size applied to the inflated size.
+    ///
+    /// [`UpgradeRequest::negotiate_deflate`]: crate::handshake::UpgradeRequest::negotiate_deflate
+    /// [`UpgradeResponse::deflate`]: crate::handshake::UpgradeResponse::deflate
+    pub fn with_deflate(role: Role, config: Config, deflate: Option<DeflateParams>) -> Self {
+        let deflate = deflate.map(|params| {
+            let prefs = config.deflate.clone().unwrap_or_default();
+            let (local_nct, local_bits, remote_nct, remote_bits) = match role {
+                Role::Server => (
+                    params.server_no_context_takeover,
+                    params.server_max_window_bits,
+                    params.client_no_context_takeover,
+                    params.client_max_window_bits,
+                ),
+                Role::Client => (
+                    params.client_no_context_takeover,
+                    params.client_max_window_bits,
+                    params.server_no_context_takeover,
+                    params.server_max_window_bits,
+                ),
+            };
+            Deflate {
+                params,
+                threshold: prefs.threshold,
+                deflater: Deflater::new(local_bits.unwrap_or(15), prefs.level, local_nct),
+                inflater: Inflater::new(remote_bits.unwrap_or(15), remote_nct),
+            }
+        });
         Self {
             role,
             config,
@@ -102,7 +167,13 @@ impl Connection {
             out_len: 0,
             pending_failure: None,
             pending_close: None,
+            deflate,
         }
+    }
+
+    /// The permessage-deflate parameters in force, if it was negotiated.
+    pub fn deflate(&self) -> Option<&DeflateParams> {
+        self.deflate.as_ref().map(|d| &d.params)
     }
 
     /// This endpoint's role.
@@ -228,6 +299,10 @@ impl Connection {
         }
         self.queue_close(frame.as_ref());
         self.state = State::CloseSent;
+        if let Some(d) = &mut self.deflate {
+            // No data message can follow our close frame.
+            d.deflater.release();
+        }
         Ok(())
     }
 
@@ -235,19 +310,34 @@ impl Connection {
         if self.state != State::Open {
             return Err(SendError::Closed);
         }
+        let (payload, rsv) = match &mut self.deflate {
+            Some(d) if payload.len() >= d.threshold => {
+                match d
+                    .deflater
+                    .compress(&payload)
+                    .map_err(|_| SendError::Compression)?
+                {
+                    Some(compressed) => (Bytes::from(compressed), RSV1),
+                    None => (payload, 0),
+                }
+            }
+            _ => (payload, 0),
+        };
         let fragment = self.config.fragment_size.unwrap_or(usize::MAX).max(1);
         if payload.len() <= fragment {
-            self.queue_frame(true, opcode, payload);
+            self.queue_frame_rsv(true, rsv, opcode, payload);
             return Ok(());
         }
         let mut rest = payload;
         let mut opcode = opcode;
+        let mut rsv = rsv;
         while rest.len() > fragment {
             let head = rest.split_to(fragment);
-            self.queue_frame(false, opcode, head);
+            self.queue_frame_rsv(false, rsv, opcode, head);
             opcode = OpCode::Continuation;
+            rsv = 0;
         }
-        self.queue_frame(true, opcode, rest);
+        self.queue_frame_rsv(true, rsv, opcode, rest);
         Ok(())
     }
 
@@ -272,13 +362,17 @@ impl Connection {
     }
 
     fn queue_frame(&mut self, fin: bool, opcode: OpCode, payload: Bytes) {
+        self.queue_frame_rsv(fin, 0, opcode, payload);
+    }
+
+    fn queue_frame_rsv(&mut self, fin: bool, rsv: u8, opcode: OpCode, payload: Bytes) {
         let mask = match self.role {
             Role::Client => Some(rand::random::<[u8; 4]>()),
             Role::Server => None,
         };
         let header = FrameHeader {
             fin,
-            rsv: 0,
+            rsv,
             opcode,
             mask,
             payload_len: payload.len() as u64,
@@ -331,12 +425,33 @@ impl Connection {
         self.frame = None;
         self.message = None;
         self.rbuf.clear();
+        self.release_codecs();
+    }
+
+    /// Frees the zlib state of both directions: no data message will be sent or received again.
+    fn release_codecs(&mut self) {
+        if let Some(d) = &mut self.deflate {
+            d.deflater.release();
+            d.inflater.release();
+        }
+    }
+
+    fn check_rsv(&self, h: &FrameHeader) -> Result<(), ProtocolError> {
+        if h.rsv == 0 {
+            return Ok(());
+        }
+        if self.deflate.is_some() && h.rsv == RSV1 {
+            return match h.opcode {
+                OpCode::Text | OpCode::Binary => Ok(()),
+                OpCode::Continuation => Err(ProtocolError::CompressedContinuation),
+                _ => Err(ProtocolError::CompressedControlFrame),
+            };
+        }
+        Err(ProtocolError::ReservedBits(h.rsv))
     }
 
     fn check_header(&self, h: &FrameHeader) -> Result<(), ProtocolError> {
-        if h.rsv != 0 {
-            return Err(ProtocolError::ReservedBits(h.rsv));
-        }
+        self.check_rsv(h)?;
         match (self.role, h.mask.is_some()) {
             (Role::Server, false) => return Err(ProtocolError::UnmaskedFrame),
             (Role::Client, true) => return Err(ProtocolError::MaskedFrame),
@@ -352,19 +467,32 @@ impl Connection {
             _ => {}
         }
         if !h.opcode.is_control() {
-            let max_frame = self.config.effective_max_frame_size();
+            let compressed = match (&self.message, h.opcode) {
+                (Some(m), OpCode::Continuation) => m.compressed,
+                _ => h.rsv & RSV1 != 0,
+            };
+            // On the wire; a compressed message's inflated size is checked while inflating.
+            let max_message = if compressed {
+                compressed_wire_limit(self.config.max_message_size)
+            } else {
+                self.config.max_message_size
+            };
+            let max_frame = self
+                .config
+                .max_frame_size
+                .map_or(max_message, |f| f.min(max_message));
             if h.payload_len > max_frame as u64 {
                 return Err(ProtocolError::FrameTooLarge {
                     size: h.payload_len,
                     max: max_frame,
                 });
             }
-            let have = self.message.as_ref().map_or(0, |m| m.buf.len()) as u64;
+            let have = self.message.as_ref().map_or(0, |m| m.wire);
             let total = have.saturating_add(h.payload_len);
-            if total > self.config.max_message_size as u64 {
+            if total > max_message as u64 {
                 return Err(ProtocolError::MessageTooLarge {
                     size: total,
-                    max: self.config.max_message_size,
+                    max: max_message,
                 });
             }
         }
@@ -384,6 +512,7 @@ impl Connection {
                 self.check_header(&header)?;
                 self.rbuf.advance(header_len);
                 let whole_message = header.fin
+                    && header.rsv == 0
                     && matches!(header.opcode, OpCode::Text | OpCode::Binary)
                     && self.rbuf.len() as u64 >= header.payload_len;
                 if whole_message {
@@ -407,6 +536,8 @@ impl Connection {
                 if matches!(header.opcode, OpCode::Text | OpCode::Binary) {
                     self.message = Some(Assembly {
                         text: header.opcode == OpCode::Text,
+                        compressed: header.rsv & RSV1 != 0,
+                        wire: 0,
                         buf: BytesMut::new(),
                         utf8: Utf8Validator::new(),
                     });
@@ -453,13 +584,43 @@ impl Connection {
                 // check_header guarantees a message for every data frame.
                 return Err(ProtocolError::UnexpectedContinuation);
             };
-            if message.text {
-                message
-                    .utf8
-                    .feed(chunk)
-                    .map_err(|_| ProtocolError::InvalidUtf8)?;
+            message.wire += n as u64;
+            if message.compressed {
+                let Some(deflate) = self.deflate.as_mut() else {
+                    // check_header accepts RSV1 only with deflate negotiated.
+                    return Err(ProtocolError::ReservedBits(RSV1));
+                };
+                let max = self.config.max_message_size;
+                // Inflate what arrived; the sink sees at most 16 KiB at a time and stops the
+                // inflater the moment the message crosses the limit.
+                deflate
+                    .inflater
+                    .inflate(chunk, frame_done && fin, &mut |out: &[u8]| {
+                        let size = message.buf.len() + out.len();
+                        if size > max {
+                            return Err(ProtocolError::MessageTooLarge {
+                                size: size as u64,
+                                max,
+                            });
+                        }
+                        if message.text {
+                            message
+                                .utf8
+                                .feed(out)
+                                .map_err(|_| ProtocolError::InvalidUtf8)?;
+                        }
+                        message.buf.extend_from_slice(out);
+                        Ok(())
+                    })?;
+            } else {
+                if message.text {
+                    message
+                        .utf8
+                        .feed(chunk)
+                        .map_err(|_| ProtocolError::InvalidUtf8)?;
+                }
+                message.buf.extend_from_slice(chunk);
             }
-            message.buf.extend_from_slice(chunk);
             self.rbuf.advance(n);
             if frame_done {
                 self.frame = None;
@@ -474,6 +635,11 @@ impl Connection {
         let Some(message) = self.message.take() else {
             return Ok(());
         };
+        if message.compressed {
+            if let Some(d) = &mut self.deflate {
+                d.inflater.end_message();
+            }
+        }
         let payload = message.buf.freeze();
         let event = if message.text {
             if !message.utf8.is_complete() {
@@ -517,6 +683,7 @@ impl Connection {
         }
         self.state = State::Closed;
         self.message = None;
+        self.release_codecs();
         self.events.push_back(Message::Close(frame));
     }
 }

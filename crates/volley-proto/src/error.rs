@@ -63,13 +63,26 @@ pub enum ProtocolError {
     /// A close frame's reason was not valid UTF-8.
     #[error("close reason is not valid UTF-8")]
     InvalidCloseReason,
+    /// With permessage-deflate, RSV1 was set on a continuation frame: only the first frame of a
+    /// compressed message carries it (RFC 7692 §6.1).
+    #[error("RSV1 set on a continuation frame")]
+    CompressedContinuation,
+    /// With permessage-deflate, RSV1 was set on a control frame: control frames are never
+    /// compressed (RFC 7692 §6.1).
+    #[error("RSV1 set on a control frame")]
+    CompressedControlFrame,
+    /// A compressed message was not valid DEFLATE data (or referred to data outside the window).
+    #[error("compressed message is not valid DEFLATE data")]
+    InvalidCompressedData,
 }
 
 impl ProtocolError {
     /// The close code the connection is failed with for this error.
     pub fn close_code(&self) -> CloseCode {
         match self {
-            Self::InvalidUtf8 | Self::InvalidCloseReason => CloseCode::INVALID_PAYLOAD,
+            Self::InvalidUtf8 | Self::InvalidCloseReason | Self::InvalidCompressedData => {
+                CloseCode::INVALID_PAYLOAD
+            }
             Self::FrameTooLarge { .. } | Self::MessageTooLarge { .. } => CloseCode::MESSAGE_TOO_BIG,
             _ => CloseCode::PROTOCOL_ERROR,
         }
@@ -89,4 +102,8 @@ pub enum SendError {
     /// The close code may not be sent on the wire (1005, 1006, 1015, or outside the allowed ranges).
     #[error("close code {0} may not be sent")]
     InvalidCloseCode(u16),
+    /// The compressor failed on the message (zlib rejected its own state; not expected to happen).
+    /// Nothing was queued, but with context takeover the connection cannot compress again: close it.
+    #[error("compressing the message failed")]
+    Compression,
 }

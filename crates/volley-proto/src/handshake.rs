@@ -10,6 +10,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use sha1::{Digest, Sha1};
 
+use crate::deflate::{DeflateConfig, DeflateParams, EXTENSION_NAME};
+
 /// The GUID that RFC 6455 §1.3 appends to the key.
 const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
@@ -103,6 +105,10 @@ pub enum HandshakeError {
     /// Client: the server selected an extension that was not offered.
     #[error("server selected extension {0:?}, which was not offered")]
     UnexpectedExtension(String),
+    /// Client: the server's permessage-deflate response does not fit the offer (unknown, repeated
+    /// or out-of-range parameter, a window larger than offered, a requested parameter missing).
+    #[error("invalid permessage-deflate response: {0}")]
+    InvalidDeflateResponse(String),
 }
 
 impl HandshakeError {
@@ -439,6 +445,13 @@ impl UpgradeRequest {
         &self.extensions
     }
 
+    /// Negotiates permessage-deflate: the parameters of the first acceptable offer, or `None` if
+    /// the client offered none that `config` can accept. Put
+    /// [`DeflateParams::header_value`] in the 101's `Sec-WebSocket-Extensions` header.
+    pub fn negotiate_deflate(&self, config: &DeflateConfig) -> Option<DeflateParams> {
+        config.negotiate(&self.extensions)
+    }
+
     /// The `Sec-WebSocket-Accept` value for this request.
     pub fn accept_key(&self) -> String {
         accept_key(self.key.as_bytes().trim_ascii())
@@ -476,6 +489,9 @@ pub struct UpgradeResponse {
     pub response: Response<()>,
     /// The subprotocol the server selected, if any.
     pub protocol: Option<String>,
+    /// The permessage-deflate parameters in force, if the client offered it and the server
+    /// accepted.
+    pub deflate: Option<DeflateParams>,
 }
 
 /// A client's opening handshake: the request to send and what the response must satisfy.
@@ -484,6 +500,7 @@ pub struct ClientHandshake {
     key: String,
     protocols: Vec<String>,
     request: Vec<u8>,
+    deflate: Option<DeflateConfig>,
 }
 
 impl ClientHandshake {
@@ -535,7 +552,21 @@ impl ClientHandshake {
             key,
             protocols: protocols.to_vec(),
             request,
+            deflate: None,
         })
+    }
+
+    /// Offers permessage-deflate with `config` (adds `Sec-WebSocket-Extensions` to the request).
+    /// [`parse_response`](Self::parse_response) then validates the server's answer to it.
+    pub fn offer_deflate(mut self, config: &DeflateConfig) -> Self {
+        // The request ends with the empty line: insert the header before it.
+        self.request.truncate(self.request.len() - 2);
+        self.request
+            .extend_from_slice(b"Sec-WebSocket-Extensions: ");
+        self.request.extend_from_slice(config.offer().as_bytes());
+        self.request.extend_from_slice(b"\r\n\r\n");
+        self.deflate = Some(config.clone());
+        self
     }
 
     /// The request bytes to write.
@@ -597,12 +628,30 @@ impl ClientHandshake {
                 return Err(HandshakeError::UnexpectedSubprotocol(p.clone()));
             }
         }
-        if let Some(ext) = parse_extensions(&headers)?.into_iter().next() {
-            return Err(HandshakeError::UnexpectedExtension(ext.name));
+        let mut deflate = None;
+        for ext in parse_extensions(&headers)? {
+            match &self.deflate {
+                Some(config) if ext.name.eq_ignore_ascii_case(EXTENSION_NAME) => {
+                    if deflate.is_some() {
+                        return Err(HandshakeError::InvalidDeflateResponse(
+                            "permessage-deflate selected twice".into(),
+                        ));
+                    }
+                    deflate = Some(config.accept_response(&ext)?);
+                }
+                _ => return Err(HandshakeError::UnexpectedExtension(ext.name)),
+            }
         }
         let mut response = Response::new(());
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         *response.headers_mut() = headers;
-        Ok(Some((UpgradeResponse { response, protocol }, len)))
+        Ok(Some((
+            UpgradeResponse {
+                response,
+                protocol,
+                deflate,
+            },
+            len,
+        )))
     }
 }

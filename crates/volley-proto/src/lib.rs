@@ -4,6 +4,9 @@
 //! - [`Connection`]: the state machine after the handshake. Feed it bytes with
 //!   [`Connection::handle_read`], queue messages with [`Connection::send`], and after every input
 //!   drain [`Connection::poll_event`] and [`Connection::poll_transmit`].
+//! - [`deflate`]: permessage-deflate (RFC 7692) negotiation; a [`Connection`] created with the
+//!   agreed [`DeflateParams`] compresses and inflates messages, applying the message size limit to
+//!   the inflated size.
 //! - [`frame`], [`mask`], [`utf8`]: the building blocks, public for tools and fuzzing.
 //!
 //! ```
@@ -21,6 +24,7 @@
 pub mod close;
 pub mod config;
 pub mod conn;
+pub mod deflate;
 pub mod error;
 pub mod frame;
 pub mod handshake;
@@ -31,5 +35,6 @@ pub mod utf8;
 pub use close::{CloseCode, CloseFrame};
 pub use config::{Config, Role};
 pub use conn::{Connection, State};
+pub use deflate::{DeflateConfig, DeflateParams};
 pub use error::{ProtocolError, SendError};
 pub use message::{Message, Utf8Bytes};

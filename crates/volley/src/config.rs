@@ -10,8 +10,9 @@ use volley_proto::handshake::HeaderLimits;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Config {
-    /// Frame and message limits and outgoing fragmentation (see [`volley_proto::Config`]): max
-    /// message size 1 MiB, no separate frame limit, no fragmentation.
+    /// Frame and message limits, outgoing fragmentation and permessage-deflate (see
+    /// [`volley_proto::Config`]): max message size 1 MiB, no separate frame limit, no
+    /// fragmentation, compression off (enable it with [`Config::deflate`]).
     pub protocol: volley_proto::Config,
     /// Limits on the HTTP header block of the opening handshake: 8 KiB, 128 headers.
     pub headers: HeaderLimits,
@@ -20,6 +21,22 @@ pub struct Config {
     /// How long to wait for the peer's side of the close handshake (its close frame, and for a
     /// client the server's TCP close) after sending ours. Default 10 s.
     pub close_timeout: Duration,
+    /// How often to ping the peer while a `recv` is pending. Default 20 s; `None` disables
+    /// keep-alive. Pings go out on schedule whatever other traffic there is.
+    pub ping_interval: Option<Duration>,
+    /// How long a keep-alive ping may wait for its pong before the connection is failed with
+    /// 1011 and `recv` returns [`Error::KeepaliveTimeout`](crate::Error::KeepaliveTimeout).
+    /// Default 20 s; `None` never gives up.
+    pub ping_timeout: Option<Duration>,
+    /// Close the connection (1000, "idle timeout") when nothing at all was received for this
+    /// long. Default `None`.
+    pub idle_timeout: Option<Duration>,
+    /// Bytes of outgoing frames that [`WsSender::feed`](crate::WsSender::feed) may leave queued
+    /// before it waits for the transport (the high-water mark of Python websockets'
+    /// `write_limit`). Default 32 KiB. `send` always waits until its message is written; replies
+    /// the receiver queues (pongs, close echoes) beyond this make `recv` wait for the transport
+    /// too, so a peer that floods pings without reading cannot grow memory.
+    pub write_limit: usize,
 }
 
 impl Default for Config {
@@ -29,6 +46,10 @@ impl Default for Config {
             headers: HeaderLimits::default(),
             open_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(10),
+            ping_interval: Some(Duration::from_secs(20)),
+            ping_timeout: Some(Duration::from_secs(20)),
+            idle_timeout: None,
+            write_limit: 32 * 1024,
         }
     }
 }
@@ -52,6 +73,21 @@ impl Config {
         self
     }
 
+    /// Enables permessage-deflate (RFC 7692) with `deflate`'s preferences, or disables it with
+    /// `None` (the default, for servers and clients alike).
+    ///
+    /// A server then accepts the first acceptable offer of each client; a client offers it and
+    /// fails the connection on an invalid answer. Messages of at least
+    /// [`DeflateConfig::threshold`](volley_proto::DeflateConfig::threshold) bytes are sent
+    /// compressed, and the max message size applies to the inflated size of received ones.
+    /// Memory: with context takeover (the default) a connection keeps ~300 KiB of zlib state per
+    /// direction it compresses in; `DeflateConfig::default().no_context_takeover(true)` frees it
+    /// after every message (see `docs/DEFLATE.md` for measurements).
+    pub fn deflate(mut self, deflate: Option<volley_proto::DeflateConfig>) -> Self {
+        self.protocol = self.protocol.deflate(deflate);
+        self
+    }
+
     /// Sets the header block limits of the opening handshake.
     pub fn headers(mut self, limits: HeaderLimits) -> Self {
         self.headers = limits;
@@ -67,6 +103,30 @@ impl Config {
     /// Sets [`Config::close_timeout`].
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
         self.close_timeout = timeout;
+        self
+    }
+
+    /// Sets [`Config::ping_interval`].
+    pub fn ping_interval(mut self, interval: Option<Duration>) -> Self {
+        self.ping_interval = interval;
+        self
+    }
+
+    /// Sets [`Config::ping_timeout`].
+    pub fn ping_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.ping_timeout = timeout;
+        self
+    }
+
+    /// Sets [`Config::idle_timeout`].
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Sets [`Config::write_limit`].
+    pub fn write_limit(mut self, bytes: usize) -> Self {
+        self.write_limit = bytes;
         self
     }
 }

@@ -27,6 +27,10 @@ pub enum Error {
     #[cfg(feature = "tls")]
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    /// The peer did not answer a keep-alive ping within `ping_timeout`; the connection was
+    /// failed with close code 1011.
+    #[error("keep-alive ping timed out (no pong within the ping timeout); closed with 1011")]
+    KeepaliveTimeout,
     /// A timeout elapsed: the opening handshake (`open_timeout`) or the close handshake (`close_timeout`).
     #[error("{0} timed out")]
     Timeout(&'static str),
@@ -38,7 +42,7 @@ impl From<Error> for std::io::Error {
         match err {
             Error::Io(e) => e,
             Error::AbnormalClose => Self::new(ErrorKind::UnexpectedEof, err),
-            Error::Timeout(_) => Self::new(ErrorKind::TimedOut, err),
+            Error::Timeout(_) | Error::KeepaliveTimeout => Self::new(ErrorKind::TimedOut, err),
             Error::Send(_) => Self::new(ErrorKind::BrokenPipe, err),
             other => Self::new(ErrorKind::InvalidData, other),
         }

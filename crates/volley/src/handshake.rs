@@ -1,10 +1,10 @@
 //! Opening handshakes over a transport: [`accept`] for servers, [`connect`] for clients.
 
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Uri, header};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use volley_proto::Role;
 use volley_proto::handshake::{ClientHandshake, HandshakeError, UpgradeRequest, UpgradeResponse};
+use volley_proto::{CloseCode, CloseFrame, Connection, Role};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -55,6 +55,9 @@ where
 /// Accepts a WebSocket connection with `config`, also returning the client's request (path,
 /// query, headers) for routing and authentication. Enforces `config.open_timeout`.
 ///
+/// With [`Config::deflate`] set, the first acceptable permessage-deflate offer is accepted and
+/// its parameters answered in the 101 ([`WebSocket::deflate`] tells them).
+///
 /// Not cancel-safe (see [`accept`]).
 pub async fn accept_with_config<S>(
     mut stream: S,
@@ -64,17 +67,26 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let limits = config.headers;
+    let deflate_config = config.protocol.deflate.clone();
     let handshake = async {
         let mut buf = Vec::new();
         let parsed = read_head(&mut stream, &mut buf, |b| UpgradeRequest::parse(b, &limits)).await;
         match parsed {
             Ok((upgrade, len)) => {
-                stream
-                    .write_all(&upgrade.accept(None, &HeaderMap::new()))
-                    .await?;
+                let mut extra = HeaderMap::new();
+                let deflate = deflate_config
+                    .as_ref()
+                    .and_then(|d| upgrade.negotiate_deflate(d))
+                    .and_then(|params| {
+                        // Always ASCII; should it ever fail, decline rather than disagree.
+                        let value = HeaderValue::try_from(params.header_value()).ok()?;
+                        extra.insert(header::SEC_WEBSOCKET_EXTENSIONS, value);
+                        Some(params)
+                    });
+                stream.write_all(&upgrade.accept(None, &extra)).await?;
                 stream.flush().await?;
                 buf.drain(..len);
-                Ok((upgrade, buf))
+                Ok((upgrade, deflate, buf))
             }
             Err(Error::Handshake(e)) => {
                 let _ = stream.write_all(&e.response()).await;
@@ -84,11 +96,11 @@ where
             Err(e) => Err(e),
         }
     };
-    let (upgrade, leftover) = tokio::time::timeout(config.open_timeout, handshake)
+    let (upgrade, deflate, leftover) = tokio::time::timeout(config.open_timeout, handshake)
         .await
         .map_err(|_| Error::Timeout("opening handshake"))??;
     let request = upgrade.request().clone();
-    let ws = WebSocket::from_raw(stream, Role::Server, config, &leftover);
+    let ws = WebSocket::from_raw_with_deflate(stream, Role::Server, config, deflate, &leftover);
     Ok((ws, request))
 }
 
@@ -214,6 +226,10 @@ impl ClientBuilder {
     /// Performs the client handshake over an already connected transport (for custom transports
     /// such as Unix sockets or TLS streams) within `open_timeout`.
     ///
+    /// With [`Config::deflate`] set, permessage-deflate is offered. A response that selects an
+    /// extension not offered, or answers the offer with parameters it did not allow, fails the
+    /// connection: a close frame with 1010 (mandatory extension) is sent and the error returned.
+    ///
     /// Not cancel-safe: dropping it midway leaves the transport in an unknown state.
     pub async fn handshake<S>(
         self,
@@ -223,21 +239,69 @@ impl ClientBuilder {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let client = ClientHandshake::new(uri, &self.protocols, &self.headers)?;
+        let mut client = ClientHandshake::new(uri, &self.protocols, &self.headers)?;
+        if let Some(deflate) = &self.config.protocol.deflate {
+            client = client.offer_deflate(deflate);
+        }
         let limits = self.config.headers;
         let handshake = async {
             stream.write_all(client.request()).await?;
             stream.flush().await?;
             let mut buf = Vec::new();
-            let (response, len) =
-                read_head(&mut stream, &mut buf, |b| client.parse_response(b, &limits)).await?;
+            let parsed =
+                read_head(&mut stream, &mut buf, |b| client.parse_response(b, &limits)).await;
+            let (response, len) = match parsed {
+                Err(Error::Handshake(e)) if is_extension_error(&e) => {
+                    // The server considers the connection open: fail it properly (RFC 6455 §4.1,
+                    // RFC 7692 §5), telling the server why.
+                    let _ = stream.write_all(&extension_failure_close(&e)).await;
+                    let _ = stream.shutdown().await;
+                    return Err(Error::Handshake(e));
+                }
+                other => other?,
+            };
             buf.drain(..len);
             Ok::<_, Error>((response, buf))
         };
         let (response, leftover) = tokio::time::timeout(self.config.open_timeout, handshake)
             .await
             .map_err(|_| Error::Timeout("opening handshake"))??;
-        let ws = WebSocket::from_raw(stream, Role::Client, self.config, &leftover);
+        let ws = WebSocket::from_raw_with_deflate(
+            stream,
+            Role::Client,
+            self.config,
+            response.deflate,
+            &leftover,
+        );
         Ok((ws, response))
     }
+}
+
+/// Whether a client handshake failed on the server's `Sec-WebSocket-Extensions` answer.
+fn is_extension_error(e: &HandshakeError) -> bool {
+    matches!(
+        e,
+        HandshakeError::UnexpectedExtension(_) | HandshakeError::InvalidDeflateResponse(_)
+    )
+}
+
+/// The masked close frame (1010, with the reason cut to fit) a client sends when the server's
+/// extension answer is unacceptable.
+fn extension_failure_close(e: &HandshakeError) -> Vec<u8> {
+    let mut reason = e.to_string();
+    let mut cut = reason.len().min(123);
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    reason.truncate(cut);
+    let mut conn = Connection::new(Role::Client, volley_proto::Config::default());
+    let _ = conn.close(Some(CloseFrame::new(
+        CloseCode::MANDATORY_EXTENSION,
+        reason,
+    )));
+    let mut out = Vec::new();
+    while let Some(bytes) = conn.poll_transmit() {
+        out.extend_from_slice(&bytes);
+    }
+    out
 }

@@ -29,10 +29,11 @@ pub use error::{Error, Result};
 pub use handshake::{ClientBuilder, accept, accept_with_config, connect};
 pub use maybe_tls::MaybeTlsStream;
 pub use server::Server;
-pub use stream::{WebSocket, WsReceiver, WsSender};
+pub use stream::{CloseHandle, WebSocket, WsReceiver, WsSender};
 pub use volley_proto::handshake::{HandshakeError, HeaderLimits, UpgradeResponse};
 pub use volley_proto::{
-    CloseCode, CloseFrame, Message, ProtocolError, Role, SendError, State, Utf8Bytes,
+    CloseCode, CloseFrame, DeflateConfig, DeflateParams, Message, ProtocolError, Role, SendError,
+    State, Utf8Bytes,
 };
 
 /// The sans-IO protocol core, re-exported.

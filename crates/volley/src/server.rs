@@ -4,12 +4,18 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use http::Request;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use tokio::net::{TcpListener, ToSocketAddrs};
+use tokio::task::JoinSet;
+use volley_proto::{CloseCode, CloseFrame};
 
 use crate::config::Config;
 use crate::handshake::accept_with_config;
 use crate::maybe_tls::MaybeTlsStream;
-use crate::stream::WebSocket;
+use crate::stream::{CloseHandle, WebSocket};
 
 /// A WebSocket server: binds a TCP listener and serves each connection in its own task.
 ///
@@ -30,6 +36,8 @@ use crate::stream::WebSocket;
 pub struct Server {
     listener: TcpListener,
     config: Config,
+    shutdown_frame: CloseFrame,
+    drain_timeout: Duration,
     #[cfg(feature = "tls")]
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
@@ -56,6 +64,8 @@ impl Server {
         Self {
             listener,
             config: Config::default(),
+            shutdown_frame: CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down"),
+            drain_timeout: Duration::from_secs(10),
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -84,30 +94,75 @@ impl Server {
     /// connection and the client's request. Failed handshakes are answered with their HTTP error
     /// and logged at debug level.
     ///
-    /// Returns only if accepting fails with an error that is not per-connection. Cancel-safe:
-    /// dropping it stops accepting; connections already running continue in their tasks.
+    /// Never returns an error for a single connection's failure; out of file descriptors, it
+    /// backs off and retries. Cancel-safe: dropping it stops accepting; connections already
+    /// running continue in their tasks.
     pub async fn serve<F, Fut>(self, handler: F) -> std::io::Result<()>
     where
         F: Fn(WebSocket<MaybeTlsStream>, Request<()>) -> Fut + Clone + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        self.serve_with_shutdown(handler, std::future::pending())
+            .await
+    }
+
+    /// Sets the close frame open connections get at shutdown. Default: 1001 (going away),
+    /// "server shutting down"; 1012 (service restart) suits rolling restarts.
+    pub fn shutdown_close(mut self, code: CloseCode, reason: &str) -> Self {
+        self.shutdown_frame = CloseFrame::new(code, reason);
+        self
+    }
+
+    /// Sets how long shutdown waits for connections to finish their close handshake (and for
+    /// messages queued before it to drain) before aborting them. Default 10 s.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// Like [`serve`](Self::serve), until `shutdown` completes; then shuts down gracefully:
+    /// stops accepting, closes every open connection with the shutdown close frame (queued behind
+    /// the messages already queued, so none is lost while the peer keeps reading), waits up to the
+    /// drain timeout for their handlers to finish, then aborts what is left.
+    ///
+    /// Cancel-safe in the sense that dropping it stops accepting; it does not close connections.
+    pub async fn serve_with_shutdown<F, Fut>(
+        self,
+        handler: F,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()>
+    where
+        F: Fn(WebSocket<MaybeTlsStream>, Request<()>) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let open: Arc<Mutex<HashMap<u64, CloseHandle>>> = Arc::default();
+        let mut tasks = JoinSet::new();
+        let mut next_id = 0u64;
+        tokio::pin!(shutdown);
         loop {
-            let (stream, peer) = match self.listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) if is_per_connection(&e) => continue,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
+            let (stream, peer) = tokio::select! {
+                () = &mut shutdown => break,
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) if is_per_connection(&e) => continue,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
             };
             let _ = stream.set_nodelay(true);
             let config = self.config.clone();
             let handler = handler.clone();
             #[cfg(feature = "tls")]
             let tls = self.tls.clone();
-            tokio::spawn(async move {
+            let id = next_id;
+            next_id += 1;
+            let registry = open.clone();
+            tasks.spawn(async move {
                 #[cfg(feature = "tls")]
                 let stream = match tls {
                     Some(acceptor) => {
@@ -130,12 +185,39 @@ impl Server {
                 #[cfg(not(feature = "tls"))]
                 let stream = MaybeTlsStream::Plain(stream);
                 match accept_with_config(stream, config).await {
-                    Ok((ws, request)) => handler(ws, request).await,
+                    Ok((ws, request)) => {
+                        lock(&registry).insert(id, ws.close_handle());
+                        handler(ws, request).await;
+                        lock(&registry).remove(&id);
+                    }
                     Err(e) => tracing::debug!(%peer, "handshake failed: {e}"),
                 }
             });
         }
+
+        // Graceful shutdown.
+        drop(self.listener);
+        let handles: Vec<CloseHandle> = lock(&open).values().cloned().collect();
+        tracing::info!(connections = handles.len(), "shutting down");
+        let frame = self.shutdown_frame.clone();
+        for handle in handles {
+            let frame = frame.clone();
+            tasks.spawn(async move { handle.close(frame).await });
+        }
+        let drained = tokio::time::timeout(self.drain_timeout, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::info!(left = tasks.len(), "drain timeout: aborting connections");
+            tasks.shutdown().await;
+        }
+        Ok(())
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn is_per_connection(e: &std::io::Error) -> bool {

@@ -8,12 +8,13 @@
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use volley_proto::{CloseFrame, Connection, Message, Role, State};
+use volley_proto::{CloseCode, CloseFrame, Connection, DeflateParams, Message, Role, State};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -37,6 +38,8 @@ struct Shared<S> {
     close_deadline: OnceLock<Instant>,
     /// Wakes a receiver blocked in a read when our close frame is queued.
     closing: Notify,
+    /// Round trip of the last answered keep-alive ping.
+    latency: Mutex<Option<Duration>>,
 }
 
 impl<S> Shared<S> {
@@ -89,12 +92,81 @@ impl<S: AsyncRead + AsyncWrite> Shared<S> {
         }
     }
 
-    /// Flushes queued bytes if no one else is writing; whoever is will flush them.
+    /// Flushes queued bytes if no one else is writing; whoever is will flush them. Past the
+    /// write limit it waits for the writer instead, so replies queued while a sender is stuck
+    /// cannot pile up.
     async fn try_flush(&self) -> Result<()> {
         match self.writer.try_lock() {
             Ok(w) => self.flush_and_release(w).await,
+            Err(_) if self.proto().pending_transmit() > self.config.write_limit => {
+                let w = self.writer.lock().await;
+                self.flush_and_release(w).await
+            }
             Err(_) => Ok(()),
         }
+    }
+}
+
+/// Type-erased access to a connection for [`CloseHandle`].
+trait Closer: Send + Sync {
+    /// Queues our close frame (if none was sent) and wakes the receiver to start its deadline.
+    fn start_close(&self, frame: CloseFrame);
+    /// Writes what is queued.
+    fn flush(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
+}
+
+impl<S: AsyncRead + AsyncWrite + Send> Closer for Shared<S> {
+    fn start_close(&self, frame: CloseFrame) {
+        let state = {
+            let mut proto = self.proto();
+            let _ = proto.close(Some(frame));
+            proto.state()
+        };
+        self.closing_if(state);
+    }
+
+    fn flush(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            let w = self.writer.lock().await;
+            let _ = self.flush_and_release(w).await;
+        })
+    }
+}
+
+/// Closes a connection from outside the tasks that use it: it queues a close frame behind the
+/// messages already queued (so none is lost) and writes it. The connection's receiver then sees
+/// the peer's reply and ends as after any close. Holds no strong reference: a handle to a
+/// connection that is gone does nothing.
+#[derive(Clone)]
+pub struct CloseHandle {
+    inner: std::sync::Weak<dyn Closer>,
+}
+
+impl std::fmt::Debug for CloseHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CloseHandle")
+            .field("alive", &(self.inner.strong_count() > 0))
+            .finish()
+    }
+}
+
+impl CloseHandle {
+    /// Starts the close handshake with `frame` and waits until the close frame is written
+    /// (which waits for messages queued before it).
+    ///
+    /// Cancel-safe: if dropped early, the close frame stays queued and goes out with the
+    /// connection's next write.
+    pub async fn close(&self, frame: CloseFrame) {
+        let Some(conn) = self.inner.upgrade() else {
+            return;
+        };
+        conn.start_close(frame);
+        conn.flush().await;
+    }
+
+    /// Whether the connection still exists.
+    pub fn is_alive(&self) -> bool {
+        self.inner.strong_count() > 0
     }
 }
 
@@ -147,6 +219,47 @@ pub struct WsReceiver<S> {
     /// An item already polled, returned once the bytes polling queued are flushed.
     ready: Option<Result<Message>>,
     done: bool,
+    /// The peer stopped answering: close the transport without waiting for its close reply.
+    abandon: bool,
+    keepalive: Keepalive,
+}
+
+/// Keep-alive and idle timers, driven by a pending `recv`.
+struct Keepalive {
+    next_ping: Option<Instant>,
+    /// The payload and send time of the ping awaiting its pong.
+    outstanding: Option<(Bytes, Instant)>,
+    seq: u32,
+    last_read: Instant,
+}
+
+impl Keepalive {
+    fn new(config: &Config) -> Self {
+        let now = Instant::now();
+        Self {
+            next_ping: config.ping_interval.map(|i| now + i),
+            outstanding: None,
+            seq: 0,
+            last_read: now,
+        }
+    }
+
+    /// When the receiver must wake up for a timer, if ever.
+    fn deadline(&self, config: &Config) -> Option<Instant> {
+        let pong = self
+            .outstanding
+            .as_ref()
+            .and_then(|(_, sent)| config.ping_timeout.map(|t| *sent + t));
+        let idle = config.idle_timeout.map(|t| self.last_read + t);
+        [self.next_ping, pong, idle].into_iter().flatten().min()
+    }
+}
+
+/// What a timer asks the receiver to do.
+enum Timer {
+    Ping(Bytes),
+    PongOverdue,
+    Idle,
 }
 
 /// A WebSocket connection over any `AsyncRead + AsyncWrite` transport.
@@ -173,8 +286,22 @@ impl<S: AsyncRead + AsyncWrite> WebSocket<S> {
     ///
     /// `leftover` holds bytes read past the handshake (the first frames), if any.
     pub fn from_raw(stream: S, role: Role, config: Config, leftover: &[u8]) -> Self {
+        Self::from_raw_with_deflate(stream, role, config, None, leftover)
+    }
+
+    /// Like [`from_raw`](Self::from_raw), with the permessage-deflate parameters the handshake
+    /// agreed on (`None`: no compression). [`accept_with_config`](crate::accept_with_config) and
+    /// [`ClientBuilder`](crate::ClientBuilder) call it; use it after a handshake made elsewhere.
+    pub fn from_raw_with_deflate(
+        stream: S,
+        role: Role,
+        config: Config,
+        deflate: Option<DeflateParams>,
+        leftover: &[u8],
+    ) -> Self {
         let (read, write) = tokio::io::split(stream);
-        let mut proto = Connection::new(role, config.protocol.clone());
+        let shared_config = config.clone();
+        let mut proto = Connection::with_deflate(role, config.protocol.clone(), deflate);
         let error = proto.handle_read(leftover).err().map(Error::Protocol);
         let shared = Arc::new(Shared {
             proto: Mutex::new(proto),
@@ -182,9 +309,10 @@ impl<S: AsyncRead + AsyncWrite> WebSocket<S> {
                 io: write,
                 queue: VecDeque::new(),
             }),
-            config,
             close_deadline: OnceLock::new(),
             closing: Notify::new(),
+            latency: Mutex::new(None),
+            config,
         });
         Self {
             tx: WsSender {
@@ -197,6 +325,8 @@ impl<S: AsyncRead + AsyncWrite> WebSocket<S> {
                 error,
                 ready: None,
                 done: false,
+                abandon: false,
+                keepalive: Keepalive::new(&shared_config),
             },
         }
     }
@@ -247,14 +377,38 @@ impl<S: AsyncRead + AsyncWrite> WebSocket<S> {
         self.tx.state()
     }
 
+    /// Round-trip time of the last keep-alive ping that was answered, if any.
+    pub fn latency(&self) -> Option<Duration> {
+        self.tx.latency()
+    }
+
+    /// Queues a message without waiting for the transport unless more than
+    /// [`Config::write_limit`] bytes are queued; see [`WsSender::feed`].
+    pub async fn feed(&mut self, message: impl Into<Message>) -> Result<()> {
+        self.tx.feed(message.into()).await
+    }
+
     /// The configuration in force.
     pub fn config(&self) -> &Config {
         &self.tx.shared.config
     }
 
+    /// The permessage-deflate parameters in force, if compression was negotiated.
+    pub fn deflate(&self) -> Option<DeflateParams> {
+        self.tx.shared.proto().deflate().copied()
+    }
+
     /// Splits into a sender and a receiver usable from separate tasks.
     pub fn split(self) -> (WsSender<S>, WsReceiver<S>) {
         (self.tx, self.rx)
+    }
+
+    /// A handle that closes this connection from elsewhere (graceful shutdown, admin kicks).
+    pub fn close_handle(&self) -> CloseHandle
+    where
+        S: Send + 'static,
+    {
+        self.tx.close_handle()
     }
 }
 
@@ -275,6 +429,47 @@ impl<S: AsyncRead + AsyncWrite> WsSender<S> {
     pub async fn flush(&mut self) -> Result<()> {
         let w = self.shared.writer.lock().await;
         self.shared.flush_and_release(w).await
+    }
+
+    /// Queues a message for sending and returns without waiting for the transport while at
+    /// most [`Config::write_limit`] bytes are queued; past that it writes everything queued
+    /// first. Use it to batch many small messages into few writes, then [`flush`](Self::flush).
+    /// Queued bytes also go out with the next `send`, `flush` or `recv`.
+    ///
+    /// Cancel-safe like [`WebSocket::send`].
+    pub async fn feed(&mut self, message: impl Into<Message>) -> Result<()> {
+        let w = self.shared.writer.lock().await;
+        let (state, pending) = {
+            let mut proto = self.shared.proto();
+            proto.send(message.into())?;
+            (proto.state(), proto.pending_transmit())
+        };
+        self.shared.closing_if(state);
+        if pending > self.shared.config.write_limit {
+            self.shared.flush_and_release(w).await
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A handle that closes this connection from elsewhere (graceful shutdown, admin kicks).
+    pub fn close_handle(&self) -> CloseHandle
+    where
+        S: Send + 'static,
+    {
+        let shared: Arc<dyn Closer> = self.shared.clone();
+        CloseHandle {
+            inner: Arc::downgrade(&shared),
+        }
+    }
+
+    /// Round-trip time of the last keep-alive ping that was answered, if any.
+    pub fn latency(&self) -> Option<Duration> {
+        *self
+            .shared
+            .latency
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Sends a close frame (once; later calls do nothing). The receiving half sees the peer's reply
@@ -317,6 +512,9 @@ impl<S: AsyncRead + AsyncWrite> WsReceiver<S> {
                 let event = proto.poll_event();
                 (event, proto.pending_transmit(), proto.state())
             };
+            if let Some(Message::Pong(payload)) = &event {
+                self.on_pong(payload);
+            }
             if let Some(item) = event.map(Ok).or_else(|| self.error.take().map(Err)) {
                 if pending > 0 && !self.done {
                     // Polling can make a close frame due: the reply to the peer's close, or ours
@@ -331,7 +529,7 @@ impl<S: AsyncRead + AsyncWrite> WsReceiver<S> {
             if self.done {
                 return None;
             }
-            if matches!(state, State::Closed | State::Failed) {
+            if self.abandon || matches!(state, State::Closed | State::Failed) {
                 self.done = true;
                 return self.finish().await.err().map(Err);
             }
@@ -348,10 +546,27 @@ impl<S: AsyncRead + AsyncWrite> WsReceiver<S> {
                     }
                 }
             } else {
+                let timer = self.keepalive.deadline(&self.shared.config);
+                let sleep = async move {
+                    match timer {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 // A close sent by the other half while this read waits must start the deadline.
                 tokio::select! {
                     n = read => n,
                     () = self.shared.closing.notified() => continue,
+                    () = sleep => {
+                        if let Some(err) = self.on_timer() {
+                            // Get the 1011 close frame out before reporting, if the transport
+                            // takes it within the close timeout.
+                            let flush = self.shared.try_flush();
+                            let _ = tokio::time::timeout(self.shared.config.close_timeout, flush).await;
+                            return Some(Err(err));
+                        }
+                        continue;
+                    }
                 }
             };
             match n {
@@ -360,6 +575,7 @@ impl<S: AsyncRead + AsyncWrite> WsReceiver<S> {
                     return Some(Err(Error::AbnormalClose));
                 }
                 Ok(_) => {
+                    self.keepalive.last_read = Instant::now();
                     let result = self.shared.proto().handle_read(&self.buf);
                     self.buf.clear();
                     if let Err(e) = result {
@@ -374,27 +590,108 @@ impl<S: AsyncRead + AsyncWrite> WsReceiver<S> {
         }
     }
 
+    /// Records the pong answering our keep-alive ping, if it is that one.
+    fn on_pong(&mut self, payload: &Bytes) {
+        if let Some((expected, sent)) = &self.keepalive.outstanding {
+            if expected == payload {
+                let rtt = sent.elapsed();
+                *self
+                    .shared
+                    .latency
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(rtt);
+                self.keepalive.outstanding = None;
+            }
+        }
+    }
+
+    /// Acts on whichever keep-alive or idle timer is due. Returns the error to report when the
+    /// peer failed to answer a ping in time.
+    fn on_timer(&mut self) -> Option<Error> {
+        let now = Instant::now();
+        let config = &self.shared.config;
+        let ka = &mut self.keepalive;
+        let timer = if ka
+            .outstanding
+            .as_ref()
+            .is_some_and(|(_, sent)| config.ping_timeout.is_some_and(|t| *sent + t <= now))
+        {
+            Timer::PongOverdue
+        } else if config.idle_timeout.is_some_and(|t| ka.last_read + t <= now) {
+            Timer::Idle
+        } else if ka.next_ping.is_some_and(|at| at <= now) {
+            ka.next_ping = config.ping_interval.map(|i| now + i);
+            ka.seq = ka.seq.wrapping_add(1);
+            let payload = Bytes::copy_from_slice(format!("volley-keepalive-{}", ka.seq).as_bytes());
+            // A ping still unanswered keeps its deadline; a new one is only sent once it is.
+            if ka.outstanding.is_some() {
+                return None;
+            }
+            ka.outstanding = Some((payload.clone(), now));
+            Timer::Ping(payload)
+        } else {
+            return None;
+        };
+        let mut proto = self.shared.proto();
+        match timer {
+            Timer::Ping(payload) => {
+                let _ = proto.send(Message::Ping(payload));
+                None
+            }
+            Timer::Idle => {
+                self.keepalive.last_read = now;
+                let _ = proto.close(Some(CloseFrame::new(CloseCode::NORMAL, "idle timeout")));
+                drop(proto);
+                self.shared.closing_if(State::CloseSent);
+                None
+            }
+            Timer::PongOverdue => {
+                let _ = proto.close(Some(CloseFrame::new(
+                    CloseCode::INTERNAL_ERROR,
+                    "keepalive ping timeout",
+                )));
+                drop(proto);
+                self.shared.closing_if(State::CloseSent);
+                // The peer is unresponsive: don't wait for its close reply. The next `recv`
+                // writes our close frame and closes the transport.
+                self.keepalive.outstanding = None;
+                self.keepalive.next_ping = None;
+                self.abandon = true;
+                Some(Error::KeepaliveTimeout)
+            }
+        }
+    }
+
     /// After the close handshake (or a failure): make sure our close frame is out, then close the
     /// transport. The server closes first (RFC 6455 §7.1.1); a client waits for that, briefly.
     async fn finish(&mut self) -> Result<()> {
-        let w = self.shared.writer.lock().await;
-        let role = self.shared.proto().role();
-        self.shared.flush_and_release(w).await?;
-        match role {
-            Role::Server => {
-                let mut w = self.shared.writer.lock().await;
-                let _ = w.io.shutdown().await;
-            }
-            Role::Client => {
-                let wait = async {
-                    let mut scratch = [0u8; 256];
-                    while matches!(self.io.read(&mut scratch).await, Ok(n) if n > 0) {}
-                };
-                let _ = tokio::time::timeout(self.shared.config.close_timeout, wait).await;
-                let mut w = self.shared.writer.lock().await;
-                let _ = w.io.shutdown().await;
-            }
+        let shared = self.shared.clone();
+        let timeout = shared.config.close_timeout;
+        let role = shared.proto().role();
+        // Everything here is bounded by the close timeout: a peer that stopped reading must not
+        // hold the connection open (dropping it closes the transport regardless).
+        let flushed = tokio::time::timeout(timeout, async {
+            let w = shared.writer.lock().await;
+            shared.flush_and_release(w).await
+        })
+        .await;
+        match flushed {
+            Ok(result) => result?,
+            Err(_) => return Ok(()),
         }
+        if role == Role::Client && !self.abandon {
+            // The server closes the TCP connection first (RFC 6455 §7.1.1): wait for it.
+            let wait = async {
+                let mut scratch = [0u8; 256];
+                while matches!(self.io.read(&mut scratch).await, Ok(n) if n > 0) {}
+            };
+            let _ = tokio::time::timeout(timeout, wait).await;
+        }
+        let _ = tokio::time::timeout(timeout, async {
+            let mut w = shared.writer.lock().await;
+            let _ = w.io.shutdown().await;
+        })
+        .await;
         Ok(())
     }
 

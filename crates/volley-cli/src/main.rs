@@ -3,6 +3,7 @@
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -41,6 +42,37 @@ struct ServeArgs {
     /// Serve wss://: PEM private key. Needs --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
+    /// Seconds between keep-alive pings (0 disables keep-alive).
+    #[arg(long, default_value_t = 20.0, value_parser = seconds)]
+    ping_interval: f64,
+    /// Seconds a ping may wait for its pong before the connection is closed with 1011 (0: forever).
+    #[arg(long, default_value_t = 20.0, value_parser = seconds)]
+    ping_timeout: f64,
+    /// Seconds the opening handshake may take (TLS included).
+    #[arg(long, default_value_t = 10.0, value_parser = seconds)]
+    open_timeout: f64,
+    /// Seconds to wait for the peer's half of the close handshake.
+    #[arg(long, default_value_t = 10.0, value_parser = seconds)]
+    close_timeout: f64,
+    /// Bytes of outgoing data that may be queued per connection before sending waits.
+    #[arg(long, default_value_t = 32 * 1024)]
+    write_limit: usize,
+    /// Seconds open connections get to finish their close handshake at shutdown.
+    #[arg(long, default_value_t = 10.0, value_parser = seconds)]
+    drain_timeout: f64,
+}
+
+/// Parses a non-negative number of seconds.
+fn seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 && v < 1e9 => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds")),
+    }
+}
+
+/// `Some(duration)`, or `None` for 0.
+fn optional(secs: f64) -> Option<Duration> {
+    (secs > 0.0).then(|| Duration::from_secs_f64(secs))
 }
 
 #[derive(clap::Args)]
@@ -96,7 +128,13 @@ fn main() -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> ExitCode {
-    let config = Config::default().max_message_size(args.max_message_size);
+    let config = Config::default()
+        .max_message_size(args.max_message_size)
+        .ping_interval(optional(args.ping_interval))
+        .ping_timeout(optional(args.ping_timeout))
+        .open_timeout(Duration::from_secs_f64(args.open_timeout))
+        .close_timeout(Duration::from_secs_f64(args.close_timeout))
+        .write_limit(args.write_limit);
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => match volley::tls::server_config(cert, key) {
             Ok(tls) => Some(tls),
@@ -109,7 +147,9 @@ async fn serve(args: ServeArgs) -> ExitCode {
     };
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     let mut server = match Server::bind(args.bind).await {
-        Ok(s) => s.config(config),
+        Ok(s) => s
+            .config(config)
+            .drain_timeout(Duration::from_secs_f64(args.drain_timeout)),
         Err(e) => {
             eprintln!("volley serve: cannot listen on {}: {e}", args.bind);
             return ExitCode::from(2);
@@ -120,32 +160,57 @@ async fn serve(args: ServeArgs) -> ExitCode {
     }
     let addr = server.local_addr().map_or(args.bind, |a| a);
     eprintln!("volley serve: listening on {scheme}://{addr}/ (echo)");
-    let served = server.serve(|mut ws, _request| async move {
-        while let Some(message) = ws.recv().await {
-            match message {
-                Ok(m) if m.is_data() => {
-                    if ws.send(m).await.is_err() {
+    let served = server.serve_with_shutdown(
+        |mut ws, _request| async move {
+            while let Some(message) = ws.recv().await {
+                match message {
+                    Ok(m) if m.is_data() => {
+                        if ws.send(m).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!("connection ended: {e}");
                         break;
                     }
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::debug!("connection ended: {e}");
-                    break;
+            }
+        },
+        shutdown_signal(),
+    );
+    match served.await {
+        Ok(()) => {
+            eprintln!("volley serve: stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("volley serve: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C (SIGINT).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
                 }
             }
-        }
-    });
-    tokio::select! {
-        result = served => {
-            if let Err(e) = result {
-                eprintln!("volley serve: {e}");
-                return ExitCode::from(2);
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
             }
         }
-        _ = tokio::signal::ctrl_c() => eprintln!("volley serve: shutting down"),
     }
-    ExitCode::SUCCESS
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    eprintln!("volley serve: shutting down (closing connections with 1001)");
 }
 
 async fn connect(args: ConnectArgs) -> ExitCode {

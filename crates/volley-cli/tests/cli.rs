@@ -333,3 +333,37 @@ async fn serve_on_a_port_in_use_fails() {
     assert!(stderr.contains("cannot listen"), "{stderr}");
     drop(taken);
 }
+
+/// SIGTERM: the server stops accepting, closes open connections with 1001 (after what it had
+/// queued), and exits 0.
+#[tokio::test]
+async fn sigterm_shuts_down_gracefully_with_1001() {
+    let mut serve = Serve::start().await;
+    let mut ws = volley::connect(&serve.url()).await.expect("connect");
+    ws.send("before shutdown").await.expect("send");
+    assert_eq!(
+        timeout(WAIT, ws.recv())
+            .await
+            .expect("echo")
+            .expect("open")
+            .expect("ok"),
+        Message::text("before shutdown")
+    );
+    let pid = serve.child.id().expect("pid").to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .expect("kill");
+    assert!(killed.success());
+    match timeout(WAIT, ws.recv()).await.expect("close in time") {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::GOING_AWAY),
+        other => panic!("expected close 1001, got {other:?}"),
+    }
+    assert!(timeout(WAIT, ws.recv()).await.expect("ends").is_none());
+    let status = timeout(WAIT, serve.child.wait())
+        .await
+        .expect("server exits in time")
+        .expect("wait");
+    assert!(status.success(), "{status}");
+}

@@ -281,6 +281,38 @@ impl Connection {
         }
     }
 
+    /// Queues a message encoded once for many connections: the prepared frame's [`Bytes`] are
+    /// queued as they are, shared with every other connection it is sent to.
+    ///
+    /// Same contract as [`send`](Self::send): only while the state is `Open`, else
+    /// [`SendError::Closed`]. A client connection (which must mask) or one whose
+    /// `fragment_size` is smaller than the payload encodes the message like `send` instead
+    /// (compressing it if permessage-deflate is on). Otherwise the frame goes out uncompressed
+    /// even with permessage-deflate, which RFC 7692 allows (RSV1 clear).
+    pub fn send_prepared(
+        &mut self,
+        prepared: &crate::prepared::PreparedMessage,
+    ) -> Result<(), SendError> {
+        if self.state != State::Open {
+            return Err(SendError::Closed);
+        }
+        let fits = self
+            .config
+            .fragment_size
+            .is_none_or(|max| prepared.payload_len() <= max);
+        if self.role == Role::Client || !fits {
+            return self.send(prepared.to_message());
+        }
+        // Everything in `out` goes before `out_buf`: move what `out_buf` holds first.
+        if !self.out_buf.is_empty() {
+            let head = self.out_buf.split().freeze();
+            self.out.push_back(head);
+        }
+        self.out_len += prepared.frame().len();
+        self.out.push_back(prepared.frame().clone());
+        Ok(())
+    }
+
     /// Starts the close handshake with `frame` (or an empty close frame for `None`).
     ///
     /// Does nothing if a close frame was already sent. The reason must fit in a control frame

@@ -7,6 +7,7 @@
 //! - [`deflate`]: permessage-deflate (RFC 7692) negotiation; a [`Connection`] created with the
 //!   agreed [`DeflateParams`] compresses and inflates messages, applying the message size limit to
 //!   the inflated size.
+//! - [`PreparedMessage`]: a message encoded once, for [`Connection::send_prepared`] to many.
 //! - [`frame`], [`mask`], [`utf8`]: the building blocks, public for tools and fuzzing.
 //!
 //! ```
@@ -30,6 +31,7 @@ pub mod frame;
 pub mod handshake;
 pub mod mask;
 pub mod message;
+pub mod prepared;
 pub mod utf8;
 
 pub use close::{CloseCode, CloseFrame};
@@ -38,3 +40,4 @@ pub use conn::{Connection, State};
 pub use deflate::{DeflateConfig, DeflateParams};
 pub use error::{ProtocolError, SendError};
 pub use message::{Message, Utf8Bytes};
+pub use prepared::PreparedMessage;

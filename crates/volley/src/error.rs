@@ -27,6 +27,10 @@ pub enum Error {
     #[cfg(feature = "tls")]
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    /// The server's handshake policy refused the request (origin, authentication, shutdown);
+    /// the client was answered with this status.
+    #[error("handshake refused with HTTP {0}")]
+    Rejected(http::StatusCode),
     /// The peer did not answer a keep-alive ping within `ping_timeout`; the connection was
     /// failed with close code 1011.
     #[error("keep-alive ping timed out (no pong within the ping timeout); closed with 1011")]

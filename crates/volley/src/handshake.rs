@@ -9,6 +9,7 @@ use volley_proto::{CloseCode, CloseFrame, Connection, Role};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::maybe_tls::MaybeTlsStream;
+use crate::policy::Policy;
 use crate::stream::WebSocket;
 
 /// Reads from `stream` into `buf` until `parse` yields a value, returning it and its length.
@@ -59,9 +60,24 @@ where
 /// its parameters answered in the 101 ([`WebSocket::deflate`] tells them).
 ///
 /// Not cancel-safe (see [`accept`]).
-pub async fn accept_with_config<S>(
+pub async fn accept_with_config<S>(stream: S, config: Config) -> Result<(WebSocket<S>, Request<()>)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    accept_with_policy(stream, config, &Policy::default()).await
+}
+
+/// Accepts a WebSocket connection with `config`, applying `policy` (Origin allow-list,
+/// authentication hook, subprotocol selection, extra headers) before answering 101. A request
+/// the policy refuses is answered with its status and body and returned as [`Error::Rejected`].
+/// The returned request carries what the auth hook put in its extensions, and the selected
+/// [`Subprotocol`](crate::Subprotocol).
+///
+/// Not cancel-safe (see [`accept`]).
+pub async fn accept_with_policy<S>(
     mut stream: S,
     config: Config,
+    policy: &Policy,
 ) -> Result<(WebSocket<S>, Request<()>)>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -73,7 +89,14 @@ where
         let parsed = read_head(&mut stream, &mut buf, |b| UpgradeRequest::parse(b, &limits)).await;
         match parsed {
             Ok((upgrade, len)) => {
-                let mut extra = HeaderMap::new();
+                let (request, protocol, mut extra) = match policy.decide(&upgrade).await {
+                    Ok(decided) => decided,
+                    Err(reject) => {
+                        let _ = stream.write_all(&reject.response()).await;
+                        let _ = stream.shutdown().await;
+                        return Err(Error::Rejected(reject.status()));
+                    }
+                };
                 let deflate = deflate_config
                     .as_ref()
                     .and_then(|d| upgrade.negotiate_deflate(d))
@@ -83,10 +106,12 @@ where
                         extra.insert(header::SEC_WEBSOCKET_EXTENSIONS, value);
                         Some(params)
                     });
-                stream.write_all(&upgrade.accept(None, &extra)).await?;
+                stream
+                    .write_all(&upgrade.accept(protocol.as_deref(), &extra))
+                    .await?;
                 stream.flush().await?;
                 buf.drain(..len);
-                Ok((upgrade, deflate, buf))
+                Ok((request, deflate, buf))
             }
             Err(Error::Handshake(e)) => {
                 let _ = stream.write_all(&e.response()).await;
@@ -96,10 +121,9 @@ where
             Err(e) => Err(e),
         }
     };
-    let (upgrade, deflate, leftover) = tokio::time::timeout(config.open_timeout, handshake)
+    let (request, deflate, leftover) = tokio::time::timeout(config.open_timeout, handshake)
         .await
         .map_err(|_| Error::Timeout("opening handshake"))??;
-    let request = upgrade.request().clone();
     let ws = WebSocket::from_raw_with_deflate(stream, Role::Server, config, deflate, &leftover);
     Ok((ws, request))
 }

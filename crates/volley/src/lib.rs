@@ -19,6 +19,7 @@ mod config;
 mod error;
 mod handshake;
 mod maybe_tls;
+mod policy;
 mod server;
 mod stream;
 #[cfg(feature = "tls")]
@@ -26,8 +27,9 @@ pub mod tls;
 
 pub use config::Config;
 pub use error::{Error, Result};
-pub use handshake::{ClientBuilder, accept, accept_with_config, connect};
+pub use handshake::{ClientBuilder, accept, accept_with_config, accept_with_policy, connect};
 pub use maybe_tls::MaybeTlsStream;
+pub use policy::{Policy, Reject, Subprotocol};
 pub use server::Server;
 pub use stream::{CloseHandle, WebSocket, WsReceiver, WsSender};
 pub use volley_proto::handshake::{HandshakeError, HeaderLimits, UpgradeResponse};

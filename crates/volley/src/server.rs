@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 
 use http::Request;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,8 +14,9 @@ use tokio::task::JoinSet;
 use volley_proto::{CloseCode, CloseFrame};
 
 use crate::config::Config;
-use crate::handshake::accept_with_config;
+use crate::handshake::accept_with_policy;
 use crate::maybe_tls::MaybeTlsStream;
+use crate::policy::Policy;
 use crate::stream::{CloseHandle, WebSocket};
 
 /// A WebSocket server: binds a TCP listener and serves each connection in its own task.
@@ -38,6 +40,7 @@ pub struct Server {
     config: Config,
     shutdown_frame: CloseFrame,
     drain_timeout: Duration,
+    policy: Policy,
     #[cfg(feature = "tls")]
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
@@ -66,6 +69,7 @@ impl Server {
             config: Config::default(),
             shutdown_frame: CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down"),
             drain_timeout: Duration::from_secs(10),
+            policy: Policy::default(),
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -76,6 +80,12 @@ impl Server {
     #[cfg(feature = "tls")]
     pub fn tls(mut self, config: std::sync::Arc<rustls::ServerConfig>) -> Self {
         self.tls = Some(tokio_rustls::TlsAcceptor::from(config));
+        self
+    }
+
+    /// Sets the handshake policy: Origin allow-list, authentication hook, subprotocols, headers.
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
         self
     }
 
@@ -136,6 +146,8 @@ impl Server {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let open: Arc<Mutex<HashMap<u64, CloseHandle>>> = Arc::default();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let policy = self.policy.clone().stopping(stopping.clone());
         let mut tasks = JoinSet::new();
         let mut next_id = 0u64;
         tokio::pin!(shutdown);
@@ -162,6 +174,9 @@ impl Server {
             let id = next_id;
             next_id += 1;
             let registry = open.clone();
+            let policy = policy.clone();
+            let stopping = stopping.clone();
+            let shutdown_frame = self.shutdown_frame.clone();
             tasks.spawn(async move {
                 #[cfg(feature = "tls")]
                 let stream = match tls {
@@ -184,9 +199,14 @@ impl Server {
                 };
                 #[cfg(not(feature = "tls"))]
                 let stream = MaybeTlsStream::Plain(stream);
-                match accept_with_config(stream, config).await {
+                match accept_with_policy(stream, config, &policy).await {
                     Ok((ws, request)) => {
-                        lock(&registry).insert(id, ws.close_handle());
+                        let handle = ws.close_handle();
+                        lock(&registry).insert(id, handle.clone());
+                        // Registered after shutdown took its snapshot: close it here.
+                        if stopping.load(Ordering::Acquire) {
+                            tokio::spawn(async move { handle.close(shutdown_frame).await });
+                        }
                         handler(ws, request).await;
                         lock(&registry).remove(&id);
                     }
@@ -195,7 +215,8 @@ impl Server {
             });
         }
 
-        // Graceful shutdown.
+        // Graceful shutdown: handshakes still in flight are answered 503.
+        stopping.store(true, Ordering::Release);
         drop(self.listener);
         let handles: Vec<CloseHandle> = lock(&open).values().cloned().collect();
         tracing::info!(connections = handles.len(), "shutting down");

@@ -367,3 +367,43 @@ async fn sigterm_shuts_down_gracefully_with_1001() {
         .expect("wait");
     assert!(status.success(), "{status}");
 }
+
+/// The README's promise: `volley serve` answers a real Python `websockets` client (and Node `ws`),
+/// which run their whole scenario (text, binary, empty, 1 MiB, fragmented, ping, close codes).
+#[tokio::test]
+async fn volley_serve_answers_python_websockets_and_node_ws_clients() {
+    let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let python = repo.join(".deps/py/bin/python");
+    assert!(
+        python.exists() && repo.join("e2e/node_modules/ws").exists(),
+        "peers missing: run scripts/install-peers"
+    );
+    let serve = Serve::start().await;
+    for (program, script) in [
+        (python.clone(), repo.join("e2e/python/client.py")),
+        (
+            std::path::PathBuf::from("node"),
+            repo.join("e2e/node/client.js"),
+        ),
+    ] {
+        let output = timeout(
+            Duration::from_secs(90),
+            Command::new(&program)
+                .arg(&script)
+                .arg(serve.url())
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("peer client finished in time")
+        .expect("spawn peer client");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && stdout.contains("PASS close") && !stdout.contains("FAIL"),
+            "{} against volley serve failed ({}):\n{stdout}\n{}",
+            script.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}

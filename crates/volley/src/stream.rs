@@ -383,7 +383,8 @@ impl<S: AsyncRead + AsyncWrite> WebSocket<S> {
     }
 
     /// Queues a message without waiting for the transport unless more than
-    /// [`Config::write_limit`] bytes are queued; see [`WsSender::feed`].
+    /// [`Config::write_limit`] bytes are queued; see [`WsSender::feed`]. Cancel-safe like
+    /// [`send`](Self::send).
     pub async fn feed(&mut self, message: impl Into<Message>) -> Result<()> {
         self.tx.feed(message.into()).await
     }

@@ -34,8 +34,8 @@ pub use server::Server;
 pub use stream::{CloseHandle, WebSocket, WsReceiver, WsSender};
 pub use volley_proto::handshake::{HandshakeError, HeaderLimits, UpgradeResponse};
 pub use volley_proto::{
-    CloseCode, CloseFrame, DeflateConfig, DeflateParams, Message, ProtocolError, Role, SendError,
-    State, Utf8Bytes,
+    CloseCode, CloseFrame, DeflateConfig, DeflateParams, Message, PreparedMessage, ProtocolError,
+    Role, SendError, State, Utf8Bytes,
 };
 
 /// The sans-IO protocol core, re-exported.

@@ -14,7 +14,9 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use volley_proto::{CloseCode, CloseFrame, Connection, DeflateParams, Message, Role, State};
+use volley_proto::{
+    CloseCode, CloseFrame, Connection, DeflateParams, Message, PreparedMessage, Role, State,
+};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -351,6 +353,13 @@ impl<S: AsyncRead + AsyncWrite> WebSocket<S> {
         self.tx.send(message.into()).await
     }
 
+    /// Sends a message encoded once for many connections (see [`PreparedMessage`]) and waits
+    /// until it is written; its frame bytes are shared, not copied. Cancel-safe like
+    /// [`send`](Self::send).
+    pub async fn send_prepared(&mut self, message: &PreparedMessage) -> Result<()> {
+        self.tx.send_prepared(message).await
+    }
+
     /// Writes any queued bytes. Cancel-safe like [`send`](Self::send).
     pub async fn flush(&mut self) -> Result<()> {
         self.tx.flush().await
@@ -423,6 +432,14 @@ impl<S: AsyncRead + AsyncWrite> WsSender<S> {
             proto.state()
         };
         self.shared.closing_if(state);
+        self.shared.flush_and_release(w).await
+    }
+
+    /// Sends a prepared message and waits until it is written; see
+    /// [`WebSocket::send_prepared`]. Cancel-safe like [`WebSocket::send`].
+    pub async fn send_prepared(&mut self, message: &PreparedMessage) -> Result<()> {
+        let w = self.shared.writer.lock().await;
+        self.shared.proto().send_prepared(message)?;
         self.shared.flush_and_release(w).await
     }
 

@@ -60,6 +60,29 @@ struct ServeArgs {
     /// Seconds open connections get to finish their close handshake at shutdown.
     #[arg(long, default_value_t = 10.0, value_parser = seconds)]
     drain_timeout: f64,
+    #[command(flatten)]
+    deflate: DeflateArgs,
+}
+
+/// permessage-deflate options, shared by serve and connect.
+#[derive(clap::Args)]
+struct DeflateArgs {
+    /// Enable permessage-deflate compression (RFC 7692): accept it from clients (serve) or offer
+    /// it to the server (connect).
+    #[arg(long)]
+    deflate: bool,
+    /// With --deflate: compress every message on its own in both directions, so that idle
+    /// connections keep no compression state (less memory, lower ratio).
+    #[arg(long, requires = "deflate")]
+    deflate_no_context_takeover: bool,
+}
+
+impl DeflateArgs {
+    fn config(&self) -> Option<volley::DeflateConfig> {
+        self.deflate.then(|| {
+            volley::DeflateConfig::default().no_context_takeover(self.deflate_no_context_takeover)
+        })
+    }
 }
 
 /// Parses a non-negative number of seconds.
@@ -97,6 +120,8 @@ struct ConnectArgs {
     /// Largest message accepted, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     max_message_size: usize,
+    #[command(flatten)]
+    deflate: DeflateArgs,
 }
 
 fn main() -> ExitCode {
@@ -134,7 +159,8 @@ async fn serve(args: ServeArgs) -> ExitCode {
         .ping_timeout(optional(args.ping_timeout))
         .open_timeout(Duration::from_secs_f64(args.open_timeout))
         .close_timeout(Duration::from_secs_f64(args.close_timeout))
-        .write_limit(args.write_limit);
+        .write_limit(args.write_limit)
+        .deflate(args.deflate.config());
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => match volley::tls::server_config(cert, key) {
             Ok(tls) => Some(tls),
@@ -159,7 +185,12 @@ async fn serve(args: ServeArgs) -> ExitCode {
         server = server.tls(tls);
     }
     let addr = server.local_addr().map_or(args.bind, |a| a);
-    eprintln!("volley serve: listening on {scheme}://{addr}/ (echo)");
+    let compression = if args.deflate.deflate {
+        ", permessage-deflate"
+    } else {
+        ""
+    };
+    eprintln!("volley serve: listening on {scheme}://{addr}/ (echo{compression})");
     let served = server.serve_with_shutdown(
         |mut ws, _request| async move {
             while let Some(message) = ws.recv().await {
@@ -214,7 +245,9 @@ async fn shutdown_signal() {
 }
 
 async fn connect(args: ConnectArgs) -> ExitCode {
-    let config = Config::default().max_message_size(args.max_message_size);
+    let config = Config::default()
+        .max_message_size(args.max_message_size)
+        .deflate(args.deflate.config());
     let mut builder = ClientBuilder::new(&args.url).config(config);
     for header in &args.headers {
         let parsed = header.split_once(':').and_then(|(name, value)| {
@@ -255,6 +288,12 @@ async fn connect(args: ConnectArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.deflate.deflate {
+        match ws.deflate() {
+            Some(params) => eprintln!("volley connect: compression: {params}"),
+            None => eprintln!("volley connect: the server declined permessage-deflate"),
+        }
+    }
     let interactive = std::io::stdin().is_terminal();
     if interactive {
         eprintln!("connected to {} (type messages, Ctrl-D to close)", args.url);

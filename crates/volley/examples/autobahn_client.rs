@@ -1,12 +1,17 @@
 //! Runs every Autobahn|Testsuite `fuzzingserver` case against the Volley client, echoing each
 //! message, then asks the suite to write its reports.
 //!
-//! `cargo run --release -p volley --example autobahn_client -- --url ws://127.0.0.1:9002 --agent volley`
+//! `cargo run --release -p volley --example autobahn_client -- --url ws://127.0.0.1:9002 --agent volley [--deflate]`
+//!
+//! With `--deflate` every case connection offers permessage-deflate (the default
+//! [`DeflateConfig`]), as sections 12 and 13 need.
 
-use volley::{ClientBuilder, Config, Message};
+use volley::{ClientBuilder, Config, DeflateConfig, Message};
 
-async fn echo(url: &str) -> volley::Result<()> {
-    let config = Config::default().max_message_size(64 << 20);
+async fn echo(url: &str, deflate: bool) -> volley::Result<()> {
+    let config = Config::default()
+        .max_message_size(64 << 20)
+        .deflate(deflate.then(DeflateConfig::default));
     let (mut ws, _) = ClientBuilder::new(url).config(config).connect().await?;
     while let Some(message) = ws.recv().await {
         match message {
@@ -26,11 +31,13 @@ async fn echo(url: &str) -> volley::Result<()> {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut url = "ws://127.0.0.1:9001".to_owned();
     let mut agent = "volley".to_owned();
+    let mut deflate = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--url" => url = args.next().ok_or("--url needs a value")?,
             "--agent" => agent = args.next().ok_or("--agent needs a value")?,
+            "--deflate" => deflate = true,
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -42,10 +49,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         other => return Err(format!("unexpected reply to getCaseCount: {other:?}").into()),
     };
     while ws.recv().await.is_some() {}
-    eprintln!("autobahn_client: running {count} cases as agent {agent}");
+    eprintln!(
+        "autobahn_client: running {count} cases as agent {agent}{}",
+        if deflate {
+            " with permessage-deflate"
+        } else {
+            ""
+        }
+    );
 
     for case in 1..=count {
-        if let Err(e) = echo(&format!("{url}/runCase?case={case}&agent={agent}")).await {
+        if let Err(e) = echo(&format!("{url}/runCase?case={case}&agent={agent}"), deflate).await {
             eprintln!("case {case}: {e}");
         }
     }

@@ -3,6 +3,7 @@
 //! - [`Server`] binds and runs a handler per connection; [`accept`] upgrades any transport.
 //! - [`connect`] and [`ClientBuilder`] open client connections.
 //! - [`WebSocket`] sends and receives [`Message`]s and [`split`](WebSocket::split)s into halves.
+//! - [`hub::Hub`] fans messages out to topics of connections, each message encoded once.
 //!
 //! ```no_run
 //! # async fn run() -> volley::Result<()> {
@@ -18,6 +19,7 @@
 mod config;
 mod error;
 mod handshake;
+pub mod hub;
 mod maybe_tls;
 mod policy;
 mod server;

@@ -20,6 +20,8 @@ mod config;
 mod error;
 mod handshake;
 pub mod hub;
+#[cfg(feature = "hyper")]
+mod integrations;
 mod maybe_tls;
 mod policy;
 mod server;
@@ -30,6 +32,10 @@ pub mod tls;
 pub use config::Config;
 pub use error::{Error, Result};
 pub use handshake::{ClientBuilder, accept, accept_with_config, accept_with_policy, connect};
+#[cfg(feature = "axum")]
+pub use integrations::axum;
+#[cfg(feature = "hyper")]
+pub use integrations::hyper;
 pub use maybe_tls::MaybeTlsStream;
 pub use policy::{Policy, Reject, Subprotocol};
 pub use server::Server;

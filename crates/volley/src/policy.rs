@@ -51,6 +51,11 @@ impl Reject {
         &self.body
     }
 
+    /// The headers added with [`header`](Self::header).
+    pub fn headers(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.headers
+    }
+
     /// The complete HTTP response.
     pub fn response(&self) -> Vec<u8> {
         let mut extra = String::new();

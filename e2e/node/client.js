@@ -14,6 +14,10 @@
 //   malformed-unmasked  raw unmasked text frame         -> expect close 1002
 //   malformed-opcode    raw masked frame, opcode 0x3    -> expect close 1002
 //   bad-utf8            raw masked text frame, bad UTF-8 -> expect close 1007
+//   deflate             with perMessageDeflate: true: the server must accept
+//                       permessage-deflate ("PASS negotiated <extension>"),
+//                       then 100 KB compressible text and binary messages,
+//                       twice, and a small one are echoed; then close
 //
 // Prints one line per check, "PASS <name>" or "FAIL <name>: <detail>", and
 // exits 0 iff every check passed (1 otherwise, 2 on bad usage).
@@ -59,10 +63,10 @@ class Peer {
     });
   }
 
-  static connect(url) {
+  static connect(url, { deflate = false } = {}) {
     return new Promise((resolve, reject) => {
       const ws = new WebSocket(url, {
-        perMessageDeflate: false,
+        perMessageDeflate: deflate,
         maxPayload: MAX_MESSAGE,
         handshakeTimeout: CHECK_TIMEOUT_MS,
       });
@@ -257,9 +261,60 @@ async function runRaw(url, name) {
 }
 
 // ---------------------------------------------------------------------------
+// The deflate scenario: compression negotiated, compressible messages echoed.
+
+function compressibleText(len) {
+  const words = ['volley', 'deflate', 'window', 'context', 'takeover', 'frame'];
+  let s = '';
+  for (let i = 0; s.length < len; i++) s += words[(i * 7 + Math.floor(i / 5)) % words.length] + ' ';
+  return s.slice(0, len);
+}
+
+async function runDeflate(url) {
+  let peer;
+  try {
+    peer = await Peer.connect(url, { deflate: true });
+  } catch (err) {
+    console.log(`FAIL connect: ${err.message}`);
+    return false;
+  }
+  let ok = true;
+  const check = async (name, fn) => {
+    try {
+      await withTimeout(fn(), CHECK_TIMEOUT_MS, name);
+      console.log(`PASS ${name}`);
+    } catch (err) {
+      console.log(`FAIL ${name}: ${err.message}`);
+      ok = false;
+    }
+  };
+  const ext = peer.ws.extensions;
+  if (ext.startsWith('permessage-deflate')) {
+    console.log(`PASS negotiated ${ext}`);
+  } else {
+    console.log(`FAIL negotiated: no permessage-deflate (extensions: ${JSON.stringify(ext)})`);
+    ok = false;
+  }
+  const text = compressibleText(100 * 1024);
+  const binary = Buffer.from(compressibleText(100 * 1024), 'latin1');
+  for (const round of [1, 2]) {
+    await check(`deflate-text-${round}`, () => expectEcho(peer, text, false));
+    await check(`deflate-binary-${round}`, () => expectEcho(peer, binary, true));
+  }
+  await check('deflate-small', () => expectEcho(peer, 'hi', false));
+  await check('close', async () => {
+    peer.ws.close(1000, 'done');
+    const { code } = await peer.waitClosed();
+    if (code !== 1000) throw new Error(`server closed with ${code}`);
+  });
+  peer.ws.terminate();
+  return ok;
+}
+
+// ---------------------------------------------------------------------------
 
 function usage(msg) {
-  console.error(`${msg}\nusage: client.js <url> [--scenario all|${Object.keys(RAW_SCENARIOS).join('|')}]`);
+  console.error(`${msg}\nusage: client.js <url> [--scenario all|deflate|${Object.keys(RAW_SCENARIOS).join('|')}]`);
   process.exit(2);
 }
 
@@ -273,7 +328,9 @@ async function main() {
     else usage(`unexpected argument: ${args[i]}`);
   }
   if (!url) usage('missing <url>');
-  if (scenario !== 'all' && !(scenario in RAW_SCENARIOS)) usage(`unknown scenario: ${scenario}`);
+  if (scenario !== 'all' && scenario !== 'deflate' && !(scenario in RAW_SCENARIOS)) {
+    usage(`unknown scenario: ${scenario}`);
+  }
 
   // Hard cap on the whole run, whatever happens.
   setTimeout(() => {
@@ -281,7 +338,12 @@ async function main() {
     process.exit(1);
   }, TOTAL_TIMEOUT_MS);
 
-  const ok = scenario === 'all' ? await runAll(url) : await runRaw(url, scenario);
+  const ok =
+    scenario === 'all'
+      ? await runAll(url)
+      : scenario === 'deflate'
+        ? await runDeflate(url)
+        : await runRaw(url, scenario);
   process.exit(ok ? 0 : 1);
 }
 

@@ -2,7 +2,10 @@
 // Echo server built on the Node `ws` library, used as a real peer by Volley's
 // interop tests. Behaviour is identical to e2e/python/echo_server.py.
 //
-// Usage: node e2e/node/echo_server.js [--port N]     (N = 0: ephemeral port)
+// Usage: node e2e/node/echo_server.js [--port N] [--deflate]   (N = 0: ephemeral port)
+//
+// --deflate enables permessage-deflate (perMessageDeflate: true) and prints
+// "EXTENSIONS <negotiated extensions>" for every connection.
 //
 // Stdout protocol (one line each, written synchronously):
 //   LISTENING <port>        first line, once the socket is bound on 127.0.0.1
@@ -35,7 +38,10 @@ function parsePort(argv) {
   return port;
 }
 
+const DEFLATE = process.argv.slice(2).includes('--deflate');
+
 function handleConnection(ws) {
+  if (DEFLATE) process.stdout.write(`EXTENSIONS ${ws.extensions}\n`);
   // Payloads of Pings we sent for `ping:` commands, awaiting their Pong.
   const pendingPings = new Set();
 
@@ -111,7 +117,7 @@ function main() {
   const wss = new WebSocketServer({
     host: '127.0.0.1',
     port: parsePort(process.argv.slice(2)),
-    perMessageDeflate: false,
+    perMessageDeflate: DEFLATE,
     maxPayload: MAX_MESSAGE,
   });
   wss.on('listening', () => {

@@ -13,6 +13,10 @@ Scenarios:
   malformed-unmasked  raw unmasked text frame          -> expect close 1002
   malformed-opcode    raw masked frame, opcode 0x3     -> expect close 1002
   bad-utf8            raw masked text frame, bad UTF-8 -> expect close 1007
+  deflate             with compression="deflate" (the websockets default): the
+                      server must accept permessage-deflate ("PASS negotiated
+                      <extension>"), then 100 KB compressible text and binary
+                      messages, twice, and a small one are echoed; then close
 
 Prints one line per check, "PASS <name>" or "FAIL <name>: <detail>", and
 exits 0 iff every check passed (1 otherwise, 2 on bad usage).
@@ -71,11 +75,11 @@ def abort(ws: ClientConnection) -> None:
 SSL_CONTEXT = None
 
 
-def open_connection(url: str):
+def open_connection(url: str, compression: str | None = None):
     return connect(
         url,
         ssl=SSL_CONTEXT if url.startswith("wss://") else None,
-        compression=None,
+        compression=compression,
         max_size=MAX_MESSAGE,
         ping_interval=None,  # no keepalive pings: keep the traffic deterministic
         open_timeout=CHECK_TIMEOUT,
@@ -216,12 +220,64 @@ async def run_raw(url: str, name: str) -> bool:
 
 
 # ---------------------------------------------------------------------------
+# The deflate scenario: compression negotiated, compressible messages echoed.
+
+
+def compressible_text(length: int) -> str:
+    words = ["volley", "deflate", "window", "context", "takeover", "frame"]
+    out, i, size = [], 0, 0
+    while size < length:
+        word = words[(i * 7 + i // 5) % len(words)] + " "
+        out.append(word)
+        size += len(word)
+        i += 1
+    return "".join(out)[:length]
+
+
+async def run_deflate(url: str) -> bool:
+    try:
+        ws = await open_connection(url, compression="deflate")
+    except Exception as exc:
+        return report("connect", repr(exc))
+    ok = True
+    try:
+        ext = ws.response.headers.get("Sec-WebSocket-Extensions", "")
+        if ext.startswith("permessage-deflate"):
+            ok = report(f"negotiated {ext}", None) and ok
+        else:
+            ok = report("negotiated", f"no permessage-deflate (extensions: {ext!r})") and ok
+        text = compressible_text(100 * 1024)
+        checks = []
+        for n in (1, 2):
+            checks.append((f"deflate-text-{n}", lambda ws: expect_echo(ws, text)))
+            checks.append((f"deflate-binary-{n}", lambda ws: expect_echo(ws, text.encode())))
+        checks.append(("deflate-small", lambda ws: expect_echo(ws, "hi")))
+        checks.append(("close", check_close))
+        for name, check in checks:
+            try:
+                await asyncio.wait_for(check(ws), CHECK_TIMEOUT)
+                error = None
+            except CheckFailed as exc:
+                error = str(exc)
+            except asyncio.TimeoutError:
+                error = f"no answer within {CHECK_TIMEOUT:g} s"
+            except Exception as exc:
+                error = repr(exc)
+            ok = report(name, error) and ok
+    finally:
+        abort(ws)
+    return ok
+
+
+# ---------------------------------------------------------------------------
 
 
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("url")
-    parser.add_argument("--scenario", default="all", choices=["all", *RAW_SCENARIOS])
+    parser.add_argument(
+        "--scenario", default="all", choices=["all", "deflate", *RAW_SCENARIOS]
+    )
     parser.add_argument("--ca", help="PEM CA certificate to trust for wss:// URLs")
     args = parser.parse_args()  # exits 2 on bad usage
     if args.ca:
@@ -230,7 +286,12 @@ async def main() -> int:
         global SSL_CONTEXT
         SSL_CONTEXT = ssl.create_default_context(cafile=args.ca)
 
-    run = run_all(args.url) if args.scenario == "all" else run_raw(args.url, args.scenario)
+    if args.scenario == "all":
+        run = run_all(args.url)
+    elif args.scenario == "deflate":
+        run = run_deflate(args.url)
+    else:
+        run = run_raw(args.url, args.scenario)
     try:
         ok = await asyncio.wait_for(run, TOTAL_TIMEOUT)
     except asyncio.TimeoutError:

@@ -1,7 +1,11 @@
 """Echo server built on Python `websockets`, used as a real peer by Volley's
 interop tests. Behaviour is identical to e2e/node/echo_server.js.
 
-Usage: .deps/py/bin/python e2e/python/echo_server.py [--port N]   (N = 0: ephemeral)
+Usage: .deps/py/bin/python e2e/python/echo_server.py [--port N] [--deflate]
+       (N = 0: ephemeral)
+
+--deflate enables permessage-deflate (compression="deflate", the websockets
+default) and prints "EXTENSIONS <negotiated extensions>" for every connection.
 
 Stdout protocol (one line each, flushed):
   LISTENING <port>        first line, once the socket is bound on 127.0.0.1
@@ -86,7 +90,13 @@ async def on_message(ws: ServerConnection, message: str | bytes, tasks: set) -> 
     await ws.send(message)
 
 
+DEFLATE = False
+
+
 async def handler(ws: ServerConnection) -> None:
+    if DEFLATE:
+        ext = ws.response.headers.get("Sec-WebSocket-Extensions", "")
+        print(f"EXTENSIONS {ext}", flush=True)
     tasks: set = set()
     try:
         async for message in ws:
@@ -115,13 +125,16 @@ async def handler(ws: ServerConnection) -> None:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--deflate", action="store_true")
     args = parser.parse_args()
+    global DEFLATE
+    DEFLATE = args.deflate
 
     async with serve(
         handler,
         "127.0.0.1",
         args.port,
-        compression=None,
+        compression="deflate" if args.deflate else None,
         max_size=MAX_MESSAGE,
         ping_interval=None,  # no keepalive pings: keep the traffic deterministic
     ) as server:

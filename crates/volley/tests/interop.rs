@@ -128,8 +128,13 @@ struct PeerServer {
 
 impl PeerServer {
     async fn start(peer: Peer) -> Self {
+        Self::start_with(peer, &[]).await
+    }
+
+    /// Starts the peer's echo server with extra arguments (e.g. `--deflate`).
+    async fn start_with(peer: Peer, args: &[&str]) -> Self {
         let mut cmd = peer.command("echo_server");
-        cmd.args(["--port", "0"]).stdout(Stdio::piped());
+        cmd.args(["--port", "0"]).args(args).stdout(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn peer echo server");
         let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
         let first = timeout(Duration::from_secs(30), lines.next_line())
@@ -301,4 +306,274 @@ async fn volley_client_against_node_ws_server() {
 #[tokio::test]
 async fn volley_client_against_python_websockets_server() {
     volley_client_against(Peer::Python).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// permessage-deflate with real peers, through a proxy that watches the frames cross the wire.
+// ---------------------------------------------------------------------------------------------
+
+/// What crossed the proxy in one direction.
+#[derive(Debug, Default, Clone, Copy)]
+struct Direction {
+    /// All bytes, HTTP head included.
+    bytes: u64,
+    /// WebSocket frames.
+    frames: u64,
+    /// Frames with RSV1 set: the first frames of compressed messages.
+    compressed_frames: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct WireStats {
+    to_server: Direction,
+    to_client: Direction,
+}
+
+/// Follows one direction of a WebSocket connection: skips the HTTP head, then reads each frame
+/// header and skips its payload.
+#[derive(Default)]
+struct Sniffer {
+    head_done: bool,
+    buf: Vec<u8>,
+    skip: u64,
+}
+
+impl Sniffer {
+    fn feed(&mut self, data: &[u8], d: &mut Direction) {
+        d.bytes += data.len() as u64;
+        self.buf.extend_from_slice(data);
+        if !self.head_done {
+            match self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                Some(end) => {
+                    self.buf.drain(..end + 4);
+                    self.head_done = true;
+                }
+                None => return,
+            }
+        }
+        loop {
+            if self.skip > 0 {
+                let n = usize::try_from(self.skip)
+                    .unwrap_or(usize::MAX)
+                    .min(self.buf.len());
+                self.buf.drain(..n);
+                self.skip -= n as u64;
+                if self.skip > 0 {
+                    return;
+                }
+            }
+            match volley::proto::frame::FrameHeader::parse(&self.buf) {
+                Ok(Some((header, len))) => {
+                    d.frames += 1;
+                    if header.rsv & 0b100 != 0 {
+                        d.compressed_frames += 1;
+                    }
+                    self.buf.drain(..len);
+                    self.skip = header.payload_len;
+                }
+                _ => return,
+            }
+        }
+    }
+}
+
+/// A TCP proxy in front of `target` that forwards everything unchanged and records, per
+/// direction, the bytes and frames that crossed it.
+async fn sniffing_proxy(
+    target: std::net::SocketAddr,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<WireStats>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind proxy");
+    let addr = listener.local_addr().expect("proxy addr");
+    let stats = std::sync::Arc::new(std::sync::Mutex::new(WireStats::default()));
+    let shared = stats.clone();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let Ok(outbound) = tokio::net::TcpStream::connect(target).await else {
+                continue;
+            };
+            let (ir, iw) = inbound.into_split();
+            let (or, ow) = outbound.into_split();
+            for (mut from, mut to, to_server) in [
+                (
+                    Box::new(ir) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                    Box::new(ow) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+                    true,
+                ),
+                (Box::new(or), Box::new(iw), false),
+            ] {
+                let stats = shared.clone();
+                tokio::spawn(async move {
+                    let mut sniffer = Sniffer::default();
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match from.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        {
+                            let mut st = stats.lock().unwrap();
+                            let d = if to_server {
+                                &mut st.to_server
+                            } else {
+                                &mut st.to_client
+                            };
+                            sniffer.feed(&buf[..n], d);
+                        }
+                        if to.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to.shutdown().await;
+                });
+            }
+        }
+    });
+    (addr, stats)
+}
+
+/// Four 100 KB compressible messages each way crossed as compressed frames, in far fewer bytes
+/// than their 400 KB.
+fn assert_compressed_on_the_wire(stats: WireStats) {
+    for (name, d) in [
+        ("to server", stats.to_server),
+        ("to client", stats.to_client),
+    ] {
+        assert!(
+            d.compressed_frames >= 4,
+            "{name}: only {} of {} frames had RSV1 ({stats:?})",
+            d.compressed_frames,
+            d.frames
+        );
+        assert!(
+            d.bytes < 100 * 1024,
+            "{name}: {} bytes crossed for 400 KB of messages ({stats:?})",
+            d.bytes
+        );
+    }
+}
+
+async fn peer_client_with_deflate(peer: Peer) {
+    let server = Server::bind("127.0.0.1:0").await.expect("bind").config(
+        Config::default()
+            .max_message_size(16 << 20)
+            .deflate(Some(volley::DeflateConfig::default())),
+    );
+    let addr = server.local_addr().expect("addr");
+    tokio::spawn(server.serve(|mut ws, _| async move {
+        assert!(
+            ws.deflate().is_some(),
+            "the peer did not offer permessage-deflate"
+        );
+        while let Some(Ok(message)) = ws.recv().await {
+            if message.is_data() && ws.send(message).await.is_err() {
+                break;
+            }
+        }
+    }));
+    let (proxy, stats) = sniffing_proxy(addr).await;
+    let mut cmd = peer.command("client");
+    cmd.arg(format!("ws://{proxy}/"))
+        .args(["--scenario", "deflate"]);
+    let output = timeout(Duration::from_secs(90), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("{peer:?} client (deflate) timed out"))
+        .expect("spawn peer client");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success()
+            && stdout.contains("PASS negotiated permessage-deflate")
+            && !stdout.contains("FAIL"),
+        "{peer:?} client deflate scenario failed ({})\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        output.status
+    );
+    let stats = *stats.lock().unwrap();
+    eprintln!("{peer:?} client -> Volley server: {stats:?}");
+    assert_compressed_on_the_wire(stats);
+}
+
+#[tokio::test]
+async fn node_ws_client_with_per_message_deflate_exchanges_compressed_frames() {
+    peer_client_with_deflate(Peer::Node).await;
+}
+
+#[tokio::test]
+async fn python_websockets_client_with_compression_exchanges_compressed_frames() {
+    peer_client_with_deflate(Peer::Python).await;
+}
+
+async fn volley_client_with_deflate_against(peer: Peer) {
+    let mut server = PeerServer::start_with(peer, &["--deflate"]).await;
+    let target: std::net::SocketAddr = server
+        .url
+        .trim_start_matches("ws://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("peer address");
+    let (proxy, stats) = sniffing_proxy(target).await;
+    let config = Config::default()
+        .max_message_size(16 << 20)
+        .deflate(Some(volley::DeflateConfig::default()));
+    let (mut ws, response) = ClientBuilder::new(format!("ws://{proxy}/"))
+        .config(config)
+        .connect()
+        .await
+        .expect("connect");
+    let params = response
+        .deflate
+        .expect("the peer accepted permessage-deflate");
+    assert_eq!(ws.deflate(), Some(params));
+    // The peer reports the extension it negotiated.
+    let line = timeout(Duration::from_secs(15), server.lines.next_line())
+        .await
+        .expect("EXTENSIONS line")
+        .expect("read")
+        .expect("peer server exited");
+    assert!(
+        line.starts_with("EXTENSIONS permessage-deflate"),
+        "peer reported {line:?}"
+    );
+
+    let words = [
+        "volley", "deflate", "window", "context", "takeover", "frame",
+    ];
+    let text: String = (0..30_000usize)
+        .map(|i| words[(i * 7 + i / 5) % words.len()])
+        .collect::<Vec<_>>()
+        .join(" ")[..100 * 1024]
+        .to_owned();
+    for _ in 0..2 {
+        ws.send(text.as_str()).await.expect("send");
+        assert_eq!(next(&mut ws).await, Message::text(text.clone()));
+        ws.send(text.clone().into_bytes()).await.expect("send");
+        assert_eq!(
+            next(&mut ws).await,
+            Message::binary(text.clone().into_bytes())
+        );
+    }
+    ws.send("hi").await.expect("send");
+    assert_eq!(next(&mut ws).await, Message::text("hi"));
+    ws.close(Some(CloseFrame::new(CloseCode::NORMAL, "done")))
+        .await
+        .expect("close");
+    assert_eq!(server.closed().await, (1000, "done".to_owned()));
+    let stats = *stats.lock().unwrap();
+    eprintln!("Volley client -> {peer:?} server: {stats:?}");
+    assert_compressed_on_the_wire(stats);
+}
+
+#[tokio::test]
+async fn volley_client_with_deflate_against_node_ws_server() {
+    volley_client_with_deflate_against(Peer::Node).await;
+}
+
+#[tokio::test]
+async fn volley_client_with_deflate_against_python_websockets_server() {
+    volley_client_with_deflate_against(Peer::Python).await;
 }

@@ -26,6 +26,7 @@ mod maybe_tls;
 mod policy;
 mod server;
 mod stream;
+pub mod sync;
 #[cfg(feature = "tls")]
 pub mod tls;
 

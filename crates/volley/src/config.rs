@@ -80,9 +80,10 @@ impl Config {
     /// fails the connection on an invalid answer. Messages of at least
     /// [`DeflateConfig::threshold`](volley_proto::DeflateConfig::threshold) bytes are sent
     /// compressed, and the max message size applies to the inflated size of received ones.
-    /// Memory: with context takeover (the default) a connection keeps ~300 KiB of zlib state per
-    /// direction it compresses in; `DeflateConfig::default().no_context_takeover(true)` frees it
-    /// after every message (see `docs/DEFLATE.md` for measurements).
+    /// Memory: with context takeover (the default) a connection that compressed and inflated keeps
+    /// about 325 KiB of zlib state (measured: 366 KiB per connection against 39 KiB without
+    /// compression); `DeflateConfig::default().no_context_takeover(true)` frees it after every
+    /// message (see `docs/DEFLATE.md`).
     pub fn deflate(mut self, deflate: Option<volley_proto::DeflateConfig>) -> Self {
         self.protocol = self.protocol.deflate(deflate);
         self

@@ -54,6 +54,13 @@ use crate::stream::{WebSocket, WsReceiver, WsSender};
 /// The reason sent with the close frame of a consumer closed for slowness.
 const SLOW_REASON: &str = "slow consumer: send queue full";
 
+/// Most messages a writer takes from its queue for one write (one vectored write, if the
+/// transport supports it).
+const BATCH_MESSAGES: usize = 64;
+
+/// Most encoded bytes a writer takes from its queue for one write (at least one message).
+const BATCH_BYTES: usize = 64 * 1024;
+
 /// What a publisher does when a subscriber's queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -89,7 +96,8 @@ pub struct HubConfig {
     pub max_queue_messages: usize,
     /// Most encoded frame bytes waiting in one member's queue. Default 1 MiB. A single message
     /// larger than this is still accepted by an empty queue, so a member holds at most
-    /// `max(max_queue_bytes, largest message)` plus the message its writer is sending.
+    /// `max(max_queue_bytes, largest message)`, plus what its writer took from the queue for the
+    /// write in progress (at most 64 messages and 64 KiB, or one larger message).
     pub max_queue_bytes: usize,
     /// The close code a consumer closed for slowness gets ([`Overflow::Close`]). Default 1013
     /// (try again later); 1008 (policy violation) is the other usual choice. A code that may not
@@ -414,6 +422,26 @@ impl Slot {
     fn lock(&self) -> MutexGuard<'_, Queue> {
         // The queue's invariants hold between statements; recover from a poisoned lock.
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Moves the messages that follow in the queue into `batch` (which holds the first), up to
+    /// [`BATCH_MESSAGES`] and [`BATCH_BYTES`]; stops before a close item.
+    fn take_batch(&self, batch: &mut Vec<PreparedMessage>) {
+        let mut bytes: usize = batch.iter().map(|m| m.frame().len()).sum();
+        let mut q = self.lock();
+        while batch.len() < BATCH_MESSAGES {
+            match q.items.front() {
+                Some(Item::Message(m)) if bytes + m.frame().len() <= BATCH_BYTES => {
+                    bytes += m.frame().len();
+                }
+                _ => break,
+            }
+            if let Some(Item::Message(m)) = q.pop() {
+                batch.push(m);
+            }
+        }
+        drop(q);
+        self.space.notify_waiters();
     }
 
     /// The writer's next step: an item to send, or a stop.
@@ -921,23 +949,42 @@ impl Drop for Member {
     }
 }
 
-/// The writer task of one member: drains its queue into the connection, one message at a time.
+/// Queues every message of `batch` and writes them together.
+async fn write_batch<S>(tx: &mut WsSender<S>, batch: &[PreparedMessage]) -> crate::Result<()>
+where
+    S: AsyncRead + AsyncWrite,
+{
+    if let Some((last, rest)) = batch.split_last() {
+        for message in rest {
+            tx.feed_prepared(message).await?;
+        }
+        tx.send_prepared(last).await?;
+    }
+    Ok(())
+}
+
+/// The writer task of one member: drains its queue into the connection, writing the messages
+/// that wait together in batches.
 async fn run_writer<S>(mut tx: WsSender<S>, slot: Arc<Slot>, hub: Hub)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let close_timeout = hub.inner.config.close_timeout;
+    let mut batch = Vec::new();
     loop {
         match slot.next().await {
             Next::Item(Item::Message(message)) => {
+                batch.clear();
+                batch.push(message);
+                slot.take_batch(&mut batch);
                 let sent = tokio::select! {
                     biased;
-                    sent = tx.send_prepared(&message) => Some(sent),
+                    sent = write_batch(&mut tx, &batch) => Some(sent),
                     () = slot.interrupted() => None,
                 };
                 match sent {
                     Some(Ok(())) => {
-                        slot.sent.fetch_add(1, Ordering::Relaxed);
+                        slot.sent.fetch_add(batch.len() as u64, Ordering::Relaxed);
                     }
                     Some(Err(e)) => {
                         tracing::debug!(member = %slot.id, "hub member's connection failed: {e}");

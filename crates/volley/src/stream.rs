@@ -470,6 +470,22 @@ impl<S: AsyncRead + AsyncWrite> WsSender<S> {
         }
     }
 
+    /// Queues a prepared message like [`feed`](Self::feed) queues a message: it waits for the
+    /// transport only past [`Config::write_limit`]. Cancel-safe like [`WebSocket::send`].
+    pub async fn feed_prepared(&mut self, message: &PreparedMessage) -> Result<()> {
+        let w = self.shared.writer.lock().await;
+        let pending = {
+            let mut proto = self.shared.proto();
+            proto.send_prepared(message)?;
+            proto.pending_transmit()
+        };
+        if pending > self.shared.config.write_limit {
+            self.shared.flush_and_release(w).await
+        } else {
+            Ok(())
+        }
+    }
+
     /// A handle that closes this connection from elsewhere (graceful shutdown, admin kicks).
     pub fn close_handle(&self) -> CloseHandle
     where

@@ -558,10 +558,11 @@ fn check_capped(hub: &Hub, ids: &Ids, overflow: Overflow) {
     match overflow {
         Overflow::DropNewest => assert_eq!(slow.delivered + slow.dropped, offered, "{slow:?}"),
         _ => {
-            // Taken by the queue, then either evicted, still queued, sent, or being sent.
+            // Taken by the queue, then either evicted, still queued, sent, or being sent (a
+            // batch of at most 64 messages).
             assert_eq!(slow.delivered, offered, "{slow:?}");
             let settled = slow.dropped + slow.queued as u64 + slow.sent;
-            assert!(settled == offered || settled + 1 == offered, "{slow:?}");
+            assert!(settled <= offered && settled + 64 >= offered, "{slow:?}");
         }
     }
     let stats = hub.stats();

@@ -1,5 +1,7 @@
 //! `volley`: run a WebSocket server, connect to one, or (later) benchmark one.
 
+mod chat;
+
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -22,7 +24,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the Volley server (for now: an echo endpoint).
+    /// Run the Volley server: an echo endpoint, and a JSON topics chat at /chat.
     Serve(ServeArgs),
     /// Connect to a WebSocket server: stdin lines are sent, received messages printed.
     Connect(ConnectArgs),
@@ -190,20 +192,30 @@ async fn serve(args: ServeArgs) -> ExitCode {
     } else {
         ""
     };
-    eprintln!("volley serve: listening on {scheme}://{addr}/ (echo{compression})");
+    eprintln!(
+        "volley serve: listening on {scheme}://{addr}/ (echo{compression}; topics chat at {})",
+        chat::PATH
+    );
+    let chat_hub = volley::hub::Hub::default();
     let served = server.serve_with_shutdown(
-        |mut ws, _request| async move {
-            while let Some(message) = ws.recv().await {
-                match message {
-                    Ok(m) if m.is_data() => {
-                        if ws.send(m).await.is_err() {
+        move |mut ws, request| {
+            let chat_hub = chat_hub.clone();
+            async move {
+                if request.uri().path() == chat::PATH {
+                    return chat::serve(ws, chat_hub).await;
+                }
+                while let Some(message) = ws.recv().await {
+                    match message {
+                        Ok(m) if m.is_data() => {
+                            if ws.send(m).await.is_err() {
+                                break;
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::debug!("connection ended: {e}");
                             break;
                         }
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::debug!("connection ended: {e}");
-                        break;
                     }
                 }
             }

@@ -1,0 +1,219 @@
+//! The topics chat of `volley serve` at `/chat`, driven by volley clients against the binary.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::time::timeout;
+use volley::{CloseCode, MaybeTlsStream, Message, WebSocket};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A free loopback port: bind port 0 and drop the listener.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .expect("local_addr")
+        .port()
+}
+
+/// A running `volley serve`; killed on drop.
+struct Serve {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Serve {
+    /// Starts `volley serve` on a free port and waits for its "listening" line, retrying with
+    /// another port if the chosen one was taken in the meantime.
+    async fn start() -> Self {
+        for _ in 0..5 {
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let mut child = Command::new(env!("CARGO_BIN_EXE_volley"))
+                .args(["serve", "--bind", &addr.to_string()])
+                .env("RUST_LOG", "info")
+                .kill_on_drop(true)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn volley serve");
+            let stderr = child.stderr.take().expect("stderr");
+            let mut lines = BufReader::new(stderr).lines();
+            let listening = timeout(WAIT, async {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if line.contains("listening") {
+                        assert!(line.contains("/chat"), "{line}");
+                        return true;
+                    }
+                }
+                false
+            })
+            .await
+            .expect("volley serve printed nothing in time");
+            if listening {
+                // Keep draining stderr so the server never blocks on a full pipe.
+                tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+                return Self { child, addr };
+            }
+            let _ = timeout(WAIT, child.wait()).await;
+        }
+        panic!("volley serve did not start in 5 attempts");
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+type Client = WebSocket<MaybeTlsStream>;
+
+async fn connect(addr: SocketAddr, path: &str) -> Client {
+    timeout(WAIT, volley::connect(&format!("ws://{addr}{path}")))
+        .await
+        .expect("connect timed out")
+        .expect("connect")
+}
+
+async fn recv(ws: &mut Client) -> Message {
+    match timeout(WAIT, ws.recv()).await.expect("recv timed out") {
+        Some(Ok(m)) => m,
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+async fn recv_json(ws: &mut Client) -> Value {
+    match recv(ws).await {
+        Message::Text(text) => serde_json::from_str(&text).expect("JSON"),
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+async fn send_json(ws: &mut Client, value: Value) {
+    timeout(WAIT, ws.send(value.to_string()))
+        .await
+        .expect("send timed out")
+        .expect("send");
+}
+
+/// Connects to the chat and returns the client with its id.
+async fn chat_client(addr: SocketAddr) -> (Client, u64) {
+    let mut ws = connect(addr, "/chat").await;
+    let hello = recv_json(&mut ws).await;
+    let id = hello["id"].as_u64().expect("{\"id\": n} first");
+    (ws, id)
+}
+
+#[tokio::test]
+async fn two_clients_join_a_topic_and_one_publishes() {
+    let server = Serve::start().await;
+    let (mut alice, alice_id) = chat_client(server.addr).await;
+    let (mut bob, _) = chat_client(server.addr).await;
+    let (mut carol, _) = chat_client(server.addr).await;
+
+    send_json(&mut alice, json!({"join": "rust"})).await;
+    assert_eq!(
+        recv_json(&mut alice).await,
+        json!({"joined": "rust", "subscribers": 1})
+    );
+    send_json(&mut bob, json!({"join": "rust"})).await;
+    assert_eq!(
+        recv_json(&mut bob).await,
+        json!({"joined": "rust", "subscribers": 2})
+    );
+    send_json(&mut carol, json!({"join": "go"})).await;
+    assert_eq!(
+        recv_json(&mut carol).await,
+        json!({"joined": "go", "subscribers": 1})
+    );
+
+    let data = json!({"text": "hello", "n": [1, 2.5, null], "nested": {"ok": true}});
+    send_json(&mut alice, json!({"topic": "rust", "data": data})).await;
+    let expected = json!({"topic": "rust", "from": alice_id, "data": data});
+    assert_eq!(recv_json(&mut bob).await, expected);
+    // The sender gets its own message too (it joined the topic).
+    assert_eq!(recv_json(&mut alice).await, expected);
+
+    // Carol, on another topic, got nothing: her next message is the answer to her next command.
+    send_json(&mut carol, json!({"leave": "go"})).await;
+    assert_eq!(recv_json(&mut carol).await, json!({"left": "go"}));
+
+    // After leaving, bob no longer gets the topic.
+    send_json(&mut bob, json!({"leave": "rust"})).await;
+    assert_eq!(recv_json(&mut bob).await, json!({"left": "rust"}));
+    send_json(&mut alice, json!({"topic": "rust", "data": "only me"})).await;
+    assert_eq!(
+        recv_json(&mut alice).await,
+        json!({"topic": "rust", "from": alice_id, "data": "only me"})
+    );
+    send_json(&mut bob, json!({"join": "rust"})).await;
+    assert_eq!(
+        recv_json(&mut bob).await,
+        json!({"joined": "rust", "subscribers": 2})
+    );
+}
+
+#[tokio::test]
+async fn bad_commands_get_errors_and_binary_gets_1003() {
+    let server = Serve::start().await;
+    let (mut ws, _) = chat_client(server.addr).await;
+    for bad in [
+        "not json",
+        "{\"join\": 5}",
+        "{\"join\": \"a\", \"leave\": \"b\"}",
+        "{\"shout\": \"hi\"}",
+        "{}",
+        "{\"join\": \"\"}",
+    ] {
+        timeout(WAIT, ws.send(bad)).await.unwrap().unwrap();
+        let reply = recv_json(&mut ws).await;
+        assert!(reply["error"].is_string(), "{bad} -> {reply}");
+    }
+    let long = "x".repeat(129);
+    send_json(&mut ws, json!({"join": long})).await;
+    assert!(recv_json(&mut ws).await["error"].is_string());
+    for i in 0..64 {
+        send_json(&mut ws, json!({"join": format!("topic {i}")})).await;
+        assert_eq!(recv_json(&mut ws).await["subscribers"], 1);
+    }
+    send_json(&mut ws, json!({"join": "one too many"})).await;
+    assert!(recv_json(&mut ws).await["error"].is_string());
+    send_json(&mut ws, json!({"join": "topic 0"})).await;
+    assert_eq!(recv_json(&mut ws).await["joined"], "topic 0");
+    send_json(&mut ws, json!({"leave": "topic 0"})).await;
+    assert_eq!(recv_json(&mut ws).await["left"], "topic 0");
+
+    // Still usable after errors.
+    send_json(&mut ws, json!({"join": "t"})).await;
+    assert_eq!(recv_json(&mut ws).await["joined"], "t");
+
+    timeout(WAIT, ws.send(Message::binary(vec![1, 2, 3])))
+        .await
+        .unwrap()
+        .unwrap();
+    match recv(&mut ws).await {
+        Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::UNSUPPORTED_DATA),
+        other => panic!("expected close 1003, got {other:?}"),
+    }
+    assert!(timeout(WAIT, ws.recv()).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn echo_still_answers_everywhere_else() {
+    let server = Serve::start().await;
+    for path in ["/", "/other"] {
+        let mut ws = connect(server.addr, path).await;
+        timeout(WAIT, ws.send("{\"join\": \"t\"}"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(recv(&mut ws).await, Message::text("{\"join\": \"t\"}"));
+        timeout(WAIT, ws.close(None)).await.unwrap().unwrap();
+    }
+}

@@ -24,6 +24,7 @@ pub mod hub;
 mod integrations;
 mod maybe_tls;
 mod policy;
+pub mod reconnect;
 mod server;
 mod stream;
 pub mod sync;

@@ -130,7 +130,11 @@ impl Backoff {
     /// `[0, 1)` (values outside are clamped): `unit × ceiling(attempt)`. A pure function, so
     /// that any random source (or a fixed sequence in tests) can drive it.
     pub fn delay(&self, attempt: u32, unit: f64) -> Duration {
-        let unit = if unit.is_nan() { 0.0 } else { unit.clamp(0.0, 1.0) };
+        let unit = if unit.is_nan() {
+            0.0
+        } else {
+            unit.clamp(0.0, 1.0)
+        };
         self.ceiling(attempt).mul_f64(unit)
     }
 }
@@ -437,10 +441,17 @@ impl Task {
                     failures = 0;
                     let since = Instant::now();
                     self.connected.store(true, Ordering::Release);
-                    if self.events.send(Event::Connected { response }).await.is_err() {
+                    if self
+                        .events
+                        .send(Event::Connected { response })
+                        .await
+                        .is_err()
+                    {
                         self.connected.store(false, Ordering::Release);
                         let mut ws = ws;
-                        let _ = ws.close(Some(CloseFrame::new(CloseCode::GOING_AWAY, ""))).await;
+                        let _ = ws
+                            .close(Some(CloseFrame::new(CloseCode::GOING_AWAY, "")))
+                            .await;
                         return;
                     }
                     let ended = self.serve(ws).await;
@@ -565,7 +576,10 @@ async fn read_into(
 }
 
 /// Writes what the application sends until it asks to stop (or goes away).
-async fn write_from(tx: &mut WsSender<MaybeTlsStream>, commands: &mut mpsc::Receiver<Command>) -> Stop {
+async fn write_from(
+    tx: &mut WsSender<MaybeTlsStream>,
+    commands: &mut mpsc::Receiver<Command>,
+) -> Stop {
     loop {
         match commands.recv().await {
             Some(Command::Send(message, reply)) => {
@@ -597,7 +611,10 @@ mod tests {
         assert_eq!(b.ceiling(2), ms(900));
         assert_eq!(b.ceiling(3), ms(1000));
         // A base above the cap is capped; a factor below 1 means no growth.
-        assert_eq!(Backoff::default().base(ms(500)).cap(ms(200)).ceiling(0), ms(200));
+        assert_eq!(
+            Backoff::default().base(ms(500)).cap(ms(200)).ceiling(0),
+            ms(200)
+        );
         let flat = Backoff::default().factor(0.5);
         assert_eq!(flat.ceiling(10), flat.base);
         assert_eq!(Backoff::default().factor(f64::NAN).factor, 1.0);
@@ -651,7 +668,10 @@ mod tests {
 
     #[test]
     fn schedule_grows_then_resets_after_a_stable_connection() {
-        let b = Backoff::default().base(ms(100)).cap(ms(1000)).stable(ms(5000));
+        let b = Backoff::default()
+            .base(ms(100))
+            .cap(ms(1000))
+            .stable(ms(5000));
         let mut s = Schedule::default();
         // Full draws (unit just below 1) show the ceilings.
         let unit = 0.999_999;

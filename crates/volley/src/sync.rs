@@ -132,7 +132,9 @@ fn run(
 
 /// The error for a connection whose thread is gone (it panicked, which it should never do).
 fn gone() -> Error {
-    Error::Io(std::io::Error::other("the volley::sync connection thread stopped"))
+    Error::Io(std::io::Error::other(
+        "the volley::sync connection thread stopped",
+    ))
 }
 
 impl SyncWebSocket {

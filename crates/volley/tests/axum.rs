@@ -35,24 +35,25 @@ async fn ws_route(upgrade: WebSocketUpgrade) -> Response {
 }
 
 async fn private_route(upgrade: WebSocketUpgrade) -> Response {
-    let policy = Policy::default()
-        .origins(["https://app.example"])
-        .auth(|mut request| async move {
-            // An auth hook that really waits: only `on_upgrade_with` can run it.
-            tokio::task::yield_now().await;
-            match request.headers().get("authorization") {
-                Some(v) if v == "Bearer alice-token" => {
-                    request.extensions_mut().insert(User("alice".into()));
-                    Ok(request)
-                }
-                _ => Err(
-                    Reject::new(StatusCode::UNAUTHORIZED, "missing or bad token").header(
-                        http::header::WWW_AUTHENTICATE,
-                        HeaderValue::from_static("Bearer"),
+    let policy =
+        Policy::default()
+            .origins(["https://app.example"])
+            .auth(|mut request| async move {
+                // An auth hook that really waits: only `on_upgrade_with` can run it.
+                tokio::task::yield_now().await;
+                match request.headers().get("authorization") {
+                    Some(v) if v == "Bearer alice-token" => {
+                        request.extensions_mut().insert(User("alice".into()));
+                        Ok(request)
+                    }
+                    _ => Err(
+                        Reject::new(StatusCode::UNAUTHORIZED, "missing or bad token").header(
+                            http::header::WWW_AUTHENTICATE,
+                            HeaderValue::from_static("Bearer"),
+                        ),
                     ),
-                ),
-            }
-        });
+                }
+            });
     upgrade
         .policy(policy)
         .on_upgrade_with(|mut ws, request| async move {
@@ -140,7 +141,9 @@ async fn rest_and_websocket_routes_share_one_router() {
         within(ws.recv()).await.expect("reply").expect("ok"),
         Message::text("hello axum")
     );
-    ws.send(Message::binary(vec![1u8, 2, 3])).await.expect("send");
+    ws.send(Message::binary(vec![1u8, 2, 3]))
+        .await
+        .expect("send");
     assert_eq!(
         within(ws.recv()).await.expect("reply").expect("ok"),
         Message::binary(vec![1u8, 2, 3])
@@ -212,7 +215,8 @@ async fn plain_get_and_bad_handshakes_get_the_right_4xx() {
     let old = http(addr, &old).await;
     assert!(old.starts_with("HTTP/1.1 426"), "{old}");
     assert!(
-        old.to_ascii_lowercase().contains("sec-websocket-version: 13"),
+        old.to_ascii_lowercase()
+            .contains("sec-websocket-version: 13"),
         "{old}"
     );
 
@@ -237,8 +241,14 @@ async fn the_101_is_a_clean_upgrade_and_frames_follow() {
     assert!(lower.contains("sec-websocket-protocol: chat.v1"), "{head}");
     assert!(lower.contains("upgrade: websocket"), "{head}");
     assert!(!lower.contains("transfer-encoding"), "{head}");
-    assert!(!lower.contains("content-length"), "no body on a 101: {head}");
-    assert!(!lower.contains("sec-websocket-extensions"), "not offered: {head}");
+    assert!(
+        !lower.contains("content-length"),
+        "no body on a 101: {head}"
+    );
+    assert!(
+        !lower.contains("sec-websocket-extensions"),
+        "not offered: {head}"
+    );
     raw.write(&common::client_frame(0x1, b"raw")).await;
     let frame = raw.read_frame().await;
     assert_eq!((frame.opcode, frame.payload.as_slice()), (0x1, &b"raw"[..]));
@@ -331,20 +341,21 @@ async fn bare_hyper_service_upgrades() {
                 return;
             };
             tokio::spawn(async move {
-                let service = service_fn(|request: http::Request<hyper::body::Incoming>| async move {
-                    let policy = Policy::default().protocols(["echo"]);
-                    let response: http::Response<String> = volley::hyper::upgrade(
-                        request,
-                        Config::default(),
-                        &policy,
-                        |mut ws, request| async move {
-                            let protocol = request.extensions().get::<Subprotocol>().cloned();
-                            let _ = ws.send(format!("{protocol:?}")).await;
-                        },
-                    )
-                    .await;
-                    Ok::<_, std::convert::Infallible>(response)
-                });
+                let service =
+                    service_fn(|request: http::Request<hyper::body::Incoming>| async move {
+                        let policy = Policy::default().protocols(["echo"]);
+                        let response: http::Response<String> = volley::hyper::upgrade(
+                            request,
+                            Config::default(),
+                            &policy,
+                            |mut ws, request| async move {
+                                let protocol = request.extensions().get::<Subprotocol>().cloned();
+                                let _ = ws.send(format!("{protocol:?}")).await;
+                            },
+                        )
+                        .await;
+                        Ok::<_, std::convert::Infallible>(response)
+                    });
                 let _ = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .with_upgrades()

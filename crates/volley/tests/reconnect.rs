@@ -103,17 +103,25 @@ async fn reconnects_after_drops_and_closes_and_delivers_after_resubscribing() {
         "{error:?}"
     );
     let retry_in = retry_in.expect("retrying");
-    assert!(retry_in < ms(20), "first reconnect: random below base, got {retry_in:?}");
+    assert!(
+        retry_in < ms(20),
+        "first reconnect: random below base, got {retry_in:?}"
+    );
 
     let (close, error, retry_in) = &disconnects[1];
     let close = close.as_ref().expect("the server's close frame");
     assert_eq!(u16::from(close.code), 1012);
     assert!(error.is_none(), "a clean close: {error:?}");
-    assert!(retry_in.expect("retrying") < ms(40), "second reconnect below base*2");
+    assert!(
+        retry_in.expect("retrying") < ms(40),
+        "second reconnect below base*2"
+    );
 
     // Messages keep flowing on the new connection, from another task too.
     let sender = client.sender();
-    within(sender.send(Message::binary(vec![7u8; 3]))).await.expect("send");
+    within(sender.send(Message::binary(vec![7u8; 3])))
+        .await
+        .expect("send");
     match within(client.next()).await {
         Some(Event::Message(m)) => assert_eq!(m, Message::binary(vec![7u8; 3])),
         other => panic!("expected the echo, got {other:?}"),
@@ -122,9 +130,15 @@ async fn reconnects_after_drops_and_closes_and_delivers_after_resubscribing() {
     // Stopping closes cleanly and ends the events.
     within(client.close(None)).await;
     match within(client.next()).await {
-        Some(Event::Disconnected { retry_in, close, .. }) => {
+        Some(Event::Disconnected {
+            retry_in, close, ..
+        }) => {
             assert_eq!(retry_in, None);
-            assert_eq!(close.map(|c| u16::from(c.code)), Some(1000), "the echo of our 1000");
+            assert_eq!(
+                close.map(|c| u16::from(c.code)),
+                Some(1000),
+                "the echo of our 1000"
+            );
         }
         other => panic!("expected the final Disconnected, got {other:?}"),
     }
@@ -160,10 +174,16 @@ async fn keeps_retrying_within_the_cap_while_the_server_is_gone() {
         assert!(*delay <= backoff.cap);
     }
     // Twelve attempts with delays capped at 80 ms take well under a few seconds.
-    assert!(start.elapsed() < Duration::from_secs(3), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
 
     // Sending while disconnected fails at once instead of queueing.
-    let err = within(client.send("nobody")).await.expect_err("not connected");
+    let err = within(client.send("nobody"))
+        .await
+        .expect_err("not connected");
     match err {
         Error::Io(e) => assert_eq!(e.kind(), std::io::ErrorKind::NotConnected),
         other => panic!("{other:?}"),
@@ -215,7 +235,10 @@ async fn rejected_handshakes_are_connect_failures() {
     match within(client.next()).await {
         Some(Event::ConnectFailed { error, retry_in }) => {
             assert!(
-                matches!(error, Error::Handshake(volley::HandshakeError::UnexpectedStatus(401))),
+                matches!(
+                    error,
+                    Error::Handshake(volley::HandshakeError::UnexpectedStatus(401))
+                ),
                 "{error:?}"
             );
             assert!(retry_in.is_some());

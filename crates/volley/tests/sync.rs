@@ -19,7 +19,8 @@ fn start_server() -> SocketAddr {
             .expect("runtime");
         runtime.block_on(async move {
             let server = Server::bind("127.0.0.1:0").await.expect("bind");
-            tx.send(server.local_addr().expect("addr")).expect("send addr");
+            tx.send(server.local_addr().expect("addr"))
+                .expect("send addr");
             let _ = server
                 .serve(|mut ws, _request| async move {
                     while let Some(Ok(msg)) = ws.recv().await {
@@ -95,8 +96,8 @@ fn recv_timeout_times_out_without_losing_the_message() {
 #[test]
 fn server_close_frame_then_none() {
     let addr = start_server();
-    let (mut ws, response) = volley::sync::connect_with(ClientBuilder::new(format!("ws://{addr}/")))
-        .expect("connect");
+    let (mut ws, response) =
+        volley::sync::connect_with(ClientBuilder::new(format!("ws://{addr}/"))).expect("connect");
     assert_eq!(response.protocol, None);
     ws.send("bye").expect("send");
     match ws.recv_timeout(Duration::from_secs(10)) {

@@ -42,7 +42,9 @@ use http::request::Parts;
 use volley_proto::handshake::UpgradeRequest;
 
 use crate::config::Config;
-use crate::integrations::hyper::{HyperWebSocket, Rejection, finish, spawn_upgrade, validate_parts};
+use crate::integrations::hyper::{
+    HyperWebSocket, Rejection, finish, spawn_upgrade, validate_parts,
+};
 use crate::policy::Policy;
 
 /// Extracts a WebSocket upgrade request in an axum handler; answer it with
@@ -206,7 +208,10 @@ impl WebSocketUpgrade {
 /// Polls `future` once: its output if it completed without waiting.
 fn now_or_never<F: Future>(future: F) -> Option<F::Output> {
     let mut future = pin!(future);
-    match future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
         Poll::Ready(output) => Some(output),
         Poll::Pending => None,
     }

@@ -49,10 +49,10 @@
 
 use std::future::Future;
 
-use http::request::Parts;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use ::hyper::upgrade::{OnUpgrade, Upgraded};
 use ::hyper_util::rt::TokioIo;
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use volley_proto::handshake::{HandshakeError, UpgradeRequest};
 use volley_proto::{DeflateParams, Role};
 

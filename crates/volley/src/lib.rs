@@ -4,6 +4,10 @@
 //! - [`connect`] and [`ClientBuilder`] open client connections.
 //! - [`WebSocket`] sends and receives [`Message`]s and [`split`](WebSocket::split)s into halves.
 //! - [`hub::Hub`] fans messages out to topics of connections, each message encoded once.
+//! - [`sync`] is a blocking client for scripts and tests; [`reconnect`] a client that reconnects
+//!   with backoff and jitter and tells the application when to resubscribe.
+//! - Features `hyper` and `axum`: accept upgrades from a hyper request (`volley::hyper`) or with
+//!   an axum extractor (`volley::axum::WebSocketUpgrade`), beside REST routes.
 //!
 //! ```no_run
 //! # async fn run() -> volley::Result<()> {

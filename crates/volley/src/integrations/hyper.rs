@@ -51,6 +51,7 @@ use std::future::Future;
 
 use ::hyper::upgrade::{OnUpgrade, Upgraded};
 use ::hyper_util::rt::TokioIo;
+#[cfg(feature = "axum")]
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use volley_proto::handshake::{HandshakeError, UpgradeRequest};
@@ -216,6 +217,7 @@ pub(crate) fn validate(
 }
 
 /// [`validate`] for request parts (axum's extractors).
+#[cfg(feature = "axum")]
 pub(crate) fn validate_parts(
     parts: &mut Parts,
 ) -> Result<(UpgradeRequest, Option<OnUpgrade>), Rejection> {

@@ -16,10 +16,13 @@
 //! zlib (and zlib-rs) cannot *compress* raw DEFLATE with a 256-byte window: `deflateInit2` rejects
 //! `windowBits = -8`. Python websockets therefore declines `server_max_window_bits=8` (and fails on
 //! `client_max_window_bits=8` in a response); Node's zlib quietly compresses with 9. Volley accepts
-//! 8 and compresses with a 512-byte zlib window: zlib never emits a match farther back than
-//! `window size - 262` bytes, so the longest distance is 250, which a peer with a 256-byte window
-//! decodes (checked by a test against a strict 256-byte decoder). Inflating uses the negotiated
-//! window, with 9 for 8, which accepts every stream a 256-byte window allows.
+//! 8 when the peer asks for it and compresses with a 512-byte zlib window: zlib never emits a match
+//! farther back than `window size - 262` bytes, so the longest distance is 250, which a peer with a
+//! 256-byte window decodes (checked by a test against a strict 256-byte decoder). Inflating uses
+//! the negotiated window, with 9 for 8, which accepts every stream a 256-byte window allows. Since
+//! a window of 8 bits saves Volley nothing, Volley never *asks* a peer for 8: configured as 8, it
+//! asks for 9 (a client's `server_max_window_bits`, a server's `client_max_window_bits`), which
+//! Python websockets accepts where it would refuse 8.
 //!
 //! ## Memory
 //!
@@ -66,13 +69,15 @@ pub struct DeflateConfig {
     /// The largest LZ77 window the server may use, as a power of two, 8–15. Default 15 (32 KiB).
     ///
     /// Server: the window its compressor uses (at most what the client asked for); below 15 it is
-    /// announced with `server_max_window_bits`. Client: below 15, asked for in the offer.
+    /// announced with `server_max_window_bits`. Client: below 15, asked for in the offer (8 is
+    /// asked as 9, which zlib-based servers accept; see the module docs).
     pub server_max_window_bits: u8,
     /// The largest LZ77 window the client may use, 8–15. Default 15.
     ///
     /// Server: below 15, asked of clients whose offer has `client_max_window_bits` (clients that do
-    /// not support the parameter are still accepted and may use 15). Client: the window its
-    /// compressor uses; the offer always carries `client_max_window_bits` (with this value below 15).
+    /// not support the parameter are still accepted and may use 15; 8 is asked as 9, see the module
+    /// docs). Client: the window its compressor uses; the offer always carries
+    /// `client_max_window_bits` (with this value below 15).
     pub client_max_window_bits: u8,
     /// Messages with fewer payload bytes than this are sent uncompressed (RSV1 clear). Default 64:
     /// smaller messages rarely shrink by more than the few bytes a compressed block costs.
@@ -147,6 +152,12 @@ impl DeflateConfig {
         self.client_max_window_bits.clamp(8, 15)
     }
 
+    /// The `server_max_window_bits` a client asks for: 8 is asked as 9, because zlib-based
+    /// servers (Python websockets) decline 8 and our inflater uses a 512-byte window for 8 anyway.
+    fn offered_server_bits(&self) -> u8 {
+        self.server_bits().max(9)
+    }
+
     /// Client: the `Sec-WebSocket-Extensions` value offering permessage-deflate with these
     /// preferences, e.g. `permessage-deflate; client_max_window_bits`.
     pub fn offer(&self) -> String {
@@ -157,8 +168,11 @@ impl DeflateConfig {
         if self.client_no_context_takeover {
             out.push_str("; client_no_context_takeover");
         }
-        if self.server_bits() < 15 {
-            out.push_str(&format!("; server_max_window_bits={}", self.server_bits()));
+        if self.offered_server_bits() < 15 {
+            out.push_str(&format!(
+                "; server_max_window_bits={}",
+                self.offered_server_bits()
+            ));
         }
         out.push_str("; client_max_window_bits");
         if self.client_bits() < 15 {
@@ -191,7 +205,9 @@ impl DeflateConfig {
             // The client does not support the parameter: it may use up to 15 bits.
             None => None,
             Some(None) if self.client_bits() == 15 => None,
-            Some(hint) => Some(hint.unwrap_or(15).min(self.client_bits())),
+            // We ask for at least 9 (zlib-based clients such as Python websockets refuse 8, and
+            // our inflater uses 9 for 8 anyway), unless the client announced 8 itself.
+            Some(hint) => Some(hint.unwrap_or(15).min(self.client_bits().max(9))),
         };
         Ok(DeflateParams {
             server_no_context_takeover: p.server_no_context_takeover
@@ -222,7 +238,7 @@ impl DeflateConfig {
                 "server_no_context_takeover was requested but not confirmed".into(),
             ));
         }
-        let server_max_window_bits = match (p.server_max_window_bits, self.server_bits()) {
+        let server_max_window_bits = match (p.server_max_window_bits, self.offered_server_bits()) {
             (Some(got), asked) if got > asked => {
                 return Err(bad(format!(
                     "server_max_window_bits={got} exceeds the {asked} requested"

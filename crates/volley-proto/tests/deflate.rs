@@ -669,7 +669,48 @@ fn client_offers_its_preferences() {
             .server_max_window_bits(3)
             .client_max_window_bits(30)
             .offer(),
-        "permessage-deflate; server_max_window_bits=8; client_max_window_bits"
+        "permessage-deflate; server_max_window_bits=9; client_max_window_bits"
+    );
+}
+
+#[test]
+fn window_bits_8_is_accepted_but_asked_as_9() {
+    // A peer asking for 8 gets 8 (compressed with zlib's 9-bit window, see below) ...
+    assert_eq!(
+        server_answer(&default(), "permessage-deflate; server_max_window_bits=8").as_deref(),
+        Some("permessage-deflate; server_max_window_bits=8")
+    );
+    assert_eq!(
+        client_take(&default(), "permessage-deflate; client_max_window_bits=8").unwrap(),
+        DeflateParams::default().client_max_window_bits(Some(8))
+    );
+    // ... a client that announces 8 for itself is confirmed at 8 ...
+    let d = default().client_max_window_bits(8);
+    assert_eq!(
+        server_answer(&d, "permessage-deflate; client_max_window_bits=8").as_deref(),
+        Some("permessage-deflate; client_max_window_bits=8")
+    );
+    // ... but Volley never asks a peer for 8, which zlib-based peers refuse.
+    assert_eq!(
+        server_answer(&d, "permessage-deflate; client_max_window_bits").as_deref(),
+        Some("permessage-deflate; client_max_window_bits=9")
+    );
+    assert_eq!(
+        default().server_max_window_bits(8).offer(),
+        "permessage-deflate; server_max_window_bits=9; client_max_window_bits"
+    );
+    assert_eq!(
+        default().client_max_window_bits(8).offer(),
+        "permessage-deflate; client_max_window_bits=8"
+    );
+    // A server answering the 9 we asked for is within the offer.
+    assert_eq!(
+        client_take(
+            &default().server_max_window_bits(8),
+            "permessage-deflate; server_max_window_bits=9"
+        )
+        .unwrap(),
+        DeflateParams::default().server_max_window_bits(Some(9))
     );
 }
 

@@ -459,10 +459,14 @@ fn assert_compressed_on_the_wire(stats: WireStats) {
 }
 
 async fn peer_client_with_deflate(peer: Peer) {
+    peer_client_with_deflate_config(peer, volley::DeflateConfig::default()).await;
+}
+
+async fn peer_client_with_deflate_config(peer: Peer, deflate: volley::DeflateConfig) {
     let server = Server::bind("127.0.0.1:0").await.expect("bind").config(
         Config::default()
             .max_message_size(16 << 20)
-            .deflate(Some(volley::DeflateConfig::default())),
+            .deflate(Some(deflate)),
     );
     let addr = server.local_addr().expect("addr");
     tokio::spawn(server.serve(|mut ws, _| async move {
@@ -506,6 +510,25 @@ async fn node_ws_client_with_per_message_deflate_exchanges_compressed_frames() {
 #[tokio::test]
 async fn python_websockets_client_with_compression_exchanges_compressed_frames() {
     peer_client_with_deflate(Peer::Python).await;
+}
+
+/// The smallest windows and no context takeover: Volley compresses "8" with zlib's 9-bit window
+/// and asks clients for 9 (Python websockets refuses to be asked for 8).
+fn small_windows() -> volley::DeflateConfig {
+    volley::DeflateConfig::default()
+        .server_max_window_bits(8)
+        .client_max_window_bits(8)
+        .no_context_takeover(true)
+}
+
+#[tokio::test]
+async fn node_ws_client_with_small_windows_and_no_context_takeover() {
+    peer_client_with_deflate_config(Peer::Node, small_windows()).await;
+}
+
+#[tokio::test]
+async fn python_websockets_client_with_small_windows_and_no_context_takeover() {
+    peer_client_with_deflate_config(Peer::Python, small_windows()).await;
 }
 
 async fn volley_client_with_deflate_against(peer: Peer) {

@@ -454,12 +454,18 @@ impl Deflater {
             if out.capacity() - out.len() < 64 {
                 out.reserve(out.capacity().max(1024));
             }
+            let before = out.len();
             c.compress_vec(&input[done..], &mut out, FlushCompress::Sync)
                 .map_err(|_| CompressFailed)?;
             let consumed = c.total_in() - start;
             // A sync flush is complete once all input is taken and output space is left over.
             if consumed == input.len() as u64 && out.len() < out.capacity() {
                 break;
+            }
+            if consumed == done as u64 && out.len() == before && out.len() < out.capacity() {
+                // No progress with room to spare: never expected from zlib, but never loop.
+                self.state = None;
+                return Err(CompressFailed);
             }
         }
         if self.no_context_takeover {

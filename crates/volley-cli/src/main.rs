@@ -59,6 +59,10 @@ struct ServeArgs {
     /// Bytes of outgoing data that may be queued per connection before sending waits.
     #[arg(long, default_value_t = 32 * 1024)]
     write_limit: usize,
+    /// Accept browsers only from this Origin, e.g. https://app.example.com (repeatable); others
+    /// get 403. Clients that send no Origin header are accepted.
+    #[arg(long = "origin")]
+    origins: Vec<String>,
     /// Seconds open connections get to finish their close handshake at shutdown.
     #[arg(long, default_value_t = 10.0, value_parser = seconds)]
     drain_timeout: f64,
@@ -185,6 +189,9 @@ async fn serve(args: ServeArgs) -> ExitCode {
     };
     if let Some(tls) = tls {
         server = server.tls(tls);
+    }
+    if !args.origins.is_empty() {
+        server = server.policy(volley::Policy::default().origins(args.origins.clone()));
     }
     let addr = server.local_addr().map_or(args.bind, |a| a);
     let compression = if args.deflate.deflate {

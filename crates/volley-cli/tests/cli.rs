@@ -37,10 +37,16 @@ impl Serve {
     /// Starts `volley serve --bind 127.0.0.1:<free port>` and waits for its "listening" line,
     /// retrying with another port if the chosen one was taken in the meantime.
     async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// Like [`start`](Self::start), with extra `volley serve` arguments.
+    async fn start_with(extra: &[&str]) -> Self {
         for _ in 0..5 {
             let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             let mut child = volley()
                 .args(["serve", "--bind", &addr.to_string()])
+                .args(extra)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
@@ -406,4 +412,68 @@ async fn volley_serve_answers_python_websockets_and_node_ws_clients() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+}
+
+/// `volley serve --tls-cert … --tls-key …` answers a real Python `websockets` client over `wss://`
+/// (whole scenario), trusting only a test CA.
+#[tokio::test]
+async fn volley_serve_over_tls_answers_python_websockets() {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let python = repo.join(".deps/py/bin/python");
+    assert!(python.exists(), "peers missing: run scripts/install-peers");
+    let dir = std::env::temp_dir().join(format!("volley-cli-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Volley CLI test CA");
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().expect("key");
+    let mut leaf_params = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+    leaf_params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).expect("leaf");
+    let (ca_pem, cert_pem, key_pem) = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&ca_pem, ca.pem()).expect("write");
+    std::fs::write(&cert_pem, leaf.pem()).expect("write");
+    std::fs::write(&key_pem, leaf_key.serialize_pem()).expect("write");
+
+    let serve = Serve::start_with(&[
+        "--tls-cert",
+        cert_pem.to_str().expect("utf-8 path"),
+        "--tls-key",
+        key_pem.to_str().expect("utf-8 path"),
+    ])
+    .await;
+    let url = format!("wss://localhost:{}/", serve.addr.port());
+    let output = timeout(
+        Duration::from_secs(90),
+        Command::new(&python)
+            .arg(repo.join("e2e/python/client.py"))
+            .arg(&url)
+            .arg("--ca")
+            .arg(&ca_pem)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("python client finished in time")
+    .expect("spawn python");
+    let _ = std::fs::remove_dir_all(&dir);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("PASS close") && !stdout.contains("FAIL"),
+        "python websockets over wss against volley serve failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

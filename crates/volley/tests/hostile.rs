@@ -382,3 +382,42 @@ async fn messages_before_a_violation_are_answered_before_the_failure_close() {
     let rest = raw.expect_eof_within(Duration::from_secs(2)).await;
     assert!(rest.is_empty(), "{rest:?}");
 }
+
+/// Slowloris: a thousand clients trickling a request byte by byte do not delay a real handshake,
+/// and are all dropped once the open timeout passes.
+#[tokio::test]
+async fn a_thousand_trickling_clients_do_not_delay_new_handshakes() {
+    let config = Config::default().open_timeout(Duration::from_millis(1500));
+    let addr = echo_server_with(config).await;
+    let mut tricklers = Vec::new();
+    for _ in 0..1000 {
+        let mut raw = raw_tcp(addr).await;
+        raw.write(b"GET / HTTP/1.1\r\nHost: x\r\n").await;
+        tricklers.push(raw);
+    }
+    // Keep trickling one byte each while a real client connects and echoes.
+    let trickle = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        for _ in 0..3 {
+            for raw in tricklers.iter_mut() {
+                let _ = raw.stream.write_all(b"X").await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tricklers
+    });
+    let start = std::time::Instant::now();
+    let mut ws = client(addr, Config::default()).await;
+    ws.send("through the crowd").await.expect("send");
+    assert_eq!(next_msg(&mut ws).await, Message::text("through the crowd"));
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_millis(500),
+        "handshake + echo took {took:?}"
+    );
+    // Every trickler is dropped by the open timeout.
+    let mut tricklers = within(trickle).await.expect("join");
+    for raw in tricklers.iter_mut().take(50) {
+        raw.expect_eof_within(Duration::from_secs(5)).await;
+    }
+}

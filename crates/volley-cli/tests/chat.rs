@@ -1,76 +1,14 @@
 //! The topics chat of `volley serve` at `/chat`, driven by volley clients against the binary.
 
 use std::net::SocketAddr;
-use std::process::Stdio;
-use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use tokio::time::timeout;
 use volley::{CloseCode, MaybeTlsStream, Message, WebSocket};
 
-const WAIT: Duration = Duration::from_secs(20);
+mod common;
 
-/// A free loopback port: bind port 0 and drop the listener.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind 127.0.0.1:0")
-        .local_addr()
-        .expect("local_addr")
-        .port()
-}
-
-/// A running `volley serve`; killed on drop.
-struct Serve {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Serve {
-    /// Starts `volley serve` on a free port and waits for its "listening" line, retrying with
-    /// another port if the chosen one was taken in the meantime.
-    async fn start() -> Self {
-        for _ in 0..5 {
-            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-            let mut child = Command::new(env!("CARGO_BIN_EXE_volley"))
-                .args(["serve", "--bind", &addr.to_string()])
-                .env("RUST_LOG", "info")
-                .kill_on_drop(true)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn volley serve");
-            let stderr = child.stderr.take().expect("stderr");
-            let mut lines = BufReader::new(stderr).lines();
-            let listening = timeout(WAIT, async {
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if line.contains("listening") {
-                        assert!(line.contains("/chat"), "{line}");
-                        return true;
-                    }
-                }
-                false
-            })
-            .await
-            .expect("volley serve printed nothing in time");
-            if listening {
-                // Keep draining stderr so the server never blocks on a full pipe.
-                tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-                return Self { child, addr };
-            }
-            let _ = timeout(WAIT, child.wait()).await;
-        }
-        panic!("volley serve did not start in 5 attempts");
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
-}
+use common::{Serve, WAIT};
 
 type Client = WebSocket<MaybeTlsStream>;
 
@@ -113,6 +51,7 @@ async fn chat_client(addr: SocketAddr) -> (Client, u64) {
 #[tokio::test]
 async fn two_clients_join_a_topic_and_one_publishes() {
     let server = Serve::start().await;
+    assert!(server.listening.contains("/chat"), "{}", server.listening);
     let (mut alice, alice_id) = chat_client(server.addr).await;
     let (mut bob, _) = chat_client(server.addr).await;
     let (mut carol, _) = chat_client(server.addr).await;

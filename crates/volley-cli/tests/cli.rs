@@ -4,85 +4,15 @@ use std::net::SocketAddr;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::time::timeout;
 use volley::{CloseCode, CloseFrame, Config, Message, Server};
 
-const WAIT: Duration = Duration::from_secs(20);
+mod common;
 
-fn volley() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_volley"));
-    cmd.env("RUST_LOG", "info").kill_on_drop(true);
-    cmd
-}
-
-/// A free loopback port: bind port 0 and drop the listener.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind 127.0.0.1:0")
-        .local_addr()
-        .expect("local_addr")
-        .port()
-}
-
-/// A running `volley serve`; killed on drop.
-struct Serve {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Serve {
-    /// Starts `volley serve --bind 127.0.0.1:<free port>` and waits for its "listening" line,
-    /// retrying with another port if the chosen one was taken in the meantime.
-    async fn start() -> Self {
-        Self::start_with(&[]).await
-    }
-
-    /// Like [`start`](Self::start), with extra `volley serve` arguments.
-    async fn start_with(extra: &[&str]) -> Self {
-        for _ in 0..5 {
-            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-            let mut child = volley()
-                .args(["serve", "--bind", &addr.to_string()])
-                .args(extra)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn volley serve");
-            let stderr = child.stderr.take().expect("stderr");
-            let mut lines = BufReader::new(stderr).lines();
-            let mut seen = String::new();
-            let listening = timeout(WAIT, async {
-                while let Ok(Some(line)) = lines.next_line().await {
-                    seen.push_str(&line);
-                    seen.push('\n');
-                    if line.contains("listening") {
-                        return true;
-                    }
-                }
-                false
-            })
-            .await
-            .expect("volley serve printed nothing in time");
-            if listening {
-                assert!(seen.contains(&addr.to_string()), "{seen}");
-                // Keep draining stderr so the server never blocks on a full pipe.
-                tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-                return Self { child, addr };
-            }
-            // The port was taken between choosing and binding: try another one.
-            let _ = timeout(WAIT, child.wait()).await;
-        }
-        panic!("volley serve did not start in 5 attempts");
-    }
-
-    fn url(&self) -> String {
-        format!("ws://{}/", self.addr)
-    }
-}
+use common::{Serve, WAIT, free_port, volley};
 
 impl Drop for Serve {
     fn drop(&mut self) {

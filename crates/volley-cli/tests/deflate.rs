@@ -2,55 +2,21 @@
 
 use std::net::SocketAddr;
 use std::process::Stdio;
-use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::io::AsyncWriteExt;
 use tokio::time::timeout;
 use volley::{ClientBuilder, Config, DeflateConfig, Message};
 
-const WAIT: Duration = Duration::from_secs(20);
+mod common;
 
-fn volley() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_volley"));
-    cmd.kill_on_drop(true);
-    cmd
-}
+use common::{Serve, WAIT, volley};
 
 /// Starts `volley serve` with `args` on a free port; returns it, its address and its
 /// "listening" line.
-async fn serve(args: &[&str]) -> (Child, SocketAddr, String) {
-    for _ in 0..5 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let mut child = volley()
-            .args(["serve", "--bind", &addr.to_string()])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn volley serve");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let listening = timeout(WAIT, async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains("listening") {
-                    return Some(line);
-                }
-            }
-            None
-        })
-        .await
-        .expect("volley serve printed nothing in time");
-        if let Some(line) = listening {
-            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            return (child, addr, line);
-        }
-    }
-    panic!("volley serve did not start");
+async fn serve(args: &[&str]) -> (Serve, SocketAddr, String) {
+    let serve = Serve::start_with(args).await;
+    let (addr, line) = (serve.addr, serve.listening.clone());
+    (serve, addr, line)
 }
 
 /// Runs `volley connect <url> <args>` with `input` on stdin; returns (success, stdout, stderr).

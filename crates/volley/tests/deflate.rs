@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use flate2::{Compress, Compression, FlushCompress};
+use flate2::{Compress, Compression};
 use volley::proto::frame::FrameHeader;
 use volley::{
     ClientBuilder, CloseCode, Config, DeflateConfig, DeflateParams, Error, HandshakeError, Message,
@@ -38,19 +38,7 @@ fn compressible(len: usize) -> String {
 
 /// Raw DEFLATE of `data` with a sync flush and the tail stripped, as a peer sends a message.
 fn deflate_message(c: &mut Compress, data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len() / 2 + 1024);
-    let start = c.total_in();
-    loop {
-        let done = (c.total_in() - start) as usize;
-        if out.capacity() - out.len() < 64 {
-            out.reserve(out.capacity().max(1024));
-        }
-        c.compress_vec(&data[done..], &mut out, FlushCompress::Sync)
-            .unwrap();
-        if (c.total_in() - start) as usize == data.len() && out.len() < out.capacity() {
-            break;
-        }
-    }
+    let mut out = sync_compress(c, data);
     out.truncate(out.len() - 4);
     out
 }

@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use flate2::{Compress, Compression, FlushCompress};
+use flate2::{Compress, Compression};
 use volley::{
     ClientBuilder, Config, DeflateConfig, Error, Message, ProtocolError, Role, accept_with_config,
 };
@@ -15,23 +15,6 @@ use volley::{
 const MIB: usize = 1024 * 1024;
 /// The max message size both ends use.
 const LIMIT: usize = 4 * MIB;
-
-fn sync_compress(c: &mut Compress, data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len() / 2 + 1024);
-    let start = c.total_in();
-    loop {
-        let done = (c.total_in() - start) as usize;
-        if out.capacity() - out.len() < 64 {
-            out.reserve(out.capacity().max(1024));
-        }
-        c.compress_vec(&data[done..], &mut out, FlushCompress::Sync)
-            .unwrap();
-        if (c.total_in() - start) as usize == data.len() && out.len() < out.capacity() {
-            break;
-        }
-    }
-    out
-}
 
 /// 1 GiB of zeros as one compressed message payload (tail stripped): ~1.04 MiB.
 fn bomb() -> Vec<u8> {

@@ -413,3 +413,22 @@ pub async fn raw_server_accept(listener: &TcpListener) -> Raw {
     raw.write(switching_protocols(&head).as_bytes()).await;
     raw
 }
+
+/// Raw DEFLATE of `data` ending in a sync flush (the `00 00 ff ff` tail kept), continuing
+/// `c`'s stream: what a peer's compressor produces for one message.
+pub fn sync_compress(c: &mut flate2::Compress, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() / 2 + 1024);
+    let start = c.total_in();
+    loop {
+        let done = (c.total_in() - start) as usize;
+        if out.capacity() - out.len() < 64 {
+            out.reserve(out.capacity().max(1024));
+        }
+        c.compress_vec(&data[done..], &mut out, flate2::FlushCompress::Sync)
+            .unwrap();
+        if (c.total_in() - start) as usize == data.len() && out.len() < out.capacity() {
+            break;
+        }
+    }
+    out
+}

@@ -1,12 +1,148 @@
-//! Payload masking (RFC 6455 §5.3).
+//! Payload masking (RFC 6455 §5.3), with SIMD paths chosen at run time.
+//!
+//! [`apply_mask`] is what the rest of Volley calls. On x86_64 it uses AVX2 (32 bytes per step)
+//! when the CPU has it, SSE2 (16 bytes per step, always present on x86_64) otherwise, and a
+//! scalar word-at-a-time loop for short buffers, for the head and tail of the SIMD loops, and on
+//! other architectures. The CPU check runs once; its result is cached in an atomic.
+//!
+//! [`Implementation`] exposes each path on its own so that tests and benchmarks can compare them.
+//!
+//! This is the only module of the workspace that contains `unsafe` code: the SIMD intrinsics.
+//! Every `unsafe` block states why it is sound.
+#![allow(unsafe_code)]
+
+use std::fmt;
+
+/// Buffers shorter than this are masked by the scalar loop even when SIMD is available: at these
+/// sizes the SIMD setup costs more than it saves (see `benches/micro.rs`).
+const SIMD_MIN_LEN: usize = 32;
 
 /// XORs `buf` with the masking `key`, starting at byte `offset` of the key stream.
 ///
 /// Masking is its own inverse, so this both masks and unmasks. `offset` lets a payload that
-/// arrives in pieces be unmasked piece by piece.
+/// arrives in pieces be unmasked piece by piece. Uses the fastest [`Implementation`] the CPU
+/// supports ([`Implementation::selected`]).
+#[inline]
 pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
-    let mut key = key;
+    let key = rotate(key, offset);
+    if buf.len() < SIMD_MIN_LEN {
+        scalar(buf, key);
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        x86::dispatch(buf, key);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        scalar(buf, key);
+    }
+}
+
+/// One way of masking a buffer; every variant computes the same bytes.
+///
+/// All variants exist on every architecture; [`is_available`](Self::is_available) tells which
+/// ones this CPU can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Implementation {
+    /// Portable: eight bytes at a time as a `u64`, then byte by byte. Always available.
+    Scalar,
+    /// x86_64 SSE2, 16 bytes per step (part of the x86_64 baseline).
+    Sse2,
+    /// x86_64 AVX2, 32 bytes per step, when the CPU supports it.
+    Avx2,
+}
+
+/// Error from [`Implementation::apply`]: this CPU cannot run the requested implementation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unavailable(pub Implementation);
+
+impl fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "masking implementation {:?} is not available on this CPU",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for Unavailable {}
+
+impl Implementation {
+    /// Every implementation, available or not.
+    pub const ALL: [Self; 3] = [Self::Scalar, Self::Sse2, Self::Avx2];
+
+    /// Whether this CPU can run the implementation.
+    pub fn is_available(self) -> bool {
+        match self {
+            Self::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Self::Sse2 => true,
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 => x86::has_avx2(),
+            #[cfg(not(target_arch = "x86_64"))]
+            Self::Sse2 | Self::Avx2 => false,
+        }
+    }
+
+    /// The implementations this CPU can run, scalar first.
+    pub fn available() -> impl Iterator<Item = Self> {
+        Self::ALL.into_iter().filter(|i| i.is_available())
+    }
+
+    /// The implementation [`apply_mask`] uses for buffers of at least 32 bytes (shorter ones
+    /// always take the scalar path).
+    pub fn selected() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if x86::has_avx2() {
+                Self::Avx2
+            } else {
+                Self::Sse2
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            Self::Scalar
+        }
+    }
+
+    /// Masks `buf` like [`apply_mask`], but with this implementation at every length.
+    ///
+    /// Fails, leaving `buf` untouched, if the CPU cannot run it.
+    pub fn apply(self, buf: &mut [u8], key: [u8; 4], offset: usize) -> Result<(), Unavailable> {
+        let key = rotate(key, offset);
+        match self {
+            Self::Scalar => scalar(buf, key),
+            #[cfg(target_arch = "x86_64")]
+            Self::Sse2 => x86::sse2(buf, key),
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 => {
+                if !x86::has_avx2() {
+                    return Err(Unavailable(self));
+                }
+                // SAFETY: AVX2 support was just checked at run time.
+                unsafe { x86::avx2(buf, key) }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            Self::Sse2 | Self::Avx2 => return Err(Unavailable(self)),
+        }
+        Ok(())
+    }
+}
+
+/// The key as seen from byte `offset` of the key stream.
+#[inline]
+fn rotate(mut key: [u8; 4], offset: usize) -> [u8; 4] {
     key.rotate_left(offset % 4);
+    key
+}
+
+/// The portable loop: `u64` words, then single bytes. `key` is already rotated to the start of
+/// `buf`.
+#[inline]
+fn scalar(buf: &mut [u8], key: [u8; 4]) {
     let wide = u64::from_ne_bytes([
         key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
     ]);
@@ -16,8 +152,116 @@ pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
         word.copy_from_slice(chunk);
         chunk.copy_from_slice(&(u64::from_ne_bytes(word) ^ wide).to_ne_bytes());
     }
+    // Whole words consumed a multiple of 4 bytes, so the key phase is unchanged here.
     for (i, byte) in chunks.into_remainder().iter_mut().enumerate() {
         *byte ^= key[i & 3];
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::{
+        __m128i, __m256i, _mm_loadu_si128, _mm_storeu_si128, _mm_xor_si128, _mm256_loadu_si256,
+        _mm256_storeu_si256, _mm256_xor_si256,
+    };
+    use std::sync::atomic::{AtomicU8, Ordering};
+
+    const UNKNOWN: u8 = 0;
+    const NO_AVX2: u8 = 1;
+    const AVX2: u8 = 2;
+
+    /// The cached result of the AVX2 check.
+    static LEVEL: AtomicU8 = AtomicU8::new(UNKNOWN);
+
+    /// Whether the CPU has AVX2, detected once and cached. (A race only repeats the detection,
+    /// which always gives the same answer, so relaxed ordering is enough.)
+    #[inline]
+    pub(super) fn has_avx2() -> bool {
+        match LEVEL.load(Ordering::Relaxed) {
+            AVX2 => true,
+            NO_AVX2 => false,
+            _ => {
+                let yes = std::is_x86_feature_detected!("avx2");
+                LEVEL.store(if yes { AVX2 } else { NO_AVX2 }, Ordering::Relaxed);
+                yes
+            }
+        }
+    }
+
+    /// `apply_mask`'s choice for buffers of at least `SIMD_MIN_LEN` bytes.
+    #[inline]
+    pub(super) fn dispatch(buf: &mut [u8], key: [u8; 4]) {
+        if has_avx2() {
+            // SAFETY: `has_avx2` checked at run time that the CPU supports AVX2.
+            unsafe { avx2(buf, key) }
+        } else {
+            sse2(buf, key)
+        }
+    }
+
+    /// SSE2: 16 bytes per step with unaligned loads and stores, the rest by the scalar loop.
+    ///
+    /// SSE2 is part of the x86_64 baseline (`target_feature = "sse2"` is always enabled there),
+    /// so this needs no run-time check and is a safe function.
+    #[inline]
+    pub(super) fn sse2(buf: &mut [u8], key: [u8; 4]) {
+        let words = [u32::from_ne_bytes(key); 4];
+        // SAFETY: `words` is 16 readable bytes; `_mm_loadu_si128` allows any alignment. SSE2 is
+        // enabled on every x86_64 target.
+        let pattern = unsafe { _mm_loadu_si128(words.as_ptr().cast::<__m128i>()) };
+        let mut chunks = buf.chunks_exact_mut(16);
+        for chunk in &mut chunks {
+            let p = chunk.as_mut_ptr().cast::<__m128i>();
+            // SAFETY: `chunk` is exactly 16 bytes long, valid for reads and writes and borrowed
+            // mutably, so `p` points at 16 bytes we may read and write. `_mm_loadu_si128` and
+            // `_mm_storeu_si128` allow any alignment. SSE2 is enabled on every x86_64 target.
+            unsafe {
+                let v = _mm_loadu_si128(p);
+                _mm_storeu_si128(p, _mm_xor_si128(v, pattern));
+            }
+        }
+        // 16 is a multiple of 4: the key phase at the tail is the same as at the start.
+        super::scalar(chunks.into_remainder(), key);
+    }
+
+    /// AVX2: 64 bytes per step (two 32-byte vectors), then one 32-byte step, then SSE2 and the
+    /// scalar loop for the rest. Unaligned loads and stores throughout.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn avx2(buf: &mut [u8], key: [u8; 4]) {
+        let words = [u32::from_ne_bytes(key); 8];
+        // SAFETY: `words` is 32 readable bytes; `_mm256_loadu_si256` allows any alignment. The
+        // caller guarantees AVX2 support, and this function is compiled with AVX2 enabled.
+        let pattern = unsafe { _mm256_loadu_si256(words.as_ptr().cast::<__m256i>()) };
+        let mut pairs = buf.chunks_exact_mut(64);
+        for chunk in &mut pairs {
+            let p = chunk.as_mut_ptr().cast::<__m256i>();
+            // SAFETY: `chunk` is exactly 64 bytes long, valid for reads and writes and borrowed
+            // mutably, so `p` and `p.add(1)` (32 bytes further) each point at 32 bytes inside it.
+            // `_mm256_loadu_si256`/`_mm256_storeu_si256` allow any alignment. The caller
+            // guarantees AVX2 support, and this function is compiled with AVX2 enabled.
+            unsafe {
+                let a = _mm256_loadu_si256(p);
+                let b = _mm256_loadu_si256(p.add(1));
+                _mm256_storeu_si256(p, _mm256_xor_si256(a, pattern));
+                _mm256_storeu_si256(p.add(1), _mm256_xor_si256(b, pattern));
+            }
+        }
+        let rest = pairs.into_remainder();
+        let mut chunks = rest.chunks_exact_mut(32);
+        for chunk in &mut chunks {
+            let p = chunk.as_mut_ptr().cast::<__m256i>();
+            // SAFETY: as above, with `chunk` exactly 32 bytes long.
+            unsafe {
+                let v = _mm256_loadu_si256(p);
+                _mm256_storeu_si256(p, _mm256_xor_si256(v, pattern));
+            }
+        }
+        // 64 and 32 are multiples of 4: the key phase at the tail is the same as at the start.
+        sse2(chunks.into_remainder(), key);
     }
 }
 
@@ -31,18 +275,97 @@ mod tests {
         }
     }
 
+    /// Lengths, offsets and misalignments to try exhaustively; smaller under miri, which is
+    /// thousands of times slower.
+    #[cfg(not(miri))]
+    const SIZES: (usize, usize, usize) = (300, 8, 32);
+    #[cfg(miri)]
+    const SIZES: (usize, usize, usize) = (80, 5, 5);
+
+    /// Every available implementation, and `apply_mask` itself, against the byte loop.
+    fn check_all(data: &[u8], key: [u8; 4], offset: usize) {
+        let mut expected = data.to_vec();
+        naive(&mut expected, key, offset);
+        let mut got = data.to_vec();
+        apply_mask(&mut got, key, offset);
+        assert_eq!(
+            got,
+            expected,
+            "apply_mask len {} offset {offset}",
+            data.len()
+        );
+        for imp in Implementation::available() {
+            let mut got = data.to_vec();
+            imp.apply(&mut got, key, offset).unwrap();
+            assert_eq!(got, expected, "{imp:?} len {} offset {offset}", data.len());
+        }
+    }
+
     #[test]
-    fn matches_bytewise_masking_at_every_length_and_offset() {
+    fn every_implementation_matches_bytewise_masking_at_every_length_offset_and_alignment() {
+        let (max_len, offsets, shifts) = SIZES;
         let key = [0x12, 0x34, 0x56, 0x78];
-        for len in 0..40 {
-            for offset in 0..8 {
-                let data: Vec<u8> = (0..len as u8).collect();
-                let mut a = data.clone();
-                let mut b = data.clone();
-                apply_mask(&mut a, key, offset);
-                naive(&mut b, key, offset);
-                assert_eq!(a, b, "len {len} offset {offset}");
+        let backing: Vec<u8> = (0..max_len + shifts).map(|i| (i * 7 + 3) as u8).collect();
+        // `None` stands for `apply_mask` itself.
+        let imps = std::iter::once(None).chain(Implementation::available().map(Some));
+        for imp in imps {
+            // The bytes around the masked window must stay untouched.
+            for shift in 0..shifts {
+                for len in 0..=max_len {
+                    for offset in 0..offsets {
+                        let mut buf = backing.clone();
+                        let mut expected = backing.clone();
+                        naive(&mut expected[shift..shift + len], key, offset);
+                        let window = &mut buf[shift..shift + len];
+                        match imp {
+                            None => apply_mask(window, key, offset),
+                            Some(imp) => imp.apply(window, key, offset).unwrap(),
+                        }
+                        assert_eq!(
+                            buf, expected,
+                            "{imp:?} shift {shift} len {len} off {offset}"
+                        );
+                    }
+                }
             }
+        }
+    }
+
+    #[test]
+    fn scalar_and_sse2_are_always_available_on_x86_64() {
+        assert!(Implementation::Scalar.is_available());
+        assert_eq!(
+            Implementation::Sse2.is_available(),
+            cfg!(target_arch = "x86_64")
+        );
+        assert!(Implementation::available().any(|i| i == Implementation::selected()));
+        #[cfg(not(miri))]
+        if cfg!(target_arch = "x86_64") {
+            assert_eq!(
+                Implementation::Avx2.is_available(),
+                std::is_x86_feature_detected!("avx2")
+            );
+        }
+    }
+
+    #[test]
+    fn random_large_buffers_match() {
+        // xorshift: reproducible without a dependency.
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let (rounds, max) = if cfg!(miri) { (3, 600) } else { (60, 200_000) };
+        for _ in 0..rounds {
+            let len = (next() % max) as usize;
+            let shift = (next() % 64) as usize;
+            let offset = (next() % 16) as usize;
+            let key = (next() as u32).to_ne_bytes();
+            let data: Vec<u8> = (0..len + shift).map(|_| next() as u8).collect();
+            check_all(&data[shift..], key, offset);
         }
     }
 
@@ -52,10 +375,22 @@ mod tests {
         let data: Vec<u8> = (0..=255).collect();
         let mut whole = data.clone();
         apply_mask(&mut whole, key, 0);
-        let mut pieces = data;
-        let (a, b) = pieces.split_at_mut(13);
-        apply_mask(a, key, 0);
-        apply_mask(b, key, 13);
-        assert_eq!(whole, pieces);
+        for split in [1, 13, 33, 100, 200] {
+            let mut pieces = data.clone();
+            let (a, b) = pieces.split_at_mut(split);
+            apply_mask(a, key, 0);
+            apply_mask(b, key, split);
+            assert_eq!(whole, pieces, "split at {split}");
+        }
+    }
+
+    #[test]
+    fn masking_twice_restores_the_input() {
+        let data: Vec<u8> = (0..1000).map(|i| (i % 251) as u8).collect();
+        let mut buf = data.clone();
+        apply_mask(&mut buf, [0xde, 0xad, 0xbe, 0xef], 3);
+        assert_ne!(buf, data);
+        apply_mask(&mut buf, [0xde, 0xad, 0xbe, 0xef], 3);
+        assert_eq!(buf, data);
     }
 }

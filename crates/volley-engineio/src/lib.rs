@@ -1,4 +1,38 @@
-//! Engine.IO protocol v4 (`EIO=4`) server: the transport layer under Socket.IO.
+//! Engine.IO protocol v4 (`EIO=4`) server: the transport layer under Socket.IO, speaking to
+//! `engine.io-client` / `socket.io-client` 4.x and python-engineio 4.x as Node's `engine.io` 6.x
+//! does.
 //!
 //! - [`packet`]: the sans-IO packet and long-polling payload codec.
+//! - [`Engine`]: the server. It serves HTTP long-polling (GET/POST), the WebSocket transport
+//!   (through volley's hyper integration), the upgrade from polling to WebSocket, the
+//!   server-sent heartbeat, CORS and Node's error answers. Mount it in hyper with
+//!   [`Engine::handle`] or as a tower service (axum: `nest_service("/socket.io", engine)`).
+//! - [`Session`] / [`SessionSender`]: one Engine.IO connection, receiving and sending.
+//!
+//! ```no_run
+//! use volley_engineio::{Engine, EngineConfig, Data};
+//!
+//! let engine = Engine::new(EngineConfig::default(), |mut session| {
+//!     tokio::spawn(async move {
+//!         let sender = session.sender();
+//!         while let Some(data) = session.recv().await {
+//!             // Echo every message.
+//!             if sender.send(data).is_err() {
+//!                 break;
+//!             }
+//!         }
+//!         println!("closed: {:?}", session.close_reason());
+//!     });
+//! });
+//! # let _ = engine;
+//! ```
+
+mod config;
+mod engine;
 pub mod packet;
+mod session;
+
+pub use config::{AllowOrigin, AllowRequest, Cors, EngineConfig, Transports};
+pub use engine::{Engine, EngineBody};
+pub use packet::{Data, Packet, PacketError};
+pub use session::{CloseReason, RequestInfo, SendError, Session, SessionSender, TransportKind};

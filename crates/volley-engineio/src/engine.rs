@@ -1,0 +1,791 @@
+//! The server: [`Engine`] routes Engine.IO requests (long-polling GET/POST, CORS preflight,
+//! WebSocket upgrades) to sessions.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep, sleep_until, timeout};
+use volley::Message;
+use volley::hyper::HyperWebSocket;
+
+use crate::config::{AllowOrigin, Cors, EngineConfig};
+use crate::packet::{Data, Packet, decode_payload, decode_text, encode_payload};
+use crate::session::{CloseReason, RequestInfo, Session, Shared, TransportKind, query_param};
+
+/// The response body of [`Engine::handle`]: the whole body in one buffer.
+pub type EngineBody = Full<Bytes>;
+
+/// A boxed error, as hyper bodies use.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How long a closing WebSocket may take to send its close frame.
+const WS_CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// Node engine.io's error codes.
+#[derive(Clone, Copy, Debug)]
+enum EngineError {
+    UnknownTransport = 0,
+    UnknownSid = 1,
+    BadHandshakeMethod = 2,
+    BadRequest = 3,
+    Forbidden = 4,
+    UnsupportedProtocolVersion = 5,
+}
+
+impl EngineError {
+    fn message(self) -> &'static str {
+        match self {
+            Self::UnknownTransport => "Transport unknown",
+            Self::UnknownSid => "Session ID unknown",
+            Self::BadHandshakeMethod => "Bad handshake method",
+            Self::BadRequest => "Bad request",
+            Self::Forbidden => "Forbidden",
+            Self::UnsupportedProtocolVersion => "Unsupported protocol version",
+        }
+    }
+
+    /// The JSON error answer: 403 for Forbidden, 400 otherwise.
+    fn response(self) -> Response<EngineBody> {
+        let status = match self {
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        let body = format!(
+            r#"{{"code":{},"message":"{}"}}"#,
+            self as u8,
+            self.message()
+        );
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+}
+
+/// An empty answer with `status`.
+fn bare(status: StatusCode) -> Response<EngineBody> {
+    let mut response = Response::new(Full::default());
+    *response.status_mut() = status;
+    response
+}
+
+/// A long-polling GET answer carrying `packets`.
+fn payload_response(packets: &[Packet]) -> Response<EngineBody> {
+    let mut text = String::new();
+    encode_payload(packets, &mut text);
+    let mut response = Response::new(Full::new(Bytes::from(text)));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=UTF-8"),
+    );
+    response
+}
+
+struct EngineInner {
+    config: EngineConfig,
+    on_session: Box<dyn Fn(Session) + Send + Sync>,
+    sessions: Mutex<HashMap<String, Arc<Shared>>>,
+}
+
+impl EngineInner {
+    fn sessions(&self) -> MutexGuard<'_, HashMap<String, Arc<Shared>>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// An Engine.IO v4 server. Cheap to clone (an `Arc` inside).
+///
+/// Serve it with [`handle`](Self::handle) from a hyper service, or mount it as a
+/// `tower_service::Service` (e.g. `axum::Router::new().nest_service("/socket.io", engine)`).
+/// Serve connections with upgrades enabled for the WebSocket transport.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<EngineInner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("config", &self.inner.config)
+            .field("sessions", &self.session_count())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Removes a session from the table when its guard is dropped (request handlers' flags).
+struct FlagGuard {
+    shared: Arc<Shared>,
+    get: bool,
+}
+
+impl Drop for FlagGuard {
+    fn drop(&mut self) {
+        let mut inner = self.shared.lock();
+        if self.get {
+            inner.get_active = false;
+        } else {
+            inner.post_active = false;
+        }
+    }
+}
+
+fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("websocket"))
+}
+
+fn new_sid() -> String {
+    use base64::Engine as _;
+    let bytes: [u8; 15] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+impl Engine {
+    /// Creates an engine. `on_session` is called synchronously for every new session, after the
+    /// open packet is queued; it should spawn a task that owns the [`Session`].
+    pub fn new(
+        config: EngineConfig,
+        on_session: impl Fn(Session) + Send + Sync + 'static,
+    ) -> Engine {
+        Engine {
+            inner: Arc::new(EngineInner {
+                config,
+                on_session: Box::new(on_session),
+                sessions: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// How many sessions are open (or delivering their close packet).
+    pub fn session_count(&self) -> usize {
+        self.inner.sessions().len()
+    }
+
+    /// Closes every session (server shutdown): each gets its close packet where the transport
+    /// allows, and [`CloseReason::ServerClose`].
+    pub fn close_all(&self) {
+        let all: Vec<Arc<Shared>> = self.inner.sessions().values().cloned().collect();
+        for shared in all {
+            shared.close(CloseReason::ServerClose);
+        }
+    }
+
+    /// Handles one HTTP request addressed to the Engine.IO path (the mount point is the
+    /// caller's choice, conventionally `/socket.io/`): a long-polling GET or POST, a CORS
+    /// preflight, or a WebSocket upgrade (answered 101; the connection then continues in a
+    /// spawned task, so serve connections `with_upgrades()`). Reads `EIO`, `transport` and
+    /// `sid` from the query. A [`SocketAddr`] in the request's extensions becomes
+    /// [`RequestInfo::remote_addr`].
+    ///
+    /// Cancel-safe: dropping the future (the client went away) loses no queued packet — a
+    /// pending GET takes packets only when it answers.
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<EngineBody>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let origin = request.headers().get(header::ORIGIN).cloned();
+        let cors = self.inner.config.cors.as_ref();
+        let mut response = match cors {
+            Some(cors) if request.method() == Method::OPTIONS => preflight(cors, request.headers()),
+            _ => self.route(request).await,
+        };
+        if let Some(cors) = cors {
+            add_cors_headers(cors, origin.as_ref(), response.headers_mut());
+        }
+        response
+    }
+
+    async fn route<B>(&self, mut request: Request<B>) -> Response<EngineBody>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let config = &self.inner.config;
+        let query = request.uri().query().unwrap_or("").to_owned();
+        let transport = match query_param(&query, "transport").as_deref() {
+            Some("polling") if config.transports.polling => TransportKind::Polling,
+            Some("websocket") if config.transports.websocket => TransportKind::WebSocket,
+            _ => return EngineError::UnknownTransport.response(),
+        };
+        let upgrade = is_websocket_upgrade(request.headers());
+        if let Some(sid) = query_param(&query, "sid") {
+            let Some(shared) = self.inner.sessions().get(&sid).cloned() else {
+                return EngineError::UnknownSid.response();
+            };
+            if upgrade {
+                if transport != TransportKind::WebSocket {
+                    return EngineError::BadRequest.response();
+                }
+                return self.upgrade_session(request, shared).await;
+            }
+            if shared.lock().transport != transport {
+                return EngineError::BadRequest.response();
+            }
+            return match *request.method() {
+                Method::GET => self.poll(shared).await,
+                Method::POST => self.post(shared, request).await,
+                _ => EngineError::BadRequest.response(),
+            };
+        }
+        if request.method() != Method::GET {
+            return EngineError::BadHandshakeMethod.response();
+        }
+        if (transport == TransportKind::WebSocket) != upgrade {
+            return EngineError::BadRequest.response();
+        }
+        let info = RequestInfo::new(
+            request.uri().clone(),
+            request.headers().clone(),
+            request.extensions().get::<SocketAddr>().copied(),
+        );
+        if let Some(allow) = &config.allow_request {
+            if !allow(&info) {
+                return EngineError::Forbidden.response();
+            }
+        }
+        if query_param(&query, "EIO").as_deref() != Some("4") {
+            return EngineError::UnsupportedProtocolVersion.response();
+        }
+        match transport {
+            TransportKind::Polling => {
+                let shared = self.open_session(info, TransportKind::Polling);
+                self.poll(shared).await
+            }
+            TransportKind::WebSocket => {
+                let (response, accepted) = match volley::hyper::accept::<_, EngineBody>(
+                    &mut request,
+                    self.ws_config(),
+                    &volley::Policy::default(),
+                )
+                .await
+                {
+                    Ok(accepted) => accepted,
+                    Err(rejection) => return rejection.into_response(),
+                };
+                let engine = self.clone();
+                tokio::spawn(async move {
+                    match accepted.upgrade().await {
+                        Ok((ws, _)) => {
+                            let shared = engine.open_session(info, TransportKind::WebSocket);
+                            ws_loop(shared, ws).await;
+                        }
+                        Err(e) => tracing::debug!("Engine.IO WebSocket failed after the 101: {e}"),
+                    }
+                });
+                response
+            }
+        }
+    }
+
+    fn ws_config(&self) -> volley::Config {
+        volley::Config::default()
+            .max_message_size(self.inner.config.max_payload)
+            .ping_interval(None)
+            .ping_timeout(None)
+    }
+
+    /// Creates a session: queues the open packet, registers it, starts its heartbeat and hands
+    /// it to the application.
+    fn open_session(&self, info: RequestInfo, transport: TransportKind) -> Arc<Shared> {
+        let config = &self.inner.config;
+        let (tx, rx) = mpsc::channel(config.incoming_buffer.max(1));
+        let shared = {
+            let mut sessions = self.inner.sessions();
+            let mut id = new_sid();
+            // 120 random bits: a collision is practically impossible, but never reuse an id.
+            while sessions.contains_key(&id) {
+                id = new_sid();
+            }
+            let shared = Shared::new(id.clone(), transport, config.max_buffered_packets, tx);
+            sessions.insert(id, shared.clone());
+            shared
+        };
+        let upgrades = if transport == TransportKind::Polling
+            && config.allow_upgrades
+            && config.transports.websocket
+        {
+            r#"["websocket"]"#
+        } else {
+            "[]"
+        };
+        let open = format!(
+            r#"{{"sid":"{}","upgrades":{},"pingInterval":{},"pingTimeout":{},"maxPayload":{}}}"#,
+            shared.id,
+            upgrades,
+            config.ping_interval.as_millis(),
+            config.ping_timeout.as_millis(),
+            config.max_payload
+        );
+        shared.push_control(Packet::Open(open));
+        tokio::spawn(heartbeat(
+            Arc::downgrade(&self.inner),
+            shared.clone(),
+            config.ping_interval,
+            config.ping_timeout,
+        ));
+        (self.inner.on_session)(Session::new(shared.clone(), rx, info));
+        shared
+    }
+
+    /// A long-polling GET: answers the queued packets, waiting for some if there are none.
+    async fn poll(&self, shared: Arc<Shared>) -> Response<EngineBody> {
+        {
+            let mut inner = shared.lock();
+            if inner.get_active {
+                drop(inner);
+                tracing::debug!(sid = %shared.id, "overlapping polling GET");
+                shared.close(CloseReason::TransportError);
+                return bare(StatusCode::BAD_REQUEST);
+            }
+            inner.get_active = true;
+        }
+        let _guard = FlagGuard {
+            shared: shared.clone(),
+            get: true,
+        };
+        let config = &self.inner.config;
+        // A heartbeat comes within ping_interval; this only bounds the wait if none does.
+        let deadline = Instant::now() + config.ping_interval + config.ping_timeout;
+        loop {
+            let notified = shared.out_notify.notified();
+            {
+                let mut inner = shared.lock();
+                if inner.transport != TransportKind::Polling {
+                    return payload_response(&[Packet::Noop]);
+                }
+                if !inner.queue.is_empty() {
+                    let packets: Vec<Packet> = inner.queue.drain(..).collect();
+                    if inner.close_undelivered && packets.contains(&Packet::Close) {
+                        inner.close_undelivered = false;
+                        shared.delivered.notify_one();
+                    }
+                    return payload_response(&packets);
+                }
+                if inner.reason.is_some() {
+                    return payload_response(&[Packet::Close]);
+                }
+            }
+            tokio::select! {
+                () = notified => {}
+                () = sleep_until(deadline) => return payload_response(&[Packet::Noop]),
+            }
+        }
+    }
+
+    /// A long-polling POST: decodes the payload and handles its packets.
+    async fn post<B>(&self, shared: Arc<Shared>, request: Request<B>) -> Response<EngineBody>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        {
+            let mut inner = shared.lock();
+            if inner.reason.is_some() {
+                return EngineError::UnknownSid.response();
+            }
+            if inner.post_active {
+                drop(inner);
+                tracing::debug!(sid = %shared.id, "overlapping polling POST");
+                shared.close(CloseReason::TransportError);
+                return bare(StatusCode::BAD_REQUEST);
+            }
+            inner.post_active = true;
+        }
+        let _guard = FlagGuard {
+            shared: shared.clone(),
+            get: false,
+        };
+        let config = &self.inner.config;
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > config.max_payload as u64) {
+            shared.close(CloseReason::TransportError);
+            return bare(StatusCode::PAYLOAD_TOO_LARGE);
+        }
+        let read = read_limited(request.into_body(), config.max_payload);
+        let body = match timeout(config.ping_interval + config.ping_timeout, read).await {
+            Ok(Ok(body)) => body,
+            Ok(Err(ReadError::TooLarge)) => {
+                shared.close(CloseReason::TransportError);
+                return bare(StatusCode::PAYLOAD_TOO_LARGE);
+            }
+            Ok(Err(ReadError::Body)) | Err(_) => {
+                shared.close(CloseReason::TransportError);
+                return EngineError::BadRequest.response();
+            }
+        };
+        let packets = match decode_payload(&body) {
+            Ok(packets) => packets,
+            Err(e) => {
+                tracing::debug!(sid = %shared.id, "bad polling payload: {e}");
+                shared.close(CloseReason::ParseError);
+                return EngineError::BadRequest.response();
+            }
+        };
+        for packet in packets {
+            if !shared.on_packet(packet).await {
+                break;
+            }
+        }
+        let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+        response
+    }
+
+    /// A WebSocket for an existing polling session: the upgrade.
+    async fn upgrade_session<B>(
+        &self,
+        mut request: Request<B>,
+        shared: Arc<Shared>,
+    ) -> Response<EngineBody> {
+        {
+            let mut inner = shared.lock();
+            if !self.inner.config.allow_upgrades
+                || inner.reason.is_some()
+                || inner.transport != TransportKind::Polling
+                || inner.upgrading
+            {
+                return EngineError::BadRequest.response();
+            }
+            inner.upgrading = true;
+        }
+        let (response, accepted) = match volley::hyper::accept::<_, EngineBody>(
+            &mut request,
+            self.ws_config(),
+            &volley::Policy::default(),
+        )
+        .await
+        {
+            Ok(accepted) => accepted,
+            Err(rejection) => {
+                shared.lock().upgrading = false;
+                return rejection.into_response();
+            }
+        };
+        let upgrade_timeout = self.inner.config.upgrade_timeout;
+        tokio::spawn(async move {
+            let ws = match accepted.upgrade().await {
+                Ok((ws, _)) => probe(&shared, ws, upgrade_timeout).await,
+                Err(e) => {
+                    tracing::debug!("Engine.IO upgrade failed after the 101: {e}");
+                    None
+                }
+            };
+            match ws {
+                Some(ws) => ws_loop(shared, ws).await,
+                None => shared.lock().upgrading = false,
+            }
+        });
+        response
+    }
+}
+
+/// The preflight answer (204).
+fn preflight(cors: &Cors, request_headers: &HeaderMap) -> Response<EngineBody> {
+    let mut response = bare(StatusCode::NO_CONTENT);
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::try_from(cors.methods.join(",")) {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, v);
+    }
+    if cors.headers.is_empty() {
+        if let Some(v) = request_headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v.clone());
+            headers.append(
+                header::VARY,
+                HeaderValue::from_static("Access-Control-Request-Headers"),
+            );
+        }
+    } else if let Ok(v) = HeaderValue::try_from(cors.headers.join(",")) {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v);
+    }
+    if let Some(age) = cors.max_age {
+        headers.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from(age.as_secs()),
+        );
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    response
+}
+
+/// The CORS headers of every answer.
+fn add_cors_headers(cors: &Cors, origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
+    let allow = match (&cors.origins, origin) {
+        (AllowOrigin::Any, _) if !cors.credentials => Some(HeaderValue::from_static("*")),
+        (AllowOrigin::Any, Some(origin)) => Some(origin.clone()),
+        (AllowOrigin::List(list), Some(origin)) => origin
+            .to_str()
+            .ok()
+            .filter(|o| list.iter().any(|allowed| allowed.eq_ignore_ascii_case(o)))
+            .map(|_| origin.clone()),
+        _ => None,
+    };
+    let reflected = allow.as_ref().is_some_and(|v| v != "*");
+    if let Some(allow) = allow {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow);
+        if cors.credentials {
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
+    }
+    if reflected || matches!(cors.origins, AllowOrigin::List(_)) {
+        headers.append(header::VARY, HeaderValue::from_static("Origin"));
+    }
+}
+
+enum ReadError {
+    TooLarge,
+    Body,
+}
+
+/// Reads a request body of at most `limit` bytes.
+async fn read_limited<B>(body: B, limit: usize) -> Result<Vec<u8>, ReadError>
+where
+    B: hyper::body::Body,
+    B::Error: Into<BoxError>,
+{
+    let mut body = std::pin::pin!(body);
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| ReadError::Body)?;
+        if let Ok(mut data) = frame.into_data() {
+            if out.len().saturating_add(data.remaining()) > limit {
+                return Err(ReadError::TooLarge);
+            }
+            while data.has_remaining() {
+                let chunk = data.chunk();
+                out.extend_from_slice(chunk);
+                let n = chunk.len();
+                data.advance(n);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The server-side heartbeat of a session, and its removal from the table once closed.
+async fn heartbeat(
+    engine: Weak<EngineInner>,
+    shared: Arc<Shared>,
+    interval: Duration,
+    ping_timeout: Duration,
+) {
+    loop {
+        tokio::select! {
+            () = sleep(interval) => {}
+            () = shared.closed() => break,
+        }
+        shared.expect_pong();
+        if !shared.push_control(Packet::Ping(String::new())) {
+            break;
+        }
+        tokio::select! {
+            () = shared.pong_notify.notified() => {}
+            () = sleep(ping_timeout) => {
+                shared.close(CloseReason::PingTimeout);
+                break;
+            }
+            () = shared.closed() => break,
+        }
+    }
+    // A server close stays reachable until its close packet went out (or the client is gone).
+    if shared.lock().close_undelivered {
+        let _ = timeout(ping_timeout, shared.delivered.notified()).await;
+    }
+    if let Some(engine) = engine.upgrade() {
+        let mut sessions = engine.sessions();
+        if sessions
+            .get(&shared.id)
+            .is_some_and(|s| Arc::ptr_eq(s, &shared))
+        {
+            sessions.remove(&shared.id);
+        }
+    }
+}
+
+/// The upgrade handshake on a new WebSocket: `2probe` → `3probe` (and a noop to the pending
+/// GET), then `5`. Returns the WebSocket once the session has moved to it.
+async fn probe(
+    shared: &Arc<Shared>,
+    mut ws: HyperWebSocket,
+    upgrade_timeout: Duration,
+) -> Option<HyperWebSocket> {
+    let handshake = async {
+        loop {
+            let message = tokio::select! {
+                m = ws.recv() => m,
+                () = shared.closed() => return false,
+            };
+            match message {
+                Some(Ok(Message::Text(text))) => match decode_text(text.as_str()) {
+                    Ok(Packet::Ping(data)) if data == "probe" => {
+                        if ws.send(Message::text("3probe")).await.is_err() {
+                            return false;
+                        }
+                        // Ends the pending GET so that the client can pause polling.
+                        shared.push_control(Packet::Noop);
+                    }
+                    Ok(Packet::Upgrade) => return true,
+                    Ok(Packet::Noop) => {}
+                    _ => return false,
+                },
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                _ => return false,
+            }
+        }
+    };
+    let upgraded = timeout(upgrade_timeout, handshake).await.unwrap_or(false);
+    let moved = upgraded && {
+        let mut inner = shared.lock();
+        if inner.reason.is_none() {
+            inner.transport = TransportKind::WebSocket;
+            inner.upgrading = false;
+            true
+        } else {
+            false
+        }
+    };
+    if moved {
+        // The pending GET (if any) answers a noop; the WebSocket writer takes the queue.
+        shared.wake();
+        Some(ws)
+    } else {
+        tracing::debug!(sid = %shared.id, "Engine.IO upgrade abandoned");
+        let _ = timeout(WS_CLOSE_WAIT, ws.close(None)).await;
+        None
+    }
+}
+
+/// Runs a session over its WebSocket: writes the queue, reads packets, until closed.
+async fn ws_loop(shared: Arc<Shared>, ws: HyperWebSocket) {
+    let (mut tx, mut rx) = ws.split();
+    'run: loop {
+        let notified = shared.out_notify.notified();
+        let (batch, closed) = {
+            let mut inner = shared.lock();
+            let batch: Vec<Packet> = inner.queue.drain(..).collect();
+            (batch, inner.reason.is_some())
+        };
+        for packet in &batch {
+            let message = match packet {
+                Packet::Message(Data::Binary(bytes)) => Message::binary(bytes.clone()),
+                other => Message::text(other.to_text()),
+            };
+            if tx.feed(message).await.is_err() {
+                shared.close(CloseReason::TransportError);
+                break 'run;
+            }
+        }
+        if !batch.is_empty() && tx.flush().await.is_err() {
+            shared.close(CloseReason::TransportError);
+            break;
+        }
+        if batch.contains(&Packet::Close) {
+            let mut inner = shared.lock();
+            if inner.close_undelivered {
+                inner.close_undelivered = false;
+                shared.delivered.notify_one();
+            }
+        }
+        if closed {
+            break;
+        }
+        tokio::select! {
+            message = rx.recv() => match message {
+                None | Some(Ok(Message::Close(_))) => shared.close(CloseReason::TransportClose),
+                Some(Err(e)) => {
+                    tracing::debug!(sid = %shared.id, "Engine.IO WebSocket failed: {e}");
+                    shared.close(CloseReason::TransportError);
+                }
+                Some(Ok(Message::Text(text))) => match decode_text(text.as_str()) {
+                    Ok(packet) => {
+                        shared.on_packet(packet).await;
+                    }
+                    Err(e) => {
+                        tracing::debug!(sid = %shared.id, "bad Engine.IO packet: {e}");
+                        shared.close(CloseReason::ParseError);
+                    }
+                },
+                Some(Ok(Message::Binary(bytes))) => {
+                    shared.deliver(Data::Binary(bytes)).await;
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            },
+            () = notified => {}
+            () = shared.closed() => {}
+        }
+    }
+    let _ = timeout(WS_CLOSE_WAIT, tx.close(None)).await;
+    // Keep reading until the peer's close arrives (or the wait ends) so the close handshake
+    // completes.
+    let _ = timeout(WS_CLOSE_WAIT, async { while rx.recv().await.is_some() {} }).await;
+}
+
+impl<B> tower_service::Service<Request<B>> for Engine
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<EngineBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let engine = self.clone();
+        Box::pin(async move { Ok(engine.handle(request).await) })
+    }
+}
+
+impl<B> hyper::service::Service<Request<B>> for Engine
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<EngineBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<B>) -> Self::Future {
+        let engine = self.clone();
+        Box::pin(async move { Ok(engine.handle(request).await) })
+    }
+}

@@ -1,0 +1,515 @@
+//! Sessions: [`Session`] (the receiving end, owned by one task), [`SessionSender`] (the
+//! cloneable sending handle) and their shared state.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::{Notify, mpsc, watch};
+
+use crate::packet::{Data, Packet};
+
+/// Why a session closed (Node engine.io's close reasons).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The transport's connection closed (WebSocket closed or dropped).
+    TransportClose,
+    /// The transport failed: overlapping polling requests, a payload over `max_payload`, a
+    /// WebSocket error, an outgoing queue over its bound.
+    TransportError,
+    /// The client did not answer a ping within `ping_timeout`.
+    PingTimeout,
+    /// The client sent a close packet.
+    ClientClose,
+    /// The server closed the session ([`SessionSender::close`], [`Engine::close_all`](crate::Engine::close_all)).
+    ServerClose,
+    /// The client sent a packet that could not be decoded.
+    ParseError,
+}
+
+impl CloseReason {
+    /// Node engine.io's name for the reason: `"transport close"`, `"transport error"`,
+    /// `"ping timeout"`, `"forced close"`, `"forced server close"`, `"parse error"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::TransportClose => "transport close",
+            Self::TransportError => "transport error",
+            Self::PingTimeout => "ping timeout",
+            Self::ClientClose => "forced close",
+            Self::ServerClose => "forced server close",
+            Self::ParseError => "parse error",
+        }
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A session's transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TransportKind {
+    /// HTTP long-polling.
+    Polling,
+    /// WebSocket.
+    WebSocket,
+}
+
+impl TransportKind {
+    /// The transport's name in the query string: `polling` or `websocket`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Polling => "polling",
+            Self::WebSocket => "websocket",
+        }
+    }
+}
+
+/// The handshake request of a session.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct RequestInfo {
+    /// The request URI (path and query).
+    pub uri: http::Uri,
+    /// The request headers.
+    pub headers: http::HeaderMap,
+    /// The peer's address, when the server put a [`SocketAddr`] into the request's extensions
+    /// (as axum's `ConnectInfo` layer or a custom hyper service can).
+    pub remote_addr: Option<SocketAddr>,
+}
+
+impl RequestInfo {
+    /// Builds the information from parts.
+    pub fn new(uri: http::Uri, headers: http::HeaderMap, remote_addr: Option<SocketAddr>) -> Self {
+        Self {
+            uri,
+            headers,
+            remote_addr,
+        }
+    }
+
+    /// The first value of query parameter `name`, percent-decoded (`+` as space).
+    pub fn query(&self, name: &str) -> Option<String> {
+        query_param(self.uri.query().unwrap_or(""), name)
+    }
+}
+
+/// The first value of `name` in a query string, percent-decoded.
+pub(crate) fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(key) == name).then(|| percent_decode(value))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let hex = |c: u8| (c as char).to_digit(16);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            if let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) {
+                // Two hex digits: at most 255.
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b == b'+' { b' ' } else { b });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Why [`SessionSender::send_all`] failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The session is closed.
+    Closed,
+    /// The outgoing queue was over its bound; the session is now closed (transport error).
+    Full,
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Closed => f.write_str("the Engine.IO session is closed"),
+            Self::Full => f.write_str(
+                "the Engine.IO session's outgoing queue is full; the session was closed",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SendError {}
+
+/// The mutable state of a session.
+#[derive(Debug)]
+pub(crate) struct Inner {
+    /// Packets waiting for the transport (a polling GET or the WebSocket writer).
+    pub(crate) queue: VecDeque<Packet>,
+    /// Set once closed.
+    pub(crate) reason: Option<CloseReason>,
+    pub(crate) transport: TransportKind,
+    /// A WebSocket is probing/upgrading this polling session.
+    pub(crate) upgrading: bool,
+    /// A polling GET is in flight.
+    pub(crate) get_active: bool,
+    /// A polling POST is in flight.
+    pub(crate) post_active: bool,
+    /// The close packet still has to reach the client before the session leaves the table.
+    pub(crate) close_undelivered: bool,
+    /// The sending end of the incoming messages; dropped on close.
+    pub(crate) incoming: Option<mpsc::Sender<Data>>,
+}
+
+/// The state shared by a session, its senders, its transports and the engine.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) id: String,
+    max_buffered: usize,
+    inner: Mutex<Inner>,
+    /// Wakes whoever drains the queue (the pending GET or the WebSocket writer).
+    pub(crate) out_notify: Notify,
+    /// A pong arrived for the last ping.
+    pub(crate) pong_notify: Notify,
+    /// A ping is waiting for its pong.
+    awaiting_pong: AtomicBool,
+    /// The close packet was delivered to the client.
+    pub(crate) delivered: Notify,
+    closed_tx: watch::Sender<Option<CloseReason>>,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        id: String,
+        transport: TransportKind,
+        max_buffered: usize,
+        incoming: mpsc::Sender<Data>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            id,
+            max_buffered,
+            inner: Mutex::new(Inner {
+                queue: VecDeque::new(),
+                reason: None,
+                transport,
+                upgrading: false,
+                get_active: false,
+                post_active: false,
+                close_undelivered: false,
+                incoming: Some(incoming),
+            }),
+            out_notify: Notify::new(),
+            pong_notify: Notify::new(),
+            awaiting_pong: AtomicBool::new(false),
+            delivered: Notify::new(),
+            closed_tx: watch::channel(None).0,
+        })
+    }
+
+    /// Locks the state (a poisoned lock is still usable: the state stays consistent).
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wakes the queue's consumer, whether it is waiting now or about to.
+    pub(crate) fn wake(&self) {
+        self.out_notify.notify_waiters();
+        self.out_notify.notify_one();
+    }
+
+    pub(crate) fn reason(&self) -> Option<CloseReason> {
+        *self.closed_tx.borrow()
+    }
+
+    /// Queues a control packet (heartbeat, noop) regardless of the bound; false if closed.
+    pub(crate) fn push_control(&self, packet: Packet) -> bool {
+        {
+            let mut inner = self.lock();
+            if inner.reason.is_some() {
+                return false;
+            }
+            inner.queue.push_back(packet);
+        }
+        self.wake();
+        true
+    }
+
+    /// Queues messages atomically within the bound.
+    pub(crate) fn push_messages(
+        &self,
+        data: impl IntoIterator<Item = Data>,
+    ) -> Result<(), SendError> {
+        let over = {
+            let mut inner = self.lock();
+            if inner.reason.is_some() {
+                return Err(SendError::Closed);
+            }
+            let before = inner.queue.len();
+            let mut over = false;
+            for d in data {
+                if inner.queue.len() >= self.max_buffered {
+                    over = true;
+                    break;
+                }
+                inner.queue.push_back(Packet::Message(d));
+            }
+            if over {
+                inner.queue.truncate(before);
+            }
+            over
+        };
+        if over {
+            self.close(CloseReason::TransportError);
+            return Err(SendError::Full);
+        }
+        self.wake();
+        Ok(())
+    }
+
+    /// Closes the session (once): queues the close packet for the client, drops the incoming
+    /// channel and tells everyone waiting.
+    pub(crate) fn close(&self, reason: CloseReason) {
+        {
+            let mut inner = self.lock();
+            if inner.reason.is_some() {
+                return;
+            }
+            inner.reason = Some(reason);
+            inner.incoming = None;
+            match reason {
+                // The client is gone or closed itself: nothing more to tell it.
+                CloseReason::TransportClose | CloseReason::ClientClose => inner.queue.clear(),
+                _ => {
+                    if reason != CloseReason::ServerClose {
+                        // Errors drop what was pending; a server close flushes it first.
+                        inner.queue.clear();
+                    }
+                    inner.queue.push_back(Packet::Close);
+                    inner.close_undelivered = reason == CloseReason::ServerClose;
+                }
+            }
+        }
+        self.closed_tx.send_replace(Some(reason));
+        self.wake();
+    }
+
+    /// Marks a ping as sent: the next pong answers it.
+    pub(crate) fn expect_pong(&self) {
+        self.awaiting_pong.store(true, Ordering::Release);
+    }
+
+    /// Resolves once the session is closed.
+    pub(crate) async fn closed(&self) {
+        let mut rx = self.closed_tx.subscribe();
+        // The sender lives in `self`, so `wait_for` cannot fail while we borrow it.
+        let _ = rx.wait_for(Option::is_some).await;
+    }
+
+    /// The incoming channel's sender, if the session is open.
+    pub(crate) fn incoming(&self) -> Option<mpsc::Sender<Data>> {
+        self.lock().incoming.clone()
+    }
+
+    /// Hands a received message to the session; false if the session closed meanwhile.
+    /// Waits while the application's buffer is full (backpressure).
+    pub(crate) async fn deliver(&self, data: Data) -> bool {
+        let Some(tx) = self.incoming() else {
+            return false;
+        };
+        tokio::select! {
+            sent = tx.send(data) => sent.is_ok(),
+            () = self.closed() => false,
+        }
+    }
+
+    /// Handles a packet received from the client on either transport (not the upgrade
+    /// packets). Returns false when the session closed.
+    pub(crate) async fn on_packet(&self, packet: Packet) -> bool {
+        match packet {
+            Packet::Message(data) => return self.deliver(data).await,
+            Packet::Pong(_) => {
+                // Only the pong of the outstanding ping counts: extra pongs buy no time.
+                if self.awaiting_pong.swap(false, Ordering::AcqRel) {
+                    self.pong_notify.notify_one();
+                }
+            }
+            Packet::Close => self.close(CloseReason::ClientClose),
+            Packet::Open(_) => self.close(CloseReason::ParseError),
+            Packet::Ping(_) | Packet::Upgrade | Packet::Noop => {}
+        }
+        self.reason().is_none()
+    }
+}
+
+/// One Engine.IO connection, as the application sees it: receive messages with
+/// [`recv`](Self::recv), send with a [`SessionSender`].
+#[derive(Debug)]
+pub struct Session {
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<Data>,
+    request: RequestInfo,
+}
+
+impl Session {
+    pub(crate) fn new(shared: Arc<Shared>, rx: mpsc::Receiver<Data>, request: RequestInfo) -> Self {
+        Self {
+            shared,
+            rx,
+            request,
+        }
+    }
+
+    /// The session id (`sid`).
+    pub fn id(&self) -> &str {
+        &self.shared.id
+    }
+
+    /// The handshake request.
+    pub fn request(&self) -> &RequestInfo {
+        &self.request
+    }
+
+    /// A cloneable handle for sending to this session.
+    pub fn sender(&self) -> SessionSender {
+        SessionSender {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// The next message from the client (text or binary); `None` once the session is closed
+    /// and the messages received before that were handed out (then
+    /// [`close_reason`](Self::close_reason) says why).
+    ///
+    /// Cancel-safe: dropping the future loses no message.
+    pub async fn recv(&mut self) -> Option<Data> {
+        tokio::select! {
+            biased;
+            data = self.rx.recv() => data,
+            () = self.shared.closed() => self.rx.try_recv().ok(),
+        }
+    }
+
+    /// Why the session closed; `None` while it is open.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.shared.reason()
+    }
+
+    /// The current transport.
+    pub fn transport(&self) -> TransportKind {
+        self.shared.lock().transport
+    }
+}
+
+/// The sending handle of a session: cheap to clone, usable from any task.
+#[derive(Clone, Debug)]
+pub struct SessionSender {
+    shared: Arc<Shared>,
+}
+
+impl SessionSender {
+    /// The session id (`sid`).
+    pub fn id(&self) -> &str {
+        &self.shared.id
+    }
+
+    /// Queues messages atomically: no other sender's packets come between them (Socket.IO sends
+    /// a text packet followed by its binary attachments). Never blocks.
+    ///
+    /// Errs with [`SendError::Closed`] if the session is closed, and with [`SendError::Full`]
+    /// if they would take the outgoing queue over its bound
+    /// ([`EngineConfig::max_buffered_packets`](crate::EngineConfig::max_buffered_packets)):
+    /// then nothing is queued and the session is closed as a transport error.
+    pub fn send_all(&self, data: impl IntoIterator<Item = Data>) -> Result<(), SendError> {
+        self.shared.push_messages(data)
+    }
+
+    /// Queues one message; see [`send_all`](Self::send_all).
+    pub fn send(&self, data: Data) -> Result<(), SendError> {
+        self.shared.push_messages([data])
+    }
+
+    /// Closes the session from the server side: what is queued is still delivered, followed by
+    /// the close packet (a pending polling GET gets it, or the next one; a WebSocket gets it as
+    /// a frame before the close).
+    pub fn close(&self) {
+        self.shared.close(CloseReason::ServerClose);
+    }
+
+    /// Whether the session is closed.
+    pub fn is_closed(&self) -> bool {
+        self.shared.reason().is_some()
+    }
+
+    /// Why the session closed; `None` while it is open.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.shared.reason()
+    }
+
+    /// The current transport.
+    pub fn transport(&self) -> TransportKind {
+        self.shared.lock().transport
+    }
+
+    /// Resolves when the session has closed. Cancel-safe.
+    pub async fn closed(&self) {
+        self.shared.closed().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params() {
+        let q = "EIO=4&transport=polling&t=N8h&sid=ab%2Bc%3D&x=a+b&flag";
+        assert_eq!(query_param(q, "EIO").as_deref(), Some("4"));
+        assert_eq!(query_param(q, "transport").as_deref(), Some("polling"));
+        assert_eq!(query_param(q, "sid").as_deref(), Some("ab+c="));
+        assert_eq!(query_param(q, "x").as_deref(), Some("a b"));
+        assert_eq!(query_param(q, "flag").as_deref(), Some(""));
+        assert_eq!(query_param(q, "nope"), None);
+        assert_eq!(query_param("a=%", "a").as_deref(), Some("%"));
+        assert_eq!(query_param("a=%4", "a").as_deref(), Some("%4"));
+        assert_eq!(query_param("a=%zz", "a").as_deref(), Some("%zz"));
+        assert_eq!(query_param("", "a"), None);
+    }
+
+    #[tokio::test]
+    async fn bounded_queue_closes_the_session() {
+        let (tx, rx) = mpsc::channel(4);
+        let shared = Shared::new("s".into(), TransportKind::Polling, 3, tx);
+        let mut session = Session::new(
+            shared.clone(),
+            rx,
+            RequestInfo::new(http::Uri::from_static("/"), http::HeaderMap::new(), None),
+        );
+        let sender = session.sender();
+        sender.send_all([Data::from("a"), Data::from("b")]).unwrap();
+        assert_eq!(
+            sender.send_all([Data::from("c"), Data::from("d")]),
+            Err(SendError::Full)
+        );
+        assert_eq!(session.close_reason(), Some(CloseReason::TransportError));
+        assert_eq!(sender.send(Data::from("e")), Err(SendError::Closed));
+        assert_eq!(session.recv().await, None);
+        // Only the close packet is left for the client.
+        assert_eq!(
+            shared.lock().queue.iter().collect::<Vec<_>>(),
+            [&Packet::Close]
+        );
+    }
+}

@@ -1,5 +1,6 @@
-//! `volley`: run a WebSocket server, connect to one, or (later) benchmark one.
+//! `volley`: run a WebSocket server, connect to one, or benchmark one.
 
+mod bench;
 mod chat;
 
 use std::io::IsTerminal;
@@ -15,7 +16,7 @@ use volley::{ClientBuilder, CloseCode, Config, Message, Server};
 #[command(
     name = "volley",
     version,
-    about = "Volley WebSocket toolkit: serve, connect"
+    about = "Volley WebSocket toolkit: serve, connect, bench"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -28,6 +29,9 @@ enum Command {
     Serve(ServeArgs),
     /// Connect to a WebSocket server: stdin lines are sent, received messages printed.
     Connect(ConnectArgs),
+    /// Load-test a WebSocket server: echo throughput and latency, topic fan-out, idle connections.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 #[derive(clap::Args)]
@@ -66,6 +70,9 @@ struct ServeArgs {
     /// Seconds open connections get to finish their close handshake at shutdown.
     #[arg(long, default_value_t = 10.0, value_parser = seconds)]
     drain_timeout: f64,
+    /// Worker threads (default: one per core); 1 runs a single-threaded runtime.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: Option<u16>,
     #[command(flatten)]
     deflate: DeflateArgs,
 }
@@ -139,7 +146,34 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match &cli.command {
+        // The load generator builds its own runtimes (one single-threaded one per --threads).
+        Command::Bench(_) => None,
+        Command::Serve(ServeArgs {
+            threads: Some(1), ..
+        }) => Some(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build(),
+        ),
+        Command::Serve(ServeArgs {
+            threads: Some(n), ..
+        }) => Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(usize::from(*n))
+                .enable_all()
+                .build(),
+        ),
+        _ => Some(tokio::runtime::Runtime::new()),
+    };
+    let runtime = match runtime {
+        None => match cli.command {
+            Command::Bench(command) => return bench::run(command),
+            _ => unreachable!("only bench runs without a runtime"),
+        },
+        Some(runtime) => runtime,
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("volley: cannot start the runtime: {e}");
@@ -150,6 +184,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Connect(args) => connect(args).await,
+            Command::Bench(_) => ExitCode::from(2),
         }
     });
     // Don't wait for blocking work: a read of stdin cannot be cancelled, and dropping the runtime

@@ -1,0 +1,419 @@
+#!/usr/bin/env python3
+"""Summarise `scripts/bench-peers` results: one table (msg/s medians and ratios vs Volley,
+latency of the 1x20 B workload, idle memory per connection) and an SVG bar chart.
+
+Pure Python standard library (no matplotlib).
+
+Usage:
+    bench_report.py results.json [--svg OUT.svg] [--markdown]
+    bench_report.py --assemble RUNS.jsonl --meta META.json --out results.json [--svg ...] [--markdown]
+
+`results.json` (written by scripts/bench-peers, or by --assemble):
+    {
+      "version": 1,
+      "meta": {...},                      # machine, config, elapsed_s, ...
+      "stacks": ["volley", ...],          # display order
+      "workloads": ["100x20", ...],       # "<connections>x<bytes>"
+      "runs":   [{"kind": "echo", "stack", "workload", "round", "ok", "error", "bench": {...}}],
+      "memory": [{"kind": "memory", "stack", "count", "ok", "error", "bench": {...}}]
+    }
+`bench` is the JSON object `volley bench echo|connections --json` printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from typing import Any
+from xml.sax.saxutils import escape
+
+BASELINE = "volley"
+
+STACK_LABELS = {
+    "volley": "Volley",
+    "fastwebsockets": "fastwebsockets",
+    "tokio-websockets": "tokio-websockets",
+    "tungstenite": "tokio-tungstenite",
+    "node-ws": "Node ws",
+    "python-websockets": "Python websockets",
+    "raw-tcp": "raw TCP (ceiling)",
+}
+
+STACK_COLOURS = {
+    "volley": "#d62728",
+    "fastwebsockets": "#1f77b4",
+    "tokio-websockets": "#2ca02c",
+    "tungstenite": "#9467bd",
+    "node-ws": "#8c564b",
+    "python-websockets": "#e377c2",
+    "raw-tcp": "#7f7f7f",
+}
+EXTRA_COLOURS = ["#17becf", "#bcbd22", "#ff7f0e", "#aec7e8"]
+
+
+class ReportError(Exception):
+    """Bad or inconsistent input."""
+
+
+def label(stack: str) -> str:
+    return STACK_LABELS.get(stack, stack)
+
+
+def workload_label(w: str) -> str:
+    """`100x20` -> `100×20 B`, `10x1024` -> `10×1 KiB`."""
+    try:
+        conns, size = (int(x) for x in w.split("x", 1))
+    except ValueError:
+        return w
+    if size >= 1024 and size % 1024 == 0:
+        return f"{conns}×{size // 1024} KiB"
+    return f"{conns}×{size} B"
+
+
+def _num(obj: Any, *path: str) -> float | None:
+    """obj[path[0]][path[1]]... as a float, or None when missing or not a number."""
+    for key in path:
+        if not isinstance(obj, dict) or key not in obj:
+            return None
+        obj = obj[key]
+    if isinstance(obj, bool) or not isinstance(obj, (int, float)):
+        return None
+    return float(obj)
+
+
+def _first(obj: Any, paths: list[tuple[str, ...]]) -> float | None:
+    for p in paths:
+        v = _num(obj, *p)
+        if v is not None:
+            return v
+    return None
+
+
+def msg_per_s(bench: dict) -> float | None:
+    return _first(bench, [("msg_per_s",), ("messages_per_s",)])
+
+
+def latency(bench: dict, which: str) -> float | None:
+    names = {"p50": ["p50"], "p99": ["p99"], "p999": ["p99_9", "p999"]}[which]
+    return _first(bench, [("latency_us", n) for n in names])
+
+
+def per_connection_bytes(bench: dict) -> float | None:
+    return _first(
+        bench,
+        [
+            ("per_connection_bytes",),
+            ("bytes_per_connection",),
+            ("server", "per_connection_bytes"),
+        ],
+    )
+
+
+def _median(xs: list[float]) -> float | None:
+    return statistics.median(xs) if xs else None
+
+
+def summarise(results: dict) -> dict:
+    """Medians per (stack, workload), ratios vs Volley, latency, memory; failures listed."""
+    stacks = list(results.get("stacks") or [])
+    workloads = list(results.get("workloads") or [])
+    runs = results.get("runs") or []
+    memory = results.get("memory") or []
+    if not isinstance(runs, list) or not isinstance(memory, list):
+        raise ReportError("'runs' and 'memory' must be lists")
+    for r in runs + memory:
+        if not isinstance(r, dict) or "stack" not in r:
+            raise ReportError(f"malformed entry (no 'stack'): {r!r:.200}")
+        if r["stack"] not in stacks:
+            stacks.append(r["stack"])
+        w = r.get("workload")
+        if r.get("kind", "echo") == "echo" and w is not None and w not in workloads:
+            workloads.append(w)
+
+    cells: dict[tuple[str, str], dict] = {}
+    failures: list[str] = []
+    for r in runs:
+        key = (r["stack"], r.get("workload"))
+        cell = cells.setdefault(key, {"msg_per_s": [], "p50": [], "p99": [], "p999": [], "failed": 0})
+        bench = r.get("bench") if isinstance(r.get("bench"), dict) else {}
+        rate = msg_per_s(bench)
+        if not r.get("ok") or rate is None:
+            cell["failed"] += 1
+            failures.append(
+                f"{label(r['stack'])} {workload_label(str(key[1]))} round {r.get('round')}: "
+                f"{r.get('error') or 'no msg_per_s in the output'}"
+            )
+            continue
+        cell["msg_per_s"].append(rate)
+        for q in ("p50", "p99", "p999"):
+            v = latency(bench, q)
+            if v is not None:
+                cell[q].append(v)
+
+    summary: dict[str, Any] = {"stacks": stacks, "workloads": workloads, "echo": {}, "memory": {}}
+    for (stack, w), cell in cells.items():
+        summary["echo"].setdefault(stack, {})[w] = {
+            "rounds": len(cell["msg_per_s"]),
+            "failed_rounds": cell["failed"],
+            "msg_per_s_all": cell["msg_per_s"],
+            "msg_per_s_median": _median(cell["msg_per_s"]),
+            "latency_us_median": {q: _median(cell[q]) for q in ("p50", "p99", "p999")},
+        }
+    for stack, per_w in summary["echo"].items():
+        for w, cell in per_w.items():
+            base = summary["echo"].get(BASELINE, {}).get(w, {}).get("msg_per_s_median")
+            mine = cell["msg_per_s_median"]
+            cell["ratio_vs_volley"] = mine / base if mine is not None and base else None
+    for m in memory:
+        bench = m.get("bench") if isinstance(m.get("bench"), dict) else {}
+        per = per_connection_bytes(bench)
+        if not m.get("ok") or per is None:
+            failures.append(
+                f"{label(m['stack'])} idle memory at {m.get('count')} connections: "
+                f"{m.get('error') or 'no per_connection_bytes in the output'}"
+            )
+            per = None
+        summary["memory"][m["stack"]] = {"count": m.get("count"), "per_connection_bytes": per}
+    summary["failures"] = failures
+    return summary
+
+
+def _fmt_rate(v: float | None) -> str:
+    return "—" if v is None else f"{v:,.0f}"
+
+
+def _fmt_ratio(v: float | None) -> str:
+    return "" if v is None else f" ({v:.2f}×)"
+
+
+def _fmt_us(v: float | None) -> str:
+    if v is None:
+        return "—"
+    return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
+
+
+def _fmt_bytes(v: float | None) -> str:
+    if v is None:
+        return "—"
+    return f"{v / 1024:,.1f} KiB" if abs(v) >= 1024 else f"{v:,.0f} B"
+
+
+def markdown_table(summary: dict) -> str:
+    """One table: a row per stack; msg/s medians with the ratio vs Volley per workload."""
+    workloads = summary["workloads"]
+    latency_w = "1x20" if "1x20" in workloads else None
+    head = ["Stack"] + [f"{workload_label(w)} msg/s" for w in workloads]
+    if latency_w:
+        head.append(f"{workload_label(latency_w)} p50 / p99 µs")
+    mem_counts = {m.get("count") for m in summary["memory"].values()}
+    if summary["memory"]:
+        count = mem_counts.pop() if len(mem_counts) == 1 else None
+        head.append(f"idle memory/conn{f' @ {count:,}' if isinstance(count, int) else ''}")
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    for stack in summary["stacks"]:
+        per_w = summary["echo"].get(stack, {})
+        row = [label(stack)]
+        for w in workloads:
+            cell = per_w.get(w)
+            if cell is None:
+                row.append("—")
+            elif cell["msg_per_s_median"] is None:
+                row.append("FAILED")
+            else:
+                text = _fmt_rate(cell["msg_per_s_median"]) + _fmt_ratio(cell["ratio_vs_volley"])
+                if cell["failed_rounds"]:
+                    text += f" [{cell['failed_rounds']} failed]"
+                row.append(text)
+        if latency_w:
+            lat = per_w.get(latency_w, {}).get("latency_us_median", {})
+            row.append(f"{_fmt_us(lat.get('p50'))} / {_fmt_us(lat.get('p99'))}")
+        if summary["memory"]:
+            m = summary["memory"].get(stack)
+            row.append("—" if m is None else ("FAILED" if m["per_connection_bytes"] is None else _fmt_bytes(m["per_connection_bytes"])))
+        lines.append("| " + " | ".join(row) + " |")
+    out = "\n".join(lines)
+    out += "\n\nmsg/s: median over rounds of echoed messages per second; (×) = ratio vs Volley's median."
+    if summary["failures"]:
+        out += "\n\nFAILURES:\n" + "\n".join(f"- {f}" for f in summary["failures"])
+    return out
+
+
+def svg_chart(summary: dict, title: str = "") -> str:
+    """Grouped bars: msg/s per workload per stack, normalised to Volley's median (= 1.0) in each
+    workload (the workloads differ by orders of magnitude); every bar is labelled with its ratio,
+    and each group with Volley's absolute msg/s. Without a Volley result in a workload, that
+    workload is normalised to its fastest stack."""
+    workloads = summary["workloads"]
+    stacks = [s for s in summary["stacks"] if s in summary["echo"]]
+    if not workloads or not stacks:
+        raise ReportError("nothing to plot: no echo results")
+    colours = {}
+    extra = iter(EXTRA_COLOURS * 4)
+    for s in stacks:
+        colours[s] = STACK_COLOURS.get(s) or next(extra)
+
+    groups = []
+    vmax = 0.0
+    for w in workloads:
+        rates = {s: summary["echo"].get(s, {}).get(w, {}).get("msg_per_s_median") for s in stacks}
+        base = rates.get(BASELINE)
+        base_name = "Volley"
+        if not base:
+            known = [v for v in rates.values() if v]
+            base = max(known) if known else None
+            base_name = "fastest"
+        norm = {s: (v / base if v is not None and base else None) for s, v in rates.items()}
+        vmax = max([vmax] + [v for v in norm.values() if v is not None])
+        groups.append((w, rates, norm, base, base_name))
+    ymax = max(1.2, math.ceil(vmax * 1.15 * 4) / 4)
+
+    bar_w, gap, pad_l, pad_r, pad_t, pad_b = 16, 28, 64, 20, 56, 86
+    group_w = len(stacks) * bar_w
+    plot_w = len(workloads) * group_w + (len(workloads) + 1) * gap
+    plot_h = 300
+    legend_h = 18 * math.ceil(len(stacks) / 4) + 8
+    width = pad_l + plot_w + pad_r
+    height = pad_t + plot_h + pad_b + legend_h
+
+    def y(v: float) -> float:
+        return pad_t + plot_h - v / ymax * plot_h
+
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="Helvetica, Arial, sans-serif" font-size="11">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="14" font-weight="bold">'
+        f"{escape(title or 'Echo throughput per workload, relative to Volley (= 1.0)')}</text>",
+        f'<text x="{width / 2}" y="38" text-anchor="middle" fill="#555">'
+        "bars: median msg/s ÷ Volley's median msg/s in the same workload; "
+        "server on one core, load generator on the other</text>",
+    ]
+    step = 0.25 if ymax <= 2 else (0.5 if ymax <= 4 else max(1.0, round(ymax / 8)))
+    t = 0.0
+    while t <= ymax + 1e-9:
+        yy = y(t)
+        out.append(f'<line x1="{pad_l}" y1="{yy:.1f}" x2="{pad_l + plot_w}" y2="{yy:.1f}" stroke="#e5e5e5"/>')
+        out.append(f'<text x="{pad_l - 6}" y="{yy + 4:.1f}" text-anchor="end" fill="#444">{t:.2f}×</text>')
+        t += step
+    out.append(
+        f'<line x1="{pad_l}" y1="{y(1.0):.1f}" x2="{pad_l + plot_w}" y2="{y(1.0):.1f}" '
+        'stroke="#d62728" stroke-dasharray="4 3"/>'
+    )
+    out.append(
+        f'<line x1="{pad_l}" y1="{pad_t + plot_h}" x2="{pad_l + plot_w}" y2="{pad_t + plot_h}" stroke="#333"/>'
+    )
+    for gi, (w, rates, norm, base, base_name) in enumerate(groups):
+        gx = pad_l + gap + gi * (group_w + gap)
+        for si, s in enumerate(stacks):
+            v = norm.get(s)
+            x = gx + si * bar_w
+            if v is None:
+                out.append(
+                    f'<text x="{x + bar_w / 2:.1f}" y="{pad_t + plot_h - 4}" text-anchor="middle" '
+                    f'fill="#999" font-size="9">n/a</text>'
+                )
+                continue
+            top = y(min(v, ymax))
+            h = pad_t + plot_h - top
+            rate = rates.get(s)
+            out.append(
+                f'<rect x="{x + 1}" y="{top:.1f}" width="{bar_w - 2}" height="{h:.1f}" fill="{colours[s]}">'
+                f"<title>{escape(label(s))}, {escape(workload_label(w))}: {_fmt_rate(rate)} msg/s "
+                f"({v:.2f}× {base_name})</title></rect>"
+            )
+            lx, ly = x + bar_w / 2 + 3, top - 3
+            out.append(
+                f'<text x="{lx:.1f}" y="{ly:.1f}" font-size="9" fill="#333" '
+                f'transform="rotate(-90 {lx:.1f} {ly:.1f})">{v:.2f}</text>'
+            )
+        cx = gx + group_w / 2
+        out.append(
+            f'<text x="{cx:.1f}" y="{pad_t + plot_h + 18}" text-anchor="middle" font-weight="bold">'
+            f"{escape(workload_label(w))}</text>"
+        )
+        out.append(
+            f'<text x="{cx:.1f}" y="{pad_t + plot_h + 33}" text-anchor="middle" fill="#555" font-size="10">'
+            f"{base_name} = {_fmt_rate(base)} msg/s</text>"
+        )
+    ly0 = pad_t + plot_h + pad_b - 20
+    for i, s in enumerate(stacks):
+        lx = pad_l + (i % 4) * ((plot_w) / 4)
+        ly = ly0 + (i // 4) * 18
+        out.append(f'<rect x="{lx:.1f}" y="{ly}" width="12" height="12" fill="{colours[s]}"/>')
+        out.append(f'<text x="{lx + 17:.1f}" y="{ly + 10}">{escape(label(s))}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def assemble(runs_path: str, meta_path: str | None) -> dict:
+    """Builds a results.json object from the JSON-lines file scripts/bench-peers appends to."""
+    meta: dict = {}
+    if meta_path:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+        if not isinstance(meta, dict):
+            raise ReportError(f"{meta_path}: expected a JSON object")
+    runs, memory = [], []
+    with open(runs_path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ReportError(f"{runs_path}:{n}: not JSON: {e}") from None
+            if not isinstance(entry, dict) or "stack" not in entry:
+                raise ReportError(f"{runs_path}:{n}: expected an object with a 'stack'")
+            (memory if entry.get("kind") == "memory" else runs).append(entry)
+    return {
+        "version": 1,
+        "meta": meta,
+        "stacks": meta.get("stacks", []),
+        "workloads": meta.get("workloads", []),
+        "runs": runs,
+        "memory": memory,
+    }
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", nargs="?", help="results.json written by scripts/bench-peers")
+    p.add_argument("--assemble", metavar="RUNS.jsonl", help="build results from bench-peers' JSON lines")
+    p.add_argument("--meta", metavar="META.json", help="with --assemble: run metadata")
+    p.add_argument("--out", metavar="results.json", help="with --assemble: where to write the results")
+    p.add_argument("--svg", metavar="OUT.svg", help="write the bar chart")
+    p.add_argument("--markdown", action="store_true", help="print the table (Markdown)")
+    p.add_argument("--title", default="", help="chart title")
+    args = p.parse_args(argv)
+    try:
+        if args.assemble:
+            results = assemble(args.assemble, args.meta)
+            if args.out:
+                with open(args.out, "w", encoding="utf-8") as f:
+                    json.dump(results, f, indent=1)
+                    f.write("\n")
+        elif args.results:
+            with open(args.results, encoding="utf-8") as f:
+                results = json.load(f)
+            if not isinstance(results, dict):
+                raise ReportError(f"{args.results}: expected a JSON object")
+        else:
+            p.error("give results.json or --assemble RUNS.jsonl")
+        summary = summarise(results)
+        if args.svg:
+            with open(args.svg, "w", encoding="utf-8") as f:
+                f.write(svg_chart(summary, args.title))
+        if args.markdown:
+            print(markdown_table(summary))
+    except (OSError, json.JSONDecodeError, ReportError) as e:
+        print(f"bench_report: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,608 @@
+//! Protocol-level tests: raw HTTP requests over a `TcpStream` and raw WebSockets against an
+//! [`Engine`] served by hyper on loopback.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{UPGRADE_HEADERS, WAIT, next_frame, next_text, request, serve, wait_for};
+use volley::Message;
+use volley_engineio::{CloseReason, Cors, Data, EngineConfig, TransportKind, Transports};
+
+fn short_heartbeat() -> EngineConfig {
+    EngineConfig::default()
+        .ping_interval(Duration::from_millis(100))
+        .ping_timeout(Duration::from_millis(100))
+}
+
+async fn recv(session: &mut volley_engineio::Session) -> Option<Data> {
+    tokio::time::timeout(WAIT, session.recv())
+        .await
+        .expect("no message within the wait")
+}
+
+#[tokio::test]
+async fn polling_handshake_sends_the_open_packet() {
+    let mut server = serve(EngineConfig::default()).await;
+    let reply = server.get("EIO=4&transport=polling&t=abc").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.header("content-type"),
+        Some("text/plain; charset=UTF-8")
+    );
+    let text = reply.text();
+    assert!(text.starts_with('0'), "{text}");
+    let open: serde_json::Value = serde_json::from_str(&text[1..]).unwrap();
+    let sid = open["sid"].as_str().unwrap();
+    assert_eq!(sid.len(), 20);
+    assert_eq!(open["upgrades"], serde_json::json!(["websocket"]));
+    assert_eq!(open["pingInterval"], 25_000);
+    assert_eq!(open["pingTimeout"], 20_000);
+    assert_eq!(open["maxPayload"], 1_000_000);
+    let session = server.session().await;
+    assert_eq!(session.id(), sid);
+    assert_eq!(session.transport(), TransportKind::Polling);
+    assert_eq!(session.request().query("t").as_deref(), Some("abc"));
+    assert_eq!(server.engine.session_count(), 1);
+
+    // No upgrades offered when they are not allowed.
+    let server = serve(EngineConfig::default().allow_upgrades(false)).await;
+    let (_, open) = server.handshake().await;
+    assert_eq!(open["upgrades"], serde_json::json!([]));
+    let server = serve(EngineConfig::default().transports(Transports::POLLING)).await;
+    let (_, open) = server.handshake().await;
+    assert_eq!(open["upgrades"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn websocket_handshake_sends_the_open_packet() {
+    let mut server = serve(short_heartbeat().max_payload(5000)).await;
+    let mut ws = server.ws("EIO=4&transport=websocket").await;
+    let text = next_text(&mut ws).await;
+    let open: serde_json::Value = serde_json::from_str(text.strip_prefix('0').unwrap()).unwrap();
+    assert_eq!(open["upgrades"], serde_json::json!([]));
+    assert_eq!(open["pingInterval"], 100);
+    assert_eq!(open["pingTimeout"], 100);
+    assert_eq!(open["maxPayload"], 5000);
+    let mut session = server.session().await;
+    assert_eq!(session.id(), open["sid"].as_str().unwrap());
+    assert_eq!(session.transport(), TransportKind::WebSocket);
+
+    // Messages both ways: text as "4…" frames, binary as raw binary frames.
+    ws.send(Message::text("4hello")).await.unwrap();
+    ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+    assert_eq!(recv(&mut session).await, Some(Data::Text("hello".into())));
+    assert_eq!(
+        recv(&mut session).await,
+        Some(Data::Binary(Bytes::from_static(&[1, 2, 3])))
+    );
+    session
+        .sender()
+        .send_all([Data::from("hi"), Data::Binary(Bytes::from_static(&[9, 8]))])
+        .unwrap();
+    assert_eq!(next_text(&mut ws).await, "4hi");
+    match next_frame(&mut ws).await {
+        Some(Message::Binary(b)) => assert_eq!(&b[..], &[9, 8]),
+        other => panic!("expected binary, got {other:?}"),
+    }
+
+    // A frame above max_payload closes the connection and the session.
+    ws.send(Message::text(format!("4{}", "x".repeat(6000))))
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut session).await, None);
+    assert_eq!(session.close_reason(), Some(CloseReason::TransportError));
+    server.wait_no_sessions().await;
+}
+
+#[tokio::test]
+async fn polling_round_trip_with_binary() {
+    let mut server = serve(EngineConfig::default()).await;
+    let (sid, _) = server.handshake().await;
+    let mut session = server.session().await;
+    let q = format!("EIO=4&transport=polling&sid={sid}");
+
+    let reply = server.post(&q, b"4hello\x1ebAQID\x1e4\xe2\x82\xac").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "ok");
+    assert_eq!(recv(&mut session).await, Some(Data::Text("hello".into())));
+    assert_eq!(
+        recv(&mut session).await,
+        Some(Data::Binary(Bytes::from_static(&[1, 2, 3])))
+    );
+    assert_eq!(recv(&mut session).await, Some(Data::Text("€".into())));
+
+    let sender = session.sender();
+    sender
+        .send_all([Data::from("hi"), Data::Binary(Bytes::from_static(&[4, 5]))])
+        .unwrap();
+    sender.send(Data::from("again")).unwrap();
+    let reply = server.get(&q).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "4hi\x1ebBAU=\x1e4again");
+
+    // A GET with nothing queued waits until something is sent.
+    let pending = {
+        let addr = server.addr;
+        let target = format!("/socket.io/?{q}");
+        tokio::spawn(async move { request(addr, "GET", &target, &[], b"").await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!pending.is_finished());
+    sender.send(Data::from("late")).unwrap();
+    let reply = pending.await.unwrap();
+    assert_eq!(reply.text(), "4late");
+
+    // An invalid payload closes the session as a parse error.
+    let reply = server.post(&q, b"4ok\x1e9bad").await;
+    reply.assert_error(400, 3, "Bad request");
+    // The whole payload is rejected: not even its valid first packet is delivered.
+    assert_eq!(recv(&mut session).await, None);
+    assert_eq!(session.close_reason(), Some(CloseReason::ParseError));
+    server.wait_no_sessions().await;
+}
+
+#[tokio::test]
+async fn error_responses_match_node() {
+    let server =
+        serve(EngineConfig::default().allow_request(|req| req.headers.get("x-deny").is_none()))
+            .await;
+    // 0 Transport unknown: missing, unknown.
+    server
+        .get("EIO=4")
+        .await
+        .assert_error(400, 0, "Transport unknown");
+    server
+        .get("EIO=4&transport=flashsocket")
+        .await
+        .assert_error(400, 0, "Transport unknown");
+    // 1 Session ID unknown, on GET, POST and WebSocket.
+    server
+        .get("EIO=4&transport=polling&sid=nope")
+        .await
+        .assert_error(400, 1, "Session ID unknown");
+    server
+        .post("EIO=4&transport=polling&sid=nope", b"4x")
+        .await
+        .assert_error(400, 1, "Session ID unknown");
+    request(
+        server.addr,
+        "GET",
+        "/socket.io/?EIO=4&transport=websocket&sid=nope",
+        UPGRADE_HEADERS,
+        b"",
+    )
+    .await
+    .assert_error(400, 1, "Session ID unknown");
+    // 2 Bad handshake method.
+    server
+        .post("EIO=4&transport=polling", b"4x")
+        .await
+        .assert_error(400, 2, "Bad handshake method");
+    // 3 Bad request: a WebSocket handshake without the upgrade, a polling request for a
+    // WebSocket session.
+    server
+        .get("EIO=4&transport=websocket")
+        .await
+        .assert_error(400, 3, "Bad request");
+    let mut ws = server.ws("EIO=4&transport=websocket").await;
+    let open = next_text(&mut ws).await;
+    let open: serde_json::Value = serde_json::from_str(&open[1..]).unwrap();
+    let ws_sid = open["sid"].as_str().unwrap();
+    server
+        .get(&format!("EIO=4&transport=polling&sid={ws_sid}"))
+        .await
+        .assert_error(400, 3, "Bad request");
+    // 4 Forbidden from allow_request.
+    request(
+        server.addr,
+        "GET",
+        "/socket.io/?EIO=4&transport=polling",
+        &[("X-Deny", "1")],
+        b"",
+    )
+    .await
+    .assert_error(403, 4, "Forbidden");
+    // 5 Unsupported protocol version: EIO=3, missing.
+    server.get("EIO=3&transport=polling").await.assert_error(
+        400,
+        5,
+        "Unsupported protocol version",
+    );
+    server
+        .get("transport=polling")
+        .await
+        .assert_error(400, 5, "Unsupported protocol version");
+    request(
+        server.addr,
+        "GET",
+        "/socket.io/?EIO=3&transport=websocket",
+        UPGRADE_HEADERS,
+        b"",
+    )
+    .await
+    .assert_error(400, 5, "Unsupported protocol version");
+    // Disabled transports are unknown.
+    let server = serve(EngineConfig::default().transports(Transports::WEBSOCKET)).await;
+    server
+        .get("EIO=4&transport=polling")
+        .await
+        .assert_error(400, 0, "Transport unknown");
+}
+
+#[tokio::test]
+async fn oversized_post_is_413_and_closes_the_session() {
+    let mut server = serve(EngineConfig::default().max_payload(100)).await;
+    let (sid, _) = server.handshake().await;
+    let session = server.session().await;
+    let q = format!("EIO=4&transport=polling&sid={sid}");
+    let body = format!("4{}", "x".repeat(100));
+    let reply = server.post(&q, body.as_bytes()).await;
+    assert_eq!(reply.status, 413);
+    assert_eq!(session.close_reason(), Some(CloseReason::TransportError));
+    server.wait_no_sessions().await;
+    // Exactly max_payload is fine.
+    let (sid, _) = server.handshake().await;
+    let mut session = server.session().await;
+    let body = format!("4{}", "x".repeat(99));
+    let reply = server
+        .post(
+            &format!("EIO=4&transport=polling&sid={sid}"),
+            body.as_bytes(),
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(recv(&mut session).await, Some(Data::Text("x".repeat(99))));
+}
+
+#[tokio::test]
+async fn concurrent_get_is_400_and_closes_the_session() {
+    let mut server = serve(EngineConfig::default()).await;
+    let (sid, _) = server.handshake().await;
+    let mut session = server.session().await;
+    let target = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let first = {
+        let (addr, target) = (server.addr, target.clone());
+        tokio::spawn(async move { request(addr, "GET", &target, &[], b"").await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = request(server.addr, "GET", &target, &[], b"").await;
+    assert_eq!(second.status, 400);
+    // The first GET learns that the session closed.
+    let first = first.await.unwrap();
+    assert_eq!(first.status, 200);
+    assert_eq!(first.text(), "1");
+    assert_eq!(recv(&mut session).await, None);
+    assert_eq!(session.close_reason(), Some(CloseReason::TransportError));
+    server.wait_no_sessions().await;
+}
+
+#[tokio::test]
+async fn upgrade_from_polling_to_websocket() {
+    let mut server = serve(EngineConfig::default()).await;
+    let (sid, _) = server.handshake().await;
+    let mut session = server.session().await;
+    let q = format!("EIO=4&transport=polling&sid={sid}");
+    let pending = {
+        let addr = server.addr;
+        let target = format!("/socket.io/?{q}");
+        tokio::spawn(async move { request(addr, "GET", &target, &[], b"").await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut ws = server
+        .ws(&format!("EIO=4&transport=websocket&sid={sid}"))
+        .await;
+    // A second WebSocket for the same session is refused while the first one upgrades.
+    request(
+        server.addr,
+        "GET",
+        &format!("/socket.io/?EIO=4&transport=websocket&sid={sid}"),
+        UPGRADE_HEADERS,
+        b"",
+    )
+    .await
+    .assert_error(400, 3, "Bad request");
+    ws.send(Message::text("2probe")).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "3probe");
+    // The pending GET is ended with a noop so that the client can pause polling.
+    let reply = tokio::time::timeout(WAIT, pending).await.unwrap().unwrap();
+    assert_eq!(reply.text(), "6");
+    assert_eq!(session.transport(), TransportKind::Polling);
+    ws.send(Message::text("5")).await.unwrap();
+    wait_for(|| session.transport() == TransportKind::WebSocket).await;
+
+    // Data now flows over the WebSocket.
+    session.sender().send(Data::from("over ws")).unwrap();
+    assert_eq!(next_text(&mut ws).await, "4over ws");
+    ws.send(Message::text("4from ws")).await.unwrap();
+    assert_eq!(recv(&mut session).await, Some(Data::Text("from ws".into())));
+    // Polling requests for the session are refused.
+    server.get(&q).await.assert_error(400, 3, "Bad request");
+    server
+        .post(&q, b"4x")
+        .await
+        .assert_error(400, 3, "Bad request");
+    assert!(!session.sender().is_closed());
+}
+
+#[tokio::test]
+async fn upgrade_timeout_keeps_the_session_on_polling() {
+    let mut server =
+        serve(EngineConfig::default().upgrade_timeout(Duration::from_millis(200))).await;
+    let (sid, _) = server.handshake().await;
+    let session = server.session().await;
+    let mut ws = server
+        .ws(&format!("EIO=4&transport=websocket&sid={sid}"))
+        .await;
+    // Silence: the server gives up on the upgrade and closes the WebSocket.
+    assert_eq!(next_frame(&mut ws).await, None);
+    assert_eq!(session.transport(), TransportKind::Polling);
+    assert!(!session.sender().is_closed());
+    // A later upgrade works.
+    let mut ws = server
+        .ws(&format!("EIO=4&transport=websocket&sid={sid}"))
+        .await;
+    ws.send(Message::text("2probe")).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "3probe");
+    ws.send(Message::text("5")).await.unwrap();
+    wait_for(|| session.transport() == TransportKind::WebSocket).await;
+}
+
+#[tokio::test]
+async fn heartbeat_over_websocket_and_ping_timeout() {
+    let mut server = serve(short_heartbeat()).await;
+    let mut ws = server.ws("EIO=4&transport=websocket").await;
+    next_text(&mut ws).await; // open
+    let mut session = server.session().await;
+    let started = tokio::time::Instant::now();
+    // Pings come every interval; answering keeps the session open.
+    for _ in 0..3 {
+        assert_eq!(next_text(&mut ws).await, "2");
+        ws.send(Message::text("3")).await.unwrap();
+    }
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(!session.sender().is_closed());
+    // A client that stops answering is closed after interval + timeout.
+    assert_eq!(next_text(&mut ws).await, "2");
+    let unanswered = tokio::time::Instant::now();
+    assert_eq!(recv(&mut session).await, None);
+    assert_eq!(session.close_reason(), Some(CloseReason::PingTimeout));
+    let waited = unanswered.elapsed();
+    assert!(
+        waited >= Duration::from_millis(90) && waited < Duration::from_secs(2),
+        "{waited:?}"
+    );
+    server.wait_no_sessions().await;
+}
+
+#[tokio::test]
+async fn heartbeat_over_polling_and_ping_timeout() {
+    let mut server = serve(short_heartbeat()).await;
+    let (sid, _) = server.handshake().await;
+    let mut session = server.session().await;
+    let q = format!("EIO=4&transport=polling&sid={sid}");
+    // The GET waits for the ping.
+    let reply = server.get(&q).await;
+    assert_eq!(reply.text(), "2");
+    assert_eq!(server.post(&q, b"3").await.text(), "ok");
+    let reply = server.get(&q).await;
+    assert_eq!(reply.text(), "2");
+    // No pong: ping timeout.
+    assert_eq!(recv(&mut session).await, None);
+    assert_eq!(session.close_reason(), Some(CloseReason::PingTimeout));
+    server.wait_no_sessions().await;
+    server
+        .get(&q)
+        .await
+        .assert_error(400, 1, "Session ID unknown");
+}
+
+#[tokio::test]
+async fn close_packet_from_client() {
+    let mut server = serve(EngineConfig::default()).await;
+    // Over polling.
+    let (sid, _) = server.handshake().await;
+    let mut session = server.session().await;
+    let reply = server
+        .post(&format!("EIO=4&transport=polling&sid={sid}"), b"4bye\x1e1")
+        .await;
+    assert_eq!(reply.text(), "ok");
+    assert_eq!(recv(&mut session).await, Some(Data::Text("bye".into())));
+    assert_eq!(recv(&mut session).await, None);
+    assert_eq!(session.close_reason(), Some(CloseReason::ClientClose));
+    assert_eq!(CloseReason::ClientClose.as_str(), "forced close");
+    server.wait_no_sessions().await;
+    // Over WebSocket.
+    let mut ws = server.ws("EIO=4&transport=websocket").await;
+    next_text(&mut ws).await;
+    let mut session = server.session().await;
+    ws.send(Message::text("1")).await.unwrap();
+    assert_eq!(recv(&mut session).await, None);
+    assert_eq!(session.close_reason(), Some(CloseReason::ClientClose));
+    server.wait_no_sessions().await;
+    // A WebSocket that just goes away: transport close.
+    let mut ws = server.ws("EIO=4&transport=websocket").await;
+    next_text(&mut ws).await;
+    let mut session = server.session().await;
+    ws.close(None).await.unwrap();
+    assert_eq!(recv(&mut session).await, None);
+    assert_eq!(session.close_reason(), Some(CloseReason::TransportClose));
+    server.wait_no_sessions().await;
+}
+
+#[tokio::test]
+async fn server_close_reaches_the_client() {
+    let mut server = serve(EngineConfig::default()).await;
+    // WebSocket: queued messages, then "1", then the connection closes.
+    let mut ws = server.ws("EIO=4&transport=websocket").await;
+    next_text(&mut ws).await;
+    let mut session = server.session().await;
+    let sender = session.sender();
+    sender.send(Data::from("last")).unwrap();
+    sender.close();
+    assert_eq!(next_text(&mut ws).await, "4last");
+    assert_eq!(next_text(&mut ws).await, "1");
+    assert_eq!(next_frame(&mut ws).await, None);
+    assert_eq!(recv(&mut session).await, None);
+    assert_eq!(session.close_reason(), Some(CloseReason::ServerClose));
+    assert!(sender.is_closed());
+    assert_eq!(
+        sender.send(Data::from("x")),
+        Err(volley_engineio::SendError::Closed)
+    );
+    server.wait_no_sessions().await;
+
+    // Polling: the next GET gets the queue and the close packet; then the sid is gone.
+    let (sid, _) = server.handshake().await;
+    let session = server.session().await;
+    session.sender().send(Data::from("last")).unwrap();
+    server.engine.close_all();
+    tokio::time::timeout(WAIT, session.sender().closed())
+        .await
+        .unwrap();
+    let q = format!("EIO=4&transport=polling&sid={sid}");
+    assert_eq!(server.get(&q).await.text(), "4last\x1e1");
+    server.wait_no_sessions().await;
+    server
+        .get(&q)
+        .await
+        .assert_error(400, 1, "Session ID unknown");
+}
+
+#[tokio::test]
+async fn session_table_empties_after_many_sessions() {
+    let config = EngineConfig::default().ping_timeout(Duration::from_millis(300));
+    let mut server = serve(config).await;
+    let mut sessions = Vec::new();
+    for _ in 0..20 {
+        server.handshake().await;
+        sessions.push(server.session().await);
+    }
+    assert_eq!(server.engine.session_count(), 20);
+    for (i, session) in sessions.iter().enumerate() {
+        let q = format!("EIO=4&transport=polling&sid={}", session.id());
+        if i % 2 == 0 {
+            server.post(&q, b"1").await;
+        }
+    }
+    wait_for(|| server.engine.session_count() == 10).await;
+    server.engine.close_all();
+    // Nobody polls: the close packets are undeliverable and the sessions leave after
+    // ping_timeout.
+    for session in &sessions {
+        assert!(session.sender().is_closed());
+    }
+    server.wait_no_sessions().await;
+}
+
+#[tokio::test]
+async fn outgoing_queue_is_bounded() {
+    let mut server = serve(EngineConfig::default().max_buffered_packets(10)).await;
+    server.handshake().await;
+    let mut session = server.session().await;
+    let sender = session.sender();
+    for i in 0..10 {
+        sender.send(Data::Text(i.to_string())).unwrap();
+    }
+    assert_eq!(
+        sender.send(Data::from("one too many")),
+        Err(volley_engineio::SendError::Full)
+    );
+    assert_eq!(recv(&mut session).await, None);
+    assert_eq!(session.close_reason(), Some(CloseReason::TransportError));
+    server.wait_no_sessions().await;
+}
+
+#[tokio::test]
+async fn cors_headers_and_preflight() {
+    let server = serve(EngineConfig::default().cors(Some(
+        Cors::origins(["https://good.example"]).credentials(true),
+    )))
+    .await;
+    let reply = request(
+        server.addr,
+        "OPTIONS",
+        "/socket.io/?EIO=4&transport=polling",
+        &[
+            ("Origin", "https://good.example"),
+            ("Access-Control-Request-Method", "POST"),
+            ("Access-Control-Request-Headers", "content-type"),
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(reply.status, 204);
+    assert_eq!(
+        reply.header("access-control-allow-origin"),
+        Some("https://good.example")
+    );
+    assert_eq!(
+        reply.header("access-control-allow-credentials"),
+        Some("true")
+    );
+    assert_eq!(
+        reply.header("access-control-allow-methods"),
+        Some("GET,POST")
+    );
+    assert_eq!(
+        reply.header("access-control-allow-headers"),
+        Some("content-type")
+    );
+    let reply = request(
+        server.addr,
+        "GET",
+        "/socket.io/?EIO=4&transport=polling",
+        &[("Origin", "https://good.example")],
+        b"",
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.header("access-control-allow-origin"),
+        Some("https://good.example")
+    );
+    // Errors carry the headers too; other origins get none.
+    let reply = request(
+        server.addr,
+        "GET",
+        "/socket.io/?EIO=4&transport=nope",
+        &[("Origin", "https://evil.example")],
+        b"",
+    )
+    .await;
+    reply.assert_error(400, 0, "Transport unknown");
+    assert_eq!(reply.header("access-control-allow-origin"), None);
+
+    // Any origin without credentials: "*".
+    let server = serve(EngineConfig::default().cors(Some(Cors::any()))).await;
+    let reply = request(
+        server.addr,
+        "GET",
+        "/socket.io/?EIO=4&transport=polling",
+        &[("Origin", "https://x.example")],
+        b"",
+    )
+    .await;
+    assert_eq!(reply.header("access-control-allow-origin"), Some("*"));
+    // Without CORS configured: no headers, and OPTIONS is just a bad handshake method.
+    let server = serve(EngineConfig::default()).await;
+    let reply = request(
+        server.addr,
+        "OPTIONS",
+        "/socket.io/?EIO=4&transport=polling",
+        &[("Origin", "https://x.example")],
+        b"",
+    )
+    .await;
+    reply.assert_error(400, 2, "Bad handshake method");
+    assert_eq!(reply.header("access-control-allow-origin"), None);
+}
+
+#[test]
+fn engine_is_a_tower_and_hyper_service() {
+    fn tower<S: tower_service::Service<http::Request<String>> + Clone + Send + Sync + 'static>() {}
+    fn hyper_service<S: hyper::service::Service<http::Request<hyper::body::Incoming>>>() {}
+    tower::<volley_engineio::Engine>();
+    hyper_service::<volley_engineio::Engine>();
+}

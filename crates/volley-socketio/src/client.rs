@@ -1,0 +1,270 @@
+//! One Engine.IO session: decodes Socket.IO packets and multiplexes the namespace sockets.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+use volley_engineio::packet::Data;
+use volley_engineio::{CloseReason, Session, SessionSender};
+
+use crate::packet::{Decoded, Limits, Packet, PacketType, PartialPacket, decode};
+use crate::socket::{DisconnectReason, EncodedPacket};
+use crate::util::lock;
+use crate::{Namespace, Socket, SocketIo};
+
+/// What the sockets need from the handshake request.
+pub(crate) struct RequestSnapshot {
+    pub(crate) uri: http::Uri,
+    pub(crate) headers: http::HeaderMap,
+    pub(crate) remote_addr: Option<SocketAddr>,
+}
+
+#[derive(Default)]
+struct ClientState {
+    /// namespace name -> socket
+    sockets: HashMap<String, Socket>,
+    /// Set when the session has ended: no socket may be added any more.
+    closed: bool,
+}
+
+/// The part of a client its sockets share.
+pub(crate) struct ClientShared {
+    sender: SessionSender,
+    request: RequestSnapshot,
+    state: Mutex<ClientState>,
+}
+
+impl ClientShared {
+    pub(crate) fn sender(&self) -> &SessionSender {
+        &self.sender
+    }
+
+    pub(crate) fn request(&self) -> &RequestSnapshot {
+        &self.request
+    }
+
+    /// Whether a volatile packet may be queued now.
+    pub(crate) fn writable(&self) -> bool {
+        !self.sender.is_closed()
+    }
+
+    pub(crate) fn remove_socket(&self, socket: &Socket) {
+        let mut state = lock(&self.state);
+        if state
+            .sockets
+            .get(socket.nsp())
+            .is_some_and(|s| s.id() == socket.id())
+        {
+            state.sockets.remove(socket.nsp());
+        }
+    }
+
+    fn get(&self, nsp: &str) -> Option<Socket> {
+        lock(&self.state).sockets.get(nsp).cloned()
+    }
+
+    fn is_empty(&self) -> bool {
+        lock(&self.state).sockets.is_empty()
+    }
+
+    /// Disconnects every socket (DISCONNECT packets), then closes the session.
+    pub(crate) fn disconnect_all(&self) {
+        let sockets: Vec<Socket> = lock(&self.state).sockets.values().cloned().collect();
+        for socket in sockets {
+            socket.disconnect(false);
+        }
+        self.sender.close();
+    }
+
+    fn send(&self, packet: &Packet) {
+        let encoded = EncodedPacket::new(packet);
+        let (text, attachments) = encoded.into_parts();
+        let frames =
+            std::iter::once(Data::Text(text)).chain(attachments.into_iter().map(Data::Binary));
+        if let Err(e) = self.sender.send_all(frames) {
+            tracing::debug!(sid = self.sender.id(), "socket.io: send failed: {e}");
+        }
+    }
+}
+
+fn reason_from(reason: Option<CloseReason>) -> DisconnectReason {
+    match reason {
+        Some(CloseReason::TransportError) => DisconnectReason::TransportError,
+        Some(CloseReason::PingTimeout) => DisconnectReason::PingTimeout,
+        Some(CloseReason::ClientClose) => DisconnectReason::ForcedClose,
+        Some(CloseReason::ServerClose) => DisconnectReason::ForcedServerClose,
+        Some(CloseReason::ParseError) => DisconnectReason::ParseError,
+        _ => DisconnectReason::TransportClose,
+    }
+}
+
+/// Runs one client until its session ends.
+pub(crate) async fn run(io: SocketIo, mut session: Session) {
+    let req = session.request();
+    let shared = Arc::new(ClientShared {
+        sender: session.sender(),
+        request: RequestSnapshot {
+            uri: req.uri.clone(),
+            headers: req.headers.clone(),
+            remote_addr: req.remote_addr,
+        },
+        state: Mutex::new(ClientState::default()),
+    });
+    let limits = io.limits();
+    let connect_timeout = tokio::time::sleep(io.connect_timeout());
+    tokio::pin!(connect_timeout);
+    let mut armed = true;
+    let mut partial: Option<PartialPacket> = None;
+    let reason = loop {
+        tokio::select! {
+            data = session.recv() => match data {
+                None => break reason_from(session.close_reason()),
+                Some(data) => {
+                    if let Err(e) = on_data(&io, &shared, &mut partial, &limits, data) {
+                        tracing::debug!(sid = shared.sender.id(), "socket.io: closing on invalid packet: {e}");
+                        shared.sender.close();
+                        break DisconnectReason::ParseError;
+                    }
+                }
+            },
+            () = &mut connect_timeout, if armed => {
+                armed = false;
+                if shared.is_empty() {
+                    tracing::debug!(sid = shared.sender.id(), "socket.io: no namespace joined in time");
+                    shared.sender.close();
+                    break DisconnectReason::ForcedServerClose;
+                }
+            }
+        }
+    };
+    let sockets: Vec<Socket> = {
+        let mut state = lock(&shared.state);
+        state.closed = true;
+        state.sockets.drain().map(|(_, s)| s).collect()
+    };
+    for socket in sockets {
+        socket.on_close(reason);
+    }
+}
+
+fn on_data(
+    io: &SocketIo,
+    shared: &Arc<ClientShared>,
+    partial: &mut Option<PartialPacket>,
+    limits: &Limits,
+    data: Data,
+) -> Result<(), String> {
+    match data {
+        Data::Text(text) => {
+            if partial.is_some() {
+                return Err("text packet while waiting for binary attachments".into());
+            }
+            match decode(&text, limits).map_err(|e| e.to_string())? {
+                Decoded::Complete(packet) => on_packet(io, shared, packet),
+                Decoded::Partial(p) => *partial = Some(p),
+            }
+        }
+        Data::Binary(bytes) => {
+            let Some(p) = partial.as_mut() else {
+                return Err("binary attachment without a binary packet".into());
+            };
+            if let Some(packet) = p.push(bytes) {
+                *partial = None;
+                on_packet(io, shared, packet);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn on_packet(io: &SocketIo, shared: &Arc<ClientShared>, packet: Packet) {
+    match packet.kind {
+        PacketType::Connect => {
+            let io = io.clone();
+            let shared = shared.clone();
+            let Packet { nsp, data, .. } = packet;
+            let auth = match data {
+                Some(v @ Value::Object(_)) => v,
+                _ => json!({}),
+            };
+            match io.lookup_namespace(&nsp, &auth) {
+                None => shared.send(&Packet {
+                    kind: PacketType::ConnectError,
+                    nsp,
+                    id: None,
+                    data: Some(json!({ "message": "Invalid namespace" })),
+                    attachments: Vec::new(),
+                }),
+                Some(ns) => {
+                    let socket = Socket::new(ns.clone(), shared.clone(), auth.clone());
+                    let middlewares = ns.middlewares();
+                    if middlewares.is_empty() {
+                        finish_connect(&ns, &shared, socket);
+                    } else {
+                        tokio::spawn(async move {
+                            for mw in middlewares {
+                                if shared.sender.is_closed() {
+                                    return;
+                                }
+                                if let Err(e) = mw(socket.clone(), auth.clone()).await {
+                                    shared.send(&Packet {
+                                        kind: PacketType::ConnectError,
+                                        nsp: ns.name().to_owned(),
+                                        id: None,
+                                        data: Some(e.to_value()),
+                                        attachments: Vec::new(),
+                                    });
+                                    return;
+                                }
+                            }
+                            finish_connect(&ns, &shared, socket);
+                        });
+                    }
+                }
+            }
+        }
+        PacketType::Disconnect => {
+            if let Some(socket) = shared.get(&packet.nsp) {
+                socket.on_close(DisconnectReason::ClientNamespaceDisconnect);
+            }
+        }
+        PacketType::Event | PacketType::BinaryEvent => {
+            if let Some(socket) = shared.get(&packet.nsp) {
+                socket.dispatch_event(packet);
+            }
+        }
+        PacketType::Ack | PacketType::BinaryAck => {
+            if let Some(socket) = shared.get(&packet.nsp) {
+                socket.dispatch_ack(packet);
+            }
+        }
+        // Only servers send CONNECT_ERROR; Node ignores one from a client.
+        PacketType::ConnectError => {}
+    }
+}
+
+/// Registers the socket (unless the session has ended), replies `{"sid"}`, runs the connection
+/// handlers.
+fn finish_connect(ns: &Namespace, shared: &Arc<ClientShared>, socket: Socket) {
+    let replaced = {
+        let mut state = lock(&shared.state);
+        if state.closed {
+            return;
+        }
+        socket.set_connected();
+        ns.insert_socket(&socket);
+        state.sockets.insert(ns.name().to_owned(), socket.clone())
+    };
+    if let Some(old) = replaced {
+        old.on_close(DisconnectReason::ClientNamespaceDisconnect);
+    }
+    shared.send(&Packet {
+        kind: PacketType::Connect,
+        nsp: ns.name().to_owned(),
+        id: None,
+        data: Some(json!({ "sid": socket.id() })),
+        attachments: Vec::new(),
+    });
+    ns.run_connection_handlers(&socket);
+}

@@ -1,0 +1,396 @@
+//! The server: configuration, namespaces, mounting.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use serde_json::Value;
+use volley_engineio::{Engine, EngineBody, EngineConfig};
+
+use crate::adapter::{AckResponse, AdapterFactory, BoxFuture, InMemoryAdapter};
+use crate::namespace::NsHandlers;
+use crate::operators::BroadcastOperator;
+use crate::packet::Limits;
+use crate::socket::EmitError;
+use crate::util::{IntoRooms, read, write};
+use crate::{Namespace, Payload, Socket};
+
+type Matcher = Arc<dyn Fn(&str, &Value) -> bool + Send + Sync>;
+
+/// Builds a [`SocketIo`]. Defaults as Node's socket.io: pingInterval 25 s, pingTimeout 20 s,
+/// upgradeTimeout 10 s, maxHttpBufferSize 1e6, connectTimeout 45 s, 10 attachments per packet.
+#[must_use]
+pub struct SocketIoBuilder {
+    engine: EngineConfig,
+    connect_timeout: Duration,
+    max_attachments: usize,
+    ack_timeout: Duration,
+    adapter: AdapterFactory,
+}
+
+impl std::fmt::Debug for SocketIoBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SocketIoBuilder")
+            .field("engine", &self.engine)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_attachments", &self.max_attachments)
+            .field("ack_timeout", &self.ack_timeout)
+            .finish()
+    }
+}
+
+impl Default for SocketIoBuilder {
+    fn default() -> Self {
+        SocketIoBuilder {
+            engine: EngineConfig::default(),
+            connect_timeout: Duration::from_secs(45),
+            max_attachments: 10,
+            ack_timeout: Duration::from_secs(30),
+            adapter: InMemoryAdapter::factory(),
+        }
+    }
+}
+
+impl SocketIoBuilder {
+    /// The whole Engine.IO configuration (transports, CORS, heartbeat, …).
+    pub fn engine_config(mut self, config: EngineConfig) -> Self {
+        self.engine = config;
+        self
+    }
+
+    /// The Engine.IO heartbeat interval (25 s).
+    pub fn ping_interval(mut self, d: Duration) -> Self {
+        self.engine.ping_interval = d;
+        self
+    }
+
+    /// How long a pong may take (20 s).
+    pub fn ping_timeout(mut self, d: Duration) -> Self {
+        self.engine.ping_timeout = d;
+        self
+    }
+
+    /// How long a transport upgrade may take (10 s).
+    pub fn upgrade_timeout(mut self, d: Duration) -> Self {
+        self.engine.upgrade_timeout = d;
+        self
+    }
+
+    /// The largest HTTP body / WebSocket message (maxHttpBufferSize, 1e6 bytes).
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.engine.max_payload = bytes;
+        self
+    }
+
+    /// How long a new connection may take to join a namespace before it is closed (45 s).
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+
+    /// The most binary attachments one packet may announce (10); more closes the connection.
+    pub fn max_attachments(mut self, n: usize) -> Self {
+        self.max_attachments = n;
+        self
+    }
+
+    /// How long `emit_with_ack` waits when no timeout is given (30 s; Node waits forever).
+    pub fn ack_timeout(mut self, d: Duration) -> Self {
+        self.ack_timeout = d;
+        self
+    }
+
+    /// The adapter of every namespace ([`InMemoryAdapter`] by default).
+    pub fn adapter(mut self, factory: AdapterFactory) -> Self {
+        self.adapter = factory;
+        self
+    }
+
+    /// The server, with the namespace `"/"`.
+    pub fn build(self) -> SocketIo {
+        let inner = Arc::new_cyclic(|weak: &std::sync::Weak<IoInner>| {
+            let weak = weak.clone();
+            let engine = Engine::new(self.engine.clone(), move |session| {
+                if let Some(inner) = weak.upgrade() {
+                    tokio::spawn(crate::client::run(SocketIo(inner), session));
+                }
+            });
+            let mut limits = Limits::default();
+            limits.max_attachments = self.max_attachments;
+            IoInner {
+                engine,
+                namespaces: RwLock::new(HashMap::new()),
+                dynamic: RwLock::new(Vec::new()),
+                dynamic_count: AtomicU64::new(0),
+                connect_timeout: self.connect_timeout,
+                limits,
+                ack_timeout: self.ack_timeout,
+                adapter: self.adapter,
+            }
+        });
+        let io = SocketIo(inner);
+        io.of("/");
+        io
+    }
+}
+
+pub(crate) struct IoInner {
+    engine: Engine,
+    namespaces: RwLock<HashMap<String, Namespace>>,
+    dynamic: RwLock<Vec<(Matcher, Arc<NsHandlers>)>>,
+    dynamic_count: AtomicU64,
+    connect_timeout: Duration,
+    limits: Limits,
+    ack_timeout: Duration,
+    adapter: AdapterFactory,
+}
+
+/// A Socket.IO server. Cheap to clone (a handle).
+///
+/// Mount [`engine`](Self::engine) at `/socket.io` in a router (it is a hyper/tower service:
+/// `Router::new().nest_service("/socket.io", io.engine().clone())`) or run
+/// [`serve`](Self::serve) on a listener.
+#[derive(Clone)]
+pub struct SocketIo(Arc<IoInner>);
+
+impl std::fmt::Debug for SocketIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SocketIo")
+            .field(
+                "namespaces",
+                &read(&self.0.namespaces).keys().collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Default for SocketIo {
+    fn default() -> Self {
+        SocketIo::new()
+    }
+}
+
+fn normalize(name: &str) -> String {
+    if name.starts_with('/') {
+        name.to_owned()
+    } else {
+        format!("/{name}")
+    }
+}
+
+impl SocketIo {
+    /// A server with the default configuration.
+    pub fn new() -> SocketIo {
+        SocketIo::builder().build()
+    }
+
+    /// A builder for a configured server.
+    pub fn builder() -> SocketIoBuilder {
+        SocketIoBuilder::default()
+    }
+
+    /// The Engine.IO server: the HTTP handler to mount at `/socket.io/`.
+    pub fn engine(&self) -> &Engine {
+        &self.0.engine
+    }
+
+    pub(crate) fn limits(&self) -> Limits {
+        self.0.limits.clone()
+    }
+
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        self.0.connect_timeout
+    }
+
+    /// The namespace `name` (`"/chat"`; a missing leading `/` is added), created on first use.
+    pub fn of(&self, name: &str) -> Namespace {
+        let name = normalize(name);
+        if let Some(ns) = read(&self.0.namespaces).get(&name) {
+            return ns.clone();
+        }
+        write(&self.0.namespaces)
+            .entry(name.clone())
+            .or_insert_with(|| {
+                Namespace::new(name, Arc::default(), &self.0.adapter, self.0.ack_timeout)
+            })
+            .clone()
+    }
+
+    /// Dynamic namespaces: a client connecting to a namespace that does not exist yet creates it
+    /// when `matcher(name, auth)` is true. The returned template namespace holds the middlewares
+    /// and connection handlers every namespace created this way shares (register them there);
+    /// the created namespaces are then reachable through [`of`](Self::of). Sockets never connect
+    /// to the template itself, so its broadcast operators reach nobody.
+    pub fn of_dynamic<F>(&self, matcher: F) -> Namespace
+    where
+        F: Fn(&str, &Value) -> bool + Send + Sync + 'static,
+    {
+        let n = self.0.dynamic_count.fetch_add(1, Ordering::Relaxed);
+        let handlers: Arc<NsHandlers> = Arc::default();
+        let template = Namespace::new(
+            format!("<dynamic #{n}>"),
+            handlers.clone(),
+            &self.0.adapter,
+            self.0.ack_timeout,
+        );
+        write(&self.0.dynamic).push((Arc::new(matcher), handlers));
+        template
+    }
+
+    /// The namespace a client's CONNECT addresses: an existing one, or a new dynamic one.
+    pub(crate) fn lookup_namespace(&self, name: &str, auth: &Value) -> Option<Namespace> {
+        if let Some(ns) = read(&self.0.namespaces).get(name) {
+            return Some(ns.clone());
+        }
+        let handlers = read(&self.0.dynamic)
+            .iter()
+            .find(|(matcher, _)| matcher(name, auth))
+            .map(|(_, h)| h.clone())?;
+        Some(
+            write(&self.0.namespaces)
+                .entry(name.to_owned())
+                .or_insert_with(|| {
+                    Namespace::new(
+                        name.to_owned(),
+                        handlers,
+                        &self.0.adapter,
+                        self.0.ack_timeout,
+                    )
+                })
+                .clone(),
+        )
+    }
+
+    /// The names of the existing namespaces.
+    pub fn namespaces(&self) -> Vec<String> {
+        let mut names: Vec<String> = read(&self.0.namespaces).keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    fn main_ns(&self) -> Namespace {
+        self.of("/")
+    }
+
+    /// Targets the sockets of `"/"` in `rooms`.
+    pub fn to(&self, rooms: impl IntoRooms) -> BroadcastOperator {
+        self.main_ns().to(rooms)
+    }
+
+    /// Targets the sockets of `"/"` not in `rooms`.
+    pub fn except(&self, rooms: impl IntoRooms) -> BroadcastOperator {
+        self.main_ns().except(rooms)
+    }
+
+    /// Only this server's sockets of `"/"`.
+    pub fn local(&self) -> BroadcastOperator {
+        self.main_ns().local()
+    }
+
+    /// A volatile broadcast on `"/"`.
+    pub fn volatile(&self) -> BroadcastOperator {
+        self.main_ns().volatile()
+    }
+
+    /// A broadcast on `"/"` whose acknowledgements are awaited at most `timeout`.
+    pub fn timeout(&self, timeout: Duration) -> BroadcastOperator {
+        self.main_ns().timeout(timeout)
+    }
+
+    /// Sends event `event` to every socket of `"/"`.
+    pub fn emit(&self, event: &str, payload: impl Into<Payload>) -> Result<(), EmitError> {
+        self.main_ns().emit(event, payload)
+    }
+
+    /// Sends event `event` to every socket of `"/"` and collects the acknowledgements.
+    pub fn emit_with_ack(
+        &self,
+        event: &str,
+        payload: impl Into<Payload>,
+    ) -> Result<BoxFuture<'static, Vec<AckResponse>>, EmitError> {
+        self.main_ns().emit_with_ack(event, payload)
+    }
+
+    /// The sockets of `"/"`. Cancel-safe.
+    pub async fn fetch_sockets(&self) -> Vec<Socket> {
+        self.main_ns().fetch_sockets().await
+    }
+
+    /// Makes every socket of `"/"` join `rooms`.
+    pub fn sockets_join(&self, rooms: impl IntoRooms) {
+        self.main_ns().sockets_join(rooms)
+    }
+
+    /// Makes every socket of `"/"` leave `rooms`.
+    pub fn sockets_leave(&self, rooms: impl IntoRooms) {
+        self.main_ns().sockets_leave(rooms)
+    }
+
+    /// Disconnects every socket of `"/"`.
+    pub fn disconnect_sockets(&self, close: bool) {
+        self.main_ns().disconnect_sockets(close)
+    }
+
+    /// Closes every Engine.IO session (server shutdown).
+    pub fn close(&self) {
+        self.0.engine.close_all();
+    }
+
+    /// Handles one HTTP request: paths under `/socket.io/` go to the engine, others get 404.
+    /// Cancel-safe (dropping it drops the request).
+    pub async fn handle<B>(
+        &self,
+        req: http::Request<B>,
+    ) -> http::Response<Either<EngineBody, Full<Bytes>>>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let path = req.uri().path();
+        if path == "/socket.io" || path.starts_with("/socket.io/") {
+            self.0.engine.handle(req).await.map(Either::Left)
+        } else {
+            let mut res =
+                http::Response::new(Either::Right(Full::new(Bytes::from_static(b"Not Found"))));
+            *res.status_mut() = http::StatusCode::NOT_FOUND;
+            res
+        }
+    }
+
+    /// Serves HTTP/1.1 on `listener` (hyper), Socket.IO at `/socket.io/`, until the task is
+    /// dropped. Failed accepts (e.g. out of file descriptors) are logged and retried after a
+    /// short pause. Cancel-safe (dropping it stops accepting; running connections go on).
+    pub async fn serve(&self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!("socket.io: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let io = self.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |mut req: http::Request<hyper::body::Incoming>| {
+                        let io = io.clone();
+                        req.extensions_mut().insert(peer);
+                        async move { Ok::<_, Infallible>(io.handle(req).await) }
+                    },
+                );
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .with_upgrades();
+                if let Err(e) = conn.await {
+                    tracing::debug!("socket.io: connection from {peer}: {e}");
+                }
+            });
+        }
+    }
+}

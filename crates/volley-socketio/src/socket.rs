@@ -1,0 +1,680 @@
+//! A client's connection to one namespace.
+
+use std::collections::HashMap;
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use serde_json::Value;
+use tokio::sync::oneshot;
+use volley_engineio::SessionSender;
+use volley_engineio::packet::Data;
+
+use crate::adapter::BroadcastOptions;
+use crate::client::ClientShared;
+use crate::operators::BroadcastOperator;
+use crate::packet::{Packet, PacketType};
+use crate::util::{IntoRooms, lock, read, write};
+use crate::{Namespace, Payload};
+
+/// Event names a server may not emit (they mean something to the client library itself).
+pub(crate) const RESERVED_EVENTS: [&str; 6] = [
+    "connect",
+    "connect_error",
+    "disconnect",
+    "disconnecting",
+    "newListener",
+    "removeListener",
+];
+
+/// Why a socket left its namespace (Node's reason strings via [`DisconnectReason::as_str`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DisconnectReason {
+    /// The server disconnected the socket (`socket.disconnect()`).
+    ServerNamespaceDisconnect,
+    /// The client disconnected the socket (`socket.disconnect()` on the client).
+    ClientNamespaceDisconnect,
+    /// The server is shutting down.
+    ServerShuttingDown,
+    /// The client stopped answering pings.
+    PingTimeout,
+    /// The connection was closed (lost, or closed by the server's `close-transport`).
+    TransportClose,
+    /// The connection failed.
+    TransportError,
+    /// The client sent an invalid packet.
+    ParseError,
+    /// The client closed the Engine.IO session.
+    ForcedClose,
+    /// The server closed the Engine.IO session.
+    ForcedServerClose,
+}
+
+impl DisconnectReason {
+    /// Node's name for the reason, e.g. `"client namespace disconnect"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DisconnectReason::ServerNamespaceDisconnect => "server namespace disconnect",
+            DisconnectReason::ClientNamespaceDisconnect => "client namespace disconnect",
+            DisconnectReason::ServerShuttingDown => "server shutting down",
+            DisconnectReason::PingTimeout => "ping timeout",
+            DisconnectReason::TransportClose => "transport close",
+            DisconnectReason::TransportError => "transport error",
+            DisconnectReason::ParseError => "parse error",
+            DisconnectReason::ForcedClose => "forced close",
+            DisconnectReason::ForcedServerClose => "forced server close",
+        }
+    }
+}
+
+impl std::fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why an emit failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum EmitError {
+    /// The event name is reserved (`connect`, `disconnect`, …).
+    Reserved(String),
+    /// The socket is no longer connected.
+    Disconnected,
+    /// The Engine.IO session refused the packet (closed, or its queue overflowed).
+    Send(volley_engineio::SendError),
+}
+
+impl std::fmt::Display for EmitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EmitError::Reserved(name) => write!(f, "\"{name}\" is a reserved event name"),
+            EmitError::Disconnected => f.write_str("the socket is disconnected"),
+            EmitError::Send(e) => write!(f, "send failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for EmitError {}
+
+/// Why no acknowledgement arrived.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum AckError {
+    /// None arrived in time.
+    Timeout,
+    /// The socket disconnected before acknowledging.
+    Disconnected,
+    /// The packet could not be sent.
+    Send(EmitError),
+}
+
+impl std::fmt::Display for AckError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AckError::Timeout => f.write_str("operation has timed out"),
+            AckError::Disconnected => f.write_str("the socket disconnected before acknowledging"),
+            AckError::Send(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for AckError {}
+
+/// The request that opened the connection, and the auth payload of the namespace CONNECT.
+#[derive(Clone, Debug)]
+pub struct Handshake {
+    /// The CONNECT packet's auth payload (`{}` when the client sent none).
+    pub auth: Value,
+    /// The headers of the Engine.IO handshake request.
+    pub headers: http::HeaderMap,
+    /// Its URI (path and query).
+    pub uri: http::Uri,
+    /// The client's address, when known.
+    pub address: Option<SocketAddr>,
+    /// When the namespace connection was made.
+    pub issued: SystemTime,
+}
+
+impl Handshake {
+    /// The (percent-decoded) value of query parameter `name` of the handshake request.
+    pub fn query(&self, name: &str) -> Option<String> {
+        let query = self.uri.query()?;
+        for pair in query.split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if percent_decode(k) == name {
+                return Some(percent_decode(v));
+            }
+        }
+        None
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A packet encoded once for many recipients (text part and binary attachments).
+#[derive(Clone, Debug)]
+pub struct EncodedPacket {
+    text: String,
+    attachments: Vec<Bytes>,
+}
+
+impl EncodedPacket {
+    /// Encodes `packet`.
+    pub fn new(packet: &Packet) -> Self {
+        let (text, attachments) = packet.encode();
+        EncodedPacket { text, attachments }
+    }
+
+    pub(crate) fn into_parts(self) -> (String, Vec<Bytes>) {
+        (self.text, self.attachments)
+    }
+
+    fn frames(&self) -> impl Iterator<Item = Data> + '_ {
+        std::iter::once(Data::Text(self.text.clone()))
+            .chain(self.attachments.iter().cloned().map(Data::Binary))
+    }
+}
+
+type EventHandler = Arc<dyn Fn(Socket, Payload, Option<AckSender>) + Send + Sync>;
+type AnyHandler = Arc<dyn Fn(Socket, String, Payload, Option<AckSender>) + Send + Sync>;
+type DisconnectHandler = Arc<dyn Fn(Socket, DisconnectReason) + Send + Sync>;
+
+pub(crate) struct SocketInner {
+    id: String,
+    ns: Namespace,
+    client: Arc<ClientShared>,
+    handshake: Handshake,
+    handlers: RwLock<HashMap<String, EventHandler>>,
+    any: RwLock<Vec<AnyHandler>>,
+    on_disconnect: RwLock<Vec<DisconnectHandler>>,
+    acks: Mutex<HashMap<u64, oneshot::Sender<Payload>>>,
+    connected: AtomicBool,
+    data: Mutex<http::Extensions>,
+}
+
+/// A client's connection to one namespace. Cheap to clone (a handle).
+#[derive(Clone)]
+pub struct Socket(pub(crate) Arc<SocketInner>);
+
+impl std::fmt::Debug for Socket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Socket")
+            .field("id", &self.0.id)
+            .field("nsp", &self.0.ns.name())
+            .field("connected", &self.connected())
+            .finish()
+    }
+}
+
+impl Socket {
+    pub(crate) fn new(ns: Namespace, client: Arc<ClientShared>, auth: Value) -> Socket {
+        let req = client.request();
+        Socket(Arc::new(SocketInner {
+            id: crate::util::random_id(),
+            ns,
+            handshake: Handshake {
+                auth,
+                headers: req.headers.clone(),
+                uri: req.uri.clone(),
+                address: req.remote_addr,
+                issued: SystemTime::now(),
+            },
+            client,
+            handlers: RwLock::new(HashMap::new()),
+            any: RwLock::new(Vec::new()),
+            on_disconnect: RwLock::new(Vec::new()),
+            acks: Mutex::new(HashMap::new()),
+            connected: AtomicBool::new(false),
+            data: Mutex::new(http::Extensions::new()),
+        }))
+    }
+
+    /// The socket id (fresh for every namespace connection; also a room holding only this socket).
+    pub fn id(&self) -> &str {
+        &self.0.id
+    }
+
+    /// The namespace name, e.g. `"/"`.
+    pub fn nsp(&self) -> &str {
+        self.0.ns.name()
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &Namespace {
+        &self.0.ns
+    }
+
+    /// The handshake: auth payload, headers, URI and address.
+    pub fn handshake(&self) -> &Handshake {
+        &self.0.handshake
+    }
+
+    /// Whether the socket is still connected to its namespace.
+    pub fn connected(&self) -> bool {
+        self.0.connected.load(Ordering::Acquire)
+    }
+
+    /// The Engine.IO session under this socket (shared by the client's sockets of every namespace).
+    pub fn conn(&self) -> &SessionSender {
+        self.0.client.sender()
+    }
+
+    /// The per-socket typed data (an [`http::Extensions`] map). Do not hold the guard across an
+    /// `.await`.
+    pub fn extensions(&self) -> MutexGuard<'_, http::Extensions> {
+        lock(&self.0.data)
+    }
+
+    /// Stores `value` in the per-socket data, returning the previous value of that type.
+    pub fn insert_data<T: Clone + Send + Sync + 'static>(&self, value: T) -> Option<T> {
+        self.extensions().insert(value)
+    }
+
+    /// A clone of the per-socket value of type `T`.
+    pub fn data<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
+        self.extensions().get::<T>().cloned()
+    }
+
+    /// Handles event `event`: `handler(socket, payload, ack)` runs on the client's task, so it
+    /// should not block (spawn for async work); `ack` is `Some` when the client asked for an
+    /// acknowledgement. Replaces an earlier handler of the same event.
+    pub fn on<F>(&self, event: impl Into<String>, handler: F)
+    where
+        F: Fn(Socket, Payload, Option<AckSender>) + Send + Sync + 'static,
+    {
+        write(&self.0.handlers).insert(event.into(), Arc::new(handler));
+    }
+
+    /// Removes the handler of `event`.
+    pub fn off(&self, event: &str) {
+        write(&self.0.handlers).remove(event);
+    }
+
+    /// A catch-all handler: called with the event name for every event, before the event's own
+    /// handler. The `ack` handle is shared with that handler (the first answer wins).
+    pub fn on_any<F>(&self, handler: F)
+    where
+        F: Fn(Socket, String, Payload, Option<AckSender>) + Send + Sync + 'static,
+    {
+        write(&self.0.any).push(Arc::new(handler));
+    }
+
+    /// Called once when the socket leaves the namespace (after it has left its rooms).
+    pub fn on_disconnect<F>(&self, handler: F)
+    where
+        F: Fn(Socket, DisconnectReason) + Send + Sync + 'static,
+    {
+        write(&self.0.on_disconnect).push(Arc::new(handler));
+    }
+
+    /// Sends event `event` with `payload` to this client.
+    pub fn emit(&self, event: &str, payload: impl Into<Payload>) -> Result<(), EmitError> {
+        let packet = event_packet(self.nsp(), event, payload.into(), None)?;
+        self.send_packet(&packet, false)
+    }
+
+    /// Like [`emit`](Self::emit), but drops the packet when the client cannot take it right now.
+    pub fn emit_volatile(&self, event: &str, payload: impl Into<Payload>) -> Result<(), EmitError> {
+        let packet = event_packet(self.nsp(), event, payload.into(), None)?;
+        self.send_packet(&packet, true)
+    }
+
+    /// Sends event `event` asking for an acknowledgement. The packet is sent now; awaiting the
+    /// returned [`AckRequest`] waits for the answer, at most the server's ack timeout unless
+    /// [`AckRequest::timeout`] says otherwise.
+    pub fn emit_with_ack(&self, event: &str, payload: impl Into<Payload>) -> AckRequest {
+        let id = self.0.ns.next_ack_id();
+        let timeout = self.0.ns.default_ack_timeout();
+        let packet = match event_packet(self.nsp(), event, payload.into(), Some(id)) {
+            Ok(p) => p,
+            Err(e) => return AckRequest::failed(self.clone(), id, timeout, e),
+        };
+        let rx = self.register_ack(id);
+        match self.send_packet(&packet, false) {
+            Ok(()) => AckRequest {
+                guard: AckGuard {
+                    socket: self.clone(),
+                    id,
+                },
+                rx: Ok(rx),
+                timeout,
+            },
+            Err(e) => AckRequest::failed(self.clone(), id, timeout, e),
+        }
+    }
+
+    /// Joins `rooms`.
+    pub fn join(&self, rooms: impl IntoRooms) {
+        if self.connected() {
+            self.0.ns.adapter().add_all(&self.0.id, &rooms.into_rooms());
+        }
+    }
+
+    /// Leaves `rooms`.
+    pub fn leave(&self, rooms: impl IntoRooms) {
+        for room in rooms.into_rooms() {
+            self.0.ns.adapter().del(&self.0.id, &room);
+        }
+    }
+
+    /// The rooms this socket is in (including its own id).
+    pub fn rooms(&self) -> Vec<String> {
+        self.0.ns.adapter().socket_rooms(&self.0.id)
+    }
+
+    /// A broadcast to every other socket of the namespace.
+    pub fn broadcast(&self) -> BroadcastOperator {
+        self.operator().except(self.0.id.clone())
+    }
+
+    /// A broadcast to the sockets in `rooms`, except this one.
+    pub fn to(&self, rooms: impl IntoRooms) -> BroadcastOperator {
+        self.broadcast().to(rooms)
+    }
+
+    /// A broadcast to every other socket of the namespace not in `rooms`.
+    pub fn except(&self, rooms: impl IntoRooms) -> BroadcastOperator {
+        self.broadcast().except(rooms)
+    }
+
+    fn operator(&self) -> BroadcastOperator {
+        BroadcastOperator::new(self.0.ns.clone(), BroadcastOptions::default())
+    }
+
+    /// Disconnects this socket from its namespace (the client sees "io server disconnect").
+    /// With `close_underlying`, every socket of the client is disconnected and the Engine.IO
+    /// session is closed too.
+    pub fn disconnect(&self, close_underlying: bool) {
+        if close_underlying {
+            self.0.client.disconnect_all();
+            return;
+        }
+        if !self.connected() {
+            return;
+        }
+        let packet = Packet {
+            kind: PacketType::Disconnect,
+            nsp: self.nsp().to_owned(),
+            id: None,
+            data: None,
+            attachments: Vec::new(),
+        };
+        let _ = self.send_packet(&packet, false);
+        self.on_close(DisconnectReason::ServerNamespaceDisconnect);
+    }
+
+    /// Sends an already encoded packet to this client (for [`Adapter`](crate::Adapter)
+    /// implementations). With `volatile`, the packet is dropped when the session cannot take it
+    /// right now.
+    pub fn send_encoded(&self, packet: &EncodedPacket, volatile: bool) -> Result<(), EmitError> {
+        if !self.connected() {
+            return Err(EmitError::Disconnected);
+        }
+        let sender = self.0.client.sender();
+        if volatile && !self.0.client.writable() {
+            return Ok(());
+        }
+        sender.send_all(packet.frames()).map_err(EmitError::Send)
+    }
+
+    /// Registers a pending acknowledgement `id` (for [`Adapter`](crate::Adapter)
+    /// implementations): the receiver gets the client's ACK with that id. The entry goes away
+    /// when the ACK arrives, on [`remove_ack`](Self::remove_ack) or on disconnect.
+    pub fn register_ack(&self, id: u64) -> oneshot::Receiver<Payload> {
+        let (tx, rx) = oneshot::channel();
+        if self.connected() {
+            lock(&self.0.acks).insert(id, tx);
+        }
+        rx
+    }
+
+    /// Forgets the pending acknowledgement `id`.
+    pub fn remove_ack(&self, id: u64) {
+        lock(&self.0.acks).remove(&id);
+    }
+
+    /// How many acknowledgements this server is waiting for from this socket.
+    pub fn pending_acks(&self) -> usize {
+        lock(&self.0.acks).len()
+    }
+
+    fn send_packet(&self, packet: &Packet, volatile: bool) -> Result<(), EmitError> {
+        self.send_encoded(&EncodedPacket::new(packet), volatile)
+    }
+
+    pub(crate) fn set_connected(&self) {
+        self.0.connected.store(true, Ordering::Release);
+    }
+
+    /// An EVENT/BINARY_EVENT from the client.
+    pub(crate) fn dispatch_event(&self, packet: Packet) {
+        let Some(Value::Array(mut items)) = packet.data else {
+            return;
+        };
+        if items.is_empty() {
+            return;
+        }
+        let name = match items.remove(0) {
+            Value::String(s) => s,
+            Value::Number(n) => n.to_string(),
+            _ => return,
+        };
+        let payload = Payload::with_attachments(items, packet.attachments);
+        let ack = packet.id.map(|id| AckSender {
+            socket: self.clone(),
+            id,
+            sent: Arc::new(AtomicBool::new(false)),
+        });
+        let any: Vec<AnyHandler> = read(&self.0.any).clone();
+        for handler in any {
+            handler(self.clone(), name.clone(), payload.clone(), ack.clone());
+        }
+        let handler = read(&self.0.handlers).get(&name).cloned();
+        if let Some(handler) = handler {
+            handler(self.clone(), payload, ack);
+        }
+    }
+
+    /// An ACK/BINARY_ACK from the client.
+    pub(crate) fn dispatch_ack(&self, packet: Packet) {
+        let Some(id) = packet.id else { return };
+        let args = match packet.data {
+            Some(Value::Array(items)) => items,
+            _ => Vec::new(),
+        };
+        let tx = lock(&self.0.acks).remove(&id);
+        if let Some(tx) = tx {
+            let _ = tx.send(Payload::with_attachments(args, packet.attachments));
+        }
+    }
+
+    /// Leaves the namespace: rooms, registries, pending acks, then the disconnect handlers.
+    pub(crate) fn on_close(&self, reason: DisconnectReason) {
+        if !self.0.connected.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        self.0.ns.adapter().del_all(&self.0.id);
+        self.0.ns.remove_socket(&self.0.id);
+        self.0.client.remove_socket(self);
+        lock(&self.0.acks).clear();
+        let handlers: Vec<DisconnectHandler> = std::mem::take(&mut *write(&self.0.on_disconnect));
+        for handler in handlers {
+            handler(self.clone(), reason);
+        }
+        // The handlers usually hold clones of this socket: drop them to break the cycles.
+        write(&self.0.handlers).clear();
+        write(&self.0.any).clear();
+    }
+}
+
+/// Builds an EVENT packet (BINARY_EVENT when there are attachments).
+pub(crate) fn event_packet(
+    nsp: &str,
+    event: &str,
+    payload: Payload,
+    id: Option<u64>,
+) -> Result<Packet, EmitError> {
+    if RESERVED_EVENTS.contains(&event) {
+        return Err(EmitError::Reserved(event.to_owned()));
+    }
+    let mut data = Vec::with_capacity(payload.args.len() + 1);
+    data.push(Value::String(event.to_owned()));
+    data.extend(payload.args);
+    Ok(Packet {
+        kind: if payload.attachments.is_empty() {
+            PacketType::Event
+        } else {
+            PacketType::BinaryEvent
+        },
+        nsp: nsp.to_owned(),
+        id,
+        data: Some(Value::Array(data)),
+        attachments: payload.attachments,
+    })
+}
+
+/// Answers one event's acknowledgement request. Clones share one answer: the first
+/// [`send`](Self::send) wins, later ones do nothing.
+#[derive(Clone)]
+pub struct AckSender {
+    socket: Socket,
+    id: u64,
+    sent: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for AckSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AckSender")
+            .field("socket", &self.socket.id())
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl AckSender {
+    /// The ack id the client chose.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Acknowledges with `payload` (an ACK, or BINARY_ACK with attachments). Only the first
+    /// answer is sent; later calls return `Ok(())` without sending.
+    pub fn send(&self, payload: impl Into<Payload>) -> Result<(), EmitError> {
+        if self.sent.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let payload = payload.into();
+        let packet = Packet {
+            kind: if payload.attachments.is_empty() {
+                PacketType::Ack
+            } else {
+                PacketType::BinaryAck
+            },
+            nsp: self.socket.nsp().to_owned(),
+            id: Some(self.id),
+            data: Some(Value::Array(payload.args)),
+            attachments: payload.attachments,
+        };
+        self.socket.send_packet(&packet, false)
+    }
+}
+
+/// Removes a pending ack entry when the request is dropped unanswered.
+struct AckGuard {
+    socket: Socket,
+    id: u64,
+}
+
+impl Drop for AckGuard {
+    fn drop(&mut self) {
+        self.socket.remove_ack(self.id);
+    }
+}
+
+/// An emitted event waiting for its acknowledgement. Await it (it implements [`IntoFuture`]).
+///
+/// The packet is already sent when this value exists; awaiting only waits for the answer.
+/// Dropping the future (cancellation) forgets the pending acknowledgement: an answer arriving
+/// later is ignored. It is therefore not cancel-safe in the sense that the answer is lost.
+#[must_use = "the acknowledgement is only received when awaited"]
+pub struct AckRequest {
+    guard: AckGuard,
+    rx: Result<oneshot::Receiver<Payload>, EmitError>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for AckRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AckRequest")
+            .field("id", &self.guard.id)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl AckRequest {
+    fn failed(socket: Socket, id: u64, timeout: Duration, e: EmitError) -> Self {
+        AckRequest {
+            guard: AckGuard { socket, id },
+            rx: Err(e),
+            timeout,
+        }
+    }
+
+    /// Waits at most `timeout` for the answer.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The ack id of the emitted packet.
+    pub fn id(&self) -> u64 {
+        self.guard.id
+    }
+}
+
+impl IntoFuture for AckRequest {
+    type Output = Result<Payload, AckError>;
+    type IntoFuture = std::pin::Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let AckRequest { guard, rx, timeout } = self;
+            let rx = rx.map_err(AckError::Send)?;
+            let result = match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(payload)) => Ok(payload),
+                Ok(Err(_)) => Err(AckError::Disconnected),
+                Err(_) => Err(AckError::Timeout),
+            };
+            drop(guard);
+            result
+        })
+    }
+}

@@ -60,9 +60,14 @@ def expect(cond, what):
         raise Failure(what)
 
 
+def short(value, limit=300):
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
+
+
 def eq(actual, expected, what):
     if actual != expected or type(actual) is not type(expected):
-        raise Failure(f"{what}: expected {expected!r}, got {actual!r}")
+        raise Failure(f"{what}: expected {short(expected)}, got {short(actual)}")
 
 
 class Peer:

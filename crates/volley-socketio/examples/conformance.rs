@@ -22,6 +22,8 @@
 //!
 //! Tests can include this file (`#[path = "../examples/conformance.rs"] mod conformance;`) and
 //! run [`serve`] in-process on `127.0.0.1:0`.
+// Included as a module by tests, where `pub` items are not reachable from outside.
+#![allow(unreachable_pub)]
 
 use std::time::Duration;
 

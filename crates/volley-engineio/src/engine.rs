@@ -389,6 +389,10 @@ impl Engine {
                 if inner.reason.is_some() {
                     return payload_response(&[Packet::Close]);
                 }
+                if inner.probed {
+                    // A GET during the upgrade: end it at once (Node's upgrade check).
+                    return payload_response(&[Packet::Noop]);
+                }
             }
             tokio::select! {
                 () = notified => {}
@@ -504,7 +508,11 @@ impl Engine {
             };
             match ws {
                 Some(ws) => ws_loop(shared, ws).await,
-                None => shared.lock().upgrading = false,
+                None => {
+                    let mut inner = shared.lock();
+                    inner.upgrading = false;
+                    inner.probed = false;
+                }
             }
         });
         response
@@ -655,8 +663,16 @@ async fn probe(
                         if ws.send(Message::text("3probe")).await.is_err() {
                             return false;
                         }
-                        // Ends the pending GET so that the client can pause polling.
-                        shared.push_control(Packet::Noop);
+                        // Ends the pending GET (or the next one) with a noop so that the
+                        // client can pause polling.
+                        let pending = {
+                            let mut inner = shared.lock();
+                            inner.probed = true;
+                            inner.get_active
+                        };
+                        if pending {
+                            shared.push_control(Packet::Noop);
+                        }
                     }
                     Ok(Packet::Upgrade) => return true,
                     Ok(Packet::Noop) => {}
@@ -670,6 +686,7 @@ async fn probe(
     let upgraded = timeout(upgrade_timeout, handshake).await.unwrap_or(false);
     let moved = upgraded && {
         let mut inner = shared.lock();
+        inner.probed = false;
         if inner.reason.is_none() {
             inner.transport = TransportKind::WebSocket;
             inner.upgrading = false;
@@ -726,6 +743,11 @@ async fn ws_loop(shared: Arc<Shared>, ws: HyperWebSocket) {
         tokio::select! {
             message = rx.recv() => match message {
                 None | Some(Ok(Message::Close(_))) => shared.close(CloseReason::TransportClose),
+                // The connection dropped: a transport close, as Node's `ws` reports it.
+                Some(Err(volley::Error::Io(_) | volley::Error::AbnormalClose)) => {
+                    shared.close(CloseReason::TransportClose);
+                }
+                // Protocol violations, messages over max_payload.
                 Some(Err(e)) => {
                     tracing::debug!(sid = %shared.id, "Engine.IO WebSocket failed: {e}");
                     shared.close(CloseReason::TransportError);

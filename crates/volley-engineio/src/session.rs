@@ -164,6 +164,8 @@ pub(crate) struct Inner {
     pub(crate) transport: TransportKind,
     /// A WebSocket is probing/upgrading this polling session.
     pub(crate) upgrading: bool,
+    /// The upgrading WebSocket was probed: polling GETs are ended with a noop.
+    pub(crate) probed: bool,
     /// A polling GET is in flight.
     pub(crate) get_active: bool,
     /// A polling POST is in flight.
@@ -206,6 +208,7 @@ impl Shared {
                 reason: None,
                 transport,
                 upgrading: false,
+                probed: false,
                 get_active: false,
                 post_active: false,
                 close_undelivered: false,

@@ -308,6 +308,8 @@ async fn upgrade_from_polling_to_websocket() {
     // The pending GET is ended with a noop so that the client can pause polling.
     let reply = tokio::time::timeout(WAIT, pending).await.unwrap().unwrap();
     assert_eq!(reply.text(), "6");
+    // So is a GET that arrives during the upgrade.
+    assert_eq!(server.get(&q).await.text(), "6");
     assert_eq!(session.transport(), TransportKind::Polling);
     ws.send(Message::text("5")).await.unwrap();
     wait_for(|| session.transport() == TransportKind::WebSocket).await;
@@ -429,6 +431,60 @@ async fn close_packet_from_client() {
     assert_eq!(recv(&mut session).await, None);
     assert_eq!(session.close_reason(), Some(CloseReason::TransportClose));
     server.wait_no_sessions().await;
+    // One whose TCP connection drops: transport close too.
+    let mut ws = server.ws("EIO=4&transport=websocket").await;
+    next_text(&mut ws).await;
+    let mut session = server.session().await;
+    drop(ws);
+    assert_eq!(recv(&mut session).await, None);
+    assert_eq!(session.close_reason(), Some(CloseReason::TransportClose));
+    server.wait_no_sessions().await;
+}
+
+#[tokio::test]
+async fn bad_packets_on_websocket_are_parse_errors() {
+    let mut server = serve(EngineConfig::default()).await;
+    let mut ws = server.ws("EIO=4&transport=websocket").await;
+    next_text(&mut ws).await;
+    let mut session = server.session().await;
+    ws.send(Message::text("4fine")).await.unwrap();
+    ws.send(Message::text("9oops")).await.unwrap();
+    assert_eq!(recv(&mut session).await, Some(Data::Text("fine".into())));
+    assert_eq!(recv(&mut session).await, None);
+    assert_eq!(session.close_reason(), Some(CloseReason::ParseError));
+    server.wait_no_sessions().await;
+}
+
+#[tokio::test]
+async fn failed_probe_abandons_the_upgrade_only() {
+    let mut server = serve(EngineConfig::default()).await;
+    let (sid, _) = server.handshake().await;
+    let mut session = server.session().await;
+    let mut ws = server
+        .ws(&format!("EIO=4&transport=websocket&sid={sid}"))
+        .await;
+    ws.send(Message::text("4not a probe")).await.unwrap();
+    assert_eq!(next_frame(&mut ws).await, None);
+    // The session goes on over polling.
+    let q = format!("EIO=4&transport=polling&sid={sid}");
+    assert_eq!(server.post(&q, b"4still here").await.text(), "ok");
+    assert_eq!(
+        recv(&mut session).await,
+        Some(Data::Text("still here".into()))
+    );
+    assert_eq!(session.transport(), TransportKind::Polling);
+    // Upgrades can be switched off.
+    let server = serve(EngineConfig::default().allow_upgrades(false)).await;
+    let (sid, _) = server.handshake().await;
+    request(
+        server.addr,
+        "GET",
+        &format!("/socket.io/?EIO=4&transport=websocket&sid={sid}"),
+        UPGRADE_HEADERS,
+        b"",
+    )
+    .await
+    .assert_error(400, 3, "Bad request");
 }
 
 #[tokio::test]

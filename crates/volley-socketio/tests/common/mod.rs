@@ -49,7 +49,17 @@ pub struct WsClient {
 
 impl WsClient {
     pub async fn connect(addr: SocketAddr) -> WsClient {
-        let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
+        WsClient::connect_with_query(addr, "").await
+    }
+
+    /// Connects with extra query parameters (`a=b&c=d`).
+    pub async fn connect_with_query(addr: SocketAddr, query: &str) -> WsClient {
+        let extra = if query.is_empty() {
+            String::new()
+        } else {
+            format!("&{query}")
+        };
+        let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket{extra}");
         let mut ws = timeout(WAIT, volley::connect(&url))
             .await
             .expect("connect timed out")

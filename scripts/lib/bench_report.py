@@ -105,11 +105,15 @@ def per_connection_bytes(bench: dict) -> float | None:
     return _first(
         bench,
         [
+            ("vm_rss_bytes_per_connection",),
             ("per_connection_bytes",),
             ("bytes_per_connection",),
-            ("server", "per_connection_bytes"),
         ],
     )
+
+
+def anon_per_connection_bytes(bench: dict) -> float | None:
+    return _num(bench, "rss_anon_bytes_per_connection")
 
 
 def _median(xs: list[float]) -> float | None:
@@ -176,7 +180,12 @@ def summarise(results: dict) -> dict:
                 f"{m.get('error') or 'no per_connection_bytes in the output'}"
             )
             per = None
-        summary["memory"][m["stack"]] = {"count": m.get("count"), "per_connection_bytes": per}
+        anon = anon_per_connection_bytes(bench) if per is not None else None
+        summary["memory"][m["stack"]] = {
+            "count": m.get("count"),
+            "per_connection_bytes": per,
+            "anon_per_connection_bytes": anon,
+        }
     summary["failures"] = failures
     return summary
 
@@ -211,7 +220,7 @@ def markdown_table(summary: dict) -> str:
     mem_counts = {m.get("count") for m in summary["memory"].values()}
     if summary["memory"]:
         count = mem_counts.pop() if len(mem_counts) == 1 else None
-        head.append(f"idle memory/conn{f' @ {count:,}' if isinstance(count, int) else ''}")
+        head.append(f"idle RSS/conn{f' @ {count:,}' if isinstance(count, int) else ''} (anon)")
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for stack in summary["stacks"]:
         per_w = summary["echo"].get(stack, {})
@@ -232,10 +241,23 @@ def markdown_table(summary: dict) -> str:
             row.append(f"{_fmt_us(lat.get('p50'))} / {_fmt_us(lat.get('p99'))}")
         if summary["memory"]:
             m = summary["memory"].get(stack)
-            row.append("—" if m is None else ("FAILED" if m["per_connection_bytes"] is None else _fmt_bytes(m["per_connection_bytes"])))
+            if m is None:
+                row.append("n/a" if stack == "raw-tcp" else "—")
+            elif m["per_connection_bytes"] is None:
+                row.append("FAILED")
+            else:
+                text = _fmt_bytes(m["per_connection_bytes"])
+                if m.get("anon_per_connection_bytes") is not None:
+                    text += f" ({_fmt_bytes(m['anon_per_connection_bytes'])})"
+                row.append(text)
         lines.append("| " + " | ".join(row) + " |")
     out = "\n".join(lines)
     out += "\n\nmsg/s: median over rounds of echoed messages per second; (×) = ratio vs Volley's median."
+    if summary["memory"]:
+        out += (
+            "\nidle RSS/conn: growth of the server's VmRSS (RssAnon in parentheses) per open idle "
+            "connection, read from /proc/PID/status; n/a for raw TCP (no WebSocket handshake)."
+        )
     if summary["failures"]:
         out += "\n\nFAILURES:\n" + "\n".join(f"- {f}" for f in summary["failures"])
     return out

@@ -344,7 +344,14 @@ pub(super) fn run(args: EchoArgs) -> Result<ExitCode, String> {
                     });
                 }
                 let deadline = tokio::time::Instant::from_std(clock.end + GRACE);
-                while let Ok(Some(_)) = tokio::time::timeout_at(deadline, tasks.join_next()).await {
+                while let Ok(Some(joined)) =
+                    tokio::time::timeout_at(deadline, tasks.join_next()).await
+                {
+                    if let Err(e) = joined {
+                        let mut totals = totals.borrow_mut();
+                        totals.connection_errors += 1;
+                        totals.note(format!("a connection task failed: {e}"));
+                    }
                 }
                 let stalled = tasks.len() as u64;
                 if stalled > 0 {
@@ -496,7 +503,7 @@ async fn drive(
         loop {
             let buf = &inbuf[rpos..rend];
             let parsed = if plan.raw {
-                (buf.len() >= frame_len).then_some(Frame::Echo {
+                (buf.len() >= frame_len).then(|| Frame::Echo {
                     payload: plan.header.len()..frame_len,
                     len: frame_len,
                     header_ok: buf[..plan.header.len()] == plan.header[..],

@@ -1,0 +1,342 @@
+//! `volley bench`: functional tests of each mode against `volley serve` and small in-test TCP
+//! servers (no performance assertions).
+
+mod common;
+
+use std::process::{Output, Stdio};
+
+use common::{Serve, WAIT, volley};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::time::timeout;
+
+/// Runs `volley bench <args>` and returns its output (bounded by [`WAIT`]).
+async fn bench(args: &[&str]) -> Output {
+    let child = volley()
+        .arg("bench")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn volley bench");
+    timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("volley bench finished in time")
+        .expect("volley bench output")
+}
+
+/// The JSON object `volley bench --json` printed.
+fn json(output: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not one JSON object ({e}): {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+/// A TCP echo server on a free loopback port; with `corrupt`, it flips one byte of the stream
+/// after the first `skip` bytes (e.g. past the HTTP handshake).
+async fn tcp_echo(corrupt: Option<usize>) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local_addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut total = 0usize;
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    if let Some(at) = corrupt {
+                        if (total..total + n).contains(&at) {
+                            buf[at - total] ^= 0x01;
+                        }
+                    }
+                    total += n;
+                    if stream.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A "WebSocket echo server" that answers the handshake like a real one (via volley's accept)
+/// and then echoes each frame's payload in an unmasked frame, flipping one payload byte of the
+/// third message.
+async fn corrupting_ws_echo() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local_addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = volley::accept(stream).await else {
+                    return;
+                };
+                let mut count = 0u32;
+                while let Some(Ok(message)) = ws.recv().await {
+                    if let volley::Message::Text(text) = message {
+                        count += 1;
+                        let mut bytes = text.as_str().as_bytes().to_vec();
+                        if count == 3 {
+                            // Stays ASCII (valid UTF-8): only the content is wrong.
+                            let last = bytes.len() - 1;
+                            bytes[last] = if bytes[last] == b'a' { b'b' } else { b'a' };
+                        }
+                        let text = String::from_utf8(bytes).expect("ASCII");
+                        if ws.send(volley::Message::text(text)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn echo_against_volley_serve_completes_messages_without_errors() {
+    let server = Serve::start_with(&["--threads", "1"]).await;
+    let url = server.url();
+    let output = bench(&[
+        "echo",
+        "--url",
+        &url,
+        "--connections",
+        "4",
+        "--size",
+        "300",
+        "--in-flight",
+        "2",
+        "--duration",
+        "1s",
+        "--warmup",
+        "200ms",
+        "--json",
+    ])
+    .await;
+    let report = json(&output);
+    assert!(output.status.success(), "{report}");
+    assert_eq!(report["mode"], "echo");
+    assert!(
+        report["msg_per_s"].as_f64().expect("msg_per_s") > 0.0,
+        "{report}"
+    );
+    assert!(
+        report["messages"].as_u64().expect("messages") > 0,
+        "{report}"
+    );
+    assert_eq!(report["mismatches"], 0, "{report}");
+    assert_eq!(report["connection_errors"], 0, "{report}");
+    assert_eq!(report["ok"], true, "{report}");
+    let latency = &report["latency_us"];
+    assert!(latency["p50"].as_f64().expect("p50") > 0.0, "{report}");
+    assert!(
+        latency["p99"].as_f64() >= latency["p50"].as_f64(),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn echo_detects_a_corrupted_echo_and_fails() {
+    let addr = corrupting_ws_echo().await;
+    let output = bench(&[
+        "echo",
+        "--url",
+        &format!("ws://{addr}/"),
+        "--duration",
+        "500ms",
+        "--warmup",
+        "0s",
+        "--json",
+    ])
+    .await;
+    let report = json(&output);
+    assert_eq!(output.status.code(), Some(1), "{report}");
+    assert_eq!(report["mismatches"], 1, "{report}");
+    assert_eq!(report["ok"], false, "{report}");
+    let errors = report["errors"].to_string();
+    assert!(errors.contains("differs"), "{report}");
+}
+
+#[tokio::test]
+async fn raw_echo_against_a_tcp_echo_server_works() {
+    let addr = tcp_echo(None).await;
+    let output = bench(&[
+        "echo",
+        "--raw",
+        &format!("tcp://{addr}"),
+        "--connections",
+        "3",
+        "--size",
+        "1000",
+        "--binary",
+        "--duration",
+        "500ms",
+        "--warmup",
+        "100ms",
+        "--json",
+    ])
+    .await;
+    let report = json(&output);
+    assert!(output.status.success(), "{report}");
+    assert_eq!(report["raw"], true, "{report}");
+    assert!(
+        report["messages"].as_u64().expect("messages") > 0,
+        "{report}"
+    );
+    assert_eq!(report["mismatches"], 0, "{report}");
+}
+
+#[tokio::test]
+async fn raw_echo_detects_a_flipped_byte() {
+    // Byte 100 of the stream lies in the payload of the fourth 20-byte message (frames of 26).
+    let addr = tcp_echo(Some(100)).await;
+    let output = bench(&[
+        "echo",
+        "--raw",
+        &format!("tcp://{addr}"),
+        "--duration",
+        "300ms",
+        "--warmup",
+        "0s",
+        "--json",
+    ])
+    .await;
+    let report = json(&output);
+    assert_eq!(output.status.code(), Some(1), "{report}");
+    assert_eq!(report["mismatches"], 1, "{report}");
+}
+
+#[tokio::test]
+async fn echo_against_a_server_that_does_not_echo_fails() {
+    // Accepts and reads, never answers: no message completes.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local_addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let output = bench(&[
+        "echo",
+        "--raw",
+        &format!("tcp://{addr}"),
+        "--duration",
+        "200ms",
+        "--warmup",
+        "0s",
+        "--json",
+    ])
+    .await;
+    let report = json(&output);
+    assert_eq!(output.status.code(), Some(1), "{report}");
+    assert_eq!(report["messages"], 0, "{report}");
+}
+
+#[tokio::test]
+async fn fanout_delivers_every_publication_to_every_subscriber() {
+    let server = Serve::start_with(&["--threads", "1"]).await;
+    let url = format!("ws://{}/chat", server.addr);
+    let output = bench(&[
+        "fanout",
+        "--url",
+        &url,
+        "--subscribers",
+        "10",
+        "--rate",
+        "500",
+        "--size",
+        "200",
+        "--duration",
+        "1s",
+        "--json",
+    ])
+    .await;
+    let report = json(&output);
+    assert!(output.status.success(), "{report}");
+    assert_eq!(report["lost"], 0, "{report}");
+    assert_eq!(report["out_of_order"], 0, "{report}");
+    let published = report["published"].as_u64().expect("published");
+    assert!(published > 0, "{report}");
+    assert_eq!(
+        report["deliveries"].as_u64(),
+        Some(published * 10),
+        "{report}"
+    );
+    assert!(
+        report["latency_us"]["p50"].as_f64().expect("p50") > 0.0,
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn connections_reports_server_memory_per_connection() {
+    let server = Serve::start_with(&["--threads", "1"]).await;
+    let pid = server.child.id().expect("server pid").to_string();
+    let url = server.url();
+    let output = bench(&[
+        "connections",
+        "--url",
+        &url,
+        "--count",
+        "200",
+        "--server-pid",
+        &pid,
+        "--hold",
+        "1s",
+        "--settle",
+        "500ms",
+        "--json",
+    ])
+    .await;
+    let report = json(&output);
+    assert!(output.status.success(), "{report}");
+    assert_eq!(report["opened"], 200, "{report}");
+    assert_eq!(report["failed"], 0, "{report}");
+    let per = report["vm_rss_bytes_per_connection"]
+        .as_f64()
+        .expect("a per-connection figure");
+    // Each connection holds at least some server state; none holds megabytes.
+    assert!(per > 0.0 && per < 1e6, "{report}");
+    assert!(report["vm_rss_kib_after"].as_u64() > report["vm_rss_kib_before"].as_u64());
+}
+
+#[tokio::test]
+async fn connections_refuses_more_than_the_open_files_limit() {
+    let output = bench(&[
+        "connections",
+        "--url",
+        "ws://127.0.0.1:9/",
+        "--count",
+        "100000000",
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("open files"), "{stderr}");
+}
+
+#[tokio::test]
+async fn bad_arguments_get_clear_errors() {
+    let output = bench(&["echo", "--url", "http://127.0.0.1:1/", "--duration", "1s"]).await;
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("ws://"));
+    let output = bench(&["echo", "--url", "ws://127.0.0.1:1/", "--duration", "soon"]).await;
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("duration"));
+}

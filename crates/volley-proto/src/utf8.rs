@@ -24,6 +24,21 @@ fn sequence_len(lead: u8) -> usize {
     }
 }
 
+/// Where the code point that `data` may leave unfinished starts: the index of a lead byte in the
+/// last three bytes whose sequence is longer than what follows it, or `data.len()`.
+fn unfinished_tail_start(data: &[u8]) -> usize {
+    let len = data.len();
+    for back in 1..=len.min(3) {
+        let at = len - back;
+        let byte = data[at];
+        if byte & 0xC0 != 0x80 {
+            // Not a continuation byte: this is where the last code point starts.
+            return if sequence_len(byte) > back { at } else { len };
+        }
+    }
+    len
+}
+
 impl Utf8Validator {
     /// A validator at the start of a stream.
     pub fn new() -> Self {
@@ -49,10 +64,22 @@ impl Utf8Validator {
                 Err(_) => return Err(InvalidUtf8),
             }
         }
-        match simdutf8::compat::from_utf8(data) {
+        // The bulk goes through `simdutf8::basic` (the fastest check, which only says yes or no),
+        // up to the start of a code point that the piece leaves unfinished; only those last
+        // few bytes need `compat`'s finer answer (invalid, or a valid prefix).
+        let split = unfinished_tail_start(data);
+        let (bulk, tail) = data.split_at(split);
+        if simdutf8::basic::from_utf8(bulk).is_err() {
+            // `bulk` ends where a code point starts (or at the end of `data`), so an error in it
+            // is an error of the stream, whatever follows.
+            return Err(InvalidUtf8);
+        }
+        if tail.is_empty() {
+            return Ok(());
+        }
+        match simdutf8::compat::from_utf8(tail) {
             Ok(_) => Ok(()),
-            Err(e) if e.error_len().is_none() => {
-                let tail = &data[e.valid_up_to()..];
+            Err(e) if e.error_len().is_none() && e.valid_up_to() == 0 => {
                 self.partial[..tail.len()].copy_from_slice(tail);
                 self.partial_len = tail.len() as u8;
                 Ok(())
@@ -123,5 +150,134 @@ mod tests {
         let mut v = Utf8Validator::new();
         assert!(v.feed(b"\xf4").is_ok());
         assert_eq!(v.feed(b"\x90"), Err(InvalidUtf8));
+        // The same impossible starts at the end of one larger piece fail that piece.
+        for bad in [
+            &b"\xed\xa0"[..],
+            b"\xf4\x90",
+            b"\xe0\x80",
+            b"\xf0\x80",
+            b"\xf0\x90\xc0",
+        ] {
+            let mut piece = "κόσμε ".repeat(20).into_bytes();
+            piece.extend_from_slice(bad);
+            assert_eq!(
+                Utf8Validator::new().feed(&piece),
+                Err(InvalidUtf8),
+                "{bad:x?}"
+            );
+        }
+        // A valid unfinished code point at the end of a large piece is kept for the next one.
+        let mut v = Utf8Validator::new();
+        let mut piece = "κόσμε ".repeat(20).into_bytes();
+        piece.extend_from_slice(b"\xf0\x9f\x9a");
+        assert!(v.feed(&piece).is_ok());
+        assert!(!v.is_complete());
+        assert!(v.feed(b"\x80 done").is_ok());
+        assert!(v.is_complete());
+    }
+
+    /// Whether `bytes` can still be the start of valid UTF-8.
+    fn is_valid_prefix(bytes: &[u8]) -> bool {
+        match std::str::from_utf8(bytes) {
+            Ok(_) => true,
+            Err(e) => e.error_len().is_none(),
+        }
+    }
+
+    /// A reproducible byte soup that is mostly UTF-8, with the odd invalid byte.
+    fn soup(seed: u64, len: usize) -> Vec<u8> {
+        let mut state = seed | 1;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let pieces: [&[u8]; 10] = [
+            b"a",
+            b" ",
+            "\u{e9}".as_bytes(),
+            "\u{3ba}".as_bytes(),
+            "\u{65e5}".as_bytes(),
+            "\u{1d11e}".as_bytes(),
+            "\u{1f680}".as_bytes(),
+            "\u{ffff}".as_bytes(),
+            "\u{10ffff}".as_bytes(),
+            b"xyz",
+        ];
+        let bad: [&[u8]; 6] = [
+            b"\xed\xa0\x80",
+            b"\xc0\xaf",
+            b"\xf4\x90",
+            b"\x80",
+            b"\xff",
+            b"\xe0\x80",
+        ];
+        let mut out = Vec::with_capacity(len + 4);
+        while out.len() < len {
+            let r = next();
+            if r % 400 == 0 {
+                out.extend_from_slice(bad[(r >> 16) as usize % bad.len()]);
+            } else {
+                out.extend_from_slice(pieces[(r >> 16) as usize % pieces.len()]);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn fails_exactly_at_the_first_impossible_byte_when_fed_byte_by_byte() {
+        for seed in 0..40 {
+            let input = soup(seed, 600);
+            let first_bad = (0..input.len()).find(|&i| !is_valid_prefix(&input[..=i]));
+            let mut v = Utf8Validator::new();
+            let failed_at = input.iter().position(|b| v.feed(&[*b]).is_err());
+            assert_eq!(failed_at, first_bad, "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn random_pieces_agree_with_std_and_fail_in_the_piece_with_the_first_bad_byte() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for seed in 0..200 {
+            let input = soup(seed, (next() % 70_000) as usize);
+            let first_bad = (0..input.len()).find(|&i| !is_valid_prefix(&input[..=i]));
+            if seed % 2 == 0 {
+                assert_eq!(
+                    Utf8Validator::new().feed(&input).is_ok(),
+                    first_bad.is_none()
+                );
+            }
+            let mut v = Utf8Validator::new();
+            let mut at = 0;
+            let mut failed_in = None;
+            while at < input.len() {
+                let end = (at + 1 + (next() % 5000) as usize).min(input.len());
+                if v.feed(&input[at..end]).is_err() {
+                    failed_in = Some(at..end);
+                    break;
+                }
+                at = end;
+            }
+            match (first_bad, failed_in) {
+                (None, None) => {
+                    assert_eq!(
+                        v.is_complete(),
+                        std::str::from_utf8(&input).is_ok(),
+                        "seed {seed}"
+                    )
+                }
+                (Some(bad), Some(piece)) => {
+                    assert!(piece.contains(&bad), "seed {seed}: {bad} not in {piece:?}")
+                }
+                (bad, piece) => panic!("seed {seed}: first bad byte {bad:?}, failed in {piece:?}"),
+            }
+        }
     }
 }

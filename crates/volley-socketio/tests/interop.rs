@@ -15,7 +15,9 @@
 //! ```
 
 #[path = "../examples/conformance.rs"]
-#[allow(dead_code)] // the example's `main` and argument parsing are not used here
+// The example's `main` and argument parsing are unused here (the example itself allows
+// `unreachable_pub` for this inclusion).
+#[allow(dead_code)]
 mod conformance;
 
 use std::io::Read;

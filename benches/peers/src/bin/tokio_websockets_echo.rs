@@ -13,7 +13,9 @@ fn main() -> std::io::Result<()> {
             tokio::spawn(tokio::task::unconstrained(async move {
                 let Ok((_request, mut server)) = ServerBuilder::new()
                     .config(Config::default().frame_size(usize::MAX))
-                    .limits(Limits::default().max_payload_len(Some(volley_bench_peers::MAX_MESSAGE)))
+                    .limits(
+                        Limits::default().max_payload_len(Some(volley_bench_peers::MAX_MESSAGE)),
+                    )
                     .accept(conn)
                     .await
                 else {

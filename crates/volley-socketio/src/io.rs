@@ -119,8 +119,10 @@ impl SocketIoBuilder {
                     tokio::spawn(crate::client::run(SocketIo(inner), session));
                 }
             });
-            let mut limits = Limits::default();
-            limits.max_attachments = self.max_attachments;
+            let limits = Limits {
+                max_attachments: self.max_attachments,
+                ..Limits::default()
+            };
             IoInner {
                 engine,
                 namespaces: RwLock::new(HashMap::new()),

@@ -1,6 +1,6 @@
 //! The adapter: room membership and delivery of broadcasts.
 //!
-//! Every [`Namespace`](crate::Namespace) owns one [`Adapter`]. The default, [`InMemoryAdapter`],
+//! Every [`Namespace`] owns one [`Adapter`]. The default, [`InMemoryAdapter`],
 //! keeps rooms in this process. The trait is shaped like Node's `socket.io-adapter` so that an
 //! adapter spanning several servers (Redis, …) can implement it: room membership of the local
 //! sockets is synchronous local state, broadcasts take serializable [`BroadcastOptions`] and the

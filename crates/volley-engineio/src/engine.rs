@@ -288,11 +288,12 @@ impl Engine {
                     Err(rejection) => return rejection.into_response(),
                 };
                 let engine = self.clone();
+                let write_timeout = self.write_timeout();
                 tokio::spawn(async move {
                     match accepted.upgrade().await {
                         Ok((ws, _)) => {
                             let shared = engine.open_session(info, TransportKind::WebSocket);
-                            ws_loop(shared, ws).await;
+                            ws_loop(shared, ws, write_timeout).await;
                         }
                         Err(e) => tracing::debug!("Engine.IO WebSocket failed after the 101: {e}"),
                     }
@@ -300,6 +301,11 @@ impl Engine {
                 response
             }
         }
+    }
+
+    /// How long writing to a WebSocket may stall before the session is failed.
+    fn write_timeout(&self) -> Duration {
+        self.inner.config.ping_interval + self.inner.config.ping_timeout
     }
 
     fn ws_config(&self) -> volley::Config {
@@ -498,6 +504,7 @@ impl Engine {
             }
         };
         let upgrade_timeout = self.inner.config.upgrade_timeout;
+        let write_timeout = self.write_timeout();
         tokio::spawn(async move {
             let ws = match accepted.upgrade().await {
                 Ok((ws, _)) => probe(&shared, ws, upgrade_timeout).await,
@@ -507,7 +514,7 @@ impl Engine {
                 }
             };
             match ws {
-                Some(ws) => ws_loop(shared, ws).await,
+                Some(ws) => ws_loop(shared, ws, write_timeout).await,
                 None => {
                     let mut inner = shared.lock();
                     inner.upgrading = false;
@@ -707,7 +714,7 @@ async fn probe(
 }
 
 /// Runs a session over its WebSocket: writes the queue, reads packets, until closed.
-async fn ws_loop(shared: Arc<Shared>, ws: HyperWebSocket) {
+async fn ws_loop(shared: Arc<Shared>, ws: HyperWebSocket, write_timeout: Duration) {
     let (mut tx, mut rx) = ws.split();
     'run: loop {
         let notified = shared.out_notify.notified();
@@ -716,19 +723,32 @@ async fn ws_loop(shared: Arc<Shared>, ws: HyperWebSocket) {
             let batch: Vec<Packet> = inner.queue.drain(..).collect();
             (batch, inner.reason.is_some())
         };
-        for packet in &batch {
-            let message = match packet {
-                Packet::Message(Data::Binary(bytes)) => Message::binary(bytes.clone()),
-                other => Message::text(other.to_text()),
+        if !batch.is_empty() {
+            let write = async {
+                for packet in &batch {
+                    let message = match packet {
+                        Packet::Message(Data::Binary(bytes)) => Message::binary(bytes.clone()),
+                        other => Message::text(other.to_text()),
+                    };
+                    tx.feed(message).await?;
+                }
+                tx.flush().await
             };
-            if tx.feed(message).await.is_err() {
-                shared.close(CloseReason::TransportError);
-                break 'run;
+            // A peer that stops reading cannot hold the task and its connection forever.
+            match timeout(write_timeout, write).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(sid = %shared.id, "Engine.IO WebSocket write failed: {e}");
+                    shared.close(CloseReason::TransportError);
+                    break 'run;
+                }
+                Err(_) => {
+                    tracing::debug!(sid = %shared.id, "Engine.IO WebSocket write timed out");
+                    shared.close(CloseReason::TransportError);
+                    // Drop the connection without waiting for a close handshake.
+                    return;
+                }
             }
-        }
-        if !batch.is_empty() && tx.flush().await.is_err() {
-            shared.close(CloseReason::TransportError);
-            break;
         }
         if batch.contains(&Packet::Close) {
             let mut inner = shared.lock();

@@ -12,8 +12,8 @@
 // within 1000 ms) -> `ask-result` / `ask-timeout`, `close-transport`, `disconnect-me`.
 //
 // Scenarios: connect-default connect-custom connect-invalid-namespace middleware-reject events
-// acks binary rooms polling-only websocket-only upgrade heartbeat-timeout reconnect
-// server-disconnect
+// acks binary rooms polling-only websocket-only upgrade heartbeat-timeout
+// heartbeat-timeout-polling reconnect server-disconnect
 //
 // Prints one line per check, "PASS <check>" or "FAIL <check>: <detail>", and exits 0 iff every
 // check passed (1 on a failure, 2 on bad usage). Each step waits at most STEP_TIMEOUT_MS and
@@ -157,6 +157,46 @@ async function echoRoundTrip(peer, tag) {
   peer.socket.emit("message", ...args);
   const back = await peer.next("message-back");
   eq(back, args, "message-back arguments");
+}
+
+// The client stops answering pings (every pong is dropped) and must see the server drop it
+// within pingInterval + pingTimeout (+ a margin).
+async function heartbeatTimeout(url, transports) {
+  const peer = new Peer(url, "", { transports });
+  await peer.connected();
+  const engine = peer.socket.io.engine;
+  const interval = engine._pingInterval;
+  const timeout = engine._pingTimeout;
+  check("server runs with short ping settings");
+  assert.ok(
+    Number.isInteger(interval) && Number.isInteger(timeout) && interval + timeout <= 3000,
+    `pingInterval ${interval} ms + pingTimeout ${timeout} ms must be <= 3000 ms for this scenario`,
+  );
+  pass("server runs with short ping settings");
+  check("server drops a client that stops answering pings");
+  // Drop every pong from now on (the client-side ping timer is unaffected: the server keeps
+  // pinging, so any close is the server's doing).
+  let dropped = 0;
+  const send = engine._sendPacket.bind(engine);
+  engine._sendPacket = (type, ...rest) => {
+    if (type === "pong") {
+      dropped += 1;
+      return;
+    }
+    return send(type, ...rest);
+  };
+  const started = Date.now();
+  const limit = interval + timeout + 1500;
+  const [reason] = await peer.next("disconnect", limit);
+  const took = Date.now() - started;
+  assert.ok(dropped >= 1, "the server sent no ping to withhold a pong from");
+  assert.ok(
+    reason === "transport close" || reason === "transport error",
+    `disconnect reason ${JSON.stringify(reason)}, expected a server-side close ("transport close")`,
+  );
+  assert.ok(took >= timeout, `dropped after ${took} ms, before pingTimeout ${timeout} ms`);
+  console.log(`  dropped after ${took} ms (pingInterval ${interval}, pingTimeout ${timeout}), reason ${reason}`);
+  pass("server drops a client that stops answering pings");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -439,41 +479,11 @@ const scenarios = {
   },
 
   async "heartbeat-timeout"(url) {
-    const peer = new Peer(url, "", {});
-    await peer.connected();
-    const engine = peer.socket.io.engine;
-    const interval = engine._pingInterval;
-    const timeout = engine._pingTimeout;
-    check("server runs with short ping settings");
-    assert.ok(
-      Number.isInteger(interval) && Number.isInteger(timeout) && interval + timeout <= 3000,
-      `pingInterval ${interval} ms + pingTimeout ${timeout} ms must be <= 3000 ms for this scenario`,
-    );
-    pass("server runs with short ping settings");
-    check("server drops a client that stops answering pings");
-    // Drop every pong from now on (the client-side ping timer is unaffected: the server keeps
-    // pinging, so any close is the server's doing).
-    let dropped = 0;
-    const send = engine._sendPacket.bind(engine);
-    engine._sendPacket = (type, ...rest) => {
-      if (type === "pong") {
-        dropped += 1;
-        return;
-      }
-      return send(type, ...rest);
-    };
-    const started = Date.now();
-    const limit = interval + timeout + 1500;
-    const [reason] = await peer.next("disconnect", limit);
-    const took = Date.now() - started;
-    assert.ok(dropped >= 1, "the server sent no ping to withhold a pong from");
-    assert.ok(
-      reason === "transport close" || reason === "transport error",
-      `disconnect reason ${JSON.stringify(reason)}, expected a server-side close ("transport close")`,
-    );
-    assert.ok(took >= timeout, `dropped after ${took} ms, before pingTimeout ${timeout} ms`);
-    console.log(`  dropped after ${took} ms (pingInterval ${interval}, pingTimeout ${timeout}), reason ${reason}`);
-    pass("server drops a client that stops answering pings");
+    await heartbeatTimeout(url, ["polling", "websocket"]);
+  },
+
+  async "heartbeat-timeout-polling"(url) {
+    await heartbeatTimeout(url, ["polling"]);
   },
 
   async reconnect(url) {

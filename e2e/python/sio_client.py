@@ -8,7 +8,8 @@ pass.
 Usage: .deps/py/bin/python e2e/python/sio_client.py --url http://127.0.0.1:PORT --scenario NAME
 
 Scenarios: connect-default connect-custom connect-invalid-namespace middleware-reject events acks
-binary rooms polling-only websocket-only upgrade heartbeat-timeout reconnect server-disconnect
+binary rooms polling-only websocket-only upgrade heartbeat-timeout heartbeat-timeout-polling
+reconnect server-disconnect
 
 Prints one line per check, "PASS <check>" or "FAIL <check>: <detail>", and exits 0 iff every
 check passed (1 on a failure, 2 on bad usage). Each step waits at most STEP_TIMEOUT seconds and
@@ -223,6 +224,11 @@ def echo_round_trip(peer, tag):
 
 def connected(peer):
     peer.next("connect")
+    # On a reconnect, python-socketio fires `connect` from its read loop a moment before its
+    # reconnect thread sets `connected`.
+    deadline = time.monotonic() + STEP_TIMEOUT
+    while not peer.sio.connected and time.monotonic() < deadline:
+        time.sleep(0.01)
     expect(peer.sio.connected, "client connected after the connect event")
     expect(isinstance(peer.sid(), str) and peer.sid(), "namespace sid")
 
@@ -514,8 +520,10 @@ def s_upgrade(url):
     passed("events after the upgrade")
 
 
-def s_heartbeat_timeout(url):
-    peer = Peer(url)
+def heartbeat_timeout(url, transports):
+    """The client stops answering pings (every pong is dropped) and must see the server drop it
+    within pingInterval + pingTimeout (+ a margin)."""
+    peer = Peer(url, transports=transports)
     connected(peer)
     eio = peer.sio.eio
     interval, timeout = eio.ping_interval, eio.ping_timeout
@@ -529,13 +537,22 @@ def s_heartbeat_timeout(url):
     [reason] = peer.next("disconnect", interval + timeout + 1.5)
     took = time.monotonic() - started
     expect(peer.dropped_pongs >= 1, "the server sent no ping to withhold a pong from")
-    # The server closes the WebSocket: python-engineio calls that a transport error.
+    # The server closes the WebSocket or fails the next poll (python-engineio: a transport
+    # error), or sends a close packet (python-engineio: a server disconnect).
     expect(reason in (peer.sio.reason.TRANSPORT_ERROR, peer.sio.reason.SERVER_DISCONNECT),
            f"disconnect reason {reason!r}")
     expect(took >= timeout, f"dropped after {took:.3f} s, before pingTimeout {timeout} s")
     print(f"  dropped after {took:.3f} s (pingInterval {interval}, pingTimeout {timeout}), "
           f"reason {reason}", flush=True)
     passed("server drops a client that stops answering pings")
+
+
+def s_heartbeat_timeout(url):
+    heartbeat_timeout(url, None)
+
+
+def s_heartbeat_timeout_polling(url):
+    heartbeat_timeout(url, ["polling"])
 
 
 def s_reconnect(url):
@@ -589,6 +606,7 @@ SCENARIOS = {
     "websocket-only": s_websocket_only,
     "upgrade": s_upgrade,
     "heartbeat-timeout": s_heartbeat_timeout,
+    "heartbeat-timeout-polling": s_heartbeat_timeout_polling,
     "reconnect": s_reconnect,
     "server-disconnect": s_server_disconnect,
 }

@@ -69,12 +69,12 @@ impl Peer {
     }
 }
 
-/// Server settings for a scenario: the heartbeat scenario needs the short ping settings of the
+/// Server settings for a scenario: the heartbeat scenarios need the short ping settings of the
 /// conformance defaults (300 ms / 200 ms); the others get a ping timeout that a client on a
 /// loaded machine can always meet, with pings still frequent enough to happen mid-scenario.
 fn options(scenario: &str) -> conformance::Options {
     let defaults = conformance::Options::default();
-    if scenario == "heartbeat-timeout" {
+    if scenario.starts_with("heartbeat-timeout") {
         defaults
     } else {
         conformance::Options {
@@ -190,6 +190,7 @@ scenarios! {
     websocket_only => "websocket-only",
     polling_upgrades_to_websocket => "upgrade",
     heartbeat_timeout_drops_a_silent_client => "heartbeat-timeout",
+    heartbeat_timeout_drops_a_silent_polling_client => "heartbeat-timeout-polling",
     client_reconnects_after_transport_close => "reconnect",
     server_disconnect_without_reconnect => "server-disconnect",
 }

@@ -54,8 +54,19 @@ impl EngineError {
         }
     }
 
-    /// The JSON error answer: 403 for Forbidden, 400 otherwise.
-    fn response(self) -> Response<EngineBody> {
+    /// The error answer. To a plain request: JSON `{"code":N,"message":…}`, 403 for Forbidden,
+    /// 400 otherwise. To a WebSocket upgrade request, as Node's `abortUpgrade`: always 400, the
+    /// message as a `text/html` body and `Connection: close`.
+    fn response(self, upgrade: bool) -> Response<EngineBody> {
+        if upgrade {
+            let mut response =
+                Response::new(Full::new(Bytes::from_static(self.message().as_bytes())));
+            *response.status_mut() = StatusCode::BAD_REQUEST;
+            let headers = response.headers_mut();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
         let status = match self {
             Self::Forbidden => StatusCode::FORBIDDEN,
             _ => StatusCode::BAD_REQUEST,
@@ -87,10 +98,12 @@ fn payload_response(packets: &[Packet]) -> Response<EngineBody> {
     let mut text = String::new();
     encode_payload(packets, &mut text);
     let mut response = Response::new(Full::new(Bytes::from(text)));
-    response.headers_mut().insert(
+    let headers = response.headers_mut();
+    headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=UTF-8"),
     );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
@@ -227,36 +240,38 @@ impl Engine {
     {
         let config = &self.inner.config;
         let query = request.uri().query().unwrap_or("").to_owned();
+        let upgrade = is_websocket_upgrade(request.headers());
+        let fail = |error: EngineError| error.response(upgrade);
         let transport = match query_param(&query, "transport").as_deref() {
             Some("polling") if config.transports.polling => TransportKind::Polling,
             Some("websocket") if config.transports.websocket => TransportKind::WebSocket,
-            _ => return EngineError::UnknownTransport.response(),
+            _ => return fail(EngineError::UnknownTransport),
         };
-        let upgrade = is_websocket_upgrade(request.headers());
         if let Some(sid) = query_param(&query, "sid") {
             let Some(shared) = self.inner.sessions().get(&sid).cloned() else {
-                return EngineError::UnknownSid.response();
+                return fail(EngineError::UnknownSid);
             };
             if upgrade {
                 if transport != TransportKind::WebSocket {
-                    return EngineError::BadRequest.response();
+                    return fail(EngineError::BadRequest);
                 }
                 return self.upgrade_session(request, shared).await;
             }
             if shared.lock().transport != transport {
-                return EngineError::BadRequest.response();
+                return fail(EngineError::BadRequest);
             }
             return match *request.method() {
                 Method::GET => self.poll(shared).await,
                 Method::POST => self.post(shared, request).await,
-                _ => EngineError::BadRequest.response(),
+                // Node answers other methods 500, without a body.
+                _ => bare(StatusCode::INTERNAL_SERVER_ERROR),
             };
         }
         if request.method() != Method::GET {
-            return EngineError::BadHandshakeMethod.response();
+            return fail(EngineError::BadHandshakeMethod);
         }
         if (transport == TransportKind::WebSocket) != upgrade {
-            return EngineError::BadRequest.response();
+            return fail(EngineError::BadRequest);
         }
         let info = RequestInfo::new(
             request.uri().clone(),
@@ -265,11 +280,11 @@ impl Engine {
         );
         if let Some(allow) = &config.allow_request {
             if !allow(&info) {
-                return EngineError::Forbidden.response();
+                return fail(EngineError::Forbidden);
             }
         }
         if query_param(&query, "EIO").as_deref() != Some("4") {
-            return EngineError::UnsupportedProtocolVersion.response();
+            return fail(EngineError::UnsupportedProtocolVersion);
         }
         match transport {
             TransportKind::Polling => {
@@ -417,7 +432,7 @@ impl Engine {
         {
             let mut inner = shared.lock();
             if inner.reason.is_some() {
-                return EngineError::UnknownSid.response();
+                return EngineError::UnknownSid.response(false);
             }
             if inner.post_active {
                 drop(inner);
@@ -450,15 +465,16 @@ impl Engine {
             }
             Ok(Err(ReadError::Body)) | Err(_) => {
                 shared.close(CloseReason::TransportError);
-                return EngineError::BadRequest.response();
+                return EngineError::BadRequest.response(false);
             }
         };
         let packets = match decode_payload(&body) {
             Ok(packets) => packets,
             Err(e) => {
+                // Node closes the session and still answers "ok".
                 tracing::debug!(sid = %shared.id, "bad polling payload: {e}");
                 shared.close(CloseReason::ParseError);
-                return EngineError::BadRequest.response();
+                Vec::new()
             }
         };
         for packet in packets {
@@ -467,9 +483,9 @@ impl Engine {
             }
         }
         let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         response
     }
 
@@ -486,7 +502,7 @@ impl Engine {
                 || inner.transport != TransportKind::Polling
                 || inner.upgrading
             {
-                return EngineError::BadRequest.response();
+                return EngineError::BadRequest.response(true);
             }
             inner.upgrading = true;
         }

@@ -150,6 +150,16 @@ impl Reply {
     }
 }
 
+impl Reply {
+    /// Asserts Node engine.io's answer to a refused WebSocket upgrade (`abortUpgrade`): 400 with
+    /// the message as a `text/html` body.
+    pub fn assert_upgrade_error(&self, message: &str) {
+        assert_eq!(self.status, 400, "{}", self.text());
+        assert_eq!(self.header("content-type"), Some("text/html"));
+        assert_eq!(self.text(), message);
+    }
+}
+
 /// One HTTP/1.1 request on a new connection (`Connection: close`), read to the end.
 pub async fn request(
     addr: SocketAddr,

@@ -119,6 +119,7 @@ pub(crate) async fn run(io: SocketIo, mut session: Session) {
     let reason = loop {
         tokio::select! {
             data = session.recv() => match data {
+                None if io.is_closing() => break DisconnectReason::ServerShuttingDown,
                 None => break reason_from(session.close_reason()),
                 Some(data) => {
                     if let Err(e) = on_data(&io, &shared, &mut partial, &limits, data) {
@@ -205,9 +206,11 @@ fn on_packet(io: &SocketIo, shared: &Arc<ClientShared>, packet: Packet) {
                         tokio::spawn(async move {
                             for mw in middlewares {
                                 if shared.sender.is_closed() {
+                                    socket.abandon();
                                     return;
                                 }
                                 if let Err(e) = mw(socket.clone(), auth.clone()).await {
+                                    socket.abandon();
                                     shared.send(&Packet {
                                         kind: PacketType::ConnectError,
                                         nsp: ns.name().to_owned(),
@@ -250,6 +253,8 @@ fn finish_connect(ns: &Namespace, shared: &Arc<ClientShared>, socket: Socket) {
     let replaced = {
         let mut state = lock(&shared.state);
         if state.closed {
+            drop(state);
+            socket.abandon();
             return;
         }
         socket.set_connected();

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -30,6 +30,7 @@ pub struct SocketIoBuilder {
     max_attachments: usize,
     ack_timeout: Duration,
     adapter: AdapterFactory,
+    cleanup_empty_children: bool,
 }
 
 impl std::fmt::Debug for SocketIoBuilder {
@@ -51,6 +52,7 @@ impl Default for SocketIoBuilder {
             max_attachments: 10,
             ack_timeout: Duration::from_secs(30),
             adapter: InMemoryAdapter::factory(),
+            cleanup_empty_children: false,
         }
     }
 }
@@ -104,6 +106,14 @@ impl SocketIoBuilder {
         self
     }
 
+    /// Removes a namespace made by [`SocketIo::of_dynamic`] when its last socket leaves (off by
+    /// default, as Node's `cleanupEmptyChildNamespaces`). Turn it on when clients can name
+    /// unboundedly many dynamic namespaces.
+    pub fn cleanup_empty_child_namespaces(mut self, on: bool) -> Self {
+        self.cleanup_empty_children = on;
+        self
+    }
+
     /// The adapter of every namespace ([`InMemoryAdapter`] by default).
     pub fn adapter(mut self, factory: AdapterFactory) -> Self {
         self.adapter = factory;
@@ -128,6 +138,8 @@ impl SocketIoBuilder {
                 namespaces: RwLock::new(HashMap::new()),
                 dynamic: RwLock::new(Vec::new()),
                 dynamic_count: AtomicU64::new(0),
+                closing: AtomicBool::new(false),
+                cleanup_empty_children: self.cleanup_empty_children,
                 connect_timeout: self.connect_timeout,
                 limits,
                 ack_timeout: self.ack_timeout,
@@ -140,11 +152,24 @@ impl SocketIoBuilder {
     }
 }
 
+/// Forgets namespace `ns` if it is still the one registered under its name and still empty.
+pub(crate) fn remove_namespace(io: &IoInner, ns: &Namespace) {
+    let mut namespaces = write(&io.namespaces);
+    if namespaces
+        .get(ns.name())
+        .is_some_and(|n| Arc::ptr_eq(&n.0, &ns.0) && n.sockets().is_empty())
+    {
+        namespaces.remove(ns.name());
+    }
+}
+
 pub(crate) struct IoInner {
     engine: Engine,
     namespaces: RwLock<HashMap<String, Namespace>>,
     dynamic: RwLock<Vec<(Matcher, Arc<NsHandlers>)>>,
     dynamic_count: AtomicU64,
+    closing: AtomicBool,
+    cleanup_empty_children: bool,
     connect_timeout: Duration,
     limits: Limits,
     ack_timeout: Duration,
@@ -217,7 +242,13 @@ impl SocketIo {
         write(&self.0.namespaces)
             .entry(name.clone())
             .or_insert_with(|| {
-                Namespace::new(name, Arc::default(), &self.0.adapter, self.0.ack_timeout)
+                Namespace::new(
+                    name,
+                    Arc::default(),
+                    &self.0.adapter,
+                    self.0.ack_timeout,
+                    None,
+                )
             })
             .clone()
     }
@@ -238,6 +269,7 @@ impl SocketIo {
             handlers.clone(),
             &self.0.adapter,
             self.0.ack_timeout,
+            None,
         );
         write(&self.0.dynamic).push((Arc::new(matcher), handlers));
         template
@@ -261,6 +293,9 @@ impl SocketIo {
                         handlers,
                         &self.0.adapter,
                         self.0.ack_timeout,
+                        self.0
+                            .cleanup_empty_children
+                            .then(|| Arc::downgrade(&self.0)),
                     )
                 })
                 .clone(),
@@ -337,9 +372,16 @@ impl SocketIo {
         self.main_ns().disconnect_sockets(close)
     }
 
-    /// Closes every Engine.IO session (server shutdown).
+    /// Server shutdown: closes every Engine.IO session; the sockets leave with reason
+    /// [`DisconnectReason::ServerShuttingDown`](crate::DisconnectReason::ServerShuttingDown).
+    /// New connections are still accepted by the engine; stop serving to refuse them.
     pub fn close(&self) {
+        self.0.closing.store(true, Ordering::Release);
         self.0.engine.close_all();
+    }
+
+    pub(crate) fn is_closing(&self) -> bool {
+        self.0.closing.load(Ordering::Acquire)
     }
 
     /// Handles one HTTP request: paths under `/socket.io/` go to the engine, others get 404.

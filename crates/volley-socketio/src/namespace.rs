@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -11,6 +11,7 @@ use serde_json::Value;
 use crate::adapter::{
     AckResponse, Adapter, AdapterFactory, BoxFuture, BroadcastOptions, NamespaceRef,
 };
+use crate::io::IoInner;
 use crate::operators::BroadcastOperator;
 use crate::socket::EmitError;
 use crate::util::{IntoRooms, read, write};
@@ -76,6 +77,9 @@ pub(crate) struct NsInner {
     adapter: Arc<dyn Adapter>,
     ids: AtomicU64,
     ack_timeout: Duration,
+    /// For a namespace made by a dynamic matcher with cleanup on: the server to leave when the
+    /// last socket goes.
+    cleanup: Option<Weak<IoInner>>,
 }
 
 /// A namespace (`"/"`, `"/chat"`, …): its own handlers, sockets, rooms and adapter.
@@ -98,6 +102,7 @@ impl Namespace {
         handlers: Arc<NsHandlers>,
         factory: &AdapterFactory,
         ack_timeout: Duration,
+        cleanup: Option<Weak<IoInner>>,
     ) -> Namespace {
         Namespace(Arc::new_cyclic(|weak| NsInner {
             name,
@@ -106,6 +111,7 @@ impl Namespace {
             adapter: factory(NamespaceRef(weak.clone())),
             ids: AtomicU64::new(0),
             ack_timeout,
+            cleanup,
         }))
     }
 
@@ -148,7 +154,7 @@ impl Namespace {
     pub(crate) fn run_connection_handlers(&self, socket: &Socket) {
         let handlers: Vec<ConnectionHandler> = read(&self.0.handlers.connection).clone();
         for handler in handlers {
-            handler(socket.clone());
+            crate::socket::guarded("connection handler", || handler(socket.clone()));
         }
     }
 
@@ -160,7 +166,16 @@ impl Namespace {
     }
 
     pub(crate) fn remove_socket(&self, id: &str) {
-        write(&self.0.sockets).remove(id);
+        let empty = {
+            let mut sockets = write(&self.0.sockets);
+            sockets.remove(id);
+            sockets.is_empty()
+        };
+        if empty {
+            if let Some(io) = self.0.cleanup.as_ref().and_then(Weak::upgrade) {
+                crate::io::remove_namespace(&io, self);
+            }
+        }
     }
 
     pub(crate) fn next_ack_id(&self) -> u64 {

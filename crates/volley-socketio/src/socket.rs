@@ -214,8 +214,11 @@ pub(crate) struct SocketInner {
     handlers: RwLock<HashMap<String, EventHandler>>,
     any: RwLock<Vec<AnyHandler>>,
     on_disconnect: RwLock<Vec<DisconnectHandler>>,
+    on_disconnecting: RwLock<Vec<DisconnectHandler>>,
     acks: Mutex<HashMap<u64, oneshot::Sender<Payload>>>,
     connected: AtomicBool,
+    /// Set once the socket has left (or was refused): it never comes back.
+    closed: AtomicBool,
     data: Mutex<http::Extensions>,
 }
 
@@ -250,8 +253,10 @@ impl Socket {
             handlers: RwLock::new(HashMap::new()),
             any: RwLock::new(Vec::new()),
             on_disconnect: RwLock::new(Vec::new()),
+            on_disconnecting: RwLock::new(Vec::new()),
             acks: Mutex::new(HashMap::new()),
             connected: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             data: Mutex::new(http::Extensions::new()),
         }))
     }
@@ -334,6 +339,15 @@ impl Socket {
         write(&self.0.on_disconnect).push(Arc::new(handler));
     }
 
+    /// Called once when the socket is about to leave the namespace, while it is still in its
+    /// rooms (Node's `disconnecting` event).
+    pub fn on_disconnecting<F>(&self, handler: F)
+    where
+        F: Fn(Socket, DisconnectReason) + Send + Sync + 'static,
+    {
+        write(&self.0.on_disconnecting).push(Arc::new(handler));
+    }
+
     /// Sends event `event` with `payload` to this client.
     pub fn emit(&self, event: &str, payload: impl Into<Payload>) -> Result<(), EmitError> {
         let packet = event_packet(self.nsp(), event, payload.into(), None)?;
@@ -370,9 +384,10 @@ impl Socket {
         }
     }
 
-    /// Joins `rooms`.
+    /// Joins `rooms`. Also works in a connect middleware (the rooms are dropped again if the
+    /// connection is refused); does nothing once the socket is disconnected.
     pub fn join(&self, rooms: impl IntoRooms) {
-        if self.connected() {
+        if !self.0.closed.load(Ordering::Acquire) {
             self.0.ns.adapter().add_all(&self.0.id, &rooms.into_rooms());
         }
     }
@@ -473,6 +488,13 @@ impl Socket {
         self.0.connected.store(true, Ordering::Release);
     }
 
+    /// The connection was refused or abandoned before it was made: forget the rooms a
+    /// middleware may have joined.
+    pub(crate) fn abandon(&self) {
+        self.0.closed.store(true, Ordering::Release);
+        self.0.ns.adapter().del_all(&self.0.id);
+    }
+
     /// An EVENT/BINARY_EVENT from the client.
     pub(crate) fn dispatch_event(&self, packet: Packet) {
         let Some(Value::Array(mut items)) = packet.data else {
@@ -494,11 +516,13 @@ impl Socket {
         });
         let any: Vec<AnyHandler> = read(&self.0.any).clone();
         for handler in any {
-            handler(self.clone(), name.clone(), payload.clone(), ack.clone());
+            guarded("catch-all handler", || {
+                handler(self.clone(), name.clone(), payload.clone(), ack.clone())
+            });
         }
         let handler = read(&self.0.handlers).get(&name).cloned();
         if let Some(handler) = handler {
-            handler(self.clone(), payload, ack);
+            guarded("event handler", || handler(self.clone(), payload, ack));
         }
     }
 
@@ -517,20 +541,35 @@ impl Socket {
 
     /// Leaves the namespace: rooms, registries, pending acks, then the disconnect handlers.
     pub(crate) fn on_close(&self, reason: DisconnectReason) {
-        if !self.0.connected.swap(false, Ordering::AcqRel) {
+        if !self.0.connected.load(Ordering::Acquire) || self.0.closed.swap(true, Ordering::AcqRel) {
             return;
         }
+        let disconnecting: Vec<DisconnectHandler> =
+            std::mem::take(&mut *write(&self.0.on_disconnecting));
+        for handler in disconnecting {
+            guarded("disconnecting handler", || handler(self.clone(), reason));
+        }
+        self.0.connected.store(false, Ordering::Release);
         self.0.ns.adapter().del_all(&self.0.id);
         self.0.ns.remove_socket(&self.0.id);
         self.0.client.remove_socket(self);
         lock(&self.0.acks).clear();
         let handlers: Vec<DisconnectHandler> = std::mem::take(&mut *write(&self.0.on_disconnect));
         for handler in handlers {
-            handler(self.clone(), reason);
+            guarded("disconnect handler", || handler(self.clone(), reason));
         }
         // The handlers usually hold clones of this socket: drop them to break the cycles.
         write(&self.0.handlers).clear();
         write(&self.0.any).clear();
+        write(&self.0.on_disconnecting).clear();
+    }
+}
+
+/// Runs a user handler; a panic is logged instead of taking the client's task down (which
+/// would leave its sockets registered).
+pub(crate) fn guarded(what: &str, f: impl FnOnce()) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+        tracing::error!("socket.io: a {what} panicked");
     }
 }
 

@@ -404,3 +404,90 @@ async fn catch_all_disconnect_reasons_data_and_handshake() {
         .unwrap();
     assert_eq!(reason, "parse error");
 }
+
+#[tokio::test]
+async fn middleware_rooms_disconnecting_panics_and_shutdown() {
+    let io = SocketIo::builder()
+        .cleanup_empty_child_namespaces(true)
+        .build();
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let ns = io.of("/");
+    ns.use_middleware(|socket, _auth: Value| async move {
+        // Rooms joined in a middleware stay when it accepts, go when a later one refuses.
+        socket.join("from-middleware");
+        Ok(())
+    });
+    ns.use_middleware(|_socket, auth: Value| async move {
+        if auth.get("refuse").is_some() {
+            Err(ConnectError::new("refused").with_data(json!([1, 2])))
+        } else {
+            Ok(())
+        }
+    });
+    ns.on_connection(move |socket| {
+        let tx1 = tx.clone();
+        let tx2 = tx.clone();
+        socket.on_disconnecting(move |socket, _reason| {
+            let mut rooms = socket.rooms();
+            rooms.retain(|r| r != socket.id());
+            tx1.send(format!("disconnecting {rooms:?}")).unwrap();
+        });
+        socket.on_disconnect(move |_socket, reason| {
+            tx2.send(format!("disconnect {reason}")).unwrap();
+        });
+        socket.on("panic", |_socket, _payload, _ack| panic!("handler bug"));
+        socket.on("echo", |_socket, payload, a| {
+            if let Some(a) = a {
+                a.send(payload).unwrap();
+            }
+        });
+    });
+    let template = io.of_dynamic(|name, _| name.starts_with("/tmp-"));
+    template.on_connection(|_socket| {});
+    let addr = start(io.clone()).await;
+
+    let mut refused = WsClient::connect(addr).await;
+    refused.send(r#"0{"refuse":1}"#).await;
+    assert_eq!(
+        refused.recv_text().await,
+        r#"4{"message":"refused","data":[1,2]}"#
+    );
+    assert!(
+        ns.adapter().rooms().is_empty(),
+        "{:?}",
+        ns.adapter().rooms()
+    );
+
+    let (mut c, _) = WsClient::connect_ns(addr, "0").await;
+    assert!(ns.adapter().rooms().contains(&"from-middleware".to_owned()));
+    // A panicking handler is contained: the connection keeps working.
+    c.send(r#"2["panic"]"#).await;
+    c.send(r#"21["echo","still here"]"#).await;
+    assert_eq!(c.recv_text().await, r#"31["still here"]"#);
+
+    // A dynamic namespace goes away with its last socket (cleanup on).
+    c.send("0/tmp-1,").await;
+    connect_sid(&c.recv_text().await);
+    assert!(io.namespaces().contains(&"/tmp-1".to_owned()));
+    c.send("1/tmp-1,").await;
+    wait_until("/tmp-1 to be removed", || {
+        !io.namespaces().contains(&"/tmp-1".to_owned())
+    })
+    .await;
+
+    // Shutdown: every socket leaves with "server shutting down", after "disconnecting" saw
+    // its rooms.
+    io.close();
+    for expected in [
+        r#"disconnecting ["from-middleware"]"#,
+        "disconnect server shutting down",
+    ] {
+        let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, expected);
+    }
+    c.expect_closed().await;
+    assert!(ns.adapter().rooms().is_empty());
+}

@@ -138,7 +138,7 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-/// Removes a session from the table when its guard is dropped (request handlers' flags).
+/// Clears a session's GET or POST in-flight flag when the request handler ends or is dropped.
 struct FlagGuard {
     shared: Arc<Shared>,
     get: bool,

@@ -9,6 +9,15 @@
 //!   [`Engine::handle`] or as a tower service (axum: `nest_service("/socket.io", engine)`).
 //! - [`Session`] / [`SessionSender`]: one Engine.IO connection, receiving and sending.
 //!
+//! Where this crate's behaviour differs from Node's engine.io 6.6 (checked side by side):
+//! - a close packet from the client closes the session with [`CloseReason::ClientClose`]
+//!   (`"forced close"`); Node reports `"transport close"`;
+//! - a long-polling POST over `max_payload` is answered 413 *and* closes the session as a
+//!   transport error (Node answers 413 and leaves the session to time out);
+//! - a server-side close also sends the close packet `1` over WebSocket before closing it;
+//! - JSONP polling and protocol v3 (`allowEIO3`) are not supported; `b64` is ignored (v4 polling
+//!   always carries binary as base64).
+//!
 //! ```no_run
 //! use volley_engineio::{Engine, EngineConfig, Data};
 //!

@@ -293,7 +293,8 @@ async fn concurrent_get_is_400_and_closes_the_session() {
         let (addr, target) = (server.addr, target.clone());
         tokio::spawn(async move { request(addr, "GET", &target, &[], b"").await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Give the first GET time to arrive (generous: the machine may be busy).
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let second = request(server.addr, "GET", &target, &[], b"").await;
     assert_eq!(second.status, 400);
     // The first GET learns that the session closed.
@@ -399,7 +400,7 @@ async fn heartbeat_over_websocket_and_ping_timeout() {
     assert_eq!(session.close_reason(), Some(CloseReason::PingTimeout));
     let waited = unanswered.elapsed();
     assert!(
-        waited >= Duration::from_millis(90) && waited < Duration::from_secs(2),
+        waited >= Duration::from_millis(90) && waited < Duration::from_secs(5),
         "{waited:?}"
     );
     server.wait_no_sessions().await;

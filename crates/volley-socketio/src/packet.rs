@@ -75,9 +75,12 @@
 //! [`Packet::encode`] builds the same text as the Node encoder: the type, the attachment count
 //! and `-` for binary packets, the namespace and `,` unless it is `/`, the ack id, and the data
 //! as compact JSON (object keys in insertion order: this crate enables serde_json's
-//! `preserve_order`). Known differences from `JSON.stringify`: floats with large exponents are
-//! written `1e21` instead of `1e+21`, and integer-like object keys keep insertion order instead
-//! of moving first.
+//! `preserve_order`). Numbers are parsed exactly (serde_json's `float_roundtrip`, as
+//! `JSON.parse` does), so relaying a decoded value re-encodes the same number. Known differences
+//! from `JSON.stringify`, all of which parse back to the same values: some floats are written in exponent form where JavaScript
+//! writes plain decimals (`1e+20` for `100000000000000000000`, `1e-6` for `0.000001`), `-0.0`
+//! stays `-0.0` (JavaScript writes `0`), and integer-like object keys keep insertion order
+//! instead of moving first.
 
 use std::fmt::{self, Write as _};
 
@@ -915,6 +918,12 @@ mod tests {
         assert_eq!(complete("2 [\"a\"] \n").event_name(), Some("a"));
         // CONNECT_ERROR may carry a string (old servers).
         assert_eq!(complete(r#"4"nope""#).data, Some(json!("nope")));
+        // Floats are parsed exactly, so they re-encode unchanged (found by the sio_packet fuzzer).
+        let f = complete(
+            "21[2777777777777700000000000000000000000000000000000000000000000000000000000000515120390]",
+        );
+        assert_eq!(f.encode().0, "21[2.7777777777777e+84]");
+        assert_eq!(complete(&f.encode().0), f);
         assert_eq!(complete("4").data, None);
     }
 

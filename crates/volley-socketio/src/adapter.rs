@@ -41,7 +41,9 @@ pub struct BroadcastOptions {
 pub struct BroadcastFlags {
     /// Only the sockets of this server (meaningful for adapters spanning several servers).
     pub local: bool,
-    /// Drop the packet for a client whose outgoing queue cannot take it right now.
+    /// A packet that may be lost: closed sessions are skipped and a failed send is ignored.
+    /// (Node drops volatile packets for clients whose transport is not writable right now;
+    /// Engine.IO does not expose that state yet, so an open session queues the packet.)
     pub volatile: bool,
     /// How long to wait for acknowledgements, in milliseconds (`None`: the server's default).
     pub timeout_ms: Option<u64>,

@@ -220,7 +220,8 @@ impl Namespace {
         self.operator().local()
     }
 
-    /// Drops the packet for clients that cannot take it right now.
+    /// A broadcast whose packet may be lost (see
+    /// [`BroadcastFlags::volatile`](crate::BroadcastFlags::volatile)).
     pub fn volatile(&self) -> BroadcastOperator {
         self.operator().volatile()
     }

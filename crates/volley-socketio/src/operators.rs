@@ -49,7 +49,7 @@ impl BroadcastOperator {
         self
     }
 
-    /// Drops the packet for clients whose session cannot take it right now.
+    /// Marks the packet as droppable (see [`BroadcastFlags::volatile`](crate::BroadcastFlags::volatile)).
     pub fn volatile(mut self) -> Self {
         self.opts.flags.volatile = true;
         self

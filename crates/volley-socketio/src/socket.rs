@@ -179,6 +179,9 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// A packet encoded once for many recipients (text part and binary attachments).
+///
+/// The JSON is serialized once; each recipient gets a copy of the text (Engine.IO queues owned
+/// `String`s) and a reference-counted clone of every attachment.
 #[derive(Clone, Debug)]
 pub struct EncodedPacket {
     text: String,
@@ -354,7 +357,9 @@ impl Socket {
         self.send_packet(&packet, false)
     }
 
-    /// Like [`emit`](Self::emit), but drops the packet when the client cannot take it right now.
+    /// Like [`emit`](Self::emit), but the packet may be lost (see
+    /// [`BroadcastFlags::volatile`](crate::BroadcastFlags::volatile)): nothing is sent to a
+    /// closed session and no error is reported.
     pub fn emit_volatile(&self, event: &str, payload: impl Into<Payload>) -> Result<(), EmitError> {
         let packet = event_packet(self.nsp(), event, payload.into(), None)?;
         self.send_packet(&packet, true)
@@ -446,8 +451,7 @@ impl Socket {
     }
 
     /// Sends an already encoded packet to this client (for [`Adapter`](crate::Adapter)
-    /// implementations). With `volatile`, the packet is dropped when the session cannot take it
-    /// right now.
+    /// implementations). With `volatile`, a closed session is not an error.
     pub fn send_encoded(&self, packet: &EncodedPacket, volatile: bool) -> Result<(), EmitError> {
         if !self.connected() {
             return Err(EmitError::Disconnected);
@@ -456,7 +460,10 @@ impl Socket {
         if volatile && !self.0.client.writable() {
             return Ok(());
         }
-        sender.send_all(packet.frames()).map_err(EmitError::Send)
+        match sender.send_all(packet.frames()) {
+            Err(_) if volatile => Ok(()),
+            other => other.map_err(EmitError::Send),
+        }
     }
 
     /// Registers a pending acknowledgement `id` (for [`Adapter`](crate::Adapter)

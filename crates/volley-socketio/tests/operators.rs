@@ -491,3 +491,20 @@ async fn middleware_rooms_disconnecting_panics_and_shutdown() {
     c.expect_closed().await;
     assert!(ns.adapter().rooms().is_empty());
 }
+
+#[tokio::test]
+async fn volatile_broadcasts_reach_open_sessions_and_skip_closed_ones() {
+    let io = SocketIo::new();
+    with_join(&io);
+    let addr = start(io.clone()).await;
+    let (mut a, _) = client(addr, &["v"]).await;
+    let (b, b_id) = client(addr, &["v"]).await;
+    let b_socket = io.of("/").get_socket(&b_id).unwrap();
+    b_socket.conn().close();
+    // b's session is closed (its socket may not have left yet): no error, a still gets it.
+    io.to("v").volatile().emit("tick", json!(1)).unwrap();
+    b_socket.emit_volatile("tick", json!(2)).unwrap();
+    assert!(b_socket.emit("tick", json!(3)).is_err());
+    assert_eq!(a.recv_text().await, r#"2["tick",1]"#);
+    drop(b);
+}

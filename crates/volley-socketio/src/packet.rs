@@ -77,10 +77,10 @@
 //! as compact JSON (object keys in insertion order: this crate enables serde_json's
 //! `preserve_order`). Numbers are parsed exactly (serde_json's `float_roundtrip`, as
 //! `JSON.parse` does), so relaying a decoded value re-encodes the same number. Known differences
-//! from `JSON.stringify`, all of which parse back to the same values: some floats are written in exponent form where JavaScript
-//! writes plain decimals (`1e+20` for `100000000000000000000`, `1e-6` for `0.000001`), `-0.0`
-//! stays `-0.0` (JavaScript writes `0`), and integer-like object keys keep insertion order
-//! instead of moving first.
+//! from `JSON.stringify`, all of which parse back to the same values: some floats are written in
+//! exponent form where JavaScript writes plain decimals (`1e+20` for `100000000000000000000`,
+//! `1e-6` for `0.000001`), `-0.0` stays `-0.0` (JavaScript writes `0`), and integer-like object
+//! keys keep insertion order instead of moving first.
 
 use std::fmt::{self, Write as _};
 
@@ -402,6 +402,14 @@ pub struct Limits {
     /// The most binary attachments one packet may announce (socket.io-parser's
     /// `maxAttachments`, default 10).
     pub max_attachments: usize,
+}
+
+impl Limits {
+    /// These limits with `max_attachments` set.
+    pub fn with_max_attachments(mut self, max_attachments: usize) -> Limits {
+        self.max_attachments = max_attachments;
+        self
+    }
 }
 
 impl Default for Limits {

@@ -44,6 +44,8 @@ async fn polling_handshake_sends_the_open_packet() {
     assert_eq!(session.id(), sid);
     assert_eq!(session.transport(), TransportKind::Polling);
     assert_eq!(session.request().query("t").as_deref(), Some("abc"));
+    let peer = session.request().remote_addr.expect("remote address");
+    assert!(peer.ip().is_loopback());
     assert_eq!(server.engine.session_count(), 1);
 
     // No upgrades offered when they are not allowed.
@@ -339,11 +341,14 @@ async fn upgrade_from_polling_to_websocket() {
     // So is a GET that arrives during the upgrade.
     assert_eq!(server.get(&q).await.text(), "6");
     assert_eq!(session.transport(), TransportKind::Polling);
+    // Sent while upgrading: it waits for the new transport, in order.
+    session.sender().send(Data::from("during")).unwrap();
     ws.send(Message::text("5")).await.unwrap();
     wait_for(|| session.transport() == TransportKind::WebSocket).await;
 
     // Data now flows over the WebSocket.
     session.sender().send(Data::from("over ws")).unwrap();
+    assert_eq!(next_text(&mut ws).await, "4during");
     assert_eq!(next_text(&mut ws).await, "4over ws");
     ws.send(Message::text("4from ws")).await.unwrap();
     assert_eq!(recv(&mut session).await, Some(Data::Text("from ws".into())));

@@ -33,8 +33,14 @@ pub async fn serve(config: EngineConfig) -> TestServer {
     let addr = listener.local_addr().unwrap();
     let service = engine.clone();
     tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let service = service.clone();
+        while let Ok((stream, peer)) = listener.accept().await {
+            let engine = service.clone();
+            // The peer's address goes into the request extensions for RequestInfo::remote_addr.
+            let service = hyper::service::service_fn(move |mut request: http::Request<_>| {
+                request.extensions_mut().insert(peer);
+                let engine = engine.clone();
+                async move { Ok::<_, std::convert::Infallible>(engine.handle(request).await) }
+            });
             tokio::spawn(async move {
                 let _ = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
@@ -33,7 +34,13 @@ pub(crate) struct ClientShared {
     sender: SessionSender,
     request: RequestSnapshot,
     state: Mutex<ClientState>,
+    /// CONNECTs waiting for their middlewares.
+    pending_connects: AtomicUsize,
 }
+
+/// The most CONNECTs of one client that may wait for middlewares at once; more are refused
+/// with a CONNECT_ERROR (a client flooding CONNECTs cannot pile up tasks).
+pub(crate) const MAX_PENDING_CONNECTS: usize = 16;
 
 impl ClientShared {
     pub(crate) fn sender(&self) -> &SessionSender {
@@ -88,6 +95,15 @@ impl ClientShared {
     }
 }
 
+/// Counts one CONNECT waiting for its middlewares, until dropped.
+struct PendingConnect(Arc<ClientShared>);
+
+impl Drop for PendingConnect {
+    fn drop(&mut self) {
+        self.0.pending_connects.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 fn reason_from(reason: Option<CloseReason>) -> DisconnectReason {
     match reason {
         Some(CloseReason::TransportError) => DisconnectReason::TransportError,
@@ -110,6 +126,7 @@ pub(crate) async fn run(io: SocketIo, mut session: Session) {
             remote_addr: req.remote_addr,
         },
         state: Mutex::new(ClientState::default()),
+        pending_connects: AtomicUsize::new(0),
     });
     let limits = io.limits();
     let connect_timeout = tokio::time::sleep(io.connect_timeout());
@@ -202,8 +219,21 @@ fn on_packet(io: &SocketIo, shared: &Arc<ClientShared>, packet: Packet) {
                     let middlewares = ns.middlewares();
                     if middlewares.is_empty() {
                         finish_connect(&ns, &shared, socket);
+                    } else if shared.pending_connects.fetch_add(1, Ordering::AcqRel)
+                        >= MAX_PENDING_CONNECTS
+                    {
+                        shared.pending_connects.fetch_sub(1, Ordering::AcqRel);
+                        socket.abandon();
+                        shared.send(&Packet {
+                            kind: PacketType::ConnectError,
+                            nsp,
+                            id: None,
+                            data: Some(json!({ "message": "Too many pending connections" })),
+                            attachments: Vec::new(),
+                        });
                     } else {
                         tokio::spawn(async move {
+                            let _pending = PendingConnect(shared.clone());
                             for mw in middlewares {
                                 if shared.sender.is_closed() {
                                     socket.abandon();

@@ -289,6 +289,12 @@ impl Socket {
         self.0.connected.load(Ordering::Acquire)
     }
 
+    /// Whether the socket has left (handlers registered from now on are dropped: they would
+    /// never run).
+    fn is_closed(&self) -> bool {
+        self.0.closed.load(Ordering::Acquire)
+    }
+
     /// The Engine.IO session under this socket (shared by the client's sockets of every namespace).
     pub fn conn(&self) -> &SessionSender {
         self.0.client.sender()
@@ -317,7 +323,9 @@ impl Socket {
     where
         F: Fn(Socket, Payload, Option<AckSender>) + Send + Sync + 'static,
     {
-        write(&self.0.handlers).insert(event.into(), Arc::new(handler));
+        if !self.is_closed() {
+            write(&self.0.handlers).insert(event.into(), Arc::new(handler));
+        }
     }
 
     /// Removes the handler of `event`.
@@ -331,7 +339,9 @@ impl Socket {
     where
         F: Fn(Socket, String, Payload, Option<AckSender>) + Send + Sync + 'static,
     {
-        write(&self.0.any).push(Arc::new(handler));
+        if !self.is_closed() {
+            write(&self.0.any).push(Arc::new(handler));
+        }
     }
 
     /// Called once when the socket leaves the namespace (after it has left its rooms).
@@ -339,7 +349,9 @@ impl Socket {
     where
         F: Fn(Socket, DisconnectReason) + Send + Sync + 'static,
     {
-        write(&self.0.on_disconnect).push(Arc::new(handler));
+        if !self.is_closed() {
+            write(&self.0.on_disconnect).push(Arc::new(handler));
+        }
     }
 
     /// Called once when the socket is about to leave the namespace, while it is still in its
@@ -348,7 +360,9 @@ impl Socket {
     where
         F: Fn(Socket, DisconnectReason) + Send + Sync + 'static,
     {
-        write(&self.0.on_disconnecting).push(Arc::new(handler));
+        if !self.is_closed() {
+            write(&self.0.on_disconnecting).push(Arc::new(handler));
+        }
     }
 
     /// Sends event `event` with `payload` to this client.

@@ -508,3 +508,35 @@ async fn volatile_broadcasts_reach_open_sessions_and_skip_closed_ones() {
     assert_eq!(a.recv_text().await, r#"2["tick",1]"#);
     drop(b);
 }
+
+#[tokio::test]
+async fn connect_floods_waiting_for_middleware_are_bounded() {
+    let io = SocketIo::new();
+    io.of("/slow")
+        .use_middleware(|_socket, _auth: Value| async move {
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+            Ok(())
+        });
+    let addr = start(io.clone()).await;
+    let mut c = WsClient::connect(addr).await;
+    for _ in 0..20 {
+        c.send("0/slow,").await;
+    }
+    let mut refused = 0;
+    let mut accepted = 0;
+    while refused + accepted < 20 {
+        let text = c.recv_text().await;
+        if text == r#"4/slow,{"message":"Too many pending connections"}"# {
+            refused += 1;
+        } else {
+            connect_sid(&text);
+            accepted += 1;
+        }
+    }
+    assert_eq!((accepted, refused), (16, 4));
+    // Each accepted CONNECT replaced the previous socket of the namespace: one is left.
+    assert_eq!(io.of("/slow").sockets().len(), 1);
+    // The budget is free again.
+    c.send("0/slow,").await;
+    connect_sid(&c.recv_text().await);
+}

@@ -310,3 +310,24 @@ async fn ws_frames_are_in_order_for_many_events() {
         Err(())
     ));
 }
+
+#[tokio::test]
+async fn polling_and_websocket_clients_share_rooms() {
+    let addr = server().await;
+    let p = PollClient::connect(addr).await;
+    assert_eq!(p.send(&["0"]).await, 200);
+    let mut got = p.recv().await;
+    if got.len() < 2 {
+        got.extend(p.recv().await);
+    }
+    assert_eq!(got[1], r#"2["auth",{}]"#);
+    assert_eq!(p.send(&[r#"21["join","mixed"]"#]).await, 200);
+    assert_eq!(p.recv().await, vec!["31[]".to_owned()]);
+    let (mut ws, _) = joined(addr).await;
+    ws.send(r#"21["to-room","mixed",{"n":1}]"#).await;
+    assert_eq!(ws.recv_text().await, "31[]");
+    assert_eq!(
+        p.recv().await,
+        vec![r#"2["room-message",{"n":1}]"#.to_owned()]
+    );
+}

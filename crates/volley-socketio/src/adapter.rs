@@ -89,7 +89,8 @@ impl std::fmt::Debug for NamespaceRef {
 /// Room membership and broadcast delivery for one namespace.
 ///
 /// The synchronous methods act on this server's sockets. The asynchronous ones return boxed
-/// futures so that the trait stays object-safe (`Arc<dyn Adapter>`).
+/// futures so that the trait stays object-safe (`Arc<dyn Adapter>`); their packets are sent
+/// before they return, so dropping the future (cancellation) only gives up the answers.
 pub trait Adapter: Send + Sync + 'static {
     /// Adds socket `id` to `rooms`.
     fn add_all(&self, id: &str, rooms: &[String]);

@@ -88,6 +88,19 @@ impl SocketIoBuilder {
         self
     }
 
+    /// CORS headers for cross-origin browser clients (`None`, the default, sends none, like
+    /// Node without the `cors` option).
+    pub fn cors(mut self, cors: Option<volley_engineio::Cors>) -> Self {
+        self.engine.cors = cors;
+        self
+    }
+
+    /// Which transports clients may use (polling and WebSocket by default).
+    pub fn transports(mut self, transports: volley_engineio::Transports) -> Self {
+        self.engine.transports = transports;
+        self
+    }
+
     /// How long a new connection may take to join a namespace before it is closed (45 s).
     pub fn connect_timeout(mut self, d: Duration) -> Self {
         self.connect_timeout = d;

@@ -340,3 +340,51 @@ async fn bad_arguments_get_clear_errors() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("duration"));
 }
+
+#[tokio::test]
+async fn echo_with_the_volley_client_side_verifies_echoes_too() {
+    let server = Serve::start_with(&["--threads", "1"]).await;
+    let url = server.url();
+    let output = bench(&[
+        "echo",
+        "--url",
+        &url,
+        "--client",
+        "volley",
+        "--connections",
+        "2",
+        "--in-flight",
+        "3",
+        "--duration",
+        "500ms",
+        "--warmup",
+        "0s",
+        "--json",
+    ])
+    .await;
+    let report = json(&output);
+    assert!(output.status.success(), "{report}");
+    assert!(
+        report["messages"].as_u64().expect("messages") > 0,
+        "{report}"
+    );
+    assert_eq!(report["mismatches"], 0, "{report}");
+    // And it detects a corrupted echo as the lean side does.
+    let addr = corrupting_ws_echo().await;
+    let output = bench(&[
+        "echo",
+        "--url",
+        &format!("ws://{addr}/"),
+        "--client",
+        "volley",
+        "--duration",
+        "500ms",
+        "--warmup",
+        "0s",
+        "--json",
+    ])
+    .await;
+    let report = json(&output);
+    assert_eq!(output.status.code(), Some(1), "{report}");
+    assert_eq!(report["mismatches"], 1, "{report}");
+}

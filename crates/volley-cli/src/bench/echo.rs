@@ -80,6 +80,20 @@ pub(crate) struct EchoArgs {
     /// Load-generator threads, each a single-threaded runtime with its share of the connections.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// The client side for ws:// targets: `lean` (pre-masked frames written and parsed directly
+    /// on the socket; the default) or `volley` (volley's WebSocket API: feed, flush, recv), to
+    /// compare the generator's own cost.
+    #[arg(long, value_enum, default_value = "lean")]
+    client: ClientImpl,
+}
+
+/// How `echo` drives a ws:// connection after the handshake.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ClientImpl {
+    /// Pre-masked frames written and parsed directly on the socket.
+    Lean,
+    /// Volley's WebSocket API.
+    Volley,
 }
 
 /// What every connection sends and expects: built once, shared read-only.
@@ -259,6 +273,10 @@ pub(super) fn run(args: EchoArgs) -> Result<ExitCode, String> {
         _ => return Err("give exactly one of --url and --raw".into()),
     };
     let target = Target::parse(&url)?;
+    if target.is_raw() && args.client == ClientImpl::Volley {
+        return Err("--client volley needs a ws:// URL".into());
+    }
+    let client = args.client;
     if args.connections == 0 || args.connections > 100_000 {
         return Err("--connections must be between 1 and 100000".into());
     }
@@ -333,10 +351,19 @@ pub(super) fn run(args: EchoArgs) -> Result<ExitCode, String> {
                     let (plan, totals, counter) = (plan.clone(), totals.clone(), counter.clone());
                     tasks.spawn_local(async move {
                         let first_seq = (index as u64) << 24;
-                        if let Err(e) =
-                            drive(stream, leftover, &plan, clock, &totals, &counter, first_seq)
+                        let driven = match client {
+                            ClientImpl::Lean => {
+                                drive(stream, leftover, &plan, clock, &totals, &counter, first_seq)
+                                    .await
+                            }
+                            ClientImpl::Volley => {
+                                drive_volley(
+                                    stream, leftover, &plan, clock, &totals, &counter, first_seq,
+                                )
                                 .await
-                        {
+                            }
+                        };
+                        if let Err(e) = driven {
                             let mut totals = totals.borrow_mut();
                             totals.connection_errors += 1;
                             totals.note(format!("connection {index}: {e}"));
@@ -586,6 +613,91 @@ async fn drive(
         if now >= clock.end {
             break Ok(());
         }
+    };
+    totals.borrow_mut().sent += sent;
+    result
+}
+
+/// Like [`drive`], with volley's WebSocket API (for comparing the generator's cost).
+async fn drive_volley(
+    stream: TcpStream,
+    leftover: Vec<u8>,
+    plan: &Plan,
+    clock: Clock,
+    totals: &RefCell<Totals>,
+    counter: &AtomicU64,
+    first_seq: u64,
+) -> Result<(), String> {
+    let config = volley::Config::default()
+        .max_message_size(plan.size.max(1024))
+        .ping_interval(None);
+    let mut ws = volley::WebSocket::from_raw(stream, volley::Role::Client, config, &leftover);
+    let message = |seq: u64| {
+        let off = Plan::offset(seq);
+        let mut payload = plan.pool[off..off + plan.size].to_vec();
+        for (j, t) in Plan::tag(seq).iter().enumerate().take(plan.size) {
+            payload[j] = *t;
+        }
+        if plan.first_byte == 0x81 {
+            // The pool and tag of text messages are ASCII.
+            volley::Message::text(String::from_utf8(payload).unwrap_or_default())
+        } else {
+            volley::Message::binary(payload)
+        }
+    };
+    let mut sent_at: VecDeque<Instant> = VecDeque::with_capacity(plan.in_flight);
+    let (mut next_send, mut next_recv) = (first_seq, first_seq);
+    let now = Instant::now();
+    for _ in 0..plan.in_flight {
+        ws.feed(message(next_send))
+            .await
+            .map_err(|e| e.to_string())?;
+        next_send += 1;
+        sent_at.push_back(now);
+    }
+    ws.flush().await.map_err(|e| e.to_string())?;
+    let mut sent = plan.in_flight as u64;
+    let result = loop {
+        let received = match ws.recv().await {
+            Some(Ok(m)) if m.is_data() => m,
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => break Err(e.to_string()),
+            None => break Err("the server closed the connection".into()),
+        };
+        let now = Instant::now();
+        let Some(sent_time) = sent_at.pop_front() else {
+            break Err("an echo of a message that was never sent".into());
+        };
+        let matches = plan.payload_matches(received.payload(), next_recv, false);
+        {
+            let mut totals = totals.borrow_mut();
+            if !matches {
+                totals.mismatches += 1;
+                totals.note(format!(
+                    "message {} of connection {}: the echo differs from what was sent",
+                    next_recv - first_seq,
+                    first_seq >> 24
+                ));
+            }
+            if now >= clock.measure_from && now < clock.end {
+                totals.completed += 1;
+                let ns = now.duration_since(sent_time).as_nanos();
+                totals
+                    .histogram
+                    .saturating_record(ns.min(u128::from(u64::MAX)) as u64);
+            }
+        }
+        counter.fetch_add(1, Ordering::Relaxed);
+        next_recv += 1;
+        if now >= clock.end {
+            break Ok(());
+        }
+        if let Err(e) = ws.send(message(next_send)).await {
+            break Err(e.to_string());
+        }
+        next_send += 1;
+        sent += 1;
+        sent_at.push_back(now);
     };
     totals.borrow_mut().sent += sent;
     result

@@ -22,7 +22,7 @@ use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use tokio::io::Interest;
+use tokio::io::{AsyncReadExt, Interest};
 use tokio::net::TcpStream;
 use tokio::task::{JoinSet, LocalSet};
 
@@ -455,7 +455,7 @@ async fn open_all(target: &Target, indices: Vec<usize>) -> Result<Vec<Opened>, S
 /// Runs one connection until the end of the run: keeps `in_flight` messages outstanding,
 /// verifies each echo, records latencies in the measured window.
 async fn drive(
-    stream: TcpStream,
+    mut stream: TcpStream,
     leftover: Vec<u8>,
     plan: &Plan,
     clock: Clock,
@@ -467,6 +467,7 @@ async fn drive(
     let mut inbuf = vec![0u8; (64 << 10).max(2 * frame_len).max(leftover.len())];
     inbuf[..leftover.len()].copy_from_slice(&leftover);
     let (mut rpos, mut rend) = (0usize, leftover.len());
+    let mut unparsed = rend > 0;
     let mut out = Vec::with_capacity(plan.in_flight * frame_len + 256);
     let mut opos = 0usize;
     let mut sent_at: VecDeque<Instant> = VecDeque::with_capacity(plan.in_flight);
@@ -490,34 +491,34 @@ async fn drive(
                 opos = 0;
             }
         }
-        // Frames already buffered (the handshake's leftover) are parsed before waiting.
-        if rend == rpos {
-            let interest = if opos < out.len() {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            let ready = match stream.ready(interest).await {
-                Ok(r) => r,
-                Err(e) => break Err(format!("poll: {e}")),
-            };
-            if !ready.is_readable() {
-                continue;
+        // The handshake's leftover (frames already buffered) is parsed before reading.
+        if !std::mem::take(&mut unparsed) {
+            if rend == inbuf.len() {
+                // Room for the rest of the partial frame: the buffer holds two whole frames.
+                inbuf.copy_within(rpos..rend, 0);
+                (rpos, rend) = (0, rend - rpos);
             }
-        }
-        if rend == inbuf.len() {
-            inbuf.copy_within(rpos..rend, 0);
-            (rpos, rend) = (0, rend - rpos);
-        }
-        match stream.try_read(&mut inbuf[rend..]) {
-            Ok(0) => break Err("the server closed the connection".into()),
-            Ok(n) => rend += n,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                if rend == rpos {
-                    continue;
+            let read = if opos < out.len() {
+                // Output is pending (the socket's send buffer was full): wait for either.
+                let interest = Interest::READABLE | Interest::WRITABLE;
+                match stream.ready(interest).await {
+                    Ok(r) if r.is_readable() => match stream.try_read(&mut inbuf[rend..]) {
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => continue,
+                        other => other,
+                    },
+                    Ok(_) => continue,
+                    Err(e) => Err(e),
                 }
+            } else {
+                // A plain read: a short read clears the readiness, which saves the extra
+                // read returning EWOULDBLOCK that try_read would need.
+                stream.read(&mut inbuf[rend..]).await
+            };
+            match read {
+                Ok(0) => break Err("the server closed the connection".into()),
+                Ok(n) => rend += n,
+                Err(e) => break Err(format!("read: {e}")),
             }
-            Err(e) => break Err(format!("read: {e}")),
         }
         let now = Instant::now();
         let measuring = now >= clock.measure_from && now < clock.end;

@@ -132,6 +132,64 @@ struct Rooms {
     sids: HashMap<String, HashSet<String>>,
 }
 
+impl Rooms {
+    fn add(&mut self, id: &str, rooms: &[String]) {
+        for room in rooms {
+            self.sids
+                .entry(id.to_owned())
+                .or_default()
+                .insert(room.clone());
+            self.rooms
+                .entry(room.clone())
+                .or_default()
+                .insert(id.to_owned());
+        }
+    }
+
+    fn del(&mut self, id: &str, room: &str) {
+        if let Some(rooms) = self.sids.get_mut(id) {
+            rooms.remove(room);
+        }
+        if let Some(members) = self.rooms.get_mut(room) {
+            members.remove(id);
+            if members.is_empty() {
+                self.rooms.remove(room);
+            }
+        }
+    }
+
+    /// The ids of the sockets `opts` targets.
+    fn matching(&self, opts: &BroadcastOptions) -> Vec<String> {
+        let state = self;
+        let mut excluded: HashSet<&str> = HashSet::new();
+        for room in &opts.except {
+            if let Some(members) = state.rooms.get(room) {
+                excluded.extend(members.iter().map(String::as_str));
+            }
+        }
+        let mut out: Vec<String> = Vec::new();
+        let mut seen: HashSet<&str> = HashSet::new();
+        if opts.rooms.is_empty() {
+            for id in state.sids.keys() {
+                if !excluded.contains(id.as_str()) {
+                    out.push(id.clone());
+                }
+            }
+        } else {
+            for room in &opts.rooms {
+                if let Some(members) = state.rooms.get(room) {
+                    for id in members {
+                        if !excluded.contains(id.as_str()) && seen.insert(id) {
+                            out.push(id.clone());
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
 /// The default adapter: rooms in memory, this process only.
 pub struct InMemoryAdapter {
     ns: NamespaceRef,
@@ -173,32 +231,11 @@ impl InMemoryAdapter {
 
 impl Adapter for InMemoryAdapter {
     fn add_all(&self, id: &str, rooms: &[String]) {
-        let mut state = lock(&self.state);
-        for room in rooms {
-            state
-                .sids
-                .entry(id.to_owned())
-                .or_default()
-                .insert(room.clone());
-            state
-                .rooms
-                .entry(room.clone())
-                .or_default()
-                .insert(id.to_owned());
-        }
+        lock(&self.state).add(id, rooms);
     }
 
     fn del(&self, id: &str, room: &str) {
-        let mut state = lock(&self.state);
-        if let Some(rooms) = state.sids.get_mut(id) {
-            rooms.remove(room);
-        }
-        if let Some(members) = state.rooms.get_mut(room) {
-            members.remove(id);
-            if members.is_empty() {
-                state.rooms.remove(room);
-            }
-        }
+        lock(&self.state).del(id, room);
     }
 
     fn del_all(&self, id: &str) {
@@ -234,33 +271,7 @@ impl Adapter for InMemoryAdapter {
     }
 
     fn sockets(&self, opts: &BroadcastOptions) -> Vec<String> {
-        let state = lock(&self.state);
-        let mut excluded: HashSet<&str> = HashSet::new();
-        for room in &opts.except {
-            if let Some(members) = state.rooms.get(room) {
-                excluded.extend(members.iter().map(String::as_str));
-            }
-        }
-        let mut out: Vec<String> = Vec::new();
-        let mut seen: HashSet<&str> = HashSet::new();
-        if opts.rooms.is_empty() {
-            for id in state.sids.keys() {
-                if !excluded.contains(id.as_str()) {
-                    out.push(id.clone());
-                }
-            }
-        } else {
-            for room in &opts.rooms {
-                if let Some(members) = state.rooms.get(room) {
-                    for id in members {
-                        if !excluded.contains(id.as_str()) && seen.insert(id) {
-                            out.push(id.clone());
-                        }
-                    }
-                }
-            }
-        }
-        out
+        lock(&self.state).matching(opts)
     }
 
     fn broadcast(&self, packet: &Packet, opts: &BroadcastOptions) {
@@ -325,15 +336,18 @@ impl Adapter for InMemoryAdapter {
     }
 
     fn add_sockets(&self, opts: &BroadcastOptions, rooms: &[String]) {
-        for id in self.sockets(opts) {
-            self.add_all(&id, rooms);
+        // One critical section: a socket leaving meanwhile cannot be re-added.
+        let mut state = lock(&self.state);
+        for id in state.matching(opts) {
+            state.add(&id, rooms);
         }
     }
 
     fn del_sockets(&self, opts: &BroadcastOptions, rooms: &[String]) {
-        for id in self.sockets(opts) {
+        let mut state = lock(&self.state);
+        for id in state.matching(opts) {
             for room in rooms {
-                self.del(&id, room);
+                state.del(&id, room);
             }
         }
     }

@@ -406,8 +406,13 @@ impl Socket {
     /// Joins `rooms`. Also works in a connect middleware (the rooms are dropped again if the
     /// connection is refused); does nothing once the socket is disconnected.
     pub fn join(&self, rooms: impl IntoRooms) {
-        if !self.0.closed.load(Ordering::Acquire) {
-            self.0.ns.adapter().add_all(&self.0.id, &rooms.into_rooms());
+        if self.is_closed() {
+            return;
+        }
+        self.0.ns.adapter().add_all(&self.0.id, &rooms.into_rooms());
+        if self.is_closed() {
+            // Lost a race with the socket's departure (from another task): undo.
+            self.0.ns.adapter().del_all(&self.0.id);
         }
     }
 

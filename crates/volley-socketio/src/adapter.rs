@@ -358,3 +358,64 @@ impl Adapter for InMemoryAdapter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(rooms: &[&str], except: &[&str]) -> BroadcastOptions {
+        BroadcastOptions {
+            rooms: rooms.iter().map(|s| (*s).to_owned()).collect(),
+            except: except.iter().map(|s| (*s).to_owned()).collect(),
+            flags: BroadcastFlags::default(),
+        }
+    }
+
+    fn sorted(mut v: Vec<String>) -> Vec<String> {
+        v.sort();
+        v
+    }
+
+    fn rooms(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn union_except_and_cleanup() {
+        let a = InMemoryAdapter::new(NamespaceRef(Weak::new()));
+        a.add_all("s1", &rooms(&["s1", "r1", "r2"]));
+        a.add_all("s2", &rooms(&["s2", "r2"]));
+        a.add_all("s3", &rooms(&["s3", "r3", "muted"]));
+        assert_eq!(sorted(a.sockets(&opts(&[], &[]))), ["s1", "s2", "s3"]);
+        // A socket in two targeted rooms is listed once.
+        assert_eq!(sorted(a.sockets(&opts(&["r1", "r2"], &[]))), ["s1", "s2"]);
+        assert_eq!(sorted(a.sockets(&opts(&["r2"], &["s1"]))), ["s2"]);
+        assert_eq!(sorted(a.sockets(&opts(&[], &["muted", "r1"]))), ["s2"]);
+        assert!(a.sockets(&opts(&["nobody"], &[])).is_empty());
+
+        a.add_sockets(&opts(&["r2"], &[]), &rooms(&["all"]));
+        assert_eq!(sorted(a.sockets(&opts(&["all"], &[]))), ["s1", "s2"]);
+        a.del_sockets(&opts(&["all"], &["s2"]), &rooms(&["all"]));
+        assert_eq!(a.sockets(&opts(&["all"], &[])), ["s2"]);
+
+        a.del("s1", "r2");
+        assert_eq!(a.socket_rooms("s1"), ["r1", "s1"]);
+        for id in ["s1", "s2", "s3"] {
+            a.del_all(id);
+        }
+        assert!(a.rooms().is_empty());
+        assert!(a.sockets(&opts(&[], &[])).is_empty());
+        let state = lock(&a.state);
+        assert!(state.rooms.is_empty() && state.sids.is_empty());
+    }
+
+    #[test]
+    fn options_serialize() {
+        let mut o = opts(&["a"], &["b"]);
+        o.flags.timeout_ms = Some(500);
+        o.flags.volatile = true;
+        let json = serde_json::to_string(&o).unwrap();
+        let back: BroadcastOptions = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, o);
+    }
+}

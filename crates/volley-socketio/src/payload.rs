@@ -105,3 +105,39 @@ impl From<Bytes> for Payload {
         Payload::binary(data)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn placeholders_resolve_to_their_attachment() {
+        let p = Payload::with_attachments(
+            vec![
+                json!("text"),
+                Payload::placeholder(1),
+                Payload::placeholder(0),
+                json!({"_placeholder": true, "num": 2}),
+                json!({"_placeholder": true, "num": "0"}),
+                json!({"_placeholder": false, "num": 0}),
+            ],
+            vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")],
+        );
+        assert_eq!(p.resolve(&p.args[0]), None);
+        assert_eq!(p.resolve(&p.args[1]).map(|b| &b[..]), Some(&b"b"[..]));
+        assert_eq!(p.resolve(&p.args[2]).map(|b| &b[..]), Some(&b"a"[..]));
+        assert_eq!(p.resolve(&p.args[3]), None, "index out of range");
+        assert_eq!(p.resolve(&p.args[4]), None, "non-numeric num");
+        assert_eq!(p.resolve(&p.args[5]), None, "not a placeholder");
+        let bin = Payload::from(Bytes::from_static(b"\x00\x01"));
+        assert_eq!(bin.args, vec![Payload::placeholder(0)]);
+        assert_eq!(
+            bin.resolve(bin.first().unwrap()).unwrap().as_ref(),
+            b"\x00\x01"
+        );
+        assert_eq!(Payload::from(()).args.len(), 0);
+        assert_eq!(Payload::from("x").args, vec![json!("x")]);
+        assert_eq!(Payload::from(json!([1, 2])).args, vec![json!([1, 2])]);
+    }
+}

@@ -196,8 +196,9 @@ impl Engine {
         self.inner.sessions().len()
     }
 
-    /// Closes every session (server shutdown): each gets its close packet where the transport
-    /// allows, and [`CloseReason::ServerClose`].
+    /// Closes every session (server shutdown) with [`CloseReason::ServerClose`]: a long-polling
+    /// session gets the close packet, a WebSocket session has its WebSocket closed (as Node does,
+    /// without a close packet).
     pub fn close_all(&self) {
         let all: Vec<Arc<Shared>> = self.inner.sessions().values().cloned().collect();
         for shared in all {
@@ -743,6 +744,11 @@ async fn ws_loop(shared: Arc<Shared>, ws: HyperWebSocket, write_timeout: Duratio
             let write = async {
                 for packet in &batch {
                     let message = match packet {
+                        // Like Node engine.io, the close packet is never written over a
+                        // WebSocket: the connection's close frame (sent below, after the rest of
+                        // the queue) ends the session. Clients such as python-engineio treat a
+                        // `1` as a deliberate disconnect and would not reconnect.
+                        Packet::Close => continue,
                         Packet::Message(Data::Binary(bytes)) => Message::binary(bytes.clone()),
                         other => Message::text(other.to_text()),
                     };
@@ -806,6 +812,7 @@ async fn ws_loop(shared: Arc<Shared>, ws: HyperWebSocket, write_timeout: Duratio
             () = shared.closed() => {}
         }
     }
+    // A close frame without a status code, as Node's `ws` sends for `socket.close()`.
     let _ = timeout(WS_CLOSE_WAIT, tx.close(None)).await;
     // Keep reading until the peer's close arrives (or the wait ends) so the close handshake
     // completes.

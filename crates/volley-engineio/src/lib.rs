@@ -14,9 +14,13 @@
 //!   (`"forced close"`); Node reports `"transport close"`;
 //! - a long-polling POST over `max_payload` is answered 413 *and* closes the session as a
 //!   transport error (Node answers 413 and leaves the session to time out);
-//! - a server-side close also sends the close packet `1` over WebSocket before closing it;
 //! - JSONP polling and protocol v3 (`allowEIO3`) are not supported; `b64` is ignored (v4 polling
 //!   always carries binary as base64).
+//!
+//! As in Node, a session closed by the server (or by a heartbeat timeout or an error) gets the
+//! close packet `1` only over long-polling; over WebSocket the connection is just closed (a close
+//! frame without a status code, as Node's `ws` sends), which clients see as a transport close and
+//! answer by reconnecting (python-engineio takes a `1` as a deliberate disconnect and would not).
 //!
 //! ```no_run
 //! use volley_engineio::{Engine, EngineConfig, Data};

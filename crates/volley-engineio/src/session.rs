@@ -282,8 +282,9 @@ impl Shared {
         Ok(())
     }
 
-    /// Closes the session (once): queues the close packet for the client, drops the incoming
-    /// channel and tells everyone waiting.
+    /// Closes the session (once): queues the close packet for the client (the WebSocket writer
+    /// skips it and closes the WebSocket instead), drops the incoming channel and tells everyone
+    /// waiting.
     pub(crate) fn close(&self, reason: CloseReason) {
         {
             let mut inner = self.lock();
@@ -444,9 +445,10 @@ impl SessionSender {
         self.shared.push_messages([data])
     }
 
-    /// Closes the session from the server side: what is queued is still delivered, followed by
-    /// the close packet (a pending polling GET gets it, or the next one; a WebSocket gets it as
-    /// a frame before the close).
+    /// Closes the session from the server side: what is queued is still delivered, then the
+    /// session ends like Node's engine.io ends it: over long-polling with the close packet (a
+    /// pending GET gets it, or the next one), over WebSocket by closing the WebSocket (no close
+    /// packet is written; clients take it as a transport close and may reconnect).
     pub fn close(&self) {
         self.shared.close(CloseReason::ServerClose);
     }

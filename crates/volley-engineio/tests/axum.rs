@@ -4,9 +4,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{WAIT, next_text, request};
+use common::{WAIT, next_close, next_text, request};
 use volley::Message;
-use volley_engineio::{Data, Engine, EngineConfig, TransportKind};
+use volley_engineio::{CloseReason, Data, Engine, EngineConfig, TransportKind};
 
 #[tokio::test]
 async fn nest_service_serves_polling_and_websocket() {
@@ -63,5 +63,11 @@ async fn nest_service_serves_polling_and_websocket() {
     // The rest of the app is untouched.
     assert_eq!(request(addr, "GET", "/", &[], b"").await.text(), "home");
     engine.close_all();
-    assert_eq!(next_text(&mut ws).await, "1");
+    // As in Node, a WebSocket session is closed without the close packet `1`.
+    assert_eq!(next_close(&mut ws).await, None);
+    assert_eq!(
+        tokio::time::timeout(WAIT, session.recv()).await.unwrap(),
+        None
+    );
+    assert_eq!(session.close_reason(), Some(CloseReason::ServerClose));
 }

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{UPGRADE_HEADERS, WAIT, next_frame, next_text, request, serve, wait_for};
+use common::{UPGRADE_HEADERS, WAIT, next_close, next_frame, next_text, request, serve, wait_for};
 use volley::Message;
 use volley_engineio::{CloseReason, Cors, Data, EngineConfig, TransportKind, Transports};
 
@@ -408,6 +408,8 @@ async fn heartbeat_over_websocket_and_ping_timeout() {
         waited >= Duration::from_millis(90) && waited < Duration::from_secs(5),
         "{waited:?}"
     );
+    // Over WebSocket the session ends with the WebSocket's close, no close packet.
+    assert_eq!(next_close(&mut ws).await, None);
     server.wait_no_sessions().await;
 }
 
@@ -485,6 +487,7 @@ async fn bad_packets_on_websocket_are_parse_errors() {
     assert_eq!(recv(&mut session).await, Some(Data::Text("fine".into())));
     assert_eq!(recv(&mut session).await, None);
     assert_eq!(session.close_reason(), Some(CloseReason::ParseError));
+    assert_eq!(next_close(&mut ws).await, None);
     server.wait_no_sessions().await;
 }
 
@@ -523,7 +526,8 @@ async fn failed_probe_abandons_the_upgrade_only() {
 #[tokio::test]
 async fn server_close_reaches_the_client() {
     let mut server = serve(EngineConfig::default()).await;
-    // WebSocket: queued messages, then "1", then the connection closes.
+    // WebSocket: queued messages, then the WebSocket closes (a close frame without a status
+    // code, as Node's `ws` sends) and no close packet "1", as in Node engine.io.
     let mut ws = server.ws("EIO=4&transport=websocket").await;
     next_text(&mut ws).await;
     let mut session = server.session().await;
@@ -531,8 +535,14 @@ async fn server_close_reaches_the_client() {
     sender.send(Data::from("last")).unwrap();
     sender.close();
     assert_eq!(next_text(&mut ws).await, "4last");
-    assert_eq!(next_text(&mut ws).await, "1");
-    assert_eq!(next_frame(&mut ws).await, None);
+    assert_eq!(next_close(&mut ws).await, None);
+    // The close handshake completes and the connection ends.
+    assert!(
+        tokio::time::timeout(WAIT, ws.recv())
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert_eq!(recv(&mut session).await, None);
     assert_eq!(session.close_reason(), Some(CloseReason::ServerClose));
     assert!(sender.is_closed());

@@ -239,6 +239,23 @@ pub async fn next_frame(ws: &mut WebSocket<volley::MaybeTlsStream>) -> Option<Me
     .expect("no frame within the wait")
 }
 
+/// Waits for the WebSocket's close frame, skipping control frames; panics on a data frame (an
+/// Engine.IO packet such as the close packet `1`) or when the connection ends without a close
+/// frame. Returns the close frame's payload (`None`: no status code).
+pub async fn next_close(ws: &mut WebSocket<volley::MaybeTlsStream>) -> Option<volley::CloseFrame> {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match ws.recv().await {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                other => panic!("expected the WebSocket close frame, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("no close frame within the wait")
+}
+
 /// The next text frame; panics on anything else.
 pub async fn next_text(ws: &mut WebSocket<volley::MaybeTlsStream>) -> String {
     match next_frame(ws).await {

@@ -45,7 +45,8 @@ pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
 /// ones this CPU can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Implementation {
-    /// Portable: eight bytes at a time as a `u64`, then byte by byte. Always available.
+    /// Portable: eight bytes at a time as a `u64`, then four as a `u32`, then byte by byte.
+    /// Always available.
     Scalar,
     /// x86_64 SSE2, 16 bytes per step (part of the x86_64 baseline).
     Sse2,
@@ -134,9 +135,11 @@ impl Implementation {
 
 /// The key as seen from byte `offset` of the key stream.
 #[inline]
-fn rotate(mut key: [u8; 4], offset: usize) -> [u8; 4] {
-    key.rotate_left(offset % 4);
-    key
+fn rotate(key: [u8; 4], offset: usize) -> [u8; 4] {
+    // `[u8; 4]::rotate_left` is a general slice rotation (an out-of-line call); as a
+    // little-endian word, rotating the bytes left by one is rotating the word right by 8 bits.
+    let shift = 8 * (offset % 4) as u32;
+    u32::from_le_bytes(key).rotate_right(shift).to_le_bytes()
 }
 
 /// The portable loop: `u64` words, then single bytes. `key` is already rotated to the start of
@@ -153,8 +156,14 @@ fn scalar(buf: &mut [u8], key: [u8; 4]) {
         chunk.copy_from_slice(&(u64::from_ne_bytes(word) ^ wide).to_ne_bytes());
     }
     // Whole words consumed a multiple of 4 bytes, so the key phase is unchanged here.
-    for (i, byte) in chunks.into_remainder().iter_mut().enumerate() {
-        *byte ^= key[i & 3];
+    let rest = chunks.into_remainder();
+    // Fewer than 8 bytes are left: a 4-byte word if there are at least 4, then 0 to 3 bytes.
+    let (half, tail) = rest.split_at_mut(rest.len() & 4);
+    if let Ok(half) = <&mut [u8; 4]>::try_from(half) {
+        *half = (u32::from_ne_bytes(*half) ^ u32::from_ne_bytes(key)).to_ne_bytes();
+    }
+    for (byte, k) in tail.iter_mut().zip(key) {
+        *byte ^= k;
     }
 }
 
@@ -346,6 +355,15 @@ mod tests {
                 std::is_x86_feature_detected!("avx2")
             );
         }
+    }
+
+    /// Miri sees only the CPU features enabled at compile time: `scripts/miri` runs these tests a
+    /// second time with `-C target-feature=+avx2`, and this makes sure that run covers AVX2.
+    #[cfg(all(miri, target_arch = "x86_64", target_feature = "avx2"))]
+    #[test]
+    fn avx2_path_runs_under_miri_when_enabled_at_compile_time() {
+        assert!(Implementation::Avx2.is_available());
+        assert_eq!(Implementation::selected(), Implementation::Avx2);
     }
 
     #[test]

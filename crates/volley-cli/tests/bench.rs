@@ -388,3 +388,36 @@ async fn echo_with_the_volley_client_side_verifies_echoes_too() {
     assert_eq!(output.status.code(), Some(1), "{report}");
     assert_eq!(report["mismatches"], 1, "{report}");
 }
+
+#[tokio::test]
+async fn connections_held_past_the_ping_timeout_answer_pings_and_stay_open() {
+    let server = Serve::start_with(&[
+        "--threads",
+        "1",
+        "--ping-interval",
+        "0.2",
+        "--ping-timeout",
+        "0.3",
+    ])
+    .await;
+    let url = server.url();
+    let output = bench(&[
+        "connections",
+        "--url",
+        &url,
+        "--count",
+        "20",
+        "--hold",
+        "1500ms",
+        "--settle",
+        "100ms",
+        "--json",
+    ])
+    .await;
+    let report = json(&output);
+    assert!(output.status.success(), "{report}");
+    assert_eq!(report["opened"], 20, "{report}");
+    assert_eq!(report["closed_while_held"], 0, "{report}");
+    // Without --server-pid there is no memory figure.
+    assert!(report["vm_rss_bytes_per_connection"].is_null(), "{report}");
+}

@@ -110,16 +110,21 @@ pub(super) fn run(args: ConnectionsArgs) -> Result<ExitCode, String> {
     let counter = Arc::new(AtomicU64::new(0));
     let progress = Progress::start(args.hold + args.settle, args.json, counter.clone(), "conn");
     let started = Instant::now();
-    let (streams, failures, errors) = runtime.block_on(async {
+    let closed = Arc::new(AtomicU64::new(0));
+    let mut holders = JoinSet::new();
+    let (opened, failures, errors) = runtime.block_on(async {
         let mut tasks = JoinSet::new();
-        let mut streams = Vec::with_capacity(args.count);
+        let mut opened = 0usize;
         let mut failures = 0u64;
         let mut errors = Vec::new();
+        // Each open connection gets a task that answers keep-alive pings (as an idle client
+        // does) and notices a close.
         let mut collect =
             |done: Result<Result<TcpStream, String>, tokio::task::JoinError>| match done {
                 Ok(Ok(stream)) => {
-                    streams.push(stream);
+                    opened += 1;
                     counter.fetch_add(1, Ordering::Relaxed);
+                    holders.spawn(hold(stream, closed.clone()));
                 }
                 Ok(Err(e)) => {
                     failures += 1;
@@ -159,26 +164,25 @@ pub(super) fn run(args: ConnectionsArgs) -> Result<ExitCode, String> {
         while let Some(done) = tasks.join_next().await {
             collect(done);
         }
-        (streams, failures, errors)
+        (opened, failures, errors)
     });
     let open_secs = started.elapsed().as_secs_f64();
     let held_from = Instant::now();
-    std::thread::sleep(args.settle);
-    let after = args.server_pid.map(read_memory).transpose()?;
-    if let Some(rest) = args.hold.checked_sub(held_from.elapsed()) {
-        std::thread::sleep(rest);
-    }
-    // Which connections the server closed while they were held.
-    let mut closed = 0u64;
-    let mut scratch = [0u8; 256];
-    for stream in &streams {
-        if let Ok(0) = stream.try_read(&mut scratch) {
-            closed += 1;
+    // The runtime keeps running while the connections are held, so that pings are answered.
+    let after = runtime.block_on(async {
+        tokio::time::sleep(args.settle).await;
+        let after = args.server_pid.map(read_memory).transpose();
+        if let Some(rest) = args.hold.checked_sub(held_from.elapsed()) {
+            tokio::time::sleep(rest).await;
         }
-    }
+        after
+    })?;
     drop(progress);
-    let opened = streams.len();
-    runtime.block_on(async { drop(streams) });
+    let closed = closed.load(Ordering::Relaxed);
+    runtime.block_on(async {
+        holders.abort_all();
+        while holders.join_next().await.is_some() {}
+    });
     runtime.shutdown_background();
     let delta = |f: fn(&Memory) -> Option<u64>| match (
         before.as_ref().and_then(f),
@@ -256,6 +260,63 @@ pub(super) fn run(args: ConnectionsArgs) -> Result<ExitCode, String> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Holds an idle connection: answers pings with pongs, counts it in `closed` when the server
+/// closes it (a close frame or the end of the stream). Runs until aborted.
+async fn hold(mut stream: TcpStream, closed: Arc<AtomicU64>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const KEY: [u8; 4] = [0x5a, 0x13, 0xc7, 0x88];
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 512];
+    loop {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        // Walk the complete frames (unmasked, from the server).
+        while buf.len() >= 2 {
+            let (len, header) = match buf[1] & 0x7f {
+                126 if buf.len() >= 4 => (usize::from(u16::from_be_bytes([buf[2], buf[3]])), 4),
+                127 if buf.len() >= 10 => {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&buf[2..10]);
+                    (
+                        usize::try_from(u64::from_be_bytes(b)).unwrap_or(usize::MAX),
+                        10,
+                    )
+                }
+                126 | 127 => break,
+                n => (usize::from(n), 2),
+            };
+            if len > 1 << 16 {
+                // Not an idle connection's traffic: give up on it.
+                closed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            if buf.len() < header + len {
+                break;
+            }
+            match buf[0] & 0x0f {
+                0x8 => {
+                    closed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                0x9 if len <= 125 => {
+                    let payload = &buf[header..header + len];
+                    let mut pong = vec![0x8a, 0x80 | payload.len() as u8];
+                    pong.extend_from_slice(&KEY);
+                    pong.extend(payload.iter().enumerate().map(|(i, b)| b ^ KEY[i % 4]));
+                    if stream.write_all(&pong).await.is_err() {
+                        break;
+                    }
+                }
+                _ => {}
+            }
+            buf.drain(..header + len);
+        }
+    }
+    closed.fetch_add(1, Ordering::Relaxed);
 }
 
 fn is_loopback_v4(addr: SocketAddr) -> bool {

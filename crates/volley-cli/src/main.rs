@@ -242,9 +242,13 @@ async fn serve(args: ServeArgs) -> ExitCode {
     let served = server.serve_with_shutdown(
         move |mut ws, request| {
             let chat_hub = chat_hub.clone();
+            // Decided here so that the connection's task does not keep the request (its headers
+            // live on the heap) for the connection's whole life.
+            let is_chat = request.uri().path() == chat::PATH;
             async move {
-                if request.uri().path() == chat::PATH {
-                    return chat::serve(ws, chat_hub).await;
+                if is_chat {
+                    // Boxed: the echo path is what most connections run; keep its task small.
+                    return Box::pin(chat::serve(ws, chat_hub)).await;
                 }
                 while let Some(message) = ws.recv().await {
                     match message {

@@ -79,6 +79,10 @@ struct InFrame {
     header: FrameHeader,
     remaining: u64,
     consumed: usize,
+    /// A whole unfragmented, uncompressed message arriving in pieces: its payload stays in the
+    /// receive buffer (unmasked and UTF-8-checked as it arrives, `consumed` bytes so far) and is
+    /// handed out without a copy once complete.
+    in_place: bool,
 }
 
 /// One WebSocket connection after the opening handshake, without any I/O.
@@ -97,7 +101,9 @@ pub struct Connection {
     state: State,
     rbuf: BytesMut,
     frame: Option<InFrame>,
-    message: Option<Assembly>,
+    /// Boxed: only fragmented (or partially received) messages need it, and an idle connection
+    /// should cost little.
+    message: Option<Box<Assembly>>,
     events: VecDeque<Message>,
     out: VecDeque<Bytes>,
     out_buf: BytesMut,
@@ -109,8 +115,10 @@ pub struct Connection {
     /// queued, state `Closed`, `Message::Close` event) when they have been, so the application
     /// can still answer them.
     pending_close: Option<Option<CloseFrame>>,
-    /// permessage-deflate, when negotiated.
-    deflate: Option<Deflate>,
+    /// permessage-deflate, when negotiated (boxed: most connections don't use it).
+    deflate: Option<Box<Deflate>>,
+    /// UTF-8 state of a text message received in place (see [`InFrame::in_place`]).
+    in_place_utf8: Utf8Validator,
 }
 
 impl Connection {
@@ -147,12 +155,12 @@ impl Connection {
                     params.server_max_window_bits,
                 ),
             };
-            Deflate {
+            Box::new(Deflate {
                 params,
                 threshold: prefs.threshold,
                 deflater: Deflater::new(local_bits.unwrap_or(15), prefs.level, local_nct),
                 inflater: Inflater::new(remote_bits.unwrap_or(15), remote_nct),
-            }
+            })
         });
         Self {
             role,
@@ -168,6 +176,7 @@ impl Connection {
             pending_failure: None,
             pending_close: None,
             deflate,
+            in_place_utf8: Utf8Validator::new(),
         }
     }
 
@@ -267,6 +276,49 @@ impl Connection {
     /// How many bytes wait in [`poll_transmit`](Self::poll_transmit).
     pub fn pending_transmit(&self) -> usize {
         self.out_len
+    }
+
+    /// How many more bytes the frame being received needs before it can be handed out, when its
+    /// payload is collected in the receive buffer (0 otherwise). Drivers reading straight into
+    /// [`read_buffer`](Self::read_buffer) can reserve that much, so that one read completes it.
+    pub fn read_hint(&self) -> usize {
+        match &self.frame {
+            Some(f) if f.in_place => {
+                (f.header.payload_len as usize).saturating_sub(self.rbuf.len())
+            }
+            _ => 0,
+        }
+    }
+
+    /// Whether the receive buffer holds no bytes and no capacity: a driver that finds it so can
+    /// read into scratch space of its own and pass the bytes to
+    /// [`handle_read`](Self::handle_read), so that an idle connection keeps no read buffer.
+    pub fn read_buffer_released(&self) -> bool {
+        self.rbuf.capacity() == 0
+    }
+
+    /// Frees the memory of buffers and queues that are empty (the receive buffer, the output
+    /// buffer, the event and transmit queues); call it when the connection goes idle. Buffers
+    /// holding bytes are kept. Returns whether anything was freed.
+    pub fn release_idle_buffers(&mut self) -> bool {
+        let mut freed = false;
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+            self.rbuf = BytesMut::new();
+            freed = true;
+        }
+        if self.out_buf.is_empty() && self.out_buf.capacity() > 0 {
+            self.out_buf = BytesMut::new();
+            freed = true;
+        }
+        if self.out.is_empty() && self.out.capacity() > 0 {
+            self.out = VecDeque::new();
+            freed = true;
+        }
+        if self.events.is_empty() && self.events.capacity() > 0 {
+            self.events = VecDeque::new();
+            freed = true;
+        }
+        freed
     }
 
     /// Queues a message. Text and binary messages longer than the configured fragment size are
@@ -565,19 +617,25 @@ impl Connection {
                     self.events.push_back(message);
                     continue;
                 }
-                if matches!(header.opcode, OpCode::Text | OpCode::Binary) {
-                    self.message = Some(Assembly {
+                let in_place = header.fin
+                    && header.rsv == 0
+                    && matches!(header.opcode, OpCode::Text | OpCode::Binary);
+                if in_place {
+                    self.in_place_utf8.reset();
+                } else if matches!(header.opcode, OpCode::Text | OpCode::Binary) {
+                    self.message = Some(Box::new(Assembly {
                         text: header.opcode == OpCode::Text,
                         compressed: header.rsv & RSV1 != 0,
                         wire: 0,
                         buf: BytesMut::new(),
                         utf8: Utf8Validator::new(),
-                    });
+                    }));
                 }
                 self.frame = Some(InFrame {
                     header,
                     remaining: header.payload_len,
                     consumed: 0,
+                    in_place,
                 });
                 continue;
             };
@@ -595,6 +653,41 @@ impl Connection {
                     apply_mask(&mut payload, key, 0);
                 }
                 self.on_control(header.opcode, payload.freeze())?;
+                continue;
+            }
+
+            if frame.in_place {
+                // Unmask and validate what arrived since the last call, where it lies.
+                let total = frame.header.payload_len as usize;
+                let upto = self.rbuf.len().min(total);
+                if upto > frame.consumed {
+                    let chunk = &mut self.rbuf[frame.consumed..upto];
+                    if let Some(key) = frame.header.mask {
+                        apply_mask(chunk, key, frame.consumed);
+                    }
+                    if frame.header.opcode == OpCode::Text {
+                        self.in_place_utf8
+                            .feed(chunk)
+                            .map_err(|_| ProtocolError::InvalidUtf8)?;
+                    }
+                    frame.consumed = upto;
+                    frame.remaining = (total - upto) as u64;
+                }
+                if upto < total {
+                    return Ok(());
+                }
+                let text = frame.header.opcode == OpCode::Text;
+                self.frame = None;
+                let payload = self.rbuf.split_to(total).freeze();
+                let message = if text {
+                    if !self.in_place_utf8.is_complete() {
+                        return Err(ProtocolError::InvalidUtf8);
+                    }
+                    Message::Text(Utf8Bytes::from_validated(payload))
+                } else {
+                    Message::Binary(payload)
+                };
+                self.events.push_back(message);
                 continue;
             }
 

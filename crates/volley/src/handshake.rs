@@ -1,5 +1,7 @@
 //! Opening handshakes over a transport: [`accept`] for servers, [`connect`] for clients.
 
+use std::sync::Arc;
+
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Uri, header};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -75,8 +77,20 @@ where
 ///
 /// Not cancel-safe (see [`accept`]).
 pub async fn accept_with_policy<S>(
-    mut stream: S,
+    stream: S,
     config: Config,
+    policy: &Policy,
+) -> Result<(WebSocket<S>, Request<()>)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    accept_shared(stream, Arc::new(config), policy).await
+}
+
+/// [`accept_with_policy`] with a configuration shared by many connections (a server's).
+pub(crate) async fn accept_shared<S>(
+    mut stream: S,
+    config: Arc<Config>,
     policy: &Policy,
 ) -> Result<(WebSocket<S>, Request<()>)>
 where
@@ -124,7 +138,7 @@ where
     let (request, deflate, leftover) = tokio::time::timeout(config.open_timeout, handshake)
         .await
         .map_err(|_| Error::Timeout("opening handshake"))??;
-    let ws = WebSocket::from_raw_with_deflate(stream, Role::Server, config, deflate, &leftover);
+    let ws = WebSocket::from_raw_shared(stream, Role::Server, config, deflate, &leftover);
     Ok((ws, request))
 }
 

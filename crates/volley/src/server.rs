@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use volley_proto::{CloseCode, CloseFrame};
 
 use crate::config::Config;
-use crate::handshake::accept_with_policy;
+use crate::handshake::accept_shared;
 use crate::maybe_tls::MaybeTlsStream;
 use crate::policy::Policy;
 use crate::stream::{CloseHandle, WebSocket};
@@ -145,9 +145,18 @@ impl Server {
         F: Fn(WebSocket<MaybeTlsStream>, Request<()>) -> Fut + Clone + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let open: Arc<Mutex<HashMap<u64, CloseHandle>>> = Arc::default();
         let stopping = Arc::new(AtomicBool::new(false));
-        let policy = self.policy.clone().stopping(stopping.clone());
+        // Everything a connection task needs from the server, behind one pointer: each task
+        // holds only that, its handler and its connection (idle connections should cost little).
+        let ctx = Arc::new(ConnContext {
+            config: Arc::new(self.config.clone()),
+            policy: self.policy.clone().stopping(stopping.clone()),
+            open: Mutex::default(),
+            stopping,
+            shutdown_frame: self.shutdown_frame.clone(),
+            #[cfg(feature = "tls")]
+            tls: self.tls.clone(),
+        });
         let mut tasks = JoinSet::new();
         let mut next_id = 0u64;
         tokio::pin!(shutdown);
@@ -167,58 +176,32 @@ impl Server {
                 },
             };
             let _ = stream.set_nodelay(true);
-            let config = self.config.clone();
             let handler = handler.clone();
-            #[cfg(feature = "tls")]
-            let tls = self.tls.clone();
             let id = next_id;
             next_id += 1;
-            let registry = open.clone();
-            let policy = policy.clone();
-            let stopping = stopping.clone();
-            let shutdown_frame = self.shutdown_frame.clone();
+            let ctx = ctx.clone();
             tasks.spawn(async move {
-                #[cfg(feature = "tls")]
-                let stream = match tls {
-                    Some(acceptor) => {
-                        match tokio::time::timeout(config.open_timeout, acceptor.accept(stream))
-                            .await
-                        {
-                            Ok(Ok(tls)) => MaybeTlsStream::ServerTls(Box::new(tls)),
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, "TLS handshake failed: {e}");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                return;
-                            }
-                        }
-                    }
-                    None => MaybeTlsStream::Plain(stream),
+                // Boxed: the handshake's state (read buffer, TLS) is freed once it is done
+                // instead of sizing the task for the connection's whole life.
+                let Some((ws, request)) = Box::pin(ctx.handshake(stream, peer)).await else {
+                    return;
                 };
-                #[cfg(not(feature = "tls"))]
-                let stream = MaybeTlsStream::Plain(stream);
-                match accept_with_policy(stream, config, &policy).await {
-                    Ok((ws, request)) => {
-                        let handle = ws.close_handle();
-                        lock(&registry).insert(id, handle.clone());
-                        // Registered after shutdown took its snapshot: close it here.
-                        if stopping.load(Ordering::Acquire) {
-                            tokio::spawn(async move { handle.close(shutdown_frame).await });
-                        }
-                        handler(ws, request).await;
-                        lock(&registry).remove(&id);
-                    }
-                    Err(e) => tracing::debug!(%peer, "handshake failed: {e}"),
+                let handle = ws.close_handle();
+                lock(&ctx.open).insert(id, handle.clone());
+                // Registered after shutdown took its snapshot: close it here.
+                if ctx.stopping.load(Ordering::Acquire) {
+                    let frame = ctx.shutdown_frame.clone();
+                    tokio::spawn(async move { handle.close(frame).await });
                 }
+                handler(ws, request).await;
+                lock(&ctx.open).remove(&id);
             });
         }
 
         // Graceful shutdown: handshakes still in flight are answered 503.
-        stopping.store(true, Ordering::Release);
+        ctx.stopping.store(true, Ordering::Release);
         drop(self.listener);
-        let handles: Vec<CloseHandle> = lock(&open).values().cloned().collect();
+        let handles: Vec<CloseHandle> = lock(&ctx.open).values().cloned().collect();
         tracing::info!(connections = handles.len(), "shutting down");
         let frame = self.shutdown_frame.clone();
         for handle in handles {
@@ -234,6 +217,55 @@ impl Server {
             tasks.shutdown().await;
         }
         Ok(())
+    }
+}
+
+/// What every connection task of a server shares.
+struct ConnContext {
+    config: Arc<Config>,
+    policy: Policy,
+    /// Close handles of the open connections, for graceful shutdown.
+    open: Mutex<HashMap<u64, CloseHandle>>,
+    stopping: Arc<AtomicBool>,
+    shutdown_frame: CloseFrame,
+    #[cfg(feature = "tls")]
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl ConnContext {
+    /// TLS (if configured) and the opening handshake; `None` (logged) if either fails.
+    async fn handshake(
+        &self,
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+    ) -> Option<(WebSocket<MaybeTlsStream>, Request<()>)> {
+        #[cfg(feature = "tls")]
+        let stream = match &self.tls {
+            Some(acceptor) => {
+                match tokio::time::timeout(self.config.open_timeout, acceptor.accept(stream)).await
+                {
+                    Ok(Ok(tls)) => MaybeTlsStream::ServerTls(Box::new(tls)),
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, "TLS handshake failed: {e}");
+                        return None;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return None;
+                    }
+                }
+            }
+            None => MaybeTlsStream::Plain(stream),
+        };
+        #[cfg(not(feature = "tls"))]
+        let stream = MaybeTlsStream::Plain(stream);
+        match accept_shared(stream, self.config.clone(), &self.policy).await {
+            Ok(accepted) => Some(accepted),
+            Err(e) => {
+                tracing::debug!(%peer, "handshake failed: {e}");
+                None
+            }
+        }
     }
 }
 

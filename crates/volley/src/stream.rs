@@ -5,15 +5,18 @@
 //! write lock: control replies (pongs, close echoes) produced while reading are flushed by the
 //! reader only when the writer is idle, and otherwise by the sender before it releases the writer.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::sync::Notify;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use volley_proto::{
     CloseCode, CloseFrame, Connection, DeflateParams, Message, PreparedMessage, Role, State,
 };
@@ -21,8 +24,20 @@ use volley_proto::{
 use crate::config::Config;
 use crate::error::{Error, Result};
 
-/// Initial capacity of the read buffer.
-const READ_CHUNK: usize = 16 * 1024;
+/// The least free space a connection's read buffer gets before a read.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Size of the per-thread buffer that idle connections (which keep no read buffer) read into.
+const SCRATCH_LEN: usize = 16 * 1024;
+
+/// How long after its last read a connection keeps its buffers; then empty ones are freed, so
+/// an idle connection costs little memory.
+const RELEASE_AFTER: Duration = Duration::from_secs(1);
+
+thread_local! {
+    /// Where a connection without a read buffer reads: only the bytes it needs are kept.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_LEN].into_boxed_slice());
+}
 
 /// Most buffers handed to one vectored write.
 const MAX_IOV: usize = 64;
@@ -35,7 +50,8 @@ struct Writer<S> {
 struct Shared<S> {
     proto: Mutex<Connection>,
     writer: tokio::sync::Mutex<Writer<S>>,
-    config: Config,
+    /// Shared by every connection of a server.
+    config: Arc<Config>,
     /// When the close handshake must be complete: set when our close frame is queued.
     close_deadline: OnceLock<Instant>,
     /// Wakes a receiver blocked in a read when our close frame is queued.
@@ -58,6 +74,17 @@ impl<S> Shared<S> {
             self.close_deadline
                 .get_or_init(|| Instant::now() + self.config.close_timeout);
             self.closing.notify_one();
+        }
+    }
+
+    /// Frees the connection's empty buffers (an idle connection keeps none). A writer busy
+    /// elsewhere keeps its queue until the next release.
+    fn release_idle_buffers(&self) {
+        self.proto().release_idle_buffers();
+        if let Ok(mut w) = self.writer.try_lock() {
+            if w.queue.is_empty() && w.queue.capacity() > 0 {
+                w.queue = VecDeque::new();
+            }
         }
     }
 
@@ -174,18 +201,23 @@ impl CloseHandle {
 
 async fn write_queue<S: AsyncWrite>(w: &mut Writer<S>) -> Result<()> {
     while !w.queue.is_empty() {
-        let n = if w.io.is_write_vectored() && w.queue.len() > 1 {
-            let slices: Vec<IoSlice<'_>> = w
-                .queue
-                .iter()
-                .take(MAX_IOV)
-                .map(|b| IoSlice::new(b))
-                .collect();
-            w.io.write_vectored(&slices).await?
-        } else {
-            let front = &w.queue[0];
-            w.io.write(front).await?
-        };
+        // The slice array lives only for the synchronous poll, not in the future's state.
+        let n = std::future::poll_fn(|cx| {
+            let Writer { io, queue } = &mut *w;
+            let io = Pin::new(io);
+            if io.is_write_vectored() && queue.len() > 1 {
+                let mut slices = [IoSlice::new(&[]); MAX_IOV];
+                let mut count = 0;
+                for (slot, bytes) in slices.iter_mut().zip(queue.iter()) {
+                    *slot = IoSlice::new(bytes);
+                    count += 1;
+                }
+                io.poll_write_vectored(cx, &slices[..count])
+            } else {
+                io.poll_write(cx, &queue[0])
+            }
+        })
+        .await?;
         if n == 0 {
             return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
         }
@@ -207,6 +239,48 @@ async fn write_queue<S: AsyncWrite>(w: &mut Writer<S>) -> Result<()> {
     Ok(())
 }
 
+/// Reads once from `io` into the connection and processes what arrived (a protocol error lands
+/// in `error`). A connection with a read buffer reads straight into it, with room for the rest
+/// of the frame being received; one without (idle) reads into this thread's scratch buffer and
+/// keeps only the bytes it needs. The protocol lock is held only for this synchronous step.
+fn poll_fill<S: AsyncRead>(
+    shared: &Shared<S>,
+    io: &mut ReadHalf<S>,
+    error: &mut Option<Error>,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<usize>> {
+    let mut proto = shared.proto();
+    let n = if proto.read_buffer_released() {
+        ready!(SCRATCH.with_borrow_mut(|scratch| {
+            let mut buf = ReadBuf::new(scratch);
+            ready!(Pin::new(&mut *io).poll_read(cx, &mut buf))?;
+            let filled = buf.filled();
+            if !filled.is_empty() {
+                // Keep room for the reads that usually follow the first.
+                proto.read_buffer().reserve(filled.len().max(READ_CHUNK));
+                if let Err(e) = proto.handle_read(filled) {
+                    *error = Some(Error::Protocol(e));
+                }
+            }
+            Poll::Ready(Ok::<_, std::io::Error>(filled.len()))
+        }))?
+    } else {
+        let want = proto.read_hint().max(READ_CHUNK);
+        let buf = proto.read_buffer();
+        if buf.capacity() - buf.len() < want {
+            buf.reserve(want);
+        }
+        let n = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf))?;
+        if n > 0 {
+            if let Err(e) = proto.handle_buffered() {
+                *error = Some(Error::Protocol(e));
+            }
+        }
+        n
+    };
+    Poll::Ready(Ok(n))
+}
+
 /// The sending half of a [`WebSocket`].
 pub struct WsSender<S> {
     shared: Arc<Shared<S>>,
@@ -216,7 +290,6 @@ pub struct WsSender<S> {
 pub struct WsReceiver<S> {
     shared: Arc<Shared<S>>,
     io: ReadHalf<S>,
-    buf: BytesMut,
     error: Option<Error>,
     /// An item already polled, returned once the bytes polling queued are flushed.
     ready: Option<Result<Message>>,
@@ -224,6 +297,10 @@ pub struct WsReceiver<S> {
     /// The peer stopped answering: close the transport without waiting for its close reply.
     abandon: bool,
     keepalive: Keepalive,
+    /// The one timer behind keep-alive, the idle timeout and buffer release; created when first
+    /// needed and moved only when a deadline comes earlier than it (a timer that fires early
+    /// just re-arms), so that receiving a message touches no timer.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 /// Keep-alive and idle timers, driven by a pending `recv`.
@@ -233,6 +310,8 @@ struct Keepalive {
     outstanding: Option<(Bytes, Instant)>,
     seq: u32,
     last_read: Instant,
+    /// When to free the connection's empty buffers, if it holds any.
+    release_at: Option<Instant>,
 }
 
 impl Keepalive {
@@ -243,6 +322,8 @@ impl Keepalive {
             outstanding: None,
             seq: 0,
             last_read: now,
+            // The handshake may have left buffers behind: release them if nothing follows.
+            release_at: Some(now + RELEASE_AFTER),
         }
     }
 
@@ -253,7 +334,10 @@ impl Keepalive {
             .as_ref()
             .and_then(|(_, sent)| config.ping_timeout.map(|t| *sent + t));
         let idle = config.idle_timeout.map(|t| self.last_read + t);
-        [self.next_ping, pong, idle].into_iter().flatten().min()
+        [self.next_ping, pong, idle, self.release_at]
+            .into_iter()
+            .flatten()
+            .min()
     }
 }
 
@@ -301,8 +385,20 @@ impl<S: AsyncRead + AsyncWrite> WebSocket<S> {
         deflate: Option<DeflateParams>,
         leftover: &[u8],
     ) -> Self {
+        Self::from_raw_shared(stream, role, Arc::new(config), deflate, leftover)
+    }
+
+    /// [`from_raw_with_deflate`](Self::from_raw_with_deflate) with a configuration shared by
+    /// many connections.
+    pub(crate) fn from_raw_shared(
+        stream: S,
+        role: Role,
+        config: Arc<Config>,
+        deflate: Option<DeflateParams>,
+        leftover: &[u8],
+    ) -> Self {
         let (read, write) = tokio::io::split(stream);
-        let shared_config = config.clone();
+        let keepalive = Keepalive::new(&config);
         let mut proto = Connection::with_deflate(role, config.protocol.clone(), deflate);
         let error = proto.handle_read(leftover).err().map(Error::Protocol);
         let shared = Arc::new(Shared {
@@ -323,12 +419,12 @@ impl<S: AsyncRead + AsyncWrite> WebSocket<S> {
             rx: WsReceiver {
                 shared,
                 io: read,
-                buf: BytesMut::with_capacity(READ_CHUNK),
                 error,
                 ready: None,
                 done: false,
                 abandon: false,
-                keepalive: Keepalive::new(&shared_config),
+                keepalive,
+                timer: None,
             },
         }
     }
@@ -565,14 +661,17 @@ impl<S: AsyncRead + AsyncWrite> WsReceiver<S> {
             }
             if self.abandon || matches!(state, State::Closed | State::Failed) {
                 self.done = true;
-                return self.finish().await.err().map(Err);
+                return Box::pin(self.finish()).await.err().map(Err);
             }
-            let read = self.io.read_buf(&mut self.buf);
+            let (shared, io, error) = (&self.shared, &mut self.io, &mut self.error);
+            let read = std::future::poll_fn(|cx| poll_fill(shared, io, error, cx));
             let n = if state == State::CloseSent {
                 // The deadline runs from when our close frame was queued, however much the peer
                 // sends meanwhile.
                 let deadline = self.shared.close_deadline();
-                match tokio::time::timeout_at(deadline, read).await {
+                // Boxed, like the other rare paths below, so that the future of every `recv`
+                // (and so every idle connection) stays small.
+                match Box::pin(tokio::time::timeout_at(deadline, read)).await {
                     Ok(n) => n,
                     Err(_) => {
                         self.done = true;
@@ -580,10 +679,21 @@ impl<S: AsyncRead + AsyncWrite> WsReceiver<S> {
                     }
                 }
             } else {
-                let timer = self.keepalive.deadline(&self.shared.config);
+                let timer = match self.keepalive.deadline(&self.shared.config) {
+                    Some(at) => {
+                        let timer = self
+                            .timer
+                            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                        if timer.is_elapsed() || timer.deadline() > at {
+                            timer.as_mut().reset(at);
+                        }
+                        Some(timer.as_mut())
+                    }
+                    None => None,
+                };
                 let sleep = async move {
                     match timer {
-                        Some(at) => tokio::time::sleep_until(at).await,
+                        Some(timer) => timer.await,
                         None => std::future::pending().await,
                     }
                 };
@@ -596,7 +706,7 @@ impl<S: AsyncRead + AsyncWrite> WsReceiver<S> {
                             // Get the 1011 close frame out before reporting, if the transport
                             // takes it within the close timeout.
                             let flush = self.shared.try_flush();
-                            let _ = tokio::time::timeout(self.shared.config.close_timeout, flush).await;
+                            let _ = Box::pin(tokio::time::timeout(self.shared.config.close_timeout, flush)).await;
                             return Some(Err(err));
                         }
                         continue;
@@ -609,12 +719,9 @@ impl<S: AsyncRead + AsyncWrite> WsReceiver<S> {
                     return Some(Err(Error::AbnormalClose));
                 }
                 Ok(_) => {
-                    self.keepalive.last_read = Instant::now();
-                    let result = self.shared.proto().handle_read(&self.buf);
-                    self.buf.clear();
-                    if let Err(e) = result {
-                        self.error = Some(Error::Protocol(e));
-                    }
+                    let now = Instant::now();
+                    self.keepalive.last_read = now;
+                    self.keepalive.release_at = Some(now + RELEASE_AFTER);
                 }
                 Err(e) => {
                     self.done = true;
@@ -643,6 +750,10 @@ impl<S: AsyncRead + AsyncWrite> WsReceiver<S> {
     /// peer failed to answer a ping in time.
     fn on_timer(&mut self) -> Option<Error> {
         let now = Instant::now();
+        if self.keepalive.release_at.is_some_and(|at| at <= now) {
+            self.keepalive.release_at = None;
+            self.shared.release_idle_buffers();
+        }
         let config = &self.shared.config;
         let ka = &mut self.keepalive;
         let timer = if ka

@@ -421,3 +421,19 @@ async fn connections_held_past_the_ping_timeout_answer_pings_and_stay_open() {
     // Without --server-pid there is no memory figure.
     assert!(report["vm_rss_bytes_per_connection"].is_null(), "{report}");
 }
+
+#[tokio::test]
+async fn serve_threads_must_be_at_least_one() {
+    let output = timeout(
+        WAIT,
+        volley()
+            .args(["serve", "--bind", "127.0.0.1:0", "--threads", "0"])
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("volley serve exited in time")
+    .expect("volley serve output");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--threads"));
+}

@@ -137,6 +137,9 @@ struct ConnectArgs {
     deflate: DeflateArgs,
 }
 
+/// Where `volley serve` mounts Socket.IO (the clients' default path).
+const SOCKETIO_PATH: &str = "/socket.io/";
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -235,10 +238,27 @@ async fn serve(args: ServeArgs) -> ExitCode {
         ""
     };
     eprintln!(
-        "volley serve: listening on {scheme}://{addr}/ (echo{compression}; topics chat at {})",
+        "volley serve: listening on {scheme}://{addr}/ (echo{compression}; topics chat at {}; \
+         Socket.IO at {SOCKETIO_PATH}, chat namespace /chat)",
         chat::PATH
     );
+    // Socket.IO v4 (Engine.IO polling + WebSocket) at /socket.io/, with the chat namespace.
+    let mut io = volley_socketio::SocketIo::builder();
+    if !args.origins.is_empty() {
+        io = io.cors(Some(volley_engineio::Cors::origins(args.origins.clone())));
+    }
+    let io = io.build();
+    volley_socketio::chat::chat_namespace(&io);
+    let socketio = io.clone();
+    server = server.mount(SOCKETIO_PATH, move |request| {
+        let io = socketio.clone();
+        async move { io.handle(request).await }
+    });
     let chat_hub = volley::hub::Hub::default();
+    let shutdown = async move {
+        shutdown_signal().await;
+        io.close();
+    };
     let served = server.serve_with_shutdown(
         move |mut ws, request| {
             let chat_hub = chat_hub.clone();
@@ -266,7 +286,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
                 }
             }
         },
-        shutdown_signal(),
+        shutdown,
     );
     match served.await {
         Ok(()) => {

@@ -89,7 +89,20 @@ where
 
 /// [`accept_with_policy`] with a configuration shared by many connections (a server's).
 pub(crate) async fn accept_shared<S>(
+    stream: S,
+    config: Arc<Config>,
+    policy: &Policy,
+) -> Result<(WebSocket<S>, Request<()>)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    accept_buffered(stream, Vec::new(), config, policy).await
+}
+
+/// [`accept_shared`] on a transport from which `buf` was already read (the start of the request).
+pub(crate) async fn accept_buffered<S>(
     mut stream: S,
+    mut buf: Vec<u8>,
     config: Arc<Config>,
     policy: &Policy,
 ) -> Result<(WebSocket<S>, Request<()>)>
@@ -99,7 +112,6 @@ where
     let limits = config.headers;
     let deflate_config = config.protocol.deflate.clone();
     let handshake = async {
-        let mut buf = Vec::new();
         let parsed = read_head(&mut stream, &mut buf, |b| UpgradeRequest::parse(b, &limits)).await;
         match parsed {
             Ok((upgrade, len)) => {

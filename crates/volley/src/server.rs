@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use volley_proto::{CloseCode, CloseFrame};
 
 use crate::config::Config;
-use crate::handshake::accept_shared;
+use crate::handshake::accept_buffered;
 use crate::maybe_tls::MaybeTlsStream;
 use crate::policy::Policy;
 use crate::stream::{CloseHandle, WebSocket};
@@ -43,6 +43,8 @@ pub struct Server {
     policy: Policy,
     #[cfg(feature = "tls")]
     tls: Option<tokio_rustls::TlsAcceptor>,
+    #[cfg(feature = "hyper")]
+    mounts: Vec<crate::integrations::mount::Mount>,
 }
 
 impl std::fmt::Debug for Server {
@@ -72,7 +74,30 @@ impl Server {
             policy: Policy::default(),
             #[cfg(feature = "tls")]
             tls: None,
+            #[cfg(feature = "hyper")]
+            mounts: Vec::new(),
         }
+    }
+
+    /// Serves connections whose first request path starts with `prefix` (e.g. `"/socket.io/"`)
+    /// with an HTTP service instead of the WebSocket handler: hyper serves every request on such
+    /// a connection (HTTP/1.1 keep-alive, and upgrades, so the service may accept WebSockets
+    /// itself). Other paths get the WebSocket handshake as before. Mounts are tried in the order
+    /// added. Feature `hyper`.
+    ///
+    /// At shutdown, mounted connections get the drain timeout like WebSocket ones, then are
+    /// aborted; the service should close its own sessions (Socket.IO's `close`) on the same signal.
+    #[cfg(feature = "hyper")]
+    pub fn mount<F, Fut, B>(mut self, prefix: &str, service: F) -> Self
+    where
+        F: Fn(Request<::hyper::body::Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = http::Response<B>> + Send + 'static,
+        B: ::hyper::body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.mounts
+            .push(crate::integrations::mount::Mount::new(prefix, service));
+        self
     }
 
     /// Serves `wss://`: every connection does a TLS handshake (within `open_timeout`) first.
@@ -156,6 +181,8 @@ impl Server {
             shutdown_frame: self.shutdown_frame.clone(),
             #[cfg(feature = "tls")]
             tls: self.tls.clone(),
+            #[cfg(feature = "hyper")]
+            mounts: self.mounts.clone(),
         });
         let mut tasks = JoinSet::new();
         let mut next_id = 0u64;
@@ -230,6 +257,8 @@ struct ConnContext {
     shutdown_frame: CloseFrame,
     #[cfg(feature = "tls")]
     tls: Option<tokio_rustls::TlsAcceptor>,
+    #[cfg(feature = "hyper")]
+    mounts: Vec<crate::integrations::mount::Mount>,
 }
 
 impl ConnContext {
@@ -259,7 +288,49 @@ impl ConnContext {
         };
         #[cfg(not(feature = "tls"))]
         let stream = MaybeTlsStream::Plain(stream);
-        match accept_shared(stream, self.config.clone(), &self.policy).await {
+        #[allow(unused_mut)]
+        let mut head = Vec::new();
+        #[cfg(feature = "hyper")]
+        if !self.mounts.is_empty() {
+            // Route on the request line: a mounted path goes to its HTTP service.
+            let max = self.config.headers.max_bytes;
+            let read_line = async {
+                use tokio::io::AsyncReadExt;
+                let mut stream = stream;
+                while crate::integrations::mount::request_path(&head).is_none()
+                    && !head.windows(2).any(|w| w == b"\r\n")
+                    && head.len() < max
+                {
+                    let mut chunk = [0u8; 1024];
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return None,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                Some(stream)
+            };
+            let stream = match tokio::time::timeout(self.config.open_timeout, read_line).await {
+                Ok(Some(stream)) => stream,
+                _ => return None,
+            };
+            let path = crate::integrations::mount::request_path(&head).unwrap_or("");
+            if let Some(mount) = self.mounts.iter().find(|m| m.matches(path)) {
+                mount.serve(head, stream).await;
+                return None;
+            }
+            return self.websocket(stream, head, peer).await;
+        }
+        self.websocket(stream, head, peer).await
+    }
+
+    /// The WebSocket handshake on a transport from which `head` was already read.
+    async fn websocket(
+        &self,
+        stream: MaybeTlsStream,
+        head: Vec<u8>,
+        peer: SocketAddr,
+    ) -> Option<(WebSocket<MaybeTlsStream>, Request<()>)> {
+        match accept_buffered(stream, head, self.config.clone(), &self.policy).await {
             Ok(accepted) => Some(accepted),
             Err(e) => {
                 tracing::debug!(%peer, "handshake failed: {e}");

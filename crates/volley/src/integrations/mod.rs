@@ -7,3 +7,5 @@
 pub mod axum;
 #[cfg(feature = "hyper")]
 pub mod hyper;
+#[cfg(feature = "hyper")]
+pub(crate) mod mount;

@@ -9,6 +9,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -24,8 +25,11 @@ use volley_proto::{
 use crate::config::Config;
 use crate::error::{Error, Result};
 
-/// The least free space a connection's read buffer gets before a read.
+/// How much free space a connection's read buffer gets when it grows.
 const READ_CHUNK: usize = 8 * 1024;
+
+/// Below this much free space, the read buffer grows (or is reclaimed) before a read.
+const MIN_SPARE: usize = 1024;
 
 /// Size of the per-thread buffer that idle connections (which keep no read buffer) read into.
 const SCRATCH_LEN: usize = 16 * 1024;
@@ -58,6 +62,8 @@ struct Shared<S> {
     closing: Notify,
     /// Round trip of the last answered keep-alive ping.
     latency: Mutex<Option<Duration>>,
+    /// The writer's queue may hold bytes (a write was started and not seen through).
+    unflushed: AtomicBool,
 }
 
 impl<S> Shared<S> {
@@ -111,12 +117,16 @@ impl<S: AsyncRead + AsyncWrite> Shared<S> {
             if w.queue.is_empty() {
                 let proto = self.proto();
                 if proto.pending_transmit() == 0 {
+                    self.unflushed.store(false, Ordering::Release);
                     drop(w);
                     drop(proto);
                     return Ok(());
                 }
                 continue;
             }
+            // Set until the queue is drained: a write cancelled midway leaves bytes in the
+            // writer's queue that `try_flush` must not skip.
+            self.unflushed.store(true, Ordering::Release);
             write_queue(&mut w).await?;
         }
     }
@@ -125,6 +135,10 @@ impl<S: AsyncRead + AsyncWrite> Shared<S> {
     /// write limit it waits for the writer instead, so replies queued while a sender is stuck
     /// cannot pile up.
     async fn try_flush(&self) -> Result<()> {
+        // The common case on the receive path: nothing to write, checked without the writer.
+        if !self.unflushed.load(Ordering::Acquire) && self.proto().pending_transmit() == 0 {
+            return Ok(());
+        }
         match self.writer.try_lock() {
             Ok(w) => self.flush_and_release(w).await,
             Err(_) if self.proto().pending_transmit() > self.config.write_limit => {
@@ -265,10 +279,13 @@ fn poll_fill<S: AsyncRead>(
             Poll::Ready(Ok::<_, std::io::Error>(filled.len()))
         }))?
     } else {
-        let want = proto.read_hint().max(READ_CHUNK);
+        // Room for the rest of the frame being received, else at least MIN_SPARE (growing by
+        // READ_CHUNK at a time, so that the buffer is not reclaimed on every read).
+        let hint = proto.read_hint();
         let buf = proto.read_buffer();
-        if buf.capacity() - buf.len() < want {
-            buf.reserve(want);
+        let spare = buf.capacity() - buf.len();
+        if spare < hint.max(MIN_SPARE) {
+            buf.reserve(hint.max(READ_CHUNK));
         }
         let n = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf))?;
         if n > 0 {
@@ -410,6 +427,7 @@ impl<S: AsyncRead + AsyncWrite> WebSocket<S> {
             close_deadline: OnceLock::new(),
             closing: Notify::new(),
             latency: Mutex::new(None),
+            unflushed: AtomicBool::new(false),
             config,
         });
         Self {

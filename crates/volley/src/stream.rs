@@ -25,11 +25,13 @@ use volley_proto::{
 use crate::config::Config;
 use crate::error::{Error, Result};
 
-/// How much free space a connection's read buffer gets when it grows.
-const READ_CHUNK: usize = 8 * 1024;
+/// Free space a connection's read buffer has before a read, at first. It grows to the size of
+/// the frames that needed more than one read (up to [`MAX_READ_TARGET`]), so that a stream of
+/// large messages is read with one system call per message.
+const READ_TARGET: usize = 4 * 1024;
 
-/// Below this much free space, the read buffer grows (or is reclaimed) before a read.
-const MIN_SPARE: usize = 1024;
+/// The most free space reserved ahead of frames of unknown size.
+const MAX_READ_TARGET: usize = 64 * 1024;
 
 /// Size of the per-thread buffer that idle connections (which keep no read buffer) read into.
 const SCRATCH_LEN: usize = 16 * 1024;
@@ -261,6 +263,7 @@ fn poll_fill<S: AsyncRead>(
     shared: &Shared<S>,
     io: &mut ReadHalf<S>,
     error: &mut Option<Error>,
+    target: &mut usize,
     cx: &mut Context<'_>,
 ) -> Poll<std::io::Result<usize>> {
     let mut proto = shared.proto();
@@ -271,7 +274,7 @@ fn poll_fill<S: AsyncRead>(
             let filled = buf.filled();
             if !filled.is_empty() {
                 // Keep room for the reads that usually follow the first.
-                proto.read_buffer().reserve(filled.len().max(READ_CHUNK));
+                proto.read_buffer().reserve(filled.len().max(*target));
                 if let Err(e) = proto.handle_read(filled) {
                     *error = Some(Error::Protocol(e));
                 }
@@ -279,13 +282,11 @@ fn poll_fill<S: AsyncRead>(
             Poll::Ready(Ok::<_, std::io::Error>(filled.len()))
         }))?
     } else {
-        // Room for the rest of the frame being received, else at least MIN_SPARE (growing by
-        // READ_CHUNK at a time, so that the buffer is not reclaimed on every read).
-        let hint = proto.read_hint();
+        // Room for the rest of the frame being received, else for a frame of the usual size.
+        let want = proto.read_hint().max(*target);
         let buf = proto.read_buffer();
-        let spare = buf.capacity() - buf.len();
-        if spare < hint.max(MIN_SPARE) {
-            buf.reserve(hint.max(READ_CHUNK));
+        if buf.capacity() - buf.len() < want {
+            buf.reserve(want);
         }
         let n = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf))?;
         if n > 0 {
@@ -295,6 +296,12 @@ fn poll_fill<S: AsyncRead>(
         }
         n
     };
+    // A frame that did not arrive in one read: make room for frames of its size from now on.
+    let hint = proto.read_hint();
+    if hint > 0 {
+        let frame = proto.read_buffer().len() + hint;
+        *target = (*target).max(frame).min(MAX_READ_TARGET);
+    }
     Poll::Ready(Ok(n))
 }
 
@@ -318,6 +325,8 @@ pub struct WsReceiver<S> {
     /// needed and moved only when a deadline comes earlier than it (a timer that fires early
     /// just re-arms), so that receiving a message touches no timer.
     timer: Option<Pin<Box<Sleep>>>,
+    /// Free space to have in the read buffer before a read (see [`READ_TARGET`]).
+    read_target: usize,
 }
 
 /// Keep-alive and idle timers, driven by a pending `recv`.
@@ -443,6 +452,7 @@ impl<S: AsyncRead + AsyncWrite> WebSocket<S> {
                 abandon: false,
                 keepalive,
                 timer: None,
+                read_target: READ_TARGET,
             },
         }
     }
@@ -682,7 +692,8 @@ impl<S: AsyncRead + AsyncWrite> WsReceiver<S> {
                 return Box::pin(self.finish()).await.err().map(Err);
             }
             let (shared, io, error) = (&self.shared, &mut self.io, &mut self.error);
-            let read = std::future::poll_fn(|cx| poll_fill(shared, io, error, cx));
+            let target = &mut self.read_target;
+            let read = std::future::poll_fn(|cx| poll_fill(shared, io, error, target, cx));
             let n = if state == State::CloseSent {
                 // The deadline runs from when our close frame was queued, however much the peer
                 // sends meanwhile.

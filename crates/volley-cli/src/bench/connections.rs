@@ -3,8 +3,8 @@
 //!
 //! This process holds N sockets: it raises its soft open-files limit to the hard limit first and
 //! refuses a count above it. Past [`PER_SOURCE`] connections to a loopback server, client
-//! sockets are bound to 127.0.0.2, 127.0.0.3, … in turn so that no source address runs out of
-//! ephemeral ports.
+//! sockets are bound to 127.0.0.b, b + 1, … in turn (b depends on the server's port) so that no
+//! source address runs out of ephemeral ports.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
@@ -145,7 +145,7 @@ pub(super) fn run(args: ConnectionsArgs) -> Result<ExitCode, String> {
                     collect(done);
                 }
             }
-            let source = spread.then(|| source_address(index));
+            let source = spread.then(|| source_address(index, target.addr.port()));
             let (addr, uri) = (target.addr, uri.clone());
             tasks.spawn(async move {
                 let open = async {
@@ -323,9 +323,14 @@ fn is_loopback_v4(addr: SocketAddr) -> bool {
     matches!(addr.ip(), IpAddr::V4(ip) if ip.is_loopback())
 }
 
-/// 127.0.0.2 for the first [`PER_SOURCE`] connections, 127.0.0.3 for the next, and so on.
-fn source_address(index: usize) -> SocketAddr {
-    let n = (2 + index / PER_SOURCE).min(254) as u8;
+/// The source address of connection `index` to a server on `port`: 127.0.0.b for the first
+/// [`PER_SOURCE`] connections, b + 1 for the next, and so on, where b = 2 + 4 × (port mod 60).
+/// Runs against servers on different ports use different addresses, so the previous run's
+/// sockets in TIME_WAIT (60 s) don't slow the next one down (binding before connecting cannot
+/// reuse their ports).
+fn source_address(index: usize, port: u16) -> SocketAddr {
+    let base = 2 + 4 * (usize::from(port) % 60);
+    let n = (base + index / PER_SOURCE).min(254) as u8;
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, n)), 0)
 }
 
@@ -352,8 +357,13 @@ mod tests {
 
     #[test]
     fn source_addresses_rotate() {
-        assert_eq!(source_address(0).ip().to_string(), "127.0.0.2");
-        assert_eq!(source_address(PER_SOURCE).ip().to_string(), "127.0.0.3");
+        assert_eq!(source_address(0, 9000).ip().to_string(), "127.0.0.2");
+        assert_eq!(
+            source_address(PER_SOURCE, 9000).ip().to_string(),
+            "127.0.0.3"
+        );
+        assert_eq!(source_address(0, 9001).ip().to_string(), "127.0.0.6");
+        assert_eq!(source_address(0, 9059).ip().to_string(), "127.0.0.238");
     }
 
     #[test]

@@ -144,6 +144,32 @@ struct FlagGuard {
     get: bool,
 }
 
+impl FlagGuard {
+    /// Marks a polling GET (`get`) or POST in flight on `shared`. A second one of the same kind
+    /// while one is in flight is a protocol error: the session closes (as Node's engine.io
+    /// does) and `None` is returned: answer the request with a bare 400.
+    fn begin(shared: &Arc<Shared>, get: bool) -> Option<Self> {
+        let mut inner = shared.lock();
+        let active = if get {
+            &mut inner.get_active
+        } else {
+            &mut inner.post_active
+        };
+        if *active {
+            drop(inner);
+            let method = if get { "GET" } else { "POST" };
+            tracing::debug!(sid = %shared.id, "overlapping polling {method}");
+            shared.close(CloseReason::TransportError);
+            return None;
+        }
+        *active = true;
+        Some(Self {
+            shared: shared.clone(),
+            get,
+        })
+    }
+}
+
 impl Drop for FlagGuard {
     fn drop(&mut self) {
         let mut inner = self.shared.lock();
@@ -376,19 +402,8 @@ impl Engine {
 
     /// A long-polling GET: answers the queued packets, waiting for some if there are none.
     async fn poll(&self, shared: Arc<Shared>) -> Response<EngineBody> {
-        {
-            let mut inner = shared.lock();
-            if inner.get_active {
-                drop(inner);
-                tracing::debug!(sid = %shared.id, "overlapping polling GET");
-                shared.close(CloseReason::TransportError);
-                return bare(StatusCode::BAD_REQUEST);
-            }
-            inner.get_active = true;
-        }
-        let _guard = FlagGuard {
-            shared: shared.clone(),
-            get: true,
+        let Some(_guard) = FlagGuard::begin(&shared, true) else {
+            return bare(StatusCode::BAD_REQUEST);
         };
         let config = &self.inner.config;
         // A heartbeat comes within ping_interval; this only bounds the wait if none does.
@@ -430,22 +445,11 @@ impl Engine {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        {
-            let mut inner = shared.lock();
-            if inner.reason.is_some() {
-                return EngineError::UnknownSid.response(false);
-            }
-            if inner.post_active {
-                drop(inner);
-                tracing::debug!(sid = %shared.id, "overlapping polling POST");
-                shared.close(CloseReason::TransportError);
-                return bare(StatusCode::BAD_REQUEST);
-            }
-            inner.post_active = true;
+        if shared.lock().reason.is_some() {
+            return EngineError::UnknownSid.response(false);
         }
-        let _guard = FlagGuard {
-            shared: shared.clone(),
-            get: false,
+        let Some(_guard) = FlagGuard::begin(&shared, false) else {
+            return bare(StatusCode::BAD_REQUEST);
         };
         let config = &self.inner.config;
         let declared = request

@@ -27,6 +27,22 @@ async fn bench(args: &[&str]) -> Output {
 }
 
 /// The JSON object `volley bench --json` printed.
+/// `volley bench echo --raw tcp://addr --duration <duration> --warmup 0s --json`.
+async fn raw_echo(addr: std::net::SocketAddr, duration: &str) -> Output {
+    let url = format!("tcp://{addr}");
+    bench(&[
+        "echo",
+        "--raw",
+        &url,
+        "--duration",
+        duration,
+        "--warmup",
+        "0s",
+        "--json",
+    ])
+    .await
+}
+
 fn json(output: &Output) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&output.stdout);
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
@@ -199,17 +215,7 @@ async fn raw_echo_against_a_tcp_echo_server_works() {
 async fn raw_echo_detects_a_flipped_byte() {
     // Byte 100 of the stream lies in the payload of the fourth 20-byte message (frames of 26).
     let addr = tcp_echo(Some(100)).await;
-    let output = bench(&[
-        "echo",
-        "--raw",
-        &format!("tcp://{addr}"),
-        "--duration",
-        "300ms",
-        "--warmup",
-        "0s",
-        "--json",
-    ])
-    .await;
+    let output = raw_echo(addr, "300ms").await;
     let report = json(&output);
     assert_eq!(output.status.code(), Some(1), "{report}");
     assert_eq!(report["mismatches"], 1, "{report}");
@@ -232,17 +238,7 @@ async fn echo_against_a_server_that_does_not_echo_fails() {
             });
         }
     });
-    let output = bench(&[
-        "echo",
-        "--raw",
-        &format!("tcp://{addr}"),
-        "--duration",
-        "200ms",
-        "--warmup",
-        "0s",
-        "--json",
-    ])
-    .await;
+    let output = raw_echo(addr, "200ms").await;
     let report = json(&output);
     assert_eq!(output.status.code(), Some(1), "{report}");
     assert_eq!(report["messages"], 0, "{report}");

@@ -196,6 +196,22 @@ fn main() -> ExitCode {
     code
 }
 
+/// The echo of `volley serve` at "/": every text or binary message is sent back.
+struct EchoHandler;
+
+impl volley::events::Handler for EchoHandler {
+    fn on_message(&self, conn: &mut volley::events::Conn<'_>, message: volley::Message) {
+        // Fails only once the connection is closing, when there is no one to answer.
+        let _ = conn.send(message);
+    }
+
+    fn on_close(&self, id: u64, result: volley::Result<Option<volley::CloseFrame>>) {
+        if let Err(e) = result {
+            tracing::debug!(id, "connection ended: {e}");
+        }
+    }
+}
+
 async fn serve(args: ServeArgs) -> ExitCode {
     let config = Config::default()
         .max_message_size(args.max_message_size)
@@ -254,6 +270,9 @@ async fn serve(args: ServeArgs) -> ExitCode {
         let io = socketio.clone();
         async move { io.handle(request).await }
     });
+    // The echo at "/" runs on the callback drivers (an idle connection costs < 1 KiB); other
+    // paths (but the chat's) get the same echo from a task per connection.
+    server = server.events("/", EchoHandler);
     let chat_hub = volley::hub::Hub::default();
     let shutdown = async move {
         shutdown_signal().await;

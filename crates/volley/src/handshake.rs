@@ -6,7 +6,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Uri, header};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use volley_proto::handshake::{ClientHandshake, HandshakeError, UpgradeRequest, UpgradeResponse};
-use volley_proto::{CloseCode, CloseFrame, Connection, Role};
+use volley_proto::{CloseCode, CloseFrame, Connection, DeflateParams, Role};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -101,11 +101,43 @@ where
 
 /// [`accept_shared`] on a transport from which `buf` was already read (the start of the request).
 pub(crate) async fn accept_buffered<S>(
-    mut stream: S,
-    mut buf: Vec<u8>,
+    stream: S,
+    buf: Vec<u8>,
     config: Arc<Config>,
     policy: &Policy,
 ) -> Result<(WebSocket<S>, Request<()>)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let accepted = accept_parts(stream, buf, &config, policy).await?;
+    let ws = WebSocket::from_raw_shared(
+        accepted.stream,
+        Role::Server,
+        config,
+        accepted.deflate,
+        &accepted.leftover,
+    );
+    Ok((ws, accepted.request))
+}
+
+/// A completed server handshake, before a [`WebSocket`] is built on it.
+pub(crate) struct Accepted<S> {
+    pub(crate) stream: S,
+    pub(crate) request: Request<()>,
+    /// The permessage-deflate parameters agreed on, if any.
+    pub(crate) deflate: Option<DeflateParams>,
+    /// Bytes read past the request (the first frames).
+    pub(crate) leftover: Vec<u8>,
+}
+
+/// The server's opening handshake on a transport from which `buf` was already read, within
+/// the open timeout; a refused or malformed request is answered with its HTTP error.
+pub(crate) async fn accept_parts<S>(
+    mut stream: S,
+    mut buf: Vec<u8>,
+    config: &Config,
+    policy: &Policy,
+) -> Result<Accepted<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -150,8 +182,12 @@ where
     let (request, deflate, leftover) = tokio::time::timeout(config.open_timeout, handshake)
         .await
         .map_err(|_| Error::Timeout("opening handshake"))??;
-    let ws = WebSocket::from_raw_shared(stream, Role::Server, config, deflate, &leftover);
-    Ok((ws, request))
+    Ok(Accepted {
+        stream,
+        request,
+        deflate,
+        leftover,
+    })
 }
 
 /// Connects to a `ws://` URL with the default configuration.

@@ -3,6 +3,8 @@
 //! - [`Server`] binds and runs a handler per connection; [`accept`] upgrades any transport.
 //! - [`connect`] and [`ClientBuilder`] open client connections.
 //! - [`WebSocket`] sends and receives [`Message`]s and [`split`](WebSocket::split)s into halves.
+//! - [`events`]: connections run by callbacks on a few driver tasks instead of a task each
+//!   (the lightest way to hold many idle connections), routed by [`Server::events`].
 //! - [`hub::Hub`] fans messages out to topics of connections, each message encoded once.
 //! - [`sync`] is a blocking client for scripts and tests; [`reconnect`] a client that reconnects
 //!   with backoff and jitter and tells the application when to resubscribe.
@@ -22,6 +24,7 @@
 
 mod config;
 mod error;
+pub mod events;
 mod handshake;
 pub mod hub;
 #[cfg(feature = "hyper")]

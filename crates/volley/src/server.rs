@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::task::JoinSet;
-use volley_proto::{CloseCode, CloseFrame};
+use volley_proto::{CloseCode, CloseFrame, Role};
 
 use crate::config::Config;
-use crate::handshake::accept_buffered;
+use crate::events::{Handler, Route};
+use crate::handshake::{Accepted, accept_parts};
 use crate::maybe_tls::MaybeTlsStream;
 use crate::policy::Policy;
 use crate::stream::{CloseHandle, WebSocket};
@@ -41,6 +42,8 @@ pub struct Server {
     shutdown_frame: CloseFrame,
     drain_timeout: Duration,
     policy: Policy,
+    /// Paths served by callbacks on driver tasks instead of a task per connection.
+    events: Vec<(String, Arc<dyn Handler>)>,
     #[cfg(feature = "tls")]
     tls: Option<tokio_rustls::TlsAcceptor>,
     #[cfg(feature = "hyper")]
@@ -72,6 +75,7 @@ impl Server {
             shutdown_frame: CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down"),
             drain_timeout: Duration::from_secs(10),
             policy: Policy::default(),
+            events: Vec::new(),
             #[cfg(feature = "tls")]
             tls: None,
             #[cfg(feature = "hyper")]
@@ -97,6 +101,16 @@ impl Server {
     {
         self.mounts
             .push(crate::integrations::mount::Mount::new(prefix, service));
+        self
+    }
+
+    /// Serves WebSocket connections whose request path is exactly `path` (e.g. `"/"`) with the
+    /// callbacks of `handler` instead of a task per connection: a few driver tasks (one per
+    /// runtime worker) run them all. An idle connection costs far less memory this way; see
+    /// [`events`](crate::events). Other paths get the handler given to [`serve`](Self::serve).
+    /// Routes are tried in the order added; graceful shutdown closes their connections too.
+    pub fn events(mut self, path: &str, handler: impl Handler) -> Self {
+        self.events.push((path.to_owned(), Arc::new(handler)));
         self
     }
 
@@ -171,10 +185,20 @@ impl Server {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let stopping = Arc::new(AtomicBool::new(false));
+        let config = Arc::new(self.config.clone());
+        let mut drivers = Vec::new();
+        let events = (self.events.iter())
+            .map(|(path, handler)| {
+                let (route, tasks) = Route::start(path, handler.clone(), config.clone());
+                drivers.extend(tasks);
+                route
+            })
+            .collect();
         // Everything a connection task needs from the server, behind one pointer: each task
         // holds only that, its handler and its connection (idle connections should cost little).
         let ctx = Arc::new(ConnContext {
-            config: Arc::new(self.config.clone()),
+            config,
+            events,
             policy: self.policy.clone().stopping(stopping.clone()),
             open: Mutex::default(),
             stopping,
@@ -210,9 +234,22 @@ impl Server {
             tasks.spawn(async move {
                 // Boxed: the handshake's state (read buffer, TLS) is freed once it is done
                 // instead of sizing the task for the connection's whole life.
-                let Some((ws, request)) = Box::pin(ctx.handshake(stream, peer)).await else {
+                let Some(accepted) = Box::pin(ctx.handshake(stream, peer)).await else {
                     return;
                 };
+                let path = accepted.request.uri().path();
+                if let Some(route) = ctx.events.iter().find(|r| r.matches(path)) {
+                    route.adopt(accepted.stream, accepted.deflate, &accepted.leftover);
+                    return;
+                }
+                let ws = WebSocket::from_raw_shared(
+                    accepted.stream,
+                    Role::Server,
+                    ctx.config.clone(),
+                    accepted.deflate,
+                    &accepted.leftover,
+                );
+                let request = accepted.request;
                 let handle = ws.close_handle();
                 lock(&ctx.open).insert(id, handle.clone());
                 // Registered after shutdown took its snapshot: close it here.
@@ -231,17 +268,30 @@ impl Server {
         let handles: Vec<CloseHandle> = lock(&ctx.open).values().cloned().collect();
         tracing::info!(connections = handles.len(), "shutting down");
         let frame = self.shutdown_frame.clone();
+        for route in &ctx.events {
+            route.stop(&frame);
+        }
         for handle in handles {
             let frame = frame.clone();
             tasks.spawn(async move { handle.close(frame).await });
         }
         let drained = tokio::time::timeout(self.drain_timeout, async {
             while tasks.join_next().await.is_some() {}
+            for driver in &mut drivers {
+                let _ = driver.await;
+            }
         })
         .await;
         if drained.is_err() {
             tracing::info!(left = tasks.len(), "drain timeout: aborting connections");
+            for driver in &drivers {
+                // Its connections are closed when its task is dropped.
+                driver.abort();
+            }
             tasks.shutdown().await;
+            for driver in drivers {
+                let _ = driver.await;
+            }
         }
         Ok(())
     }
@@ -250,6 +300,8 @@ impl Server {
 /// What every connection task of a server shares.
 struct ConnContext {
     config: Arc<Config>,
+    /// The events routes and their drivers.
+    events: Vec<Route>,
     policy: Policy,
     /// Close handles of the open connections, for graceful shutdown.
     open: Mutex<HashMap<u64, CloseHandle>>,
@@ -267,7 +319,7 @@ impl ConnContext {
         &self,
         stream: tokio::net::TcpStream,
         peer: SocketAddr,
-    ) -> Option<(WebSocket<MaybeTlsStream>, Request<()>)> {
+    ) -> Option<Accepted<MaybeTlsStream>> {
         #[cfg(feature = "tls")]
         let stream = match &self.tls {
             Some(acceptor) => {
@@ -329,8 +381,8 @@ impl ConnContext {
         stream: MaybeTlsStream,
         head: Vec<u8>,
         peer: SocketAddr,
-    ) -> Option<(WebSocket<MaybeTlsStream>, Request<()>)> {
-        match accept_buffered(stream, head, self.config.clone(), &self.policy).await {
+    ) -> Option<Accepted<MaybeTlsStream>> {
+        match accept_parts(stream, head, &self.config, &self.policy).await {
             Ok(accepted) => Some(accepted),
             Err(e) => {
                 tracing::debug!(%peer, "handshake failed: {e}");

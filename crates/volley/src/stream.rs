@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 /// Free space a connection's read buffer has before a read, at first. It grows to the size of
 /// the frames that needed more than one read (up to [`MAX_READ_TARGET`]), so that a stream of
 /// large messages is read with one system call per message.
-const READ_TARGET: usize = 4 * 1024;
+pub(crate) const READ_TARGET: usize = 4 * 1024;
 
 /// The most free space reserved ahead of frames of unknown size.
 const MAX_READ_TARGET: usize = 64 * 1024;
@@ -38,7 +38,7 @@ const SCRATCH_LEN: usize = 16 * 1024;
 
 /// How long after its last read a connection keeps its buffers; then empty ones are freed, so
 /// an idle connection costs little memory.
-const RELEASE_AFTER: Duration = Duration::from_secs(1);
+pub(crate) const RELEASE_AFTER: Duration = Duration::from_secs(1);
 
 thread_local! {
     /// Where a connection without a read buffer reads: only the bytes it needs are kept.
@@ -216,61 +216,68 @@ impl CloseHandle {
 }
 
 async fn write_queue<S: AsyncWrite>(w: &mut Writer<S>) -> Result<()> {
-    while !w.queue.is_empty() {
-        // The slice array lives only for the synchronous poll, not in the future's state.
-        let n = std::future::poll_fn(|cx| {
-            let Writer { io, queue } = &mut *w;
-            let io = Pin::new(io);
-            if io.is_write_vectored() && queue.len() > 1 {
-                let mut slices = [IoSlice::new(&[]); MAX_IOV];
-                let mut count = 0;
-                for (slot, bytes) in slices.iter_mut().zip(queue.iter()) {
-                    *slot = IoSlice::new(bytes);
-                    count += 1;
-                }
-                io.poll_write_vectored(cx, &slices[..count])
-            } else {
-                io.poll_write(cx, &queue[0])
+    let Writer { io, queue } = w;
+    std::future::poll_fn(|cx| poll_write_queue(Pin::new(&mut *io), queue, cx)).await?;
+    Ok(())
+}
+
+/// Writes `queue` to `io` (vectored when the transport supports it, at most [`MAX_IOV`] buffers
+/// per system call), dropping what was written, then flushes the transport. Pending as soon as
+/// the transport is; what was written stays written.
+pub(crate) fn poll_write_queue<W: AsyncWrite>(
+    mut io: Pin<&mut W>,
+    queue: &mut VecDeque<Bytes>,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<()>> {
+    while !queue.is_empty() {
+        // The slice array lives only for this synchronous step.
+        let n = if io.is_write_vectored() && queue.len() > 1 {
+            let mut slices = [IoSlice::new(&[]); MAX_IOV];
+            let mut count = 0;
+            for (slot, bytes) in slices.iter_mut().zip(queue.iter()) {
+                *slot = IoSlice::new(bytes);
+                count += 1;
             }
-        })
-        .await?;
+            ready!(io.as_mut().poll_write_vectored(cx, &slices[..count]))?
+        } else {
+            ready!(io.as_mut().poll_write(cx, &queue[0]))?
+        };
         if n == 0 {
-            return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
+            return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
         }
         let mut left = n;
         while left > 0 {
-            let Some(front) = w.queue.front_mut() else {
+            let Some(front) = queue.front_mut() else {
                 break;
             };
             if front.len() <= left {
                 left -= front.len();
-                w.queue.pop_front();
+                queue.pop_front();
             } else {
                 front.advance(left);
                 left = 0;
             }
         }
     }
-    w.io.flush().await?;
-    Ok(())
+    io.poll_flush(cx)
 }
 
 /// Reads once from `io` into the connection and processes what arrived (a protocol error lands
 /// in `error`). A connection with a read buffer reads straight into it, with room for the rest
 /// of the frame being received; one without (idle) reads into this thread's scratch buffer and
-/// keeps only the bytes it needs. The protocol lock is held only for this synchronous step.
-fn poll_fill<S: AsyncRead>(
-    shared: &Shared<S>,
-    io: &mut ReadHalf<S>,
+/// keeps only the bytes it needs. `target` is the free space to have before a read (see
+/// [`READ_TARGET`]); it follows the size of the frames that needed more than one read.
+pub(crate) fn poll_fill<R: AsyncRead>(
+    proto: &mut Connection,
+    mut io: Pin<&mut R>,
     error: &mut Option<Error>,
     target: &mut usize,
     cx: &mut Context<'_>,
 ) -> Poll<std::io::Result<usize>> {
-    let mut proto = shared.proto();
     let n = if proto.read_buffer_released() {
         ready!(SCRATCH.with_borrow_mut(|scratch| {
             let mut buf = ReadBuf::new(scratch);
-            ready!(Pin::new(&mut *io).poll_read(cx, &mut buf))?;
+            ready!(io.as_mut().poll_read(cx, &mut buf))?;
             let filled = buf.filled();
             if !filled.is_empty() {
                 // Keep room for the reads that usually follow the first.
@@ -288,7 +295,7 @@ fn poll_fill<S: AsyncRead>(
         if buf.capacity() - buf.len() < want {
             buf.reserve(want);
         }
-        let n = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf))?;
+        let n = ready!(tokio_util::io::poll_read_buf(io, cx, buf))?;
         if n > 0 {
             if let Err(e) = proto.handle_buffered() {
                 *error = Some(Error::Protocol(e));
@@ -693,7 +700,9 @@ impl<S: AsyncRead + AsyncWrite> WsReceiver<S> {
             }
             let (shared, io, error) = (&self.shared, &mut self.io, &mut self.error);
             let target = &mut self.read_target;
-            let read = std::future::poll_fn(|cx| poll_fill(shared, io, error, target, cx));
+            let read = std::future::poll_fn(|cx| {
+                poll_fill(&mut shared.proto(), Pin::new(&mut *io), error, target, cx)
+            });
             let n = if state == State::CloseSent {
                 // The deadline runs from when our close frame was queued, however much the peer
                 // sends meanwhile.

@@ -1,0 +1,794 @@
+//! Connections driven by callbacks instead of a task each: the lightest way to hold many
+//! mostly idle WebSocket connections.
+//!
+//! [`Server::events`](crate::Server::events) routes a request path to a [`Handler`]. Those
+//! connections get no task of their own: a few driver tasks (one per runtime worker) run every
+//! connection's reads, writes and timers and call the handler for each message. An idle
+//! connection then costs its protocol state, its socket's registration with the runtime and a
+//! few words in the driver — under 1 KiB, against ~2.5 KiB for a connection served by a task
+//! (docs/PERFORMANCE.md).
+//!
+//! ```no_run
+//! use volley::events::{Conn, Handler};
+//! use volley::Message;
+//!
+//! struct Echo;
+//!
+//! impl Handler for Echo {
+//!     fn on_message(&self, conn: &mut Conn<'_>, message: Message) {
+//!         // Queued: the driver writes it when the callback returns.
+//!         let _ = conn.send(message);
+//!     }
+//! }
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let server = volley::Server::bind("127.0.0.1:9001").await?.events("/", Echo);
+//! // Paths without an events handler get the task-per-connection handler.
+//! server.serve(|_ws, _request| async {}).await
+//! # }
+//! ```
+//!
+//! What the driver does for every connection, as [`WebSocket::recv`](crate::WebSocket::recv)
+//! does for a task: pings are answered and the close handshake completed; keep-alive pings,
+//! the pong deadline, the idle timeout and the close timeout of the [`Config`] apply; empty
+//! buffers are freed one second after the last read. Sending queues the message, and everything
+//! queued for a connection in one step goes out in one system call. While more than
+//! [`Config::write_limit`] bytes wait to be written the connection is not read, so a peer that
+//! sends without reading is slowed down by TCP instead of growing the queue.
+//!
+//! Callbacks run on the driver's task, one at a time per driver: they must not block or wait.
+//! A callback that panics fails only its own connection (close code 1011).
+
+use std::collections::{BinaryHeap, VecDeque};
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::AsyncWrite;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, Sleep};
+use volley_proto::{
+    CloseCode, CloseFrame, Connection, DeflateParams, Message, PreparedMessage, Role, State,
+};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::maybe_tls::MaybeTlsStream;
+use crate::stream::{READ_TARGET, RELEASE_AFTER, poll_fill, poll_write_queue};
+
+/// Reads one connection may take in one turn before the others get theirs.
+const READ_BUDGET: usize = 16;
+
+/// Callbacks for the connections of an events route ([`Server::events`](crate::Server::events)).
+///
+/// Every method runs on a driver task shared by many connections: return quickly, never block.
+pub trait Handler: Send + Sync + 'static {
+    /// A connection completed its opening handshake. Messages sent here go out first.
+    fn on_open(&self, conn: &mut Conn<'_>) {
+        let _ = conn;
+    }
+
+    /// A text or binary message arrived (pings, pongs and close frames are handled by the
+    /// driver).
+    fn on_message(&self, conn: &mut Conn<'_>, message: Message);
+
+    /// The connection `id` is over, called once per opened connection: `Ok` with the peer's
+    /// close frame (`None` when it carried no status code) after a completed close handshake;
+    /// `Err` when it failed: protocol violation, transport error, 1006, keep-alive or close
+    /// timeout, or a server shutdown whose drain deadline passed.
+    fn on_close(&self, id: u64, result: Result<Option<CloseFrame>>) {
+        let _ = (id, result);
+    }
+}
+
+/// A connection, lent to a [`Handler`] callback.
+pub struct Conn<'a> {
+    st: &'a mut ConnState,
+    config: &'a Config,
+}
+
+impl std::fmt::Debug for Conn<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("id", &self.st.id)
+            .field("state", &self.st.proto.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Conn<'_> {
+    /// This connection's identifier, unique within the process (as passed to
+    /// [`Handler::on_close`]).
+    pub fn id(&self) -> u64 {
+        self.st.id
+    }
+
+    /// Queues a message; the driver writes it when the callback returns. Fails once the
+    /// connection is closing. Never waits: check [`buffered_amount`](Self::buffered_amount)
+    /// before sending much more than you receive.
+    pub fn send(&mut self, message: impl Into<Message>) -> Result<()> {
+        self.st.proto.send(message.into())?;
+        Ok(())
+    }
+
+    /// Queues a message encoded once for many connections; its frame bytes are shared, not
+    /// copied. Like [`send`](Self::send).
+    pub fn send_prepared(&mut self, message: &PreparedMessage) -> Result<()> {
+        self.st.proto.send_prepared(message)?;
+        Ok(())
+    }
+
+    /// Starts the close handshake with `frame` (once; later calls do nothing). Messages queued
+    /// before it still go out; [`Handler::on_close`] follows the peer's reply or the close
+    /// timeout.
+    pub fn close(&mut self, frame: Option<CloseFrame>) -> Result<()> {
+        if self.st.proto.state() == State::Open {
+            self.st.proto.close(frame)?;
+        }
+        Ok(())
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn buffered_amount(&self) -> usize {
+        self.st.buffered()
+    }
+
+    /// Where the close handshake stands.
+    pub fn state(&self) -> State {
+        self.st.proto.state()
+    }
+
+    /// The permessage-deflate parameters in force, if compression was negotiated.
+    pub fn deflate(&self) -> Option<DeflateParams> {
+        self.st.proto.deflate().copied()
+    }
+
+    /// The peer's address, if the transport still knows it.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.st.io.as_ref()?.tcp().peer_addr().ok()
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        self.config
+    }
+}
+
+/// An events route of a running server: its path and its drivers.
+pub(crate) struct Route {
+    path: String,
+    drivers: Vec<Arc<Driver>>,
+    next: AtomicUsize,
+}
+
+impl Route {
+    /// Starts one driver per runtime worker for `handler` on the current runtime.
+    pub(crate) fn start(
+        path: &str,
+        handler: Arc<dyn Handler>,
+        config: Arc<Config>,
+    ) -> (Self, Vec<JoinHandle<()>>) {
+        let workers = tokio::runtime::Handle::current()
+            .metrics()
+            .num_workers()
+            .max(1);
+        let drivers: Vec<Arc<Driver>> = (0..workers)
+            .map(|_| {
+                Arc::new(Driver {
+                    handler: handler.clone(),
+                    config: config.clone(),
+                    ready: Mutex::new(Ready::default()),
+                    notify: Notify::new(),
+                    shutdown: Mutex::new(None),
+                    stopping: AtomicBool::new(false),
+                    clock: Clock {
+                        epoch: Instant::now(),
+                    },
+                })
+            })
+            .collect();
+        let tasks = drivers
+            .iter()
+            .map(|d| tokio::spawn(d.clone().run()))
+            .collect();
+        let route = Self {
+            path: path.to_owned(),
+            drivers,
+            next: AtomicUsize::new(0),
+        };
+        (route, tasks)
+    }
+
+    /// Whether a request for `path` belongs to this route.
+    pub(crate) fn matches(&self, path: &str) -> bool {
+        self.path == path
+    }
+
+    /// Hands a connection whose handshake is complete to a driver.
+    pub(crate) fn adopt(
+        &self,
+        stream: MaybeTlsStream,
+        deflate: Option<DeflateParams>,
+        leftover: &[u8],
+    ) {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.drivers.len();
+        let driver = &self.drivers[i];
+        let config = &driver.config;
+        let mut proto = Connection::with_deflate(Role::Server, config.protocol.clone(), deflate);
+        let error = proto.handle_read(leftover).err().map(Error::Protocol);
+        let mut state = ConnState::new(stream, proto, driver.clock.now(), config);
+        if error.is_some() {
+            state.end().error = error;
+        }
+        let conn = Arc::new(Driven {
+            driver: driver.clone(),
+            queued: AtomicBool::new(true),
+            state: Mutex::new(state),
+        });
+        let mut ready = lock(&driver.ready);
+        if ready.exited {
+            // The driver finished its shutdown: dropping the connection closes it.
+            return;
+        }
+        ready.queue.push_back(conn);
+        drop(ready);
+        driver.notify.notify_one();
+    }
+
+    /// Starts the graceful shutdown: every connection gets `frame` (behind what is queued), and
+    /// each driver ends once its connections are gone.
+    pub(crate) fn stop(&self, frame: &CloseFrame) {
+        for driver in &self.drivers {
+            *lock(&driver.shutdown) = Some(frame.clone());
+            driver.stopping.store(true, Ordering::Release);
+            driver.notify.notify_one();
+        }
+    }
+}
+
+/// Marks a connection its driver has not registered yet.
+const NEW: u32 = u32::MAX;
+
+/// One driver: a task that runs the connections it was given.
+struct Driver {
+    handler: Arc<dyn Handler>,
+    config: Arc<Config>,
+    /// Connections woken since the driver last looked.
+    ready: Mutex<Ready>,
+    /// Wakes the driver's task when `ready` gets a connection or shutdown begins.
+    notify: Notify,
+    /// The close frame of a graceful shutdown.
+    shutdown: Mutex<Option<CloseFrame>>,
+    stopping: AtomicBool,
+    clock: Clock,
+}
+
+#[derive(Default)]
+struct Ready {
+    queue: VecDeque<Arc<Driven>>,
+    /// The driver ended (shutdown complete): new connections are closed at once.
+    exited: bool,
+}
+
+/// A connection as its driver and its waker see it.
+struct Driven {
+    driver: Arc<Driver>,
+    /// In the driver's ready queue already.
+    queued: AtomicBool,
+    state: Mutex<ConnState>,
+}
+
+impl Wake for Driven {
+    fn wake(self: Arc<Self>) {
+        if !self.queued.swap(true, Ordering::AcqRel) {
+            let driver = self.driver.clone();
+            lock(&driver.ready).queue.push_back(self);
+            driver.notify.notify_one();
+        }
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.queued.load(Ordering::Acquire) {
+            self.clone().wake();
+        }
+    }
+}
+
+/// A connection's state, behind its lock (taken only by its driver). Times are milliseconds
+/// since the driver started ([`Clock`]), [`NEVER`] for none: an idle connection should be small.
+struct ConnState {
+    /// `None` once the connection is finished: dropping the transport also drops the wakers
+    /// the runtime holds for it, which point back here.
+    io: Option<MaybeTlsStream>,
+    proto: Connection,
+    /// Bytes taken from the protocol and not yet written.
+    queue: VecDeque<Bytes>,
+    id: u64,
+    /// The peer's protocol violation and close frame, once there is one (rare: boxed).
+    end: Option<Box<End>>,
+    /// Index in the driver's registry ([`NEW`] before the driver has seen it).
+    slot: u32,
+    read_target: u32,
+    last_read: u64,
+    /// When to free empty buffers, if the connection holds any.
+    release_at: u64,
+    next_ping: u64,
+    /// When the keep-alive ping awaiting its pong was sent.
+    ping_sent: u64,
+    /// Sequence number of the last keep-alive ping.
+    ping_seq: u32,
+    /// The peer stopped answering pings: close without waiting for its reply.
+    abandon: bool,
+    /// When the close handshake must be over (set once a close frame is queued or received).
+    close_at: u64,
+    /// The deadline the driver's timer queue holds for this connection.
+    armed: u64,
+}
+
+/// How a connection ended, as far as the peer told.
+#[derive(Default)]
+struct End {
+    /// The peer's protocol violation (or transport error).
+    error: Option<Error>,
+    /// The peer's close frame, once received.
+    peer_close: Option<Option<CloseFrame>>,
+}
+
+/// A time that never comes.
+const NEVER: u64 = u64::MAX;
+
+/// A driver's clock: milliseconds since it started.
+#[derive(Clone, Copy)]
+struct Clock {
+    epoch: Instant,
+}
+
+impl Clock {
+    fn now(&self) -> u64 {
+        self.ms(Instant::now())
+    }
+
+    fn ms(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(NEVER - 1)
+    }
+
+    fn instant(&self, ms: u64) -> Instant {
+        self.epoch + Duration::from_millis(ms)
+    }
+}
+
+/// `now + d` in milliseconds (rounded up, so that a timer never fires early), or [`NEVER`].
+fn after(now: u64, d: Option<Duration>) -> u64 {
+    match d {
+        Some(d) => now.saturating_add(d.as_millis().min(u128::from(NEVER / 2)) as u64 + 1),
+        None => NEVER,
+    }
+}
+
+/// The payload of keep-alive ping number `seq`.
+fn ping_payload(seq: u32) -> Bytes {
+    Bytes::from(format!("volley-keepalive-{seq}"))
+}
+
+impl ConnState {
+    fn new(stream: MaybeTlsStream, proto: Connection, now: u64, config: &Config) -> Self {
+        static IDS: AtomicU64 = AtomicU64::new(0);
+        Self {
+            io: Some(stream),
+            proto,
+            queue: VecDeque::new(),
+            id: IDS.fetch_add(1, Ordering::Relaxed),
+            end: None,
+            slot: NEW,
+            read_target: READ_TARGET as u32,
+            last_read: now,
+            release_at: after(now, Some(RELEASE_AFTER)),
+            next_ping: after(now, config.ping_interval),
+            ping_sent: NEVER,
+            ping_seq: 0,
+            abandon: false,
+            close_at: NEVER,
+            armed: NEVER,
+        }
+    }
+
+    fn end(&mut self) -> &mut End {
+        self.end.get_or_insert_with(Box::default)
+    }
+
+    /// Bytes queued and not yet written.
+    fn buffered(&self) -> usize {
+        self.proto.pending_transmit() + self.queue.iter().map(Bytes::len).sum::<usize>()
+    }
+
+    /// When the driver must look at this connection again without I/O ([`NEVER`]: only on I/O).
+    fn deadline(&self, config: &Config) -> u64 {
+        let pong = match self.ping_sent {
+            NEVER => NEVER,
+            sent => after(sent, config.ping_timeout),
+        };
+        let idle = after(self.last_read, config.idle_timeout);
+        [self.close_at, self.release_at, self.next_ping, pong, idle]
+            .into_iter()
+            .min()
+            .unwrap_or(NEVER)
+    }
+
+    /// Acts on whichever timer is due.
+    fn on_timer(&mut self, now: u64, config: &Config) {
+        if self.release_at <= now {
+            self.release_at = NEVER;
+            self.proto.release_idle_buffers();
+            if self.queue.is_empty() {
+                self.queue = VecDeque::new();
+            }
+        }
+        if self.proto.state() != State::Open {
+            return;
+        }
+        if self.ping_sent != NEVER && after(self.ping_sent, config.ping_timeout) <= now {
+            let frame = CloseFrame::new(CloseCode::INTERNAL_ERROR, "keepalive ping timeout");
+            let _ = self.proto.close(Some(frame));
+            self.abandon = true;
+        } else if after(self.last_read, config.idle_timeout) <= now {
+            let _ = self
+                .proto
+                .close(Some(CloseFrame::new(CloseCode::NORMAL, "idle timeout")));
+        } else if self.next_ping <= now {
+            self.next_ping = after(now, config.ping_interval);
+            if self.ping_sent == NEVER {
+                self.ping_seq = self.ping_seq.wrapping_add(1);
+                let _ = self.proto.send(Message::Ping(ping_payload(self.ping_seq)));
+                self.ping_sent = now;
+            }
+        }
+    }
+
+    /// Runs the connection until it waits for I/O (`None`) or is over (`Some(result)`).
+    fn drive(
+        &mut self,
+        cx: &mut Context<'_>,
+        now: u64,
+        handler: &dyn Handler,
+        config: &Config,
+    ) -> Option<Result<Option<CloseFrame>>> {
+        let mut reads = 0;
+        loop {
+            while let Some(event) = self.proto.poll_event() {
+                match event {
+                    Message::Text(_) | Message::Binary(_) => {
+                        let panicked = {
+                            let mut conn = Conn { st: self, config };
+                            let call = || handler.on_message(&mut conn, event);
+                            std::panic::catch_unwind(AssertUnwindSafe(call)).is_err()
+                        };
+                        if panicked {
+                            self.fail_handler();
+                        }
+                    }
+                    Message::Ping(_) => {}
+                    Message::Pong(payload) => {
+                        if self.ping_sent != NEVER && payload == ping_payload(self.ping_seq) {
+                            self.ping_sent = NEVER;
+                        }
+                    }
+                    Message::Close(frame) => self.end().peer_close = Some(frame),
+                }
+            }
+            let state = self.proto.state();
+            if state != State::Open && self.close_at == NEVER {
+                self.close_at = after(now, Some(config.close_timeout));
+            }
+            if self.close_at <= now {
+                return Some(Err(Error::Timeout("close handshake")));
+            }
+            while let Some(bytes) = self.proto.poll_transmit() {
+                self.queue.push_back(bytes);
+            }
+            let io = self.io.as_mut()?;
+            let flushed = self.queue.is_empty()
+                || match poll_write_queue(Pin::new(&mut *io), &mut self.queue, cx) {
+                    Poll::Ready(Ok(())) => true,
+                    Poll::Ready(Err(e)) => return Some(Err(e.into())),
+                    Poll::Pending => false,
+                };
+            if self.abandon {
+                return Some(Err(Error::KeepaliveTimeout));
+            }
+            if matches!(state, State::Closed | State::Failed) {
+                if !flushed {
+                    // The close timeout bounds how long the last frames may take.
+                    return None;
+                }
+                // The close handshake is over: the server closes the TCP connection first
+                // (RFC 6455 §7.1.1). Best effort: dropping the transport closes it anyway.
+                let _ = Pin::new(io).poll_shutdown(cx);
+                let end = self.end.take().map(|end| *end).unwrap_or_default();
+                return Some(match state {
+                    State::Failed => Err(end.error.unwrap_or(Error::AbnormalClose)),
+                    _ => Ok(end.peer_close.flatten()),
+                });
+            }
+            let queued =
+                self.proto.pending_transmit() + self.queue.iter().map(Bytes::len).sum::<usize>();
+            if !flushed && queued > config.write_limit {
+                // Backpressure: read again once the queue drains.
+                return None;
+            }
+            if reads == READ_BUDGET {
+                cx.waker().wake_by_ref();
+                return None;
+            }
+            let mut error = None;
+            let mut target = self.read_target as usize;
+            let read = poll_fill(&mut self.proto, Pin::new(io), &mut error, &mut target, cx);
+            self.read_target = target as u32;
+            if let Some(e) = error {
+                self.end().error = Some(e);
+            }
+            match read {
+                Poll::Pending => return None,
+                Poll::Ready(Ok(0)) => return Some(Err(Error::AbnormalClose)),
+                Poll::Ready(Ok(_)) => {
+                    reads += 1;
+                    self.last_read = now;
+                    self.release_at = after(now, Some(RELEASE_AFTER));
+                }
+                Poll::Ready(Err(e)) => return Some(Err(e.into())),
+            }
+        }
+    }
+
+    /// A callback panicked: fail the connection with 1011.
+    fn fail_handler(&mut self) {
+        tracing::error!(
+            id = self.id,
+            "events handler panicked: closing the connection"
+        );
+        if self.proto.state() == State::Open {
+            let frame = CloseFrame::new(CloseCode::INTERNAL_ERROR, "handler failed");
+            let _ = self.proto.close(Some(frame));
+        }
+    }
+}
+
+/// The connections a driver runs. Dropping it (the driver's task ends or is aborted) closes
+/// every connection left.
+struct Registry {
+    conns: Vec<Arc<Driven>>,
+    handler: Arc<dyn Handler>,
+}
+
+impl Registry {
+    /// Removes the connection at `slot` (its lock must not be held).
+    fn remove(&mut self, slot: usize) {
+        self.conns.swap_remove(slot);
+        if let Some(moved) = self.conns.get(slot) {
+            lock(&moved.state).slot = slot as u32;
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        for conn in self.conns.drain(..) {
+            let mut st = lock(&conn.state);
+            if st.io.take().is_some() {
+                let id = st.id;
+                drop(st);
+                let call = || {
+                    let result = Err(Error::Timeout("shutdown drain"));
+                    self.handler.on_close(id, result);
+                };
+                let _ = std::panic::catch_unwind(AssertUnwindSafe(call));
+            }
+        }
+    }
+}
+
+/// An entry of a driver's timer queue: look at `conn` at `at` (earliest first).
+struct TimerEntry {
+    at: u64,
+    conn: Weak<Driven>,
+}
+
+impl PartialEq for TimerEntry {
+    fn eq(&self, other: &Self) -> bool {
+        self.at == other.at
+    }
+}
+
+impl Eq for TimerEntry {}
+
+impl PartialOrd for TimerEntry {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for TimerEntry {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // Reversed: `BinaryHeap` is a max-heap and the earliest deadline must come first.
+        other.at.cmp(&self.at)
+    }
+}
+
+impl Driver {
+    async fn run(self: Arc<Self>) {
+        let mut registry = Registry {
+            conns: Vec::new(),
+            handler: self.handler.clone(),
+        };
+        let mut timers = BinaryHeap::<TimerEntry>::new();
+        let mut batch = VecDeque::new();
+        let mut sleep: Option<Pin<Box<Sleep>>> = None;
+        let mut shutdown: Option<CloseFrame> = None;
+        loop {
+            std::mem::swap(&mut lock(&self.ready).queue, &mut batch);
+            let now = self.clock.now();
+            let busy = !batch.is_empty();
+            if shutdown.is_none() && self.stopping.load(Ordering::Acquire) {
+                let frame = lock(&self.shutdown).clone().unwrap_or_else(|| {
+                    CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down")
+                });
+                for conn in &registry.conns {
+                    let _ = lock(&conn.state).proto.close(Some(frame.clone()));
+                    if !conn.queued.swap(true, Ordering::AcqRel) {
+                        batch.push_back(conn.clone());
+                    }
+                }
+                shutdown = Some(frame);
+            }
+            while let Some(conn) = batch.pop_front() {
+                conn.queued.store(false, Ordering::Release);
+                self.run_conn(&conn, &mut registry, &mut timers, now, None, &shutdown);
+            }
+            while timers.peek().is_some_and(|t| t.at <= now) {
+                let Some(entry) = timers.pop() else { break };
+                if let Some(conn) = entry.conn.upgrade() {
+                    let at = Some(entry.at);
+                    self.run_conn(&conn, &mut registry, &mut timers, now, at, &shutdown);
+                }
+            }
+            if shutdown.is_some() && registry.conns.is_empty() {
+                let mut ready = lock(&self.ready);
+                if ready.queue.is_empty() {
+                    ready.exited = true;
+                    return;
+                }
+                continue;
+            }
+            if busy {
+                // Let the runtime's other tasks (accepting, other drivers) run between turns.
+                tokio::task::yield_now().await;
+                continue;
+            }
+            match timers.peek().map(|t| self.clock.instant(t.at)) {
+                Some(at) => {
+                    let timer = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                    if timer.deadline() != at {
+                        timer.as_mut().reset(at);
+                    }
+                    tokio::select! {
+                        () = self.notify.notified() => {}
+                        () = timer.as_mut() => {}
+                    }
+                }
+                None => self.notify.notified().await,
+            }
+        }
+    }
+
+    /// Runs one connection: registers it if new, acts on its timer if `timer` is its current
+    /// deadline, drives its I/O and callbacks, and re-arms its timer or finishes it.
+    fn run_conn(
+        &self,
+        conn: &Arc<Driven>,
+        registry: &mut Registry,
+        timers: &mut BinaryHeap<TimerEntry>,
+        now: u64,
+        timer: Option<u64>,
+        shutdown: &Option<CloseFrame>,
+    ) {
+        let config = &*self.config;
+        let mut guard = lock(&conn.state);
+        let st = &mut *guard;
+        if st.io.is_none() {
+            return;
+        }
+        if st.slot == NEW {
+            st.slot = registry.conns.len() as u32;
+            registry.conns.push(conn.clone());
+            let panicked = {
+                let mut conn = Conn {
+                    st: &mut *st,
+                    config,
+                };
+                let call = || self.handler.on_open(&mut conn);
+                std::panic::catch_unwind(AssertUnwindSafe(call)).is_err()
+            };
+            if panicked {
+                st.fail_handler();
+            }
+            if let Some(frame) = shutdown {
+                let _ = st.proto.close(Some(frame.clone()));
+            }
+        }
+        if let Some(at) = timer {
+            if st.armed != at {
+                // A deadline that was replaced by an earlier one.
+                return;
+            }
+            st.armed = NEVER;
+            st.on_timer(now, config);
+        }
+        let waker = Waker::from(conn.clone());
+        let mut cx = Context::from_waker(&waker);
+        match st.drive(&mut cx, now, &*self.handler, config) {
+            None => {
+                let at = st.deadline(config);
+                if at < st.armed {
+                    st.armed = at;
+                    let conn = Arc::downgrade(conn);
+                    timers.push(TimerEntry { at, conn });
+                }
+            }
+            Some(result) => {
+                st.io = None;
+                st.proto.release_idle_buffers();
+                st.queue = VecDeque::new();
+                let (slot, id) = (st.slot as usize, st.id);
+                drop(guard);
+                registry.remove(slot);
+                let call = || self.handler.on_close(id, result);
+                let _ = std::panic::catch_unwind(AssertUnwindSafe(call));
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timer_queue_pops_the_earliest_deadline_first() {
+        let mut heap = BinaryHeap::new();
+        for at in [3000, 1000, 2000] {
+            heap.push(TimerEntry {
+                at,
+                conn: Weak::new(),
+            });
+        }
+        let order: Vec<_> = std::iter::from_fn(|| heap.pop().map(|t| t.at)).collect();
+        assert_eq!(order, [1000, 2000, 3000]);
+    }
+
+    #[test]
+    fn times_round_up_and_saturate() {
+        assert_eq!(after(10, None), NEVER);
+        assert_eq!(after(10, Some(Duration::from_micros(1))), 11);
+        assert_eq!(after(10, Some(Duration::from_millis(5))), 16);
+        assert!(after(NEVER - 5, Some(Duration::MAX)) >= NEVER - 5);
+        let clock = Clock {
+            epoch: Instant::now(),
+        };
+        assert_eq!(clock.ms(clock.instant(1234)), 1234);
+    }
+
+    #[test]
+    fn keepalive_payloads_differ_by_sequence() {
+        assert_ne!(ping_payload(1), ping_payload(2));
+        assert!(ping_payload(u32::MAX).len() <= 125);
+    }
+}

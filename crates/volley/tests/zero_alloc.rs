@@ -3,14 +3,18 @@
 //! 20 B to 16 KiB, one message in flight and pipelined), after a warm-up.
 //!
 //! The client is a plain blocking socket on another thread that writes pre-built masked frames;
-//! `allocation_counter` counts only the server thread's allocations.
+//! `allocation_counter` counts only the server thread's allocations. The same holds for an echo
+//! served through `Server::events` (callbacks on a driver task).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use volley::WebSocket;
+use volley::events::{Conn, Handler};
 
 const WARMUP: usize = 2_000;
 const MEASURED: usize = 10_000;
@@ -127,7 +131,18 @@ fn frames(opcode: u8, payload: &[u8]) -> (Vec<u8>, Vec<u8>) {
 /// Echoes WARMUP + MEASURED messages of `size` bytes, `in_flight` at a time, and returns the
 /// allocations the server made for the measured ones (`copy`: the handler copies each payload).
 fn run(opcode: u8, size: usize, in_flight: usize, copy: bool) -> u64 {
-    let (port, counted) = echo_server(copy);
+    run_with(echo_server, opcode, size, in_flight, copy)
+}
+
+/// [`run`] against the server that `server` starts.
+fn run_with(
+    server: fn(bool) -> (u16, mpsc::Receiver<u64>),
+    opcode: u8,
+    size: usize,
+    in_flight: usize,
+    copy: bool,
+) -> u64 {
+    let (port, counted) = server(copy);
     let mut s = handshake(port);
     let payload: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
     let (frame, echoed) = frames(opcode, &payload);
@@ -191,5 +206,116 @@ fn the_count_sees_an_echo_that_copies_payloads() {
     // The same harness with one allocation per message in the handler: proves the counter is
     // installed and counts the server thread.
     let counted = run(0x2, 20, 1, true);
+    assert!(counted >= MEASURED as u64, "counted {counted}");
+}
+
+/// What the events echo handler shares with its server thread.
+struct EventsEcho {
+    copy: bool,
+    seen: AtomicUsize,
+    warmed_up: Notify,
+    measured: Notify,
+    closed: Notify,
+}
+
+/// The handler: a newtype, since `Server::events` takes the handler by value.
+struct Shared(Arc<EventsEcho>);
+
+impl Handler for Shared {
+    fn on_message(&self, conn: &mut Conn<'_>, message: volley::Message) {
+        let message = if self.0.copy {
+            volley::Message::binary(message.payload().to_vec())
+        } else {
+            message
+        };
+        let _ = conn.send(message);
+        match self.0.seen.fetch_add(1, Ordering::Relaxed) + 1 {
+            WARMUP => self.0.warmed_up.notify_one(),
+            n if n == WARMUP + MEASURED => self.0.measured.notify_one(),
+            _ => {}
+        }
+    }
+
+    fn on_close(&self, _id: u64, _result: volley::Result<Option<volley::CloseFrame>>) {
+        self.0.closed.notify_one();
+    }
+}
+
+/// Like [`echo_server`], with the echo at "/" served by `Server::events` on a current-thread
+/// runtime: the accept loop, the driver and the callbacks all run on the measured thread.
+fn events_echo_server(copy: bool) -> (u16, mpsc::Receiver<u64>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let echo = Arc::new(EventsEcho {
+            copy,
+            seen: AtomicUsize::new(0),
+            warmed_up: Notify::new(),
+            measured: Notify::new(),
+            closed: Notify::new(),
+        });
+        rt.block_on(async {
+            listener.set_nonblocking(true).expect("nonblocking");
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            let server = volley::Server::from_listener(listener).events("/", Shared(echo.clone()));
+            tokio::spawn(server.serve(|_ws, _request| async {}));
+            echo.warmed_up.notified().await;
+        });
+        let info = allocation_counter::measure(|| {
+            rt.block_on(async {
+                // Each `block_on` starts tokio's list of deferred wakers empty, and the first
+                // `yield_now` in it allocates it (the driver yields between busy turns). A
+                // server runs one `block_on` for its whole life: that one-off is made here,
+                // uncounted, so that the count is the echoes' alone.
+                uncounted(tokio::task::yield_now()).await;
+                echo.measured.notified().await;
+            });
+        });
+        let _ = tx.send(info.count_total);
+        // Keep serving (the last echoes may still be queued) until the client goes away.
+        rt.block_on(async {
+            let _ = tokio::time::timeout(Duration::from_secs(10), echo.closed.notified()).await;
+        });
+    });
+    (port, rx)
+}
+
+/// Awaits `f` with the allocations of its own polls left out of the count.
+async fn uncounted<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    std::future::poll_fn(|cx| {
+        let mut polled = std::task::Poll::Pending;
+        allocation_counter::opt_out(|| polled = f.as_mut().poll(cx));
+        polled
+    })
+    .await
+}
+
+#[test]
+fn events_echo_of_small_text_messages_allocates_nothing() {
+    assert_eq!(
+        run_with(events_echo_server, 0x1, 20, 1, false),
+        0,
+        "allocations for {MEASURED} echoes through Server::events"
+    );
+}
+
+#[test]
+fn events_echo_of_16_kib_binary_messages_allocates_nothing() {
+    assert_eq!(
+        run_with(events_echo_server, 0x2, 16 * 1024, 2, false),
+        0,
+        "allocations for {MEASURED} echoes through Server::events"
+    );
+}
+
+#[test]
+fn the_count_sees_an_events_handler_that_copies_payloads() {
+    let counted = run_with(events_echo_server, 0x2, 20, 1, true);
     assert!(counted >= MEASURED as u64, "counted {counted}");
 }

@@ -404,11 +404,17 @@ async fn a_greeting_from_on_open_arrives_before_echoes_even_of_data_sent_with_th
         assert_eq!(conn.state(), State::Open);
         assert!(conn.peer_addr().is_some(), "peer address known at open");
         assert_eq!(conn.buffered_amount(), 0);
+        assert_eq!(conn.config().close_timeout, Duration::from_millis(1234));
+        assert!(conn.deflate().is_none());
         conn.send(format!("welcome {}", conn.id()))
             .expect("greeting");
         assert!(conn.buffered_amount() > 0, "the greeting is queued");
     });
-    let server = start(no_keepalive(), probe).await;
+    let server = start(
+        no_keepalive().close_timeout(Duration::from_millis(1234)),
+        probe,
+    )
+    .await;
 
     // A raw client whose first message travels in the same write as its handshake: the server
     // reads it as leftover of the handshake, and still greets first.
@@ -444,6 +450,62 @@ async fn a_greeting_from_on_open_arrives_before_echoes_even_of_data_sent_with_th
         Message::text(format!("welcome {id2}"))
     );
     assert_eq!(next_data(&mut ws).await, Message::text("after"));
+}
+
+#[tokio::test]
+async fn send_prepared_shares_one_encoding_with_plain_and_compressing_clients() {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let news = volley::PreparedMessage::text("news ".repeat(100));
+    let (probe, mut events) = Probe::new(&tx, rx, move |conn, message| {
+        if message == Message::text("news?") {
+            conn.send_prepared(&news).expect("send_prepared");
+        } else {
+            let _ = conn.send(message);
+        }
+    });
+    let deflate = no_keepalive().deflate(Some(DeflateConfig::default()));
+    let server = start(deflate.clone(), probe.quiet()).await;
+    let mut plain = client(server.addr, no_keepalive()).await;
+    let mut compressing = client(server.addr, deflate).await;
+    assert!(plain.deflate().is_none());
+    assert!(compressing.deflate().is_some());
+    for ws in [&mut plain, &mut compressing] {
+        events.opened().await;
+        for _ in 0..3 {
+            ws.send("news?").await.expect("send");
+            assert_eq!(next_data(ws).await, Message::text("news ".repeat(100)));
+        }
+        // Ordinary sends still work around it.
+        ws.send("plain").await.expect("send");
+        assert_eq!(next_data(ws).await, Message::text("plain"));
+    }
+}
+
+#[tokio::test]
+async fn a_protocol_error_in_bytes_sent_with_the_handshake_fails_the_connection() {
+    let (probe, mut events) = Probe::echo();
+    let server = start(no_keepalive(), probe).await;
+    let mut raw = raw_tcp(server.addr).await;
+    let mut request = upgrade_request(server.addr).into_bytes();
+    request.extend(server_frame(OP_TEXT, b"unmasked, with the handshake"));
+    raw.write(&request).await;
+    let head = raw.read_http_head().await;
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    assert_eq!(raw.read_close().await.close_code(), Some(1002));
+    raw.expect_eof_within(Duration::from_secs(2)).await;
+    loop {
+        match events.next().await {
+            Ev::Close(_, result) => {
+                assert!(
+                    matches!(result, Err(Error::Protocol(ProtocolError::UnmaskedFrame))),
+                    "{result:?}"
+                );
+                break;
+            }
+            Ev::Msg(..) => panic!("the bad frame reached on_message"),
+            Ev::Open(_) | Ev::Note(..) => {}
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1379,7 +1441,9 @@ async fn the_server_compresses_its_echo_on_the_wire() {
     .await;
     assert_eq!(frame.rsv, 0b100, "the echo is compressed");
     assert!(frame.payload_len < text.len() as u64 / 4, "{frame:?}");
-    let _ = id;
+    raw.write(&client_frame(OP_CLOSE, &close_payload(1000, "")))
+        .await;
+    assert!(matches!(events.closed(id).await, Ok(Some(_))));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -210,6 +210,17 @@ impl Running {
 /// Starts a server with `config`, `probe` on "/" and drain timeout `drain` on a new thread
 /// running a current-thread runtime (`workers == 0`) or a multi-thread one with `workers`.
 fn start_on(workers: usize, config: Config, probe: Probe, drain: Duration) -> Running {
+    start_with_policy(workers, config, probe, drain, volley::Policy::default())
+}
+
+/// [`start_on`] with a handshake policy.
+fn start_with_policy(
+    workers: usize,
+    config: Config,
+    probe: Probe,
+    drain: Duration,
+    policy: volley::Policy,
+) -> Running {
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (stop, stopped) = oneshot::channel::<()>();
     let (done_tx, done) = oneshot::channel();
@@ -230,6 +241,7 @@ fn start_on(workers: usize, config: Config, probe: Probe, drain: Duration) -> Ru
                 .expect("bind 127.0.0.1:0")
                 .config(config)
                 .drain_timeout(drain)
+                .policy(policy)
                 .events("/", probe);
             addr_tx
                 .send(server.local_addr().expect("local_addr"))
@@ -540,6 +552,34 @@ async fn the_events_path_goes_to_the_handler_and_other_paths_to_the_task_handler
     assert_eq!(next_data(&mut task).await, Message::text("still here"));
 }
 
+#[tokio::test]
+async fn the_handshake_policy_applies_to_the_events_route() {
+    let (probe, mut events) = Probe::echo();
+    let policy = volley::Policy::default().origins(["https://good.example"]);
+    let server = start_with_policy(0, no_keepalive(), probe, Duration::from_secs(5), policy);
+    for (origin, allowed) in [
+        ("https://evil.example", false),
+        ("https://good.example", true),
+    ] {
+        let mut raw = raw_tcp(server.addr).await;
+        let request = upgrade_request(server.addr)
+            .replace("\r\n\r\n", &format!("\r\nOrigin: {origin}\r\n\r\n"));
+        raw.write(request.as_bytes()).await;
+        let head = raw.read_http_head().await;
+        if allowed {
+            assert!(head.starts_with("HTTP/1.1 101 "), "{origin}: {head}");
+            let id = events.opened().await;
+            raw.write(&client_frame(OP_TEXT, b"let in")).await;
+            assert_eq!(raw.read_frame().await.payload, b"let in");
+            assert!(matches!(events.next().await, Ev::Msg(i, _) if i == id));
+        } else {
+            assert!(head.starts_with("HTTP/1.1 403 "), "{origin}: {head}");
+            raw.expect_eof_within(Duration::from_secs(2)).await;
+            events.assert_quiet(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. Close
 // ---------------------------------------------------------------------------------------------
@@ -737,6 +777,22 @@ async fn tcp_eof_without_a_close_frame_is_an_abnormal_close() {
     drop(raw);
     let result = events.closed(id).await;
     assert!(matches!(result, Err(Error::AbnormalClose)), "{result:?}");
+}
+
+#[tokio::test]
+async fn a_reset_connection_reports_an_error() {
+    let (probe, mut events) = Probe::echo();
+    let server = start(no_keepalive(), probe.quiet()).await;
+    let raw = raw_client(server.addr).await;
+    let id = events.opened().await;
+    // SO_LINGER 0: dropping the socket sends RST instead of FIN.
+    raw.stream.set_zero_linger().expect("linger");
+    drop(raw);
+    let result = events.closed(id).await;
+    assert!(
+        matches!(result, Err(Error::Io(_) | Error::AbnormalClose)),
+        "{result:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1047,6 +1103,63 @@ async fn a_peer_that_does_not_read_is_not_read_either_and_loses_nothing() {
         .expect("close");
     assert_eq!(reader.frame().await.opcode, OP_CLOSE);
     assert!(matches!(events.closed(id).await, Ok(Some(_))));
+}
+
+#[tokio::test]
+async fn a_flooding_connection_does_not_starve_another_on_the_same_driver() {
+    let (probe, mut events) = Probe::echo();
+    // current_thread server runtime: one driver for both connections.
+    let server = start(no_keepalive(), probe.quiet()).await;
+    let (mut reader, mut writer) = small_buffer_client(server.addr).await;
+    events.opened().await;
+    let flood_for = Duration::from_millis(1500);
+    let flooding = tokio::spawn(async move {
+        let bytes = client_frame(OP_BINARY, &[0x5a; 16 * 1024]).repeat(4);
+        let start = Instant::now();
+        let mut sent = 0usize;
+        while start.elapsed() < flood_for {
+            writer.write_all(&bytes).await.expect("flood");
+            sent += 4;
+        }
+        (writer, sent)
+    });
+    // Read (and drop) the flood's echoes so that it is never slowed down by backpressure.
+    let draining = tokio::spawn(async move {
+        let mut echoed = 0usize;
+        let mut chunk = vec![0u8; 256 * 1024];
+        loop {
+            match within(reader.rd.read(&mut chunk)).await {
+                Ok(0) | Err(_) => return echoed,
+                Ok(n) => echoed += n,
+            }
+        }
+    });
+    let mut ws = client(server.addr, no_keepalive()).await;
+    events.opened().await;
+    let mut worst = Duration::ZERO;
+    let start = Instant::now();
+    let mut rounds = 0;
+    while start.elapsed() < flood_for - Duration::from_millis(300) {
+        let sent = Instant::now();
+        ws.send(format!("ping {rounds}")).await.expect("send");
+        assert_eq!(
+            next_data(&mut ws).await,
+            Message::text(format!("ping {rounds}"))
+        );
+        worst = worst.max(sent.elapsed());
+        rounds += 1;
+    }
+    let (mut writer, sent) = within(flooding).await.expect("flood task");
+    eprintln!("flood: {sent} messages; other connection: {rounds} echoes, slowest {worst:?}");
+    assert!(sent > 100, "the flood sent only {sent} messages");
+    assert!(rounds >= 5, "{rounds} round trips during the flood");
+    assert!(
+        worst < Duration::from_millis(500),
+        "an echo took {worst:?} while another connection flooded the driver"
+    );
+    writer.shutdown().await.expect("shutdown");
+    let echoed = within(draining).await.expect("drain task");
+    assert!(echoed > 0);
 }
 
 // ---------------------------------------------------------------------------------------------

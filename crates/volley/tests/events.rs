@@ -1684,3 +1684,100 @@ async fn a_thousand_idle_connections_each_get_exactly_one_on_close() {
     ws.send("after").await.expect("send");
     assert_eq!(next_data(&mut ws).await, Message::text("after"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// TLS (feature `tls`): the driver's writes, flushes and shutdown through rustls
+// ---------------------------------------------------------------------------------------------
+
+#[cfg(feature = "tls")]
+mod tls {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    use volley::tls::{Roots, client_config, server_config};
+
+    /// A CA and a `localhost` certificate it signed, as PEM files in a temp dir (removed on drop).
+    struct Pki(std::path::PathBuf);
+
+    impl Pki {
+        fn new() -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("volley-events-tls-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            let ca_key = KeyPair::generate().expect("ca key");
+            let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+            ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            ca_params
+                .distinguished_name
+                .push(DnType::CommonName, "Volley events test CA");
+            let ca = ca_params.self_signed(&ca_key).expect("ca cert");
+            let issuer = Issuer::new(ca_params, ca_key);
+            let key = KeyPair::generate().expect("key");
+            let mut params = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+            params
+                .distinguished_name
+                .push(DnType::CommonName, "localhost");
+            let cert = params.signed_by(&key, &issuer).expect("cert");
+            std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write");
+            std::fs::write(dir.join("cert.pem"), cert.pem()).expect("write");
+            std::fs::write(dir.join("key.pem"), key.serialize_pem()).expect("write");
+            Self(dir)
+        }
+    }
+
+    impl Drop for Pki {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[tokio::test]
+    async fn wss_echo_and_close_on_an_events_route() {
+        let pki = Pki::new();
+        let tls =
+            server_config(pki.0.join("cert.pem"), pki.0.join("key.pem")).expect("server config");
+        let (probe, mut events) = Probe::echo();
+        let server = Server::bind("127.0.0.1:0")
+            .await
+            .expect("bind")
+            .config(no_keepalive())
+            .tls(tls)
+            .events("/", probe.quiet());
+        let port = server.local_addr().expect("addr").port();
+        tokio::spawn(server.serve(|_ws, _request| async {}));
+        let roots = client_config(&Roots::Custom(vec![pki.0.join("ca.pem")])).expect("roots");
+        let (mut ws, _) = within(
+            volley::ClientBuilder::new(format!("wss://localhost:{port}/"))
+                .config(no_keepalive())
+                .tls_config(roots)
+                .connect(),
+        )
+        .await
+        .expect("wss connect");
+        let id = events.opened().await;
+        // Pipelined, from 0 B to 1 MiB: many TLS records per write.
+        let messages: Vec<Message> = [0, 125, 126, 65_536, 1 << 20, 3, 70_000]
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| Message::binary(payload(len, i)))
+            .collect();
+        for m in &messages {
+            ws.send(m.clone()).await.expect("send");
+        }
+        for m in &messages {
+            assert_eq!(&next_data(&mut ws).await, m);
+        }
+        let start = Instant::now();
+        ws.close(Some(CloseFrame::new(CloseCode::NORMAL, "tls bye")))
+            .await
+            .expect("clean close");
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+        match events.closed(id).await {
+            Ok(Some(frame)) => assert_eq!(frame, CloseFrame::new(CloseCode::NORMAL, "tls bye")),
+            other => panic!("expected Ok(Some(1000)), got {other:?}"),
+        }
+    }
+}

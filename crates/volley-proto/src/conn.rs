@@ -1,6 +1,7 @@
 //! The connection state machine: bytes in, messages and bytes out.
 
 use std::collections::VecDeque;
+use std::io::IoSlice;
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -85,6 +86,16 @@ struct InFrame {
     in_place: bool,
 }
 
+/// How the input ended, behind messages the application has not polled yet.
+#[derive(Debug)]
+enum PendingEnd {
+    /// A protocol violation: the connection fails (close frame queued, state `Failed`).
+    Failure(ProtocolError),
+    /// The peer's close frame: its reply is queued, the state becomes `Closed`, and the
+    /// application sees `Message::Close`, after it could still answer the messages before it.
+    Close(Option<CloseFrame>),
+}
+
 /// One WebSocket connection after the opening handshake, without any I/O.
 ///
 /// Feed received bytes to [`handle_read`](Self::handle_read), queue outgoing messages with
@@ -108,13 +119,9 @@ pub struct Connection {
     out: VecDeque<Bytes>,
     out_buf: BytesMut,
     out_len: usize,
-    /// A violation found behind messages not yet polled: it takes effect (close frame queued,
-    /// state `Failed`) once they have been, so replies to them still go out first.
-    pending_failure: Option<ProtocolError>,
-    /// A close frame received behind data messages not yet polled: it takes effect (reply
-    /// queued, state `Closed`, `Message::Close` event) when they have been, so the application
-    /// can still answer them.
-    pending_close: Option<Option<CloseFrame>>,
+    /// The end of the input, found behind messages not yet polled (rare, so boxed: an idle
+    /// connection should be small). It takes effect once they have been polled.
+    pending_end: Option<Box<PendingEnd>>,
     /// permessage-deflate, when negotiated (boxed: most connections don't use it).
     deflate: Option<Box<Deflate>>,
     /// UTF-8 state of a text message received in place (see [`InFrame::in_place`]).
@@ -173,8 +180,7 @@ impl Connection {
             out: VecDeque::new(),
             out_buf: BytesMut::new(),
             out_len: 0,
-            pending_failure: None,
-            pending_close: None,
+            pending_end: None,
             deflate,
             in_place_utf8: Utf8Validator::new(),
         }
@@ -203,9 +209,7 @@ impl Connection {
     /// Whether no more input is expected: the close handshake completed or the connection failed
     /// (or will fail once the messages received before the violation are polled).
     pub fn is_terminated(&self) -> bool {
-        matches!(self.state, State::Closed | State::Failed)
-            || self.pending_failure.is_some()
-            || self.pending_close.is_some()
+        matches!(self.state, State::Closed | State::Failed) || self.pending_end.is_some()
     }
 
     /// Processes bytes received from the peer.
@@ -251,12 +255,13 @@ impl Connection {
     pub fn poll_event(&mut self) -> Option<Message> {
         let event = self.events.pop_front();
         if event.is_none() {
-            if let Some(frame) = self.pending_close.take() {
-                self.on_close(frame);
-                return self.events.pop_front();
-            }
-            if let Some(err) = self.pending_failure.take() {
-                self.fail(&err);
+            match self.pending_end.take().map(|end| *end) {
+                Some(PendingEnd::Close(frame)) => {
+                    self.on_close(frame);
+                    return self.events.pop_front();
+                }
+                Some(PendingEnd::Failure(err)) => self.fail(&err),
+                None => {}
             }
         }
         event
@@ -271,6 +276,45 @@ impl Connection {
         };
         self.out_len -= bytes.len();
         Some(bytes)
+    }
+
+    /// The bytes waiting to be written, without taking them: fills `dst` with them in order and
+    /// returns how many slices it filled. For vectored writes straight from the connection's
+    /// queue; after writing `n` bytes, call [`advance_transmit`](Self::advance_transmit)`(n)`.
+    /// An alternative to [`poll_transmit`](Self::poll_transmit); the two can be mixed.
+    pub fn transmit_slices<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
+        let tail = (!self.out_buf.is_empty()).then_some(&self.out_buf[..]);
+        let pieces = self.out.iter().map(|b| &b[..]).chain(tail);
+        let mut filled = 0;
+        for (slot, piece) in dst.iter_mut().zip(pieces) {
+            *slot = IoSlice::new(piece);
+            filled += 1;
+        }
+        filled
+    }
+
+    /// Drops the first `n` bytes of those waiting to be written (see
+    /// [`transmit_slices`](Self::transmit_slices)). `n` larger than
+    /// [`pending_transmit`](Self::pending_transmit) drops them all.
+    pub fn advance_transmit(&mut self, n: usize) {
+        let mut left = n.min(self.out_len);
+        self.out_len -= left;
+        while left > 0 {
+            match self.out.front_mut() {
+                Some(front) if front.len() <= left => {
+                    left -= front.len();
+                    self.out.pop_front();
+                }
+                Some(front) => {
+                    front.advance(left);
+                    left = 0;
+                }
+                None => {
+                    self.out_buf.advance(left);
+                    left = 0;
+                }
+            }
+        }
     }
 
     /// How many bytes wait in [`poll_transmit`](Self::poll_transmit).
@@ -486,7 +530,7 @@ impl Connection {
                     self.frame = None;
                     self.message = None;
                     self.rbuf.clear();
-                    self.pending_failure = Some(err.clone());
+                    self.pending_end = Some(Box::new(PendingEnd::Failure(err.clone())));
                 }
                 Err(err)
             }
@@ -790,7 +834,7 @@ impl Connection {
             OpCode::Close => {
                 let frame = parse_close_payload(payload)?;
                 if self.events.iter().any(Message::is_data) {
-                    self.pending_close = Some(frame);
+                    self.pending_end = Some(Box::new(PendingEnd::Close(frame)));
                 } else {
                     self.on_close(frame);
                 }

@@ -1071,3 +1071,77 @@ fn pending_transmit_tracks_queued_bytes() {
     drain_transmit(&mut s);
     assert_eq!(s.pending_transmit(), 0);
 }
+
+/// Everything `transmit_slices` shows, written in pieces of `chunk` bytes with
+/// `advance_transmit`.
+fn write_in_pieces(c: &mut Connection, chunk: usize) -> Vec<u8> {
+    let mut wire = Vec::new();
+    while c.pending_transmit() > 0 {
+        let mut slices = [std::io::IoSlice::new(&[]); 3];
+        let count = c.transmit_slices(&mut slices);
+        assert!(count > 0, "bytes pending but no slice");
+        let mut taken = 0;
+        for slice in &slices[..count] {
+            let n = slice.len().min(chunk - taken);
+            wire.extend_from_slice(&slice[..n]);
+            taken += n;
+            if taken == chunk {
+                break;
+            }
+        }
+        c.advance_transmit(taken);
+    }
+    wire
+}
+
+#[test]
+fn transmit_slices_and_advance_give_the_same_bytes_as_poll_transmit() {
+    // Small frames (collected in one buffer), large ones (queued as their own pieces), a
+    // prepared one, in every order, written in odd-sized pieces.
+    let queue = |c: &mut Connection| {
+        c.send(Message::text("abc")).unwrap();
+        c.send(Message::binary(vec![7; 2000])).unwrap();
+        c.send(Message::text("de")).unwrap();
+        let prepared = volley_proto::PreparedMessage::text("shared");
+        c.send_prepared(&prepared).unwrap();
+        c.send(Message::binary(vec![9; 3000])).unwrap();
+        c.send(Message::Ping(Bytes::from_static(b"p"))).unwrap();
+    };
+    let mut reference = server();
+    queue(&mut reference);
+    let expected = transmitted_bytes(&mut reference);
+    for chunk in [1, 2, 5, 64, 1999, 2004, 100_000] {
+        let mut c = server();
+        queue(&mut c);
+        let total = c.pending_transmit();
+        let wire = write_in_pieces(&mut c, chunk);
+        assert_eq!(wire.len(), total, "chunk {chunk}");
+        assert_eq!(wire, expected, "chunk {chunk}");
+        assert_eq!(c.poll_transmit(), None);
+        // Mixed with poll_transmit afterwards: still in order.
+        c.send(Message::text("x")).unwrap();
+        c.send(Message::binary(vec![1; 1500])).unwrap();
+        c.advance_transmit(1);
+        let rest: Vec<u8> = std::iter::from_fn(|| c.poll_transmit())
+            .flat_map(|b| b.to_vec())
+            .collect();
+        assert_eq!(rest.len(), 3 - 1 + 4 + 1500);
+        assert_eq!(
+            &rest[..2],
+            &[0x01, b'x'],
+            "the frame's first byte was dropped"
+        );
+    }
+    // Advancing past the end drops everything and nothing more.
+    let mut c = server();
+    queue(&mut c);
+    c.advance_transmit(usize::MAX);
+    assert_eq!(c.pending_transmit(), 0);
+    assert_eq!(c.transmit_slices(&mut [std::io::IoSlice::new(&[])]), 0);
+}
+
+fn transmitted_bytes(c: &mut Connection) -> Vec<u8> {
+    std::iter::from_fn(|| c.poll_transmit())
+        .flat_map(|b| b.to_vec())
+        .collect()
+}

@@ -40,12 +40,13 @@
 //! A callback that panics fails only its own connection (close code 1011).
 
 use std::collections::{BinaryHeap, VecDeque};
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Wake, Waker, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -60,7 +61,7 @@ use volley_proto::{
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::maybe_tls::MaybeTlsStream;
-use crate::stream::{READ_TARGET, RELEASE_AFTER, poll_fill, poll_write_queue};
+use crate::stream::{MAX_IOV, READ_TARGET, RELEASE_AFTER, poll_fill};
 
 /// Reads one connection may take in one turn before the others get theirs.
 const READ_BUDGET: usize = 16;
@@ -306,9 +307,8 @@ struct ConnState {
     /// `None` once the connection is finished: dropping the transport also drops the wakers
     /// the runtime holds for it, which point back here.
     io: Option<MaybeTlsStream>,
+    /// Also the write queue: written straight from with vectored writes.
     proto: Connection,
-    /// Bytes taken from the protocol and not yet written.
-    queue: VecDeque<Bytes>,
     id: u64,
     /// The peer's protocol violation and close frame, once there is one (rare: boxed).
     end: Option<Box<End>>,
@@ -382,7 +382,6 @@ impl ConnState {
         Self {
             io: Some(stream),
             proto,
-            queue: VecDeque::new(),
             id: IDS.fetch_add(1, Ordering::Relaxed),
             end: None,
             slot: NEW,
@@ -404,7 +403,7 @@ impl ConnState {
 
     /// Bytes queued and not yet written.
     fn buffered(&self) -> usize {
-        self.proto.pending_transmit() + self.queue.iter().map(Bytes::len).sum::<usize>()
+        self.proto.pending_transmit()
     }
 
     /// When the driver must look at this connection again without I/O ([`NEVER`]: only on I/O).
@@ -425,9 +424,6 @@ impl ConnState {
         if self.release_at <= now {
             self.release_at = NEVER;
             self.proto.release_idle_buffers();
-            if self.queue.is_empty() {
-                self.queue = VecDeque::new();
-            }
         }
         if self.proto.state() != State::Open {
             return;
@@ -488,12 +484,9 @@ impl ConnState {
             if self.close_at <= now {
                 return Some(Err(Error::Timeout("close handshake")));
             }
-            while let Some(bytes) = self.proto.poll_transmit() {
-                self.queue.push_back(bytes);
-            }
             let io = self.io.as_mut()?;
-            let flushed = self.queue.is_empty()
-                || match poll_write_queue(Pin::new(&mut *io), &mut self.queue, cx) {
+            let flushed = self.proto.pending_transmit() == 0
+                || match poll_write_proto(Pin::new(&mut *io), &mut self.proto, cx) {
                     Poll::Ready(Ok(())) => true,
                     Poll::Ready(Err(e)) => return Some(Err(e.into())),
                     Poll::Pending => false,
@@ -515,9 +508,7 @@ impl ConnState {
                     _ => Ok(end.peer_close.flatten()),
                 });
             }
-            let queued =
-                self.proto.pending_transmit() + self.queue.iter().map(Bytes::len).sum::<usize>();
-            if !flushed && queued > config.write_limit {
+            if !flushed && self.proto.pending_transmit() > config.write_limit {
                 // Backpressure: read again once the queue drains.
                 return None;
             }
@@ -556,6 +547,29 @@ impl ConnState {
             let _ = self.proto.close(Some(frame));
         }
     }
+}
+
+/// Writes what `proto` has queued to `io` (vectored when the transport supports it), then
+/// flushes the transport. Pending as soon as the transport is; what was written stays written.
+fn poll_write_proto(
+    mut io: Pin<&mut MaybeTlsStream>,
+    proto: &mut Connection,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<()>> {
+    while proto.pending_transmit() > 0 {
+        let mut slices = [IoSlice::new(&[]); MAX_IOV];
+        let count = proto.transmit_slices(&mut slices);
+        let n = if io.is_write_vectored() && count > 1 {
+            ready!(io.as_mut().poll_write_vectored(cx, &slices[..count]))?
+        } else {
+            ready!(io.as_mut().poll_write(cx, &slices[0]))?
+        };
+        if n == 0 {
+            return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+        }
+        proto.advance_transmit(n);
+    }
+    io.poll_flush(cx)
 }
 
 /// The connections a driver runs. Dropping it (the driver's task ends or is aborted) closes
@@ -742,7 +756,6 @@ impl Driver {
             Some(result) => {
                 st.io = None;
                 st.proto.release_idle_buffers();
-                st.queue = VecDeque::new();
                 let (slot, id) = (st.slot as usize, st.id);
                 drop(guard);
                 registry.remove(slot);

@@ -46,7 +46,7 @@ thread_local! {
 }
 
 /// Most buffers handed to one vectored write.
-const MAX_IOV: usize = 64;
+pub(crate) const MAX_IOV: usize = 64;
 
 struct Writer<S> {
     io: WriteHalf<S>,

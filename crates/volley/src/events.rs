@@ -408,6 +408,11 @@ impl ConnState {
 
     /// When the driver must look at this connection again without I/O ([`NEVER`]: only on I/O).
     fn deadline(&self, config: &Config) -> u64 {
+        if self.proto.state() != State::Open {
+            // Closing: keep-alive and idle timers no longer apply (`on_timer` ignores them, so
+            // a due one would fire again and again); the close deadline bounds what is left.
+            return self.close_at.min(self.release_at);
+        }
         let pong = match self.ping_sent {
             NEVER => NEVER,
             sent => after(sent, config.ping_timeout),
@@ -746,7 +751,9 @@ impl Driver {
         let mut cx = Context::from_waker(&waker);
         match st.drive(&mut cx, now, &*self.handler, config) {
             None => {
-                let at = st.deadline(config);
+                // Never at or before `now`: a timer that is due but not acted on must not make
+                // the driver's timer loop spin.
+                let at = st.deadline(config).max(now + 1);
                 if at < st.armed {
                     st.armed = at;
                     let conn = Arc::downgrade(conn);

@@ -908,10 +908,6 @@ async fn a_pong_with_a_stale_payload_does_not_count() {
 }
 
 #[tokio::test]
-#[ignore = "BUG: events.rs driver spins forever once the idle timeout closed a connection: in \
-            CloseSent, ConnState::deadline() still returns the expired idle deadline, on_timer \
-            returns early for a non-Open state, so run_conn re-arms a deadline <= now and \
-            Driver::run's `while timers.peek() <= now` loop never ends (100% CPU, runtime frozen)"]
 async fn idle_timeout_closes_with_1000_and_traffic_defers_it() {
     let (probe, mut events) = Probe::echo();
     let idle = Duration::from_millis(300);
@@ -949,11 +945,6 @@ async fn idle_timeout_closes_with_1000_and_traffic_defers_it() {
 }
 
 #[tokio::test]
-#[ignore = "BUG: events.rs driver spins forever when a keep-alive ping falls due while a \
-            connection waits for the peer's close reply (CloseSent): on_timer returns early for a \
-            non-Open state without advancing next_ping (nor the pong deadline), deadline() keeps \
-            returning it, and Driver::run re-arms and re-pops it in one synchronous loop; every \
-            connection of that driver freezes and a drain abort cannot stop the task"]
 async fn a_closing_connection_still_times_out_when_a_keepalive_ping_falls_due() {
     let (tx, rx) = mpsc::unbounded_channel();
     let (probe, mut events) = Probe::new(&tx, rx, |conn, message| {
@@ -1352,10 +1343,6 @@ async fn drain_deadline_drops_a_silent_peer(workers: usize) {
 }
 
 #[tokio::test]
-#[ignore = "BUG: with keep-alive on, graceful shutdown never returns when a peer does not answer \
-            the 1001: once the next ping falls due in CloseSent the driver spins synchronously \
-            (see a_closing_connection_still_times_out_when_a_keepalive_ping_falls_due), so the \
-            drain deadline's abort() never takes effect and serve_with_shutdown hangs"]
 async fn shutdown_with_keepalive_returns_by_the_drain_deadline() {
     let (probe, mut events) = Probe::echo();
     let drain = Duration::from_millis(400);

@@ -88,6 +88,22 @@ pub trait Handler: Send + Sync + 'static {
     }
 }
 
+/// A shared handler: keep an `Arc` of the handler's state in the application and give the
+/// server a clone.
+impl<H: Handler> Handler for Arc<H> {
+    fn on_open(&self, conn: &mut Conn<'_>) {
+        (**self).on_open(conn);
+    }
+
+    fn on_message(&self, conn: &mut Conn<'_>, message: Message) {
+        (**self).on_message(conn, message);
+    }
+
+    fn on_close(&self, id: u64, result: Result<Option<CloseFrame>>) {
+        (**self).on_close(id, result);
+    }
+}
+
 /// A connection, lent to a [`Handler`] callback.
 pub struct Conn<'a> {
     st: &'a mut ConnState,
@@ -804,6 +820,25 @@ mod tests {
             epoch: Instant::now(),
         };
         assert_eq!(clock.ms(clock.instant(1234)), 1234);
+    }
+
+    struct Count(AtomicUsize);
+
+    impl Handler for Count {
+        fn on_message(&self, _conn: &mut Conn<'_>, _message: Message) {}
+
+        fn on_close(&self, _id: u64, _result: Result<Option<CloseFrame>>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn an_arc_of_a_handler_is_the_same_handler() {
+        let shared = Arc::new(Count(AtomicUsize::new(0)));
+        let handler: Arc<dyn Handler> = Arc::new(shared.clone());
+        handler.on_close(1, Ok(None));
+        handler.on_close(2, Err(Error::AbnormalClose));
+        assert_eq!(shared.0.load(Ordering::Relaxed), 2);
     }
 
     #[test]

@@ -1679,49 +1679,12 @@ async fn a_thousand_idle_connections_each_get_exactly_one_on_close() {
 #[cfg(feature = "tls")]
 mod tls {
     use super::*;
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
     use volley::tls::{Roots, client_config, server_config};
-
-    /// A CA and a `localhost` certificate it signed, as PEM files in a temp dir (removed on drop).
-    struct Pki(std::path::PathBuf);
-
-    impl Pki {
-        fn new() -> Self {
-            let dir =
-                std::env::temp_dir().join(format!("volley-events-tls-{}", std::process::id()));
-            std::fs::create_dir_all(&dir).expect("temp dir");
-            let ca_key = KeyPair::generate().expect("ca key");
-            let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-            ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            ca_params
-                .distinguished_name
-                .push(DnType::CommonName, "Volley events test CA");
-            let ca = ca_params.self_signed(&ca_key).expect("ca cert");
-            let issuer = Issuer::new(ca_params, ca_key);
-            let key = KeyPair::generate().expect("key");
-            let mut params = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
-            params
-                .distinguished_name
-                .push(DnType::CommonName, "localhost");
-            let cert = params.signed_by(&key, &issuer).expect("cert");
-            std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write");
-            std::fs::write(dir.join("cert.pem"), cert.pem()).expect("write");
-            std::fs::write(dir.join("key.pem"), key.serialize_pem()).expect("write");
-            Self(dir)
-        }
-    }
-
-    impl Drop for Pki {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 
     #[tokio::test]
     async fn wss_echo_and_close_on_an_events_route() {
-        let pki = Pki::new();
-        let tls =
-            server_config(pki.0.join("cert.pem"), pki.0.join("key.pem")).expect("server config");
+        let pki = common::Pki::new("events");
+        let tls = server_config(pki.path("cert.pem"), pki.path("key.pem")).expect("server config");
         let (probe, mut events) = Probe::echo();
         let server = Server::bind("127.0.0.1:0")
             .await
@@ -1731,7 +1694,7 @@ mod tls {
             .events("/", probe.quiet());
         let port = server.local_addr().expect("addr").port();
         tokio::spawn(server.serve(|_ws, _request| async {}));
-        let roots = client_config(&Roots::Custom(vec![pki.0.join("ca.pem")])).expect("roots");
+        let roots = client_config(&Roots::Custom(vec![pki.path("ca.pem")])).expect("roots");
         let (mut ws, _) = within(
             volley::ClientBuilder::new(format!("wss://localhost:{port}/"))
                 .config(no_keepalive())

@@ -49,17 +49,8 @@ where
 /// Runs an echo server on its own thread; returns its port and a receiver of the number of
 /// allocations its thread made while echoing messages WARMUP..WARMUP+MEASURED.
 fn echo_server(copy: bool) -> (u16, mpsc::Receiver<u64>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+    server_thread(move |rt, listener, tx| {
         let mut ws = rt.block_on(async move {
-            listener.set_nonblocking(true).expect("nonblocking");
-            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
             let (stream, _) = listener.accept().await.expect("accept");
             stream.set_nodelay(true).expect("nodelay");
             let mut ws = volley::accept(stream).await.expect("handshake");
@@ -77,6 +68,32 @@ fn echo_server(copy: bool) -> (u16, mpsc::Receiver<u64>) {
         let _ = tx.send(info.count_total);
         // The client closes; finish the connection outside the measurement.
         rt.block_on(async { while ws.recv().await.is_some() {} });
+    })
+}
+
+/// Binds a loopback listener and runs `serve` on a thread of its own with a current-thread
+/// runtime, so that the thread's allocation count is the server's alone. Returns the port and
+/// the receiver of the count `serve` sends.
+fn server_thread<F>(serve: F) -> (u16, mpsc::Receiver<u64>)
+where
+    F: FnOnce(&tokio::runtime::Runtime, tokio::net::TcpListener, mpsc::Sender<u64>)
+        + Send
+        + 'static,
+{
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let listener = {
+            let _runtime = rt.enter();
+            tokio::net::TcpListener::from_std(listener).expect("listener")
+        };
+        serve(&rt, listener, tx);
     });
     (port, rx)
 }
@@ -244,14 +261,7 @@ impl Handler for Shared {
 /// Like [`echo_server`], with the echo at "/" served by `Server::events` on a current-thread
 /// runtime: the accept loop, the driver and the callbacks all run on the measured thread.
 fn events_echo_server(copy: bool) -> (u16, mpsc::Receiver<u64>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+    server_thread(move |rt, listener, tx| {
         let echo = Arc::new(EventsEcho {
             copy,
             seen: AtomicUsize::new(0),
@@ -260,8 +270,6 @@ fn events_echo_server(copy: bool) -> (u16, mpsc::Receiver<u64>) {
             closed: Notify::new(),
         });
         rt.block_on(async {
-            listener.set_nonblocking(true).expect("nonblocking");
-            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
             let server = volley::Server::from_listener(listener).events("/", Shared(echo.clone()));
             tokio::spawn(server.serve(|_ws, _request| async {}));
             echo.warmed_up.notified().await;
@@ -281,8 +289,7 @@ fn events_echo_server(copy: bool) -> (u16, mpsc::Receiver<u64>) {
         rt.block_on(async {
             let _ = tokio::time::timeout(Duration::from_secs(10), echo.closed.notified()).await;
         });
-    });
-    (port, rx)
+    })
 }
 
 /// Awaits `f` with the allocations of its own polls left out of the count.

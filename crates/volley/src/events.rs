@@ -40,13 +40,12 @@
 //! A callback that panics fails only its own connection (close code 1011).
 
 use std::collections::{BinaryHeap, VecDeque};
-use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::task::{Context, Poll, Wake, Waker, ready};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -61,7 +60,7 @@ use volley_proto::{
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::maybe_tls::MaybeTlsStream;
-use crate::stream::{MAX_IOV, READ_TARGET, RELEASE_AFTER, poll_fill};
+use crate::stream::{READ_TARGET, RELEASE_AFTER, poll_fill, poll_write_all};
 
 /// Reads one connection may take in one turn before the others get theirs.
 const READ_BUDGET: usize = 16;
@@ -507,7 +506,7 @@ impl ConnState {
             }
             let io = self.io.as_mut()?;
             let flushed = self.proto.pending_transmit() == 0
-                || match poll_write_proto(Pin::new(&mut *io), &mut self.proto, cx) {
+                || match poll_write_all(Pin::new(&mut *io), &mut self.proto, cx) {
                     Poll::Ready(Ok(())) => true,
                     Poll::Ready(Err(e)) => return Some(Err(e.into())),
                     Poll::Pending => false,
@@ -568,29 +567,6 @@ impl ConnState {
             let _ = self.proto.close(Some(frame));
         }
     }
-}
-
-/// Writes what `proto` has queued to `io` (vectored when the transport supports it), then
-/// flushes the transport. Pending as soon as the transport is; what was written stays written.
-fn poll_write_proto(
-    mut io: Pin<&mut MaybeTlsStream>,
-    proto: &mut Connection,
-    cx: &mut Context<'_>,
-) -> Poll<std::io::Result<()>> {
-    while proto.pending_transmit() > 0 {
-        let mut slices = [IoSlice::new(&[]); MAX_IOV];
-        let count = proto.transmit_slices(&mut slices);
-        let n = if io.is_write_vectored() && count > 1 {
-            ready!(io.as_mut().poll_write_vectored(cx, &slices[..count]))?
-        } else {
-            ready!(io.as_mut().poll_write(cx, &slices[0]))?
-        };
-        if n == 0 {
-            return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
-        }
-        proto.advance_transmit(n);
-    }
-    io.poll_flush(cx)
 }
 
 /// The connections a driver runs. Dropping it (the driver's task ends or is aborted) closes

@@ -46,7 +46,7 @@ thread_local! {
 }
 
 /// Most buffers handed to one vectored write.
-pub(crate) const MAX_IOV: usize = 64;
+const MAX_IOV: usize = 64;
 
 struct Writer<S> {
     io: WriteHalf<S>,
@@ -217,47 +217,79 @@ impl CloseHandle {
 
 async fn write_queue<S: AsyncWrite>(w: &mut Writer<S>) -> Result<()> {
     let Writer { io, queue } = w;
-    std::future::poll_fn(|cx| poll_write_queue(Pin::new(&mut *io), queue, cx)).await?;
+    std::future::poll_fn(|cx| poll_write_all(Pin::new(&mut *io), queue, cx)).await?;
     Ok(())
 }
 
-/// Writes `queue` to `io` (vectored when the transport supports it, at most [`MAX_IOV`] buffers
-/// per system call), dropping what was written, then flushes the transport. Pending as soon as
-/// the transport is; what was written stays written.
-pub(crate) fn poll_write_queue<W: AsyncWrite>(
-    mut io: Pin<&mut W>,
-    queue: &mut VecDeque<Bytes>,
-    cx: &mut Context<'_>,
-) -> Poll<std::io::Result<()>> {
-    while !queue.is_empty() {
-        // The slice array lives only for this synchronous step.
-        let n = if io.is_write_vectored() && queue.len() > 1 {
-            let mut slices = [IoSlice::new(&[]); MAX_IOV];
-            let mut count = 0;
-            for (slot, bytes) in slices.iter_mut().zip(queue.iter()) {
-                *slot = IoSlice::new(bytes);
-                count += 1;
-            }
-            ready!(io.as_mut().poll_write_vectored(cx, &slices[..count]))?
-        } else {
-            ready!(io.as_mut().poll_write(cx, &queue[0]))?
-        };
-        if n == 0 {
-            return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+/// Bytes waiting to be written, shown as slices and dropped as they are written: a writer's
+/// queue, or a protocol connection's own (written straight from it).
+pub(crate) trait Outgoing {
+    /// Fills `dst` with the waiting bytes in order; returns how many slices it filled.
+    fn slices<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize;
+    /// Drops the first `n` waiting bytes.
+    fn advance(&mut self, n: usize);
+}
+
+impl Outgoing for VecDeque<Bytes> {
+    fn slices<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
+        let mut count = 0;
+        for (slot, bytes) in dst.iter_mut().zip(self.iter()) {
+            *slot = IoSlice::new(bytes);
+            count += 1;
         }
-        let mut left = n;
+        count
+    }
+
+    fn advance(&mut self, mut left: usize) {
         while left > 0 {
-            let Some(front) = queue.front_mut() else {
+            let Some(front) = self.front_mut() else {
                 break;
             };
             if front.len() <= left {
                 left -= front.len();
-                queue.pop_front();
+                self.pop_front();
             } else {
                 front.advance(left);
                 left = 0;
             }
         }
+    }
+}
+
+impl Outgoing for Connection {
+    fn slices<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
+        self.transmit_slices(dst)
+    }
+
+    fn advance(&mut self, n: usize) {
+        self.advance_transmit(n);
+    }
+}
+
+/// Writes everything `out` holds to `io` (vectored when the transport supports it, at most
+/// [`MAX_IOV`] buffers per system call), then flushes the transport. Pending as soon as the
+/// transport is; what was written stays written.
+pub(crate) fn poll_write_all<W: AsyncWrite>(
+    mut io: Pin<&mut W>,
+    out: &mut impl Outgoing,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<()>> {
+    loop {
+        // The slice array lives only for this synchronous step.
+        let mut slices = [IoSlice::new(&[]); MAX_IOV];
+        let count = out.slices(&mut slices);
+        if count == 0 {
+            break;
+        }
+        let n = if io.is_write_vectored() && count > 1 {
+            ready!(io.as_mut().poll_write_vectored(cx, &slices[..count]))?
+        } else {
+            ready!(io.as_mut().poll_write(cx, &slices[0]))?
+        };
+        if n == 0 {
+            return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+        }
+        out.advance(n);
     }
     io.poll_flush(cx)
 }

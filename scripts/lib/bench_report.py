@@ -1,6 +1,12 @@
 #!/usr/bin/env python3
 """Summarise `scripts/bench-peers` results: one table (msg/s medians and ratios vs Volley,
-latency of the 1x20 B workload, idle memory per connection) and an SVG bar chart.
+latency of the 1x20 B workload, idle memory per connection), Volley against the best Rust peer
+and the raw TCP ceiling per workload, and an SVG bar chart.
+
+Ratios are paired: in every round each stack's msg/s is divided by Volley's msg/s of the same
+round (runs seconds apart), and the ratio shown is the median of those per-round ratios. On a
+noisy VM this is far steadier than a ratio of medians, because a slow spell of the machine
+lowers both runs of a round alike.
 
 Pure Python standard library (no matplotlib).
 
@@ -120,8 +126,22 @@ def _median(xs: list[float]) -> float | None:
     return statistics.median(xs) if xs else None
 
 
+RUST_PEERS = ("fastwebsockets", "tokio-websockets", "tungstenite")
+CEILING = "raw-tcp"
+
+
+def _paired(mine: dict[int, float], base: dict[int, float]) -> list[float]:
+    """mine[r] / base[r] for every round r both have, in round order."""
+    return [mine[r] / base[r] for r in sorted(mine) if r in base and base[r] > 0]
+
+
+def _range(xs: list[float]) -> list[float] | None:
+    return [min(xs), max(xs)] if xs else None
+
+
 def summarise(results: dict) -> dict:
-    """Medians per (stack, workload), ratios vs Volley, latency, memory; failures listed."""
+    """Medians per (stack, workload), paired ratios vs Volley, Volley against the best Rust peer
+    and the raw TCP ceiling, latency, memory; failures listed."""
     stacks = list(results.get("stacks") or [])
     workloads = list(results.get("workloads") or [])
     runs = results.get("runs") or []
@@ -141,7 +161,9 @@ def summarise(results: dict) -> dict:
     failures: list[str] = []
     for r in runs:
         key = (r["stack"], r.get("workload"))
-        cell = cells.setdefault(key, {"msg_per_s": [], "p50": [], "p99": [], "p999": [], "failed": 0})
+        cell = cells.setdefault(
+            key, {"msg_per_s": [], "by_round": {}, "p50": [], "p99": [], "p999": [], "failed": 0}
+        )
         bench = r.get("bench") if isinstance(r.get("bench"), dict) else {}
         rate = msg_per_s(bench)
         if not r.get("ok") or rate is None:
@@ -152,6 +174,8 @@ def summarise(results: dict) -> dict:
             )
             continue
         cell["msg_per_s"].append(rate)
+        if isinstance(r.get("round"), int):
+            cell["by_round"][r["round"]] = rate
         for q in ("p50", "p99", "p999"):
             v = latency(bench, q)
             if v is not None:
@@ -166,11 +190,44 @@ def summarise(results: dict) -> dict:
             "msg_per_s_median": _median(cell["msg_per_s"]),
             "latency_us_median": {q: _median(cell[q]) for q in ("p50", "p99", "p999")},
         }
-    for stack, per_w in summary["echo"].items():
-        for w, cell in per_w.items():
-            base = summary["echo"].get(BASELINE, {}).get(w, {}).get("msg_per_s_median")
-            mine = cell["msg_per_s_median"]
-            cell["ratio_vs_volley"] = mine / base if mine is not None and base else None
+    for (stack, w), cell in cells.items():
+        out = summary["echo"][stack][w]
+        base_cell = cells.get((BASELINE, w))
+        paired = _paired(cell["by_round"], base_cell["by_round"]) if base_cell else []
+        base = summary["echo"].get(BASELINE, {}).get(w, {}).get("msg_per_s_median")
+        mine = out["msg_per_s_median"]
+        if paired:
+            out["ratio_vs_volley"] = _median(paired)
+        else:
+            # Rounds without numbers (old results): the ratio of the medians.
+            out["ratio_vs_volley"] = mine / base if mine is not None and base else None
+        out["ratio_vs_volley_rounds"] = paired
+        out["ratio_vs_volley_range"] = _range(paired)
+    summary["goals"] = {}
+    for w in workloads:
+        base_cell = cells.get((BASELINE, w))
+        if base_cell is None or not base_cell["by_round"]:
+            continue
+        entry: dict[str, Any] = {}
+        candidates = []
+        for peer in RUST_PEERS + (CEILING,):
+            cell = cells.get((peer, w))
+            if cell is None:
+                continue
+            # Volley ÷ peer, per round.
+            paired = _paired(base_cell["by_round"], cell["by_round"])
+            if not paired:
+                continue
+            view = {"stack": peer, "ratio": _median(paired), "range": _range(paired), "rounds": len(paired)}
+            if peer == CEILING:
+                entry["raw_tcp"] = view
+            else:
+                candidates.append(view)
+        if candidates:
+            # The best peer is the one Volley compares worst against.
+            entry["best_rust_peer"] = min(candidates, key=lambda v: v["ratio"])
+        if entry:
+            summary["goals"][w] = entry
     for m in memory:
         bench = m.get("bench") if isinstance(m.get("bench"), dict) else {}
         per = per_connection_bytes(bench)
@@ -252,15 +309,52 @@ def markdown_table(summary: dict) -> str:
                 row.append(text)
         lines.append("| " + " | ".join(row) + " |")
     out = "\n".join(lines)
-    out += "\n\nmsg/s: median over rounds of echoed messages per second; (×) = ratio vs Volley's median."
+    out += (
+        "\n\nmsg/s: median over rounds of echoed messages per second; (×) = median over rounds of "
+        "the stack's msg/s ÷ Volley's msg/s in the same round."
+    )
     if summary["memory"]:
         out += (
             "\nidle RSS/conn: growth of the server's VmRSS (RssAnon in parentheses) per open idle "
             "connection, read from /proc/PID/status; n/a for raw TCP (no WebSocket handshake)."
         )
+    goals = goals_table(summary)
+    if goals:
+        out += "\n\n" + goals
     if summary["failures"]:
         out += "\n\nFAILURES:\n" + "\n".join(f"- {f}" for f in summary["failures"])
     return out
+
+
+def goals_table(summary: dict) -> str:
+    """Volley ÷ the best Rust peer and Volley ÷ raw TCP per workload (median of the per-round
+    ratios, with their range); empty without such pairs."""
+    rows = []
+    for w in summary["workloads"]:
+        g = summary.get("goals", {}).get(w)
+        if not g:
+            continue
+        cols = []
+        for key in ("best_rust_peer", "raw_tcp"):
+            v = g.get(key)
+            if v is None:
+                cols.append("—")
+                continue
+            lo, hi = v["range"]
+            name = f"{label(v['stack'])}: " if key == "best_rust_peer" else ""
+            cols.append(f"{name}**{v['ratio']:.2f}×** ({lo:.2f}–{hi:.2f}, {v['rounds']} rounds)")
+        rows.append(f"| {workload_label(w)} | {cols[0]} | {cols[1]} |")
+    if not rows:
+        return ""
+    head = [
+        "| Workload | Volley ÷ best Rust peer | Volley ÷ raw TCP |",
+        "|---|---:|---:|",
+    ]
+    foot = (
+        "\nVolley's msg/s ÷ the peer's in the same round: median (min–max) over rounds. The best "
+        "Rust peer is the one Volley compares worst against."
+    )
+    return "\n".join(head + rows) + "\n" + foot
 
 
 def svg_chart(summary: dict, title: str = "") -> str:
@@ -288,6 +382,12 @@ def svg_chart(summary: dict, title: str = "") -> str:
             base = max(known) if known else None
             base_name = "fastest"
         norm = {s: (v / base if v is not None and base else None) for s, v in rates.items()}
+        if base_name == "Volley":
+            # The paired per-round ratios, as in the table.
+            for s in stacks:
+                ratio = summary["echo"].get(s, {}).get(w, {}).get("ratio_vs_volley")
+                if ratio is not None:
+                    norm[s] = ratio
         vmax = max([vmax] + [v for v in norm.values() if v is not None])
         groups.append((w, rates, norm, base, base_name))
     ymax = max(1.2, math.ceil(vmax * 1.15 * 4) / 4)
@@ -310,7 +410,7 @@ def svg_chart(summary: dict, title: str = "") -> str:
         f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="14" font-weight="bold">'
         f"{escape(title or 'Echo throughput per workload, relative to Volley (= 1.0)')}</text>",
         f'<text x="{width / 2}" y="38" text-anchor="middle" fill="#555">'
-        "bars: median msg/s ÷ Volley's median msg/s in the same workload; "
+        "bars: median over rounds of msg/s ÷ Volley's msg/s in the same round; "
         "server on one core, load generator on the other</text>",
     ]
     step = 0.25 if ymax <= 2 else (0.5 if ymax <= 4 else max(1.0, round(ymax / 8)))

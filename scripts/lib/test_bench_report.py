@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""Tests of bench_report.py (run by scripts/test): paired ratios, the goals view, the fallbacks."""
+
+from __future__ import annotations
+
+import os
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import bench_report  # noqa: E402
+
+
+def echo(stack: str, workload: str, rnd: int, rate: float | None, ok: bool = True) -> dict:
+    bench = {"msg_per_s": rate, "latency_us": {"p50": 10.0, "p99": 20.0, "p99_9": 30.0}}
+    return {"kind": "echo", "stack": stack, "workload": workload, "round": rnd, "ok": ok,
+            "error": None if ok else "boom", "bench": bench if rate is not None else None}
+
+
+def results(runs: list[dict]) -> dict:
+    return {"version": 1, "meta": {}, "stacks": [], "workloads": [], "runs": runs, "memory": []}
+
+
+class PairedRatios(unittest.TestCase):
+    def test_the_ratio_is_the_median_of_per_round_ratios_not_a_ratio_of_medians(self):
+        # The machine slows down in round 2: both stacks drop, their ratio does not.
+        runs = [
+            echo("volley", "100x20", 1, 100.0), echo("raw-tcp", "100x20", 1, 110.0),
+            echo("volley", "100x20", 2, 50.0), echo("raw-tcp", "100x20", 2, 55.0),
+            echo("volley", "100x20", 3, 80.0), echo("raw-tcp", "100x20", 3, 200.0),
+        ]
+        s = bench_report.summarise(results(runs))
+        cell = s["echo"]["raw-tcp"]["100x20"]
+        self.assertAlmostEqual(cell["ratio_vs_volley"], 1.1)
+        self.assertEqual(cell["ratio_vs_volley_range"], [1.1, 2.5])
+        # The medians alone would say 110 / 80.
+        self.assertEqual(cell["msg_per_s_median"], 110.0)
+        self.assertEqual(s["echo"]["volley"]["100x20"]["msg_per_s_median"], 80.0)
+        goal = s["goals"]["100x20"]["raw_tcp"]
+        self.assertAlmostEqual(goal["ratio"], 1 / 1.1)
+        self.assertEqual(goal["rounds"], 3)
+
+    def test_the_best_rust_peer_is_the_one_volley_compares_worst_against(self):
+        runs = []
+        for rnd in (1, 2, 3):
+            runs += [
+                echo("volley", "200x16384", rnd, 100.0),
+                echo("fastwebsockets", "200x16384", rnd, 80.0),
+                echo("tokio-websockets", "200x16384", rnd, 90.0),
+                echo("node-ws", "200x16384", rnd, 150.0),  # not a Rust peer
+            ]
+        s = bench_report.summarise(results(runs))
+        best = s["goals"]["200x16384"]["best_rust_peer"]
+        self.assertEqual(best["stack"], "tokio-websockets")
+        self.assertAlmostEqual(best["ratio"], 100 / 90)
+        self.assertNotIn("raw_tcp", s["goals"]["200x16384"])
+        table = bench_report.markdown_table(s)
+        self.assertIn("| 200×16 KiB | tokio-websockets: **1.11×** (1.11–1.11, 3 rounds) | — |", table)
+
+    def test_failed_rounds_are_left_out_of_the_pairs_and_listed(self):
+        runs = [
+            echo("volley", "1x20", 1, 100.0), echo("fastwebsockets", "1x20", 1, 120.0),
+            echo("volley", "1x20", 2, None, ok=False), echo("fastwebsockets", "1x20", 2, 10.0),
+        ]
+        s = bench_report.summarise(results(runs))
+        cell = s["echo"]["fastwebsockets"]["1x20"]
+        self.assertEqual(cell["ratio_vs_volley_rounds"], [1.2])
+        self.assertEqual(s["echo"]["volley"]["1x20"]["failed_rounds"], 1)
+        self.assertEqual(len(s["failures"]), 1)
+        self.assertIn("FAILURES", bench_report.markdown_table(s))
+
+    def test_results_without_round_numbers_fall_back_to_the_ratio_of_medians(self):
+        runs = [echo("volley", "100x20", 1, 100.0), echo("raw-tcp", "100x20", 1, 120.0)]
+        for r in runs:
+            del r["round"]
+        s = bench_report.summarise(results(runs))
+        self.assertAlmostEqual(s["echo"]["raw-tcp"]["100x20"]["ratio_vs_volley"], 1.2)
+        self.assertEqual(s["goals"], {})
+
+    def test_the_chart_plots_the_paired_ratios(self):
+        runs = [
+            echo("volley", "100x20", 1, 100.0), echo("raw-tcp", "100x20", 1, 110.0),
+            echo("volley", "100x20", 2, 50.0), echo("raw-tcp", "100x20", 2, 55.0),
+            echo("volley", "100x20", 3, 80.0), echo("raw-tcp", "100x20", 3, 200.0),
+        ]
+        svg = bench_report.svg_chart(bench_report.summarise(results(runs)))
+        self.assertIn("(1.10× Volley)", svg)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -247,14 +247,7 @@ impl Route {
             queued: AtomicBool::new(true),
             state: Mutex::new(state),
         });
-        let mut ready = lock(&driver.ready);
-        if ready.exited {
-            // The driver finished its shutdown: dropping the connection closes it.
-            return;
-        }
-        ready.queue.push_back(conn);
-        drop(ready);
-        driver.notify.notify_one();
+        driver.push(conn);
     }
 
     /// Starts the graceful shutdown: every connection gets `frame` (behind what is queued), and
@@ -285,6 +278,25 @@ struct Driver {
     clock: Clock,
 }
 
+impl Driver {
+    /// Queues a woken (or new) connection for the driver's next turn.
+    fn push(&self, conn: Arc<Driven>) {
+        let mut ready = lock(&self.ready);
+        if ready.exited {
+            // The driver finished its shutdown: dropping the connection closes it.
+            return;
+        }
+        let first = ready.queue.is_empty();
+        ready.queue.push_back(conn);
+        drop(ready);
+        // Only the first connection of a turn needs to wake the driver: it takes the whole
+        // queue when it runs.
+        if first {
+            self.notify.notify_one();
+        }
+    }
+}
+
 #[derive(Default)]
 struct Ready {
     queue: VecDeque<Arc<Driven>>,
@@ -304,8 +316,7 @@ impl Wake for Driven {
     fn wake(self: Arc<Self>) {
         if !self.queued.swap(true, Ordering::AcqRel) {
             let driver = self.driver.clone();
-            lock(&driver.ready).queue.push_back(self);
-            driver.notify.notify_one();
+            driver.push(self);
         }
     }
 
@@ -675,8 +686,11 @@ impl Driver {
                 }
                 continue;
             }
-            if busy {
-                // Let the runtime's other tasks (accepting, other drivers) run between turns.
+            if busy && !lock(&self.ready).queue.is_empty() {
+                // Connections that used up their read budget woke themselves: let the runtime
+                // poll for I/O and run its other tasks (accepting, other drivers) first. With
+                // nothing left, the driver waits below instead: yielding after every turn made
+                // the runtime poll epoll once per turn, with few events each time.
                 tokio::task::yield_now().await;
                 continue;
             }

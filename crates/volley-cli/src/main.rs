@@ -205,9 +205,13 @@ impl volley::events::Handler for EchoHandler {
         let _ = conn.send(message);
     }
 
-    fn on_close(&self, id: u64, result: volley::Result<Option<volley::CloseFrame>>) {
+    fn on_close(
+        &self,
+        conn: &mut volley::events::Conn<'_>,
+        result: volley::Result<Option<volley::CloseFrame>>,
+    ) {
         if let Err(e) = result {
-            tracing::debug!(id, "connection ended: {e}");
+            tracing::debug!(id = conn.id(), "connection ended: {e}");
         }
     }
 }

@@ -38,23 +38,61 @@
 //!
 //! Callbacks run on the driver's task, one at a time per driver: they must not block or wait.
 //! A callback that panics fails only its own connection (close code 1011).
+//!
+//! [`Handler::on_open`] sees the handshake request ([`Conn::request`]: path, query, headers);
+//! what the request's extensions held (the [`Subprotocol`](crate::Subprotocol), state put there
+//! by the [`Policy`](crate::Policy) auth hook) stays with the connection as its
+//! [`extensions`](Conn::extensions), where callbacks keep per-connection data too. To send to a
+//! connection from elsewhere (another connection's callback, another task or thread), keep its
+//! [`ConnHandle`] ([`Conn::handle`]). A chat room:
+//!
+//! ```no_run
+//! use std::sync::Mutex;
+//! use volley::events::{Conn, ConnHandle, Handler};
+//! use volley::{CloseFrame, Message, PreparedMessage};
+//!
+//! #[derive(Default)]
+//! struct Room(Mutex<Vec<ConnHandle>>);
+//!
+//! impl Handler for Room {
+//!     fn on_open(&self, conn: &mut Conn<'_>) {
+//!         self.0.lock().unwrap().push(conn.handle());
+//!     }
+//!
+//!     fn on_message(&self, _conn: &mut Conn<'_>, message: Message) {
+//!         let Message::Text(text) = message else { return };
+//!         // Encoded once; every member's queue shares the frame.
+//!         let prepared = PreparedMessage::text(text);
+//!         for member in self.0.lock().unwrap().iter() {
+//!             let _ = member.send_prepared(&prepared);
+//!         }
+//!     }
+//!
+//!     fn on_close(&self, conn: &mut Conn<'_>, _result: volley::Result<Option<CloseFrame>>) {
+//!         let id = conn.id();
+//!         self.0.lock().unwrap().retain(|member| member.id() != id);
+//!     }
+//! }
+//! ```
 
 use std::collections::{BinaryHeap, VecDeque};
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::{Extensions, Request};
 use tokio::io::AsyncWrite;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep};
 use volley_proto::{
-    CloseCode, CloseFrame, Connection, DeflateParams, Message, PreparedMessage, Role, State,
+    CloseCode, CloseFrame, Connection, DeflateParams, Message, PreparedMessage, Role, SendError,
+    State,
 };
 
 use crate::config::Config;
@@ -78,12 +116,13 @@ pub trait Handler: Send + Sync + 'static {
     /// driver).
     fn on_message(&self, conn: &mut Conn<'_>, message: Message);
 
-    /// The connection `id` is over, called once per opened connection: `Ok` with the peer's
-    /// close frame (`None` when it carried no status code) after a completed close handshake;
-    /// `Err` when it failed: protocol violation, transport error, 1006, keep-alive or close
-    /// timeout, or a server shutdown whose drain deadline passed.
-    fn on_close(&self, id: u64, result: Result<Option<CloseFrame>>) {
-        let _ = (id, result);
+    /// The connection is over, called once per opened connection: `Ok` with the peer's close
+    /// frame (`None` when it carried no status code) after a completed close handshake; `Err`
+    /// when it failed: protocol violation, transport error, 1006, keep-alive or close timeout,
+    /// or a server shutdown whose drain deadline passed. `conn` still has its
+    /// [`id`](Conn::id) and [`extensions`](Conn::extensions); sending on it fails.
+    fn on_close(&self, conn: &mut Conn<'_>, result: Result<Option<CloseFrame>>) {
+        let _ = (conn, result);
     }
 }
 
@@ -98,8 +137,8 @@ impl<H: Handler> Handler for Arc<H> {
         (**self).on_message(conn, message);
     }
 
-    fn on_close(&self, id: u64, result: Result<Option<CloseFrame>>) {
-        (**self).on_close(id, result);
+    fn on_close(&self, conn: &mut Conn<'_>, result: Result<Option<CloseFrame>>) {
+        (**self).on_close(conn, result);
     }
 }
 
@@ -107,6 +146,9 @@ impl<H: Handler> Handler for Arc<H> {
 pub struct Conn<'a> {
     st: &'a mut ConnState,
     config: &'a Config,
+    me: &'a Arc<Driven>,
+    /// The handshake request, during [`Handler::on_open`] only.
+    request: Option<&'a Request<()>>,
 }
 
 impl std::fmt::Debug for Conn<'_> {
@@ -174,6 +216,116 @@ impl Conn<'_> {
     pub fn config(&self) -> &Config {
         self.config
     }
+
+    /// The opening handshake's request (method, path and query, headers) during
+    /// [`Handler::on_open`]; `None` in the other callbacks (it is not kept, so that idle
+    /// connections stay small). Its extensions were moved to [`extensions`](Self::extensions).
+    pub fn request(&self) -> Option<&Request<()>> {
+        self.request
+    }
+
+    /// This connection's extensions: at first what the handshake request's extensions held
+    /// (the [`Subprotocol`](crate::Subprotocol) selected, state put there by the
+    /// [`Policy`](crate::Policy) auth hook), then whatever the callbacks store. Kept until
+    /// [`Handler::on_close`] returns.
+    pub fn extensions(&self) -> &Extensions {
+        &self.st.extensions
+    }
+
+    /// This connection's extensions, to store per-connection data in (see
+    /// [`extensions`](Self::extensions)).
+    pub fn extensions_mut(&mut self) -> &mut Extensions {
+        &mut self.st.extensions
+    }
+
+    /// A handle to send to this connection from outside its callbacks: from another
+    /// connection's callback, another task or another thread.
+    pub fn handle(&self) -> ConnHandle {
+        ConnHandle {
+            conn: Arc::downgrade(self.me),
+            id: self.st.id,
+        }
+    }
+}
+
+/// A connection of an events route, reachable outside its callbacks (from
+/// [`Conn::handle`]): cheap to clone, `Send` and `Sync`, and it does not keep the connection
+/// alive. Use it from anywhere: another connection's callback (to broadcast), another task or
+/// thread, even the connection's own callbacks.
+///
+/// What it sends goes to the connection's driver, which queues it behind what the connection
+/// already queued at its next turn (right after the current callback, when called from one) and
+/// writes it. Sending never takes a connection's lock, so callbacks of connections on different
+/// drivers can send to each other without waiting for each other.
+#[derive(Clone, Debug)]
+pub struct ConnHandle {
+    conn: Weak<Driven>,
+    id: u64,
+}
+
+impl ConnHandle {
+    /// The connection's identifier (as [`Conn::id`]).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Hands a message to the connection's driver. Fails if the connection is closing or gone
+    /// (as of its driver's last turn); a message accepted here is dropped if the connection
+    /// starts closing before the driver queues it. Never waits: check
+    /// [`buffered_amount`](Self::buffered_amount) before sending much to a connection that
+    /// may be slow to read.
+    pub fn send(&self, message: impl Into<Message>) -> Result<()> {
+        self.post(Posted::Message(message.into()))
+    }
+
+    /// Hands a message encoded once for many connections to the driver (its frame bytes are
+    /// shared, not copied): the way to broadcast. Like [`send`](Self::send).
+    pub fn send_prepared(&self, message: &PreparedMessage) -> Result<()> {
+        self.post(Posted::Prepared(message.clone()))
+    }
+
+    /// Starts the close handshake (as [`Conn::close`]) at the driver's next turn, behind what
+    /// was sent before; from now on the connection counts as closing (`send` fails). Fails if
+    /// the connection is already closing or gone.
+    pub fn close(&self, frame: Option<CloseFrame>) -> Result<()> {
+        self.post(Posted::Close(frame))?;
+        if let Some(conn) = self.conn.upgrade() {
+            conn.open.store(false, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Bytes queued for the connection and not yet written, as of its driver's last turn (0
+    /// once it is gone).
+    pub fn buffered_amount(&self) -> usize {
+        self.conn
+            .upgrade()
+            .map_or(0, |conn| conn.buffered.load(Ordering::Relaxed) as usize)
+    }
+
+    /// Whether the connection is open (as of its driver's last turn): not closing, not gone.
+    pub fn is_open(&self) -> bool {
+        self.conn
+            .upgrade()
+            .is_some_and(|conn| conn.open.load(Ordering::Relaxed))
+    }
+
+    fn post(&self, posted: Posted) -> Result<()> {
+        let conn = self.conn.upgrade().ok_or(SendError::Closed)?;
+        if !conn.open.load(Ordering::Relaxed) {
+            return Err(SendError::Closed.into());
+        }
+        let driver = conn.driver.clone();
+        driver.post(conn, posted);
+        Ok(())
+    }
+}
+
+/// What a [`ConnHandle`] asked of a connection, waiting for its driver's next turn.
+enum Posted {
+    Message(Message),
+    Prepared(PreparedMessage),
+    Close(Option<CloseFrame>),
 }
 
 /// An events route of a running server: its path and its drivers.
@@ -200,6 +352,7 @@ impl Route {
                     handler: handler.clone(),
                     config: config.clone(),
                     ready: Mutex::new(Ready::default()),
+                    posted: Mutex::new(Vec::new()),
                     notify: Notify::new(),
                     shutdown: Mutex::new(None),
                     stopping: AtomicBool::new(false),
@@ -230,6 +383,7 @@ impl Route {
     pub(crate) fn adopt(
         &self,
         stream: MaybeTlsStream,
+        mut request: Request<()>,
         deflate: Option<DeflateParams>,
         leftover: &[u8],
     ) {
@@ -239,12 +393,16 @@ impl Route {
         let mut proto = Connection::with_deflate(Role::Server, config.protocol.clone(), deflate);
         let error = proto.handle_read(leftover).err().map(Error::Protocol);
         let mut state = ConnState::new(stream, proto, driver.clock.now(), config);
+        state.extensions = std::mem::take(request.extensions_mut());
+        state.request = Some(Box::new(request));
         if error.is_some() {
             state.end().error = error;
         }
         let conn = Arc::new(Driven {
             driver: driver.clone(),
             queued: AtomicBool::new(true),
+            open: AtomicBool::new(true),
+            buffered: AtomicU32::new(0),
             state: Mutex::new(state),
         });
         driver.push(conn);
@@ -270,6 +428,8 @@ struct Driver {
     config: Arc<Config>,
     /// Connections woken since the driver last looked.
     ready: Mutex<Ready>,
+    /// What [`ConnHandle`]s asked of its connections since the driver last looked.
+    posted: Mutex<Vec<(Arc<Driven>, Posted)>>,
     /// Wakes the driver's task when `ready` gets a connection or shutdown begins.
     notify: Notify,
     /// The close frame of a graceful shutdown.
@@ -279,6 +439,17 @@ struct Driver {
 }
 
 impl Driver {
+    /// Keeps what a handle asked of `conn` for the driver's next turn.
+    fn post(&self, conn: Arc<Driven>, posted: Posted) {
+        let mut queue = lock(&self.posted);
+        let first = queue.is_empty();
+        queue.push((conn, posted));
+        drop(queue);
+        if first {
+            self.notify.notify_one();
+        }
+    }
+
     /// Queues a woken (or new) connection for the driver's next turn.
     fn push(&self, conn: Arc<Driven>) {
         let mut ready = lock(&self.ready);
@@ -309,7 +480,28 @@ struct Driven {
     driver: Arc<Driver>,
     /// In the driver's ready queue already.
     queued: AtomicBool,
+    /// Open (not closing, not gone) as of the driver's last turn, for [`ConnHandle`]s.
+    open: AtomicBool,
+    /// Bytes waiting to be written as of the driver's last turn (saturated), for
+    /// [`ConnHandle`]s.
+    buffered: AtomicU32,
     state: Mutex<ConnState>,
+}
+
+impl Driven {
+    /// Does what a [`ConnHandle`] asked, if the connection is still open.
+    fn apply(&self, what: Posted) {
+        let mut st = lock(&self.state);
+        if st.io.is_none() || st.proto.state() != State::Open {
+            return;
+        }
+        // Errors: a message that cannot be sent now is dropped, as documented.
+        let _ = match what {
+            Posted::Message(message) => st.proto.send(message),
+            Posted::Prepared(message) => st.proto.send_prepared(&message),
+            Posted::Close(frame) => st.proto.close(frame),
+        };
+    }
 }
 
 impl Wake for Driven {
@@ -338,6 +530,10 @@ struct ConnState {
     id: u64,
     /// The peer's protocol violation and close frame, once there is one (rare: boxed).
     end: Option<Box<End>>,
+    /// Per-connection data (see [`Conn::extensions`]).
+    extensions: Extensions,
+    /// The handshake request, until [`Handler::on_open`] has seen it.
+    request: Option<Box<Request<()>>>,
     /// Index in the driver's registry ([`NEW`] before the driver has seen it).
     slot: u32,
     read_target: u32,
@@ -410,6 +606,8 @@ impl ConnState {
             proto,
             id: IDS.fetch_add(1, Ordering::Relaxed),
             end: None,
+            extensions: Extensions::new(),
+            request: None,
             slot: NEW,
             read_target: READ_TARGET as u32,
             last_read: now,
@@ -480,6 +678,7 @@ impl ConnState {
     /// Runs the connection until it waits for I/O (`None`) or is over (`Some(result)`).
     fn drive(
         &mut self,
+        me: &Arc<Driven>,
         cx: &mut Context<'_>,
         now: u64,
         handler: &dyn Handler,
@@ -491,7 +690,12 @@ impl ConnState {
                 match event {
                     Message::Text(_) | Message::Binary(_) => {
                         let panicked = {
-                            let mut conn = Conn { st: self, config };
+                            let mut conn = Conn {
+                                st: self,
+                                config,
+                                me,
+                                request: None,
+                            };
                             let call = || handler.on_message(&mut conn, event);
                             std::panic::catch_unwind(AssertUnwindSafe(call)).is_err()
                         };
@@ -585,6 +789,7 @@ impl ConnState {
 struct Registry {
     conns: Vec<Arc<Driven>>,
     handler: Arc<dyn Handler>,
+    config: Arc<Config>,
 }
 
 impl Registry {
@@ -602,13 +807,19 @@ impl Drop for Registry {
         for conn in self.conns.drain(..) {
             let mut st = lock(&conn.state);
             if st.io.take().is_some() {
-                let id = st.id;
-                drop(st);
+                conn.open.store(false, Ordering::Relaxed);
+                let mut closed = Conn {
+                    st: &mut st,
+                    config: &self.config,
+                    me: &conn,
+                    request: None,
+                };
                 let call = || {
                     let result = Err(Error::Timeout("shutdown drain"));
-                    self.handler.on_close(id, result);
+                    self.handler.on_close(&mut closed, result);
                 };
                 let _ = std::panic::catch_unwind(AssertUnwindSafe(call));
+                st.extensions.clear();
             }
         }
     }
@@ -646,13 +857,22 @@ impl Driver {
         let mut registry = Registry {
             conns: Vec::new(),
             handler: self.handler.clone(),
+            config: self.config.clone(),
         };
         let mut timers = BinaryHeap::<TimerEntry>::new();
         let mut batch = VecDeque::new();
+        let mut posted = Vec::new();
         let mut sleep: Option<Pin<Box<Sleep>>> = None;
         let mut shutdown: Option<CloseFrame> = None;
         loop {
             std::mem::swap(&mut lock(&self.ready).queue, &mut batch);
+            std::mem::swap(&mut *lock(&self.posted), &mut posted);
+            for (conn, what) in posted.drain(..) {
+                conn.apply(what);
+                if !conn.queued.swap(true, Ordering::AcqRel) {
+                    batch.push_back(conn);
+                }
+            }
             let now = self.clock.now();
             let busy = !batch.is_empty();
             if shutdown.is_none() && self.stopping.load(Ordering::Acquire) {
@@ -730,10 +950,13 @@ impl Driver {
         if st.slot == NEW {
             st.slot = registry.conns.len() as u32;
             registry.conns.push(conn.clone());
+            let request = st.request.take();
             let panicked = {
                 let mut conn = Conn {
                     st: &mut *st,
                     config,
+                    me: conn,
+                    request: request.as_deref(),
                 };
                 let call = || self.handler.on_open(&mut conn);
                 std::panic::catch_unwind(AssertUnwindSafe(call)).is_err()
@@ -755,7 +978,14 @@ impl Driver {
         }
         let waker = Waker::from(conn.clone());
         let mut cx = Context::from_waker(&waker);
-        match st.drive(&mut cx, now, &*self.handler, config) {
+        let result = st.drive(conn, &mut cx, now, &*self.handler, config);
+        if result.is_some() || st.proto.state() != State::Open {
+            // Only ever from open to not open (a handle's `close` may have cleared it already).
+            conn.open.store(false, Ordering::Relaxed);
+        }
+        let buffered = u32::try_from(st.buffered()).unwrap_or(u32::MAX);
+        conn.buffered.store(buffered, Ordering::Relaxed);
+        match result {
             None => {
                 // Never at or before `now`: a timer that is due but not acted on must not make
                 // the driver's timer loop spin.
@@ -769,11 +999,18 @@ impl Driver {
             Some(result) => {
                 st.io = None;
                 st.proto.release_idle_buffers();
-                let (slot, id) = (st.slot as usize, st.id);
+                let slot = st.slot as usize;
+                let mut closed = Conn {
+                    st: &mut *st,
+                    config,
+                    me: conn,
+                    request: None,
+                };
+                let call = || self.handler.on_close(&mut closed, result);
+                let _ = std::panic::catch_unwind(AssertUnwindSafe(call));
+                st.extensions.clear();
                 drop(guard);
                 registry.remove(slot);
-                let call = || self.handler.on_close(id, result);
-                let _ = std::panic::catch_unwind(AssertUnwindSafe(call));
             }
         }
     }
@@ -810,25 +1047,6 @@ mod tests {
             epoch: Instant::now(),
         };
         assert_eq!(clock.ms(clock.instant(1234)), 1234);
-    }
-
-    struct Count(AtomicUsize);
-
-    impl Handler for Count {
-        fn on_message(&self, _conn: &mut Conn<'_>, _message: Message) {}
-
-        fn on_close(&self, _id: u64, _result: Result<Option<CloseFrame>>) {
-            self.0.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    #[test]
-    fn an_arc_of_a_handler_is_the_same_handler() {
-        let shared = Arc::new(Count(AtomicUsize::new(0)));
-        let handler: Arc<dyn Handler> = Arc::new(shared.clone());
-        handler.on_close(1, Ok(None));
-        handler.on_close(2, Err(Error::AbnormalClose));
-        assert_eq!(shared.0.load(Ordering::Relaxed), 2);
     }
 
     #[test]

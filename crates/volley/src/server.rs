@@ -239,7 +239,12 @@ impl Server {
                 };
                 let path = accepted.request.uri().path();
                 if let Some(route) = ctx.events.iter().find(|r| r.matches(path)) {
-                    route.adopt(accepted.stream, accepted.deflate, &accepted.leftover);
+                    route.adopt(
+                        accepted.stream,
+                        accepted.request,
+                        accepted.deflate,
+                        &accepted.leftover,
+                    );
                     return;
                 }
                 let ws = WebSocket::from_raw_shared(

@@ -41,12 +41,15 @@ enum Ev {
 type Tx = mpsc::UnboundedSender<Ev>;
 type OnOpen = Box<dyn Fn(&mut Conn<'_>) + Send + Sync>;
 type OnMessage = Box<dyn Fn(&mut Conn<'_>, Message) + Send + Sync>;
+type OnClose = Box<dyn Fn(&mut Conn<'_>) -> String + Send + Sync>;
 
 /// A handler made of closures that reports every callback through a channel.
 struct Probe {
     tx: Tx,
     open: OnOpen,
     message: OnMessage,
+    /// Reported as an `Ev::Note` just before `Ev::Close`, if set.
+    close: Option<OnClose>,
     /// Report `Ev::Msg` (off for bulk tests: the channel would keep every payload).
     record_messages: bool,
     panic_on_close: bool,
@@ -76,6 +79,7 @@ impl Probe {
             tx: tx.clone(),
             open: Box::new(|_| {}),
             message: Box::new(message),
+            close: None,
             record_messages: true,
             panic_on_close: false,
             _alive: alive,
@@ -91,6 +95,11 @@ impl Probe {
 
     fn on_open(mut self, f: impl Fn(&mut Conn<'_>) + Send + Sync + 'static) -> Self {
         self.open = Box::new(f);
+        self
+    }
+
+    fn on_close(mut self, f: impl Fn(&mut Conn<'_>) -> String + Send + Sync + 'static) -> Self {
+        self.close = Some(Box::new(f));
         self
     }
 
@@ -118,8 +127,11 @@ impl Handler for Probe {
         (self.message)(conn, message);
     }
 
-    fn on_close(&self, id: u64, result: volley::Result<Option<CloseFrame>>) {
-        let _ = self.tx.send(Ev::Close(id, result));
+    fn on_close(&self, conn: &mut Conn<'_>, result: volley::Result<Option<CloseFrame>>) {
+        if let Some(note) = &self.close {
+            let _ = self.tx.send(Ev::Note(conn.id(), note(conn)));
+        }
+        let _ = self.tx.send(Ev::Close(conn.id(), result));
         assert!(!self.panic_on_close, "on_close panics on purpose");
     }
 }
@@ -209,7 +221,7 @@ impl Running {
 
 /// Starts a server with `config`, `probe` on "/" and drain timeout `drain` on a new thread
 /// running a current-thread runtime (`workers == 0`) or a multi-thread one with `workers`.
-fn start_on(workers: usize, config: Config, probe: Probe, drain: Duration) -> Running {
+fn start_on(workers: usize, config: Config, probe: impl Handler, drain: Duration) -> Running {
     start_with_policy(workers, config, probe, drain, volley::Policy::default())
 }
 
@@ -217,7 +229,7 @@ fn start_on(workers: usize, config: Config, probe: Probe, drain: Duration) -> Ru
 fn start_with_policy(
     workers: usize,
     config: Config,
-    probe: Probe,
+    probe: impl Handler,
     drain: Duration,
     policy: volley::Policy,
 ) -> Running {
@@ -1729,5 +1741,267 @@ mod tls {
             Ok(Some(frame)) => assert_eq!(frame, CloseFrame::new(CloseCode::NORMAL, "tls bye")),
             other => panic!("expected Ok(Some(1000)), got {other:?}"),
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 13. The handshake request, per-connection extensions, handles
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Debug, PartialEq)]
+struct User(String);
+
+#[derive(Clone, Debug)]
+struct Count(u32);
+
+#[tokio::test]
+async fn on_open_sees_the_request_and_its_extensions_stay_with_the_connection() {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let note_tx = tx.clone();
+    let (probe, mut events) = Probe::new(&tx, rx, |conn, _message| {
+        let user = conn.extensions().get::<User>().cloned();
+        let count = conn.extensions_mut().get_mut::<Count>().map(|c| {
+            c.0 += 1;
+            c.0
+        });
+        let reply = format!("{user:?} #{count:?} request={}", conn.request().is_some());
+        conn.send(reply).expect("send");
+    });
+    let probe = probe
+        .quiet()
+        .on_open(move |conn| {
+            let request = conn.request().expect("on_open sees the request");
+            let note = format!(
+                "{} {:?} trace={:?} in-request={}",
+                request.uri().path(),
+                request.uri().query(),
+                request.headers().get("x-trace"),
+                request.extensions().get::<User>().is_some(),
+            );
+            let _ = note_tx.send(Ev::Note(conn.id(), note));
+            let ext = format!(
+                "{:?} {:?}",
+                conn.extensions().get::<User>(),
+                conn.extensions().get::<volley::Subprotocol>()
+            );
+            let _ = note_tx.send(Ev::Note(conn.id(), ext));
+            conn.extensions_mut().insert(Count(0));
+        })
+        .on_close(|conn| {
+            let user = conn.extensions().get::<User>().map(|u| u.0.clone());
+            let count = conn.extensions().get::<Count>().map(|c| c.0);
+            format!("closed {user:?} after {count:?}")
+        });
+    let policy = volley::Policy::default()
+        .protocols(["chat.v1"])
+        .auth(|mut request| async move {
+            let user = request.headers().get("x-user").cloned();
+            match user.and_then(|u| u.to_str().ok().map(str::to_owned)) {
+                Some(u) => {
+                    request.extensions_mut().insert(User(u));
+                    Ok(request)
+                }
+                None => Err(volley::Reject::new(
+                    http::StatusCode::UNAUTHORIZED,
+                    "who are you?",
+                )),
+            }
+        });
+    // Shared with the application: `impl Handler for Arc<H>` forwards every callback.
+    let server = start_with_policy(
+        0,
+        no_keepalive(),
+        Arc::new(probe),
+        Duration::from_secs(5),
+        policy,
+    );
+    let (mut ws, response) = within(
+        volley::ClientBuilder::new(format!("ws://{}/?room=7", server.addr))
+            .protocol("chat.v1")
+            .header(
+                http::HeaderName::from_static("x-user"),
+                http::HeaderValue::from_static("alice"),
+            )
+            .header(
+                http::HeaderName::from_static("x-trace"),
+                http::HeaderValue::from_static("t1"),
+            )
+            .connect(),
+    )
+    .await
+    .expect("connect");
+    assert_eq!(response.protocol.as_deref(), Some("chat.v1"));
+    let id = events.opened().await;
+    let mut notes = Vec::new();
+    for _ in 0..2 {
+        match events.next().await {
+            Ev::Note(got, note) if got == id => notes.push(note),
+            other => panic!("expected a note, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        notes,
+        [
+            r#"/ Some("room=7") trace=Some("t1") in-request=false"#.to_owned(),
+            r#"Some(User("alice")) Some(Subprotocol("chat.v1"))"#.to_owned(),
+        ]
+    );
+    for n in 1..=2 {
+        ws.send("hi").await.expect("send");
+        assert_eq!(
+            next_data(&mut ws).await,
+            Message::text(format!(r#"Some(User("alice")) #Some({n}) request=false"#))
+        );
+    }
+    ws.close(None).await.expect("close");
+    match events.next().await {
+        Ev::Note(got, note) if got == id => {
+            assert_eq!(note, r#"closed Some("alice") after Some(2)"#)
+        }
+        other => panic!("expected the close note, got {other:?}"),
+    }
+    assert!(events.closed(id).await.is_ok());
+
+    // Without the header the auth hook refuses: the events route never sees the connection.
+    let refused = volley::ClientBuilder::new(format!("ws://{}/", server.addr))
+        .connect()
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(Error::Handshake(volley::HandshakeError::UnexpectedStatus(
+                401
+            )))
+        ),
+        "{refused:?}"
+    );
+    events.assert_quiet(Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
+async fn a_handle_sends_from_other_tasks_and_threads_closes_and_fails_once_the_connection_is_gone()
+{
+    let (handles_tx, mut handles) = mpsc::unbounded_channel::<volley::events::ConnHandle>();
+    let (probe, mut events) = Probe::echo();
+    let probe = probe.on_open(move |conn| {
+        let _ = handles_tx.send(conn.handle());
+    });
+    let server = start(no_keepalive(), probe).await;
+    let mut ws = client_at(server.addr, "/", no_keepalive()).await;
+    let id = events.opened().await;
+    let handle = within(handles.recv()).await.expect("a handle");
+    assert_eq!(handle.id(), id);
+    assert!(handle.is_open());
+
+    // From this task, then from a plain thread: queued and written by the driver.
+    handle.send("pushed").expect("send from a task");
+    assert_eq!(next_data(&mut ws).await, Message::text("pushed"));
+    let from_thread = handle.clone();
+    std::thread::spawn(move || from_thread.send(Message::binary(vec![7u8; 70_000])))
+        .join()
+        .expect("thread")
+        .expect("send from a thread");
+    assert_eq!(next_data(&mut ws).await, Message::binary(vec![7u8; 70_000]));
+    let prepared = volley::PreparedMessage::text("prepared");
+    handle.send_prepared(&prepared).expect("send_prepared");
+    assert_eq!(next_data(&mut ws).await, Message::text("prepared"));
+    // The connection's own messages and the handle's interleave in order of queueing.
+    ws.send("echo me").await.expect("send");
+    assert_eq!(next_data(&mut ws).await, Message::text("echo me"));
+
+    // The handle starts the close handshake; the client answers it.
+    handle
+        .close(Some(CloseFrame::new(
+            CloseCode::NORMAL,
+            "bye from a handle",
+        )))
+        .expect("close");
+    assert!(!handle.is_open(), "closing");
+    match next_data(&mut ws).await {
+        Message::Close(Some(frame)) => {
+            assert_eq!(
+                frame,
+                CloseFrame::new(CloseCode::NORMAL, "bye from a handle")
+            )
+        }
+        other => panic!("expected the handle's close frame, got {other:?}"),
+    }
+    assert!(
+        matches!(
+            handle.send("closing"),
+            Err(Error::Send(volley::SendError::Closed))
+        ),
+        "a closing connection refuses messages"
+    );
+    assert!(events.closed(id).await.is_ok());
+    // Gone: every call fails or reports it, none panics or blocks.
+    assert!(matches!(
+        handle.send("late"),
+        Err(Error::Send(volley::SendError::Closed))
+    ));
+    assert!(handle.close(None).is_err());
+    assert!(!handle.is_open());
+    assert_eq!(handle.buffered_amount(), 0);
+}
+
+#[tokio::test]
+async fn callbacks_broadcast_through_handles_on_one_and_on_two_workers() {
+    for workers in [0, 2] {
+        broadcast_room(workers).await;
+    }
+}
+
+/// Three members in a room; every message a member sends goes, through the members' handles
+/// (its own included), to all of them. On two workers the members' drivers differ and send to
+/// each other at the same time, which must not make them wait for each other.
+async fn broadcast_room(workers: usize) {
+    let room: Arc<std::sync::Mutex<Vec<volley::events::ConnHandle>>> = Arc::default();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (probe, mut events) = Probe::new(&tx, rx, {
+        let room = room.clone();
+        move |_conn, message| {
+            let members = room.lock().expect("room").clone();
+            for member in &members {
+                member.send(message.clone()).expect("send to a member");
+            }
+        }
+    });
+    let joined = room.clone();
+    let probe = probe
+        .quiet()
+        .on_open(move |conn| joined.lock().expect("room").push(conn.handle()));
+    let server = start_on(workers, no_keepalive(), probe, Duration::from_secs(5));
+    let mut members = Vec::new();
+    for _ in 0..3 {
+        members.push(client_at(server.addr, "/", no_keepalive()).await);
+        events.opened().await;
+    }
+    // Everyone talks at once, 50 messages each.
+    const EACH: usize = 50;
+    for (i, ws) in members.iter_mut().enumerate() {
+        for n in 0..EACH {
+            ws.feed(Message::text(format!("{i}:{n}")))
+                .await
+                .expect("feed");
+        }
+        ws.flush().await.expect("flush");
+    }
+    for ws in &mut members {
+        let mut seen = vec![0; 3];
+        for _ in 0..3 * EACH {
+            let Message::Text(text) = next_data(ws).await else {
+                panic!("expected text");
+            };
+            let (from, n) = text.split_once(':').expect("i:n");
+            let from: usize = from.parse().expect("sender");
+            // Each sender's messages arrive in order.
+            assert_eq!(
+                n.parse::<usize>().expect("n"),
+                seen[from],
+                "workers {workers}"
+            );
+            seen[from] += 1;
+        }
+        assert_eq!(seen, [EACH; 3]);
     }
 }

@@ -253,7 +253,11 @@ impl Handler for Shared {
         }
     }
 
-    fn on_close(&self, _id: u64, _result: volley::Result<Option<volley::CloseFrame>>) {
+    fn on_close(
+        &self,
+        _conn: &mut volley::events::Conn<'_>,
+        _result: volley::Result<Option<volley::CloseFrame>>,
+    ) {
         self.0.closed.notify_one();
     }
 }

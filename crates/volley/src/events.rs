@@ -394,7 +394,6 @@ impl Route {
         let error = proto.handle_read(leftover).err().map(Error::Protocol);
         let mut state = ConnState::new(stream, proto, driver.clock.now(), config);
         state.extensions = std::mem::take(request.extensions_mut());
-        state.request = Some(Box::new(request));
         if error.is_some() {
             state.end().error = error;
         }
@@ -405,7 +404,7 @@ impl Route {
             buffered: AtomicU32::new(0),
             state: Mutex::new(state),
         });
-        driver.push(conn);
+        driver.push(conn, Some(request));
     }
 
     /// Starts the graceful shutdown: every connection gets `frame` (behind what is queued), and
@@ -450,15 +449,19 @@ impl Driver {
         }
     }
 
-    /// Queues a woken (or new) connection for the driver's next turn.
-    fn push(&self, conn: Arc<Driven>) {
+    /// Queues a woken connection, or a new one with its handshake request, for the driver's
+    /// next turn.
+    fn push(&self, conn: Arc<Driven>, request: Option<Request<()>>) {
         let mut ready = lock(&self.ready);
         if ready.exited {
             // The driver finished its shutdown: dropping the connection closes it.
             return;
         }
-        let first = ready.queue.is_empty();
-        ready.queue.push_back(conn);
+        let first = ready.queue.is_empty() && ready.opening.is_empty();
+        match request {
+            Some(request) => ready.opening.push((conn, request)),
+            None => ready.queue.push_back(conn),
+        }
         drop(ready);
         // Only the first connection of a turn needs to wake the driver: it takes the whole
         // queue when it runs.
@@ -471,6 +474,9 @@ impl Driver {
 #[derive(Default)]
 struct Ready {
     queue: VecDeque<Arc<Driven>>,
+    /// New connections with their handshake request (kept here, not in the connection, until
+    /// [`Handler::on_open`] has seen it).
+    opening: Vec<(Arc<Driven>, Request<()>)>,
     /// The driver ended (shutdown complete): new connections are closed at once.
     exited: bool,
 }
@@ -508,7 +514,7 @@ impl Wake for Driven {
     fn wake(self: Arc<Self>) {
         if !self.queued.swap(true, Ordering::AcqRel) {
             let driver = self.driver.clone();
-            driver.push(self);
+            driver.push(self, None);
         }
     }
 
@@ -532,8 +538,6 @@ struct ConnState {
     end: Option<Box<End>>,
     /// Per-connection data (see [`Conn::extensions`]).
     extensions: Extensions,
-    /// The handshake request, until [`Handler::on_open`] has seen it.
-    request: Option<Box<Request<()>>>,
     /// Index in the driver's registry ([`NEW`] before the driver has seen it).
     slot: u32,
     read_target: u32,
@@ -543,23 +547,31 @@ struct ConnState {
     next_ping: u64,
     /// When the keep-alive ping awaiting its pong was sent.
     ping_sent: u64,
-    /// Sequence number of the last keep-alive ping.
-    ping_seq: u32,
-    /// The peer stopped answering pings: close without waiting for its reply.
-    abandon: bool,
-    /// When the close handshake must be over (set once a close frame is queued or received).
-    close_at: u64,
     /// The deadline the driver's timer queue holds for this connection.
     armed: u64,
 }
 
-/// How a connection ended, as far as the peer told.
-#[derive(Default)]
+/// How a connection ends: what only a closing connection needs (boxed: rare).
 struct End {
     /// The peer's protocol violation (or transport error).
     error: Option<Error>,
     /// The peer's close frame, once received.
     peer_close: Option<Option<CloseFrame>>,
+    /// The peer stopped answering pings: close without waiting for its reply.
+    abandon: bool,
+    /// When the close handshake must be over (set once a close frame is queued or received).
+    close_at: u64,
+}
+
+impl Default for End {
+    fn default() -> Self {
+        Self {
+            error: None,
+            peer_close: None,
+            abandon: false,
+            close_at: NEVER,
+        }
+    }
 }
 
 /// A time that never comes.
@@ -593,9 +605,10 @@ fn after(now: u64, d: Option<Duration>) -> u64 {
     }
 }
 
-/// The payload of keep-alive ping number `seq`.
-fn ping_payload(seq: u32) -> Bytes {
-    Bytes::from(format!("volley-keepalive-{seq}"))
+/// The payload of the keep-alive ping sent at `sent` (driver milliseconds: one ping waits for
+/// its pong at a time, so the time tells them apart).
+fn ping_payload(sent: u64) -> Bytes {
+    Bytes::from(format!("volley-keepalive-{sent}"))
 }
 
 impl ConnState {
@@ -607,22 +620,23 @@ impl ConnState {
             id: IDS.fetch_add(1, Ordering::Relaxed),
             end: None,
             extensions: Extensions::new(),
-            request: None,
             slot: NEW,
             read_target: READ_TARGET as u32,
             last_read: now,
             release_at: after(now, Some(RELEASE_AFTER)),
             next_ping: after(now, config.ping_interval),
             ping_sent: NEVER,
-            ping_seq: 0,
-            abandon: false,
-            close_at: NEVER,
             armed: NEVER,
         }
     }
 
     fn end(&mut self) -> &mut End {
         self.end.get_or_insert_with(Box::default)
+    }
+
+    /// When the close handshake must be over ([`NEVER`] while open).
+    fn close_at(&self) -> u64 {
+        self.end.as_ref().map_or(NEVER, |end| end.close_at)
     }
 
     /// Bytes queued and not yet written.
@@ -635,14 +649,14 @@ impl ConnState {
         if self.proto.state() != State::Open {
             // Closing: keep-alive and idle timers no longer apply (`on_timer` ignores them, so
             // a due one would fire again and again); the close deadline bounds what is left.
-            return self.close_at.min(self.release_at);
+            return self.close_at().min(self.release_at);
         }
         let pong = match self.ping_sent {
             NEVER => NEVER,
             sent => after(sent, config.ping_timeout),
         };
         let idle = after(self.last_read, config.idle_timeout);
-        [self.close_at, self.release_at, self.next_ping, pong, idle]
+        [self.close_at(), self.release_at, self.next_ping, pong, idle]
             .into_iter()
             .min()
             .unwrap_or(NEVER)
@@ -660,7 +674,7 @@ impl ConnState {
         if self.ping_sent != NEVER && after(self.ping_sent, config.ping_timeout) <= now {
             let frame = CloseFrame::new(CloseCode::INTERNAL_ERROR, "keepalive ping timeout");
             let _ = self.proto.close(Some(frame));
-            self.abandon = true;
+            self.end().abandon = true;
         } else if after(self.last_read, config.idle_timeout) <= now {
             let _ = self
                 .proto
@@ -668,8 +682,7 @@ impl ConnState {
         } else if self.next_ping <= now {
             self.next_ping = after(now, config.ping_interval);
             if self.ping_sent == NEVER {
-                self.ping_seq = self.ping_seq.wrapping_add(1);
-                let _ = self.proto.send(Message::Ping(ping_payload(self.ping_seq)));
+                let _ = self.proto.send(Message::Ping(ping_payload(now)));
                 self.ping_sent = now;
             }
         }
@@ -705,7 +718,7 @@ impl ConnState {
                     }
                     Message::Ping(_) => {}
                     Message::Pong(payload) => {
-                        if self.ping_sent != NEVER && payload == ping_payload(self.ping_seq) {
+                        if self.ping_sent != NEVER && payload == ping_payload(self.ping_sent) {
                             self.ping_sent = NEVER;
                         }
                     }
@@ -713,10 +726,10 @@ impl ConnState {
                 }
             }
             let state = self.proto.state();
-            if state != State::Open && self.close_at == NEVER {
-                self.close_at = after(now, Some(config.close_timeout));
+            if state != State::Open && self.close_at() == NEVER {
+                self.end().close_at = after(now, Some(config.close_timeout));
             }
-            if self.close_at <= now {
+            if self.close_at() <= now {
                 return Some(Err(Error::Timeout("close handshake")));
             }
             let io = self.io.as_mut()?;
@@ -726,7 +739,7 @@ impl ConnState {
                     Poll::Ready(Err(e)) => return Some(Err(e.into())),
                     Poll::Pending => false,
                 };
-            if self.abandon {
+            if self.end.as_ref().is_some_and(|end| end.abandon) {
                 return Some(Err(Error::KeepaliveTimeout));
             }
             if matches!(state, State::Closed | State::Failed) {
@@ -825,6 +838,17 @@ impl Drop for Registry {
     }
 }
 
+/// Why the driver runs a connection.
+#[derive(Clone, Copy)]
+enum Why<'r> {
+    /// New, with its handshake request (for [`Handler::on_open`]).
+    Opened(&'r Request<()>),
+    /// Woken by I/O or a handle.
+    Woken,
+    /// Its timer (the deadline it was armed for) fell due.
+    Timer(u64),
+}
+
 /// An entry of a driver's timer queue: look at `conn` at `at` (earliest first).
 struct TimerEntry {
     at: u64,
@@ -862,10 +886,15 @@ impl Driver {
         let mut timers = BinaryHeap::<TimerEntry>::new();
         let mut batch = VecDeque::new();
         let mut posted = Vec::new();
+        let mut opening = Vec::new();
         let mut sleep: Option<Pin<Box<Sleep>>> = None;
         let mut shutdown: Option<CloseFrame> = None;
         loop {
-            std::mem::swap(&mut lock(&self.ready).queue, &mut batch);
+            {
+                let mut ready = lock(&self.ready);
+                std::mem::swap(&mut ready.queue, &mut batch);
+                std::mem::swap(&mut ready.opening, &mut opening);
+            }
             std::mem::swap(&mut *lock(&self.posted), &mut posted);
             for (conn, what) in posted.drain(..) {
                 conn.apply(what);
@@ -874,7 +903,7 @@ impl Driver {
                 }
             }
             let now = self.clock.now();
-            let busy = !batch.is_empty();
+            let busy = !batch.is_empty() || !opening.is_empty();
             if shutdown.is_none() && self.stopping.load(Ordering::Acquire) {
                 let frame = lock(&self.shutdown).clone().unwrap_or_else(|| {
                     CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down")
@@ -887,26 +916,41 @@ impl Driver {
                 }
                 shutdown = Some(frame);
             }
+            for (conn, request) in opening.drain(..) {
+                conn.queued.store(false, Ordering::Release);
+                let why = Why::Opened(&request);
+                self.run_conn(&conn, &mut registry, &mut timers, now, why, &shutdown);
+            }
             while let Some(conn) = batch.pop_front() {
                 conn.queued.store(false, Ordering::Release);
-                self.run_conn(&conn, &mut registry, &mut timers, now, None, &shutdown);
+                self.run_conn(
+                    &conn,
+                    &mut registry,
+                    &mut timers,
+                    now,
+                    Why::Woken,
+                    &shutdown,
+                );
             }
             while timers.peek().is_some_and(|t| t.at <= now) {
                 let Some(entry) = timers.pop() else { break };
                 if let Some(conn) = entry.conn.upgrade() {
-                    let at = Some(entry.at);
-                    self.run_conn(&conn, &mut registry, &mut timers, now, at, &shutdown);
+                    let why = Why::Timer(entry.at);
+                    self.run_conn(&conn, &mut registry, &mut timers, now, why, &shutdown);
                 }
             }
             if shutdown.is_some() && registry.conns.is_empty() {
                 let mut ready = lock(&self.ready);
-                if ready.queue.is_empty() {
+                if ready.queue.is_empty() && ready.opening.is_empty() {
                     ready.exited = true;
                     return;
                 }
                 continue;
             }
-            if busy && !lock(&self.ready).queue.is_empty() {
+            if busy && {
+                let ready = lock(&self.ready);
+                !ready.queue.is_empty() || !ready.opening.is_empty()
+            } {
                 // Connections that used up their read budget woke themselves: let the runtime
                 // poll for I/O and run its other tasks (accepting, other drivers) first. With
                 // nothing left, the driver waits below instead: yielding after every turn made
@@ -930,15 +974,16 @@ impl Driver {
         }
     }
 
-    /// Runs one connection: registers it if new, acts on its timer if `timer` is its current
-    /// deadline, drives its I/O and callbacks, and re-arms its timer or finishes it.
+    /// Runs one connection: registers it if new (calling `on_open` with its request), acts on
+    /// its timer if that is `why` and still its deadline, drives its I/O and callbacks, and
+    /// re-arms its timer or finishes it.
     fn run_conn(
         &self,
         conn: &Arc<Driven>,
         registry: &mut Registry,
         timers: &mut BinaryHeap<TimerEntry>,
         now: u64,
-        timer: Option<u64>,
+        why: Why<'_>,
         shutdown: &Option<CloseFrame>,
     ) {
         let config = &*self.config;
@@ -950,13 +995,15 @@ impl Driver {
         if st.slot == NEW {
             st.slot = registry.conns.len() as u32;
             registry.conns.push(conn.clone());
-            let request = st.request.take();
             let panicked = {
                 let mut conn = Conn {
                     st: &mut *st,
                     config,
                     me: conn,
-                    request: request.as_deref(),
+                    request: match why {
+                        Why::Opened(request) => Some(request),
+                        _ => None,
+                    },
                 };
                 let call = || self.handler.on_open(&mut conn);
                 std::panic::catch_unwind(AssertUnwindSafe(call)).is_err()
@@ -968,7 +1015,7 @@ impl Driver {
                 let _ = st.proto.close(Some(frame.clone()));
             }
         }
-        if let Some(at) = timer {
+        if let Why::Timer(at) = why {
             if st.armed != at {
                 // A deadline that was replaced by an earlier one.
                 return;
@@ -1052,6 +1099,6 @@ mod tests {
     #[test]
     fn keepalive_payloads_differ_by_sequence() {
         assert_ne!(ping_payload(1), ping_payload(2));
-        assert!(ping_payload(u32::MAX).len() <= 125);
+        assert!(ping_payload(NEVER - 1).len() <= 125);
     }
 }

@@ -55,8 +55,23 @@ class PairedRatios(unittest.TestCase):
         self.assertEqual(best["stack"], "tokio-websockets")
         self.assertAlmostEqual(best["ratio"], 100 / 90)
         self.assertNotIn("raw_tcp", s["goals"]["200x16384"])
+        self.assertNotIn("raw_tcp_vs_best_rust_peer", s["goals"]["200x16384"])
         table = bench_report.markdown_table(s)
-        self.assertIn("| 200×16 KiB | tokio-websockets: **1.11×** (1.11–1.11, 3 rounds) | — |", table)
+        self.assertIn("| 200×16 KiB | tokio-websockets: **1.11×** (1.11–1.11, 3 rounds) | — | — |", table)
+
+    def test_the_ceiling_is_compared_with_the_best_rust_peer_too(self):
+        runs = []
+        for rnd, (v, f, t, raw) in enumerate([(100, 90, 95, 100), (80, 75, 70, 84)], 1):
+            runs += [
+                echo("volley", "100x20", rnd, v), echo("fastwebsockets", "100x20", rnd, f),
+                echo("tokio-websockets", "100x20", rnd, t), echo("raw-tcp", "100x20", rnd, raw),
+            ]
+        g = bench_report.summarise(results(runs))["goals"]["100x20"]
+        # Volley ÷ fastwebsockets: 1.111, 1.067; ÷ tokio-websockets: 1.053, 1.143.
+        self.assertEqual(g["best_rust_peer"]["stack"], "fastwebsockets")
+        self.assertAlmostEqual(g["best_rust_peer"]["ratio"], (100 / 90 + 80 / 75) / 2)
+        self.assertAlmostEqual(g["raw_tcp_vs_best_rust_peer"]["ratio"], (100 / 90 + 84 / 75) / 2)
+        self.assertEqual(g["raw_tcp_vs_best_rust_peer"]["rounds"], 2)
 
     def test_failed_rounds_are_left_out_of_the_pairs_and_listed(self):
         runs = [

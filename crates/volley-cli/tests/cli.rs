@@ -11,6 +11,9 @@ use tokio::time::timeout;
 use volley::{CloseCode, CloseFrame, Config, Message, Server};
 
 mod common;
+#[allow(unreachable_pub)] // `pub` for the volley tests, which share it through `common`
+#[path = "../../volley/tests/common/pki.rs"]
+mod pki;
 
 use common::{Serve, WAIT, free_port, volley};
 
@@ -348,34 +351,15 @@ async fn volley_serve_answers_python_websockets_and_node_ws_clients() {
 /// (whole scenario), trusting only a test CA.
 #[tokio::test]
 async fn volley_serve_over_tls_answers_python_websockets() {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
     let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let python = repo.join(".deps/py/bin/python");
     assert!(python.exists(), "peers missing: run scripts/install-peers");
-    let dir = std::env::temp_dir().join(format!("volley-cli-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let ca_key = KeyPair::generate().expect("key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "Volley CLI test CA");
-    let ca = ca_params.self_signed(&ca_key).expect("ca");
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf_key = KeyPair::generate().expect("key");
-    let mut leaf_params = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
-    leaf_params
-        .distinguished_name
-        .push(DnType::CommonName, "localhost");
-    let leaf = leaf_params.signed_by(&leaf_key, &issuer).expect("leaf");
+    let pki = pki::Pki::new("cli");
     let (ca_pem, cert_pem, key_pem) = (
-        dir.join("ca.pem"),
-        dir.join("cert.pem"),
-        dir.join("key.pem"),
+        pki.path("ca.pem"),
+        pki.path("cert.pem"),
+        pki.path("key.pem"),
     );
-    std::fs::write(&ca_pem, ca.pem()).expect("write");
-    std::fs::write(&cert_pem, leaf.pem()).expect("write");
-    std::fs::write(&key_pem, leaf_key.serialize_pem()).expect("write");
 
     let serve = Serve::start_with(&[
         "--tls-cert",
@@ -398,7 +382,7 @@ async fn volley_serve_over_tls_answers_python_websockets() {
     .await
     .expect("python client finished in time")
     .expect("spawn python");
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(pki);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success() && stdout.contains("PASS close") && !stdout.contains("FAIL"),

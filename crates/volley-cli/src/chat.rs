@@ -21,15 +21,18 @@
 //!   open: people type these by hand in `volley connect`.
 //! - A binary message closes the connection with 1003 (unsupported data).
 //! - A subscriber that falls more than the hub's queue (256 messages or 1 MiB) behind is closed
-//!   with 1013 (try again later): the hub's default [`Overflow::Close`](volley::hub::Overflow).
+//!   with 1013 (try again later): the hub's default [`Overflow::Close`](volley::Overflow).
+//!
+//! The chat runs on callbacks ([`volley::callback`]): a member costs its connection, its place
+//! in the hub and its topics, with no task of its own.
 
 use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use tokio::io::{AsyncRead, AsyncWrite};
+use volley::callback::{Callbacks, Conn};
 use volley::hub::{Hub, Member};
-use volley::{CloseCode, CloseFrame, Message, WebSocket};
+use volley::{CloseCode, CloseFrame, Message};
 
 /// The request path the chat answers on.
 pub(crate) const PATH: &str = "/chat";
@@ -76,35 +79,55 @@ struct Joined<'a> {
     subscribers: usize,
 }
 
-/// Runs one chat connection: joins `hub`, then executes the client's commands until it leaves.
-pub(crate) async fn serve<S>(ws: WebSocket<S>, hub: Hub)
-where
-    S: AsyncRead + AsyncWrite + Send + 'static,
-{
-    let (member, mut rx) = hub.join_socket(ws);
-    send_json(&member, &Reply::Id(member.id().get())).await;
-    while let Some(message) = rx.recv().await {
+/// The chat's callbacks: every connection joins the hub.
+pub(crate) struct Chat {
+    hub: Hub,
+}
+
+impl Chat {
+    pub(crate) fn new(hub: Hub) -> Self {
+        Self { hub }
+    }
+}
+
+impl Callbacks for Chat {
+    fn on_open(&self, conn: &mut Conn<'_>) {
+        let member = self.hub.join(conn.handle());
+        send_json(conn, &Reply::Id(member.id().get()));
+        // Dropped with the connection's extensions when it ends: the member leaves the hub.
+        conn.extensions_mut().insert(member);
+    }
+
+    fn on_message(&self, conn: &mut Conn<'_>, message: Message) {
+        let Some(member) = conn.extensions().get::<Member>().cloned() else {
+            return;
+        };
         match message {
-            Ok(Message::Text(text)) => execute(&member, &text).await,
-            Ok(Message::Binary(_)) => {
+            Message::Text(text) => {
+                if let Some(reply) = execute(&member, &text) {
+                    let _ = conn.send(reply);
+                }
+            }
+            _ => {
                 let frame =
                     CloseFrame::new(CloseCode::UNSUPPORTED_DATA, "the chat speaks JSON text");
-                let _ = member.close(Some(frame));
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::debug!(member = %member.id(), "chat connection ended: {e}");
-                break;
+                let _ = conn.close(Some(frame));
             }
         }
     }
-    // Dropping `member` leaves the hub.
+
+    fn on_close(&self, conn: &mut Conn<'_>, result: volley::Result<Option<CloseFrame>>) {
+        if let Err(e) = result {
+            tracing::debug!(id = conn.id(), "chat connection ended: {e}");
+        }
+    }
 }
 
-async fn execute(member: &Member, text: &str) {
+/// Executes one command; returns the answer to the sender, if any.
+fn execute(member: &Member, text: &str) -> Option<String> {
     let command: Command<'_> = match serde_json::from_str(text) {
         Ok(c) => c,
-        Err(e) => return error(member, &format!("invalid command: {e}")).await,
+        Err(e) => return error(&format!("invalid command: {e}")),
     };
     match command {
         Command {
@@ -114,22 +137,18 @@ async fn execute(member: &Member, text: &str) {
             data: None,
         } => {
             if let Err(e) = check_topic(&topic) {
-                return error(member, &e).await;
+                return error(&e);
             }
             let joined = member.topics();
             if joined.len() >= MAX_TOPICS && !joined.iter().any(|t| t == topic.as_ref()) {
-                return error(member, "too many topics joined").await;
+                return error("too many topics joined");
             }
             member.subscribe(&topic);
             let subscribers = member.hub().subscribers(&topic);
-            send_json(
-                member,
-                &Joined {
-                    joined: &topic,
-                    subscribers,
-                },
-            )
-            .await;
+            json(&Joined {
+                joined: &topic,
+                subscribers,
+            })
         }
         Command {
             join: None,
@@ -138,7 +157,7 @@ async fn execute(member: &Member, text: &str) {
             data: None,
         } => {
             member.unsubscribe(&topic);
-            send_json(member, &Reply::Left(&topic)).await;
+            json(&Reply::Left(&topic))
         }
         Command {
             join: None,
@@ -147,30 +166,21 @@ async fn execute(member: &Member, text: &str) {
             data,
         } => {
             if let Err(e) = check_topic(&topic) {
-                return error(member, &e).await;
+                return error(&e);
             }
-            let null = RawValue::NULL;
             let publication = Publication {
                 topic: &topic,
                 from: member.id().get(),
-                data: data.unwrap_or(null),
+                data: data.unwrap_or(RawValue::NULL),
             };
-            match serde_json::to_string(&publication) {
-                // To every subscriber, the sender included: encoded once for all of them.
-                Ok(json) => {
-                    member.hub().publish(&topic, json).await;
-                }
-                Err(e) => error(member, &format!("cannot encode: {e}")).await,
-            }
+            // To every subscriber, the sender included: encoded once for all of them.
+            member.hub().publish(&topic, json(&publication)?);
+            None
         }
-        _ => {
-            error(
-                member,
-                "expected exactly one of {\"join\": topic}, {\"leave\": topic} or \
-                 {\"topic\": topic, \"data\": …}",
-            )
-            .await
-        }
+        _ => error(
+            "expected exactly one of {\"join\": topic}, {\"leave\": topic} or \
+             {\"topic\": topic, \"data\": …}",
+        ),
     }
 }
 
@@ -186,15 +196,22 @@ fn check_topic(topic: &str) -> Result<(), String> {
     }
 }
 
-async fn error(member: &Member, message: &str) {
-    send_json(member, &Reply::Error(message)).await;
+fn error(message: &str) -> Option<String> {
+    json(&Reply::Error(message))
 }
 
-async fn send_json(member: &Member, value: &impl Serialize) {
+fn json(value: &impl Serialize) -> Option<String> {
     match serde_json::to_string(value) {
-        Ok(json) => {
-            member.send(json).await;
+        Ok(json) => Some(json),
+        Err(e) => {
+            tracing::warn!("chat: cannot encode: {e}");
+            None
         }
-        Err(e) => tracing::warn!("chat: cannot encode a reply: {e}"),
+    }
+}
+
+fn send_json(conn: &mut Conn<'_>, value: &impl Serialize) {
+    if let Some(json) = json(value) {
+        let _ = conn.send(json);
     }
 }

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use volley::{ClientBuilder, CloseCode, Config, Message, Server};
+use volley::callback::{Callbacks, Conn};
+use volley::hub::Hub;
+use volley::{ClientBuilder, CloseCode, Config, Endpoint, Message, Server};
 
 #[derive(Parser)]
 #[command(
@@ -140,6 +142,9 @@ struct ConnectArgs {
 /// Where `volley serve` mounts Socket.IO (the clients' default path).
 const SOCKETIO_PATH: &str = "/socket.io/";
 
+/// The route of Socket.IO: everything under [`SOCKETIO_PATH`].
+const SOCKETIO_ROUTE: &str = "/socket.io/*";
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -196,20 +201,16 @@ fn main() -> ExitCode {
     code
 }
 
-/// The echo of `volley serve` at "/": every text or binary message is sent back.
-struct EchoHandler;
+/// The echo of `volley serve`: every text or binary message is sent back.
+struct Echo;
 
-impl volley::events::Handler for EchoHandler {
-    fn on_message(&self, conn: &mut volley::events::Conn<'_>, message: volley::Message) {
+impl Callbacks for Echo {
+    fn on_message(&self, conn: &mut Conn<'_>, message: volley::Message) {
         // Fails only once the connection is closing, when there is no one to answer.
         let _ = conn.send(message);
     }
 
-    fn on_close(
-        &self,
-        conn: &mut volley::events::Conn<'_>,
-        result: volley::Result<Option<volley::CloseFrame>>,
-    ) {
+    fn on_close(&self, conn: &mut Conn<'_>, result: volley::Result<Option<volley::CloseFrame>>) {
         if let Err(e) = result {
             tracing::debug!(id = conn.id(), "connection ended: {e}");
         }
@@ -269,48 +270,20 @@ async fn serve(args: ServeArgs) -> ExitCode {
     }
     let io = io.build();
     volley_socketio::chat::chat_namespace(&io);
-    let socketio = io.clone();
-    server = server.mount(SOCKETIO_PATH, move |request| {
-        let io = socketio.clone();
-        async move { io.handle(request).await }
-    });
-    // The echo at "/" runs on the callback drivers (an idle connection costs < 1 KiB); other
-    // paths (but the chat's) get the same echo from a task per connection.
-    server = server.events("/", EchoHandler);
-    let chat_hub = volley::hub::Hub::default();
+    // Every WebSocket path echoes, on the callback drivers (an idle connection costs < 1 KiB),
+    // but the chat's.
+    server = server
+        .route("/*", Endpoint::callbacks(Echo))
+        .route(
+            chat::PATH,
+            Endpoint::callbacks(chat::Chat::new(Hub::default())),
+        )
+        .route(SOCKETIO_ROUTE, io.endpoint());
     let shutdown = async move {
         shutdown_signal().await;
         io.close();
     };
-    let served = server.serve_with_shutdown(
-        move |mut ws, request| {
-            let chat_hub = chat_hub.clone();
-            // Decided here so that the connection's task does not keep the request (its headers
-            // live on the heap) for the connection's whole life.
-            let is_chat = request.uri().path() == chat::PATH;
-            async move {
-                if is_chat {
-                    // Boxed: the echo path is what most connections run; keep its task small.
-                    return Box::pin(chat::serve(ws, chat_hub)).await;
-                }
-                while let Some(message) = ws.recv().await {
-                    match message {
-                        Ok(m) if m.is_data() => {
-                            if ws.send(m).await.is_err() {
-                                break;
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            tracing::debug!("connection ended: {e}");
-                            break;
-                        }
-                    }
-                }
-            }
-        },
-        shutdown,
-    );
+    let served = server.run_until(shutdown);
     match served.await {
         Ok(()) => {
             eprintln!("volley serve: stopped");

@@ -236,8 +236,9 @@ impl Engine {
     /// caller's choice, conventionally `/socket.io/`): a long-polling GET or POST, a CORS
     /// preflight, or a WebSocket upgrade (answered 101; the connection then continues in a
     /// spawned task, so serve connections `with_upgrades()`). Reads `EIO`, `transport` and
-    /// `sid` from the query. A [`SocketAddr`] in the request's extensions becomes
-    /// [`RequestInfo::remote_addr`].
+    /// `sid` from the query. The peer's address in the request's extensions (a
+    /// [`volley::PeerAddr`], as a `volley::Server` route puts there, or a bare [`SocketAddr`])
+    /// becomes [`RequestInfo::remote_addr`].
     ///
     /// Cancel-safe: dropping the future (the client went away) loses no queued packet — a
     /// pending GET takes packets only when it answers.
@@ -303,7 +304,8 @@ impl Engine {
         let info = RequestInfo::new(
             request.uri().clone(),
             request.headers().clone(),
-            request.extensions().get::<SocketAddr>().copied(),
+            (request.extensions().get::<volley::PeerAddr>().map(|p| p.0))
+                .or_else(|| request.extensions().get::<SocketAddr>().copied()),
         );
         if let Some(allow) = &config.allow_request {
             if !allow(&info) {

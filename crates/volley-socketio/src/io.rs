@@ -1,7 +1,6 @@
 //! The server: configuration, namespaces, mounting.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -419,35 +418,35 @@ impl SocketIo {
         }
     }
 
-    /// Serves HTTP/1.1 on `listener` (hyper), Socket.IO at `/socket.io/`, until the task is
-    /// dropped. Failed accepts (e.g. out of file descriptors) are logged and retried after a
-    /// short pause. Cancel-safe (dropping it stops accepting; running connections go on).
+    /// The endpoint that serves Socket.IO on a [`volley::Server`]: route `"/socket.io/*"` to
+    /// it, beside WebSocket routes, with the server's TLS, graceful shutdown and limits.
+    ///
+    /// ```no_run
+    /// # async fn run(io: volley_socketio::SocketIo) -> std::io::Result<()> {
+    /// volley::Server::bind("127.0.0.1:3000")
+    ///     .await?
+    ///     .route("/socket.io/*", io.endpoint())
+    ///     .run()
+    ///     .await
+    /// # }
+    /// ```
+    pub fn endpoint(&self) -> volley::Endpoint {
+        let io = self.clone();
+        volley::Endpoint::service(move |request| {
+            let io = io.clone();
+            async move { io.handle(request).await }
+        })
+    }
+
+    /// Serves Socket.IO at `/socket.io/` on `listener` (a [`volley::Server`] with the default
+    /// configuration and only [`endpoint`](Self::endpoint) routed), until the future is
+    /// dropped; other paths get 404. Cancel-safe (dropping it stops accepting; running
+    /// connections go on). For TLS, graceful shutdown or more routes, build the server
+    /// yourself.
     pub async fn serve(&self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
-        loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!("socket.io: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let io = self.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    move |mut req: http::Request<hyper::body::Incoming>| {
-                        let io = io.clone();
-                        req.extensions_mut().insert(peer);
-                        async move { Ok::<_, Infallible>(io.handle(req).await) }
-                    },
-                );
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .with_upgrades();
-                if let Err(e) = conn.await {
-                    tracing::debug!("socket.io: connection from {peer}: {e}");
-                }
-            });
-        }
+        volley::Server::from_listener(listener)
+            .route("/socket.io/*", self.endpoint())
+            .run()
+            .await
     }
 }

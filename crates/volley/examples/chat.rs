@@ -15,12 +15,13 @@
 //! - `/stats` — the hub's counters
 //!
 //! A client that reads too slowly to keep up with its rooms is closed with 1013 (try again
-//! later) instead of making the server buffer without bound.
+//! later) instead of making the server buffer without bound. Clients are served by callbacks
+//! ([`volley::callback`]) on a few driver tasks, not a task each: an idle member costs about a
+//! kilobyte and a half.
 
-use std::time::Duration;
-
-use volley::hub::{Hub, HubConfig, Member, Overflow};
-use volley::{Message, Server};
+use volley::callback::{Callbacks, Conn};
+use volley::hub::{Hub, HubConfig, Member};
+use volley::{Endpoint, Message, Overflow, QueueLimits, Server};
 
 /// Longest room or nick name, in bytes.
 const MAX_NAME: usize = 32;
@@ -30,41 +31,52 @@ async fn main() -> std::io::Result<()> {
     let addr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:9002".into());
-    let hub = Hub::new(
-        HubConfig::default()
-            .overflow(Overflow::Close)
-            .max_queue_messages(128)
-            .max_queue_bytes(256 * 1024)
-            .close_timeout(Duration::from_secs(5)),
-    );
     let server = Server::bind(&addr).await?;
     eprintln!("chat: listening on ws://{}/", server.local_addr()?);
-    server
-        .serve(move |ws, _request| {
-            let hub = hub.clone();
-            async move {
-                let (member, mut rx) = hub.join_socket(ws);
-                let mut session = Session {
-                    nick: format!("guest-{}", member.id()),
-                    room: "lobby".to_string(),
-                    member,
-                };
-                session.member.subscribe(&session.room);
-                session
-                    .tell("welcome! you are in lobby; try /join, /nick, /rooms")
-                    .await;
-                session.announce("joined").await;
-                while let Some(Ok(message)) = rx.recv().await {
-                    if let Message::Text(line) = message {
-                        session.handle(line.trim()).await;
-                    }
-                }
-                // Dropping the member (with the session) leaves every room.
-            }
-        })
-        .await
+    server.route("/*", endpoint()).run().await
 }
 
+/// The chat as a route endpoint: connections served by callbacks (no task per client), each
+/// client's queue bounded to 128 messages and 256 KiB.
+pub(crate) fn endpoint() -> Endpoint {
+    let limits = QueueLimits::default()
+        .overflow(Overflow::Close)
+        .max_messages(128)
+        .max_bytes(256 * 1024);
+    Endpoint::callbacks(Chat {
+        hub: Hub::new(HubConfig::default().queue(limits)),
+    })
+}
+
+struct Chat {
+    hub: Hub,
+}
+
+impl Callbacks for Chat {
+    fn on_open(&self, conn: &mut Conn<'_>) {
+        let member = self.hub.join(conn.handle());
+        let session = Session {
+            nick: format!("guest-{}", member.id()),
+            room: "lobby".to_string(),
+            member,
+        };
+        session.member.subscribe(&session.room);
+        session.tell("welcome! you are in lobby; try /join, /nick, /rooms");
+        session.announce("joined");
+        // Kept with the connection until it ends; then the member leaves every room.
+        conn.extensions_mut().insert(session);
+    }
+
+    fn on_message(&self, conn: &mut Conn<'_>, message: Message) {
+        if let (Some(session), Message::Text(line)) =
+            (conn.extensions_mut().get_mut::<Session>(), message)
+        {
+            session.handle(line.trim());
+        }
+    }
+}
+
+#[derive(Clone)]
 struct Session {
     member: Member,
     nick: String,
@@ -72,7 +84,7 @@ struct Session {
 }
 
 impl Session {
-    async fn handle(&mut self, line: &str) {
+    fn handle(&mut self, line: &str) {
         let (command, arg) = match line.split_once(' ') {
             Some((c, a)) => (c, a.trim()),
             None => (line, ""),
@@ -80,20 +92,18 @@ impl Session {
         match command {
             "/nick" if valid(arg) => {
                 let old = std::mem::replace(&mut self.nick, arg.to_string());
-                self.announce(&format!("was {old}")).await;
+                self.announce(&format!("was {old}"));
             }
             "/join" if valid(arg) => {
                 self.member.subscribe(arg);
                 self.room = arg.to_string();
-                self.announce("joined").await;
+                self.announce("joined");
             }
             "/leave" if valid(arg) => {
                 if self.member.unsubscribe(arg) {
-                    self.tell(&format!("you left {arg}")).await;
-                    self.member
-                        .hub()
-                        .publish(arg, format!("[{arg}] * {} left", self.nick))
-                        .await;
+                    self.tell(&format!("you left {arg}"));
+                    let hub = self.member.hub();
+                    hub.publish(arg, format!("[{arg}] * {} left", self.nick));
                 }
                 if self.room == arg {
                     self.room = self.member.topics().into_iter().next().unwrap_or_default();
@@ -102,45 +112,40 @@ impl Session {
                     } else {
                         format!("you are now in {}", self.room)
                     };
-                    self.tell(&now).await;
+                    self.tell(&now);
                 }
             }
             "/rooms" => {
-                let rooms: Vec<String> = self
-                    .member
-                    .hub()
-                    .topics()
-                    .into_iter()
+                let rooms: Vec<String> = (self.member.hub().topics().into_iter())
                     .map(|t| format!("{} ({})", t.name, t.subscribers))
                     .collect();
-                self.tell(&format!("rooms: {}", rooms.join(", "))).await;
+                self.tell(&format!("rooms: {}", rooms.join(", ")));
             }
             "/stats" => {
                 let stats = self.member.hub().stats();
-                self.tell(&format!("{stats:?}")).await;
+                self.tell(&format!("{stats:?}"));
             }
             c if c.starts_with('/') => {
-                self.tell("commands: /nick NAME, /join ROOM, /leave ROOM, /rooms, /stats")
-                    .await;
+                self.tell("commands: /nick NAME, /join ROOM, /leave ROOM, /rooms, /stats");
             }
-            _ if self.room.is_empty() => self.tell("you are in no room: /join one").await,
+            _ if self.room.is_empty() => self.tell("you are in no room: /join one"),
             _ => {
                 let text = format!("[{}] {}: {line}", self.room, self.nick);
                 // Everyone in the room, the sender included, gets the same encoded frame.
-                self.member.hub().publish(&self.room, text).await;
+                self.member.hub().publish(&self.room, text);
             }
         }
     }
 
     /// A message to this client alone, in order with the room traffic it receives.
-    async fn tell(&self, text: &str) {
-        self.member.send(format!("* {text}")).await;
+    fn tell(&self, text: &str) {
+        self.member.send(format!("* {text}"));
     }
 
     /// A notice to the current room.
-    async fn announce(&self, what: &str) {
+    fn announce(&self, what: &str) {
         let text = format!("[{}] * {} {what}", self.room, self.nick);
-        self.member.hub().publish(&self.room, text).await;
+        self.member.hub().publish(&self.room, text);
     }
 }
 

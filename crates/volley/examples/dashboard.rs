@@ -16,8 +16,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use volley::hub::{Hub, HubConfig, Overflow};
-use volley::{Message, PreparedMessage, Server};
+use volley::hub::{Hub, HubConfig};
+use volley::{Message, Overflow, PreparedMessage, QueueLimits, Server};
 
 /// The topic snapshots are published to.
 const TOPIC: &str = "metrics";
@@ -38,9 +38,11 @@ async fn main() -> std::io::Result<()> {
 /// Runs the dashboard on `server`, publishing a snapshot every `interval`.
 pub(crate) async fn serve(server: Server, interval: Duration) -> std::io::Result<()> {
     let hub = Hub::new(
-        HubConfig::default()
-            .overflow(Overflow::DropOldest)
-            .max_queue_messages(4),
+        HubConfig::default().queue(
+            QueueLimits::default()
+                .overflow(Overflow::DropOldest)
+                .max_messages(4),
+        ),
     );
     // The latest snapshot, for clients that just connected.
     let latest: Arc<Mutex<Option<PreparedMessage>>> = Arc::default();
@@ -54,7 +56,7 @@ pub(crate) async fn serve(server: Server, interval: Duration) -> std::io::Result
                 member.subscribe(TOPIC);
                 let snapshot = latest.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 if let Some(snapshot) = snapshot {
-                    member.send(snapshot).await;
+                    member.send(snapshot);
                 }
                 // Keep reading: that answers pings and completes the close handshake. Clients
                 // have nothing to say to a dashboard.
@@ -84,7 +86,7 @@ async fn publish_metrics(
         // Encode once: the same frame bytes go to every client and to the latest-value cache.
         let prepared = PreparedMessage::from(snapshot);
         *latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(prepared.clone());
-        hub.publish(TOPIC, prepared).await;
+        hub.publish(TOPIC, prepared);
     }
 }
 

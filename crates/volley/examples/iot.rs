@@ -169,7 +169,7 @@ impl Registry {
         if let Some(old) = state.devices.insert(id.to_owned(), device) {
             tokio::spawn(async move {
                 let frame = CloseFrame::new(CloseCode::from(4000), "replaced by a new connection");
-                old.close.close(frame).await;
+                old.close.close(Some(frame)).await;
             });
         }
         connection
@@ -304,7 +304,10 @@ async fn operator_session(mut ws: WebSocket<MaybeTlsStream>, registry: &Registry
             match registry.close_handle(device) {
                 Some(handle) => {
                     handle
-                        .close(CloseFrame::new(CloseCode::from(4001), "kicked by operator"))
+                        .close(Some(CloseFrame::new(
+                            CloseCode::from(4001),
+                            "kicked by operator",
+                        )))
                         .await;
                     json!({ "kicked": device })
                 }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use volley_proto::CloseCode;
 use volley_proto::handshake::HeaderLimits;
 
 /// Configuration of a WebSocket endpoint, server or client.
@@ -35,8 +36,15 @@ pub struct Config {
     /// before it waits for the transport (the high-water mark of Python websockets'
     /// `write_limit`). Default 32 KiB. `send` always waits until its message is written; replies
     /// the receiver queues (pongs, close echoes) beyond this make `recv` wait for the transport
-    /// too, so a peer that floods pings without reading cannot grow memory.
+    /// too, so a peer that floods pings without reading cannot grow memory. A callback
+    /// connection with more than this waiting is not read until it drains, and messages its
+    /// callbacks and handles send beyond it wait in its send queue ([`Config::send_queue`]).
     pub write_limit: usize,
+    /// Bounds of what callbacks and [`ConnHandle`](crate::callback::ConnHandle)s may queue for a
+    /// connection served by [callbacks](crate::callback), which cannot wait for room: 1 MiB,
+    /// and past that [`Overflow::Close`] with 1013 (try again later). A task's
+    /// [`WebSocket::send`](crate::WebSocket::send) waits instead.
+    pub send_queue: QueueLimits,
 }
 
 impl Default for Config {
@@ -50,6 +58,7 @@ impl Default for Config {
             ping_timeout: Some(Duration::from_secs(20)),
             idle_timeout: None,
             write_limit: 32 * 1024,
+            send_queue: QueueLimits::default().max_messages(usize::MAX),
         }
     }
 }
@@ -129,5 +138,94 @@ impl Config {
     pub fn write_limit(mut self, bytes: usize) -> Self {
         self.write_limit = bytes;
         self
+    }
+
+    /// Sets [`Config::send_queue`].
+    pub fn send_queue(mut self, limits: QueueLimits) -> Self {
+        self.send_queue = limits;
+        self
+    }
+}
+
+/// What happens to a message queued for a connection whose queue is full. Nothing waits for
+/// room: a slow reader never slows the sender, and its memory stays bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Overflow {
+    /// The new message is not queued (the sender learns it; hubs count it as dropped).
+    DropNewest,
+    /// The oldest messages not yet handed to the protocol are discarded to make room (counted).
+    /// Suits feeds where the latest value matters most: prices, positions, dashboards.
+    DropOldest,
+    /// The slow consumer is closed: its waiting messages are discarded (counted) and it gets a
+    /// close frame with [`QueueLimits::slow_close_code`] (default 1013, try again later) after
+    /// the bytes already being written. No message is lost silently, and the client learns
+    /// that it fell behind.
+    Close,
+}
+
+/// Bounds of a queue of messages waiting for one connection, and what to do when it is full.
+///
+/// Start from [`QueueLimits::default`] and change what you need with the by-value setters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueueLimits {
+    /// What to do with a message that does not fit. Default [`Overflow::Close`].
+    pub overflow: Overflow,
+    /// Most bytes waiting (frames as they go on the wire, counting what is already queued for
+    /// writing). Default 1 MiB. A larger message is still accepted when nothing waits.
+    pub max_bytes: usize,
+    /// Most messages waiting. Default 256. At least 1.
+    pub max_messages: usize,
+    /// The close code of a consumer closed for slowness ([`Overflow::Close`]). Default 1013
+    /// (try again later); 1008 (policy violation) is the other usual choice. A code that may not
+    /// be sent ([`CloseCode::is_sendable`]) is replaced by 1013.
+    pub slow_close_code: CloseCode,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        Self {
+            overflow: Overflow::Close,
+            max_bytes: 1 << 20,
+            max_messages: 256,
+            slow_close_code: CloseCode::TRY_AGAIN_LATER,
+        }
+    }
+}
+
+impl QueueLimits {
+    /// Sets [`QueueLimits::overflow`].
+    pub fn overflow(mut self, overflow: Overflow) -> Self {
+        self.overflow = overflow;
+        self
+    }
+
+    /// Sets [`QueueLimits::max_bytes`].
+    pub fn max_bytes(mut self, bytes: usize) -> Self {
+        self.max_bytes = bytes;
+        self
+    }
+
+    /// Sets [`QueueLimits::max_messages`]; 0 is treated as 1.
+    pub fn max_messages(mut self, messages: usize) -> Self {
+        self.max_messages = messages.max(1);
+        self
+    }
+
+    /// Sets [`QueueLimits::slow_close_code`].
+    pub fn slow_close_code(mut self, code: CloseCode) -> Self {
+        self.slow_close_code = code;
+        self
+    }
+
+    /// The close frame a consumer closed for slowness gets.
+    pub(crate) fn slow_close_frame(&self) -> volley_proto::CloseFrame {
+        let code = if self.slow_close_code.is_sendable() {
+            self.slow_close_code
+        } else {
+            CloseCode::TRY_AGAIN_LATER
+        };
+        volley_proto::CloseFrame::new(code, "slow consumer: send queue full")
     }
 }

@@ -35,9 +35,49 @@ pub enum Error {
     /// failed with close code 1011.
     #[error("keep-alive ping timed out (no pong within the ping timeout); closed with 1011")]
     KeepaliveTimeout,
-    /// A timeout elapsed: the opening handshake (`open_timeout`) or the close handshake (`close_timeout`).
+    /// A timeout elapsed; which one says what took too long.
     #[error("{0} timed out")]
-    Timeout(&'static str),
+    Timeout(Timeout),
+    /// A message was not queued: the connection's send queue was full (its
+    /// [`Overflow`](crate::Overflow) policy dropped it, or closed the slow consumer with 1013).
+    #[error("send queue full ({limit} bytes, policy {overflow:?}): the peer reads too slowly")]
+    QueueFull {
+        /// The queue's byte limit.
+        limit: usize,
+        /// The policy that applied.
+        overflow: crate::Overflow,
+    },
+}
+
+/// Which timeout elapsed, in an [`Error::Timeout`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Timeout {
+    /// Connecting over TCP (and TLS) took longer than `open_timeout`.
+    Connect,
+    /// The opening handshake took longer than `open_timeout`.
+    Open,
+    /// The close handshake took longer than `close_timeout`.
+    Close,
+    /// hyper did not hand an accepted upgrade over within `open_timeout`.
+    Upgrade,
+    /// A server's graceful shutdown ended the connection at its drain deadline.
+    Drain,
+    /// A blocking client's `recv_timeout` passed without a message.
+    Recv,
+}
+
+impl std::fmt::Display for Timeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Connect => "connecting",
+            Self::Open => "the opening handshake",
+            Self::Close => "the close handshake",
+            Self::Upgrade => "the hyper upgrade",
+            Self::Drain => "the shutdown drain",
+            Self::Recv => "receiving",
+        })
+    }
 }
 
 impl From<Error> for std::io::Error {
@@ -48,6 +88,7 @@ impl From<Error> for std::io::Error {
             Error::AbnormalClose => Self::new(ErrorKind::UnexpectedEof, err),
             Error::Timeout(_) | Error::KeepaliveTimeout => Self::new(ErrorKind::TimedOut, err),
             Error::Send(_) => Self::new(ErrorKind::BrokenPipe, err),
+            Error::QueueFull { .. } => Self::new(ErrorKind::WouldBlock, err),
             other => Self::new(ErrorKind::InvalidData, other),
         }
     }

@@ -9,10 +9,10 @@ use volley_proto::handshake::{ClientHandshake, HandshakeError, UpgradeRequest, U
 use volley_proto::{CloseCode, CloseFrame, Connection, DeflateParams, Role};
 
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Timeout};
 use crate::maybe_tls::MaybeTlsStream;
 use crate::policy::Policy;
-use crate::stream::WebSocket;
+use crate::task::WebSocket;
 
 /// Reads from `stream` into `buf` until `parse` yields a value, returning it and its length.
 async fn read_head<S, T>(
@@ -181,7 +181,7 @@ where
     };
     let (request, deflate, leftover) = tokio::time::timeout(config.open_timeout, handshake)
         .await
-        .map_err(|_| Error::Timeout("opening handshake"))??;
+        .map_err(|_| Error::Timeout(Timeout::Open))??;
     Ok(Accepted {
         stream,
         request,
@@ -305,7 +305,7 @@ impl ClientBuilder {
         };
         let stream = tokio::time::timeout(self.config.open_timeout, connecting)
             .await
-            .map_err(|_| Error::Timeout("connect"))??;
+            .map_err(|_| Error::Timeout(Timeout::Connect))??;
         self.handshake(stream, &uri).await
     }
 
@@ -351,7 +351,7 @@ impl ClientBuilder {
         };
         let (response, leftover) = tokio::time::timeout(self.config.open_timeout, handshake)
             .await
-            .map_err(|_| Error::Timeout("opening handshake"))??;
+            .map_err(|_| Error::Timeout(Timeout::Open))??;
         let ws = WebSocket::from_raw_with_deflate(
             stream,
             Role::Client,

@@ -1,58 +1,72 @@
-//! Topics hub: broadcast and rooms for WebSocket connections, every message encoded once.
+//! Topics: broadcast and rooms for connections, each message encoded once, every subscriber's
+//! queue bounded.
 //!
-//! A [`Hub`] fans messages out to the connections that [`join`](Hub::join)ed it. Each joined
-//! connection is a [`Member`] that [`subscribe`](Member::subscribe)s to topics by name (a topic
-//! exists while it has subscribers). [`Hub::publish`] encodes the message once into a
-//! [`PreparedMessage`] and puts that same [`Bytes`](bytes::Bytes) into the queue of every
-//! subscriber: no per-subscriber copy or re-encoding.
+//! A [`Hub`] fans messages out to its members. A member is any [`Subscriber`]: a callback
+//! connection's [`ConnHandle`] (it queues into the connection's own send queue: no task, no
+//! copy), or a task's [`WsSender`] ([`Hub::join_sender`]: a small writer task drains a queue
+//! into it). [`Hub::join`] returns the [`Member`] handle, which
+//! [`subscribe`](Member::subscribe)s to topics by name (a topic exists while it has
+//! subscribers); dropping it leaves the hub. [`Hub::publish`] encodes the message once into a
+//! [`PreparedMessage`] and offers that same [`Bytes`](bytes::Bytes) to every subscriber: no
+//! per-subscriber copy or re-encoding.
 //!
-//! Every member has its own bounded queue and its own writer task that drains the queue into the
-//! connection's [`WsSender`]. What happens when a queue is full is the hub's [`Overflow`] policy:
-//! wait for room, drop the newest or the oldest message (counted), or close the slow consumer.
-//! With any policy but [`Overflow::Wait`], a subscriber that stops reading never slows the
-//! publisher or the other subscribers, and the memory it can hold is capped by
-//! [`HubConfig::max_queue_messages`] and [`HubConfig::max_queue_bytes`].
+//! Publishing never waits. Each subscriber's queue is bounded by the hub's [`QueueLimits`]
+//! (256 messages, 1 MiB by default); what happens to a message that does not fit is their
+//! [`Overflow`] policy: close the slow consumer with 1013 (the default), or drop the newest or
+//! the oldest message (counted). A subscriber that stops reading never slows the publisher or
+//! the other subscribers, and the memory it can hold is capped. Publishes to different topics
+//! take no common lock, and publishes to the same topic share theirs.
 //!
 //! ```no_run
-//! use volley::hub::Hub;
+//! use volley::callback::{Callbacks, Conn};
+//! use volley::hub::{Hub, Member};
+//! use volley::{Endpoint, Message};
+//!
+//! struct News(Hub);
+//!
+//! impl Callbacks for News {
+//!     fn on_open(&self, conn: &mut Conn<'_>) {
+//!         let member = self.0.join(conn.handle());
+//!         member.subscribe("news");
+//!         // Kept until the connection ends; dropping it leaves the hub.
+//!         conn.extensions_mut().insert(member);
+//!     }
+//!
+//!     fn on_message(&self, conn: &mut Conn<'_>, message: Message) {
+//!         if let (Some(member), Message::Text(text)) = (conn.extensions().get::<Member>(), message) {
+//!             // To every other subscriber of "news", encoded once.
+//!             member.publish("news", text);
+//!         }
+//!     }
+//! }
 //!
 //! # async fn run() -> std::io::Result<()> {
 //! let hub = Hub::default();
-//! let server = volley::Server::bind("127.0.0.1:9001").await?;
-//! server
-//!     .serve(move |ws, _request| {
-//!         let hub = hub.clone();
-//!         async move {
-//!             let (tx, mut rx) = ws.split();
-//!             let member = hub.join(tx);
-//!             member.subscribe("news");
-//!             while let Some(Ok(message)) = rx.recv().await {
-//!                 if let volley::Message::Text(text) = message {
-//!                     // To every other subscriber of "news".
-//!                     member.publish("news", text).await;
-//!                 }
-//!             }
-//!             // Dropping `member` leaves the hub.
-//!         }
-//!     })
+//! volley::Server::bind("127.0.0.1:9001")
+//!     .await?
+//!     .route("/news", Endpoint::callbacks(News(hub)))
+//!     .run()
 //!     .await
 //! # }
 //! ```
+//!
+//! Several servers can share their topics through a [`Backend`] (a message bus such as Redis):
+//! the hub hands it what is published here and delivers what it receives from the others
+//! ([`Hub::deliver`]).
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
-use tokio::time::Instant;
-use volley_proto::{CloseCode, CloseFrame, PreparedMessage, SendError};
+use volley_proto::{CloseFrame, PreparedMessage};
 
-use crate::stream::{WebSocket, WsReceiver, WsSender};
-
-/// The reason sent with the close frame of a consumer closed for slowness.
-const SLOW_REASON: &str = "slow consumer: send queue full";
+use crate::callback::ConnHandle;
+use crate::config::{Overflow, QueueLimits};
+use crate::core::{Offer, Outbox};
+use crate::task::{WebSocket, WsReceiver, WsSender};
 
 /// Most messages a writer takes from its queue for one write (one vectored write, if the
 /// transport supports it).
@@ -61,49 +75,89 @@ const BATCH_MESSAGES: usize = 64;
 /// Most encoded bytes a writer takes from its queue for one write (at least one message).
 const BATCH_BYTES: usize = 64 * 1024;
 
-/// What a publisher does when a subscriber's queue is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Overflow {
-    /// The publisher waits until the subscriber's writer makes room. Nothing is dropped, but one
-    /// subscriber that stops reading stalls every publisher to its topics (until its connection
-    /// fails or the member is dropped): pair it with keep-alive timeouts, or bound `publish`
-    /// with a timeout.
-    Wait,
-    /// The new message is not queued for that subscriber; counted in `dropped`.
-    DropNewest,
-    /// The oldest queued messages are discarded to make room; counted in `dropped`. Suits feeds
-    /// where the latest value matters most (prices, positions, dashboards).
-    DropOldest,
-    /// The slow subscriber is closed: it leaves the hub at once, its queued messages are
-    /// discarded (counted in `dropped`), and its connection gets a close frame with
-    /// [`HubConfig::slow_close_code`] (default 1013, try again later) after the bytes already
-    /// being written. Counted in `closed_slow`.
-    Close,
+/// What a hub delivers to: a connection that takes prepared messages without waiting, within
+/// limits. Implemented by [`ConnHandle`] and by the hub's own writer for a task's
+/// [`WsSender`]; implement it to fan out to anything else (a server-sent-events stream, a
+/// test probe).
+pub trait Subscriber: Send + Sync + 'static {
+    /// Queues `message` for sending, never waiting: if it does not fit `limits`, applies their
+    /// overflow policy (for [`Overflow::Close`]: discard what waits and close the consumer with
+    /// [`QueueLimits::slow_close_code`]). Says what happened.
+    fn offer(&self, message: &PreparedMessage, limits: &QueueLimits) -> Offer;
+
+    /// Closes the connection with `frame` after what is queued (an invalid frame, such as a
+    /// code that may not be sent, is replaced by a plain close).
+    fn close(&self, frame: Option<CloseFrame>);
+
+    /// Bytes queued and not yet written.
+    fn buffered_amount(&self) -> usize;
+
+    /// Whether it still takes messages (not closing, not gone). A hub drops subscribers that
+    /// are not.
+    fn is_open(&self) -> bool;
 }
 
-/// Configuration of a [`Hub`]: the overflow policy and the bounds of every member's queue.
+impl Subscriber for ConnHandle {
+    fn offer(&self, message: &PreparedMessage, limits: &QueueLimits) -> Offer {
+        ConnHandle::offer(self, message, limits)
+    }
+
+    fn close(&self, frame: Option<CloseFrame>) {
+        ConnHandle::close(self, frame.filter(valid_close));
+    }
+
+    fn buffered_amount(&self) -> usize {
+        ConnHandle::buffered_amount(self)
+    }
+
+    fn is_open(&self) -> bool {
+        ConnHandle::is_open(self)
+    }
+}
+
+/// Whether a close frame may be sent as it is.
+fn valid_close(frame: &CloseFrame) -> bool {
+    frame.code.is_sendable() && frame.reason.len() <= 123
+}
+
+/// Where a publication goes: one topic, or every member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Scope<'a> {
+    /// The subscribers of a topic.
+    Topic(&'a str),
+    /// Every member of the hub.
+    All,
+}
+
+/// A link between the hubs of several servers (a message bus such as Redis): what one server
+/// publishes reaches the subscribers of all. The hub calls it; it calls [`Hub::deliver`] with
+/// what arrives from the other servers. Its methods must not block: queue and return.
+pub trait Backend: Send + Sync + 'static {
+    /// `message` was published here to `scope` (and delivered locally already): send it to
+    /// the other servers.
+    fn publish(&self, scope: Scope<'_>, message: &PreparedMessage);
+
+    /// This server has subscribers for `topic` now: receive what others publish to it.
+    fn subscribe(&self, topic: &str);
+
+    /// This server has no subscriber left for `topic`.
+    fn unsubscribe(&self, topic: &str);
+}
+
+/// Configuration of a [`Hub`]: the bounds of every member's queue and what to do when one is
+/// full.
 ///
 /// Start from [`HubConfig::default`] and change what you need with the by-value setters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct HubConfig {
-    /// What to do when a member's queue is full. Default [`Overflow::Close`]: no message is ever
-    /// lost silently, memory stays bounded, and the client learns that it fell behind (1013
-    /// invites it to reconnect later and resynchronise).
-    pub overflow: Overflow,
-    /// Most messages waiting in one member's queue. Default 256. At least 1.
-    pub max_queue_messages: usize,
-    /// Most encoded frame bytes waiting in one member's queue. Default 1 MiB. A single message
-    /// larger than this is still accepted by an empty queue, so a member holds at most
-    /// `max(max_queue_bytes, largest message)`, plus what its writer took from the queue for the
-    /// write in progress (at most 64 messages and 64 KiB, or one larger message).
-    pub max_queue_bytes: usize,
-    /// The close code a consumer closed for slowness gets ([`Overflow::Close`]). Default 1013
-    /// (try again later); 1008 (policy violation) is the other usual choice. A code that may not
-    /// be sent ([`CloseCode::is_sendable`]) is replaced by 1013.
-    pub slow_close_code: CloseCode,
-    /// How long a member's writer keeps trying to deliver its close frame (after
+    /// Every member's queue: 256 messages, 1 MiB, [`Overflow::Close`] with 1013 — no message
+    /// is ever lost silently, memory stays bounded, and the client learns that it fell behind
+    /// (1013 invites it to reconnect later and resynchronise). For a callback connection the
+    /// queue is the connection's own: what else it has queued counts too.
+    pub queue: QueueLimits,
+    /// How long a task member's writer keeps trying to deliver its close frame (after
     /// [`Member::close`], or to a consumer closed for slowness) before it gives up and releases
     /// the connection's sender half. Default 10 s.
     pub close_timeout: Duration,
@@ -112,37 +166,22 @@ pub struct HubConfig {
 impl Default for HubConfig {
     fn default() -> Self {
         Self {
-            overflow: Overflow::Close,
-            max_queue_messages: 256,
-            max_queue_bytes: 1 << 20,
-            slow_close_code: CloseCode::TRY_AGAIN_LATER,
+            queue: QueueLimits::default(),
             close_timeout: Duration::from_secs(10),
         }
     }
 }
 
 impl HubConfig {
-    /// Sets [`HubConfig::overflow`].
+    /// Sets [`HubConfig::queue`].
+    pub fn queue(mut self, limits: QueueLimits) -> Self {
+        self.queue = limits;
+        self
+    }
+
+    /// Sets the overflow policy of [`HubConfig::queue`].
     pub fn overflow(mut self, overflow: Overflow) -> Self {
-        self.overflow = overflow;
-        self
-    }
-
-    /// Sets [`HubConfig::max_queue_messages`]; 0 is treated as 1.
-    pub fn max_queue_messages(mut self, messages: usize) -> Self {
-        self.max_queue_messages = messages.max(1);
-        self
-    }
-
-    /// Sets [`HubConfig::max_queue_bytes`].
-    pub fn max_queue_bytes(mut self, bytes: usize) -> Self {
-        self.max_queue_bytes = bytes;
-        self
-    }
-
-    /// Sets [`HubConfig::slow_close_code`].
-    pub fn slow_close_code(mut self, code: CloseCode) -> Self {
-        self.slow_close_code = code;
+        self.queue = self.queue.overflow(overflow);
         self
     }
 
@@ -174,7 +213,7 @@ impl std::fmt::Display for MemberId {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Published {
-    /// Subscribers whose queue took the message (their writers send it next).
+    /// Subscribers whose queue took the message.
     pub delivered: usize,
     /// Messages lost to overflow by this publish: the new message for each full queue under
     /// [`Overflow::DropNewest`], the older messages discarded under [`Overflow::DropOldest`], and
@@ -182,6 +221,17 @@ pub struct Published {
     pub dropped: usize,
     /// Subscribers closed for slowness by this publish ([`Overflow::Close`]).
     pub closed: usize,
+}
+
+impl Published {
+    fn count(&mut self, offer: Offer) {
+        self.dropped += offer.lost();
+        match offer {
+            Offer::Queued { .. } => self.delivered += 1,
+            Offer::Closed { .. } => self.closed += 1,
+            Offer::Dropped | Offer::Gone => {}
+        }
+    }
 }
 
 /// Counters of a [`Hub`], as returned by [`Hub::stats`].
@@ -192,7 +242,8 @@ pub struct HubStats {
     pub members: usize,
     /// Topics that currently have subscribers.
     pub topics: usize,
-    /// Messages published (each `publish`, `broadcast` or `Member::send` counts once).
+    /// Messages published (each `publish`, `broadcast`, `deliver` or `Member::send` counts
+    /// once).
     pub published: u64,
     /// Messages queued for a subscriber, summed over subscribers.
     pub delivered: u64,
@@ -206,19 +257,13 @@ pub struct HubStats {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct MemberStats {
-    /// Messages waiting in the queue now.
-    pub queued: usize,
-    /// Encoded bytes waiting in the queue now.
+    /// Bytes queued for the member's connection and not yet written.
     pub queued_bytes: usize,
-    /// The most encoded bytes that ever waited in the queue at once.
-    pub peak_queued_bytes: usize,
-    /// Messages the queue took.
+    /// Messages its queue took.
     pub delivered: u64,
     /// Messages lost to overflow: not taken, discarded from the queue, or discarded when the
     /// member was closed for slowness.
     pub dropped: u64,
-    /// Messages the writer finished writing to the connection.
-    pub sent: u64,
 }
 
 /// A topic and how many members subscribe to it, as returned by [`Hub::topics`].
@@ -231,11 +276,11 @@ pub struct TopicInfo {
     pub subscribers: usize,
 }
 
-/// A hub of topics that WebSocket connections subscribe to; cheap to clone (an `Arc` inside).
+/// A hub of topics that connections subscribe to; cheap to clone (an `Arc` inside).
 ///
-/// See the [module documentation](self) for the model. All methods are safe to call from any
-/// task; [`join`](Self::join) must run inside a Tokio runtime because it spawns the member's
-/// writer task.
+/// See the [module documentation](self) for the model. Every method is synchronous and safe
+/// to call from anywhere: a callback, a task, a thread. [`join_sender`](Self::join_sender)
+/// must run inside a Tokio runtime because it spawns the member's writer task.
 #[derive(Clone)]
 pub struct Hub {
     inner: Arc<Inner>,
@@ -244,295 +289,44 @@ pub struct Hub {
 struct Inner {
     config: HubConfig,
     next_id: AtomicU64,
-    registry: Mutex<Registry>,
+    members: RwLock<HashMap<MemberId, Arc<Entry>>>,
+    topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
+    backend: Option<Arc<dyn Backend>>,
     published: AtomicU64,
     delivered: AtomicU64,
     dropped: AtomicU64,
     closed_slow: AtomicU64,
 }
 
+/// A topic's subscribers, in join order (ids grow). Each topic has its own lock.
 #[derive(Default)]
-struct Registry {
-    members: HashMap<MemberId, Entry>,
-    /// Subscribers per topic, in join order (ids grow).
-    topics: HashMap<Arc<str>, BTreeMap<MemberId, Arc<Slot>>>,
+struct Topic {
+    subscribers: RwLock<BTreeMap<MemberId, Arc<Entry>>>,
+    /// Taken out of the hub's topics (it became empty): subscribing must find it anew.
+    removed: AtomicBool,
 }
 
+/// A member as the hub sees it.
 struct Entry {
-    slot: Arc<Slot>,
-    topics: HashSet<Arc<str>>,
-}
-
-impl Registry {
-    /// Removes a member from the hub and from all its topics; removes topics left empty.
-    fn remove(&mut self, id: MemberId) {
-        let Some(entry) = self.members.remove(&id) else {
-            return;
-        };
-        for topic in entry.topics {
-            self.unsubscribe_from(&topic, id);
-        }
-    }
-
-    fn unsubscribe_from(&mut self, topic: &str, id: MemberId) {
-        if let Some(subscribers) = self.topics.get_mut(topic) {
-            subscribers.remove(&id);
-            if subscribers.is_empty() {
-                self.topics.remove(topic);
-            }
-        }
-    }
-}
-
-/// A member's queue and signals, shared by the hub, the [`Member`] handle and the writer task.
-struct Slot {
     id: MemberId,
-    queue: Mutex<Queue>,
-    /// Wakes the writer: the queue became non-empty, or it must stop.
-    wake: Notify,
-    /// Wakes publishers waiting for room ([`Overflow::Wait`]), or to see that the member left.
-    space: Notify,
-    /// Set when the writer task ended.
-    finished: AtomicBool,
-    finished_notify: Notify,
-    sent: AtomicU64,
+    subscriber: Box<dyn Subscriber>,
+    topics: Mutex<Vec<Arc<str>>>,
+    delivered: AtomicU64,
+    dropped: AtomicU64,
 }
 
-enum Item {
-    Message(PreparedMessage),
-    Close(Option<CloseFrame>),
-}
-
-enum Stop {
-    /// The `Member` was dropped: stop now (unless closing, then after the close frame).
-    Dropped,
-    /// Closed for slowness: abandon the queue, send this close frame.
-    Slow(CloseFrame),
-}
-
-struct Queue {
-    items: VecDeque<Item>,
-    bytes: usize,
-    peak_bytes: usize,
-    /// Accepts messages: in the hub and not closing.
-    open: bool,
-    stop: Option<Stop>,
-    /// Set by `Member::close`: the writer drains up to the close frame until then.
-    closing: Option<Instant>,
-    delivered: u64,
-    dropped: u64,
-}
-
-/// The result of offering a message to one queue.
-enum Offer {
-    Delivered { evicted: usize },
-    Dropped,
-    Full,
-    Slow { discarded: usize },
-    Gone,
-}
-
-impl Queue {
-    fn fits(&self, size: usize, config: &HubConfig) -> bool {
-        self.items.is_empty()
-            || (self.items.len() < config.max_queue_messages
-                && self.bytes.saturating_add(size) <= config.max_queue_bytes)
-    }
-
-    /// Returns whether the writer must be woken (the queue was empty).
-    fn push(&mut self, message: &PreparedMessage) -> bool {
-        let was_empty = self.items.is_empty();
-        self.bytes += message.frame().len();
-        self.peak_bytes = self.peak_bytes.max(self.bytes);
-        self.items.push_back(Item::Message(message.clone()));
-        self.delivered += 1;
-        was_empty
-    }
-
-    fn pop(&mut self) -> Option<Item> {
-        let item = self.items.pop_front()?;
-        if let Item::Message(m) = &item {
-            self.bytes -= m.frame().len();
+impl Entry {
+    fn offer(&self, message: &PreparedMessage, limits: &QueueLimits) -> Offer {
+        let offer = self.subscriber.offer(message, limits);
+        if offer.is_queued() {
+            self.delivered.fetch_add(1, Ordering::Relaxed);
         }
-        Some(item)
-    }
-
-    /// Empties the queue, returning how many messages it held.
-    fn discard(&mut self) -> usize {
-        let n = self
-            .items
-            .iter()
-            .filter(|i| matches!(i, Item::Message(_)))
-            .count();
-        self.items.clear();
-        self.bytes = 0;
-        n
-    }
-
-    fn offer(&mut self, message: &PreparedMessage, config: &HubConfig, slot: &Slot) -> Offer {
-        if !self.open {
-            return Offer::Gone;
+        let lost = offer.lost() as u64;
+        if lost > 0 {
+            self.dropped.fetch_add(lost, Ordering::Relaxed);
         }
-        let size = message.frame().len();
-        if self.fits(size, config) {
-            if self.push(message) {
-                slot.wake.notify_one();
-            }
-            return Offer::Delivered { evicted: 0 };
-        }
-        match config.overflow {
-            Overflow::Wait => Offer::Full,
-            Overflow::DropNewest => {
-                self.dropped += 1;
-                Offer::Dropped
-            }
-            Overflow::DropOldest => {
-                let mut evicted = 0;
-                while !self.fits(size, config) {
-                    if self.pop().is_none() {
-                        break;
-                    }
-                    evicted += 1;
-                }
-                self.dropped += evicted as u64;
-                if self.push(message) {
-                    slot.wake.notify_one();
-                }
-                Offer::Delivered { evicted }
-            }
-            Overflow::Close => {
-                let discarded = self.discard() + 1;
-                self.dropped += discarded as u64;
-                self.open = false;
-                let code = if config.slow_close_code.is_sendable() {
-                    config.slow_close_code
-                } else {
-                    CloseCode::TRY_AGAIN_LATER
-                };
-                self.stop = Some(Stop::Slow(CloseFrame::new(code, SLOW_REASON)));
-                slot.wake.notify_one();
-                slot.space.notify_waiters();
-                Offer::Slow { discarded }
-            }
-        }
+        offer
     }
-}
-
-impl Slot {
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        // The queue's invariants hold between statements; recover from a poisoned lock.
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Moves the messages that follow in the queue into `batch` (which holds the first), up to
-    /// [`BATCH_MESSAGES`] and [`BATCH_BYTES`]; stops before a close item.
-    fn take_batch(&self, batch: &mut Vec<PreparedMessage>) {
-        let mut bytes: usize = batch.iter().map(|m| m.frame().len()).sum();
-        let mut q = self.lock();
-        while batch.len() < BATCH_MESSAGES {
-            match q.items.front() {
-                Some(Item::Message(m)) if bytes + m.frame().len() <= BATCH_BYTES => {
-                    bytes += m.frame().len();
-                }
-                _ => break,
-            }
-            if let Some(Item::Message(m)) = q.pop() {
-                batch.push(m);
-            }
-        }
-        drop(q);
-        self.space.notify_waiters();
-    }
-
-    /// The writer's next step: an item to send, or a stop.
-    async fn next(&self) -> Next {
-        loop {
-            let notified = self.wake.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let mut q = self.lock();
-                if matches!(q.stop, Some(Stop::Slow(_))) {
-                    if let Some(Stop::Slow(frame)) = q.stop.take() {
-                        return Next::Slow(frame);
-                    }
-                }
-                let dropped = matches!(q.stop, Some(Stop::Dropped));
-                if dropped && q.closing.is_none() {
-                    return Next::Stop;
-                }
-                if let Some(item) = q.pop() {
-                    drop(q);
-                    self.space.notify_waiters();
-                    return Next::Item(item);
-                }
-                if dropped {
-                    return Next::Stop;
-                }
-            }
-            notified.await;
-        }
-    }
-
-    /// Resolves when the writer must abandon the message it is sending: the member was closed
-    /// for slowness, dropped (when not closing), or its close deadline passed.
-    async fn interrupted(&self) {
-        loop {
-            let notified = self.wake.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let deadline = {
-                let q = self.lock();
-                match (&q.stop, q.closing) {
-                    (Some(Stop::Slow(_)), _) | (Some(Stop::Dropped), None) => return,
-                    (_, deadline) => deadline,
-                }
-            };
-            match deadline {
-                Some(deadline) => tokio::select! {
-                    () = notified => {}
-                    () = tokio::time::sleep_until(deadline) => return,
-                },
-                None => notified.await,
-            }
-        }
-    }
-
-    fn finish(&self) {
-        {
-            let mut q = self.lock();
-            q.open = false;
-            q.discard();
-        }
-        self.finished.store(true, Ordering::Release);
-        self.finished_notify.notify_waiters();
-        self.space.notify_waiters();
-    }
-
-    fn stats(&self) -> MemberStats {
-        let q = self.lock();
-        MemberStats {
-            queued: q.items.len(),
-            queued_bytes: q.bytes,
-            peak_queued_bytes: q.peak_bytes,
-            delivered: q.delivered,
-            dropped: q.dropped,
-            sent: self.sent.load(Ordering::Relaxed),
-        }
-    }
-}
-
-enum Next {
-    Item(Item),
-    Slow(CloseFrame),
-    Stop,
-}
-
-/// Where a fan-out goes.
-enum Target<'a> {
-    Topic(&'a str),
-    All,
-    One(MemberId),
 }
 
 impl Default for Hub {
@@ -550,14 +344,37 @@ impl std::fmt::Debug for Hub {
     }
 }
 
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Hub {
     /// An empty hub with `config`.
     pub fn new(config: HubConfig) -> Self {
+        Self::build(config, None)
+    }
+
+    /// An empty hub linked to the hubs of other servers through `backend`.
+    pub fn with_backend(config: HubConfig, backend: Arc<dyn Backend>) -> Self {
+        Self::build(config, Some(backend))
+    }
+
+    fn build(config: HubConfig, backend: Option<Arc<dyn Backend>>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 config,
                 next_id: AtomicU64::new(1),
-                registry: Mutex::new(Registry::default()),
+                members: RwLock::default(),
+                topics: RwLock::default(),
+                backend,
                 published: AtomicU64::new(0),
                 delivered: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
@@ -566,235 +383,275 @@ impl Hub {
         }
     }
 
-    /// The configuration in force.
+    /// The hub's configuration.
     pub fn config(&self) -> &HubConfig {
         &self.inner.config
     }
 
-    fn registry(&self) -> MutexGuard<'_, Registry> {
-        self.inner
-            .registry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Adds a connection to the hub: spawns the writer task that owns `sender` and drains the
-    /// member's queue into it, and returns the member's handle (subscribed to nothing yet).
-    ///
-    /// The member leaves the hub when the [`Member`] is dropped or [`close`](Member::close)d,
-    /// when it is closed for slowness, or when a write to its connection fails (the peer closed
-    /// or went away). Keep reading from the connection's [`WsReceiver`] meanwhile: that is what
-    /// answers pings and completes the close handshake.
-    ///
-    /// Must be called inside a Tokio runtime (it spawns a task).
-    pub fn join<S>(&self, sender: WsSender<S>) -> Member
-    where
-        S: AsyncRead + AsyncWrite + Send + 'static,
-    {
+    /// Adds `subscriber` (a callback connection's [`ConnHandle`], or anything else that
+    /// implements [`Subscriber`]) as a member subscribed to nothing yet.
+    pub fn join(&self, subscriber: impl Subscriber) -> Member {
         let id = MemberId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
-        let slot = Arc::new(Slot {
+        let entry = Arc::new(Entry {
             id,
-            queue: Mutex::new(Queue {
-                items: VecDeque::new(),
-                bytes: 0,
-                peak_bytes: 0,
-                open: true,
-                stop: None,
-                closing: None,
-                delivered: 0,
-                dropped: 0,
-            }),
-            wake: Notify::new(),
-            space: Notify::new(),
-            finished: AtomicBool::new(false),
-            finished_notify: Notify::new(),
-            sent: AtomicU64::new(0),
+            subscriber: Box::new(subscriber),
+            topics: Mutex::default(),
+            delivered: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
         });
-        self.registry().members.insert(
-            id,
-            Entry {
-                slot: slot.clone(),
-                topics: HashSet::new(),
-            },
-        );
-        tokio::spawn(run_writer(sender, slot.clone(), self.clone()));
+        write(&self.inner.members).insert(id, entry.clone());
         Member {
-            hub: self.clone(),
-            slot,
+            inner: Arc::new(Membership {
+                hub: self.clone(),
+                entry,
+            }),
         }
     }
 
-    /// Splits `socket` and [`join`](Self::join)s its sending half; returns the member and the
-    /// receiving half, which the caller keeps reading.
-    ///
-    /// Must be called inside a Tokio runtime (it spawns a task).
+    /// Adds a task connection's sending half as a member: a writer task drains the member's
+    /// queue into it, writing the messages that wait together. When the member leaves (its
+    /// handle is dropped, or it is closed) the writer ends and drops the sender; if the
+    /// connection fails, the member leaves the hub.
+    pub fn join_sender<S>(&self, sender: WsSender<S>) -> Member
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let writer = Arc::new(Writer::default());
+        let close_timeout = self.inner.config.close_timeout;
+        tokio::spawn(run_writer(sender, writer.clone(), close_timeout));
+        self.join(WriterHandle(writer))
+    }
+
+    /// Splits `socket`, joins its sending half ([`join_sender`](Self::join_sender)) and returns
+    /// the member with the receiving half, which the caller keeps reading (to get the client's
+    /// messages, answer pings and complete the close handshake).
     pub fn join_socket<S>(&self, socket: WebSocket<S>) -> (Member, WsReceiver<S>)
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
         let (tx, rx) = socket.split();
-        (self.join(tx), rx)
+        (self.join_sender(tx), rx)
     }
 
-    /// Publishes a message to every subscriber of `topic`, encoding it once (pass a
-    /// [`PreparedMessage`] to reuse one encoding across several publishes).
-    ///
-    /// Returns at once under every overflow policy but [`Overflow::Wait`], under which it waits
-    /// until every subscriber's queue took the message (subscribers with room get it first).
-    /// "Delivered" means queued: each member's writer sends it in order.
-    ///
-    /// Cancel-safe except under [`Overflow::Wait`]: there, if the future is dropped while
-    /// waiting, the subscribers that had room got the message and the others did not.
-    pub async fn publish(&self, topic: &str, message: impl Into<PreparedMessage>) -> Published {
-        self.fan_out(Target::Topic(topic), None, &message.into())
-            .await
+    /// Sends `message` to every subscriber of `topic` (on every server, with a [`Backend`]),
+    /// encoded once. Never waits: full queues get the overflow policy.
+    pub fn publish(&self, topic: &str, message: impl Into<PreparedMessage>) -> Published {
+        let message = message.into();
+        let published = self.fan_out(Scope::Topic(topic), &message, None);
+        if let Some(backend) = &self.inner.backend {
+            backend.publish(Scope::Topic(topic), &message);
+        }
+        published
     }
 
-    /// Publishes a message to every member of the hub, subscribed or not. Otherwise the same as
-    /// [`publish`](Self::publish), including its cancel safety.
-    pub async fn broadcast(&self, message: impl Into<PreparedMessage>) -> Published {
-        self.fan_out(Target::All, None, &message.into()).await
+    /// Sends `message` to every member (on every server, with a [`Backend`]), encoded once.
+    pub fn broadcast(&self, message: impl Into<PreparedMessage>) -> Published {
+        let message = message.into();
+        let published = self.fan_out(Scope::All, &message, None);
+        if let Some(backend) = &self.inner.backend {
+            backend.publish(Scope::All, &message);
+        }
+        published
     }
 
-    /// How many members subscribe to `topic` (0 if it does not exist).
+    /// Delivers `message` to this server's members in `scope` only: what a [`Backend`] calls
+    /// with messages published on other servers.
+    pub fn deliver(&self, scope: Scope<'_>, message: &PreparedMessage) -> Published {
+        self.fan_out(scope, message, None)
+    }
+
+    /// How many members subscribe to `topic` here.
     pub fn subscribers(&self, topic: &str) -> usize {
-        self.registry().topics.get(topic).map_or(0, BTreeMap::len)
+        let topic = read(&self.inner.topics).get(topic).cloned();
+        topic.map_or(0, |t| read(&t.subscribers).len())
     }
 
-    /// The topics that have subscribers, with their subscriber counts, sorted by name.
+    /// The topics that have subscribers here, with their subscriber counts, sorted by name.
     pub fn topics(&self) -> Vec<TopicInfo> {
-        let mut topics: Vec<TopicInfo> = self
-            .registry()
-            .topics
-            .iter()
-            .map(|(name, subscribers)| TopicInfo {
-                name: name.to_string(),
-                subscribers: subscribers.len(),
-            })
+        let topics: Vec<_> = (read(&self.inner.topics).iter())
+            .map(|(name, topic)| (name.clone(), topic.clone()))
             .collect();
-        topics.sort_by(|a, b| a.name.cmp(&b.name));
-        topics
+        let mut infos: Vec<TopicInfo> = (topics.into_iter())
+            .map(|(name, topic)| TopicInfo {
+                name: name.to_string(),
+                subscribers: read(&topic.subscribers).len(),
+            })
+            .filter(|info| info.subscribers > 0)
+            .collect();
+        infos.sort_by(|a, b| a.name.cmp(&b.name));
+        infos
     }
 
     /// The hub's counters.
     pub fn stats(&self) -> HubStats {
-        let (members, topics) = {
-            let r = self.registry();
-            (r.members.len(), r.topics.len())
-        };
+        let inner = &self.inner;
         HubStats {
-            members,
-            topics,
-            published: self.inner.published.load(Ordering::Relaxed),
-            delivered: self.inner.delivered.load(Ordering::Relaxed),
-            dropped: self.inner.dropped.load(Ordering::Relaxed),
-            closed_slow: self.inner.closed_slow.load(Ordering::Relaxed),
+            members: read(&inner.members).len(),
+            topics: read(&inner.topics).len(),
+            published: inner.published.load(Ordering::Relaxed),
+            delivered: inner.delivered.load(Ordering::Relaxed),
+            dropped: inner.dropped.load(Ordering::Relaxed),
+            closed_slow: inner.closed_slow.load(Ordering::Relaxed),
         }
     }
 
-    /// The counters of the member `id`, if it is still in the hub.
+    /// The counters of member `id`, while it is in the hub.
     pub fn member_stats(&self, id: MemberId) -> Option<MemberStats> {
-        let slot = self.registry().members.get(&id)?.slot.clone();
-        Some(slot.stats())
+        read(&self.inner.members).get(&id).map(|e| stats_of(e))
     }
 
-    /// Offers `message` to the targets' queues: first everyone with room (or per the drop
-    /// policies), then, under `Wait`, waits for each full queue in turn.
-    async fn fan_out(
+    /// Offers `message` to the members in `scope` (but `except`), then drops those that are
+    /// gone or were closed for slowness.
+    fn fan_out(
         &self,
-        target: Target<'_>,
-        exclude: Option<MemberId>,
+        scope: Scope<'_>,
         message: &PreparedMessage,
+        except: Option<MemberId>,
     ) -> Published {
-        let config = &self.inner.config;
-        let mut result = Published::default();
-        let mut full = Vec::new();
-        {
-            let mut registry = self.registry();
-            let mut slow = Vec::new();
-            let mut offer = |slot: &Arc<Slot>| {
-                if Some(slot.id) == exclude {
-                    return;
-                }
-                match slot.lock().offer(message, config, slot) {
-                    Offer::Delivered { evicted } => {
-                        result.delivered += 1;
-                        result.dropped += evicted;
-                    }
-                    Offer::Dropped => result.dropped += 1,
-                    Offer::Full => full.push(slot.clone()),
-                    Offer::Slow { discarded } => {
-                        result.dropped += discarded;
-                        result.closed += 1;
-                        slow.push(slot.id);
-                    }
-                    Offer::Gone => {}
-                }
-            };
-            match target {
-                Target::Topic(topic) => {
-                    if let Some(subscribers) = registry.topics.get(topic) {
-                        subscribers.values().for_each(&mut offer);
-                    }
-                }
-                Target::All => registry.members.values().for_each(|e| offer(&e.slot)),
-                Target::One(id) => {
-                    if let Some(entry) = registry.members.get(&id) {
-                        offer(&entry.slot);
-                    }
+        let limits = &self.inner.config.queue;
+        let mut published = Published::default();
+        let mut leaving = Vec::new();
+        let mut offer_to = |entry: &Arc<Entry>| {
+            if Some(entry.id) == except {
+                return;
+            }
+            let offer = entry.offer(message, limits);
+            published.count(offer);
+            if matches!(offer, Offer::Closed { .. } | Offer::Gone) {
+                leaving.push(entry.id);
+            }
+        };
+        match scope {
+            Scope::Topic(name) => {
+                // The hub's map only to find the topic; then the topic's own lock, shared with
+                // concurrent publishes to it.
+                let topic = read(&self.inner.topics).get(name).cloned();
+                if let Some(topic) = topic {
+                    read(&topic.subscribers).values().for_each(&mut offer_to);
                 }
             }
-            for id in slow {
-                registry.remove(id);
-            }
+            Scope::All => read(&self.inner.members).values().for_each(&mut offer_to),
         }
+        self.count(&published);
+        for id in leaving {
+            self.remove(id);
+        }
+        published
+    }
+
+    fn count(&self, published: &Published) {
         let inner = &self.inner;
         inner.published.fetch_add(1, Ordering::Relaxed);
-        inner
-            .closed_slow
-            .fetch_add(result.closed as u64, Ordering::Relaxed);
-        inner
-            .dropped
-            .fetch_add(result.dropped as u64, Ordering::Relaxed);
-        inner
-            .delivered
-            .fetch_add(result.delivered as u64, Ordering::Relaxed);
-        for slot in full {
-            loop {
-                let notified = slot.space.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                match slot.lock().offer(message, config, &slot) {
-                    Offer::Delivered { .. } => {
-                        result.delivered += 1;
-                        inner.delivered.fetch_add(1, Ordering::Relaxed);
-                        break;
+        (inner.delivered).fetch_add(published.delivered as u64, Ordering::Relaxed);
+        (inner.dropped).fetch_add(published.dropped as u64, Ordering::Relaxed);
+        (inner.closed_slow).fetch_add(published.closed as u64, Ordering::Relaxed);
+    }
+
+    /// Takes member `id` out of the hub and of its topics.
+    fn remove(&self, id: MemberId) {
+        let Some(entry) = write(&self.inner.members).remove(&id) else {
+            return;
+        };
+        let topics = std::mem::take(&mut *lock(&entry.topics));
+        for topic in topics {
+            self.leave_topic(&topic, id);
+        }
+    }
+
+    /// Adds `entry` to `name`'s subscribers, creating the topic if needed.
+    fn join_topic(&self, name: &str, entry: &Arc<Entry>) {
+        loop {
+            let found = read(&self.inner.topics).get(name).cloned();
+            let topic = match found {
+                Some(topic) => topic,
+                None => {
+                    let mut topics = write(&self.inner.topics);
+                    let mut created = false;
+                    let topic = topics.entry(Arc::from(name)).or_insert_with(|| {
+                        created = true;
+                        Arc::default()
+                    });
+                    let topic = topic.clone();
+                    drop(topics);
+                    if created {
+                        if let Some(backend) = &self.inner.backend {
+                            backend.subscribe(name);
+                        }
                     }
-                    Offer::Full => {}
-                    _ => break,
+                    topic
                 }
-                notified.await;
+            };
+            let mut subscribers = write(&topic.subscribers);
+            if topic.removed.load(Ordering::Acquire) {
+                // Emptied and taken out meanwhile: find or create it again.
+                continue;
+            }
+            subscribers.insert(entry.id, entry.clone());
+            return;
+        }
+    }
+
+    /// Removes member `id` from `name`'s subscribers; removes the topic if it is left empty.
+    fn leave_topic(&self, name: &str, id: MemberId) {
+        let Some(topic) = read(&self.inner.topics).get(name).cloned() else {
+            return;
+        };
+        let empty = {
+            let mut subscribers = write(&topic.subscribers);
+            subscribers.remove(&id);
+            subscribers.is_empty()
+        };
+        if !empty {
+            return;
+        }
+        let mut topics = write(&self.inner.topics);
+        let subscribers = write(&topic.subscribers);
+        let current = topics.get(name).is_some_and(|t| Arc::ptr_eq(t, &topic));
+        if subscribers.is_empty() && current {
+            topic.removed.store(true, Ordering::Release);
+            topics.remove(name);
+            drop(subscribers);
+            drop(topics);
+            if let Some(backend) = &self.inner.backend {
+                backend.unsubscribe(name);
             }
         }
-        result
     }
 }
 
-/// A connection's membership in a [`Hub`]: subscribe it to topics, publish from it, send to it.
-///
-/// Dropping the handle makes the member leave the hub and stops its writer (messages still
-/// queued are discarded, unless [`close`](Self::close) was called: then the writer finishes
-/// the queue and the close frame first, within [`HubConfig::close_timeout`]).
+fn stats_of(entry: &Entry) -> MemberStats {
+    MemberStats {
+        queued_bytes: entry.subscriber.buffered_amount(),
+        delivered: entry.delivered.load(Ordering::Relaxed),
+        dropped: entry.dropped.load(Ordering::Relaxed),
+    }
+}
+
+/// A connection's membership in a [`Hub`]. Cheap to clone (clones share the membership, so it
+/// can live in a connection's [extensions](crate::callback::Conn::extensions_mut)); when the
+/// last clone is dropped the member leaves the hub (the connection itself stays open; a task
+/// member's writer releases the sender half).
+#[derive(Clone)]
 pub struct Member {
+    inner: Arc<Membership>,
+}
+
+struct Membership {
     hub: Hub,
-    slot: Arc<Slot>,
+    entry: Arc<Entry>,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.hub.remove(self.entry.id);
+    }
 }
 
 impl std::fmt::Debug for Member {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Member")
-            .field("id", &self.slot.id)
-            .field("stats", &self.slot.stats())
+            .field("id", &self.inner.entry.id)
+            .field("topics", &self.topics())
             .finish_non_exhaustive()
     }
 }
@@ -802,150 +659,229 @@ impl std::fmt::Debug for Member {
 impl Member {
     /// This member's id.
     pub fn id(&self) -> MemberId {
-        self.slot.id
+        self.inner.entry.id
     }
 
     /// The hub this member belongs to.
     pub fn hub(&self) -> &Hub {
-        &self.hub
+        &self.inner.hub
     }
 
-    /// Subscribes to `topic`, creating it if needed. Returns `false` if already subscribed, or
-    /// if the member has left the hub.
+    /// Subscribes to `topic`; returns `false` if already subscribed (or no longer in the hub).
     pub fn subscribe(&self, topic: &str) -> bool {
-        let mut registry = self.hub.registry();
-        let key: Arc<str> = match registry.topics.get_key_value(topic) {
-            Some((key, _)) => key.clone(),
-            None => Arc::from(topic),
-        };
-        let Some(entry) = registry.members.get_mut(&self.slot.id) else {
-            return false;
-        };
-        if !entry.topics.insert(key.clone()) {
+        if !self.in_hub() {
             return false;
         }
-        registry
-            .topics
-            .entry(key)
-            .or_default()
-            .insert(self.slot.id, self.slot.clone());
+        {
+            let mut topics = lock(&self.inner.entry.topics);
+            if topics.iter().any(|t| &**t == topic) {
+                return false;
+            }
+            topics.push(Arc::from(topic));
+        }
+        self.inner.hub.join_topic(topic, &self.inner.entry);
         true
     }
 
-    /// Unsubscribes from `topic` (removing the topic if it is left empty). Returns `false` if
-    /// the member was not subscribed.
+    /// Unsubscribes from `topic`; returns `false` if not subscribed.
     pub fn unsubscribe(&self, topic: &str) -> bool {
-        let mut registry = self.hub.registry();
-        let Some(entry) = registry.members.get_mut(&self.slot.id) else {
-            return false;
-        };
-        if !entry.topics.remove(topic) {
-            return false;
+        {
+            let mut topics = lock(&self.inner.entry.topics);
+            let Some(i) = topics.iter().position(|t| &**t == topic) else {
+                return false;
+            };
+            topics.swap_remove(i);
         }
-        registry.unsubscribe_from(topic, self.slot.id);
+        self.inner.hub.leave_topic(topic, self.inner.entry.id);
         true
     }
 
-    /// The topics this member subscribes to, sorted.
+    /// The topics this member subscribes to.
     pub fn topics(&self) -> Vec<String> {
-        let registry = self.hub.registry();
-        let mut topics: Vec<String> = registry
-            .members
-            .get(&self.slot.id)
-            .map(|e| e.topics.iter().map(|t| t.to_string()).collect())
-            .unwrap_or_default();
+        let mut topics: Vec<String> = (lock(&self.inner.entry.topics).iter())
+            .map(|t| t.to_string())
+            .collect();
         topics.sort();
         topics
     }
 
-    /// Publishes to every subscriber of `topic` except this member (whether or not it is
-    /// subscribed). Same contract as [`Hub::publish`], including its cancel safety.
-    pub async fn publish(&self, topic: &str, message: impl Into<PreparedMessage>) -> Published {
-        self.hub
-            .fan_out(Target::Topic(topic), Some(self.slot.id), &message.into())
-            .await
-    }
-
-    /// Queues a message for this member alone, in order with what is published to it, under
-    /// the hub's overflow policy. Cancel-safe like [`Hub::publish`].
-    pub async fn send(&self, message: impl Into<PreparedMessage>) -> Published {
-        self.hub
-            .fan_out(Target::One(self.slot.id), None, &message.into())
-            .await
-    }
-
-    /// Leaves the hub and closes the connection: the writer sends what is already queued, then
-    /// the close frame, within [`HubConfig::close_timeout`]. Keep reading the receiving half until
-    /// it returns `None` to complete the close handshake. Later calls do nothing.
-    ///
-    /// Fails if the close frame is invalid (a code that may not be sent, a reason over 123
-    /// bytes); then nothing changes.
-    pub fn close(&self, frame: Option<CloseFrame>) -> Result<(), SendError> {
-        if let Some(f) = &frame {
-            if !f.code.is_sendable() {
-                return Err(SendError::InvalidCloseCode(f.code.0));
-            }
-            if f.reason.len() > 123 {
-                return Err(SendError::ControlFrameTooLong(2 + f.reason.len()));
-            }
+    /// Sends `message` to every other subscriber of `topic` (not to this member), encoded once.
+    pub fn publish(&self, topic: &str, message: impl Into<PreparedMessage>) -> Published {
+        let message = message.into();
+        let published =
+            (self.inner.hub).fan_out(Scope::Topic(topic), &message, Some(self.inner.entry.id));
+        if let Some(backend) = &self.inner.hub.inner.backend {
+            backend.publish(Scope::Topic(topic), &message);
         }
-        self.hub.registry().remove(self.slot.id);
-        {
-            let mut q = self.slot.lock();
-            if !q.open || q.stop.is_some() || q.closing.is_some() {
-                return Ok(());
-            }
-            q.open = false;
-            q.closing = Some(Instant::now() + self.hub.inner.config.close_timeout);
-            q.items.push_back(Item::Close(frame));
-        }
-        self.slot.wake.notify_one();
-        self.slot.space.notify_waiters();
-        Ok(())
+        published
     }
 
-    /// Whether the member no longer takes messages: it left the hub, is closing, or was closed.
+    /// Queues `message` for this member alone, within the hub's limits.
+    pub fn send(&self, message: impl Into<PreparedMessage>) -> Offer {
+        let offer = self
+            .inner
+            .entry
+            .offer(&message.into(), &self.inner.hub.inner.config.queue);
+        let mut published = Published::default();
+        published.count(offer);
+        self.inner.hub.count(&published);
+        if matches!(offer, Offer::Closed { .. } | Offer::Gone) {
+            self.inner.hub.remove(self.inner.entry.id);
+        }
+        offer
+    }
+
+    /// Leaves the hub and closes the connection with `frame` behind the messages already
+    /// queued for it (none is lost). An invalid frame (a code that may not be sent, a reason
+    /// over 123 bytes) is replaced by a plain close.
+    pub fn close(&self, frame: Option<CloseFrame>) {
+        self.inner.hub.remove(self.inner.entry.id);
+        self.inner.entry.subscriber.close(frame.filter(valid_close));
+    }
+
+    /// Whether the member no longer takes messages: it left the hub, or its connection is
+    /// closing or gone.
     pub fn is_closed(&self) -> bool {
-        !self.slot.lock().open
+        !self.in_hub() || !self.inner.entry.subscriber.is_open()
     }
 
-    /// Waits until the member's writer task has ended (after leaving the hub for any reason),
-    /// that is, until the hub has released the connection's sender half.
-    ///
-    /// Cancel-safe.
-    pub async fn closed(&self) {
+    fn in_hub(&self) -> bool {
+        read(&self.inner.hub.inner.members).contains_key(&self.inner.entry.id)
+    }
+
+    /// This member's counters and queue level.
+    pub fn stats(&self) -> MemberStats {
+        stats_of(&self.inner.entry)
+    }
+}
+
+/// The queue of a task member, drained by its writer task.
+#[derive(Default)]
+struct Writer {
+    queue: Mutex<WriterQueue>,
+    /// Wakes the writer: the queue became non-empty, or it must stop.
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct WriterQueue {
+    outbox: Outbox<PreparedMessage>,
+    /// Set once the writer must stop taking messages.
+    stop: Option<Stop>,
+    /// The writer ended (its connection failed, or it stopped).
+    ended: bool,
+}
+
+enum Stop {
+    /// Close after the queued messages.
+    Close(Option<CloseFrame>),
+    /// Closed for slowness: the queue was discarded; send this close frame.
+    Slow(CloseFrame),
+    /// The member left the hub: release the sender now.
+    Left,
+}
+
+impl Writer {
+    fn lock(&self) -> MutexGuard<'_, WriterQueue> {
+        lock(&self.queue)
+    }
+
+    fn stop(&self, stop: Stop) {
+        let mut q = self.lock();
+        if q.stop.is_none() && !q.ended {
+            q.stop = Some(stop);
+            drop(q);
+            self.wake.notify_one();
+        }
+    }
+
+    /// The writer's next step: messages to send (moved into `batch`, up to [`BATCH_MESSAGES`]
+    /// and [`BATCH_BYTES`]), or a stop once the queue before it is sent.
+    async fn next(&self, batch: &mut Vec<PreparedMessage>) -> Option<Stop> {
         loop {
-            let notified = self.slot.finished_notify.notified();
+            let notified = self.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.slot.finished.load(Ordering::Acquire) {
-                return;
+            {
+                let mut q = self.lock();
+                if matches!(q.stop, Some(Stop::Slow(_) | Stop::Left)) || q.outbox.is_empty() {
+                    if let Some(stop) = q.stop.take() {
+                        return Some(stop);
+                    }
+                }
+                let mut bytes = 0;
+                while batch.len() < BATCH_MESSAGES {
+                    let Some(message) = q.outbox.pop() else {
+                        break;
+                    };
+                    bytes += message.frame().len();
+                    batch.push(message);
+                    if bytes >= BATCH_BYTES {
+                        break;
+                    }
+                }
+                if !batch.is_empty() {
+                    return None;
+                }
             }
             notified.await;
         }
     }
 
-    /// This member's counters and queue level.
-    pub fn stats(&self) -> MemberStats {
-        self.slot.stats()
+    /// Resolves when the writer must abandon the batch it is sending: the member was closed for
+    /// slowness or left.
+    async fn interrupted(&self) {
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if matches!(self.lock().stop, Some(Stop::Slow(_) | Stop::Left)) {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
-impl Drop for Member {
+/// The hub's hold on a task member's writer: dropping it (the member left the hub) stops the
+/// writer.
+struct WriterHandle(Arc<Writer>);
+
+impl Drop for WriterHandle {
     fn drop(&mut self) {
-        self.hub.registry().remove(self.slot.id);
-        {
-            let mut q = self.slot.lock();
-            q.open = false;
-            if q.stop.is_none() {
-                q.stop = Some(Stop::Dropped);
-            }
-            if q.closing.is_none() {
-                q.discard();
-            }
+        self.0.stop(Stop::Left);
+    }
+}
+
+impl Subscriber for WriterHandle {
+    fn offer(&self, message: &PreparedMessage, limits: &QueueLimits) -> Offer {
+        let mut q = self.0.lock();
+        if q.stop.is_some() || q.ended {
+            return Offer::Gone;
         }
-        self.slot.wake.notify_one();
-        self.slot.space.notify_waiters();
+        let was_empty = q.outbox.is_empty();
+        let offer = q.outbox.offer(message.clone(), 0, limits);
+        match offer {
+            Offer::Closed { .. } => q.stop = Some(Stop::Slow(limits.slow_close_frame())),
+            Offer::Queued { .. } if was_empty => {}
+            _ => return offer,
+        }
+        drop(q);
+        self.0.wake.notify_one();
+        offer
+    }
+
+    fn close(&self, frame: Option<CloseFrame>) {
+        self.0.stop(Stop::Close(frame));
+    }
+
+    fn buffered_amount(&self) -> usize {
+        self.0.lock().outbox.bytes()
+    }
+
+    fn is_open(&self) -> bool {
+        let q = self.0.lock();
+        q.stop.is_none() && !q.ended
     }
 }
 
@@ -963,55 +899,192 @@ where
     Ok(())
 }
 
-/// The writer task of one member: drains its queue into the connection, writing the messages
-/// that wait together in batches.
-async fn run_writer<S>(mut tx: WsSender<S>, slot: Arc<Slot>, hub: Hub)
+/// The writer task of a task member: drains its queue into the connection in batches.
+async fn run_writer<S>(mut tx: WsSender<S>, writer: Arc<Writer>, close_timeout: Duration)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let close_timeout = hub.inner.config.close_timeout;
     let mut batch = Vec::new();
     loop {
-        match slot.next().await {
-            Next::Item(Item::Message(message)) => {
-                batch.clear();
-                batch.push(message);
-                slot.take_batch(&mut batch);
+        batch.clear();
+        match writer.next(&mut batch).await {
+            None => {
                 let sent = tokio::select! {
                     biased;
                     sent = write_batch(&mut tx, &batch) => Some(sent),
-                    () = slot.interrupted() => None,
+                    () = writer.interrupted() => None,
                 };
-                match sent {
-                    Some(Ok(())) => {
-                        slot.sent.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    }
-                    Some(Err(e)) => {
-                        tracing::debug!(member = %slot.id, "hub member's connection failed: {e}");
-                        break;
-                    }
-                    // Cancelled: `send_prepared` is cancel-safe, and the next step (a close
-                    // frame, or releasing the sender) takes it from there.
-                    None => {}
+                if let Some(Err(e)) = sent {
+                    tracing::debug!("hub member's connection failed: {e}");
+                    break;
                 }
+                // Interrupted: `send_prepared` is cancel-safe, and the next step (a close
+                // frame, or releasing the sender) takes it from there.
             }
-            Next::Item(Item::Close(frame)) => {
-                let deadline = slot
-                    .lock()
-                    .closing
-                    .unwrap_or_else(|| Instant::now() + close_timeout);
-                let _ = tokio::time::timeout_at(deadline, tx.close(frame)).await;
+            Some(Stop::Close(frame)) => {
+                let _ = tokio::time::timeout(close_timeout, tx.close(frame)).await;
                 break;
             }
-            Next::Slow(frame) => {
-                tracing::debug!(member = %slot.id, "closing a slow hub member");
+            Some(Stop::Slow(frame)) => {
+                tracing::debug!("closing a slow hub member");
                 let _ = tokio::time::timeout(close_timeout, tx.close(Some(frame))).await;
                 break;
             }
-            Next::Stop => break,
+            Some(Stop::Left) => break,
         }
     }
-    hub.registry().remove(slot.id);
-    drop(tx);
-    slot.finish();
+    let mut q = writer.lock();
+    q.ended = true;
+    q.outbox.clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A subscriber that records what it was offered, with a fixed queue of its own.
+    #[derive(Default)]
+    struct Probe {
+        queue: Mutex<Outbox<PreparedMessage>>,
+        closed: AtomicBool,
+    }
+
+    impl Subscriber for Arc<Probe> {
+        fn offer(&self, message: &PreparedMessage, limits: &QueueLimits) -> Offer {
+            if self.closed.load(Ordering::Acquire) {
+                return Offer::Gone;
+            }
+            let offer = lock(&self.queue).offer(message.clone(), 0, limits);
+            if let Offer::Closed { .. } = offer {
+                self.closed.store(true, Ordering::Release);
+            }
+            offer
+        }
+
+        fn close(&self, _frame: Option<CloseFrame>) {
+            self.closed.store(true, Ordering::Release);
+        }
+
+        fn buffered_amount(&self) -> usize {
+            lock(&self.queue).bytes()
+        }
+
+        fn is_open(&self) -> bool {
+            !self.closed.load(Ordering::Acquire)
+        }
+    }
+
+    fn received(probe: &Probe) -> Vec<String> {
+        let mut q = lock(&probe.queue);
+        std::iter::from_fn(|| q.pop())
+            .map(|m| String::from_utf8_lossy(&m.payload()).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn topics_reach_exactly_their_subscribers_and_vanish_when_empty() {
+        let hub = Hub::default();
+        let (a, b) = (Arc::new(Probe::default()), Arc::new(Probe::default()));
+        let ma = hub.join(a.clone());
+        let mb = hub.join(b.clone());
+        assert!(ma.subscribe("x"));
+        assert!(!ma.subscribe("x"));
+        mb.subscribe("y");
+        assert_eq!(hub.publish("x", "one").delivered, 1);
+        assert_eq!(hub.publish("z", "none").delivered, 0);
+        assert_eq!(ma.publish("x", "self excluded").delivered, 0);
+        assert_eq!(hub.broadcast("all").delivered, 2);
+        assert_eq!(received(&a), ["one", "all"]);
+        assert_eq!(received(&b), ["all"]);
+        assert_eq!(hub.topics().len(), 2);
+        assert!(ma.unsubscribe("x"));
+        assert!(!ma.unsubscribe("x"));
+        drop(mb);
+        assert!(hub.topics().is_empty());
+        assert_eq!(hub.stats().members, 1);
+    }
+
+    #[test]
+    fn a_slow_subscriber_is_closed_and_leaves_the_hub() {
+        let hub = Hub::new(
+            HubConfig::default().queue(
+                QueueLimits::default()
+                    .max_messages(2)
+                    .overflow(Overflow::Close),
+            ),
+        );
+        let slow = Arc::new(Probe::default());
+        let member = hub.join(slow.clone());
+        member.subscribe("t");
+        for _ in 0..2 {
+            assert_eq!(hub.publish("t", "m").delivered, 1);
+        }
+        let published = hub.publish("t", "m");
+        assert_eq!((published.closed, published.dropped), (1, 3));
+        assert!(member.is_closed());
+        assert_eq!(hub.subscribers("t"), 0);
+        assert_eq!(hub.stats().closed_slow, 1);
+    }
+
+    #[derive(Default)]
+    struct Bus(Mutex<Vec<String>>);
+
+    impl Backend for Arc<Bus> {
+        fn publish(&self, scope: Scope<'_>, message: &PreparedMessage) {
+            let payload = String::from_utf8_lossy(&message.payload()).into_owned();
+            lock(&self.0).push(format!("publish {scope:?} {payload}"));
+        }
+
+        fn subscribe(&self, topic: &str) {
+            lock(&self.0).push(format!("subscribe {topic}"));
+        }
+
+        fn unsubscribe(&self, topic: &str) {
+            lock(&self.0).push(format!("unsubscribe {topic}"));
+        }
+    }
+
+    #[test]
+    fn a_backend_sees_topics_come_and_go_and_what_is_published() {
+        let bus = Arc::new(Bus::default());
+        let hub = Hub::with_backend(HubConfig::default(), Arc::new(bus.clone()));
+        let probe = Arc::new(Probe::default());
+        let member = hub.join(probe.clone());
+        member.subscribe("t");
+        let other = hub.join(Arc::new(Probe::default()));
+        other.subscribe("t");
+        hub.publish("t", "local");
+        // What the backend brings from other servers is delivered here only.
+        hub.deliver(Scope::Topic("t"), &PreparedMessage::text("remote"));
+        drop(other);
+        drop(member);
+        assert_eq!(
+            *lock(&bus.0),
+            ["subscribe t", "publish Topic(\"t\") local", "unsubscribe t"]
+        );
+        assert_eq!(received(&probe), ["local", "remote"]);
+    }
+
+    #[test]
+    fn concurrent_subscribe_and_leave_never_lose_a_subscriber() {
+        let hub = Hub::default();
+        std::thread::scope(|s| {
+            for i in 0..4 {
+                let hub = hub.clone();
+                s.spawn(move || {
+                    for _ in 0..500 {
+                        let m = hub.join(Arc::new(Probe::default()));
+                        m.subscribe("hot");
+                        m.subscribe(&format!("own{i}"));
+                        assert!(hub.subscribers("hot") >= 1);
+                        drop(m);
+                    }
+                });
+            }
+        });
+        assert!(hub.topics().is_empty(), "{:?}", hub.topics());
+        let keep = hub.join(Arc::new(Probe::default()));
+        keep.subscribe("hot");
+        assert_eq!(hub.publish("hot", "x").delivered, 1);
+    }
 }

@@ -20,23 +20,42 @@ pub enum MaybeTlsStream {
     /// TLS client side (`wss://` connected by a client).
     #[cfg(feature = "tls")]
     ClientTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// A connection a [`Server`](crate::Server) upgraded through hyper: a WebSocket request
+    /// that arrived on an HTTP connection (its first request went to a service route).
+    #[cfg(feature = "hyper")]
+    Upgraded(Box<crate::hyper::UpgradedIo>),
 }
 
 impl MaybeTlsStream {
-    /// The underlying TCP stream.
-    pub fn tcp(&self) -> &TcpStream {
+    /// The underlying TCP stream (`None` for an upgraded connection, whose transport hyper
+    /// owns).
+    pub fn tcp(&self) -> Option<&TcpStream> {
         match self {
-            Self::Plain(s) => s,
+            Self::Plain(s) => Some(s),
             #[cfg(feature = "tls")]
-            Self::ServerTls(s) => s.get_ref().0,
+            Self::ServerTls(s) => Some(s.get_ref().0),
             #[cfg(feature = "tls")]
-            Self::ClientTls(s) => s.get_ref().0,
+            Self::ClientTls(s) => Some(s.get_ref().0),
+            #[cfg(feature = "hyper")]
+            Self::Upgraded(_) => None,
         }
     }
 
-    /// Whether the stream is encrypted.
+    /// Whether the stream is encrypted (for an upgraded connection: unknown here, `false`).
     pub fn is_tls(&self) -> bool {
-        !matches!(self, Self::Plain(_))
+        match self {
+            Self::Plain(_) => false,
+            #[cfg(feature = "tls")]
+            Self::ServerTls(_) | Self::ClientTls(_) => true,
+            #[cfg(feature = "hyper")]
+            Self::Upgraded(_) => false,
+        }
+    }
+
+    /// Wraps a connection upgraded through hyper.
+    #[cfg(feature = "hyper")]
+    pub(crate) fn upgraded(io: crate::hyper::UpgradedIo) -> Self {
+        Self::Upgraded(Box::new(io))
     }
 }
 
@@ -48,6 +67,8 @@ macro_rules! each {
             MaybeTlsStream::ServerTls($s) => $e,
             #[cfg(feature = "tls")]
             MaybeTlsStream::ClientTls($s) => $e,
+            #[cfg(feature = "hyper")]
+            MaybeTlsStream::Upgraded($s) => $e,
         }
     };
 }
@@ -86,6 +107,8 @@ impl AsyncWrite for MaybeTlsStream {
             Self::ServerTls(s) => s.is_write_vectored(),
             #[cfg(feature = "tls")]
             Self::ClientTls(s) => s.is_write_vectored(),
+            #[cfg(feature = "hyper")]
+            Self::Upgraded(s) => s.is_write_vectored(),
         }
     }
 

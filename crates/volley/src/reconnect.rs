@@ -60,7 +60,7 @@ use volley_proto::{CloseCode, CloseFrame, Message};
 use crate::error::{Error, Result};
 use crate::handshake::ClientBuilder;
 use crate::maybe_tls::MaybeTlsStream;
-use crate::stream::{WebSocket, WsReceiver, WsSender};
+use crate::task::{WebSocket, WsReceiver, WsSender};
 
 /// Reconnection delays: exponential growth from `base` by `factor`, capped at `cap`, with full
 /// jitter; reset after a connection that lasted `stable`.

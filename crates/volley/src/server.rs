@@ -1,53 +1,62 @@
-//! A TCP server that runs a handler per WebSocket connection.
+//! A TCP server: accepts connections (over TLS if configured), routes each by the path of its
+//! first request ([`router`](crate::router)) and shuts down gracefully.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-
-use http::Request;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::{TcpListener, ToSocketAddrs};
+use http::{Request, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
+use volley_proto::handshake::error_response;
 use volley_proto::{CloseCode, CloseFrame, Role};
 
+use crate::callback::Io;
 use crate::config::Config;
-use crate::events::{Handler, Route};
 use crate::handshake::{Accepted, accept_parts};
 use crate::maybe_tls::MaybeTlsStream;
 use crate::policy::Policy;
-use crate::stream::{CloseHandle, WebSocket};
+use crate::router::{Endpoint, PeerAddr, Router, Routes, Target, TaskFn, not_found_body};
+use crate::task::{CloseHandle, WebSocket};
 
-/// A WebSocket server: binds a TCP listener and serves each connection in its own task.
+/// A WebSocket (and HTTP) server: binds a TCP listener and serves its [routes](crate::router).
 ///
 /// ```no_run
+/// use volley::Endpoint;
+///
 /// # async fn run() -> std::io::Result<()> {
-/// let server = volley::Server::bind("127.0.0.1:9001").await?;
-/// server
-///     .serve(|mut ws, _request| async move {
-///         while let Some(Ok(msg)) = ws.recv().await {
-///             if msg.is_data() && ws.send(msg).await.is_err() {
-///                 break;
+/// volley::Server::bind("127.0.0.1:9001")
+///     .await?
+///     .route(
+///         "/echo",
+///         Endpoint::task(|mut ws, _request| async move {
+///             while let Some(Ok(msg)) = ws.recv().await {
+///                 if msg.is_data() && ws.send(msg).await.is_err() {
+///                     break;
+///                 }
 ///             }
-///         }
-///     })
+///         }),
+///     )
+///     .run()
 ///     .await
 /// # }
 /// ```
+///
+/// [`serve`](Self::serve) is the short form for one task handler on every path.
 pub struct Server {
     listener: TcpListener,
     config: Config,
     shutdown_frame: CloseFrame,
     drain_timeout: Duration,
     policy: Policy,
-    /// Paths served by callbacks on driver tasks instead of a task per connection.
-    events: Vec<(String, Arc<dyn Handler>)>,
+    routes: Routes,
     #[cfg(feature = "tls")]
     tls: Option<tokio_rustls::TlsAcceptor>,
-    #[cfg(feature = "hyper")]
-    mounts: Vec<crate::integrations::mount::Mount>,
 }
 
 impl std::fmt::Debug for Server {
@@ -75,60 +84,41 @@ impl Server {
             shutdown_frame: CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down"),
             drain_timeout: Duration::from_secs(10),
             policy: Policy::default(),
-            events: Vec::new(),
+            routes: Routes::default(),
             #[cfg(feature = "tls")]
             tls: None,
-            #[cfg(feature = "hyper")]
-            mounts: Vec::new(),
         }
     }
 
-    /// Serves connections whose first request path starts with `prefix` (e.g. `"/socket.io/"`)
-    /// with an HTTP service instead of the WebSocket handler: hyper serves every request on such
-    /// a connection (HTTP/1.1 keep-alive, and upgrades, so the service may accept WebSockets
-    /// itself). Other paths get the WebSocket handshake as before. Mounts are tried in the order
-    /// added. Feature `hyper`.
+    /// Serves requests whose path matches `pattern` with `endpoint`: `"/chat"` matches that path
+    /// exactly, `"/socket.io/*"` everything under `/socket.io/`, `"/*"` every path (see
+    /// [`router`](crate::router)). Paths no route matches get 404.
     ///
-    /// At shutdown, mounted connections get the drain timeout like WebSocket ones, then are
-    /// aborted; the service should close its own sessions (Socket.IO's `close`) on the same signal.
-    #[cfg(feature = "hyper")]
-    pub fn mount<F, Fut, B>(mut self, prefix: &str, service: F) -> Self
-    where
-        F: Fn(Request<::hyper::body::Incoming>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = http::Response<B>> + Send + 'static,
-        B: ::hyper::body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        self.mounts
-            .push(crate::integrations::mount::Mount::new(prefix, service));
+    /// # Panics
+    /// If `pattern` does not start with `/` or has a `*` anywhere but at its end after a `/`.
+    pub fn route(mut self, pattern: &str, endpoint: Endpoint) -> Self {
+        self.routes.add(pattern, endpoint);
         self
     }
 
-    /// Serves WebSocket connections whose request path is exactly `path` (e.g. `"/"`) with the
-    /// callbacks of `handler` instead of a task per connection: a few driver tasks (one per
-    /// runtime worker) run them all. An idle connection costs far less memory this way; see
-    /// [`events`](crate::events). Other paths get the handler given to [`serve`](Self::serve).
-    /// Routes are tried in the order added; graceful shutdown closes their connections too.
-    pub fn events(mut self, path: &str, handler: impl Handler) -> Self {
-        self.events.push((path.to_owned(), Arc::new(handler)));
-        self
-    }
-
-    /// Serves `wss://`: every connection does a TLS handshake (within `open_timeout`) first.
-    /// Build the configuration with [`tls::server_config`](crate::tls::server_config).
+    /// Serves `wss://` (and `https://` for service routes): every connection does a TLS
+    /// handshake (within `open_timeout`) first. Build the configuration with
+    /// [`tls::server_config`](crate::tls::server_config).
     #[cfg(feature = "tls")]
     pub fn tls(mut self, config: std::sync::Arc<rustls::ServerConfig>) -> Self {
         self.tls = Some(tokio_rustls::TlsAcceptor::from(config));
         self
     }
 
-    /// Sets the handshake policy: Origin allow-list, authentication hook, subprotocols, headers.
+    /// Sets the handshake policy of WebSocket routes: Origin allow-list, authentication hook,
+    /// subprotocols, headers.
     pub fn policy(mut self, policy: Policy) -> Self {
         self.policy = policy;
         self
     }
 
-    /// Sets the configuration every connection gets.
+    /// Sets the configuration every WebSocket connection gets (callback routes made with
+    /// [`Endpoint::drivers`] keep their own).
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
         self
@@ -137,22 +127,6 @@ impl Server {
     /// The address the server listens on.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
-    }
-
-    /// Accepts connections forever, running `handler` for each completed handshake with the
-    /// connection and the client's request. Failed handshakes are answered with their HTTP error
-    /// and logged at debug level.
-    ///
-    /// Never returns an error for a single connection's failure; out of file descriptors, it
-    /// backs off and retries. Cancel-safe: dropping it stops accepting; connections already
-    /// running continue in their tasks.
-    pub async fn serve<F, Fut>(self, handler: F) -> std::io::Result<()>
-    where
-        F: Fn(WebSocket<MaybeTlsStream>, Request<()>) -> Fut + Clone + Send + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        self.serve_with_shutdown(handler, std::future::pending())
-            .await
     }
 
     /// Sets the close frame open connections get at shutdown. Default: 1001 (going away),
@@ -169,47 +143,76 @@ impl Server {
         self
     }
 
-    /// Like [`serve`](Self::serve), until `shutdown` completes; then shuts down gracefully:
-    /// stops accepting, closes every open connection with the shutdown close frame (queued behind
-    /// the messages already queued, so none is lost while the peer keeps reading), waits up to the
-    /// drain timeout for their handlers to finish, then aborts what is left.
+    /// Runs `handler` in a task for every WebSocket connection, whatever its path: short for
+    /// `.route("/*", Endpoint::task(handler)).run()`.
     ///
-    /// Cancel-safe in the sense that dropping it stops accepting; it does not close connections.
+    /// Cancel-safe like [`run`](Self::run).
+    pub async fn serve<F, Fut>(self, handler: F) -> std::io::Result<()>
+    where
+        F: Fn(WebSocket<MaybeTlsStream>, Request<()>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.route("/*", Endpoint::task(handler)).run().await
+    }
+
+    /// [`serve`](Self::serve) until `shutdown` completes, then shuts down gracefully (see
+    /// [`run_until`](Self::run_until)).
     pub async fn serve_with_shutdown<F, Fut>(
         self,
         handler: F,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()>
     where
-        F: Fn(WebSocket<MaybeTlsStream>, Request<()>) -> Fut + Clone + Send + 'static,
+        F: Fn(WebSocket<MaybeTlsStream>, Request<()>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        self.route("/*", Endpoint::task(handler))
+            .run_until(shutdown)
+            .await
+    }
+
+    /// Accepts connections forever and serves them by their routes. A failed handshake is
+    /// answered with its HTTP error and logged at debug level.
+    ///
+    /// Never returns an error for a single connection's failure; out of file descriptors, it
+    /// backs off and retries. Fails at once (`InvalidInput`) if no route was added.
+    /// Cancel-safe: dropping it stops accepting; connections already running continue.
+    pub async fn run(self) -> std::io::Result<()> {
+        self.run_until(std::future::pending()).await
+    }
+
+    /// Like [`run`](Self::run), until `shutdown` completes; then shuts down gracefully: stops
+    /// accepting, answers handshakes still in flight with 503, closes every open WebSocket with
+    /// the shutdown close frame (queued behind the messages already queued, so none is lost
+    /// while the peer keeps reading), lets HTTP connections finish their request in progress,
+    /// waits up to the drain timeout for all of them, then aborts what is left.
+    ///
+    /// Cancel-safe in the sense that dropping it stops accepting; it does not close connections.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+        if self.routes.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the server has no routes: add one with Server::route",
+            ));
+        }
         let stopping = Arc::new(AtomicBool::new(false));
         let config = Arc::new(self.config.clone());
-        let mut drivers = Vec::new();
-        let events = (self.events.iter())
-            .map(|(path, handler)| {
-                let (route, tasks) = Route::start(path, handler.clone(), config.clone());
-                drivers.extend(tasks);
-                route
-            })
-            .collect();
+        let router = self.routes.build(&config);
         // Everything a connection task needs from the server, behind one pointer: each task
-        // holds only that, its handler and its connection (idle connections should cost little).
-        let ctx = Arc::new(ConnContext {
+        // holds only that and its connection (idle connections should cost little).
+        let ctx = Arc::new(Ctx {
             config,
-            events,
+            router,
             policy: self.policy.clone().stopping(stopping.clone()),
             open: Mutex::default(),
+            next_id: AtomicU64::new(0),
             stopping,
+            stop: Notify::new(),
             shutdown_frame: self.shutdown_frame.clone(),
             #[cfg(feature = "tls")]
             tls: self.tls.clone(),
-            #[cfg(feature = "hyper")]
-            mounts: self.mounts.clone(),
         });
         let mut tasks = JoinSet::new();
-        let mut next_id = 0u64;
         tokio::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {
@@ -226,76 +229,42 @@ impl Server {
                     }
                 },
             };
-            let _ = stream.set_nodelay(true);
-            let handler = handler.clone();
-            let id = next_id;
-            next_id += 1;
-            let ctx = ctx.clone();
-            tasks.spawn(async move {
-                // Boxed: the handshake's state (read buffer, TLS) is freed once it is done
-                // instead of sizing the task for the connection's whole life.
-                let Some(accepted) = Box::pin(ctx.handshake(stream, peer)).await else {
-                    return;
-                };
-                let path = accepted.request.uri().path();
-                if let Some(route) = ctx.events.iter().find(|r| r.matches(path)) {
-                    route.adopt(
-                        accepted.stream,
-                        accepted.request,
-                        accepted.deflate,
-                        &accepted.leftover,
-                    );
-                    return;
-                }
-                let ws = WebSocket::from_raw_shared(
-                    accepted.stream,
-                    Role::Server,
-                    ctx.config.clone(),
-                    accepted.deflate,
-                    &accepted.leftover,
-                );
-                let request = accepted.request;
-                let handle = ws.close_handle();
-                lock(&ctx.open).insert(id, handle.clone());
-                // Registered after shutdown took its snapshot: close it here.
-                if ctx.stopping.load(Ordering::Acquire) {
-                    let frame = ctx.shutdown_frame.clone();
-                    tokio::spawn(async move { handle.close(frame).await });
-                }
-                handler(ws, request).await;
-                lock(&ctx.open).remove(&id);
-            });
+            tasks.spawn(ctx.clone().connection(stream, peer));
         }
 
         // Graceful shutdown: handshakes still in flight are answered 503.
         ctx.stopping.store(true, Ordering::Release);
+        ctx.stop.notify_waiters();
         drop(self.listener);
         let handles: Vec<CloseHandle> = lock(&ctx.open).values().cloned().collect();
-        tracing::info!(connections = handles.len(), "shutting down");
+        let drivers: Vec<_> = ctx.router.drivers().cloned().collect();
+        tracing::info!(
+            connections = handles.len() + drivers.iter().map(|d| d.connections()).sum::<usize>(),
+            "shutting down"
+        );
         let frame = self.shutdown_frame.clone();
-        for route in &ctx.events {
-            route.stop(&frame);
+        for drivers in &drivers {
+            drivers.shutdown(frame.clone());
         }
         for handle in handles {
             let frame = frame.clone();
-            tasks.spawn(async move { handle.close(frame).await });
+            tasks.spawn(async move { handle.close(Some(frame)).await });
         }
         let drained = tokio::time::timeout(self.drain_timeout, async {
             while tasks.join_next().await.is_some() {}
-            for driver in &mut drivers {
-                let _ = driver.await;
+            for drivers in &drivers {
+                drivers.closed().await;
             }
         })
         .await;
         if drained.is_err() {
             tracing::info!(left = tasks.len(), "drain timeout: aborting connections");
-            for driver in &drivers {
-                // Its connections are closed when its task is dropped.
-                driver.abort();
+            for drivers in &drivers {
+                drivers.abort();
             }
             tasks.shutdown().await;
-            for driver in drivers {
-                let _ = driver.await;
+            for drivers in &drivers {
+                drivers.closed().await;
             }
         }
         Ok(())
@@ -303,98 +272,273 @@ impl Server {
 }
 
 /// What every connection task of a server shares.
-struct ConnContext {
+struct Ctx {
     config: Arc<Config>,
-    /// The events routes and their drivers.
-    events: Vec<Route>,
+    router: Router,
     policy: Policy,
-    /// Close handles of the open connections, for graceful shutdown.
+    /// Close handles of the open task connections, for graceful shutdown.
     open: Mutex<HashMap<u64, CloseHandle>>,
+    next_id: AtomicU64,
     stopping: Arc<AtomicBool>,
+    /// Notified when shutdown begins (HTTP connections then stop keep-alive).
+    stop: Notify,
     shutdown_frame: CloseFrame,
     #[cfg(feature = "tls")]
     tls: Option<tokio_rustls::TlsAcceptor>,
-    #[cfg(feature = "hyper")]
-    mounts: Vec<crate::integrations::mount::Mount>,
 }
 
-impl ConnContext {
-    /// TLS (if configured) and the opening handshake; `None` (logged) if either fails.
-    async fn handshake(
-        &self,
-        stream: tokio::net::TcpStream,
-        peer: SocketAddr,
-    ) -> Option<Accepted<MaybeTlsStream>> {
-        #[cfg(feature = "tls")]
-        let stream = match &self.tls {
-            Some(acceptor) => {
-                match tokio::time::timeout(self.config.open_timeout, acceptor.accept(stream)).await
-                {
-                    Ok(Ok(tls)) => MaybeTlsStream::ServerTls(Box::new(tls)),
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, "TLS handshake failed: {e}");
-                        return None;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return None;
-                    }
-                }
-            }
-            None => MaybeTlsStream::Plain(stream),
+/// A connection after its first request was read and routed (one per connection, briefly: the
+/// size of the WebSocket variant does not matter).
+#[allow(clippy::large_enum_variant)]
+enum Opened {
+    WebSocket(Target, Accepted<MaybeTlsStream>),
+    /// An HTTP connection for hyper: the bytes read so far and the transport.
+    #[cfg(feature = "hyper")]
+    Http(Vec<u8>, MaybeTlsStream),
+}
+
+impl Ctx {
+    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        // Boxed: the handshake's state (read buffer, TLS) is freed once it is done instead of
+        // sizing the task for the connection's whole life.
+        let Some(opened) = Box::pin(self.open(stream, peer)).await else {
+            return;
         };
-        #[cfg(not(feature = "tls"))]
-        let stream = MaybeTlsStream::Plain(stream);
-        #[allow(unused_mut)]
-        let mut head = Vec::new();
-        #[cfg(feature = "hyper")]
-        if !self.mounts.is_empty() {
-            // Route on the request line: a mounted path goes to its HTTP service.
-            let max = self.config.headers.max_bytes;
-            let read_line = async {
-                use tokio::io::AsyncReadExt;
-                let mut stream = stream;
-                while crate::integrations::mount::request_path(&head).is_none()
-                    && !head.windows(2).any(|w| w == b"\r\n")
-                    && head.len() < max
-                {
-                    let mut chunk = [0u8; 1024];
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return None,
-                        Ok(n) => head.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                Some(stream)
-            };
-            let stream = match tokio::time::timeout(self.config.open_timeout, read_line).await {
-                Ok(Some(stream)) => stream,
-                _ => return None,
-            };
-            let path = crate::integrations::mount::request_path(&head).unwrap_or("");
-            if let Some(mount) = self.mounts.iter().find(|m| m.matches(path)) {
-                mount.serve(head, stream).await;
-                return None;
-            }
-            return self.websocket(stream, head, peer).await;
+        match opened {
+            Opened::WebSocket(target, accepted) => self.websocket(target, accepted, peer).await,
+            #[cfg(feature = "hyper")]
+            Opened::Http(head, stream) => Box::pin(self.http(head, stream, peer)).await,
         }
-        self.websocket(stream, head, peer).await
     }
 
-    /// The WebSocket handshake on a transport from which `head` was already read.
-    async fn websocket(
-        &self,
-        stream: MaybeTlsStream,
-        head: Vec<u8>,
-        peer: SocketAddr,
-    ) -> Option<Accepted<MaybeTlsStream>> {
-        match accept_parts(stream, head, &self.config, &self.policy).await {
-            Ok(accepted) => Some(accepted),
-            Err(e) => {
-                tracing::debug!(%peer, "handshake failed: {e}");
-                None
+    /// TLS (if configured), the first request line and its route, and for a WebSocket route
+    /// the opening handshake; `None` (answered and logged) if any of it fails.
+    async fn open(&self, stream: TcpStream, peer: SocketAddr) -> Option<Opened> {
+        let mut stream = self.tls(stream, peer).await?;
+        let max = self.config.headers.max_bytes;
+        let read = tokio::time::timeout(
+            self.config.open_timeout,
+            read_request_line(&mut stream, max),
+        );
+        let head = match read.await {
+            Ok(Some(head)) => head,
+            _ => {
+                tracing::debug!(%peer, "no request line within the open timeout");
+                return None;
+            }
+        };
+        let answer = match request_path(&head) {
+            Some(path) => match self.router.find(path) {
+                Some(target) => Ok(target.clone()),
+                None => Err((StatusCode::NOT_FOUND, not_found_body(path))),
+            },
+            None if head.len() >= max => Err((
+                StatusCode::URI_TOO_LONG,
+                format!("request line longer than {max} bytes\n"),
+            )),
+            None => Err((StatusCode::BAD_REQUEST, "malformed request line\n".into())),
+        };
+        let target = match answer {
+            Ok(target) => target,
+            Err((status, body)) => {
+                tracing::debug!(%peer, "answered {status}: {}", body.trim_end());
+                let _ = stream.write_all(&error_response(status, "", &body)).await;
+                let _ = stream.shutdown().await;
+                return None;
+            }
+        };
+        match target {
+            #[cfg(feature = "hyper")]
+            Target::Service(_) => Some(Opened::Http(head, stream)),
+            target => {
+                let config = match &target {
+                    Target::Callbacks(drivers) => drivers.config(),
+                    _ => &*self.config,
+                };
+                match accept_parts(stream, head, config, &self.policy).await {
+                    Ok(accepted) => Some(Opened::WebSocket(target, accepted)),
+                    Err(e) => {
+                        tracing::debug!(%peer, "handshake failed: {e}");
+                        None
+                    }
+                }
             }
         }
     }
+
+    async fn tls(&self, stream: TcpStream, peer: SocketAddr) -> Option<MaybeTlsStream> {
+        #[cfg(feature = "tls")]
+        if let Some(acceptor) = &self.tls {
+            let handshake = acceptor.accept(stream);
+            return match tokio::time::timeout(self.config.open_timeout, handshake).await {
+                Ok(Ok(tls)) => Some(MaybeTlsStream::ServerTls(Box::new(tls))),
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, "TLS handshake failed: {e}");
+                    None
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    None
+                }
+            };
+        }
+        let _ = peer;
+        Some(MaybeTlsStream::Plain(stream))
+    }
+
+    /// Serves a WebSocket connection whose handshake completed.
+    async fn websocket(
+        &self,
+        target: Target,
+        accepted: Accepted<MaybeTlsStream>,
+        peer: SocketAddr,
+    ) {
+        let Accepted {
+            stream,
+            mut request,
+            deflate,
+            leftover,
+        } = accepted;
+        match target {
+            Target::Task(handler) => {
+                request.extensions_mut().insert(PeerAddr(peer));
+                let ws = WebSocket::from_raw_shared(
+                    stream,
+                    Role::Server,
+                    self.config.clone(),
+                    deflate,
+                    &leftover,
+                );
+                self.run_task(&*handler, ws, request).await;
+            }
+            // The callback connection reads its peer from the socket: no extension (an idle
+            // connection keeps its extensions).
+            Target::Callbacks(drivers) => {
+                drivers.adopt(Io::Stream(stream), request, deflate, &leftover);
+            }
+            #[cfg(feature = "hyper")]
+            Target::Service(_) => {}
+        }
+    }
+
+    /// Runs a task handler, its connection registered for graceful shutdown.
+    async fn run_task(
+        &self,
+        handler: &TaskFn,
+        ws: WebSocket<MaybeTlsStream>,
+        request: Request<()>,
+    ) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let handle = ws.close_handle();
+        lock(&self.open).insert(id, handle.clone());
+        // Registered after shutdown took its snapshot: close it here.
+        if self.stopping.load(Ordering::Acquire) {
+            let frame = self.shutdown_frame.clone();
+            tokio::spawn(async move { handle.close(Some(frame)).await });
+        }
+        handler(ws, request).await;
+        lock(&self.open).remove(&id);
+    }
+}
+
+#[cfg(feature = "hyper")]
+impl Ctx {
+    /// Serves an HTTP connection with hyper: every request routed by its path.
+    async fn http(self: Arc<Self>, head: Vec<u8>, stream: MaybeTlsStream, peer: SocketAddr) {
+        use crate::integrations::service::serve_connection;
+        let stop = self.stop.notified();
+        let ctx = self.clone();
+        let answer = move |mut request: Request<::hyper::body::Incoming>| {
+            let ctx = ctx.clone();
+            async move {
+                request.extensions_mut().insert(PeerAddr(peer));
+                // What Engine.IO and other services that know no volley type look for.
+                request.extensions_mut().insert(peer);
+                ctx.answer(request).await
+            }
+        };
+        serve_connection(head, stream, answer, stop).await;
+    }
+
+    /// Answers one request of an HTTP connection.
+    async fn answer(
+        self: Arc<Self>,
+        mut request: Request<::hyper::body::Incoming>,
+    ) -> http::Response<crate::integrations::service::HttpBody> {
+        use crate::integrations::service::text_response;
+        let path = request.uri().path();
+        let Some(target) = self.router.find(path) else {
+            return text_response(StatusCode::NOT_FOUND, not_found_body(path));
+        };
+        let target = target.clone();
+        if let Target::Service(service) = &target {
+            return service.call(request).await;
+        }
+        // A WebSocket route reached on an HTTP connection: upgrade through hyper.
+        let config = match &target {
+            Target::Callbacks(drivers) => drivers.config().clone(),
+            _ => (*self.config).clone(),
+        };
+        let (response, accepted) =
+            match crate::hyper::accept(&mut request, config, &self.policy).await {
+                Ok(accepted) => accepted,
+                Err(rejection) => {
+                    return crate::integrations::service::boxed(rejection.into_response());
+                }
+            };
+        match target {
+            Target::Callbacks(drivers) => accepted.adopt(&drivers),
+            Target::Task(handler) => {
+                tokio::spawn(async move {
+                    match accepted.upgrade_parts().await {
+                        // The request keeps its extensions: the PeerAddr put there above.
+                        Ok((io, request, deflate)) => {
+                            let ws = WebSocket::from_raw_shared(
+                                MaybeTlsStream::upgraded(io),
+                                Role::Server,
+                                self.config.clone(),
+                                deflate,
+                                &[],
+                            );
+                            self.run_task(&*handler, ws, request).await;
+                        }
+                        Err(e) => tracing::debug!("WebSocket upgrade failed after the 101: {e}"),
+                    }
+                });
+            }
+            Target::Service(_) => {}
+        }
+        response
+    }
+}
+
+/// Reads from `stream` until the first request line is complete (a `\n`), `max` bytes were
+/// read, or the peer stops; returns what was read (`None` if the peer sent nothing usable).
+async fn read_request_line(stream: &mut MaybeTlsStream, max: usize) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 2048];
+    while !head.contains(&b'\n') && head.len() < max {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
+        }
+    }
+    Some(head)
+}
+
+/// The path of the HTTP request whose head starts `buf`, once its request line is complete
+/// and well formed (`METHOD target HTTP/x`).
+pub(crate) fn request_path(buf: &[u8]) -> Option<&str> {
+    let line_end = buf.iter().position(|&b| b == b'\n')?;
+    let line = std::str::from_utf8(&buf[..line_end]).ok()?;
+    let mut parts = line.trim_end_matches('\r').split(' ');
+    let (_method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
+    if !version.starts_with("HTTP/") || parts.next().is_some() {
+        return None;
+    }
+    let path = target.split('?').next().unwrap_or(target);
+    path.starts_with('/').then_some(path)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -407,4 +551,24 @@ fn is_per_connection(e: &std::io::Error) -> bool {
         e.kind(),
         ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted | WouldBlock
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::request_path;
+
+    #[test]
+    fn request_path_needs_a_complete_well_formed_request_line() {
+        assert_eq!(
+            request_path(b"GET /socket.io/?EIO=4 HTTP/1.1\r\nHost"),
+            Some("/socket.io/")
+        );
+        assert_eq!(request_path(b"POST /a HTTP/1.1\r\n"), Some("/a"));
+        assert_eq!(request_path(b"GET /a HTTP/1.1\n"), Some("/a"));
+        assert_eq!(request_path(b"GET /socket.io/?EIO=4 HTT"), None);
+        assert_eq!(request_path(b"\xff\xfe /x HTTP/1.1\r\n"), None);
+        assert_eq!(request_path(b"GET * HTTP/1.1\r\n"), None);
+        assert_eq!(request_path(b"garbage\r\n"), None);
+        assert_eq!(request_path(b"GET /a b HTTP/1.1\r\n"), None);
+    }
 }

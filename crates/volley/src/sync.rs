@@ -30,10 +30,10 @@ use std::time::Duration;
 use volley_proto::handshake::UpgradeResponse;
 use volley_proto::{CloseFrame, Message, State};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Timeout};
 use crate::handshake::ClientBuilder;
 use crate::maybe_tls::MaybeTlsStream;
-use crate::stream::WebSocket;
+use crate::task::WebSocket;
 
 /// One operation for the connection's thread, with where to answer.
 enum Op {
@@ -114,7 +114,7 @@ fn run(
                         None => ws.recv().await,
                         Some(t) => tokio::time::timeout(t, ws.recv())
                             .await
-                            .unwrap_or(Some(Err(Error::Timeout("recv")))),
+                            .unwrap_or(Some(Err(Error::Timeout(Timeout::Recv)))),
                     }
                 });
                 let _ = reply.send(received);
@@ -161,7 +161,7 @@ impl SyncWebSocket {
     }
 
     /// Like [`recv`](Self::recv), giving up after `timeout` with
-    /// `Some(Err(Error::Timeout("recv")))`. The connection stays usable and no message is lost:
+    /// `Some(Err(Error::Timeout(Timeout::Recv)))`. The connection stays usable and no message is lost:
     /// a message still arriving is returned by the next call.
     pub fn recv_timeout(&mut self, timeout: Duration) -> Option<Result<Message>> {
         self.call(|reply| Op::Recv(Some(timeout), reply))

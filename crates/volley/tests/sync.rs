@@ -80,7 +80,7 @@ fn recv_timeout_times_out_without_losing_the_message() {
     ws.send("slow").expect("send");
     let start = Instant::now();
     match ws.recv_timeout(Duration::from_millis(50)) {
-        Some(Err(Error::Timeout(what))) => assert_eq!(what, "recv"),
+        Some(Err(Error::Timeout(what))) => assert_eq!(what, volley::Timeout::Recv),
         other => panic!("expected a timeout, got {other:?}"),
     }
     assert!(start.elapsed() < Duration::from_millis(250));

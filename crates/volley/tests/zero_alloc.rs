@@ -4,7 +4,7 @@
 //!
 //! The client is a plain blocking socket on another thread that writes pre-built masked frames;
 //! `allocation_counter` counts only the server thread's allocations. The same holds for an echo
-//! served through `Server::events` (callbacks on a driver task).
+//! served by callbacks on a driver task (`volley::callback`).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use volley::WebSocket;
-use volley::events::{Conn, Handler};
+use volley::callback::{Callbacks, Conn};
 
 const WARMUP: usize = 2_000;
 const MEASURED: usize = 10_000;
@@ -238,7 +238,7 @@ struct EventsEcho {
 /// The handler: a newtype, since `Server::events` takes the handler by value.
 struct Shared(Arc<EventsEcho>);
 
-impl Handler for Shared {
+impl Callbacks for Shared {
     fn on_message(&self, conn: &mut Conn<'_>, message: volley::Message) {
         let message = if self.0.copy {
             volley::Message::binary(message.payload().to_vec())
@@ -253,16 +253,12 @@ impl Handler for Shared {
         }
     }
 
-    fn on_close(
-        &self,
-        _conn: &mut volley::events::Conn<'_>,
-        _result: volley::Result<Option<volley::CloseFrame>>,
-    ) {
+    fn on_close(&self, _conn: &mut Conn<'_>, _result: volley::Result<Option<volley::CloseFrame>>) {
         self.0.closed.notify_one();
     }
 }
 
-/// Like [`echo_server`], with the echo at "/" served by `Server::events` on a current-thread
+/// Like [`echo_server`], with the echo at "/" served by callbacks on a current-thread
 /// runtime: the accept loop, the driver and the callbacks all run on the measured thread.
 fn events_echo_server(copy: bool) -> (u16, mpsc::Receiver<u64>) {
     server_thread(move |rt, listener, tx| {
@@ -274,8 +270,9 @@ fn events_echo_server(copy: bool) -> (u16, mpsc::Receiver<u64>) {
             closed: Notify::new(),
         });
         rt.block_on(async {
-            let server = volley::Server::from_listener(listener).events("/", Shared(echo.clone()));
-            tokio::spawn(server.serve(|_ws, _request| async {}));
+            let server = volley::Server::from_listener(listener)
+                .route("/", volley::Endpoint::callbacks(Shared(echo.clone())));
+            tokio::spawn(server.run());
             echo.warmed_up.notified().await;
         });
         let info = allocation_counter::measure(|| {

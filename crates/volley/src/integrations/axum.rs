@@ -41,9 +41,10 @@ use http::Request;
 use http::request::Parts;
 use volley_proto::handshake::UpgradeRequest;
 
+use crate::callback::Drivers;
 use crate::config::Config;
 use crate::integrations::hyper::{
-    HyperWebSocket, Rejection, finish, spawn_upgrade, validate_parts,
+    Accepted, HyperWebSocket, Rejection, finish, spawn_upgrade, validate_parts,
 };
 use crate::policy::Policy;
 
@@ -136,37 +137,51 @@ impl WebSocketUpgrade {
         F: FnOnce(HyperWebSocket) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        match self.accept_now() {
+            Ok((response, accepted)) => {
+                spawn_upgrade(accepted, move |ws, _request| handler(ws));
+                response
+            }
+            Err(rejection) => rejected(rejection),
+        }
+    }
+
+    /// Answers the upgrade like [`on_upgrade`](Self::on_upgrade), and hands the connection to
+    /// `drivers`: their [`Callbacks`](crate::callback::Callbacks) serve it, with the drivers'
+    /// configuration (which replaces this extractor's [`config`](Self::config)). The request
+    /// head, with the extensions axum added (such as `ConnectInfo`), reaches
+    /// [`Callbacks::on_open`](crate::callback::Callbacks::on_open).
+    pub fn on_upgrade_callbacks(mut self, drivers: &Drivers) -> Response {
+        self.config = drivers.config().clone();
+        match self.accept_now() {
+            Ok((response, accepted)) => {
+                accepted.adopt(drivers);
+                response
+            }
+            Err(rejection) => rejected(rejection),
+        }
+    }
+
+    /// Applies the policy (its auth hook must not wait) and builds the 101.
+    fn accept_now(self) -> Result<(Response, Accepted), Rejection> {
         let Self {
             upgrade,
             on_upgrade,
             config,
             policy,
         } = self;
-        let decided = match now_or_never(policy.decide(&upgrade)) {
-            Some(Ok(decided)) => Ok(decided),
-            Some(Err(reject)) => Err(Rejection::Policy(reject)),
+        let (request, protocol, extra) = match now_or_never(policy.decide(&upgrade)) {
+            Some(decided) => decided?,
             None => {
                 tracing::error!(
                     "the handshake policy's auth hook awaited: use WebSocketUpgrade::on_upgrade_with"
                 );
-                Err(Rejection::NotUpgradable(
+                return Err(Rejection::NotUpgradable(
                     "the handshake policy's auth hook cannot wait here",
-                ))
+                ));
             }
         };
-        let accepted = decided.and_then(|(request, protocol, extra)| {
-            finish(upgrade, on_upgrade, config, request, protocol, extra)
-        });
-        match accepted {
-            Ok((response, accepted)) => {
-                spawn_upgrade(accepted, move |ws, _request| handler(ws));
-                response
-            }
-            Err(rejection) => {
-                tracing::debug!("WebSocket upgrade refused: {rejection}");
-                IntoResponse::into_response(rejection)
-            }
-        }
+        finish(upgrade, on_upgrade, config, request, protocol, extra)
     }
 
     /// Like [`on_upgrade`](Self::on_upgrade), with the whole policy, including an auth hook that
@@ -197,12 +212,15 @@ impl WebSocketUpgrade {
                 spawn_upgrade(accepted, handler);
                 response
             }
-            Err(rejection) => {
-                tracing::debug!("WebSocket upgrade refused: {rejection}");
-                IntoResponse::into_response(rejection)
-            }
+            Err(rejection) => rejected(rejection),
         }
     }
+}
+
+/// The answer to a refused upgrade (logged at debug level).
+fn rejected(rejection: Rejection) -> Response {
+    tracing::debug!("WebSocket upgrade refused: {rejection}");
+    IntoResponse::into_response(rejection)
 }
 
 /// Polls `future` once: its output if it completed without waiting.

@@ -57,10 +57,11 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use volley_proto::handshake::{HandshakeError, UpgradeRequest};
 use volley_proto::{DeflateParams, Role};
 
+use crate::callback::Drivers;
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Timeout};
 use crate::policy::{Policy, Reject};
-use crate::stream::WebSocket;
+use crate::task::WebSocket;
 
 /// The transport of a WebSocket upgraded from hyper.
 pub type UpgradedIo = TokioIo<Upgraded>;
@@ -182,18 +183,36 @@ impl Accepted {
     /// Call it from a spawned task: it can only complete after the service has returned the 101
     /// response to hyper. Not cancel-safe: dropping it abandons the connection.
     pub async fn upgrade(self) -> Result<(HyperWebSocket, Request<()>)> {
+        let config = self.config.clone();
+        let (io, request, deflate) = self.upgrade_parts().await?;
+        let ws = WebSocket::from_raw_with_deflate(io, Role::Server, config, deflate, &[]);
+        Ok((ws, request))
+    }
+
+    /// Hands the connection, once hyper has written the 101, to `drivers`: its
+    /// [`Callbacks`](crate::callback::Callbacks) serve it (with the drivers' configuration;
+    /// negotiate with the same one). Spawns the task that waits for the upgrade; a failure
+    /// after the 101 is logged at debug level. Must be called inside a Tokio runtime.
+    pub fn adopt(self, drivers: &Drivers) {
+        let drivers = drivers.clone();
+        tokio::spawn(async move {
+            match self.upgrade_parts().await {
+                Ok((io, request, deflate)) => drivers.adopt_transport(io, request, deflate, &[]),
+                Err(e) => tracing::debug!("WebSocket upgrade failed after the 101: {e}"),
+            }
+        });
+    }
+
+    /// Waits for hyper to hand the connection over: the transport, the request head and the
+    /// permessage-deflate parameters.
+    pub(crate) async fn upgrade_parts(
+        self,
+    ) -> Result<(UpgradedIo, Request<()>, Option<DeflateParams>)> {
         let upgraded = tokio::time::timeout(self.config.open_timeout, self.on_upgrade)
             .await
-            .map_err(|_| Error::Timeout("hyper upgrade"))?
+            .map_err(|_| Error::Timeout(Timeout::Upgrade))?
             .map_err(|e| Error::Io(std::io::Error::other(e)))?;
-        let ws = WebSocket::from_raw_with_deflate(
-            TokioIo::new(upgraded),
-            Role::Server,
-            self.config,
-            self.deflate,
-            &[],
-        );
-        Ok((ws, self.request))
+        Ok((TokioIo::new(upgraded), self.request, self.deflate))
     }
 }
 

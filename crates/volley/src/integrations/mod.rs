@@ -8,4 +8,4 @@ pub mod axum;
 #[cfg(feature = "hyper")]
 pub mod hyper;
 #[cfg(feature = "hyper")]
-pub(crate) mod mount;
+pub(crate) mod service;

@@ -51,7 +51,7 @@ pub fn within_for<F: Future>(limit: Duration, f: F) -> impl Future<Output = F::O
 /// background task. Returns the address it listens on.
 pub async fn start_server<F, Fut>(config: Config, handler: F) -> SocketAddr
 where
-    F: Fn(WebSocket<volley::MaybeTlsStream>, Request<()>) -> Fut + Clone + Send + 'static,
+    F: Fn(WebSocket<volley::MaybeTlsStream>, Request<()>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let server = Server::bind("127.0.0.1:0")

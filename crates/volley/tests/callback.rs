@@ -18,7 +18,7 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::{mpsc, oneshot};
-use volley::events::{Conn, Handler};
+use volley::callback::{Callbacks, Conn};
 use volley::proto::frame::FrameHeader;
 use volley::{
     CloseCode, CloseFrame, Config, DeflateConfig, Error, Message, ProtocolError, Server, State,
@@ -114,7 +114,7 @@ fn echo(conn: &mut Conn<'_>, message: Message) {
     let _ = conn.send(message);
 }
 
-impl Handler for Probe {
+impl Callbacks for Probe {
     fn on_open(&self, conn: &mut Conn<'_>) {
         let _ = self.tx.send(Ev::Open(conn.id()));
         (self.open)(conn);
@@ -221,7 +221,7 @@ impl Running {
 
 /// Starts a server with `config`, `probe` on "/" and drain timeout `drain` on a new thread
 /// running a current-thread runtime (`workers == 0`) or a multi-thread one with `workers`.
-fn start_on(workers: usize, config: Config, probe: impl Handler, drain: Duration) -> Running {
+fn start_on(workers: usize, config: Config, probe: impl Callbacks, drain: Duration) -> Running {
     start_with_policy(workers, config, probe, drain, volley::Policy::default())
 }
 
@@ -229,7 +229,7 @@ fn start_on(workers: usize, config: Config, probe: impl Handler, drain: Duration
 fn start_with_policy(
     workers: usize,
     config: Config,
-    probe: impl Handler,
+    probe: impl Callbacks,
     drain: Duration,
     policy: volley::Policy,
 ) -> Running {
@@ -254,7 +254,7 @@ fn start_with_policy(
                 .config(config)
                 .drain_timeout(drain)
                 .policy(policy)
-                .events("/", probe);
+                .route("/", volley::Endpoint::callbacks(probe));
             addr_tx
                 .send(server.local_addr().expect("local_addr"))
                 .expect("addr");
@@ -1703,9 +1703,9 @@ mod tls {
             .expect("bind")
             .config(no_keepalive())
             .tls(tls)
-            .events("/", probe.quiet());
+            .route("/", volley::Endpoint::callbacks(probe.quiet()));
         let port = server.local_addr().expect("addr").port();
-        tokio::spawn(server.serve(|_ws, _request| async {}));
+        tokio::spawn(server.run());
         let roots = client_config(&Roots::Custom(vec![pki.path("ca.pem")])).expect("roots");
         let (mut ws, _) = within(
             volley::ClientBuilder::new(format!("wss://localhost:{port}/"))
@@ -1807,7 +1807,7 @@ async fn on_open_sees_the_request_and_its_extensions_stay_with_the_connection() 
                 )),
             }
         });
-    // Shared with the application: `impl Handler for Arc<H>` forwards every callback.
+    // Shared with the application: `impl Callbacks for Arc<H>` forwards every callback.
     let server = start_with_policy(
         0,
         no_keepalive(),
@@ -1881,7 +1881,7 @@ async fn on_open_sees_the_request_and_its_extensions_stay_with_the_connection() 
 #[tokio::test]
 async fn a_handle_sends_from_other_tasks_and_threads_closes_and_fails_once_the_connection_is_gone()
 {
-    let (handles_tx, mut handles) = mpsc::unbounded_channel::<volley::events::ConnHandle>();
+    let (handles_tx, mut handles) = mpsc::unbounded_channel::<volley::callback::ConnHandle>();
     let (probe, mut events) = Probe::echo();
     let probe = probe.on_open(move |conn| {
         let _ = handles_tx.send(conn.handle());
@@ -1910,12 +1910,10 @@ async fn a_handle_sends_from_other_tasks_and_threads_closes_and_fails_once_the_c
     assert_eq!(next_data(&mut ws).await, Message::text("echo me"));
 
     // The handle starts the close handshake; the client answers it.
-    handle
-        .close(Some(CloseFrame::new(
-            CloseCode::NORMAL,
-            "bye from a handle",
-        )))
-        .expect("close");
+    handle.close(Some(CloseFrame::new(
+        CloseCode::NORMAL,
+        "bye from a handle",
+    )));
     assert!(!handle.is_open(), "closing");
     match next_data(&mut ws).await {
         Message::Close(Some(frame)) => {
@@ -1939,7 +1937,7 @@ async fn a_handle_sends_from_other_tasks_and_threads_closes_and_fails_once_the_c
         handle.send("late"),
         Err(Error::Send(volley::SendError::Closed))
     ));
-    assert!(handle.close(None).is_err());
+    handle.close(None);
     assert!(!handle.is_open());
     assert_eq!(handle.buffered_amount(), 0);
 }
@@ -1955,7 +1953,7 @@ async fn callbacks_broadcast_through_handles_on_one_and_on_two_workers() {
 /// (its own included), to all of them. On two workers the members' drivers differ and send to
 /// each other at the same time, which must not make them wait for each other.
 async fn broadcast_room(workers: usize) {
-    let room: Arc<std::sync::Mutex<Vec<volley::events::ConnHandle>>> = Arc::default();
+    let room: Arc<std::sync::Mutex<Vec<volley::callback::ConnHandle>>> = Arc::default();
     let (tx, rx) = mpsc::unbounded_channel();
     let (probe, mut events) = Probe::new(&tx, rx, {
         let room = room.clone();

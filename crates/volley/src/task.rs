@@ -5,51 +5,22 @@
 //! write lock: control replies (pongs, close echoes) produced while reading are flushed by the
 //! reader only when the writer is idle, and otherwise by the sender before it releases the writer.
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::io::IoSlice;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::task::{Context, Poll, ready};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::Notify;
-use tokio::time::{Instant, Sleep};
-use volley_proto::{
-    CloseCode, CloseFrame, Connection, DeflateParams, Message, PreparedMessage, Role, State,
-};
+use tokio::time::Sleep;
+use volley_proto::{CloseFrame, Connection, DeflateParams, Message, PreparedMessage, Role, State};
 
 use crate::config::Config;
-use crate::error::{Error, Result};
-
-/// Free space a connection's read buffer has before a read, at first. It grows to the size of
-/// the frames that needed more than one read (up to [`MAX_READ_TARGET`]), so that a stream of
-/// large messages is read with one system call per message.
-pub(crate) const READ_TARGET: usize = 4 * 1024;
-
-/// The most free space reserved ahead of frames of unknown size.
-const MAX_READ_TARGET: usize = 64 * 1024;
-
-/// Size of the per-thread buffer that idle connections (which keep no read buffer) read into.
-const SCRATCH_LEN: usize = 16 * 1024;
-
-/// How long after its last read a connection keeps its buffers; then empty ones are freed, so
-/// an idle connection costs little memory.
-pub(crate) const RELEASE_AFTER: Duration = Duration::from_secs(1);
-
-thread_local! {
-    /// Where a connection without a read buffer reads: only the bytes it needs are kept.
-    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_LEN].into_boxed_slice());
-}
-
-/// Most buffers handed to one vectored write.
-const MAX_IOV: usize = 64;
-
-/// Slices tried first: writes with fewer pieces than this never set up [`MAX_IOV`] of them.
-const FEW_IOV: usize = 4;
+use crate::core::{self, Micros, NEVER, TimerAction, Timers, must_drain};
+use crate::error::{Error, Result, Timeout};
+use crate::io::{READ_TARGET, poll_fill, poll_write_all};
 
 struct Writer<S> {
     io: WriteHalf<S>,
@@ -61,12 +32,12 @@ struct Shared<S> {
     writer: tokio::sync::Mutex<Writer<S>>,
     /// Shared by every connection of a server.
     config: Arc<Config>,
-    /// When the close handshake must be complete: set when our close frame is queued.
-    close_deadline: OnceLock<Instant>,
+    /// When our close frame was queued ([`NEVER`] until then): the close deadline runs from it.
+    close_queued: AtomicU64,
     /// Wakes a receiver blocked in a read when our close frame is queued.
     closing: Notify,
-    /// Round trip of the last answered keep-alive ping.
-    latency: Mutex<Option<Duration>>,
+    /// Round trip of the last answered keep-alive ping, in microseconds (`u32::MAX`: none).
+    rtt: AtomicU32,
     /// The writer's queue may hold bytes (a write was started and not seen through).
     unflushed: AtomicBool,
 }
@@ -82,8 +53,12 @@ impl<S> Shared<S> {
     /// and wakes the receiver so that its read honours it.
     fn closing_if(&self, state: State) {
         if state == State::CloseSent {
-            self.close_deadline
-                .get_or_init(|| Instant::now() + self.config.close_timeout);
+            let _ = self.close_queued.compare_exchange(
+                NEVER,
+                core::now(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
             self.closing.notify_one();
         }
     }
@@ -97,13 +72,6 @@ impl<S> Shared<S> {
                 w.queue = VecDeque::new();
             }
         }
-    }
-
-    /// The close deadline (from now, if no close frame was queued through a sender).
-    fn close_deadline(&self) -> Instant {
-        *self
-            .close_deadline
-            .get_or_init(|| Instant::now() + self.config.close_timeout)
     }
 }
 
@@ -146,7 +114,7 @@ impl<S: AsyncRead + AsyncWrite> Shared<S> {
         }
         match self.writer.try_lock() {
             Ok(w) => self.flush_and_release(w).await,
-            Err(_) if self.proto().pending_transmit() > self.config.write_limit => {
+            Err(_) if must_drain(self.proto().pending_transmit(), &self.config) => {
                 let w = self.writer.lock().await;
                 self.flush_and_release(w).await
             }
@@ -158,16 +126,16 @@ impl<S: AsyncRead + AsyncWrite> Shared<S> {
 /// Type-erased access to a connection for [`CloseHandle`].
 trait Closer: Send + Sync {
     /// Queues our close frame (if none was sent) and wakes the receiver to start its deadline.
-    fn start_close(&self, frame: CloseFrame);
+    fn start_close(&self, frame: Option<CloseFrame>);
     /// Writes what is queued.
     fn flush(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
 }
 
 impl<S: AsyncRead + AsyncWrite + Send> Closer for Shared<S> {
-    fn start_close(&self, frame: CloseFrame) {
+    fn start_close(&self, frame: Option<CloseFrame>) {
         let state = {
             let mut proto = self.proto();
-            let _ = proto.close(Some(frame));
+            let _ = proto.close(frame);
             proto.state()
         };
         self.closing_if(state);
@@ -199,12 +167,12 @@ impl std::fmt::Debug for CloseHandle {
 }
 
 impl CloseHandle {
-    /// Starts the close handshake with `frame` and waits until the close frame is written
-    /// (which waits for messages queued before it).
+    /// Starts the close handshake with `frame` (`None`: a close frame without a status code)
+    /// and waits until the close frame is written (which waits for messages queued before it).
     ///
     /// Cancel-safe: if dropped early, the close frame stays queued and goes out with the
     /// connection's next write.
-    pub async fn close(&self, frame: CloseFrame) {
+    pub async fn close(&self, frame: Option<CloseFrame>) {
         let Some(conn) = self.inner.upgrade() else {
             return;
         };
@@ -224,145 +192,6 @@ async fn write_queue<S: AsyncWrite>(w: &mut Writer<S>) -> Result<()> {
     Ok(())
 }
 
-/// Bytes waiting to be written, shown as slices and dropped as they are written: a writer's
-/// queue, or a protocol connection's own (written straight from it).
-pub(crate) trait Outgoing {
-    /// Fills `dst` with the waiting bytes in order; returns how many slices it filled.
-    fn slices<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize;
-    /// Drops the first `n` waiting bytes.
-    fn advance(&mut self, n: usize);
-}
-
-impl Outgoing for VecDeque<Bytes> {
-    fn slices<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
-        let mut count = 0;
-        for (slot, bytes) in dst.iter_mut().zip(self.iter()) {
-            *slot = IoSlice::new(bytes);
-            count += 1;
-        }
-        count
-    }
-
-    fn advance(&mut self, mut left: usize) {
-        while left > 0 {
-            let Some(front) = self.front_mut() else {
-                break;
-            };
-            if front.len() <= left {
-                left -= front.len();
-                self.pop_front();
-            } else {
-                front.advance(left);
-                left = 0;
-            }
-        }
-    }
-}
-
-impl Outgoing for Connection {
-    fn slices<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
-        self.transmit_slices(dst)
-    }
-
-    fn advance(&mut self, n: usize) {
-        self.advance_transmit(n);
-    }
-}
-
-/// Writes everything `out` holds to `io` (vectored when the transport supports it, at most
-/// [`MAX_IOV`] buffers per system call), then flushes the transport. Pending as soon as the
-/// transport is; what was written stays written.
-pub(crate) fn poll_write_all<W: AsyncWrite>(
-    mut io: Pin<&mut W>,
-    out: &mut impl Outgoing,
-    cx: &mut Context<'_>,
-) -> Poll<std::io::Result<()>> {
-    loop {
-        // The slice arrays live only for this synchronous step. Most writes have a piece or
-        // two (a small message, or a header and its payload): filling a short array first
-        // spares them setting up the long one (a measurable cost at one write per message).
-        let mut few = [IoSlice::new(&[]); FEW_IOV];
-        let count = out.slices(&mut few);
-        let n = if count == 0 {
-            break;
-        } else if count < FEW_IOV {
-            ready!(poll_write_slices(io.as_mut(), &few[..count], cx))?
-        } else {
-            let mut slices = [IoSlice::new(&[]); MAX_IOV];
-            let count = out.slices(&mut slices);
-            ready!(poll_write_slices(io.as_mut(), &slices[..count], cx))?
-        };
-        if n == 0 {
-            return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
-        }
-        out.advance(n);
-    }
-    io.poll_flush(cx)
-}
-
-/// One write of `slices` (not empty): vectored when the transport supports it.
-fn poll_write_slices<W: AsyncWrite>(
-    io: Pin<&mut W>,
-    slices: &[IoSlice<'_>],
-    cx: &mut Context<'_>,
-) -> Poll<std::io::Result<usize>> {
-    if slices.len() > 1 && io.is_write_vectored() {
-        io.poll_write_vectored(cx, slices)
-    } else {
-        io.poll_write(cx, &slices[0])
-    }
-}
-
-/// Reads once from `io` into the connection and processes what arrived (a protocol error lands
-/// in `error`). A connection with a read buffer reads straight into it, with room for the rest
-/// of the frame being received; one without (idle) reads into this thread's scratch buffer and
-/// keeps only the bytes it needs. `target` is the free space to have before a read (see
-/// [`READ_TARGET`]); it follows the size of the frames that needed more than one read.
-pub(crate) fn poll_fill<R: AsyncRead>(
-    proto: &mut Connection,
-    mut io: Pin<&mut R>,
-    error: &mut Option<Error>,
-    target: &mut usize,
-    cx: &mut Context<'_>,
-) -> Poll<std::io::Result<usize>> {
-    let n = if proto.read_buffer_released() {
-        ready!(SCRATCH.with_borrow_mut(|scratch| {
-            let mut buf = ReadBuf::new(scratch);
-            ready!(io.as_mut().poll_read(cx, &mut buf))?;
-            let filled = buf.filled();
-            if !filled.is_empty() {
-                // Keep room for the reads that usually follow the first.
-                proto.read_buffer().reserve(filled.len().max(*target));
-                if let Err(e) = proto.handle_read(filled) {
-                    *error = Some(Error::Protocol(e));
-                }
-            }
-            Poll::Ready(Ok::<_, std::io::Error>(filled.len()))
-        }))?
-    } else {
-        // Room for the rest of the frame being received, else for a frame of the usual size.
-        let want = proto.read_hint().max(*target);
-        let buf = proto.read_buffer();
-        if buf.capacity() - buf.len() < want {
-            buf.reserve(want);
-        }
-        let n = ready!(tokio_util::io::poll_read_buf(io, cx, buf))?;
-        if n > 0 {
-            if let Err(e) = proto.handle_buffered() {
-                *error = Some(Error::Protocol(e));
-            }
-        }
-        n
-    };
-    // A frame that did not arrive in one read: make room for frames of its size from now on.
-    let hint = proto.read_hint();
-    if hint > 0 {
-        let frame = proto.read_buffer().len() + hint;
-        *target = (*target).max(frame).min(MAX_READ_TARGET);
-    }
-    Poll::Ready(Ok(n))
-}
-
 /// The sending half of a [`WebSocket`].
 pub struct WsSender<S> {
     shared: Arc<Shared<S>>,
@@ -376,60 +205,15 @@ pub struct WsReceiver<S> {
     /// An item already polled, returned once the bytes polling queued are flushed.
     ready: Option<Result<Message>>,
     done: bool,
-    /// The peer stopped answering: close the transport without waiting for its close reply.
-    abandon: bool,
-    keepalive: Keepalive,
-    /// The one timer behind keep-alive, the idle timeout and buffer release; created when first
-    /// needed and moved only when a deadline comes earlier than it (a timer that fires early
-    /// just re-arms), so that receiving a message touches no timer.
+    /// Keep-alive, idle, close and buffer-release timers: the shared per-connection core,
+    /// driven while a `recv` is pending.
+    timers: Timers,
+    /// The one runtime timer behind `timers`; created when first needed and moved only when a
+    /// deadline comes earlier than it (a timer that fires early just re-arms), so that receiving
+    /// a message touches no timer.
     timer: Option<Pin<Box<Sleep>>>,
     /// Free space to have in the read buffer before a read (see [`READ_TARGET`]).
     read_target: usize,
-}
-
-/// Keep-alive and idle timers, driven by a pending `recv`.
-struct Keepalive {
-    next_ping: Option<Instant>,
-    /// The payload and send time of the ping awaiting its pong.
-    outstanding: Option<(Bytes, Instant)>,
-    seq: u32,
-    last_read: Instant,
-    /// When to free the connection's empty buffers, if it holds any.
-    release_at: Option<Instant>,
-}
-
-impl Keepalive {
-    fn new(config: &Config) -> Self {
-        let now = Instant::now();
-        Self {
-            next_ping: config.ping_interval.map(|i| now + i),
-            outstanding: None,
-            seq: 0,
-            last_read: now,
-            // The handshake may have left buffers behind: release them if nothing follows.
-            release_at: Some(now + RELEASE_AFTER),
-        }
-    }
-
-    /// When the receiver must wake up for a timer, if ever.
-    fn deadline(&self, config: &Config) -> Option<Instant> {
-        let pong = self
-            .outstanding
-            .as_ref()
-            .and_then(|(_, sent)| config.ping_timeout.map(|t| *sent + t));
-        let idle = config.idle_timeout.map(|t| self.last_read + t);
-        [self.next_ping, pong, idle, self.release_at]
-            .into_iter()
-            .flatten()
-            .min()
-    }
-}
-
-/// What a timer asks the receiver to do.
-enum Timer {
-    Ping(Bytes),
-    PongOverdue,
-    Idle,
 }
 
 /// A WebSocket connection over any `AsyncRead + AsyncWrite` transport.
@@ -482,7 +266,7 @@ impl<S: AsyncRead + AsyncWrite> WebSocket<S> {
         leftover: &[u8],
     ) -> Self {
         let (read, write) = tokio::io::split(stream);
-        let keepalive = Keepalive::new(&config);
+        let timers = Timers::new(core::now(), &config);
         let mut proto = Connection::with_deflate(role, config.protocol.clone(), deflate);
         let error = proto.handle_read(leftover).err().map(Error::Protocol);
         let shared = Arc::new(Shared {
@@ -491,9 +275,9 @@ impl<S: AsyncRead + AsyncWrite> WebSocket<S> {
                 io: write,
                 queue: VecDeque::new(),
             }),
-            close_deadline: OnceLock::new(),
+            close_queued: AtomicU64::new(NEVER),
             closing: Notify::new(),
-            latency: Mutex::new(None),
+            rtt: AtomicU32::new(u32::MAX),
             unflushed: AtomicBool::new(false),
             config,
         });
@@ -507,8 +291,7 @@ impl<S: AsyncRead + AsyncWrite> WebSocket<S> {
                 error,
                 ready: None,
                 done: false,
-                abandon: false,
-                keepalive,
+                timers,
                 timer: None,
                 read_target: READ_TARGET,
             },
@@ -681,11 +464,8 @@ impl<S: AsyncRead + AsyncWrite> WsSender<S> {
 
     /// Round-trip time of the last keep-alive ping that was answered, if any.
     pub fn latency(&self) -> Option<Duration> {
-        *self
-            .shared
-            .latency
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        let rtt = self.shared.rtt.load(Ordering::Relaxed);
+        (rtt != u32::MAX).then(|| Duration::from_micros(u64::from(rtt)))
     }
 
     /// Sends a close frame (once; later calls do nothing). The receiving half sees the peer's reply
@@ -745,61 +525,56 @@ impl<S: AsyncRead + AsyncWrite> WsReceiver<S> {
             if self.done {
                 return None;
             }
-            if self.abandon || matches!(state, State::Closed | State::Failed) {
+            if self.timers.abandoned() || matches!(state, State::Closed | State::Failed) {
                 self.done = true;
                 return Box::pin(self.finish()).await.err().map(Err);
             }
+            let open = state == State::Open;
+            if !open {
+                // The deadline runs from when our close frame was queued, however much the
+                // peer sends meanwhile.
+                let queued = self.shared.close_queued.load(Ordering::Acquire);
+                let since = if queued == NEVER { core::now() } else { queued };
+                self.timers.on_closing(since, &self.shared.config);
+            }
+            let at = self.timers.deadline(open, &self.shared.config);
             let (shared, io, error) = (&self.shared, &mut self.io, &mut self.error);
             let target = &mut self.read_target;
             let read = std::future::poll_fn(|cx| {
-                poll_fill(&mut shared.proto(), Pin::new(&mut *io), error, target, cx)
+                poll_fill(&mut *shared.proto(), Pin::new(&mut *io), error, target, cx)
             });
-            let n = if state == State::CloseSent {
-                // The deadline runs from when our close frame was queued, however much the peer
-                // sends meanwhile.
-                let deadline = self.shared.close_deadline();
-                // Boxed, like the other rare paths below, so that the future of every `recv`
-                // (and so every idle connection) stays small.
-                match Box::pin(tokio::time::timeout_at(deadline, read)).await {
-                    Ok(n) => n,
-                    Err(_) => {
-                        self.done = true;
-                        return Some(Err(Error::Timeout("close handshake")));
-                    }
+            let timer = (at != NEVER).then(|| {
+                let at = core::instant(at);
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                if timer.is_elapsed() || timer.deadline() > at {
+                    timer.as_mut().reset(at);
                 }
-            } else {
-                let timer = match self.keepalive.deadline(&self.shared.config) {
-                    Some(at) => {
-                        let timer = self
-                            .timer
-                            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
-                        if timer.is_elapsed() || timer.deadline() > at {
-                            timer.as_mut().reset(at);
-                        }
-                        Some(timer.as_mut())
-                    }
-                    None => None,
-                };
-                let sleep = async move {
-                    match timer {
-                        Some(timer) => timer.await,
-                        None => std::future::pending().await,
-                    }
-                };
-                // A close sent by the other half while this read waits must start the deadline.
-                tokio::select! {
-                    n = read => n,
-                    () = self.shared.closing.notified() => continue,
-                    () = sleep => {
-                        if let Some(err) = self.on_timer() {
+                timer.as_mut()
+            });
+            let sleep = async move {
+                match timer {
+                    Some(timer) => timer.await,
+                    None => std::future::pending().await,
+                }
+            };
+            // A close sent by the other half while this read waits must start the deadline.
+            let n = tokio::select! {
+                n = read => n,
+                () = self.shared.closing.notified(), if open => continue,
+                () = sleep => {
+                    if let Some(err) = self.on_timer(open) {
+                        if !matches!(err, Error::Timeout(_)) {
                             // Get the 1011 close frame out before reporting, if the transport
                             // takes it within the close timeout.
                             let flush = self.shared.try_flush();
-                            let _ = Box::pin(tokio::time::timeout(self.shared.config.close_timeout, flush)).await;
-                            return Some(Err(err));
+                            let close_timeout = self.shared.config.close_timeout;
+                            let _ = Box::pin(tokio::time::timeout(close_timeout, flush)).await;
                         }
-                        continue;
+                        return Some(Err(err));
                     }
+                    continue;
                 }
             };
             match n {
@@ -807,11 +582,7 @@ impl<S: AsyncRead + AsyncWrite> WsReceiver<S> {
                     self.done = true;
                     return Some(Err(Error::AbnormalClose));
                 }
-                Ok(_) => {
-                    let now = Instant::now();
-                    self.keepalive.last_read = now;
-                    self.keepalive.release_at = Some(now + RELEASE_AFTER);
-                }
+                Ok(_) => self.timers.on_read(core::now()),
                 Err(e) => {
                     self.done = true;
                     return Some(Err(e.into()));
@@ -822,78 +593,38 @@ impl<S: AsyncRead + AsyncWrite> WsReceiver<S> {
 
     /// Records the pong answering our keep-alive ping, if it is that one.
     fn on_pong(&mut self, payload: &Bytes) {
-        if let Some((expected, sent)) = &self.keepalive.outstanding {
-            if expected == payload {
-                let rtt = sent.elapsed();
-                *self
-                    .shared
-                    .latency
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = Some(rtt);
-                self.keepalive.outstanding = None;
-            }
+        self.timers.on_pong(payload, core::now());
+        if let Some(rtt) = self.timers.latency() {
+            let us = u32::try_from(rtt.as_micros()).unwrap_or(u32::MAX - 1);
+            self.shared.rtt.store(us, Ordering::Relaxed);
         }
     }
 
-    /// Acts on whichever keep-alive or idle timer is due. Returns the error to report when the
-    /// peer failed to answer a ping in time.
-    fn on_timer(&mut self) -> Option<Error> {
-        let now = Instant::now();
-        if self.keepalive.release_at.is_some_and(|at| at <= now) {
-            self.keepalive.release_at = None;
+    /// Acts on whichever timer is due. Returns the error to report: the close handshake timed
+    /// out, or the peer failed to answer a keep-alive ping in time.
+    fn on_timer(&mut self, open: bool) -> Option<Error> {
+        let now: Micros = core::now();
+        if self.timers.close_overdue(now) {
+            self.done = true;
+            return Some(Error::Timeout(Timeout::Close));
+        }
+        let expired = self.timers.handle_timeout(now, open, &self.shared.config);
+        if expired.release {
             self.shared.release_idle_buffers();
         }
-        let config = &self.shared.config;
-        let ka = &mut self.keepalive;
-        let timer = if ka
-            .outstanding
-            .as_ref()
-            .is_some_and(|(_, sent)| config.ping_timeout.is_some_and(|t| *sent + t <= now))
-        {
-            Timer::PongOverdue
-        } else if config.idle_timeout.is_some_and(|t| ka.last_read + t <= now) {
-            Timer::Idle
-        } else if ka.next_ping.is_some_and(|at| at <= now) {
-            ka.next_ping = config.ping_interval.map(|i| now + i);
-            ka.seq = ka.seq.wrapping_add(1);
-            let payload = Bytes::copy_from_slice(format!("volley-keepalive-{}", ka.seq).as_bytes());
-            // A ping still unanswered keeps its deadline; a new one is only sent once it is.
-            if ka.outstanding.is_some() {
-                return None;
-            }
-            ka.outstanding = Some((payload.clone(), now));
-            Timer::Ping(payload)
-        } else {
-            return None;
+        let state = {
+            let mut proto = self.shared.proto();
+            // Errors: the connection is no longer open (the timer then does nothing).
+            let _ = match expired.action? {
+                TimerAction::Ping(payload) => proto.send(Message::Ping(payload)),
+                TimerAction::Close(frame) => proto.close(Some(frame)),
+            };
+            proto.state()
         };
-        let mut proto = self.shared.proto();
-        match timer {
-            Timer::Ping(payload) => {
-                let _ = proto.send(Message::Ping(payload));
-                None
-            }
-            Timer::Idle => {
-                self.keepalive.last_read = now;
-                let _ = proto.close(Some(CloseFrame::new(CloseCode::NORMAL, "idle timeout")));
-                drop(proto);
-                self.shared.closing_if(State::CloseSent);
-                None
-            }
-            Timer::PongOverdue => {
-                let _ = proto.close(Some(CloseFrame::new(
-                    CloseCode::INTERNAL_ERROR,
-                    "keepalive ping timeout",
-                )));
-                drop(proto);
-                self.shared.closing_if(State::CloseSent);
-                // The peer is unresponsive: don't wait for its close reply. The next `recv`
-                // writes our close frame and closes the transport.
-                self.keepalive.outstanding = None;
-                self.keepalive.next_ping = None;
-                self.abandon = true;
-                Some(Error::KeepaliveTimeout)
-            }
-        }
+        self.shared.closing_if(state);
+        // The peer is unresponsive: the next `recv` writes our close frame and closes the
+        // transport without waiting for the peer's reply.
+        self.timers.abandoned().then_some(Error::KeepaliveTimeout)
     }
 
     /// After the close handshake (or a failure): make sure our close frame is out, then close the
@@ -913,7 +644,7 @@ impl<S: AsyncRead + AsyncWrite> WsReceiver<S> {
             Ok(result) => result?,
             Err(_) => return Ok(()),
         }
-        if role == Role::Client && !self.abandon {
+        if role == Role::Client && !self.timers.abandoned() {
             // The server closes the TCP connection first (RFC 6455 §7.1.1): wait for it.
             let wait = async {
                 let mut scratch = [0u8; 256];

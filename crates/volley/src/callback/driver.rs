@@ -1,0 +1,581 @@
+//! The scheduler of callback connections: one driver task per runtime worker, each with a ready
+//! queue (connections woken by I/O or handles), a timer queue (each connection's next deadline)
+//! and a registry (its connections, closed if the driver ends); and the [`Pool`] of drivers of
+//! one route, which hands new connections to live drivers and replaces dead ones.
+
+use std::collections::{BinaryHeap, VecDeque};
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Waker};
+
+use http::Request;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Sleep;
+use volley_proto::{CloseFrame, Connection, DeflateParams, Role};
+
+use super::conn::{ConnState, Driven, NEW, lock};
+use super::{Callbacks, Conn};
+use crate::config::Config;
+use crate::core::{self, Micros, NEVER, Shutdown};
+use crate::error::{Error, Timeout};
+use crate::maybe_tls::MaybeTlsStream;
+
+/// The transport of a callback connection: a server's TCP (or TLS) stream inline, anything else
+/// (a hyper upgrade, a custom transport) boxed.
+pub(crate) enum Io {
+    Stream(MaybeTlsStream),
+    Boxed(Box<dyn Transport>),
+}
+
+/// What a boxed transport must be.
+pub(crate) trait Transport: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Transport for T {}
+
+impl Io {
+    pub(crate) fn peer_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Self::Stream(s) => s.tcp()?.peer_addr().ok(),
+            Self::Boxed(_) => None,
+        }
+    }
+}
+
+macro_rules! each {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Io::Stream($s) => $e,
+            Io::Boxed($s) => $e,
+        }
+    };
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        each!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        each!(self, s => Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        each!(self, s => Pin::new(s).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Stream(s) => s.is_write_vectored(),
+            Self::Boxed(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        each!(self, s => Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        each!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
+}
+
+/// The drivers of one route. Dropping it (the last [`Drivers`](super::Drivers) clone) lets
+/// each driver end once its connections are gone.
+pub(crate) struct Pool {
+    callbacks: Arc<dyn Callbacks>,
+    pub(super) config: Arc<Config>,
+    shared: Arc<Shared>,
+    /// Started with the first connection (on its runtime).
+    drivers: Mutex<Vec<(Arc<Driver>, JoinHandle<()>)>>,
+    next: AtomicUsize,
+}
+
+/// What a pool's drivers share with it.
+#[derive(Default)]
+struct Shared {
+    shutdown: Shutdown,
+    /// Connections handed over and not finished.
+    live: AtomicUsize,
+    /// Notified when `live` drops to 0.
+    idle: Notify,
+}
+
+impl Shared {
+    /// A connection handed over is finished (or was dropped unserved).
+    fn finished(&self) {
+        if self.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        for (driver, _) in lock(&self.drivers).iter() {
+            driver.orphaned.store(true, Ordering::Release);
+            driver.notify.notify_one();
+        }
+    }
+}
+
+impl Pool {
+    pub(super) fn new(callbacks: Arc<dyn Callbacks>, config: Arc<Config>) -> Self {
+        Self {
+            callbacks,
+            config,
+            shared: Arc::default(),
+            drivers: Mutex::new(Vec::new()),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    pub(super) fn connections(&self) -> usize {
+        self.shared.live.load(Ordering::Acquire)
+    }
+
+    /// A live driver for the next connection: round robin over the runtime's workers; a driver
+    /// found dead is replaced by a fresh one first.
+    fn pick(&self) -> Arc<Driver> {
+        let mut drivers = lock(&self.drivers);
+        if drivers.is_empty() {
+            let workers = tokio::runtime::Handle::current()
+                .metrics()
+                .num_workers()
+                .max(1);
+            drivers.extend((0..workers).map(|_| self.spawn_driver()));
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % drivers.len();
+        if drivers[i].0.is_dead() && self.shared.shutdown.frame().is_none() {
+            tracing::error!("a callback driver died: starting a new one");
+            drivers[i] = self.spawn_driver();
+        }
+        drivers[i].0.clone()
+    }
+
+    fn spawn_driver(&self) -> (Arc<Driver>, JoinHandle<()>) {
+        let driver = Arc::new(Driver {
+            shared: self.shared.clone(),
+            callbacks: self.callbacks.clone(),
+            config: self.config.clone(),
+            ready: Mutex::new(Ready::default()),
+            notify: Notify::new(),
+            stopping: AtomicBool::new(self.shared.shutdown.frame().is_some()),
+            orphaned: AtomicBool::new(false),
+        });
+        let task = tokio::spawn(driver.clone().run());
+        (driver, task)
+    }
+
+    pub(super) fn adopt(
+        &self,
+        io: super::Io,
+        mut request: Request<()>,
+        deflate: Option<DeflateParams>,
+        leftover: &[u8],
+    ) {
+        let driver = self.pick();
+        let config = &*self.config;
+        let mut proto = Connection::with_deflate(Role::Server, config.protocol.clone(), deflate);
+        let error = proto.handle_read(leftover).err().map(Error::Protocol);
+        let mut state = ConnState::new(io, proto, core::now(), config);
+        state.extensions = std::mem::take(request.extensions_mut());
+        if let Some(error) = error {
+            state.fail_with(error);
+        }
+        self.shared.live.fetch_add(1, Ordering::AcqRel);
+        let conn = Arc::new(Driven::new(driver.clone(), state));
+        driver.push(conn, Some(request));
+    }
+
+    pub(super) fn shutdown(&self, frame: CloseFrame) {
+        self.shared.shutdown.begin(frame);
+        for (driver, _) in lock(&self.drivers).iter() {
+            driver.stopping.store(true, Ordering::Release);
+            driver.notify.notify_one();
+        }
+    }
+
+    pub(super) async fn closed(&self) {
+        loop {
+            let idle = self.shared.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.shared.live.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+
+    pub(super) fn abort(&self) {
+        for (_, task) in lock(&self.drivers).iter() {
+            // Its connections are closed when its task is dropped.
+            task.abort();
+        }
+    }
+
+    /// Aborts the task of driver `i` (as a bug would kill it), for tests.
+    #[cfg(test)]
+    pub(crate) fn abort_driver(&self, i: usize) {
+        lock(&self.drivers)[i].1.abort();
+    }
+}
+
+/// One driver: a task that runs the connections it was given.
+pub(crate) struct Driver {
+    shared: Arc<Shared>,
+    callbacks: Arc<dyn Callbacks>,
+    pub(super) config: Arc<Config>,
+    /// Connections woken since the driver last looked.
+    ready: Mutex<Ready>,
+    /// Wakes the driver's task when `ready` gets a connection, shutdown begins or its pool is
+    /// dropped.
+    notify: Notify,
+    /// Shutdown began: close every connection.
+    stopping: AtomicBool,
+    /// The pool was dropped: no connection will come; end once the last one is gone.
+    orphaned: AtomicBool,
+}
+
+#[derive(Default)]
+struct Ready {
+    queue: VecDeque<Arc<Driven>>,
+    /// New connections with their handshake request (kept here, not in the connection, until
+    /// [`Callbacks::on_open`] has seen it).
+    opening: Vec<(Arc<Driven>, Request<()>)>,
+    /// The driver's task ended (its shutdown completed, or it died): connections pushed now
+    /// are dropped, which closes them.
+    exited: bool,
+}
+
+impl Driver {
+    fn is_dead(&self) -> bool {
+        lock(&self.ready).exited
+    }
+
+    /// Queues a woken connection, or a new one with its handshake request, for the driver's
+    /// next turn.
+    pub(super) fn push(&self, conn: Arc<Driven>, request: Option<Request<()>>) {
+        let mut ready = lock(&self.ready);
+        if ready.exited {
+            drop(ready);
+            if request.is_some() {
+                // Never opened: dropping it closes the transport.
+                self.shared.finished();
+            }
+            return;
+        }
+        let first = ready.queue.is_empty() && ready.opening.is_empty();
+        match request {
+            Some(request) => ready.opening.push((conn, request)),
+            None => ready.queue.push_back(conn),
+        }
+        drop(ready);
+        // Only the first connection of a turn needs to wake the driver: it takes the whole
+        // queue when it runs.
+        if first {
+            self.notify.notify_one();
+        }
+    }
+}
+
+/// The connections a driver runs. Dropping it (the driver's task ends, panics or is aborted)
+/// marks the driver dead and closes every connection left.
+struct Registry {
+    driver: Arc<Driver>,
+    conns: Vec<Arc<Driven>>,
+}
+
+impl Registry {
+    /// Removes the connection at `slot` (its lock must not be held).
+    fn remove(&mut self, slot: usize) {
+        self.conns.swap_remove(slot);
+        if let Some(moved) = self.conns.get(slot) {
+            lock(&moved.state).slot = slot as u32;
+        }
+        self.driver.shared.finished();
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let unserved = {
+            let mut ready = lock(&self.driver.ready);
+            ready.exited = true;
+            ready.queue.clear();
+            std::mem::take(&mut ready.opening).len()
+        };
+        for _ in 0..unserved {
+            self.driver.shared.finished();
+        }
+        let config = &*self.driver.config;
+        for conn in self.conns.drain(..) {
+            let mut st = lock(&conn.state);
+            if st.io.take().is_some() {
+                conn.open.store(false, Ordering::Release);
+                conn.clear_outbox();
+                let mut closed = Conn {
+                    st: &mut st,
+                    config,
+                    me: &conn,
+                    request: None,
+                };
+                let call = || {
+                    let result = Err(Error::Timeout(Timeout::Drain));
+                    self.driver.callbacks.on_close(&mut closed, result);
+                };
+                let _ = std::panic::catch_unwind(AssertUnwindSafe(call));
+                st.extensions.clear();
+            }
+            drop(st);
+            self.driver.shared.finished();
+        }
+    }
+}
+
+/// Why the driver runs a connection.
+#[derive(Clone, Copy)]
+enum Why<'r> {
+    /// New, with its handshake request (for [`Callbacks::on_open`]).
+    Opened(&'r Request<()>),
+    /// Woken by I/O or a handle.
+    Woken,
+    /// Its timer (the deadline it was armed for) fell due.
+    Timer(Micros),
+}
+
+/// An entry of a driver's timer queue: look at `conn` at `at` (earliest first).
+struct TimerEntry {
+    at: Micros,
+    conn: Weak<Driven>,
+}
+
+impl PartialEq for TimerEntry {
+    fn eq(&self, other: &Self) -> bool {
+        self.at == other.at
+    }
+}
+
+impl Eq for TimerEntry {}
+
+impl PartialOrd for TimerEntry {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for TimerEntry {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // Reversed: `BinaryHeap` is a max-heap and the earliest deadline must come first.
+        other.at.cmp(&self.at)
+    }
+}
+
+/// What one turn of a driver works with.
+struct Turn<'a> {
+    registry: &'a mut Registry,
+    timers: &'a mut BinaryHeap<TimerEntry>,
+    now: Micros,
+    shutdown: Option<&'a CloseFrame>,
+}
+
+impl Driver {
+    async fn run(self: Arc<Self>) {
+        let mut registry = Registry {
+            driver: self.clone(),
+            conns: Vec::new(),
+        };
+        let mut timers = BinaryHeap::<TimerEntry>::new();
+        let mut batch = VecDeque::new();
+        let mut opening = Vec::new();
+        let mut sleep: Option<Pin<Box<Sleep>>> = None;
+        let mut shutting_down = false;
+        let shared = self.shared.clone();
+        loop {
+            {
+                let mut ready = lock(&self.ready);
+                std::mem::swap(&mut ready.queue, &mut batch);
+                std::mem::swap(&mut ready.opening, &mut opening);
+            }
+            let now = core::now();
+            let busy = !batch.is_empty() || !opening.is_empty();
+            let frame = shared.shutdown.frame();
+            if !shutting_down && self.stopping.load(Ordering::Acquire) {
+                if let Some(frame) = frame {
+                    shutting_down = true;
+                    for conn in &registry.conns {
+                        let _ = lock(&conn.state).proto.close(Some(frame.clone()));
+                        if !conn.queued.swap(true, Ordering::AcqRel) {
+                            batch.push_back(conn.clone());
+                        }
+                    }
+                }
+            }
+            let mut turn = Turn {
+                registry: &mut registry,
+                timers: &mut timers,
+                now,
+                shutdown: frame,
+            };
+            for (conn, request) in opening.drain(..) {
+                conn.queued.store(false, Ordering::Release);
+                self.run_conn(&conn, &mut turn, Why::Opened(&request));
+            }
+            while let Some(conn) = batch.pop_front() {
+                conn.queued.store(false, Ordering::Release);
+                self.run_conn(&conn, &mut turn, Why::Woken);
+            }
+            while turn.timers.peek().is_some_and(|t| t.at <= now) {
+                let Some(entry) = turn.timers.pop() else {
+                    break;
+                };
+                if let Some(conn) = entry.conn.upgrade() {
+                    self.run_conn(&conn, &mut turn, Why::Timer(entry.at));
+                }
+            }
+            let ending = shutting_down || self.orphaned.load(Ordering::Acquire);
+            if ending && registry.conns.is_empty() {
+                let ready = lock(&self.ready);
+                if ready.queue.is_empty() && ready.opening.is_empty() {
+                    // `registry`'s drop marks the driver as exited.
+                    return;
+                }
+                continue;
+            }
+            if busy && {
+                let ready = lock(&self.ready);
+                !ready.queue.is_empty() || !ready.opening.is_empty()
+            } {
+                // Connections that used up their read budget woke themselves: let the runtime
+                // poll for I/O and run its other tasks (accepting, other drivers) first. With
+                // nothing left, the driver waits below instead: yielding after every turn made
+                // the runtime poll epoll once per turn, with few events each time.
+                tokio::task::yield_now().await;
+                continue;
+            }
+            match timers.peek().map(|t| core::instant(t.at)) {
+                Some(at) => {
+                    let timer = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                    if timer.deadline() != at {
+                        timer.as_mut().reset(at);
+                    }
+                    tokio::select! {
+                        () = self.notify.notified() => {}
+                        () = timer.as_mut() => {}
+                    }
+                }
+                None => self.notify.notified().await,
+            }
+        }
+    }
+
+    /// Runs one connection: registers it if new (calling `on_open` with its request), acts on
+    /// its timer if that is `why` and still its deadline, drives its I/O and callbacks, and
+    /// re-arms its timer or finishes it.
+    fn run_conn(&self, conn: &Arc<Driven>, turn: &mut Turn<'_>, why: Why<'_>) {
+        let config = &*self.config;
+        let now = turn.now;
+        let mut guard = lock(&conn.state);
+        let st = &mut *guard;
+        if st.io.is_none() {
+            return;
+        }
+        if st.slot == NEW {
+            st.slot = turn.registry.conns.len() as u32;
+            turn.registry.conns.push(conn.clone());
+            let mut opened = Conn {
+                st: &mut *st,
+                config,
+                me: conn,
+                request: match why {
+                    Why::Opened(request) => Some(request),
+                    _ => None,
+                },
+            };
+            let call = || self.callbacks.on_open(&mut opened);
+            if std::panic::catch_unwind(AssertUnwindSafe(call)).is_err() {
+                st.fail_callback();
+            }
+            if let Some(frame) = turn.shutdown {
+                let _ = st.proto.close(Some(frame.clone()));
+            }
+        }
+        if let Why::Timer(at) = why {
+            if st.armed != at {
+                // A deadline that was replaced by an earlier one.
+                return;
+            }
+            st.armed = NEVER;
+            st.on_timer(conn, now, config);
+        }
+        let waker = Waker::from(conn.clone());
+        let mut cx = Context::from_waker(&waker);
+        match st.drive(conn, &mut cx, now, &*self.callbacks, config) {
+            None => {
+                // Never at or before `now`: a timer that is due but not acted on must not make
+                // the driver's timer loop spin.
+                let at = st.deadline(config).max(now + 1);
+                if at < st.armed {
+                    st.armed = at;
+                    let conn = Arc::downgrade(conn);
+                    turn.timers.push(TimerEntry { at, conn });
+                }
+            }
+            Some(result) => {
+                conn.open.store(false, Ordering::Release);
+                st.io = None;
+                st.proto.release_idle_buffers();
+                conn.clear_outbox();
+                let slot = st.slot as usize;
+                let mut closed = Conn {
+                    st: &mut *st,
+                    config,
+                    me: conn,
+                    request: None,
+                };
+                let call = || self.callbacks.on_close(&mut closed, result);
+                let _ = std::panic::catch_unwind(AssertUnwindSafe(call));
+                st.extensions.clear();
+                drop(guard);
+                turn.registry.remove(slot);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timer_queue_pops_the_earliest_deadline_first() {
+        let mut heap = BinaryHeap::new();
+        for at in [3000, 1000, 2000] {
+            heap.push(TimerEntry {
+                at,
+                conn: Weak::new(),
+            });
+        }
+        let order: Vec<_> = std::iter::from_fn(|| heap.pop().map(|t| t.at)).collect();
+        assert_eq!(order, [1000, 2000, 3000]);
+    }
+}

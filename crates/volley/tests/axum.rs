@@ -384,3 +384,91 @@ async fn bare_hyper_service_upgrades() {
     .await;
     assert!(plain.starts_with("HTTP/1.1 400"), "{plain}");
 }
+
+/// Callbacks that echo and greet with the peer address they see and the request path.
+struct Greeter;
+
+impl volley::callback::Callbacks for Greeter {
+    fn on_open(&self, conn: &mut volley::callback::Conn<'_>) {
+        let path = conn.request().map(|r| r.uri().path().to_owned());
+        let peer = conn.peer_addr();
+        let _ = conn.send(format!("hello {path:?} from {peer:?}"));
+    }
+
+    fn on_message(&self, conn: &mut volley::callback::Conn<'_>, message: Message) {
+        let _ = conn.send(message);
+    }
+}
+
+#[tokio::test]
+async fn an_axum_route_hands_upgraded_connections_to_callbacks() {
+    use axum::extract::State;
+    use volley::callback::Drivers;
+
+    async fn route(State(drivers): State<Drivers>, upgrade: WebSocketUpgrade) -> Response {
+        upgrade.on_upgrade_callbacks(&drivers)
+    }
+
+    let drivers = Drivers::new(
+        Greeter,
+        Config::default().deflate(Some(DeflateConfig::default())),
+    );
+    let app = Router::new()
+        .route("/cb", any(route))
+        .with_state(drivers.clone());
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+    });
+
+    // The drivers' configuration governs the handshake: compression is negotiated.
+    let config = Config::default().deflate(Some(DeflateConfig::default()));
+    let url = format!("ws://{addr}/cb");
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let local = stream.local_addr().expect("local addr");
+    let uri: http::Uri = url.parse().expect("uri");
+    let (mut ws, response) = within(
+        ClientBuilder::new(&url)
+            .config(config)
+            .handshake(stream, &uri),
+    )
+    .await
+    .expect("upgrade on the callbacks route");
+    assert!(
+        response.deflate.is_some(),
+        "deflate from the drivers' config"
+    );
+    let greeting = match within(ws.recv()).await {
+        Some(Ok(Message::Text(text))) => text.to_string(),
+        other => panic!("expected the greeting, got {other:?}"),
+    };
+    // The peer address comes from axum's ConnectInfo (hyper owns the transport).
+    assert_eq!(greeting, format!("hello Some(\"/cb\") from Some({local})"));
+    let text = "echoed by a callback behind axum ".repeat(100);
+    ws.send(text.as_str()).await.expect("send");
+    assert_eq!(
+        within(ws.recv()).await.expect("echo").expect("echo"),
+        Message::text(text)
+    );
+    assert_eq!(drivers.connections(), 1);
+    ws.close(None).await.expect("close");
+    within(async {
+        while drivers.connections() > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+
+    // A request that is not an upgrade gets the extractor's 400.
+    let refused = http(
+        addr,
+        &format!("GET /cb HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert!(refused.starts_with("HTTP/1.1 400"), "{refused}");
+}

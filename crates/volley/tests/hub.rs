@@ -653,3 +653,145 @@ fn hub_config_defaults() {
     assert_eq!(config.close_timeout, Duration::from_secs(10));
     assert_eq!(QueueLimits::default().max_messages(0).max_messages, 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Callback connections as subscribers: no task per member, bounded by the hub's limits
+// ---------------------------------------------------------------------------------------------
+
+/// Joins every connection to the hub (its id recorded), subscribed to "t", and greets it with
+/// "ready".
+struct Joiner(Hub, Arc<Mutex<Vec<MemberId>>>);
+
+impl volley::callback::Callbacks for Joiner {
+    fn on_open(&self, conn: &mut volley::callback::Conn<'_>) {
+        let member = self.0.join(conn.handle());
+        self.1.lock().unwrap().push(member.id());
+        member.subscribe("t");
+        member.send("ready");
+        conn.extensions_mut().insert(member);
+    }
+
+    fn on_message(&self, _conn: &mut volley::callback::Conn<'_>, _message: Message) {}
+}
+
+/// A server whose connections are callback members of `hub`; accepted sockets get a 4 KiB send
+/// buffer, so that a client that stops reading backs its queue up quickly.
+async fn callbacks_hub_server(hub: Hub, ids: Arc<Mutex<Vec<MemberId>>>) -> SocketAddr {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_send_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1024).unwrap();
+    let server = Server::from_listener(listener)
+        .config(Config::default().ping_interval(None))
+        .route("/*", volley::Endpoint::callbacks(Joiner(hub, ids)));
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(server.run());
+    addr
+}
+
+/// 99 fast callback subscribers and one that never reads, while a publisher floods the topic
+/// (paced only by the fast ones): every fast one gets every message in order, the slow one is
+/// closed with 1013 or capped per policy, and no member ever holds more than the hub's limit.
+async fn slow_reader_among_callback_subscribers(overflow: Overflow) {
+    const FAST: usize = 99;
+    const N: usize = 1000;
+    const SIZE: usize = 512;
+    const LIMIT: usize = 32 * 1024;
+    let limits = QueueLimits::default()
+        .overflow(overflow)
+        .max_bytes(LIMIT)
+        .max_messages(usize::MAX);
+    let hub = Hub::new(HubConfig::default().queue(limits));
+    let ids: Arc<Mutex<Vec<MemberId>>> = Arc::default();
+    let addr = callbacks_hub_server(hub.clone(), ids.clone()).await;
+    let mut slow = RawClient::connect(addr, "/slow").await;
+    // Opened (and its id recorded) before the others; then it stops reading.
+    assert_eq!(slow.next_frame().await.unwrap().1, b"ready");
+    let mut progress = Vec::new();
+    let mut readers = Vec::new();
+    for _ in 0..FAST {
+        let (rx, task) = fast_subscriber(addr, "/fast", N).await;
+        progress.push(rx);
+        readers.push(task);
+    }
+    until("everyone subscribed", || hub.subscribers("t") == FAST + 1).await;
+
+    let frame = numbered(0, SIZE).frame().len();
+    let mut peak_member = 0;
+    let mut peak_total = 0;
+    for i in 0..N {
+        // At most WINDOW messages ahead of the slowest fast subscriber.
+        for rx in &mut progress {
+            while i - *rx.borrow() >= WINDOW {
+                within(rx.changed()).await.unwrap();
+            }
+        }
+        hub.publish("t", numbered(i, SIZE));
+        if i % 50 == 0 {
+            let levels: Vec<usize> = (ids.lock().unwrap().iter())
+                .filter_map(|&id| hub.member_stats(id).map(|s| s.queued_bytes))
+                .collect();
+            peak_member = peak_member.max(levels.iter().copied().max().unwrap_or(0));
+            peak_total = peak_total.max(levels.iter().sum::<usize>());
+        }
+    }
+    for reader in readers {
+        within(reader).await.unwrap();
+    }
+    eprintln!(
+        "{overflow:?}: peak queued per member {peak_member} B, all members {peak_total} B \
+         (limit {LIMIT} B each); {:?}",
+        hub.stats()
+    );
+    // Bounded: a member holds at most its limit (here also the write limit, the most the
+    // protocol's queue takes, plus the message that crossed it) and the newest message, which
+    // is always taken when nothing older can make room.
+    let bound = LIMIT + 2 * frame;
+    assert!(peak_member <= bound, "{peak_member}");
+    assert!(peak_total <= (FAST + 1) * bound, "{peak_total}");
+    let stats = hub.stats();
+    match overflow {
+        Overflow::Close => {
+            assert_eq!(stats.closed_slow, 1, "{stats:?}");
+            let slow_id = ids.lock().unwrap()[0];
+            assert!(hub.member_stats(slow_id).is_none(), "the slow one left");
+            let close = loop {
+                match slow.next_frame().await {
+                    Some((OpCode::Close, payload)) => break payload,
+                    Some(_) => {}
+                    None => panic!("EOF before the close frame"),
+                }
+            };
+            assert_eq!(u16::from_be_bytes([close[0], close[1]]), 1013);
+        }
+        _ => {
+            assert_eq!(stats.closed_slow, 0, "{stats:?}");
+            assert!(stats.dropped > 0, "the slow one lost messages: {stats:?}");
+            // Reading again, it finds a gapped but ordered stream.
+            let mut last = None;
+            while last != Some(N - 1) && overflow == Overflow::DropOldest {
+                let (op, payload) = slow.next_frame().await.expect("EOF");
+                if op == OpCode::Binary {
+                    let i = index_of(&payload);
+                    assert!(last.is_none_or(|l| i > l), "{i} after {last:?}");
+                    last = Some(i);
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_callback_subscriber_is_closed_with_1013_and_the_others_get_everything() {
+    slow_reader_among_callback_subscribers(Overflow::Close).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_callback_subscriber_loses_its_oldest_and_the_others_get_everything() {
+    slow_reader_among_callback_subscribers(Overflow::DropOldest).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_callback_subscriber_loses_its_newest_and_the_others_get_everything() {
+    slow_reader_among_callback_subscribers(Overflow::DropNewest).await;
+}

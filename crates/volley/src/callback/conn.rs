@@ -293,11 +293,21 @@ impl ConnState {
         self.end.get_or_insert_with(Box::default).error = Some(error);
     }
 
+    /// The TCP peer, else the address the upgraded request carried: a [`PeerAddr`]
+    /// (crate::PeerAddr) from a `volley::Server`, or axum's `ConnectInfo`.
     pub(super) fn peer_addr(&self) -> Option<SocketAddr> {
-        self.io
-            .as_ref()
-            .and_then(Io::peer_addr)
-            .or_else(|| self.extensions.get::<crate::PeerAddr>().map(|p| p.0))
+        let from_socket = self.io.as_ref().and_then(Io::peer_addr);
+        let from_request = || {
+            let peer = self.extensions.get::<crate::PeerAddr>().map(|p| p.0);
+            #[cfg(feature = "axum")]
+            let peer = peer.or_else(|| {
+                (self.extensions)
+                    .get::<::axum::extract::ConnectInfo<SocketAddr>>()
+                    .map(|info| info.0)
+            });
+            peer
+        };
+        from_socket.or_else(from_request)
     }
 
     fn is_open(&self) -> bool {

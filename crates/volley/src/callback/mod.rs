@@ -206,8 +206,9 @@ impl Conn<'_> {
         self.st.proto.deflate().copied()
     }
 
-    /// The peer's address: the TCP peer, or for a connection upgraded elsewhere (hyper, axum)
-    /// the [`PeerAddr`](crate::PeerAddr) the request carried.
+    /// The peer's address: the TCP peer, or for a connection upgraded elsewhere the address the
+    /// request carried ([`PeerAddr`](crate::PeerAddr) from a [`Server`](crate::Server), axum's
+    /// `ConnectInfo` with feature `axum`).
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.st.peer_addr()
     }

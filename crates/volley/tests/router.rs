@@ -1,0 +1,202 @@
+//! One router for every kind of endpoint: task handlers, callbacks and HTTP services share one
+//! matching rule, unmatched paths get 404, every endpoint learns the peer's address, and a
+//! WebSocket route is reached from an HTTP keep-alive connection too.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use common::{KEY, Raw, client_frame, within};
+use http::{Request, Response};
+use http_body_util::Full;
+use tokio::net::TcpStream;
+use volley::callback::{Callbacks, Conn};
+use volley::{Endpoint, Message, PeerAddr, Server};
+
+/// Echoes, after greeting with the peer address it sees.
+struct Greeter;
+
+impl Callbacks for Greeter {
+    fn on_open(&self, conn: &mut Conn<'_>) {
+        let _ = conn.send(format!("callbacks sees {:?}", conn.peer_addr()));
+    }
+
+    fn on_message(&self, conn: &mut Conn<'_>, message: Message) {
+        let _ = conn.send(message);
+    }
+}
+
+/// A server with a task route, a callbacks route and a service route, and nothing else.
+async fn server() -> SocketAddr {
+    let server = Server::bind("127.0.0.1:0").await.expect("bind");
+    let addr = server.local_addr().expect("addr");
+    let server = server
+        .route(
+            "/task",
+            Endpoint::task(|mut ws, request| async move {
+                let peer = request.extensions().get::<PeerAddr>().map(|p| p.0);
+                let _ = ws.send(format!("task sees {peer:?}")).await;
+                while let Some(Ok(m)) = ws.recv().await {
+                    if m.is_data() && ws.send(m).await.is_err() {
+                        break;
+                    }
+                }
+            }),
+        )
+        .route("/callbacks", Endpoint::callbacks(Greeter))
+        .route(
+            "/svc/*",
+            Endpoint::service(|request: Request<hyper::body::Incoming>| async move {
+                let peer = request.extensions().get::<PeerAddr>().map(|p| p.0);
+                let body = format!("{} sees {peer:?}", request.uri().path());
+                Response::new(Full::new(Bytes::from(body)))
+            }),
+        );
+    tokio::spawn(server.run());
+    addr
+}
+
+/// A raw connection and its local address.
+async fn connect(addr: SocketAddr) -> (Raw, SocketAddr) {
+    let stream = within(TcpStream::connect(addr)).await.expect("connect");
+    let local = stream.local_addr().expect("local addr");
+    (Raw::new(stream), local)
+}
+
+fn upgrade(path: &str, addr: SocketAddr) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+fn get(path: &str, addr: SocketAddr) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n")
+}
+
+/// Reads one response (head and a `Content-Length` body) from a keep-alive connection.
+async fn response(raw: &mut Raw) -> (String, String) {
+    use tokio::io::AsyncReadExt;
+    let head = raw.read_http_head().await;
+    let length = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    within(async {
+        while raw.buf.len() < length {
+            let mut chunk = [0u8; 4096];
+            let n = raw.stream.read(&mut chunk).await.expect("read body");
+            assert!(n > 0, "EOF inside the body");
+            raw.buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    let body: Vec<u8> = raw.buf.drain(..length).collect();
+    (head, String::from_utf8(body).expect("UTF-8 body"))
+}
+
+async fn text_frame(raw: &mut Raw) -> String {
+    let frame = raw.read_frame().await;
+    assert_eq!(frame.opcode, 1, "a text frame");
+    String::from_utf8(frame.payload).expect("UTF-8")
+}
+
+#[tokio::test]
+async fn every_kind_of_endpoint_sees_the_peer_address() {
+    let addr = server().await;
+    for path in ["/task", "/callbacks"] {
+        let (mut raw, local) = connect(addr).await;
+        raw.write(upgrade(path, addr).as_bytes()).await;
+        assert!(raw.read_http_head().await.starts_with("HTTP/1.1 101"));
+        let kind = path.trim_start_matches('/');
+        assert_eq!(
+            text_frame(&mut raw).await,
+            format!("{kind} sees Some({local})")
+        );
+        raw.write(&client_frame(1, b"echo")).await;
+        assert_eq!(text_frame(&mut raw).await, "echo");
+    }
+    let (mut raw, local) = connect(addr).await;
+    raw.write(get("/svc/peer", addr).as_bytes()).await;
+    let (head, body) = response(&mut raw).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, format!("/svc/peer sees Some({local})"));
+}
+
+#[tokio::test]
+async fn unmatched_paths_get_404_on_a_fresh_connection() {
+    let addr = server().await;
+    let close =
+        |path: &str| format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    for request in [upgrade("/nope", addr), close("/task/"), close("/svc")] {
+        let (mut raw, _) = connect(addr).await;
+        raw.write(request.as_bytes()).await;
+        let reply = raw.read_all_string().await;
+        let line = request.lines().next().unwrap_or_default();
+        if line.starts_with("GET /svc ") {
+            // "/svc/*" also serves "/svc".
+            assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+            continue;
+        }
+        assert!(reply.starts_with("HTTP/1.1 404"), "{line}: {reply}");
+        let path = line.split(' ').nth(1).unwrap_or_default();
+        assert!(
+            reply.ends_with(&format!("no route for {path}\n")),
+            "{reply}"
+        );
+    }
+    // A request line that is not HTTP gets 400, one longer than the header limit 414.
+    let (mut raw, _) = connect(addr).await;
+    raw.write(b"\x16\x03\x01 garbage\r\n\r\n").await;
+    assert!(raw.read_all_string().await.starts_with("HTTP/1.1 400"));
+    let (mut raw, _) = connect(addr).await;
+    raw.write(format!("GET /{} HTTP/1.1\r\n", "x".repeat(10_000)).as_bytes())
+        .await;
+    assert!(raw.read_all_string().await.starts_with("HTTP/1.1 414"));
+}
+
+#[tokio::test]
+async fn an_http_connection_routes_every_request_and_still_reaches_websocket_routes() {
+    let addr = server().await;
+    for ws_path in ["/task", "/callbacks"] {
+        let (mut raw, local) = connect(addr).await;
+        raw.write(get("/svc/a", addr).as_bytes()).await;
+        assert_eq!(
+            response(&mut raw).await.1,
+            format!("/svc/a sees Some({local})")
+        );
+        raw.write(get("/missing", addr).as_bytes()).await;
+        let (head, body) = response(&mut raw).await;
+        assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+        assert_eq!(body, "404 Not Found: no route for /missing\n");
+        raw.write(get("/svc/b", addr).as_bytes()).await;
+        assert_eq!(
+            response(&mut raw).await.1,
+            format!("/svc/b sees Some({local})")
+        );
+        // The same connection upgrades to a WebSocket route.
+        raw.write(upgrade(ws_path, addr).as_bytes()).await;
+        let head = raw.read_http_head().await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        let kind = ws_path.trim_start_matches('/');
+        assert_eq!(
+            text_frame(&mut raw).await,
+            format!("{kind} sees Some({local})")
+        );
+        raw.write(&client_frame(1, b"after an upgrade through hyper"))
+            .await;
+        assert_eq!(text_frame(&mut raw).await, "after an upgrade through hyper");
+    }
+}
+
+#[tokio::test]
+async fn a_server_without_routes_refuses_to_run() {
+    let server = Server::bind("127.0.0.1:0").await.expect("bind");
+    let error = server.run().await.expect_err("no routes");
+    assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput);
+}

@@ -47,6 +47,10 @@ pub(crate) struct ConnectionsArgs {
     /// Connections opened at once.
     #[arg(long, default_value_t = 256)]
     concurrency: usize,
+    /// A text message each connection sends once, right after its handshake (e.g.
+    /// '{"join": "room"}' to measure members of `volley serve`'s /chat).
+    #[arg(long)]
+    send: Option<String>,
     /// Print one JSON object on stdout instead of text.
     #[arg(long)]
     json: bool,
@@ -105,6 +109,19 @@ pub(super) fn run(args: ConnectionsArgs) -> Result<ExitCode, String> {
         ));
     }
     let spread = args.count > PER_SOURCE && is_loopback_v4(target.addr);
+    // The --send message, as the masked frame every connection writes.
+    let hello: Option<Arc<[u8]>> = args.send.as_deref().map(|text| {
+        let mut client = volley::proto::Connection::new(
+            volley::Role::Client,
+            volley::proto::Config::default(),
+        );
+        let _ = client.send(volley::Message::text(text.to_owned()));
+        let mut frame = Vec::new();
+        while let Some(bytes) = client.poll_transmit() {
+            frame.extend_from_slice(&bytes);
+        }
+        frame.into()
+    });
     let before = args.server_pid.map(read_memory).transpose()?;
     let runtime = current_thread_runtime()?;
     let counter = Arc::new(AtomicU64::new(0));
@@ -147,10 +164,15 @@ pub(super) fn run(args: ConnectionsArgs) -> Result<ExitCode, String> {
             }
             let source = spread.then(|| source_address(index, target.addr.port()));
             let (addr, uri) = (target.addr, uri.clone());
+            let hello = hello.clone();
             tasks.spawn(async move {
                 let open = async {
+                    use tokio::io::AsyncWriteExt;
                     let mut stream = connect_from(addr, source).await?;
                     ws_handshake(&mut stream, &uri).await?;
+                    if let Some(frame) = &hello {
+                        (stream.write_all(frame).await).map_err(|e| format!("send: {e}"))?;
+                    }
                     Ok::<_, String>(stream)
                 };
                 tokio::time::timeout(CONNECT_TIMEOUT, open)
@@ -200,6 +222,7 @@ pub(super) fn run(args: ConnectionsArgs) -> Result<ExitCode, String> {
             "mode": "connections",
             "url": args.url,
             "count": args.count,
+            "send": args.send,
             "opened": opened,
             "failed": failures,
             "closed_while_held": closed,

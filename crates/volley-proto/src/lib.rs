@@ -36,7 +36,7 @@ pub mod utf8;
 
 pub use close::{CloseCode, CloseFrame};
 pub use config::{Config, Role};
-pub use conn::{Connection, State};
+pub use conn::{Connection, RecvHalf, Reply, SendHalf, State};
 pub use deflate::{DeflateConfig, DeflateParams};
 pub use error::{ProtocolError, SendError};
 pub use message::{Message, Utf8Bytes};

@@ -286,6 +286,33 @@ fn pings_are_answered_through_replies_in_order() {
 }
 
 #[test]
+fn receive_half_reads_into_its_own_buffer() {
+    let mut s = split_server();
+    let mut input = cframe(PING, "buffered");
+    let message = cframe(BINARY, vec![5; 100_000]);
+    input.extend_from_slice(&message[..50_000]);
+    s.recv.read_buffer().extend_from_slice(&input);
+    s.recv.handle_buffered().unwrap();
+    // The message's payload collects in the buffer: the rest is what one read should bring.
+    assert_eq!(s.recv.read_hint(), message.len() - 50_000);
+    assert_eq!(s.send.pending_transmit(), 0);
+    assert_eq!(s.apply_replies(), 1);
+    assert_eq!(decode_all(&s.transmit())[0].payload, b"buffered");
+    s.recv.read_buffer().extend_from_slice(&message[50_000..]);
+    s.recv.handle_buffered().unwrap();
+    assert_eq!(s.recv.read_hint(), 0);
+    assert_eq!(
+        s.events(),
+        [
+            Message::Ping("buffered".into()),
+            Message::binary(vec![5; 100_000])
+        ]
+    );
+    s.recv.release_idle_buffers();
+    assert!(s.recv.read_buffer_released());
+}
+
+#[test]
 fn peer_close_is_echoed_by_the_send_half_once_the_reply_is_applied() {
     let mut s = split_server();
     s.recv

@@ -539,18 +539,6 @@ fn join_applies_the_replies_the_receive_half_still_holds() {
 }
 
 #[test]
-fn split_then_join_keeps_what_each_half_held() {
-    let mut conn = Connection::new(Role::Server, Config::default());
-    conn.send(Message::text("queued")).unwrap();
-    conn.handle_read(&cframe(TEXT, "unpolled")).unwrap();
-    let (recv, send) = conn.split();
-    assert_eq!(send.pending_transmit(), 8);
-    let mut conn = Connection::join(recv, send);
-    assert_eq!(conn.poll_event(), Some(Message::text("unpolled")));
-    assert_eq!(decode_all(&drain_transmit(&mut conn))[0].payload, b"queued");
-}
-
-#[test]
 fn each_half_releases_its_idle_buffers() {
     let mut s = split_server();
     s.read(&cframe(PING, "hi")).unwrap();

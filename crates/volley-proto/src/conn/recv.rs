@@ -309,11 +309,7 @@ impl RecvHalf {
     pub(super) fn poll_event_with(&mut self, replies: &mut dyn Replies) -> Option<Message> {
         let event = self.events.pop_front();
         if event.is_none() {
-            match self
-                .aside
-                .as_mut()
-                .and_then(|aside| aside.pending_end.take())
-            {
+            match self.take_pending_end() {
                 Some(PendingEnd::Close(frame)) => {
                     self.on_close(frame, replies);
                     return self.events.pop_front();
@@ -338,6 +334,17 @@ impl RecvHalf {
             self.aside.get_or_insert_with(Box::default).replies = queue;
         }
         result
+    }
+
+    /// Takes the pending end of the input, if any, freeing its box when no reply queue lives
+    /// there.
+    fn take_pending_end(&mut self) -> Option<PendingEnd> {
+        let aside = self.aside.as_mut()?;
+        let end = aside.pending_end.take()?;
+        if aside.replies.capacity() == 0 {
+            self.aside = None;
+        }
+        Some(end)
     }
 
     /// Records the end of the input behind messages not yet polled: it takes effect once

@@ -568,9 +568,11 @@ fn each_half_releases_its_idle_buffers() {
 fn assert_send<T: Send + 'static>() {}
 
 /// The receive half inflates a large compressed message, in pieces, on this thread, while the
-/// send half keeps sending on another one, behind a mutex that the receiver takes only to apply
-/// replies. Halfway through the message the receiver waits for the sender to finish: had the
-/// sender needed anything the receiver holds, this would time out.
+/// send half sends (compressing) on another one, behind a mutex that the receiver takes only to
+/// apply replies. A quarter into the message the receiver lets the sender start and waits for half
+/// of its messages: had the sender needed anything the receiver holds (as with one lock around a
+/// whole `Connection`), this would time out. That the halves can be used apart at all is checked
+/// by the compiler: each is owned by one thread, and both are `Send`.
 #[test]
 fn receive_half_inflates_while_the_send_half_sends_from_another_thread() {
     assert_send::<RecvHalf>();
@@ -608,11 +610,13 @@ fn receive_half_inflates_while_the_send_half_sends_from_another_thread() {
     wire.extend(cframe(PING, "mid"));
     wire.extend(tail);
 
-    let (done_tx, done_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel();
+    let (halfway_tx, halfway_rx) = mpsc::channel();
     let sender = {
         let send = Arc::clone(&send);
         thread::spawn(move || {
             let mut out = Vec::new();
+            go_rx.recv().unwrap();
             for i in 0..SENT {
                 let mut s = send.lock().unwrap();
                 s.send(Message::text(format!("message {i} {}", "x".repeat(i))))
@@ -622,10 +626,9 @@ fn receive_half_inflates_while_the_send_half_sends_from_another_thread() {
                 }
                 drop(s);
                 if i == SENT / 2 {
-                    thread::yield_now();
+                    halfway_tx.send(()).unwrap();
                 }
             }
-            done_tx.send(()).unwrap();
             out
         })
     };
@@ -640,11 +643,12 @@ fn receive_half_inflates_while_the_send_half_sends_from_another_thread() {
         while let Some(event) = recv.poll_event() {
             got.push(event);
         }
-        if i == pieces.len() / 2 {
-            // Mid-message (half of it inflated, the rest to come): the sender finishes while the
-            // receiver stands still.
+        if i == pieces.len() / 4 {
+            // A quarter of the message inflated, the rest to come: the sender sends half of its
+            // messages while the receiver stands still, then the rest while it inflates on.
             assert!(!got.iter().any(Message::is_data));
-            done_rx
+            go_tx.send(()).unwrap();
+            halfway_rx
                 .recv_timeout(Duration::from_secs(60))
                 .expect("the sender was blocked by the receiver");
         }

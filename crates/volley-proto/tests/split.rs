@@ -188,11 +188,13 @@ fn run_split_pair(deflate: Option<DeflateParams>, seed: u64) {
         }
         let pings: Vec<&[u8]> = got
             .iter()
-            .filter_map(|m| matches!(m, Message::Ping(_)).then(|| m.payload()))
+            .filter(|m| matches!(m, Message::Ping(_)))
+            .map(Message::payload)
             .collect();
         let pongs: Vec<&[u8]> = got
             .iter()
-            .filter_map(|m| matches!(m, Message::Pong(_)).then(|| m.payload()))
+            .filter(|m| matches!(m, Message::Pong(_)))
+            .map(Message::payload)
             .collect();
         assert_eq!(
             pings,
@@ -224,7 +226,7 @@ fn run_split_pair(deflate: Option<DeflateParams>, seed: u64) {
     let bye = Message::Close(Some(CloseFrame::new(CloseCode::NORMAL, "bye")));
     let mut got = Vec::new();
     deliver(&client.transmit(), &mut server, &mut rng, &mut got);
-    assert_eq!(got, [bye.clone()]);
+    assert_eq!(got, std::slice::from_ref(&bye));
     assert_eq!(server.send.state(), State::Closed);
     assert!(server.recv.is_terminated());
     let mut got = Vec::new();

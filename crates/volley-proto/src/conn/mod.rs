@@ -134,8 +134,8 @@ impl Connection {
 
     /// Puts the halves of one connection back together, applying the replies the receive half
     /// still holds. The halves must come from the same [`split`](Self::split): joining halves of
-    /// two connections gives a connection that mixes their streams (nothing panics, but the peer
-    /// will see a protocol violation sooner or later).
+    /// two connections is not detected, and the result would answer one peer's frames on the
+    /// other's stream.
     pub fn join(mut recv: RecvHalf, mut send: SendHalf) -> Self {
         while let Some(reply) = recv.poll_reply() {
             send.handle_reply(reply);

@@ -15,8 +15,8 @@ use common::{
     events,
 };
 use volley_proto::{
-    CloseCode, CloseFrame, Config, Connection, DeflateParams, Message, ProtocolError, RecvHalf,
-    Reply, Role, SendError, SendHalf, State,
+    CloseCode, CloseFrame, Config, Connection, DeflateConfig, DeflateParams, Message,
+    ProtocolError, RecvHalf, Reply, Role, SendError, SendHalf, State,
 };
 
 /// A split connection driven as [`RecvHalf`] asks: replies drained into the send half after every
@@ -445,8 +445,95 @@ fn close_behind_unpolled_messages_is_echoed_after_their_replies() {
     assert_eq!(frames[4].payload, close_payload(1001, b"away"));
 }
 
-/// One scripted exchange, driven through an unsplit connection and through a split one: the bytes
-/// written and the events seen must be the same.
+/// What a server connection did with `input`, read in pieces of the given sizes, while the
+/// application echoed every data message as it polled it.
+#[derive(Debug, PartialEq)]
+struct Run {
+    events: Vec<Message>,
+    errors: Vec<ProtocolError>,
+    written: Vec<u8>,
+    state: State,
+    terminated: bool,
+}
+
+/// Drives `input` through an unsplit server connection and through a split one (replies drained
+/// as [`RecvHalf`] asks): everything observable must be the same.
+/// Returns whether the connection failed.
+fn assert_split_behaves_as_unsplit(
+    input: &[u8],
+    rng: &mut Rng,
+    deflate: Option<DeflateParams>,
+) -> bool {
+    let server = || Connection::with_deflate(Role::Server, Config::default(), deflate);
+    let mut unsplit = server();
+    let mut split = Split::new(server());
+    let mut a = Run {
+        events: Vec::new(),
+        errors: Vec::new(),
+        written: Vec::new(),
+        state: State::Open,
+        terminated: false,
+    };
+    let mut b = Run {
+        events: Vec::new(),
+        errors: Vec::new(),
+        written: Vec::new(),
+        state: State::Open,
+        terminated: false,
+    };
+    let mut rest = input;
+    while !rest.is_empty() {
+        let n = (1 + rng.below(5000)).min(rest.len());
+        a.errors.extend(unsplit.handle_read(&rest[..n]).err());
+        while let Some(event) = unsplit.poll_event() {
+            if event.is_data() {
+                unsplit.send(event.clone()).unwrap();
+            }
+            a.events.push(event);
+        }
+        a.written.extend(drain_transmit(&mut unsplit));
+
+        b.errors.extend(split.read(&rest[..n]).err());
+        while let Some(event) = split.event() {
+            if event.is_data() {
+                split.send.send(event.clone()).unwrap();
+            }
+            b.events.push(event);
+        }
+        b.written.extend(split.transmit());
+        rest = &rest[n..];
+    }
+    (a.state, a.terminated) = (unsplit.state(), unsplit.is_terminated());
+    (b.state, b.terminated) = (split.send.state(), split.recv.is_terminated());
+    // Not assert_eq: the runs can be megabytes.
+    assert!(a == b, "the split connection behaved differently");
+    a.state == State::Failed
+}
+
+/// What a client sends: `count` messages (fragmented into `fragment` bytes at most) and pings.
+fn client_traffic(
+    rng: &mut Rng,
+    count: usize,
+    fragment: usize,
+    deflate: Option<DeflateParams>,
+) -> Vec<u8> {
+    let mut peer = Connection::with_deflate(
+        Role::Client,
+        Config::default().fragment_size(Some(fragment)),
+        deflate,
+    );
+    for i in 0..count {
+        let message = random_message(rng, i);
+        peer.send(message).unwrap();
+        if rng.below(3) == 0 {
+            let len = rng.below(126);
+            peer.send(Message::Ping(Bytes::from(rng.bytes(len))))
+                .unwrap();
+        }
+    }
+    drain_transmit(&mut peer)
+}
+
 #[test]
 fn split_pair_writes_exactly_what_the_unsplit_connection_writes() {
     for (seed, deflate) in [
@@ -455,69 +542,62 @@ fn split_pair_writes_exactly_what_the_unsplit_connection_writes() {
         (33, Some(asymmetric_deflate())),
     ] {
         let mut rng = Rng::new(seed);
-        // What a client sends: messages (fragmented), pings, then a close or a violation.
-        let mut peer = Connection::with_deflate(
-            Role::Client,
-            Config::default().fragment_size(Some(3000)),
-            deflate,
-        );
-        for i in 0..60 {
-            peer.send(random_message(&mut rng, i)).unwrap();
-            if rng.below(3) == 0 {
-                let len = rng.below(126);
-                peer.send(Message::Ping(Bytes::from(rng.bytes(len))))
-                    .unwrap();
-            }
-        }
-        let mut input = drain_transmit(&mut peer);
+        let mut input = client_traffic(&mut rng, 60, 3000, deflate);
+        // Then a violation or a close.
         if seed % 2 == 0 {
             input.extend(RawFrame::new(0x3, "").masked().encode());
         } else {
             input.extend(cframe(CLOSE, close_payload(1000, b"done")));
         }
-        let chunks: Vec<usize> = (0..input.len()).map(|_| 1 + rng.below(5000)).collect();
-
-        let server = || Connection::with_deflate(Role::Server, Config::default(), deflate);
-        // The application echoes every data message as it polls it.
-        let mut unsplit = server();
-        let (mut out_a, mut events_a, mut errors_a) = (Vec::new(), Vec::new(), Vec::new());
-        let mut split = Split::new(server());
-        let (mut out_b, mut events_b, mut errors_b) = (Vec::new(), Vec::new(), Vec::new());
-        let mut rest = &input[..];
-        let mut chunk = chunks.iter();
-        while !rest.is_empty() {
-            let n = (*chunk.next().unwrap()).min(rest.len());
-            if let Err(e) = unsplit.handle_read(&rest[..n]) {
-                errors_a.push(e);
-            }
-            while let Some(event) = unsplit.poll_event() {
-                if event.is_data() {
-                    unsplit.send(event.clone()).unwrap();
-                }
-                events_a.push(event);
-            }
-            out_a.extend(drain_transmit(&mut unsplit));
-
-            if let Err(e) = split.read(&rest[..n]) {
-                errors_b.push(e);
-            }
-            while let Some(event) = split.event() {
-                if event.is_data() {
-                    split.send.send(event.clone()).unwrap();
-                }
-                events_b.push(event);
-            }
-            out_b.extend(split.transmit());
-            rest = &rest[n..];
-        }
-        assert!(events_a.len() > 60, "{}", events_a.len());
-        assert!(events_a == events_b, "seed {seed}: the events differ");
-        assert_eq!(errors_a, errors_b, "seed {seed}");
-        assert!(out_a == out_b, "seed {seed}: the bytes written differ");
-        assert_eq!(unsplit.state(), split.send.state());
-        assert!(matches!(unsplit.state(), State::Closed | State::Failed));
-        assert_eq!(unsplit.is_terminated(), split.recv.is_terminated());
+        let failed = assert_split_behaves_as_unsplit(&input, &mut rng, deflate);
+        assert_eq!(failed, seed % 2 == 0);
     }
+}
+
+/// The same with a few bits of valid traffic flipped, mostly in frame headers (small messages,
+/// small fragments): every failure path, split and unsplit.
+#[test]
+fn split_pair_fails_exactly_as_the_unsplit_connection_on_corrupted_input() {
+    let mut failed = 0;
+    for seed in 0..300 {
+        let mut rng = Rng::new(1000 + seed);
+        let deflate = (seed % 3 == 0).then(DeflateParams::default);
+        let mut messages = Vec::new();
+        for i in 0..6 {
+            let len = rng.below(100);
+            messages.push(if rng.below(2) == 0 {
+                Message::text("é".repeat(len / 2))
+            } else {
+                Message::binary(rng.bytes(len))
+            });
+            if rng.below(3) == 0 {
+                messages.push(Message::Ping(Bytes::from(format!("ping {i}"))));
+            }
+        }
+        let mut peer = Connection::with_deflate(
+            Role::Client,
+            Config::default()
+                .fragment_size(Some(10 + rng.below(40)))
+                .deflate(Some(DeflateConfig::default().threshold(0))),
+            deflate,
+        );
+        for m in messages {
+            peer.send(m).unwrap();
+        }
+        if seed % 2 == 0 {
+            peer.close(Some(CloseFrame::new(CloseCode::NORMAL, "done")))
+                .unwrap();
+        }
+        let mut input = drain_transmit(&mut peer);
+        for _ in 0..1 + rng.below(3) {
+            let at = rng.below(input.len());
+            input[at] ^= 1 << rng.below(8);
+        }
+        failed += usize::from(assert_split_behaves_as_unsplit(&input, &mut rng, deflate));
+    }
+    // The flips must reach the failure paths often enough to be worth it (most of the others
+    // land in binary payloads).
+    assert!(failed > 80, "only {failed} runs of 300 failed");
 }
 
 #[test]

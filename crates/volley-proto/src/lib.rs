@@ -3,7 +3,10 @@
 //! - [`handshake`]: the opening handshake in both roles.
 //! - [`Connection`]: the state machine after the handshake. Feed it bytes with
 //!   [`Connection::handle_read`], queue messages with [`Connection::send`], and after every input
-//!   drain [`Connection::poll_event`] and [`Connection::poll_transmit`].
+//!   drain [`Connection::poll_event`] and [`Connection::poll_transmit`]. [`Connection::split`]
+//!   separates it into a [`RecvHalf`] and a [`SendHalf`] for drivers that receive and send on
+//!   different threads; the receive half hands what the sender must do (pongs, close frames) over
+//!   as [`Reply`]s.
 //! - [`deflate`]: permessage-deflate (RFC 7692) negotiation; a [`Connection`] created with the
 //!   agreed [`DeflateParams`] compresses and inflates messages, applying the message size limit to
 //!   the inflated size.
@@ -36,7 +39,7 @@ pub mod utf8;
 
 pub use close::{CloseCode, CloseFrame};
 pub use config::{Config, Role};
-pub use conn::{Connection, State};
+pub use conn::{Connection, RecvHalf, Reply, SendHalf, State};
 pub use deflate::{DeflateConfig, DeflateParams};
 pub use error::{ProtocolError, SendError};
 pub use message::{Message, Utf8Bytes};

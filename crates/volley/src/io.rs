@@ -9,7 +9,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use volley_proto::{Connection, ProtocolError};
+use volley_proto::{Connection, ProtocolError, RecvHalf};
 
 use crate::error::Error;
 
@@ -50,27 +50,35 @@ pub(crate) trait Incoming {
     fn read_hint(&self) -> usize;
 }
 
-impl Incoming for Connection {
-    fn read_buffer_released(&self) -> bool {
-        Connection::read_buffer_released(self)
-    }
+/// Both implementations delegate to the inherent methods of the same names.
+macro_rules! incoming {
+    ($t:ty) => {
+        impl Incoming for $t {
+            fn read_buffer_released(&self) -> bool {
+                <$t>::read_buffer_released(self)
+            }
 
-    fn read_buffer(&mut self) -> &mut BytesMut {
-        Connection::read_buffer(self)
-    }
+            fn read_buffer(&mut self) -> &mut BytesMut {
+                <$t>::read_buffer(self)
+            }
 
-    fn handle_read(&mut self, data: &[u8]) -> Result<(), ProtocolError> {
-        Connection::handle_read(self, data)
-    }
+            fn handle_read(&mut self, data: &[u8]) -> Result<(), ProtocolError> {
+                <$t>::handle_read(self, data)
+            }
 
-    fn handle_buffered(&mut self) -> Result<(), ProtocolError> {
-        Connection::handle_buffered(self)
-    }
+            fn handle_buffered(&mut self) -> Result<(), ProtocolError> {
+                <$t>::handle_buffered(self)
+            }
 
-    fn read_hint(&self) -> usize {
-        Connection::read_hint(self)
-    }
+            fn read_hint(&self) -> usize {
+                <$t>::read_hint(self)
+            }
+        }
+    };
 }
+
+incoming!(Connection);
+incoming!(RecvHalf);
 
 /// Bytes waiting to be written, shown as slices and dropped as they are written: a writer's
 /// queue, or a protocol connection's own (written straight from it).

@@ -1,4 +1,4 @@
-//! [`WebSocket`] and its split halves: one driver over the sans-IO [`Connection`].
+//! [`WebSocket`] and its split halves: a task's driver over the sans-IO protocol, split in two.
 //!
 //! Both halves share the protocol state behind a short synchronous lock that is never held across
 //! an `.await`, and the transport's write side behind an async lock. Reading never waits for the
@@ -15,7 +15,10 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::Notify;
 use tokio::time::Sleep;
-use volley_proto::{CloseFrame, Connection, DeflateParams, Message, PreparedMessage, Role, State};
+use volley_proto::{
+    CloseFrame, Connection, DeflateParams, Message, PreparedMessage, RecvHalf, Role, SendHalf,
+    State,
+};
 
 use crate::config::Config;
 use crate::core::{self, Micros, NEVER, TimerAction, Timers, must_drain};
@@ -28,7 +31,10 @@ struct Writer<S> {
 }
 
 struct Shared<S> {
-    proto: Mutex<Connection>,
+    /// The protocol's sending half: what senders lock (briefly: to encode and queue). The
+    /// receiver owns the receiving half and decodes (and inflates) without this lock; it takes
+    /// it only to hand over replies (pongs, close echoes).
+    send: Mutex<SendHalf>,
     writer: tokio::sync::Mutex<Writer<S>>,
     /// Shared by every connection of a server.
     config: Arc<Config>,
@@ -43,10 +49,10 @@ struct Shared<S> {
 }
 
 impl<S> Shared<S> {
-    fn proto(&self) -> MutexGuard<'_, Connection> {
+    fn proto(&self) -> MutexGuard<'_, SendHalf> {
         // A panic while holding this lock cannot leave the state machine half-updated in a way
         // that matters more than losing the connection, so recover the guard.
-        self.proto.lock().unwrap_or_else(|e| e.into_inner())
+        self.send.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Records that our close frame is queued (if `state` says so): starts the close deadline
@@ -201,6 +207,8 @@ pub struct WsSender<S> {
 pub struct WsReceiver<S> {
     shared: Arc<Shared<S>>,
     io: ReadHalf<S>,
+    /// The protocol's receiving half, owned: frames are decoded and inflated without a lock.
+    recv: RecvHalf,
     error: Option<Error>,
     /// An item already polled, returned once the bytes polling queued are flushed.
     ready: Option<Result<Message>>,
@@ -269,8 +277,9 @@ impl<S: AsyncRead + AsyncWrite> WebSocket<S> {
         let timers = Timers::new(core::now(), &config);
         let mut proto = Connection::with_deflate(role, config.protocol.clone(), deflate);
         let error = proto.handle_read(leftover).err().map(Error::Protocol);
+        let (recv, send) = proto.split();
         let shared = Arc::new(Shared {
-            proto: Mutex::new(proto),
+            send: Mutex::new(send),
             writer: tokio::sync::Mutex::new(Writer {
                 io: write,
                 queue: VecDeque::new(),
@@ -288,6 +297,7 @@ impl<S: AsyncRead + AsyncWrite> WebSocket<S> {
             rx: WsReceiver {
                 shared,
                 io: read,
+                recv,
                 error,
                 ready: None,
                 done: false,
@@ -491,9 +501,12 @@ impl<S: AsyncRead + AsyncWrite> WsReceiver<S> {
     /// Receives the next message; see [`WebSocket::recv`]. Cancel-safe.
     pub async fn recv(&mut self) -> Option<Result<Message>> {
         loop {
-            // Flush replies (pongs, close frames) and bytes a cancelled `send` left queued before
-            // taking an event: if this future is dropped while writing, no event is lost. If the
-            // transport is broken, the messages already received are still handed out first.
+            // Hand the replies decoding produced (pongs, a close echo, a failure's close frame)
+            // to the sending half, then flush them and bytes a cancelled `send` left queued
+            // before taking an event: if this future is dropped while writing, no event is
+            // lost. If the transport is broken, the messages already received are still handed
+            // out first.
+            self.hand_over_replies();
             if !self.done {
                 if let Err(e) = self.shared.try_flush().await {
                     self.done = true;
@@ -503,10 +516,14 @@ impl<S: AsyncRead + AsyncWrite> WsReceiver<S> {
             if let Some(item) = self.ready.take() {
                 return Some(item);
             }
-            let (event, pending, state) = {
-                let mut proto = self.shared.proto();
-                let event = proto.poll_event();
-                (event, proto.pending_transmit(), proto.state())
+            let event = self.recv.poll_event();
+            let (pending, state) = {
+                let mut send = self.shared.proto();
+                // Polling can make a close frame due (see below): hand it over at once.
+                while let Some(reply) = self.recv.poll_reply() {
+                    send.handle_reply(reply);
+                }
+                (send.pending_transmit(), send.state())
             };
             if let Some(Message::Pong(payload)) = &event {
                 self.on_pong(payload);
@@ -538,10 +555,10 @@ impl<S: AsyncRead + AsyncWrite> WsReceiver<S> {
                 self.timers.on_closing(since, &self.shared.config);
             }
             let at = self.timers.deadline(open, &self.shared.config);
-            let (shared, io, error) = (&self.shared, &mut self.io, &mut self.error);
+            let (recv, io, error) = (&mut self.recv, &mut self.io, &mut self.error);
             let target = &mut self.read_target;
             let read = std::future::poll_fn(|cx| {
-                poll_fill(&mut *shared.proto(), Pin::new(&mut *io), error, target, cx)
+                poll_fill(&mut *recv, Pin::new(&mut *io), error, target, cx)
             });
             let timer = (at != NEVER).then(|| {
                 let at = core::instant(at);
@@ -591,6 +608,18 @@ impl<S: AsyncRead + AsyncWrite> WsReceiver<S> {
         }
     }
 
+    /// Hands what decoding queued for the sending half to it (a short lock, taken only when
+    /// there is something).
+    fn hand_over_replies(&mut self) {
+        if let Some(first) = self.recv.poll_reply() {
+            let mut send = self.shared.proto();
+            send.handle_reply(first);
+            while let Some(reply) = self.recv.poll_reply() {
+                send.handle_reply(reply);
+            }
+        }
+    }
+
     /// Records the pong answering our keep-alive ping, if it is that one.
     fn on_pong(&mut self, payload: &Bytes) {
         self.timers.on_pong(payload, core::now());
@@ -610,6 +639,7 @@ impl<S: AsyncRead + AsyncWrite> WsReceiver<S> {
         }
         let expired = self.timers.handle_timeout(now, open, &self.shared.config);
         if expired.release {
+            self.recv.release_idle_buffers();
             self.shared.release_idle_buffers();
         }
         let state = {

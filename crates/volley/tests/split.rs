@@ -255,3 +255,111 @@ async fn pongs_interleave_cleanly_with_a_busy_sender() {
     assert_eq!(pongs, ping);
     assert!(ping > 50);
 }
+
+/// How long this build takes to inflate `message` (compressed) in one read: the time a receiver
+/// holding the sender's lock would block it.
+fn inflate_time(config: &Config, message: &[u8]) -> Duration {
+    use volley::proto::{Connection, DeflateParams, Role};
+    let params = DeflateParams::default();
+    let mut client = Connection::with_deflate(Role::Client, config.protocol.clone(), Some(params));
+    let mut server = Connection::with_deflate(Role::Server, config.protocol.clone(), Some(params));
+    client.send(Message::binary(message.to_vec())).unwrap();
+    let mut wire = Vec::new();
+    while let Some(bytes) = client.poll_transmit() {
+        wire.extend_from_slice(&bytes);
+    }
+    let start = std::time::Instant::now();
+    server.handle_read(&wire).unwrap();
+    let took = start.elapsed();
+    assert!(matches!(server.poll_event(), Some(Message::Binary(b)) if b.len() == message.len()));
+    took
+}
+
+/// Regression: the task path's receiver decoded and inflated while holding the lock its senders
+/// need, so a large compressed message stalled every send on other threads for as long as it
+/// took to inflate. Now the receiver owns the protocol's receiving half.
+#[test]
+fn a_16_mib_inflate_on_one_thread_does_not_block_a_sender_on_another() {
+    const BIG: usize = 16 << 20;
+    const MESSAGES: usize = 4;
+    let config = Config::default()
+        .deflate(Some(volley::DeflateConfig::default()))
+        .max_message_size(32 << 20)
+        .ping_interval(None);
+    let big = vec![0u8; BIG];
+    let inflate = inflate_time(&config, &big);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (worst_send, received) = runtime.block_on(async {
+        let (result_tx, result_rx) = tokio::sync::oneshot::channel();
+        let result_tx = std::sync::Mutex::new(Some(result_tx));
+        let addr = start_server(config.clone(), move |ws, _| {
+            let result_tx = result_tx.lock().unwrap().take();
+            async move {
+                let (mut tx, mut rx) = ws.split();
+                let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                // The sender runs on a thread of its own (its own runtime), so that it is never
+                // stalled by the receiver's worker being busy, only by a lock.
+                let sender = std::thread::spawn({
+                    let stop = stop.clone();
+                    move || {
+                        let rt = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                            .unwrap();
+                        rt.block_on(async move {
+                            let mut worst = Duration::ZERO;
+                            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                                let start = std::time::Instant::now();
+                                if tx.send("tick").await.is_err() {
+                                    break;
+                                }
+                                worst = worst.max(start.elapsed());
+                                tokio::time::sleep(Duration::from_micros(200)).await;
+                            }
+                            worst
+                        })
+                    }
+                });
+                let mut received = 0;
+                while let Some(Ok(message)) = rx.recv().await {
+                    if let Message::Binary(b) = message {
+                        assert_eq!(b.len(), BIG);
+                        received += 1;
+                        if received == MESSAGES {
+                            break;
+                        }
+                    }
+                }
+                stop.store(true, std::sync::atomic::Ordering::Release);
+                let worst = sender.join().unwrap();
+                if let Some(result_tx) = result_tx {
+                    let _ = result_tx.send((worst, received));
+                }
+            }
+        })
+        .await;
+        let ws = client(addr, config.clone()).await;
+        let (mut tx, mut rx) = ws.split();
+        // Drain the ticks.
+        let reader = tokio::spawn(async move { while let Some(Ok(_)) = rx.recv().await {} });
+        for _ in 0..MESSAGES {
+            within(tx.send(Message::binary(big.clone()))).await.unwrap();
+        }
+        let result = within_for(Duration::from_secs(60), result_rx)
+            .await
+            .unwrap();
+        drop(tx);
+        reader.abort();
+        result
+    });
+    eprintln!("inflating 16 MiB takes {inflate:?}; the worst send meanwhile took {worst_send:?}");
+    assert_eq!(received, MESSAGES);
+    assert!(
+        worst_send < inflate / 2,
+        "a send waited {worst_send:?} while inflating took {inflate:?}"
+    );
+}

@@ -38,7 +38,7 @@ fn feed(
     stream: &[u8],
     chunk: usize,
 ) -> (Vec<Message>, Option<ProtocolError>) {
-    let max = conn.config().max_message_size;
+    let max = conn.max_message_size();
     let mut events = Vec::new();
     let mut error = None;
     for piece in stream.chunks(chunk.max(1)) {

@@ -787,5 +787,5 @@ fn frame_boundary_after(wire: &[u8], at: usize) -> usize {
 #[test]
 fn connection_stays_small() {
     let size = std::mem::size_of::<Connection>();
-    assert!(size <= 280, "Connection is {size} bytes");
+    assert!(size <= 240, "Connection is {size} bytes");
 }

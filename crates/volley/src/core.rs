@@ -93,20 +93,34 @@ pub(crate) struct Expired {
 
 /// The timers of one connection. A connection is either open (keep-alive and idle timers
 /// apply) or closing (only the close deadline and buffer release do).
+///
+/// Small on purpose (24 bytes): every idle connection holds one. Two facts keep it so: buffers
+/// are released a fixed time after the last read, so that deadline needs no field of its own;
+/// and once the connection is closing, keep-alive no longer applies, so the ping's time holds
+/// the close deadline.
 #[derive(Debug, Clone)]
 pub(crate) struct Timers {
     last_read: Micros,
-    /// When to free empty buffers, if the connection holds any.
-    release_at: Micros,
-    next_ping: Micros,
-    /// When the keep-alive ping awaiting its pong was sent.
-    ping_sent: Micros,
-    /// When the close handshake must be over (set once the connection stops being open).
-    close_at: Micros,
-    /// Round trip of the last answered keep-alive ping, in microseconds (`u32::MAX`: none).
-    rtt: u32,
-    /// The peer stopped answering pings: close without waiting for its reply.
-    abandoned: bool,
+    /// Open: when the next keep-alive ping is due ([`Ping::Scheduled`]), or when the one awaiting
+    /// its pong was sent ([`Ping::Waiting`]). Closing: when the close handshake must be over.
+    at: Micros,
+    ping: Ping,
+    /// The connection may hold buffers to release [`RELEASE_AFTER`] the last read.
+    holds_buffers: bool,
+    /// The close deadline is set (`at` holds it).
+    closing: bool,
+}
+
+/// Where the keep-alive ping stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ping {
+    /// The next ping goes out at [`Timers::at`].
+    Scheduled,
+    /// The ping sent at [`Timers::at`] awaits its pong; the next goes out an interval after it
+    /// was sent, once the pong is in.
+    Waiting,
+    /// The peer did not answer in time: close without waiting for its reply.
+    Abandoned,
 }
 
 impl Timers {
@@ -114,70 +128,86 @@ impl Timers {
     pub(crate) fn new(now: Micros, config: &Config) -> Self {
         Self {
             last_read: now,
+            at: after(now, config.ping_interval),
+            ping: Ping::Scheduled,
             // The handshake may have left buffers behind: release them if nothing follows.
-            release_at: after(now, Some(RELEASE_AFTER)),
-            next_ping: after(now, config.ping_interval),
-            ping_sent: NEVER,
-            close_at: NEVER,
-            rtt: u32::MAX,
-            abandoned: false,
+            holds_buffers: true,
+            closing: false,
         }
+    }
+
+    /// When buffers are released, if the connection may hold any.
+    fn release_at(&self) -> Micros {
+        match self.holds_buffers {
+            true => after(self.last_read, Some(RELEASE_AFTER)),
+            false => NEVER,
+        }
+    }
+
+    /// When the close handshake must be over ([`NEVER`] while open).
+    fn close_at(&self) -> Micros {
+        if self.closing { self.at } else { NEVER }
     }
 
     /// Bytes arrived at `now`.
     pub(crate) fn on_read(&mut self, now: Micros) {
         self.last_read = now;
-        self.release_at = after(now, Some(RELEASE_AFTER));
+        self.holds_buffers = true;
     }
 
-    /// A pong arrived at `now`: if it answers our keep-alive ping, records the round trip.
-    pub(crate) fn on_pong(&mut self, payload: &[u8], now: Micros) {
-        if self.ping_sent != NEVER && payload == self.ping_sent.to_be_bytes() {
-            let rtt = now.saturating_sub(self.ping_sent);
-            self.rtt = u32::try_from(rtt).unwrap_or(u32::MAX - 1);
-            self.ping_sent = NEVER;
+    /// A pong arrived at `now`: if it answers our keep-alive ping, schedules the next one and
+    /// returns the round trip.
+    pub(crate) fn on_pong(
+        &mut self,
+        payload: &[u8],
+        now: Micros,
+        config: &Config,
+    ) -> Option<Duration> {
+        if self.closing || self.ping != Ping::Waiting || payload != self.at.to_be_bytes() {
+            return None;
         }
+        let sent = self.at;
+        self.ping = Ping::Scheduled;
+        self.at = after(sent, config.ping_interval);
+        Some(Duration::from_micros(now.saturating_sub(sent)))
     }
 
     /// The connection is no longer open (a close frame was queued or received, or it failed):
     /// starts the close deadline, once.
     pub(crate) fn on_closing(&mut self, now: Micros, config: &Config) {
-        if self.close_at == NEVER {
-            self.close_at = after(now, Some(config.close_timeout));
+        if !self.closing {
+            self.closing = true;
+            self.at = after(now, Some(config.close_timeout));
         }
     }
 
     /// Whether the close handshake took longer than the close timeout.
     pub(crate) fn close_overdue(&self, now: Micros) -> bool {
-        self.close_at <= now
+        self.close_at() <= now
     }
 
     /// Whether the peer stopped answering pings: the driver closes the transport after our close
     /// frame is out (or the close deadline passed) without waiting for the peer's reply, and
     /// reports [`Error::KeepaliveTimeout`](crate::Error::KeepaliveTimeout).
     pub(crate) fn abandoned(&self) -> bool {
-        self.abandoned
-    }
-
-    /// Round trip of the last answered keep-alive ping.
-    pub(crate) fn latency(&self) -> Option<Duration> {
-        (self.rtt != u32::MAX).then(|| Duration::from_micros(u64::from(self.rtt)))
+        self.ping == Ping::Abandoned
     }
 
     /// When the driver must call [`handle_timeout`](Self::handle_timeout) if no I/O happens
     /// first ([`NEVER`]: only I/O matters).
     pub(crate) fn deadline(&self, open: bool, config: &Config) -> Micros {
-        if !open {
+        if !open || self.closing {
             // Closing: keep-alive and idle timers no longer apply (`handle_timeout` ignores
             // them, so a due one would fire again and again).
-            return self.close_at.min(self.release_at);
+            return self.close_at().min(self.release_at());
         }
-        let pong = match self.ping_sent {
-            NEVER => NEVER,
-            sent => after(sent, config.ping_timeout),
+        let ping = match self.ping {
+            Ping::Scheduled => self.at,
+            Ping::Waiting => after(self.at, config.ping_timeout),
+            Ping::Abandoned => NEVER,
         };
         let idle = after(self.last_read, config.idle_timeout);
-        [self.close_at, self.release_at, self.next_ping, pong, idle]
+        [self.release_at(), ping, idle]
             .into_iter()
             .min()
             .unwrap_or(NEVER)
@@ -187,30 +217,26 @@ impl Timers {
     /// woken early may call it freely.
     pub(crate) fn handle_timeout(&mut self, now: Micros, open: bool, config: &Config) -> Expired {
         let mut expired = Expired::default();
-        if self.release_at <= now {
-            self.release_at = NEVER;
+        if self.release_at() <= now {
+            self.holds_buffers = false;
             expired.release = true;
         }
-        if !open {
+        if !open || self.closing {
             return expired;
         }
-        if self.ping_sent != NEVER && after(self.ping_sent, config.ping_timeout) <= now {
-            self.ping_sent = NEVER;
-            self.next_ping = NEVER;
-            self.abandoned = true;
+        let pong_overdue = self.ping == Ping::Waiting && after(self.at, config.ping_timeout) <= now;
+        if pong_overdue {
+            self.ping = Ping::Abandoned;
             let frame = CloseFrame::new(CloseCode::INTERNAL_ERROR, "keepalive ping timeout");
             expired.action = Some(TimerAction::Close(frame));
         } else if after(self.last_read, config.idle_timeout) <= now {
             self.last_read = now;
             let frame = CloseFrame::new(CloseCode::NORMAL, "idle timeout");
             expired.action = Some(TimerAction::Close(frame));
-        } else if self.next_ping <= now {
-            self.next_ping = after(now, config.ping_interval);
-            // A ping still unanswered keeps its deadline; a new one goes out once it is.
-            if self.ping_sent == NEVER {
-                self.ping_sent = now;
-                expired.action = Some(TimerAction::Ping(ping_payload(now)));
-            }
+        } else if self.ping == Ping::Scheduled && self.at <= now {
+            self.ping = Ping::Waiting;
+            self.at = now;
+            expired.action = Some(TimerAction::Ping(ping_payload(now)));
         }
         expired
     }
@@ -310,13 +336,17 @@ impl<T: Queued> Outbox<T> {
     }
 
     /// `None` if a message of `size` bytes fits, else the policy that applies to it.
-    pub(crate) fn verdict(
-        &self,
+    fn verdict(&self, size: usize, outside: usize, limits: &QueueLimits) -> Option<Overflow> {
+        (!self.fits(size, outside, limits)).then_some(limits.overflow)
+    }
+
+    /// [`verdict`](Self::verdict) for an empty queue (one that need not exist yet).
+    pub(crate) fn verdict_empty(
         size: usize,
         outside: usize,
         limits: &QueueLimits,
     ) -> Option<Overflow> {
-        (!self.fits(size, outside, limits)).then_some(limits.overflow)
+        Self::default().verdict(size, outside, limits)
     }
 
     /// Queues `item` within `limits`, applying their overflow policy if it does not fit. Under
@@ -471,12 +501,17 @@ mod tests {
         else {
             panic!("no ping at the interval");
         };
-        // The pong deadline (10 s) comes before the next ping (20 s).
+        // The pong deadline (10 s).
         assert_eq!(t.deadline(true, &config), 30 * S);
-        t.on_pong(b"not ours", 20 * S + 3 * MS);
-        assert_eq!(t.latency(), None);
-        t.on_pong(&payload, 20 * S + 7 * MS);
-        assert_eq!(t.latency(), Some(Duration::from_millis(7)));
+        assert_eq!(t.on_pong(b"not ours", 20 * S + 3 * MS, &config), None);
+        let rtt = t.on_pong(&payload, 20 * S + 7 * MS, &config);
+        assert_eq!(rtt, Some(Duration::from_millis(7)));
+        assert_eq!(
+            t.on_pong(&payload, 20 * S + 8 * MS, &config),
+            None,
+            "answered once"
+        );
+        // The next ping, an interval after this one was sent.
         assert_eq!(t.deadline(true, &config), 40 * S);
         let Some(TimerAction::Ping(next)) = t.handle_timeout(40 * S, true, &config).action else {
             panic!("no second ping");
@@ -509,21 +544,34 @@ mod tests {
     }
 
     #[test]
-    fn a_late_second_interval_does_not_send_a_second_ping_while_one_waits() {
+    fn no_second_ping_while_one_waits_and_a_late_pong_brings_the_next_at_once() {
         let config = config()
             .ping_interval(Some(Duration::from_secs(5)))
             .ping_timeout(Some(Duration::from_secs(12)));
         let mut t = Timers::new(0, &config);
         t.handle_timeout(S, true, &config);
+        let Some(TimerAction::Ping(payload)) = t.handle_timeout(5 * S, true, &config).action else {
+            panic!("no ping");
+        };
+        assert_eq!(t.handle_timeout(10 * S, true, &config).action, None);
+        assert_eq!(t.deadline(true, &config), 17 * S, "the pong deadline");
+        // Answered after the interval: the next ping is due at once.
+        assert!(t.on_pong(&payload, 11 * S, &config).is_some());
+        assert_eq!(t.deadline(true, &config), 10 * S);
         assert!(matches!(
-            t.handle_timeout(5 * S, true, &config).action,
+            t.handle_timeout(11 * S, true, &config).action,
             Some(TimerAction::Ping(_))
         ));
-        assert_eq!(t.handle_timeout(10 * S, true, &config).action, None);
+        // Unanswered: 1011 at its deadline.
         assert!(matches!(
-            t.handle_timeout(17 * S, true, &config).action,
+            t.handle_timeout(23 * S, true, &config).action,
             Some(TimerAction::Close(_))
         ));
+    }
+
+    #[test]
+    fn timers_stay_small() {
+        assert!(std::mem::size_of::<Timers>() <= 24);
     }
 
     #[test]

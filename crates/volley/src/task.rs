@@ -622,8 +622,8 @@ impl<S: AsyncRead + AsyncWrite> WsReceiver<S> {
 
     /// Records the pong answering our keep-alive ping, if it is that one.
     fn on_pong(&mut self, payload: &Bytes) {
-        self.timers.on_pong(payload, core::now());
-        if let Some(rtt) = self.timers.latency() {
+        let config = &self.shared.config;
+        if let Some(rtt) = self.timers.on_pong(payload, core::now(), config) {
             let us = u32::try_from(rtt.as_micros()).unwrap_or(u32::MAX - 1);
             self.shared.rtt.store(us, Ordering::Relaxed);
         }

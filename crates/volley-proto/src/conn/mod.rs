@@ -153,9 +153,10 @@ impl Connection {
         self.send.role()
     }
 
-    /// The configuration in force.
-    pub fn config(&self) -> &Config {
-        self.recv.config()
+    /// The largest message accepted ([`Config::max_message_size`]), in bytes (inflated bytes
+    /// for compressed messages).
+    pub fn max_message_size(&self) -> usize {
+        self.recv.max_message_size()
     }
 
     /// Where the close handshake stands.

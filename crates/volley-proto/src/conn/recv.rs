@@ -127,7 +127,10 @@ pub struct RecvHalf {
     /// No more input is processed: the peer's close frame arrived or the protocol was violated
     /// (the effect may still wait in [`Aside::pending_end`]).
     ended: bool,
-    config: Config,
+    /// [`Config::max_message_size`].
+    max_message: usize,
+    /// [`Config::max_frame_size`], `usize::MAX` for none.
+    max_frame: usize,
     rbuf: BytesMut,
     frame: Option<InFrame>,
     /// Boxed: only fragmented (or partially received) messages need it, and an idle connection
@@ -167,7 +170,8 @@ impl RecvHalf {
         Self {
             role,
             ended: false,
-            config,
+            max_message: config.max_message_size,
+            max_frame: config.max_frame_size.unwrap_or(usize::MAX),
             rbuf: BytesMut::new(),
             frame: None,
             message: None,
@@ -188,9 +192,10 @@ impl RecvHalf {
         self.role
     }
 
-    /// The configuration in force.
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The largest message accepted ([`Config::max_message_size`]), in bytes (inflated bytes
+    /// for compressed messages).
+    pub fn max_message_size(&self) -> usize {
+        self.max_message
     }
 
     /// Whether no more input is expected: the peer's close frame was received or the connection
@@ -426,14 +431,11 @@ impl RecvHalf {
             };
             // On the wire; a compressed message's inflated size is checked while inflating.
             let max_message = if compressed {
-                compressed_wire_limit(self.config.max_message_size)
+                compressed_wire_limit(self.max_message)
             } else {
-                self.config.max_message_size
+                self.max_message
             };
-            let max_frame = self
-                .config
-                .max_frame_size
-                .map_or(max_message, |f| f.min(max_message));
+            let max_frame = self.max_frame.min(max_message);
             if h.payload_len > max_frame as u64 {
                 return Err(ProtocolError::FrameTooLarge {
                     size: h.payload_len,
@@ -582,7 +584,7 @@ impl RecvHalf {
                     // check_header accepts RSV1 only with deflate negotiated.
                     return Err(ProtocolError::ReservedBits(RSV1));
                 };
-                let max = self.config.max_message_size;
+                let max = self.max_message;
                 // Inflate what arrived; the sink sees at most 16 KiB at a time and stops the
                 // inflater the moment the message crosses the limit.
                 inflate

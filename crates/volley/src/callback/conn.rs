@@ -51,7 +51,8 @@ impl Outgoing {
     }
 }
 
-/// What handles queued for a connection, waiting for its driver.
+/// What handles queued for a connection, waiting for its driver (allocated with the first
+/// message a handle queues: a connection only ever written by its own callbacks has none).
 #[derive(Default)]
 struct Outbox {
     queue: core::Outbox<Outgoing>,
@@ -71,7 +72,7 @@ pub(super) struct Driven {
     in_proto: AtomicU32,
     /// Round trip of the last answered keep-alive ping, in microseconds (`u32::MAX`: none).
     rtt: AtomicU32,
-    outbox: Mutex<Outbox>,
+    outbox: Mutex<Option<Box<Outbox>>>,
     pub(super) state: Mutex<ConnState>,
 }
 
@@ -83,14 +84,14 @@ impl Driven {
             open: AtomicBool::new(true),
             in_proto: AtomicU32::new(0),
             rtt: AtomicU32::new(u32::MAX),
-            outbox: Mutex::new(Outbox::default()),
+            outbox: Mutex::new(None),
             state: Mutex::new(state),
         }
     }
 
     /// Bytes waiting in the send queue.
     pub(super) fn outbox_bytes(&self) -> usize {
-        lock(&self.outbox).queue.bytes()
+        lock(&self.outbox).as_ref().map_or(0, |o| o.queue.bytes())
     }
 
     pub(super) fn buffered_amount(&self) -> usize {
@@ -114,6 +115,7 @@ impl Driven {
             return Offer::Gone;
         }
         let mut outbox = lock(&self.outbox);
+        let outbox = outbox.get_or_insert_with(Box::default);
         if outbox.close.is_some() {
             return Offer::Gone;
         }
@@ -129,7 +131,6 @@ impl Driven {
             }
             Offer::Dropped | Offer::Gone => return offer,
         }
-        drop(outbox);
         self.clone().wake();
         offer
     }
@@ -137,11 +138,11 @@ impl Driven {
     /// A handle's close: applied by the driver behind what was queued before.
     pub(super) fn request_close(self: &Arc<Self>, frame: Option<CloseFrame>) {
         let mut outbox = lock(&self.outbox);
+        let outbox = outbox.get_or_insert_with(Box::default);
         if outbox.close.is_some() || !self.open.swap(false, Ordering::AcqRel) {
             return;
         }
         outbox.close = Some(Box::new(frame));
-        drop(outbox);
         self.clone().wake();
     }
 
@@ -159,23 +160,25 @@ impl Driven {
         }
         let limits = &config.send_queue;
         let pending = st.proto.pending_transmit();
-        let mut outbox = lock(&self.outbox);
-        let offer = if outbox.queue.is_empty() && outbox.close.is_none() {
-            match outbox.queue.verdict(item.wire_len(), pending, limits) {
-                // Nothing of ours waits that could be evicted: the newest goes out.
+        let mut guard = lock(&self.outbox);
+        let offer = match guard.as_deref_mut() {
+            Some(outbox) if !outbox.queue.is_empty() || outbox.close.is_some() => {
+                outbox.queue.offer(item, pending, limits)
+            }
+            // Nothing of ours waits: straight into the protocol, if it fits.
+            _ => match core::Outbox::<Outgoing>::verdict_empty(item.wire_len(), pending, limits) {
+                // Nothing could be evicted to make room: the newest goes out.
                 None | Some(Overflow::DropOldest) => {
-                    drop(outbox);
+                    drop(guard);
                     item.send(&mut st.proto)?;
                     self.sync_proto(&st.proto);
                     return Ok(());
                 }
                 Some(Overflow::DropNewest) => Offer::Dropped,
                 Some(Overflow::Close) => Offer::Closed { discarded: 0 },
-            }
-        } else {
-            outbox.queue.offer(item, pending, limits)
+            },
         };
-        drop(outbox);
+        drop(guard);
         if let Offer::Closed { .. } = offer {
             self.open.store(false, Ordering::Release);
             let _ = st.proto.close(Some(limits.slow_close_frame()));
@@ -196,6 +199,9 @@ impl Driven {
     /// close a handle asked for once nothing waits before it. Returns whether anything moved.
     fn take_outbox(&self, proto: &mut Connection, config: &Config) -> bool {
         let mut outbox = lock(&self.outbox);
+        let Some(outbox) = outbox.as_deref_mut() else {
+            return false;
+        };
         let mut moved = false;
         while !must_drain(proto.pending_transmit(), config) {
             let Some(item) = outbox.queue.pop() else {
@@ -214,16 +220,20 @@ impl Driven {
         moved
     }
 
-    /// Frees the send queue's memory if it is empty.
+    /// Frees the send queue if it is empty.
     fn release_outbox(&self) {
-        lock(&self.outbox).queue.release_if_empty();
+        let mut outbox = lock(&self.outbox);
+        if outbox
+            .as_ref()
+            .is_some_and(|o| o.queue.is_empty() && o.close.is_none())
+        {
+            *outbox = None;
+        }
     }
 
     /// Discards what waits (the connection is over).
     pub(super) fn clear_outbox(&self) {
-        let mut outbox = lock(&self.outbox);
-        outbox.queue.clear();
-        outbox.close = None;
+        *lock(&self.outbox) = None;
     }
 }
 
@@ -361,8 +371,7 @@ impl ConnState {
                     }
                     Message::Ping(_) => {}
                     Message::Pong(payload) => {
-                        self.timers.on_pong(&payload, now);
-                        if let Some(rtt) = self.timers.latency() {
+                        if let Some(rtt) = self.timers.on_pong(&payload, now, config) {
                             let us = u32::try_from(rtt.as_micros()).unwrap_or(u32::MAX - 1);
                             me.rtt.store(us, Ordering::Relaxed);
                         }
@@ -451,4 +460,22 @@ impl ConnState {
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+#[cfg(test)]
+mod size_probe {
+    #[test]
+    fn print_sizes() {
+        use std::mem::size_of;
+        eprintln!(
+            "Driven {} ConnState {} Connection {} Timers {} Io {} OptIo {} MTS {} Tcp {}",
+            size_of::<super::Driven>(),
+            size_of::<super::ConnState>(),
+            size_of::<volley_proto::Connection>(),
+            size_of::<crate::core::Timers>(),
+            size_of::<super::Io>(),
+            size_of::<Option<super::Io>>(),
+            size_of::<crate::MaybeTlsStream>(),
+            size_of::<tokio::net::TcpStream>()
+        );
+    }
 }

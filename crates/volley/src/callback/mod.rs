@@ -215,7 +215,7 @@ impl Conn<'_> {
 
     /// Round-trip time of the last keep-alive ping that was answered, if any.
     pub fn latency(&self) -> Option<Duration> {
-        self.st.timers.latency()
+        self.me.latency()
     }
 
     /// The configuration in force.

@@ -94,12 +94,12 @@ impl Callbacks for Chat {
     fn on_open(&self, conn: &mut Conn<'_>) {
         let member = self.hub.join(conn.handle());
         send_json(conn, &Reply::Id(member.id().get()));
-        // Dropped with the connection's extensions when it ends: the member leaves the hub.
-        conn.extensions_mut().insert(member);
+        // Dropped with the connection when it ends: the member leaves the hub.
+        conn.set_data(member);
     }
 
     fn on_message(&self, conn: &mut Conn<'_>, message: Message) {
-        let Some(member) = conn.extensions().get::<Member>().cloned() else {
+        let Some(member) = conn.data::<Member>().cloned() else {
             return;
         };
         match message {

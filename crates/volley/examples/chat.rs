@@ -64,13 +64,11 @@ impl Callbacks for Chat {
         session.tell("welcome! you are in lobby; try /join, /nick, /rooms");
         session.announce("joined");
         // Kept with the connection until it ends; then the member leaves every room.
-        conn.extensions_mut().insert(session);
+        conn.set_data(session);
     }
 
     fn on_message(&self, conn: &mut Conn<'_>, message: Message) {
-        if let (Some(session), Message::Text(line)) =
-            (conn.extensions_mut().get_mut::<Session>(), message)
-        {
+        if let (Some(session), Message::Text(line)) = (conn.data_mut::<Session>(), message) {
             session.handle(line.trim());
         }
     }

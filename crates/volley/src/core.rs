@@ -397,13 +397,6 @@ impl<T: Queued> Outbox<T> {
         self.bytes = 0;
         n
     }
-
-    /// Frees the queue's memory if it is empty (an idle connection keeps none).
-    pub(crate) fn release_if_empty(&mut self) {
-        if self.items.is_empty() && self.items.capacity() > 0 {
-            self.items = VecDeque::new();
-        }
-    }
 }
 
 impl Queued for volley_proto::PreparedMessage {

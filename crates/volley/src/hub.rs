@@ -29,11 +29,11 @@
 //!         let member = self.0.join(conn.handle());
 //!         member.subscribe("news");
 //!         // Kept until the connection ends; dropping it leaves the hub.
-//!         conn.extensions_mut().insert(member);
+//!         conn.set_data(member);
 //!     }
 //!
 //!     fn on_message(&self, conn: &mut Conn<'_>, message: Message) {
-//!         if let (Some(member), Message::Text(text)) = (conn.extensions().get::<Member>(), message) {
+//!         if let (Some(member), Message::Text(text)) = (conn.data::<Member>(), message) {
 //!             // To every other subscriber of "news", encoded once.
 //!             member.publish("news", text);
 //!         }
@@ -55,7 +55,7 @@
 //! ([`Hub::deliver`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
@@ -299,20 +299,23 @@ struct Inner {
 }
 
 /// A topic's subscribers, in join order (ids grow). Each topic has its own lock.
-#[derive(Default)]
 struct Topic {
+    name: Arc<str>,
     subscribers: RwLock<BTreeMap<MemberId, Arc<Entry>>>,
     /// Taken out of the hub's topics (it became empty): subscribing must find it anew.
     removed: AtomicBool,
 }
 
-/// A member as the hub sees it.
-struct Entry {
+/// A member as the hub sees it; the subscriber last, inline (one allocation per member).
+struct Entry<S: ?Sized = dyn Subscriber> {
     id: MemberId,
-    subscriber: Box<dyn Subscriber>,
-    topics: Mutex<Vec<Arc<str>>>,
+    /// [`Member`] handles alive: the member leaves the hub when the last is dropped.
+    handles: AtomicUsize,
+    /// The topics it subscribes to (the hub's own topic records: no copy of their names).
+    topics: Mutex<Vec<Arc<Topic>>>,
     delivered: AtomicU64,
     dropped: AtomicU64,
+    subscriber: S,
 }
 
 impl Entry {
@@ -392,19 +395,18 @@ impl Hub {
     /// implements [`Subscriber`]) as a member subscribed to nothing yet.
     pub fn join(&self, subscriber: impl Subscriber) -> Member {
         let id = MemberId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
-        let entry = Arc::new(Entry {
+        let entry: Arc<Entry> = Arc::new(Entry {
             id,
-            subscriber: Box::new(subscriber),
+            handles: AtomicUsize::new(1),
             topics: Mutex::default(),
             delivered: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            subscriber,
         });
         write(&self.inner.members).insert(id, entry.clone());
         Member {
-            inner: Arc::new(Membership {
-                hub: self.clone(),
-                entry,
-            }),
+            hub: self.clone(),
+            entry,
         }
     }
 
@@ -558,8 +560,8 @@ impl Hub {
         }
     }
 
-    /// Adds `entry` to `name`'s subscribers, creating the topic if needed.
-    fn join_topic(&self, name: &str, entry: &Arc<Entry>) {
+    /// Adds `entry` to `name`'s subscribers, creating the topic if needed; returns the topic.
+    fn join_topic(&self, name: &str, entry: &Arc<Entry>) -> Arc<Topic> {
         loop {
             let found = read(&self.inner.topics).get(name).cloned();
             let topic = match found {
@@ -567,9 +569,13 @@ impl Hub {
                 None => {
                     let mut topics = write(&self.inner.topics);
                     let mut created = false;
-                    let topic = topics.entry(Arc::from(name)).or_insert_with(|| {
+                    let topic = topics.entry(Arc::from(name)).or_insert_with_key(|name| {
                         created = true;
-                        Arc::default()
+                        Arc::new(Topic {
+                            name: name.clone(),
+                            subscribers: RwLock::default(),
+                            removed: AtomicBool::new(false),
+                        })
                     });
                     let topic = topic.clone();
                     drop(topics);
@@ -587,15 +593,13 @@ impl Hub {
                 continue;
             }
             subscribers.insert(entry.id, entry.clone());
-            return;
+            drop(subscribers);
+            return topic;
         }
     }
 
-    /// Removes member `id` from `name`'s subscribers; removes the topic if it is left empty.
-    fn leave_topic(&self, name: &str, id: MemberId) {
-        let Some(topic) = read(&self.inner.topics).get(name).cloned() else {
-            return;
-        };
+    /// Removes member `id` from `topic`'s subscribers; removes the topic if it is left empty.
+    fn leave_topic(&self, topic: &Arc<Topic>, id: MemberId) {
         let empty = {
             let mut subscribers = write(&topic.subscribers);
             subscribers.remove(&id);
@@ -606,14 +610,14 @@ impl Hub {
         }
         let mut topics = write(&self.inner.topics);
         let subscribers = write(&topic.subscribers);
-        let current = topics.get(name).is_some_and(|t| Arc::ptr_eq(t, &topic));
+        let current = (topics.get(&topic.name)).is_some_and(|t| Arc::ptr_eq(t, topic));
         if subscribers.is_empty() && current {
             topic.removed.store(true, Ordering::Release);
-            topics.remove(name);
+            topics.remove(&topic.name);
             drop(subscribers);
             drop(topics);
             if let Some(backend) = &self.inner.backend {
-                backend.unsubscribe(name);
+                backend.unsubscribe(&topic.name);
             }
         }
     }
@@ -627,30 +631,37 @@ fn stats_of(entry: &Entry) -> MemberStats {
     }
 }
 
-/// A connection's membership in a [`Hub`]. Cheap to clone (clones share the membership, so it
-/// can live in a connection's [extensions](crate::callback::Conn::extensions_mut)); when the
+/// A connection's membership in a [`Hub`]. Cheap to clone (clones share the membership; keep
+/// one with the connection, e.g. [`Conn::set_data`](crate::callback::Conn::set_data)); when the
 /// last clone is dropped the member leaves the hub (the connection itself stays open; a task
 /// member's writer releases the sender half).
-#[derive(Clone)]
 pub struct Member {
-    inner: Arc<Membership>,
-}
-
-struct Membership {
     hub: Hub,
     entry: Arc<Entry>,
 }
 
-impl Drop for Membership {
+impl Clone for Member {
+    fn clone(&self) -> Self {
+        self.entry.handles.fetch_add(1, Ordering::Relaxed);
+        Self {
+            hub: self.hub.clone(),
+            entry: self.entry.clone(),
+        }
+    }
+}
+
+impl Drop for Member {
     fn drop(&mut self) {
-        self.hub.remove(self.entry.id);
+        if self.entry.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.hub.remove(self.entry.id);
+        }
     }
 }
 
 impl std::fmt::Debug for Member {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Member")
-            .field("id", &self.inner.entry.id)
+            .field("id", &self.entry.id)
             .field("topics", &self.topics())
             .finish_non_exhaustive()
     }
@@ -659,12 +670,12 @@ impl std::fmt::Debug for Member {
 impl Member {
     /// This member's id.
     pub fn id(&self) -> MemberId {
-        self.inner.entry.id
+        self.entry.id
     }
 
     /// The hub this member belongs to.
     pub fn hub(&self) -> &Hub {
-        &self.inner.hub
+        &self.hub
     }
 
     /// Subscribes to `topic`; returns `false` if already subscribed (or no longer in the hub).
@@ -672,34 +683,32 @@ impl Member {
         if !self.in_hub() {
             return false;
         }
-        {
-            let mut topics = lock(&self.inner.entry.topics);
-            if topics.iter().any(|t| &**t == topic) {
-                return false;
-            }
-            topics.push(Arc::from(topic));
+        let mut topics = lock(&self.entry.topics);
+        if topics.iter().any(|t| &*t.name == topic) {
+            return false;
         }
-        self.inner.hub.join_topic(topic, &self.inner.entry);
+        // Under the member's lock, so that a concurrent unsubscribe sees the topic.
+        topics.push(self.hub.join_topic(topic, &self.entry));
         true
     }
 
     /// Unsubscribes from `topic`; returns `false` if not subscribed.
     pub fn unsubscribe(&self, topic: &str) -> bool {
-        {
-            let mut topics = lock(&self.inner.entry.topics);
-            let Some(i) = topics.iter().position(|t| &**t == topic) else {
+        let left = {
+            let mut topics = lock(&self.entry.topics);
+            let Some(i) = topics.iter().position(|t| &*t.name == topic) else {
                 return false;
             };
-            topics.swap_remove(i);
-        }
-        self.inner.hub.leave_topic(topic, self.inner.entry.id);
+            topics.swap_remove(i)
+        };
+        self.hub.leave_topic(&left, self.entry.id);
         true
     }
 
     /// The topics this member subscribes to.
     pub fn topics(&self) -> Vec<String> {
-        let mut topics: Vec<String> = (lock(&self.inner.entry.topics).iter())
-            .map(|t| t.to_string())
+        let mut topics: Vec<String> = (lock(&self.entry.topics).iter())
+            .map(|t| t.name.to_string())
             .collect();
         topics.sort();
         topics
@@ -708,9 +717,8 @@ impl Member {
     /// Sends `message` to every other subscriber of `topic` (not to this member), encoded once.
     pub fn publish(&self, topic: &str, message: impl Into<PreparedMessage>) -> Published {
         let message = message.into();
-        let published =
-            (self.inner.hub).fan_out(Scope::Topic(topic), &message, Some(self.inner.entry.id));
-        if let Some(backend) = &self.inner.hub.inner.backend {
+        let published = (self.hub).fan_out(Scope::Topic(topic), &message, Some(self.entry.id));
+        if let Some(backend) = &self.hub.inner.backend {
             backend.publish(Scope::Topic(topic), &message);
         }
         published
@@ -718,15 +726,12 @@ impl Member {
 
     /// Queues `message` for this member alone, within the hub's limits.
     pub fn send(&self, message: impl Into<PreparedMessage>) -> Offer {
-        let offer = self
-            .inner
-            .entry
-            .offer(&message.into(), &self.inner.hub.inner.config.queue);
+        let offer = (self.entry).offer(&message.into(), &self.hub.inner.config.queue);
         let mut published = Published::default();
         published.count(offer);
-        self.inner.hub.count(&published);
+        self.hub.count(&published);
         if matches!(offer, Offer::Closed { .. } | Offer::Gone) {
-            self.inner.hub.remove(self.inner.entry.id);
+            self.hub.remove(self.entry.id);
         }
         offer
     }
@@ -735,23 +740,23 @@ impl Member {
     /// queued for it (none is lost). An invalid frame (a code that may not be sent, a reason
     /// over 123 bytes) is replaced by a plain close.
     pub fn close(&self, frame: Option<CloseFrame>) {
-        self.inner.hub.remove(self.inner.entry.id);
-        self.inner.entry.subscriber.close(frame.filter(valid_close));
+        self.hub.remove(self.entry.id);
+        self.entry.subscriber.close(frame.filter(valid_close));
     }
 
     /// Whether the member no longer takes messages: it left the hub, or its connection is
     /// closing or gone.
     pub fn is_closed(&self) -> bool {
-        !self.in_hub() || !self.inner.entry.subscriber.is_open()
+        !self.in_hub() || !self.entry.subscriber.is_open()
     }
 
     fn in_hub(&self) -> bool {
-        read(&self.inner.hub.inner.members).contains_key(&self.inner.entry.id)
+        read(&self.hub.inner.members).contains_key(&self.entry.id)
     }
 
     /// This member's counters and queue level.
     pub fn stats(&self) -> MemberStats {
-        stats_of(&self.inner.entry)
+        stats_of(&self.entry)
     }
 }
 

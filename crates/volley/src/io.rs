@@ -172,7 +172,8 @@ fn poll_write_slices<W: AsyncWrite>(
 /// Reads once from `io` into the connection and processes what arrived (a protocol error lands
 /// in `error`). A connection with a read buffer reads straight into it, with room for the rest
 /// of the frame being received; one without (idle) reads into this thread's scratch buffer and
-/// keeps only the bytes it needs. `target` is the free space to have before a read (see
+/// keeps only the bytes of a frame still incomplete (a read buffer of the usual size comes with
+/// its next read). `target` is the free space to have before a read (see
 /// [`READ_TARGET`]); it follows the size of the frames that needed more than one read.
 pub(crate) fn poll_fill<R: AsyncRead>(
     proto: &mut impl Incoming,
@@ -187,10 +188,15 @@ pub(crate) fn poll_fill<R: AsyncRead>(
             ready!(io.as_mut().poll_read(cx, &mut buf))?;
             let filled = buf.filled();
             if !filled.is_empty() {
-                // Keep room for the reads that usually follow the first.
-                proto.read_buffer().reserve(filled.len().max(*target));
+                // Only what arrived is copied (complete messages are handed out from that
+                // copy); an idle connection that exchanges a few small messages must not be
+                // left with a read buffer of the usual size, or with one at all.
                 if let Err(e) = proto.handle_read(filled) {
                     *error = Some(Error::Protocol(e));
+                }
+                let rest = proto.read_buffer();
+                if rest.is_empty() {
+                    *rest = BytesMut::new();
                 }
             }
             Poll::Ready(Ok::<_, std::io::Error>(filled.len()))

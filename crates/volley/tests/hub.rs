@@ -668,7 +668,7 @@ impl volley::callback::Callbacks for Joiner {
         self.1.lock().unwrap().push(member.id());
         member.subscribe("t");
         member.send("ready");
-        conn.extensions_mut().insert(member);
+        conn.set_data(member);
     }
 
     fn on_message(&self, _conn: &mut volley::callback::Conn<'_>, _message: Message) {}

@@ -344,7 +344,7 @@ impl Drop for Registry {
                     self.driver.callbacks.on_close(&mut closed, result);
                 };
                 let _ = std::panic::catch_unwind(AssertUnwindSafe(call));
-                st.extensions.clear();
+                st.drop_data();
             }
             drop(st);
             self.driver.shared.finished();
@@ -554,7 +554,7 @@ impl Driver {
                 };
                 let call = || self.callbacks.on_close(&mut closed, result);
                 let _ = std::panic::catch_unwind(AssertUnwindSafe(call));
-                st.extensions.clear();
+                st.drop_data();
                 drop(guard);
                 turn.registry.remove(slot);
             }

@@ -50,7 +50,8 @@
 //! [`Callbacks::on_open`] sees the handshake request ([`Conn::request`]: path, query, headers);
 //! what the request's extensions held (the [`Subprotocol`](crate::Subprotocol), state put there
 //! by the [`Policy`](crate::Policy) auth hook) stays with the connection as its
-//! [`extensions`](Conn::extensions), where callbacks keep per-connection data too. To send to a
+//! [`extensions`](Conn::extensions); the application keeps its own value for each connection
+//! with [`Conn::set_data`] (the cheapest way: one allocation). To send to a
 //! connection from elsewhere (another connection's callback, another task or thread), keep its
 //! [`ConnHandle`] ([`Conn::handle`]). A chat room on a hub:
 //!
@@ -65,8 +66,8 @@
 //!     fn on_open(&self, conn: &mut Conn<'_>) {
 //!         let member = self.0.join(conn.handle());
 //!         member.subscribe("lobby");
-//!         // Dropped with the connection's extensions: the member leaves the hub.
-//!         conn.extensions_mut().insert(member);
+//!         // Dropped with the connection: the member leaves the hub.
+//!         conn.set_data(member);
 //!     }
 //!
 //!     fn on_message(&self, _conn: &mut Conn<'_>, message: Message) {
@@ -88,6 +89,7 @@
 mod conn;
 mod driver;
 
+use std::any::Any;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -230,9 +232,38 @@ impl Conn<'_> {
         self.request
     }
 
+    /// The application's value of type `T` for this connection, if [`set_data`](Self::set_data)
+    /// stored one (of that type).
+    pub fn data<T: Any + Send + Sync>(&self) -> Option<&T> {
+        self.st.data.as_deref()?.downcast_ref()
+    }
+
+    /// The application's value of type `T` for this connection, mutable.
+    pub fn data_mut<T: Any + Send + Sync>(&mut self) -> Option<&mut T> {
+        self.st.data.as_deref_mut()?.downcast_mut()
+    }
+
+    /// Keeps `data` with this connection until [`Callbacks::on_close`] has returned (replacing
+    /// what was there): the cheapest place for per-connection state — one allocation, where
+    /// [`extensions_mut`](Self::extensions_mut) allocates a map. One value per connection: keep
+    /// a struct for more.
+    pub fn set_data<T: Any + Send + Sync>(&mut self, data: T) {
+        self.st.data = Some(Box::new(data));
+    }
+
+    /// Takes the application's value of type `T` back (it is left in place if it is of
+    /// another type).
+    pub fn take_data<T: Any + Send + Sync>(&mut self) -> Option<T> {
+        if !self.st.data.as_deref()?.is::<T>() {
+            return None;
+        }
+        self.st.data.take()?.downcast().ok().map(|data| *data)
+    }
+
     /// This connection's extensions: at first what the handshake request's extensions held
     /// (the [`Subprotocol`](crate::Subprotocol) selected, state put there by the
-    /// [`Policy`](crate::Policy) auth hook), then whatever the callbacks store. Dropped after
+    /// [`Policy`](crate::Policy) auth hook), then whatever the callbacks store (a map of values
+    /// by type: for a single value, [`set_data`](Self::set_data) is cheaper). Dropped after
     /// [`Callbacks::on_close`] returns.
     pub fn extensions(&self) -> &Extensions {
         &self.st.extensions

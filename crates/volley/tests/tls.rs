@@ -152,3 +152,41 @@ async fn python_websockets_client_over_wss() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[path = "../examples/tls.rs"]
+#[allow(dead_code)]
+mod tls_example;
+
+/// The `tls` example serves wss:// with the self-signed certificate it makes.
+#[tokio::test]
+async fn the_tls_example_serves_wss_with_its_self_signed_certificate() {
+    let dir = std::env::temp_dir().join(format!("volley-tls-example-test-{}", std::process::id()));
+    let (cert, key) = tls_example::self_signed(&dir).expect("self-signed certificate");
+    let server = Server::bind("127.0.0.1:0").await.expect("bind");
+    let port = server.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        tls_example::serve(server, &cert, &key)
+            .await
+            .map_err(|e| e.to_string())
+    });
+    let roots = client_config(&Roots::Custom(vec![dir.join("cert.pem")])).expect("roots");
+    let (mut ws, _) = timeout(
+        Duration::from_secs(10),
+        ClientBuilder::new(format!("wss://localhost:{port}/"))
+            .tls_config(roots)
+            .connect(),
+    )
+    .await
+    .expect("in time")
+    .expect("wss connect");
+    ws.send("secure echo").await.expect("send");
+    let echoed = timeout(Duration::from_secs(10), ws.recv())
+        .await
+        .expect("in time");
+    assert_eq!(
+        echoed.expect("message").expect("ok"),
+        Message::text("secure echo")
+    );
+    ws.close(None).await.expect("close");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -89,28 +89,10 @@ async fn start_app() -> SocketAddr {
 /// Sends `request` on a fresh connection and returns the response: its head and its
 /// `Content-Length` body (the connection may stay open).
 async fn http(addr: SocketAddr, request: &str) -> String {
-    use tokio::io::AsyncReadExt;
     let mut raw = raw_tcp(addr).await;
     raw.write(request.as_bytes()).await;
-    let head = raw.read_http_head().await;
-    let length = head
-        .lines()
-        .find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse::<usize>().ok())?
-        })
-        .unwrap_or(0);
-    within(async {
-        while raw.buf.len() < length {
-            let mut chunk = [0u8; 4096];
-            let n = raw.stream.read(&mut chunk).await.expect("read body");
-            assert!(n > 0, "EOF inside the body");
-            raw.buf.extend_from_slice(&chunk[..n]);
-        }
-    })
-    .await;
-    head + &String::from_utf8_lossy(&raw.buf[..length])
+    let (head, body) = raw.read_response().await;
+    head + &body
 }
 
 fn upgrade_to(addr: SocketAddr, path: &str, extra: &str) -> String {

@@ -75,29 +75,8 @@ fn get(path: &str, addr: SocketAddr) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n")
 }
 
-/// Reads one response (head and a `Content-Length` body) from a keep-alive connection.
 async fn response(raw: &mut Raw) -> (String, String) {
-    use tokio::io::AsyncReadExt;
-    let head = raw.read_http_head().await;
-    let length = head
-        .lines()
-        .find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse::<usize>().ok())?
-        })
-        .unwrap_or(0);
-    within(async {
-        while raw.buf.len() < length {
-            let mut chunk = [0u8; 4096];
-            let n = raw.stream.read(&mut chunk).await.expect("read body");
-            assert!(n > 0, "EOF inside the body");
-            raw.buf.extend_from_slice(&chunk[..n]);
-        }
-    })
-    .await;
-    let body: Vec<u8> = raw.buf.drain(..length).collect();
-    (head, String::from_utf8(body).expect("UTF-8 body"))
+    raw.read_response().await
 }
 
 async fn text_frame(raw: &mut Raw) -> String {

@@ -25,12 +25,10 @@ async fn wss_echo_server(pki: &Pki) -> u16 {
     port
 }
 
-#[tokio::test]
-async fn wss_echo_with_a_custom_ca() {
-    let pki = Pki::new("echo");
-    let port = wss_echo_server(&pki).await;
-    let roots = client_config(&Roots::Custom(vec![pki.path("ca.pem")])).expect("client config");
-    let (mut ws, _) = timeout(
+/// A wss:// client of the server on `port`, trusting the CA certificate in `ca`.
+async fn wss_client(port: u16, ca: PathBuf) -> volley::WebSocket<volley::MaybeTlsStream> {
+    let roots = client_config(&Roots::Custom(vec![ca])).expect("client config");
+    let (ws, _) = timeout(
         Duration::from_secs(10),
         ClientBuilder::new(format!("wss://localhost:{port}/"))
             .tls_config(roots)
@@ -39,20 +37,25 @@ async fn wss_echo_with_a_custom_ca() {
     .await
     .expect("in time")
     .expect("wss connect");
-    ws.send("over tls").await.expect("send");
+    ws
+}
+
+/// Sends `message` and expects it back.
+async fn echo(ws: &mut volley::WebSocket<volley::MaybeTlsStream>, message: Message) {
+    ws.send(message.clone()).await.expect("send");
     let echoed = timeout(Duration::from_secs(10), ws.recv())
         .await
         .expect("in time");
-    assert_eq!(
-        echoed.expect("message").expect("ok"),
-        Message::text("over tls")
-    );
-    let big = vec![7u8; 300_000];
-    ws.send(big.clone()).await.expect("send");
-    let echoed = timeout(Duration::from_secs(10), ws.recv())
-        .await
-        .expect("in time");
-    assert_eq!(echoed.expect("message").expect("ok"), Message::binary(big));
+    assert_eq!(echoed.expect("message").expect("ok"), message);
+}
+
+#[tokio::test]
+async fn wss_echo_with_a_custom_ca() {
+    let pki = Pki::new("echo");
+    let port = wss_echo_server(&pki).await;
+    let mut ws = wss_client(port, pki.path("ca.pem")).await;
+    echo(&mut ws, Message::text("over tls")).await;
+    echo(&mut ws, Message::binary(vec![7u8; 300_000])).await;
     ws.close(None).await.expect("close");
 }
 
@@ -169,24 +172,8 @@ async fn the_tls_example_serves_wss_with_its_self_signed_certificate() {
             .await
             .map_err(|e| e.to_string())
     });
-    let roots = client_config(&Roots::Custom(vec![dir.join("cert.pem")])).expect("roots");
-    let (mut ws, _) = timeout(
-        Duration::from_secs(10),
-        ClientBuilder::new(format!("wss://localhost:{port}/"))
-            .tls_config(roots)
-            .connect(),
-    )
-    .await
-    .expect("in time")
-    .expect("wss connect");
-    ws.send("secure echo").await.expect("send");
-    let echoed = timeout(Duration::from_secs(10), ws.recv())
-        .await
-        .expect("in time");
-    assert_eq!(
-        echoed.expect("message").expect("ok"),
-        Message::text("secure echo")
-    );
+    let mut ws = wss_client(port, dir.join("cert.pem")).await;
+    echo(&mut ws, Message::text("secure echo")).await;
     ws.close(None).await.expect("close");
     let _ = std::fs::remove_dir_all(&dir);
 }

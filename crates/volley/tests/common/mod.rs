@@ -327,6 +327,29 @@ impl Raw {
         .await
     }
 
+    /// Reads one HTTP response, its head and its `Content-Length` body, from a connection that
+    /// may stay open; bytes after it stay in the buffer.
+    pub async fn read_response(&mut self) -> (String, String) {
+        let head = self.read_http_head().await;
+        let length = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse::<usize>().ok())?
+            })
+            .unwrap_or(0);
+        within(async {
+            while self.buf.len() < length {
+                let n = self.fill().await.expect("read body");
+                assert!(n > 0, "EOF inside the body");
+            }
+        })
+        .await;
+        let body: Vec<u8> = self.buf.drain(..length).collect();
+        (head, String::from_utf8_lossy(&body).into_owned())
+    }
+
     /// Reads everything until EOF (or reset), bounded by [`WAIT`], and returns it as a string
     /// (including anything already buffered).
     pub async fn read_all_string(&mut self) -> String {

@@ -22,8 +22,10 @@ pub struct Config {
     /// How long to wait for the peer's side of the close handshake (its close frame, and for a
     /// client the server's TCP close) after sending ours. Default 10 s.
     pub close_timeout: Duration,
-    /// How often to ping the peer while a `recv` is pending. Default 20 s; `None` disables
-    /// keep-alive. Pings go out on schedule whatever other traffic there is.
+    /// How often to ping the peer. Default 20 s; `None` disables keep-alive. Pings go out on
+    /// schedule whatever other traffic there is (the next one an interval after the previous,
+    /// once it was answered). A task's connection runs its timers while a `recv` is pending;
+    /// a callback connection's driver runs them always.
     pub ping_interval: Option<Duration>,
     /// How long a keep-alive ping may wait for its pong before the connection is failed with
     /// 1011 and `recv` returns [`Error::KeepaliveTimeout`](crate::Error::KeepaliveTimeout).

@@ -33,7 +33,7 @@
 //! What the driver does for every connection, as [`WebSocket::recv`](crate::WebSocket::recv)
 //! does for a task (both run the same per-connection core): pings are answered and the close
 //! handshake completed; keep-alive pings, the pong deadline, the idle timeout and the close
-//! timeout of the [`Config`](crate::Config) apply; empty buffers are freed one second after the
+//! timeout of the [`Config`] apply; empty buffers are freed one second after the
 //! last read. Everything queued for a connection in one turn goes out in one system call.
 //! While more than [`Config::write_limit`](crate::Config::write_limit) bytes wait to be written
 //! the connection is not read, so a peer that sends without reading is slowed down by TCP.

@@ -19,7 +19,7 @@ use libfuzzer_sys::fuzz_target;
 use volley_proto::frame::{FrameHeader, OpCode};
 use volley_proto::mask::apply_mask;
 use volley_proto::{
-    CloseCode, CloseFrame, Config, Connection, Message, ProtocolError, Role, SendError, State,
+    CloseCode, CloseFrame, ProtocolConfig, Connection, Message, ProtocolError, Role, SendError, State,
 };
 
 /// A tiny deterministic generator for chunk sizes and interleaved actions.
@@ -37,11 +37,11 @@ impl Rng {
     }
 }
 
-fn config(sel: u8) -> Config {
+fn config(sel: u8) -> ProtocolConfig {
     let max_message = [0usize, 1, 16, 125, 126, 1000, 65_536, 1 << 20][usize::from(sel & 7)];
     let max_frame = [None, Some(0), Some(10), Some(200)][usize::from((sel >> 3) & 3)];
     let fragment = [None, Some(1), Some(7), Some(100)][usize::from((sel >> 5) & 3)];
-    Config::default()
+    ProtocolConfig::default()
         .max_message_size(max_message)
         .max_frame_size(max_frame)
         .fragment_size(fragment)
@@ -113,7 +113,7 @@ fn drain_transmit(
     }
 }
 
-fn check_event(ev: &Message, config: &Config) {
+fn check_event(ev: &Message, config: &ProtocolConfig) {
     match ev {
         Message::Text(t) => {
             assert!(std::str::from_utf8(t.as_bytes()).is_ok());
@@ -160,13 +160,13 @@ fn act_once(conn: &mut Connection, rng: &mut Rng) {
 
 /// Feeds `stream` to a connection of `role` in chunks sized from `seed` (`None`: in one read);
 /// with `act`, also sends and closes from our side between chunks.
-fn run(role: Role, config: &Config, stream: &[u8], seed: Option<u16>, act: bool) -> Outcome {
+fn run(role: Role, config: &ProtocolConfig, stream: &[u8], seed: Option<u16>, act: bool) -> Outcome {
     let mut conn = Connection::new(role, config.clone());
     let peer_role = match role {
         Role::Server => Role::Client,
         Role::Client => Role::Server,
     };
-    let mut peer = Connection::new(peer_role, Config::default().max_message_size(usize::MAX));
+    let mut peer = Connection::new(peer_role, ProtocolConfig::default().max_message_size(usize::MAX));
     let mut rng = Rng(u32::from(seed.unwrap_or(0)) | 0x1_0000);
     let max_chunk = seed.map_or(0, |s| [1usize, 2, 3, 8, 64, 1024][usize::from(s) % 6]);
     let mut partial = Vec::new();

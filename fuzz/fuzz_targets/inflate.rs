@@ -17,7 +17,7 @@
 
 use flate2::{Compress, Compression, FlushCompress};
 use libfuzzer_sys::fuzz_target;
-use volley_proto::{Config, Connection, DeflateParams, Message, ProtocolError, Role, State};
+use volley_proto::{ProtocolConfig, Connection, DeflateParams, Message, ProtocolError, Role, State};
 
 fn params(sel: u8) -> DeflateParams {
     let bits = [None, Some(8), Some(9), Some(12)][usize::from(sel & 3)];
@@ -117,7 +117,7 @@ fuzz_target!(|data: &[u8]| {
     let max = max_message(*sel);
     let chunk = usize::from(*chunk) + 1;
     for role in [Role::Server, Role::Client] {
-        let config = Config::default().max_message_size(max);
+        let config = ProtocolConfig::default().max_message_size(max);
         let mut conn = Connection::with_deflate(role, config, Some(params));
         if sel & 0x80 == 0 {
             // Raw: arbitrary frames, RSV bits and DEFLATE data.

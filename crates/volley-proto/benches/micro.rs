@@ -20,7 +20,7 @@ use criterion::{BatchSize, BenchmarkGroup, Criterion, Throughput, measurement::W
 use volley_proto::frame::{FrameHeader, OpCode};
 use volley_proto::mask::{Implementation, apply_mask};
 use volley_proto::utf8::Utf8Validator;
-use volley_proto::{Config, Connection, Message, Role};
+use volley_proto::{Connection, Message, ProtocolConfig, Role};
 
 const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
@@ -108,7 +108,7 @@ fn encode(c: &mut Criterion) {
         }
         let payload = Bytes::copy_from_slice(payload);
         for (name, role) in [("server_send", Role::Server), ("client_send", Role::Client)] {
-            let mut conn = Connection::new(role, Config::default());
+            let mut conn = Connection::new(role, ProtocolConfig::default());
             group.bench_function(name, |b| {
                 b.iter(|| {
                     conn.send(Message::Binary(payload.clone()))
@@ -125,7 +125,10 @@ fn encode(c: &mut Criterion) {
 
 /// The bytes a client sends for `messages`.
 fn client_wire(messages: impl IntoIterator<Item = Message>) -> Vec<u8> {
-    let mut client = Connection::new(Role::Client, Config::default().max_message_size(16 << 20));
+    let mut client = Connection::new(
+        Role::Client,
+        ProtocolConfig::default().max_message_size(16 << 20),
+    );
     let mut wire = Vec::new();
     for m in messages {
         client
@@ -171,7 +174,12 @@ fn decode(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(wire.len() as u64));
         group.bench_function(name, |b| {
             b.iter_batched_ref(
-                || Connection::new(Role::Server, Config::default().max_message_size(16 << 20)),
+                || {
+                    Connection::new(
+                        Role::Server,
+                        ProtocolConfig::default().max_message_size(16 << 20),
+                    )
+                },
                 |server| {
                     let mut got = 0;
                     for piece in wire.chunks(read_size) {

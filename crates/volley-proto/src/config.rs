@@ -13,11 +13,11 @@ pub enum Role {
 
 /// Configuration of one connection.
 ///
-/// Build it from [`Config::default`] with the by-value setters:
-/// `Config::default().max_message_size(16 << 20)`.
+/// Build it from [`ProtocolConfig::default`] with the by-value setters:
+/// `ProtocolConfig::default().max_message_size(16 << 20)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct Config {
+pub struct ProtocolConfig {
     /// Largest message accepted, in bytes, summed over its fragments. Default 1 MiB (1,048,576).
     /// A message that would cross it fails the connection with 1009 before its bytes are buffered.
     ///
@@ -41,7 +41,7 @@ pub struct Config {
     pub deflate: Option<DeflateConfig>,
 }
 
-impl Default for Config {
+impl Default for ProtocolConfig {
     fn default() -> Self {
         Self {
             max_message_size: 1 << 20,
@@ -52,26 +52,26 @@ impl Default for Config {
     }
 }
 
-impl Config {
-    /// Sets [`Config::max_message_size`].
+impl ProtocolConfig {
+    /// Sets [`ProtocolConfig::max_message_size`].
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.max_message_size = bytes;
         self
     }
 
-    /// Sets [`Config::max_frame_size`].
+    /// Sets [`ProtocolConfig::max_frame_size`].
     pub fn max_frame_size(mut self, bytes: Option<usize>) -> Self {
         self.max_frame_size = bytes;
         self
     }
 
-    /// Sets [`Config::fragment_size`]; `Some(0)` is treated as `Some(1)`.
+    /// Sets [`ProtocolConfig::fragment_size`]; `Some(0)` is treated as `Some(1)`.
     pub fn fragment_size(mut self, bytes: Option<usize>) -> Self {
         self.fragment_size = bytes.map(|b| b.max(1));
         self
     }
 
-    /// Sets [`Config::deflate`]: `Some` enables permessage-deflate negotiation.
+    /// Sets [`ProtocolConfig::deflate`]: `Some` enables permessage-deflate negotiation.
     pub fn deflate(mut self, deflate: Option<DeflateConfig>) -> Self {
         self.deflate = deflate;
         self

@@ -14,10 +14,10 @@
 //! - [`frame`], [`mask`], [`utf8`]: the building blocks, public for tools and fuzzing.
 //!
 //! ```
-//! use volley_proto::{Config, Connection, Message, Role};
+//! use volley_proto::{ProtocolConfig, Connection, Message, Role};
 //!
-//! let mut server = Connection::new(Role::Server, Config::default());
-//! let mut client = Connection::new(Role::Client, Config::default());
+//! let mut server = Connection::new(Role::Server, ProtocolConfig::default());
+//! let mut client = Connection::new(Role::Client, ProtocolConfig::default());
 //! client.send(Message::text("hello")).unwrap();
 //! while let Some(bytes) = client.poll_transmit() {
 //!     server.handle_read(&bytes).unwrap();
@@ -38,7 +38,7 @@ pub mod prepared;
 pub mod utf8;
 
 pub use close::{CloseCode, CloseFrame};
-pub use config::{Config, Role};
+pub use config::{ProtocolConfig, Role};
 pub use conn::{Connection, RecvHalf, Reply, SendHalf, State};
 pub use deflate::{DeflateConfig, DeflateParams};
 pub use error::{ProtocolError, SendError};

@@ -12,7 +12,7 @@ use crate::message::{Message, Utf8Bytes};
 /// a broadcast to a thousand server connections encodes the message once and copies no payload.
 ///
 /// Client connections must mask every frame with a fresh key, and connections configured with a
-/// [`fragment_size`](crate::Config::fragment_size) smaller than the payload must split it: for
+/// [`fragment_size`](crate::ProtocolConfig::fragment_size) smaller than the payload must split it: for
 /// those `send_prepared` falls back to encoding the message like `send` (the payload is still
 /// shared, as a slice of the frame). Server connections send the prepared frame uncompressed
 /// even where permessage-deflate was negotiated, which RFC 7692 allows (RSV1 stays clear):
@@ -20,11 +20,11 @@ use crate::message::{Message, Utf8Bytes};
 /// connection, so it is not attempted.
 ///
 /// ```
-/// use volley_proto::{Config, Connection, PreparedMessage, Role};
+/// use volley_proto::{ProtocolConfig, Connection, PreparedMessage, Role};
 ///
 /// let prepared = PreparedMessage::text("hello, everyone");
-/// let mut a = Connection::new(Role::Server, Config::default());
-/// let mut b = Connection::new(Role::Server, Config::default());
+/// let mut a = Connection::new(Role::Server, ProtocolConfig::default());
+/// let mut b = Connection::new(Role::Server, ProtocolConfig::default());
 /// a.send_prepared(&prepared).unwrap();
 /// b.send_prepared(&prepared).unwrap();
 /// // Both connections queue the very same bytes.

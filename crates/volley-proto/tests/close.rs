@@ -6,13 +6,14 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use volley_proto::{
-    CloseCode, CloseFrame, Config, Connection, Message, ProtocolError, Role, SendError, State,
+    CloseCode, CloseFrame, Connection, Message, ProtocolConfig, ProtocolError, Role, SendError,
+    State,
 };
 
 const ROLES: [Role; 2] = [Role::Server, Role::Client];
 
 fn conn(role: Role) -> Connection {
-    Connection::new(role, Config::default())
+    Connection::new(role, ProtocolConfig::default())
 }
 
 fn close_from_peer(role: Role, payload: &[u8]) -> Vec<u8> {

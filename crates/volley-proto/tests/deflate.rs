@@ -12,7 +12,7 @@ use volley_proto::handshake::{
     ClientHandshake, Extension, HandshakeError, HeaderLimits, UpgradeRequest, accept_key,
     parse_extensions,
 };
-use volley_proto::{CloseCode, Config, Connection, Message, ProtocolError, Role, State};
+use volley_proto::{CloseCode, Connection, Message, ProtocolConfig, ProtocolError, Role, State};
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
@@ -63,7 +63,7 @@ fn pair_with(
     fragment: Option<usize>,
 ) -> (Connection, Connection) {
     let (sp, cp) = negotiate(&server, &client);
-    let base = Config::default()
+    let base = ProtocolConfig::default()
         .max_message_size(max_message)
         .fragment_size(fragment);
     (
@@ -1041,8 +1041,11 @@ fn peer_fragmented_compressed_message_with_pings_between_fragments_in_any_chunki
         }
         // Also an empty final fragment.
         for chunk in [1, 7, 1000, wire.len()] {
-            let mut c =
-                Connection::with_deflate(role, Config::default(), Some(DeflateParams::default()));
+            let mut c = Connection::with_deflate(
+                role,
+                ProtocolConfig::default(),
+                Some(DeflateParams::default()),
+            );
             for piece in wire.chunks(chunk) {
                 c.handle_read(piece).unwrap();
             }
@@ -1073,7 +1076,7 @@ fn a_final_deflate_block_ends_the_message_stream() {
     for role in [Role::Server, Role::Client] {
         let mut c = Connection::with_deflate(
             role,
-            Config::default(),
+            ProtocolConfig::default(),
             Some(
                 DeflateParams::default()
                     .server_no_context_takeover(true)
@@ -1115,7 +1118,11 @@ fn expect_failure(c: &mut Connection, input: &[u8], err: ProtocolError, code: u1
 }
 
 fn deflate_conn(role: Role) -> Connection {
-    Connection::with_deflate(role, Config::default(), Some(DeflateParams::default()))
+    Connection::with_deflate(
+        role,
+        ProtocolConfig::default(),
+        Some(DeflateParams::default()),
+    )
 }
 
 #[test]
@@ -1152,7 +1159,7 @@ fn rsv1_misuse_fails_with_1002() {
             );
         }
         // Without permessage-deflate, RSV1 is just a reserved bit.
-        let mut c = Connection::new(role, Config::default());
+        let mut c = Connection::new(role, ProtocolConfig::default());
         expect_failure(
             &mut c,
             &raw_frame(role, true, 0b100, 1, &payload),
@@ -1236,7 +1243,7 @@ fn bomb_of_1_gib_fails_with_1009_after_inflating_little_more_than_the_limit() {
             // In one read.
             let mut c = Connection::with_deflate(
                 role,
-                Config::default().max_message_size(max),
+                ProtocolConfig::default().max_message_size(max),
                 Some(DeflateParams::default()),
             );
             let frame = raw_frame(role, true, 0b100, 2, bomb);
@@ -1261,7 +1268,7 @@ fn bomb_of_1_gib_fails_with_1009_after_inflating_little_more_than_the_limit() {
             // about limit / 1000 bytes of input, not at the end of the 1 MiB frame.
             let mut c = Connection::with_deflate(
                 role,
-                Config::default().max_message_size(max),
+                ProtocolConfig::default().max_message_size(max),
                 Some(DeflateParams::default()),
             );
             let mut fed = 0;
@@ -1292,7 +1299,7 @@ fn bomb_in_fragments_fails_the_same() {
         }
         let mut c = Connection::with_deflate(
             role,
-            Config::default().max_message_size(MIB),
+            ProtocolConfig::default().max_message_size(MIB),
             Some(DeflateParams::default()),
         );
         assert!(matches!(
@@ -1309,7 +1316,7 @@ fn the_bomb_generator_is_honest() {
     for role in [Role::Server, Role::Client] {
         let mut c = Connection::with_deflate(
             role,
-            Config::default().max_message_size(8 * MIB),
+            ProtocolConfig::default().max_message_size(8 * MIB),
             Some(DeflateParams::default()),
         );
         c.handle_read(&raw_frame(role, true, 0b100, 2, &bomb))
@@ -1381,7 +1388,7 @@ fn incompressible_message_at_the_limit_fits_on_the_wire() {
     for role in [Role::Server, Role::Client] {
         let mut c = Connection::with_deflate(
             role,
-            Config::default().max_message_size(limit),
+            ProtocolConfig::default().max_message_size(limit),
             Some(DeflateParams::default()),
         );
         c.handle_read(&raw_frame(role, true, 0b100, 2, &payload))
@@ -1396,7 +1403,7 @@ fn compressed_wire_size_is_still_bounded() {
     for role in [Role::Server, Role::Client] {
         let mut c = Connection::with_deflate(
             role,
-            Config::default().max_message_size(1000),
+            ProtocolConfig::default().max_message_size(1000),
             Some(DeflateParams::default()),
         );
         let mut header = raw_frame(role, true, 0b100, 2, &[0u8; 3000]);
@@ -1457,7 +1464,7 @@ fn peer_compressing_with_a_9_bit_window_is_inflated_when_8_was_negotiated() {
         let params = DeflateParams::default()
             .server_max_window_bits(Some(8))
             .client_max_window_bits(Some(8));
-        let mut c = Connection::with_deflate(role, Config::default(), Some(params));
+        let mut c = Connection::with_deflate(role, ProtocolConfig::default(), Some(params));
         let mut z = Compress::new_with_window_bits(Compression::new(9), false, 9);
         for _ in 0..3 {
             let mut payload = sync_compress(&mut z, &body);

@@ -5,12 +5,12 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use volley_proto::{Config, Connection, Message, ProtocolError, Role, SendError, State};
+use volley_proto::{Connection, Message, ProtocolConfig, ProtocolError, Role, SendError, State};
 
 const ROLES: [Role; 2] = [Role::Server, Role::Client];
 
 fn conn(role: Role) -> Connection {
-    Connection::new(role, Config::default())
+    Connection::new(role, ProtocolConfig::default())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -286,7 +286,7 @@ fn failure_in_client_role_queues_a_masked_close() {
 
 #[test]
 fn frame_over_max_frame_size_fails_with_1009() {
-    let config = Config::default().max_frame_size(Some(100));
+    let config = ProtocolConfig::default().max_frame_size(Some(100));
     let mut s = Connection::new(Role::Server, config.clone());
     s.handle_read(&cframe(BINARY, vec![1; 100])).unwrap();
     assert_eq!(events(&mut s), [Message::binary(vec![1; 100])]);
@@ -317,7 +317,10 @@ fn frame_over_max_frame_size_fails_with_1009() {
 
 #[test]
 fn max_frame_size_is_checked_from_the_header_alone() {
-    let mut s = Connection::new(Role::Server, Config::default().max_frame_size(Some(1000)));
+    let mut s = Connection::new(
+        Role::Server,
+        ProtocolConfig::default().max_frame_size(Some(1000)),
+    );
     let header = RawFrame::new(BINARY, "")
         .declared_len(1 << 40)
         .masked()
@@ -375,7 +378,7 @@ fn header_is_checked_only_once_it_is_complete() {
 
 #[test]
 fn message_size_is_exactly_at_limit_accepted_and_limit_plus_one_rejected() {
-    let config = Config::default().max_message_size(64);
+    let config = ProtocolConfig::default().max_message_size(64);
     for role in ROLES {
         for opcode in [TEXT, BINARY] {
             let mut c = Connection::new(role, config.clone());
@@ -395,7 +398,7 @@ fn message_size_is_exactly_at_limit_accepted_and_limit_plus_one_rejected() {
 
 #[test]
 fn message_size_is_summed_over_fragments() {
-    let config = Config::default().max_message_size(10);
+    let config = ProtocolConfig::default().max_message_size(10);
     // 4 + 3 + 3 = 10: accepted.
     let mut s = Connection::new(Role::Server, config.clone());
     let mut input = cframe_fin(false, BINARY, b"abcd");
@@ -421,7 +424,7 @@ fn message_size_is_summed_over_fragments() {
 
 #[test]
 fn message_limit_counts_each_message_separately() {
-    let mut s = Connection::new(Role::Server, Config::default().max_message_size(10));
+    let mut s = Connection::new(Role::Server, ProtocolConfig::default().max_message_size(10));
     for _ in 0..5 {
         s.handle_read(&cframe_fin(false, TEXT, b"12345")).unwrap();
         s.handle_read(&cframe_fin(true, CONT, b"67890")).unwrap();
@@ -431,7 +434,7 @@ fn message_limit_counts_each_message_separately() {
 
 #[test]
 fn control_frames_do_not_count_against_the_message_limit() {
-    let mut s = Connection::new(Role::Server, Config::default().max_message_size(4));
+    let mut s = Connection::new(Role::Server, ProtocolConfig::default().max_message_size(4));
     let mut input = cframe_fin(false, TEXT, b"ab");
     input.extend(cframe(PING, vec![9; 100]));
     input.extend(cframe_fin(true, CONT, b"cd"));
@@ -444,7 +447,7 @@ fn control_frames_do_not_count_against_the_message_limit() {
 
 #[test]
 fn frame_limit_above_message_limit_is_capped_by_it() {
-    let config = Config::default()
+    let config = ProtocolConfig::default()
         .max_message_size(50)
         .max_frame_size(Some(1000));
     assert_eq!(config.effective_max_frame_size(), 50);
@@ -966,7 +969,7 @@ fn client_masking_keys_vary() {
 #[test]
 fn fragment_size_splits_outgoing_messages() {
     for role in ROLES {
-        let mut c = Connection::new(role, Config::default().fragment_size(Some(4)));
+        let mut c = Connection::new(role, ProtocolConfig::default().fragment_size(Some(4)));
         c.send(Message::text("hello world")).unwrap(); // 11 bytes: 4 + 4 + 3
         c.send(Message::binary(&b"12345678"[..])).unwrap(); // exactly 2 × 4
         c.send(Message::binary(&b"1234"[..])).unwrap(); // exactly one fragment
@@ -996,7 +999,10 @@ fn fragment_size_splits_outgoing_messages() {
 
 #[test]
 fn fragment_size_splits_text_anywhere_and_the_peer_reassembles_it() {
-    let mut c = Connection::new(Role::Client, Config::default().fragment_size(Some(1)));
+    let mut c = Connection::new(
+        Role::Client,
+        ProtocolConfig::default().fragment_size(Some(1)),
+    );
     c.send(Message::text("€𝄞")).unwrap();
     let bytes = drain_transmit(&mut c);
     assert_eq!(decode_all(&bytes).len(), 7);
@@ -1007,7 +1013,7 @@ fn fragment_size_splits_text_anywhere_and_the_peer_reassembles_it() {
 
 #[test]
 fn fragment_size_zero_means_one() {
-    let config = Config::default().fragment_size(Some(0));
+    let config = ProtocolConfig::default().fragment_size(Some(0));
     assert_eq!(config.fragment_size, Some(1));
     let mut s = Connection::new(Role::Server, config);
     s.send(Message::binary(&b"abc"[..])).unwrap();
@@ -1019,7 +1025,10 @@ fn large_fragmented_server_message_is_intact() {
     // Exercises the zero-copy transmit path (payloads ≥ 1 KiB) together with fragmentation.
     let mut rng = Rng::new(3);
     let payload = rng.bytes(10_000);
-    let mut s = Connection::new(Role::Server, Config::default().fragment_size(Some(3000)));
+    let mut s = Connection::new(
+        Role::Server,
+        ProtocolConfig::default().fragment_size(Some(3000)),
+    );
     s.send(Message::binary(payload.clone())).unwrap();
     s.send(Message::text("after")).unwrap();
     let pending = s.pending_transmit();

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use common::{Rng, drain_transmit, events};
 use http::HeaderMap;
 use volley_proto::handshake::{ClientHandshake, HeaderLimits, UpgradeRequest};
-use volley_proto::{CloseCode, CloseFrame, Config, Connection, Message, Role, State};
+use volley_proto::{CloseCode, CloseFrame, Connection, Message, ProtocolConfig, Role, State};
 
 /// Moves every pending byte from `from` to `to`, in random-sized reads, collecting `to`'s events.
 fn pump(from: &mut Connection, to: &mut Connection, rng: &mut Rng, got: &mut Vec<Message>) {
@@ -61,7 +61,7 @@ fn random_message(rng: &mut Rng, i: usize) -> Message {
     }
 }
 
-fn run_pair(client_config: Config, server_config: Config, seed: u64) {
+fn run_pair(client_config: ProtocolConfig, server_config: ProtocolConfig, seed: u64) {
     let mut rng = Rng::new(seed);
     let mut client = Connection::new(Role::Client, client_config);
     let mut server = Connection::new(Role::Server, server_config);
@@ -153,21 +153,21 @@ fn run_pair(client_config: Config, server_config: Config, seed: u64) {
 
 #[test]
 fn pair_exchanges_messages_and_closes_cleanly() {
-    run_pair(Config::default(), Config::default(), 1);
+    run_pair(ProtocolConfig::default(), ProtocolConfig::default(), 1);
 }
 
 #[test]
 fn pair_with_fragmentation_on_both_sides() {
     run_pair(
-        Config::default().fragment_size(Some(1000)),
-        Config::default().fragment_size(Some(4096)),
+        ProtocolConfig::default().fragment_size(Some(1000)),
+        ProtocolConfig::default().fragment_size(Some(4096)),
         2,
     );
 }
 
 #[test]
 fn pair_with_tiny_fragments_and_frame_limits() {
-    let config = Config::default()
+    let config = ProtocolConfig::default()
         .fragment_size(Some(777))
         .max_frame_size(Some(1000));
     run_pair(config.clone(), config, 3);
@@ -176,8 +176,8 @@ fn pair_with_tiny_fragments_and_frame_limits() {
 #[test]
 fn server_initiated_close() {
     let mut rng = Rng::new(4);
-    let mut client = Connection::new(Role::Client, Config::default());
-    let mut server = Connection::new(Role::Server, Config::default());
+    let mut client = Connection::new(Role::Client, ProtocolConfig::default());
+    let mut server = Connection::new(Role::Server, ProtocolConfig::default());
     server.send(Message::text("last words")).unwrap();
     server
         .close(Some(CloseFrame::new(CloseCode::GOING_AWAY, "restart")))
@@ -212,8 +212,8 @@ fn server_initiated_close() {
 #[test]
 fn simultaneous_close() {
     let mut rng = Rng::new(5);
-    let mut client = Connection::new(Role::Client, Config::default());
-    let mut server = Connection::new(Role::Server, Config::default());
+    let mut client = Connection::new(Role::Client, ProtocolConfig::default());
+    let mut server = Connection::new(Role::Server, ProtocolConfig::default());
     client.close(None).unwrap();
     server
         .close(Some(CloseFrame::new(CloseCode::NORMAL, "")))

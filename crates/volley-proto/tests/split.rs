@@ -15,7 +15,7 @@ use common::{
     events,
 };
 use volley_proto::{
-    CloseCode, CloseFrame, Config, Connection, DeflateConfig, DeflateParams, Message,
+    CloseCode, CloseFrame, Connection, DeflateConfig, DeflateParams, Message, ProtocolConfig,
     ProtocolError, RecvHalf, Reply, Role, SendError, SendHalf, State,
 };
 
@@ -116,12 +116,12 @@ fn run_split_pair(deflate: Option<DeflateParams>, seed: u64) {
     let mut rng = Rng::new(seed);
     let mut client = Split::new(Connection::with_deflate(
         Role::Client,
-        Config::default(),
+        ProtocolConfig::default(),
         deflate,
     ));
     let mut server = Split::new(Connection::with_deflate(
         Role::Server,
-        Config::default(),
+        ProtocolConfig::default(),
         deflate,
     ));
     for half in [client.recv.deflate(), client.send.deflate()] {
@@ -253,7 +253,7 @@ fn split_pair_with_deflate_each_direction_its_own_codec() {
 }
 
 fn split_server() -> Split {
-    Split::new(Connection::new(Role::Server, Config::default()))
+    Split::new(Connection::new(Role::Server, ProtocolConfig::default()))
 }
 
 #[test]
@@ -346,7 +346,7 @@ fn peer_close_is_echoed_by_the_send_half_once_the_reply_is_applied() {
 fn close_started_by_the_send_half_alone() {
     let mut rng = Rng::new(21);
     let mut s = split_server();
-    let mut client = Connection::new(Role::Client, Config::default());
+    let mut client = Connection::new(Role::Client, ProtocolConfig::default());
     // The client sends data before it sees the close; the server still receives it.
     client.send(Message::binary(vec![1, 2, 3])).unwrap();
 
@@ -464,7 +464,7 @@ fn assert_split_behaves_as_unsplit(
     rng: &mut Rng,
     deflate: Option<DeflateParams>,
 ) -> bool {
-    let server = || Connection::with_deflate(Role::Server, Config::default(), deflate);
+    let server = || Connection::with_deflate(Role::Server, ProtocolConfig::default(), deflate);
     let mut unsplit = server();
     let mut split = Split::new(server());
     let mut a = Run {
@@ -519,7 +519,7 @@ fn client_traffic(
 ) -> Vec<u8> {
     let mut peer = Connection::with_deflate(
         Role::Client,
-        Config::default().fragment_size(Some(fragment)),
+        ProtocolConfig::default().fragment_size(Some(fragment)),
         deflate,
     );
     for i in 0..count {
@@ -576,7 +576,7 @@ fn split_pair_fails_exactly_as_the_unsplit_connection_on_corrupted_input() {
         }
         let mut peer = Connection::with_deflate(
             Role::Client,
-            Config::default()
+            ProtocolConfig::default()
                 .fragment_size(Some(10 + rng.below(40)))
                 .deflate(Some(DeflateConfig::default().threshold(0))),
             deflate,
@@ -638,7 +638,7 @@ fn each_half_releases_its_idle_buffers() {
     assert!(!s.send.release_idle_buffers());
 
     // The unsplit connection releases both halves in one call.
-    let mut conn = Connection::new(Role::Server, Config::default());
+    let mut conn = Connection::new(Role::Server, ProtocolConfig::default());
     conn.handle_read(&cframe(PING, "hi")).unwrap();
     assert_eq!(events(&mut conn).len(), 1);
     assert!(!drain_transmit(&mut conn).is_empty());
@@ -664,7 +664,7 @@ fn receive_half_inflates_while_the_send_half_sends_from_another_thread() {
     const BIG: usize = 16 << 20;
     const SENT: usize = 200;
     let deflate = Some(DeflateParams::default());
-    let config = Config::default().max_message_size(BIG);
+    let config = ProtocolConfig::default().max_message_size(BIG);
     let mut client = Connection::with_deflate(
         Role::Client,
         config.clone().fragment_size(Some(64 << 10)),

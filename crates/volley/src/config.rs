@@ -12,9 +12,9 @@ use volley_proto::handshake::HeaderLimits;
 #[non_exhaustive]
 pub struct Config {
     /// Frame and message limits, outgoing fragmentation and permessage-deflate (see
-    /// [`volley_proto::Config`]): max message size 1 MiB, no separate frame limit, no
+    /// [`volley_proto::ProtocolConfig`]): max message size 1 MiB, no separate frame limit, no
     /// fragmentation, compression off (enable it with [`Config::deflate`]).
-    pub protocol: volley_proto::Config,
+    pub protocol: volley_proto::ProtocolConfig,
     /// Limits on the HTTP header block of the opening handshake: 8 KiB, 128 headers.
     pub headers: HeaderLimits,
     /// How long the opening handshake may take, from accept (or connect) to the 101. Default 10 s.
@@ -52,7 +52,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            protocol: volley_proto::Config::default(),
+            protocol: volley_proto::ProtocolConfig::default(),
             headers: HeaderLimits::default(),
             open_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(10),

@@ -380,7 +380,7 @@ fn extension_failure_close(e: &HandshakeError) -> Vec<u8> {
         cut -= 1;
     }
     reason.truncate(cut);
-    let mut conn = Connection::new(Role::Client, volley_proto::Config::default());
+    let mut conn = Connection::new(Role::Client, volley_proto::ProtocolConfig::default());
     let _ = conn.close(Some(CloseFrame::new(
         CloseCode::MANDATORY_EXTENSION,
         reason,

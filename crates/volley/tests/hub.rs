@@ -15,7 +15,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
 use volley::hub::{Hub, HubConfig, MemberId};
 use volley::proto::frame::{FrameHeader, OpCode};
-use volley::proto::{Config as ProtoConfig, Connection, Role};
+use volley::proto::{Connection, ProtocolConfig as ProtoConfig, Role};
 use volley::{
     CloseCode, CloseFrame, Config, DeflateConfig, MaybeTlsStream, Message, Overflow,
     PreparedMessage, QueueLimits, Server,

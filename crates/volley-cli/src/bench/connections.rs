@@ -111,8 +111,10 @@ pub(super) fn run(args: ConnectionsArgs) -> Result<ExitCode, String> {
     let spread = args.count > PER_SOURCE && is_loopback_v4(target.addr);
     // The --send message, as the masked frame every connection writes.
     let hello: Option<Arc<[u8]>> = args.send.as_deref().map(|text| {
-        let mut client =
-            volley::proto::Connection::new(volley::Role::Client, volley::proto::Config::default());
+        let mut client = volley::proto::Connection::new(
+            volley::Role::Client,
+            volley::proto::ProtocolConfig::default(),
+        );
         let _ = client.send(volley::Message::text(text.to_owned()));
         let mut frame = Vec::new();
         while let Some(bytes) = client.poll_transmit() {

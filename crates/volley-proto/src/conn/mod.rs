@@ -11,7 +11,7 @@ use std::io::IoSlice;
 use bytes::{Bytes, BytesMut};
 
 use crate::close::CloseFrame;
-use crate::config::{Config, Role};
+use crate::config::{ProtocolConfig, Role};
 use crate::deflate::DeflateParams;
 use crate::error::{ProtocolError, SendError};
 use crate::message::Message;
@@ -103,7 +103,7 @@ pub struct Connection {
 impl Connection {
     /// A connection in the `Open` state, as after a successful opening handshake without
     /// extensions.
-    pub fn new(role: Role, config: Config) -> Self {
+    pub fn new(role: Role, config: ProtocolConfig) -> Self {
         Self::with_deflate(role, config, None)
     }
 
@@ -117,7 +117,11 @@ impl Connection {
     ///
     /// [`UpgradeRequest::negotiate_deflate`]: crate::handshake::UpgradeRequest::negotiate_deflate
     /// [`UpgradeResponse::deflate`]: crate::handshake::UpgradeResponse::deflate
-    pub fn with_deflate(role: Role, config: Config, deflate: Option<DeflateParams>) -> Self {
+    pub fn with_deflate(
+        role: Role,
+        config: ProtocolConfig,
+        deflate: Option<DeflateParams>,
+    ) -> Self {
         let send = SendHalf::new(role, &config, deflate);
         Self {
             recv: RecvHalf::new(role, config, deflate),
@@ -153,7 +157,7 @@ impl Connection {
         self.send.role()
     }
 
-    /// The largest message accepted ([`Config::max_message_size`]), in bytes (inflated bytes
+    /// The largest message accepted ([`ProtocolConfig::max_message_size`]), in bytes (inflated bytes
     /// for compressed messages).
     pub fn max_message_size(&self) -> usize {
         self.recv.max_message_size()

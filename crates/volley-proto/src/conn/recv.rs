@@ -7,7 +7,7 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use super::{RSV1, Replies, Reply, ReplyKind};
 use crate::close::{CloseCode, CloseFrame};
-use crate::config::{Config, Role};
+use crate::config::{ProtocolConfig, Role};
 use crate::deflate::{DeflateParams, Inflater};
 use crate::error::ProtocolError;
 use crate::frame::{FrameHeader, OpCode};
@@ -127,9 +127,9 @@ pub struct RecvHalf {
     /// No more input is processed: the peer's close frame arrived or the protocol was violated
     /// (the effect may still wait in [`Aside::pending_end`]).
     ended: bool,
-    /// [`Config::max_message_size`].
+    /// [`ProtocolConfig::max_message_size`].
     max_message: usize,
-    /// [`Config::max_frame_size`], `usize::MAX` for none.
+    /// [`ProtocolConfig::max_frame_size`], `usize::MAX` for none.
     max_frame: usize,
     rbuf: BytesMut,
     frame: Option<InFrame>,
@@ -149,7 +149,7 @@ pub struct RecvHalf {
 impl RecvHalf {
     /// The receive half of a new connection; `deflate` as in
     /// [`Connection::with_deflate`](super::Connection::with_deflate).
-    pub(super) fn new(role: Role, config: Config, deflate: Option<DeflateParams>) -> Self {
+    pub(super) fn new(role: Role, config: ProtocolConfig, deflate: Option<DeflateParams>) -> Self {
         let inflate = deflate.map(|params| {
             // The peer's direction.
             let (no_context_takeover, bits) = match role {
@@ -192,7 +192,7 @@ impl RecvHalf {
         self.role
     }
 
-    /// The largest message accepted ([`Config::max_message_size`]), in bytes (inflated bytes
+    /// The largest message accepted ([`ProtocolConfig::max_message_size`]), in bytes (inflated bytes
     /// for compressed messages).
     pub fn max_message_size(&self) -> usize {
         self.max_message

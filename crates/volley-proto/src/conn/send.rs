@@ -7,7 +7,7 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use super::{RSV1, Replies, Reply, ReplyKind, State};
 use crate::close::CloseFrame;
-use crate::config::{Config, Role};
+use crate::config::{ProtocolConfig, Role};
 use crate::deflate::{DeflateParams, Deflater};
 use crate::error::{ProtocolError, SendError};
 use crate::frame::{FrameHeader, OpCode};
@@ -43,7 +43,7 @@ struct Deflate {
 pub struct SendHalf {
     role: Role,
     state: State,
-    /// [`Config::fragment_size`], `usize::MAX` for none.
+    /// [`ProtocolConfig::fragment_size`], `usize::MAX` for none.
     fragment: usize,
     out: VecDeque<Bytes>,
     out_buf: BytesMut,
@@ -55,7 +55,7 @@ pub struct SendHalf {
 impl SendHalf {
     /// The send half of a new connection; `deflate` as in
     /// [`Connection::with_deflate`](super::Connection::with_deflate).
-    pub(super) fn new(role: Role, config: &Config, deflate: Option<DeflateParams>) -> Self {
+    pub(super) fn new(role: Role, config: &ProtocolConfig, deflate: Option<DeflateParams>) -> Self {
         let deflate = deflate.map(|params| {
             let prefs = config.deflate.clone().unwrap_or_default();
             // This endpoint's direction.

@@ -4,7 +4,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use volley_proto::{CloseCode, Config, Connection, Message, ProtocolError, Role, State};
+use volley_proto::{CloseCode, Connection, Message, ProtocolConfig, ProtocolError, Role, State};
 
 pub const CONT: u8 = 0x0;
 pub const TEXT: u8 = 0x1;
@@ -224,11 +224,11 @@ pub fn events(conn: &mut Connection) -> Vec<Message> {
 }
 
 pub fn server() -> Connection {
-    Connection::new(Role::Server, Config::default())
+    Connection::new(Role::Server, ProtocolConfig::default())
 }
 
 pub fn client() -> Connection {
-    Connection::new(Role::Client, Config::default())
+    Connection::new(Role::Client, ProtocolConfig::default())
 }
 
 /// Asserts that the connection's transmit queue holds exactly one close frame with `code`,

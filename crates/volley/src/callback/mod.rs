@@ -511,7 +511,7 @@ mod tests {
 
     /// Sends `text` from a client and waits (bounded) for its echo.
     async fn echo(io: &mut DuplexStream, text: &str) -> Option<String> {
-        let mut client = Connection::new(Role::Client, volley_proto::Config::default());
+        let mut client = Connection::new(Role::Client, volley_proto::ProtocolConfig::default());
         client.send(Message::text(text.to_owned())).ok()?;
         while let Some(bytes) = client.poll_transmit() {
             io.write_all(&bytes).await.ok()?;

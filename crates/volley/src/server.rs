@@ -298,6 +298,16 @@ enum Opened {
 }
 
 impl Ctx {
+    /// Completes once shutdown has begun (at once if it has).
+    async fn stopped(&self) {
+        let notified = self.stop.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if !self.stopping.load(Ordering::Acquire) {
+            notified.await;
+        }
+    }
+
     async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
         // Boxed: the handshake's state (read buffer, TLS) is freed once it is done instead of
@@ -447,7 +457,8 @@ impl Ctx {
     /// Serves an HTTP connection with hyper: every request routed by its path.
     async fn http(self: Arc<Self>, head: Vec<u8>, stream: MaybeTlsStream, peer: SocketAddr) {
         use crate::integrations::service::serve_connection;
-        let stop = self.stop.notified();
+        let stop = self.clone();
+        let stop = async move { stop.stopped().await };
         let ctx = self.clone();
         let answer = move |mut request: Request<::hyper::body::Incoming>| {
             let ctx = ctx.clone();

@@ -179,3 +179,31 @@ async fn a_server_without_routes_refuses_to_run() {
     let error = server.run().await.expect_err("no routes");
     assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput);
 }
+
+#[tokio::test]
+async fn shutdown_ends_idle_http_keep_alive_connections_without_waiting_for_the_drain_timeout() {
+    let server = Server::bind("127.0.0.1:0").await.expect("bind");
+    let addr = server.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = server
+        .drain_timeout(std::time::Duration::from_secs(30))
+        .route(
+            "/svc/*",
+            Endpoint::service(|_request: Request<hyper::body::Incoming>| async move {
+                Response::new(Full::new(Bytes::from_static(b"ok")))
+            }),
+        );
+    let served = tokio::spawn(server.run_until(async move {
+        let _ = stopped.await;
+    }));
+    let (mut raw, _) = connect(addr).await;
+    raw.write(get("/svc/x", addr).as_bytes()).await;
+    assert_eq!(response(&mut raw).await.1, "ok");
+    // The connection stays open (keep-alive) until the server shuts down.
+    let start = std::time::Instant::now();
+    stop.send(()).expect("stop");
+    within(served).await.expect("task").expect("run_until");
+    assert!(start.elapsed() < std::time::Duration::from_secs(5));
+    raw.expect_eof_within(std::time::Duration::from_secs(5))
+        .await;
+}

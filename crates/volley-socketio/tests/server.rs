@@ -331,3 +331,23 @@ async fn polling_and_websocket_clients_share_rooms() {
         vec![r#"2["room-message",{"n":1}]"#.to_owned()]
     );
 }
+
+/// `SocketIo::serve` runs on `volley::Server`'s router: the handshake carries the peer address
+/// (it was empty when Socket.IO was mounted on a server before).
+#[tokio::test]
+async fn the_handshake_knows_the_peer_address() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let io = volley_socketio::SocketIo::builder().build();
+    io.of("/").on_connection(|socket| {
+        let address = socket.handshake().address.map(|a| a.to_string());
+        let _ = socket.emit("address", json!(address));
+    });
+    let serving = io.clone();
+    tokio::spawn(async move { serving.serve(listener).await });
+    let mut c = WsClient::connect(addr).await;
+    c.send("0").await;
+    connect_sid(&c.recv_text().await);
+    let event = c.recv_text().await;
+    assert!(event.starts_with(r#"2["address","127.0.0.1:"#), "{event}");
+}

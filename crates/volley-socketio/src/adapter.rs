@@ -1,11 +1,20 @@
-//! The adapter: room membership and delivery of broadcasts.
+//! The adapter: room membership and delivery of broadcasts, on one server or across a cluster.
 //!
-//! Every [`Namespace`] owns one [`Adapter`]. The default, [`InMemoryAdapter`],
-//! keeps rooms in this process. The trait is shaped like Node's `socket.io-adapter` so that an
-//! adapter spanning several servers (Redis, …) can implement it: room membership of the local
-//! sockets is synchronous local state, broadcasts take serializable [`BroadcastOptions`] and the
-//! operations that would need answers from other servers (`fetch_sockets`, acknowledgements of
-//! broadcasts) are asynchronous.
+//! Every [`Namespace`] owns one [`Adapter`]. The default, [`InMemoryAdapter`], keeps rooms in
+//! this process and needs nothing. The trait is shaped like Node's `socket.io-adapter` so that an
+//! adapter spanning several servers (the Redis adapter of the `volley-socketio-redis` crate, …)
+//! can implement it:
+//!
+//! - room membership of the local sockets is synchronous local state;
+//! - fire-and-forget operations ([`broadcast`](Adapter::broadcast),
+//!   [`add_sockets`](Adapter::add_sockets), …) act on the local sockets at once and hand the
+//!   message for the other servers to the adapter, which sends them in call order; they are
+//!   fallible (a packet the adapter cannot forward is an error) but never wait;
+//! - operations that need answers from other servers ([`fetch_sockets`](Adapter::fetch_sockets),
+//!   [`broadcast_with_ack`](Adapter::broadcast_with_ack),
+//!   [`server_side_emit_with_ack`](Adapter::server_side_emit_with_ack),
+//!   [`server_count`](Adapter::server_count)) are asynchronous and fallible, bounded by the
+//!   adapter's request timeout (5 s by default, as Node's).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
@@ -14,6 +23,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::namespace::NsInner;
 use crate::packet::Packet;
@@ -23,6 +33,45 @@ use crate::{Namespace, Payload};
 
 /// A boxed, sendable future (the return type of the asynchronous adapter methods).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// How long a multi-server adapter waits for the answers of the other servers by default
+/// (Node's `requestsTimeout`).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why an adapter operation failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AdapterError {
+    /// Not every server answered within the request timeout.
+    Timeout {
+        /// Answers received.
+        received: usize,
+        /// Answers expected.
+        expected: usize,
+    },
+    /// The cluster transport (e.g. Redis) is unreachable: only this server was acted on.
+    Unavailable(String),
+    /// The message could not be encoded for the other servers.
+    Encode(String),
+    /// The adapter has been closed.
+    Closed,
+}
+
+impl std::fmt::Display for AdapterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdapterError::Timeout { received, expected } => write!(
+                f,
+                "timeout reached: only {received} responses received out of {expected}"
+            ),
+            AdapterError::Unavailable(why) => write!(f, "cluster unavailable: {why}"),
+            AdapterError::Encode(why) => write!(f, "cannot encode for the cluster: {why}"),
+            AdapterError::Closed => f.write_str("the adapter is closed"),
+        }
+    }
+}
+
+impl std::error::Error for AdapterError {}
 
 /// Which sockets a broadcast or a bulk operation targets. Serializable, so that an adapter can
 /// forward it to other servers.
@@ -52,10 +101,60 @@ pub struct BroadcastFlags {
 /// One socket's answer to a broadcast with acknowledgement.
 #[derive(Debug)]
 pub struct AckResponse {
-    /// The socket's id.
-    pub socket_id: String,
+    /// The socket's id, when it is known: answers relayed from other servers carry none
+    /// (Node's cluster protocol does not say which socket answered).
+    pub socket_id: Option<String>,
     /// What it acknowledged with, or why there is no answer.
     pub result: Result<Payload, AckError>,
+}
+
+/// What a multi-server adapter knows of a socket, local or on another server (Node's
+/// `RemoteSocket` fields): wrapped by [`RemoteSocket`](crate::RemoteSocket) for the user.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SocketInfo {
+    /// The socket id.
+    pub id: String,
+    /// The handshake as Node serializes it: `headers`, `time`, `address`, `xdomain`, `secure`,
+    /// `issued`, `url`, `query`, `auth`.
+    pub handshake: Value,
+    /// The rooms the socket is in (including its own id).
+    pub rooms: Vec<String>,
+    /// The socket's shared data ([`Socket::data_json`]; Node's `socket.data`).
+    pub data: Value,
+}
+
+impl SocketInfo {
+    /// The information on local socket `socket`.
+    pub fn of(socket: &Socket) -> SocketInfo {
+        SocketInfo {
+            id: socket.id().to_owned(),
+            handshake: socket.handshake().to_json(),
+            rooms: socket.rooms(),
+            data: socket.data_json(),
+        }
+    }
+}
+
+/// Answers a server-side emit (see [`Namespace::on_server_side_emit`]): the first call of
+/// [`send`](Self::send) wins.
+pub struct ServerAck(Box<dyn FnOnce(Value) + Send>);
+
+impl ServerAck {
+    /// An answer handle that calls `f` with the answer (for adapters).
+    pub fn new(f: impl FnOnce(Value) + Send + 'static) -> Self {
+        ServerAck(Box::new(f))
+    }
+
+    /// Answers with `value`.
+    pub fn send(self, value: Value) {
+        (self.0)(value)
+    }
+}
+
+impl std::fmt::Debug for ServerAck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerAck")
+    }
 }
 
 /// Makes the adapter of a namespace when the namespace is created.
@@ -75,6 +174,11 @@ impl NamespaceRef {
     pub fn socket(&self, id: &str) -> Option<Socket> {
         self.upgrade()?.get_socket(id)
     }
+
+    /// The namespace's name (`None` once it is dropped).
+    pub fn name(&self) -> Option<String> {
+        self.upgrade().map(|ns| ns.name().to_owned())
+    }
 }
 
 impl std::fmt::Debug for NamespaceRef {
@@ -86,12 +190,35 @@ impl std::fmt::Debug for NamespaceRef {
     }
 }
 
+fn ready<T: Send + 'static>(value: T) -> BoxFuture<'static, T> {
+    Box::pin(std::future::ready(value))
+}
+
 /// Room membership and broadcast delivery for one namespace.
 ///
-/// The synchronous methods act on this server's sockets. The asynchronous ones return boxed
-/// futures so that the trait stays object-safe (`Arc<dyn Adapter>`); their packets are sent
-/// before they return, so dropping the future (cancellation) only gives up the answers.
+/// The object-safe trait every namespace's adapter implements (`Arc<dyn Adapter>`). The
+/// synchronous methods act on this server's sockets at once (and, for a multi-server adapter,
+/// queue the message for the other servers in call order). The asynchronous ones return boxed
+/// `'static` futures: their packets are sent or queued before they return, so dropping the
+/// future (cancellation) only gives up the answers — they are cancel-safe in that sense.
 pub trait Adapter: Send + Sync + 'static {
+    /// Starts the adapter (subscriptions, …), called once when the namespace is created and
+    /// awaited by [`SocketIo::init_adapters`](crate::SocketIo::init_adapters). The in-memory
+    /// adapter needs nothing.
+    fn init(&self) -> BoxFuture<'static, Result<(), AdapterError>> {
+        ready(Ok(()))
+    }
+
+    /// Stops the adapter (unsubscribes); called by [`SocketIo::close`](crate::SocketIo::close).
+    fn close(&self) -> BoxFuture<'static, Result<(), AdapterError>> {
+        ready(Ok(()))
+    }
+
+    /// How many servers the cluster has (1 for a single-server adapter).
+    fn server_count(&self) -> BoxFuture<'static, Result<usize, AdapterError>> {
+        ready(Ok(1))
+    }
+
     /// Adds socket `id` to `rooms`.
     fn add_all(&self, id: &str, rooms: &[String]);
     /// Removes socket `id` from `room`.
@@ -104,24 +231,53 @@ pub trait Adapter: Send + Sync + 'static {
     fn rooms(&self) -> Vec<String>;
     /// The local sockets `opts` targets.
     fn sockets(&self, opts: &BroadcastOptions) -> Vec<String>;
-    /// Sends `packet` to every socket `opts` targets, encoding it once.
-    fn broadcast(&self, packet: &Packet, opts: &BroadcastOptions);
+
+    /// Sends `packet` to every socket `opts` targets (on every server unless
+    /// `opts.flags.local`), encoding it once. Local sockets get it before this returns.
+    fn broadcast(&self, packet: &Packet, opts: &BroadcastOptions) -> Result<(), AdapterError>;
+
     /// Sends `packet` (whose `id` is set) to every socket `opts` targets and collects their
-    /// acknowledgements, waiting at most `opts.flags.timeout_ms` (or `default_timeout`).
+    /// acknowledgements, waiting at most `opts.flags.timeout_ms` (or `default_timeout`): one
+    /// [`AckResponse`] per targeted socket, on every server (a socket that did not answer in
+    /// time counts as an [`AckError::Timeout`]).
     fn broadcast_with_ack(
         &self,
         packet: &Packet,
         opts: &BroadcastOptions,
         default_timeout: Duration,
-    ) -> BoxFuture<'static, Vec<AckResponse>>;
-    /// The ids of the sockets `opts` targets (on every server, for a multi-server adapter).
-    fn fetch_sockets(&self, opts: &BroadcastOptions) -> BoxFuture<'static, Vec<String>>;
+    ) -> BoxFuture<'static, Result<Vec<AckResponse>, AdapterError>>;
+
+    /// The sockets `opts` targets, on every server unless `opts.flags.local`.
+    fn fetch_sockets(
+        &self,
+        opts: &BroadcastOptions,
+    ) -> BoxFuture<'static, Result<Vec<SocketInfo>, AdapterError>>;
+
     /// Makes the sockets `opts` targets join `rooms`.
-    fn add_sockets(&self, opts: &BroadcastOptions, rooms: &[String]);
+    fn add_sockets(&self, opts: &BroadcastOptions, rooms: &[String]) -> Result<(), AdapterError>;
     /// Makes the sockets `opts` targets leave `rooms`.
-    fn del_sockets(&self, opts: &BroadcastOptions, rooms: &[String]);
+    fn del_sockets(&self, opts: &BroadcastOptions, rooms: &[String]) -> Result<(), AdapterError>;
     /// Disconnects the sockets `opts` targets (closing their connections when `close`).
-    fn disconnect_sockets(&self, opts: &BroadcastOptions, close: bool);
+    fn disconnect_sockets(&self, opts: &BroadcastOptions, close: bool) -> Result<(), AdapterError>;
+
+    /// Sends event `event` to the other servers' namespaces of the same name (their
+    /// [`Namespace::on_server_side_emit`] handlers). Nothing to do on a single server.
+    fn server_side_emit(&self, event: &str, args: &[Value]) -> Result<(), AdapterError> {
+        let _ = (event, args);
+        Ok(())
+    }
+
+    /// Like [`server_side_emit`](Self::server_side_emit), asking every other server for one
+    /// answer: resolves with all of them, or [`AdapterError::Timeout`] when not every server
+    /// answered within the request timeout. Resolves with no answers on a single server.
+    fn server_side_emit_with_ack(
+        &self,
+        event: &str,
+        args: &[Value],
+    ) -> BoxFuture<'static, Result<Vec<Value>, AdapterError>> {
+        let _ = (event, args);
+        ready(Ok(Vec::new()))
+    }
 }
 
 #[derive(Default)]
@@ -221,12 +377,157 @@ impl InMemoryAdapter {
         Arc::new(|ns| Arc::new(InMemoryAdapter::new(ns)) as Arc<dyn Adapter>)
     }
 
+    /// The namespace this adapter serves.
+    pub fn namespace(&self) -> &NamespaceRef {
+        &self.ns
+    }
+
     fn targets(&self, opts: &BroadcastOptions) -> Vec<Socket> {
         self.sockets(opts)
             .iter()
             .filter_map(|id| self.ns.socket(id))
             .collect()
     }
+
+    /// Sends `packet` to the local sockets `opts` targets, encoding it once.
+    pub fn broadcast_local(&self, packet: &Packet, opts: &BroadcastOptions) {
+        let encoded = EncodedPacket::new(packet);
+        for socket in self.targets(opts) {
+            // A failed send closes that client's session; the others still get the packet.
+            let _ = socket.send_encoded(&encoded, opts.flags.volatile);
+        }
+    }
+
+    /// Sends `packet` (whose `id` is set) to the local sockets `opts` targets, each registered
+    /// to receive the acknowledgement with that id; await the answers on the returned
+    /// [`PendingAcks`].
+    pub fn start_broadcast_with_ack(
+        &self,
+        packet: &Packet,
+        opts: &BroadcastOptions,
+    ) -> PendingAcks {
+        let encoded = EncodedPacket::new(packet);
+        let id = packet.id.unwrap_or(0);
+        let mut pending = Vec::new();
+        for socket in self.targets(opts) {
+            let rx = socket.register_ack(id);
+            let sent = socket.send_encoded(&encoded, opts.flags.volatile);
+            pending.push((socket, rx, sent));
+        }
+        PendingAcks { id, pending }
+    }
+
+    /// What [`fetch_sockets`](Adapter::fetch_sockets) answers for this server.
+    pub fn fetch_local(&self, opts: &BroadcastOptions) -> Vec<SocketInfo> {
+        self.targets(opts).iter().map(SocketInfo::of).collect()
+    }
+
+    /// Makes the local sockets `opts` targets join `rooms`.
+    pub fn add_sockets_local(&self, opts: &BroadcastOptions, rooms: &[String]) {
+        // One critical section: a socket leaving meanwhile cannot be re-added.
+        let mut state = lock(&self.state);
+        for id in state.matching(opts) {
+            state.add(&id, rooms);
+        }
+    }
+
+    /// Makes the local sockets `opts` targets leave `rooms`.
+    pub fn del_sockets_local(&self, opts: &BroadcastOptions, rooms: &[String]) {
+        let mut state = lock(&self.state);
+        for id in state.matching(opts) {
+            for room in rooms {
+                state.del(&id, room);
+            }
+        }
+    }
+
+    /// Disconnects the local sockets `opts` targets.
+    pub fn disconnect_sockets_local(&self, opts: &BroadcastOptions, close: bool) {
+        for socket in self.targets(opts) {
+            socket.disconnect(close);
+        }
+    }
+
+    /// Whether `room` has a local member.
+    pub fn has_room(&self, room: &str) -> bool {
+        lock(&self.state).rooms.contains_key(room)
+    }
+}
+
+/// Local sockets that were sent a packet asking for an acknowledgement (see
+/// [`InMemoryAdapter::start_broadcast_with_ack`]).
+#[must_use = "the acknowledgements are only collected when awaited"]
+pub struct PendingAcks {
+    id: u64,
+    pending: Vec<(
+        Socket,
+        tokio::sync::oneshot::Receiver<Payload>,
+        Result<(), crate::EmitError>,
+    )>,
+}
+
+impl std::fmt::Debug for PendingAcks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingAcks")
+            .field("id", &self.id)
+            .field("sockets", &self.pending.len())
+            .finish()
+    }
+}
+
+impl PendingAcks {
+    /// How many sockets were sent the packet (the client count Node reports).
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Whether no socket was targeted.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Waits for each answer until `deadline` (one shared deadline) and calls `f` with each
+    /// socket's outcome, in the sockets' order. Not cancel-safe: answers still pending when the
+    /// future is dropped are forgotten.
+    pub async fn for_each(self, deadline: tokio::time::Instant, mut f: impl FnMut(AckResponse)) {
+        let id = self.id;
+        for (socket, rx, sent) in self.pending {
+            let result = match sent {
+                Err(e) => {
+                    socket.remove_ack(id);
+                    Err(AckError::Send(e))
+                }
+                Ok(()) => match tokio::time::timeout_at(deadline, rx).await {
+                    Ok(Ok(payload)) => Ok(payload),
+                    Ok(Err(_)) => Err(AckError::Disconnected),
+                    Err(_) => {
+                        socket.remove_ack(id);
+                        Err(AckError::Timeout)
+                    }
+                },
+            };
+            f(AckResponse {
+                socket_id: Some(socket.id().to_owned()),
+                result,
+            });
+        }
+    }
+
+    /// Waits for every answer until `deadline` and returns them. Not cancel-safe (see
+    /// [`for_each`](Self::for_each)).
+    pub async fn collect(self, deadline: tokio::time::Instant) -> Vec<AckResponse> {
+        let mut out = Vec::with_capacity(self.pending.len());
+        self.for_each(deadline, |r| out.push(r)).await;
+        out
+    }
+}
+
+/// The timeout of a broadcast with acknowledgement: its own, or `default`.
+pub fn ack_timeout(opts: &BroadcastOptions, default: Duration) -> Duration {
+    opts.flags
+        .timeout_ms
+        .map(Duration::from_millis)
+        .unwrap_or(default)
 }
 
 impl Adapter for InMemoryAdapter {
@@ -274,12 +575,9 @@ impl Adapter for InMemoryAdapter {
         lock(&self.state).matching(opts)
     }
 
-    fn broadcast(&self, packet: &Packet, opts: &BroadcastOptions) {
-        let encoded = EncodedPacket::new(packet);
-        for socket in self.targets(opts) {
-            // A failed send closes that client's session; the others still get the packet.
-            let _ = socket.send_encoded(&encoded, opts.flags.volatile);
-        }
+    fn broadcast(&self, packet: &Packet, opts: &BroadcastOptions) -> Result<(), AdapterError> {
+        self.broadcast_local(packet, opts);
+        Ok(())
     }
 
     fn broadcast_with_ack(
@@ -287,75 +585,32 @@ impl Adapter for InMemoryAdapter {
         packet: &Packet,
         opts: &BroadcastOptions,
         default_timeout: Duration,
-    ) -> BoxFuture<'static, Vec<AckResponse>> {
-        let timeout = opts
-            .flags
-            .timeout_ms
-            .map(Duration::from_millis)
-            .unwrap_or(default_timeout);
-        let deadline = tokio::time::Instant::now() + timeout;
-        let encoded = EncodedPacket::new(packet);
-        let id = packet.id.unwrap_or(0);
-        let mut pending = Vec::new();
-        for socket in self.targets(opts) {
-            let rx = socket.register_ack(id);
-            let sent = socket.send_encoded(&encoded, opts.flags.volatile);
-            pending.push((socket, rx, sent));
-        }
-        Box::pin(async move {
-            let mut out = Vec::with_capacity(pending.len());
-            // One shared deadline: waiting for the answers one after the other takes at most
-            // `timeout` in total.
-            for (socket, rx, sent) in pending {
-                let result = match sent {
-                    Err(e) => {
-                        socket.remove_ack(id);
-                        Err(AckError::Send(e))
-                    }
-                    Ok(()) => match tokio::time::timeout_at(deadline, rx).await {
-                        Ok(Ok(payload)) => Ok(payload),
-                        Ok(Err(_)) => Err(AckError::Disconnected),
-                        Err(_) => {
-                            socket.remove_ack(id);
-                            Err(AckError::Timeout)
-                        }
-                    },
-                };
-                out.push(AckResponse {
-                    socket_id: socket.id().to_owned(),
-                    result,
-                });
-            }
-            out
-        })
+    ) -> BoxFuture<'static, Result<Vec<AckResponse>, AdapterError>> {
+        let deadline = tokio::time::Instant::now() + ack_timeout(opts, default_timeout);
+        let pending = self.start_broadcast_with_ack(packet, opts);
+        Box::pin(async move { Ok(pending.collect(deadline).await) })
     }
 
-    fn fetch_sockets(&self, opts: &BroadcastOptions) -> BoxFuture<'static, Vec<String>> {
-        let ids = self.sockets(opts);
-        Box::pin(async move { ids })
+    fn fetch_sockets(
+        &self,
+        opts: &BroadcastOptions,
+    ) -> BoxFuture<'static, Result<Vec<SocketInfo>, AdapterError>> {
+        ready(Ok(self.fetch_local(opts)))
     }
 
-    fn add_sockets(&self, opts: &BroadcastOptions, rooms: &[String]) {
-        // One critical section: a socket leaving meanwhile cannot be re-added.
-        let mut state = lock(&self.state);
-        for id in state.matching(opts) {
-            state.add(&id, rooms);
-        }
+    fn add_sockets(&self, opts: &BroadcastOptions, rooms: &[String]) -> Result<(), AdapterError> {
+        self.add_sockets_local(opts, rooms);
+        Ok(())
     }
 
-    fn del_sockets(&self, opts: &BroadcastOptions, rooms: &[String]) {
-        let mut state = lock(&self.state);
-        for id in state.matching(opts) {
-            for room in rooms {
-                state.del(&id, room);
-            }
-        }
+    fn del_sockets(&self, opts: &BroadcastOptions, rooms: &[String]) -> Result<(), AdapterError> {
+        self.del_sockets_local(opts, rooms);
+        Ok(())
     }
 
-    fn disconnect_sockets(&self, opts: &BroadcastOptions, close: bool) {
-        for socket in self.targets(opts) {
-            socket.disconnect(close);
-        }
+    fn disconnect_sockets(&self, opts: &BroadcastOptions, close: bool) -> Result<(), AdapterError> {
+        self.disconnect_sockets_local(opts, close);
+        Ok(())
     }
 }
 
@@ -393,9 +648,11 @@ mod tests {
         assert_eq!(sorted(a.sockets(&opts(&[], &["muted", "r1"]))), ["s2"]);
         assert!(a.sockets(&opts(&["nobody"], &[])).is_empty());
 
-        a.add_sockets(&opts(&["r2"], &[]), &rooms(&["all"]));
+        a.add_sockets(&opts(&["r2"], &[]), &rooms(&["all"]))
+            .unwrap();
         assert_eq!(sorted(a.sockets(&opts(&["all"], &[]))), ["s1", "s2"]);
-        a.del_sockets(&opts(&["all"], &["s2"]), &rooms(&["all"]));
+        a.del_sockets(&opts(&["all"], &["s2"]), &rooms(&["all"]))
+            .unwrap();
         assert_eq!(a.sockets(&opts(&["all"], &[])), ["s2"]);
 
         a.del("s1", "r2");

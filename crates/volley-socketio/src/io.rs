@@ -11,13 +11,13 @@ use http_body_util::{Either, Full};
 use serde_json::Value;
 use volley_engineio::{Engine, EngineBody, EngineConfig};
 
-use crate::adapter::{AckResponse, AdapterFactory, BoxFuture, InMemoryAdapter};
+use crate::adapter::{AckResponse, AdapterError, AdapterFactory, BoxFuture, InMemoryAdapter};
 use crate::namespace::NsHandlers;
-use crate::operators::BroadcastOperator;
+use crate::operators::{BroadcastOperator, RemoteSocket};
 use crate::packet::Limits;
 use crate::socket::EmitError;
 use crate::util::{IntoRooms, read, write};
-use crate::{Namespace, Payload, Socket};
+use crate::{Namespace, Payload};
 
 type Matcher = Arc<dyn Fn(&str, &Value) -> bool + Send + Sync>;
 
@@ -361,36 +361,88 @@ impl SocketIo {
         &self,
         event: &str,
         payload: impl Into<Payload>,
-    ) -> Result<BoxFuture<'static, Vec<AckResponse>>, EmitError> {
+    ) -> Result<BoxFuture<'static, Result<Vec<AckResponse>, AdapterError>>, EmitError> {
         self.main_ns().emit_with_ack(event, payload)
     }
 
-    /// The sockets of `"/"`. Cancel-safe.
-    pub async fn fetch_sockets(&self) -> Vec<Socket> {
+    /// The sockets of `"/"` on every server. Cancel-safe.
+    pub async fn fetch_sockets(&self) -> Result<Vec<RemoteSocket>, AdapterError> {
         self.main_ns().fetch_sockets().await
     }
 
     /// Makes every socket of `"/"` join `rooms`.
-    pub fn sockets_join(&self, rooms: impl IntoRooms) {
+    pub fn sockets_join(&self, rooms: impl IntoRooms) -> Result<(), AdapterError> {
         self.main_ns().sockets_join(rooms)
     }
 
     /// Makes every socket of `"/"` leave `rooms`.
-    pub fn sockets_leave(&self, rooms: impl IntoRooms) {
+    pub fn sockets_leave(&self, rooms: impl IntoRooms) -> Result<(), AdapterError> {
         self.main_ns().sockets_leave(rooms)
     }
 
     /// Disconnects every socket of `"/"`.
-    pub fn disconnect_sockets(&self, close: bool) {
+    pub fn disconnect_sockets(&self, close: bool) -> Result<(), AdapterError> {
         self.main_ns().disconnect_sockets(close)
     }
 
+    /// Sends a server-side event to the `"/"` namespace of every other server (see
+    /// [`Namespace::server_side_emit`]).
+    pub fn server_side_emit(&self, event: &str, args: Vec<Value>) -> Result<(), EmitError> {
+        self.main_ns().server_side_emit(event, args)
+    }
+
+    /// Sends a server-side event to every other server and collects one answer from each
+    /// (see [`Namespace::server_side_emit_with_ack`]). Cancel-safe.
+    pub async fn server_side_emit_with_ack(
+        &self,
+        event: &str,
+        args: Vec<Value>,
+    ) -> Result<Vec<Value>, EmitError> {
+        self.main_ns().server_side_emit_with_ack(event, args).await
+    }
+
+    /// How many servers the cluster has (see [`Namespace::server_count`]). Cancel-safe.
+    pub async fn server_count(&self) -> Result<usize, AdapterError> {
+        self.main_ns().server_count().await
+    }
+
+    /// Waits until the adapter of every existing namespace has started (Redis subscriptions
+    /// made, …): call it after creating the namespaces and before serving, so that the first
+    /// broadcasts of the other servers are not missed. Namespaces created later start their
+    /// adapter in the background. Cancel-safe (the adapters keep starting).
+    pub async fn init_adapters(&self) -> Result<(), AdapterError> {
+        let namespaces: Vec<Namespace> = read(&self.0.namespaces).values().cloned().collect();
+        for ns in namespaces {
+            ns.adapter().init().await?;
+        }
+        Ok(())
+    }
+
     /// Server shutdown: closes every Engine.IO session; the sockets leave with reason
-    /// [`DisconnectReason::ServerShuttingDown`](crate::DisconnectReason::ServerShuttingDown).
-    /// New connections are still accepted by the engine; stop serving to refuse them.
+    /// [`DisconnectReason::ServerShuttingDown`](crate::DisconnectReason::ServerShuttingDown);
+    /// then closes every namespace's adapter (in the background when there is a Tokio runtime;
+    /// see [`close_adapters`](Self::close_adapters) to await it). New connections are still
+    /// accepted by the engine; stop serving to refuse them.
     pub fn close(&self) {
         self.0.closing.store(true, Ordering::Release);
         self.0.engine.close_all();
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let io = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = io.close_adapters().await {
+                    tracing::warn!("socket.io: closing an adapter failed: {e}");
+                }
+            });
+        }
+    }
+
+    /// Closes the adapter of every namespace (unsubscribes from the cluster). Cancel-safe.
+    pub async fn close_adapters(&self) -> Result<(), AdapterError> {
+        let namespaces: Vec<Namespace> = read(&self.0.namespaces).values().cloned().collect();
+        for ns in namespaces {
+            ns.adapter().close().await?;
+        }
+        Ok(())
     }
 
     pub(crate) fn is_closing(&self) -> bool {

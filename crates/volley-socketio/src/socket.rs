@@ -87,6 +87,8 @@ pub enum EmitError {
     Disconnected,
     /// The Engine.IO session refused the packet (closed, or its queue overflowed).
     Send(volley_engineio::SendError),
+    /// The adapter could not forward the packet to the other servers (local delivery happened).
+    Adapter(crate::AdapterError),
 }
 
 impl std::fmt::Display for EmitError {
@@ -95,6 +97,7 @@ impl std::fmt::Display for EmitError {
             EmitError::Reserved(name) => write!(f, "\"{name}\" is a reserved event name"),
             EmitError::Disconnected => f.write_str("the socket is disconnected"),
             EmitError::Send(e) => write!(f, "send failed: {e}"),
+            EmitError::Adapter(e) => write!(f, "{e}"),
         }
     }
 }
@@ -141,6 +144,51 @@ pub struct Handshake {
 }
 
 impl Handshake {
+    /// The handshake as Node's socket.io describes it (`socket.handshake`, what
+    /// `fetchSockets()` shows other servers): `headers` (lower-case names; repeated headers
+    /// joined with `", "`), `time`, `address`, `xdomain`, `secure`, `issued` (ms since the
+    /// epoch), `url`, `query`, `auth`.
+    pub fn to_json(&self) -> Value {
+        let mut headers = serde_json::Map::new();
+        for name in self.headers.keys() {
+            let values: Vec<&str> = self
+                .headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            headers.insert(name.as_str().to_owned(), Value::String(values.join(", ")));
+        }
+        let mut query = serde_json::Map::new();
+        if let Some(q) = self.uri.query() {
+            for pair in q.split('&').filter(|p| !p.is_empty()) {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                query.insert(percent_decode(k), Value::String(percent_decode(v)));
+            }
+        }
+        let issued = self
+            .issued
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        let url = self
+            .uri
+            .path_and_query()
+            .map(|pq| pq.as_str().to_owned())
+            .unwrap_or_else(|| "/".to_owned());
+        serde_json::json!({
+            "headers": headers,
+            "time": crate::util::http_date(self.issued),
+            "address": self.address.map(|a| a.ip().to_string()).unwrap_or_default(),
+            "xdomain": self.headers.contains_key(http::header::ORIGIN),
+            "secure": false,
+            "issued": issued,
+            "url": url,
+            "query": query,
+            "auth": self.auth,
+        })
+    }
+
     /// The (percent-decoded) value of query parameter `name` of the handshake request.
     pub fn query(&self, name: &str) -> Option<String> {
         let query = self.uri.query()?;
@@ -223,6 +271,8 @@ pub(crate) struct SocketInner {
     /// Set once the socket has left (or was refused): it never comes back.
     closed: AtomicBool,
     data: Mutex<http::Extensions>,
+    /// Node's `socket.data`: JSON other servers can see (fetch_sockets, recovery).
+    json_data: Mutex<Value>,
 }
 
 /// A client's connection to one namespace. Cheap to clone (a handle).
@@ -261,6 +311,7 @@ impl Socket {
             connected: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             data: Mutex::new(http::Extensions::new()),
+            json_data: Mutex::new(Value::Null),
         }))
     }
 
@@ -314,6 +365,19 @@ impl Socket {
     /// A clone of the per-socket value of type `T`.
     pub fn data<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
         self.extensions().get::<T>().cloned()
+    }
+
+    /// The socket's shared JSON data (Node's `socket.data`; `null` until set): unlike the typed
+    /// [`extensions`](Self::extensions), it is what other servers see through
+    /// [`fetch_sockets`](crate::BroadcastOperator::fetch_sockets) and what connection state
+    /// recovery restores.
+    pub fn data_json(&self) -> Value {
+        lock(&self.0.json_data).clone()
+    }
+
+    /// Replaces the socket's shared JSON data (see [`data_json`](Self::data_json)).
+    pub fn set_data_json(&self, data: Value) {
+        *lock(&self.0.json_data) = data;
     }
 
     /// Handles event `event`: `handler(socket, payload, ack)` runs on the client's task, so it

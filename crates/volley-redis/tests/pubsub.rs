@@ -1,0 +1,131 @@
+//! The supervised connection against a real redis-server: pub/sub on channels, patterns and
+//! shard channels, ordered publishing, and a Redis restart (reconnect, resubscribe, publish
+//! again).
+
+#[path = "common/redis_server.rs"]
+mod redis_server;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis_server::RedisServer;
+use volley_redis::{Message, PublishKind, Redis, RedisConfig, Subscription};
+
+type Log = Arc<Mutex<Vec<(String, String)>>>;
+
+fn recorder(log: &Log) -> volley_redis::Handler {
+    let log = log.clone();
+    Arc::new(move |m: Message| {
+        log.lock()
+            .unwrap()
+            .push((m.channel, String::from_utf8_lossy(&m.payload).into_owned()));
+    })
+}
+
+async fn wait_for(log: &Log, n: usize) -> Vec<(String, String)> {
+    for _ in 0..500 {
+        if log.lock().unwrap().len() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    log.lock().unwrap().clone()
+}
+
+fn config(url: String) -> RedisConfig {
+    let mut c = RedisConfig::new(url);
+    c.min_backoff = Duration::from_millis(50);
+    c.max_backoff = Duration::from_millis(400);
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_publish_in_order_and_survive_a_restart() {
+    let mut server = RedisServer::start();
+    let redis = Redis::connect(config(server.url())).unwrap();
+    let log: Log = Arc::default();
+    redis.subscribe(Subscription::Channel("a#".into()), recorder(&log));
+    redis.subscribe(Subscription::Pattern("p#*".into()), recorder(&log));
+    redis.subscribe(Subscription::Shard("s#".into()), recorder(&log));
+    redis.ready(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(redis.numsub("a#").await.unwrap(), 1);
+    assert_eq!(redis.shard_numsub("s#").await.unwrap(), 1);
+
+    let publisher = redis.publisher();
+    for i in 0..500 {
+        publisher
+            .send(
+                PublishKind::Publish,
+                "a#".into(),
+                format!("{i}").into_bytes(),
+            )
+            .unwrap();
+    }
+    publisher
+        .send(PublishKind::Publish, "p#x#".into(), b"pattern".to_vec())
+        .unwrap();
+    publisher
+        .send(PublishKind::SPublish, "s#".into(), b"shard".to_vec())
+        .unwrap();
+    let got = wait_for(&log, 502).await;
+    assert_eq!(got.len(), 502);
+    let ordered: Vec<String> = got
+        .iter()
+        .filter(|(c, _)| c == "a#")
+        .map(|(_, p)| p.clone())
+        .collect();
+    assert_eq!(ordered, (0..500).map(|i| i.to_string()).collect::<Vec<_>>());
+    assert!(got.contains(&("p#x#".into(), "pattern".into())));
+    assert!(got.contains(&("s#".into(), "shard".into())));
+
+    // Redis goes away: commands fail fast, queued publications are dropped, nothing panics.
+    server.stop();
+    let mut state = redis.state();
+    tokio::time::timeout(Duration::from_secs(5), state.wait_for(|s| !s.ready))
+        .await
+        .expect("the loss is noticed")
+        .unwrap();
+    assert!(redis.numsub("a#").await.is_err());
+    publisher
+        .send(PublishKind::Publish, "a#".into(), b"lost".to_vec())
+        .unwrap();
+    // Back: the supervisor reconnects and resubscribes everything.
+    server.restart();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        state.wait_for(|s| s.ready && s.connections >= 2),
+    )
+    .await
+    .expect("reconnected within 10 s")
+    .unwrap();
+    assert_eq!(redis.numsub("a#").await.unwrap(), 1);
+    assert_eq!(redis.shard_numsub("s#").await.unwrap(), 1);
+    log.lock().unwrap().clear();
+    publisher
+        .send(PublishKind::Publish, "a#".into(), b"again".to_vec())
+        .unwrap();
+    publisher
+        .send(PublishKind::SPublish, "s#".into(), b"shard again".to_vec())
+        .unwrap();
+    let got = wait_for(&log, 2).await;
+    assert_eq!(
+        got,
+        vec![
+            ("a#".to_owned(), "again".to_owned()),
+            ("s#".to_owned(), "shard again".to_owned())
+        ]
+    );
+
+    // Unsubscribing the last handler unsubscribes on Redis.
+    let id = redis.subscribe(Subscription::Channel("b#".into()), recorder(&log));
+    redis.ready(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(redis.numsub("b#").await.unwrap(), 1);
+    redis.unsubscribe(id);
+    for _ in 0..200 {
+        if redis.numsub("b#").await.unwrap() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(redis.numsub("b#").await.unwrap(), 0);
+}

@@ -161,13 +161,27 @@ impl std::fmt::Debug for ServerAck {
 pub type AdapterFactory = Arc<dyn Fn(NamespaceRef) -> Arc<dyn Adapter> + Send + Sync>;
 
 /// A weak handle on the namespace an adapter serves (it does not keep the namespace alive).
+///
+/// While the adapter factory runs, the namespace is being built: [`upgrade`](Self::upgrade)
+/// returns `None` until the factory has returned, but [`name`](Self::name) is known.
 #[derive(Clone)]
-pub struct NamespaceRef(pub(crate) Weak<NsInner>);
+pub struct NamespaceRef {
+    pub(crate) ns: Weak<NsInner>,
+    pub(crate) name: Arc<str>,
+}
 
 impl NamespaceRef {
+    /// A handle on no namespace named `name` (for adapter unit tests).
+    pub fn detached(name: &str) -> Self {
+        NamespaceRef {
+            ns: Weak::new(),
+            name: name.into(),
+        }
+    }
+
     /// The namespace, unless it has been dropped.
     pub fn upgrade(&self) -> Option<Namespace> {
-        self.0.upgrade().map(Namespace)
+        self.ns.upgrade().map(Namespace)
     }
 
     /// The connected local socket with this id.
@@ -175,18 +189,15 @@ impl NamespaceRef {
         self.upgrade()?.get_socket(id)
     }
 
-    /// The namespace's name (`None` once it is dropped).
-    pub fn name(&self) -> Option<String> {
-        self.upgrade().map(|ns| ns.name().to_owned())
+    /// The namespace's name, e.g. `"/chat"`.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 }
 
 impl std::fmt::Debug for NamespaceRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.upgrade() {
-            Some(ns) => write!(f, "NamespaceRef({:?})", ns.name()),
-            None => f.write_str("NamespaceRef(<dropped>)"),
-        }
+        write!(f, "NamespaceRef({:?})", self.name)
     }
 }
 
@@ -637,7 +648,7 @@ mod tests {
 
     #[test]
     fn union_except_and_cleanup() {
-        let a = InMemoryAdapter::new(NamespaceRef(Weak::new()));
+        let a = InMemoryAdapter::new(NamespaceRef::detached("/"));
         a.add_all("s1", &rooms(&["s1", "r1", "r2"]));
         a.add_all("s2", &rooms(&["s2", "r2"]));
         a.add_all("s3", &rooms(&["s3", "r3", "muted"]));

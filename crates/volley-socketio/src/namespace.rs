@@ -107,11 +107,15 @@ impl Namespace {
         ack_timeout: Duration,
         cleanup: Option<Weak<IoInner>>,
     ) -> Namespace {
+        let ns_ref = |weak: &Weak<NsInner>| NamespaceRef {
+            ns: weak.clone(),
+            name: name.as_str().into(),
+        };
         let ns = Namespace(Arc::new_cyclic(|weak| NsInner {
-            name,
+            adapter: factory(ns_ref(weak)),
+            name: name.clone(),
             handlers,
             sockets: RwLock::new(HashMap::new()),
-            adapter: factory(NamespaceRef(weak.clone())),
             ids: AtomicU64::new(0),
             ack_timeout,
             cleanup,

@@ -331,6 +331,13 @@ impl Redis {
             .await
     }
 
+    /// `SPUBLISH channel payload` now (not queued); the number of receivers. Cancel-safe as
+    /// [`query`](Self::query).
+    pub async fn spublish(&self, channel: &str, payload: &[u8]) -> Result<usize, RedisError> {
+        self.query(redis::cmd("SPUBLISH").arg(channel).arg(payload))
+            .await
+    }
+
     /// How many clients subscribe to `channel` (`PUBSUB NUMSUB`). Cancel-safe.
     pub async fn numsub(&self, channel: &str) -> Result<usize, RedisError> {
         let (_, n): (String, usize) = self
@@ -500,6 +507,28 @@ fn route(inner: &Inner, push: PushInfo) {
     }
 }
 
+/// Sends one (un)subscription and waits for its confirmation.
+///
+/// redis-rs (1.8) does not recognise a raw `SUNSUBSCRIBE` as a subscription request and drops
+/// its confirmation (<https://github.com/redis-rs/redis-rs/issues/2533>): awaited alone, it
+/// would time out. It is therefore sent with a `PING` and only the `PONG` is awaited (both
+/// replies arrive in order, so the `PONG` also means the unsubscription is done). The redis
+/// dependency is pinned to the version whose behaviour this relies on, and the tests of this
+/// crate unsubscribe a shard channel and check that the connection stays healthy.
+async fn change_subscription(
+    conn: &mut MultiplexedConnection,
+    sub: &Subscription,
+    on: bool,
+) -> redis::RedisResult<()> {
+    if let (Subscription::Shard(_), false) = (sub, on) {
+        let mut pipe = redis::pipe();
+        pipe.add_command(sub.command(false)).cmd("PING");
+        conn.send_packed_commands(&pipe, 0, 1).await?;
+        return Ok(());
+    }
+    sub.command(on).exec_async(conn).await
+}
+
 async fn connect_once(
     client: &redis::Client,
     config: &RedisConfig,
@@ -559,7 +588,7 @@ async fn supervise(
         inner.pending.store(0, Ordering::Release);
         let mut ok = true;
         for sub in &subs {
-            if let Err(e) = sub.command(true).exec_async(&mut conn).await {
+            if let Err(e) = change_subscription(&mut conn, sub, true).await {
                 tracing::warn!("redis: subscribing to {sub:?} failed: {e}");
                 ok = false;
                 break;
@@ -607,7 +636,7 @@ async fn supervise(
                     // A handler may have come or gone meanwhile: act on the current registry.
                     let wanted = lock(&inner.handlers).contains_key(&sub);
                     let result = if wanted == on {
-                        sub.command(on).exec_async(&mut conn).await
+                        change_subscription(&mut conn, &sub, on).await
                     } else {
                         Ok(())
                     };

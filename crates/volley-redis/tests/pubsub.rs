@@ -128,4 +128,20 @@ async fn subscribe_publish_in_order_and_survive_a_restart() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(redis.numsub("b#").await.unwrap(), 0);
+
+    // Shard channels too.
+    let id = redis.subscribe(Subscription::Shard("sb#".into()), recorder(&log));
+    redis.ready(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(redis.shard_numsub("sb#").await.unwrap(), 1);
+    redis.unsubscribe(id);
+    for _ in 0..200 {
+        if redis.shard_numsub("sb#").await.unwrap() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(redis.shard_numsub("sb#").await.unwrap(), 0);
+    // The connection is still the first reconnection's: no command timed out.
+    assert_eq!(redis.state().borrow().connections, 2);
+    assert!(redis.is_ready());
 }

@@ -3,6 +3,8 @@
 //!
 //! - [`RedisAdapter`]: the classic protocol of `@socket.io/redis-adapter` 8.x
 //!   (`createAdapter`), which `@socket.io/redis-emitter` also speaks;
+//! - [`ShardedRedisAdapter`]: its sharded protocol (`createShardedAdapter`: Redis 7 sharded
+//!   pub/sub, Node's `ClusterAdapter` messages, a channel per public room);
 //! - [`msgpack`]: MessagePack as `notepack.io` writes it (binary data as `bin`).
 //!
 //! ```no_run
@@ -21,6 +23,8 @@
 //! ```
 mod classic;
 pub mod msgpack;
+mod sharded;
 mod wire;
 
 pub use classic::{RedisAdapter, RedisAdapterConfig};
+pub use sharded::{ShardedRedisAdapter, ShardedRedisAdapterConfig, SubscriptionMode};

@@ -18,9 +18,17 @@ use common::redis_server::RedisServer;
 use common::*;
 use serde_json::{Value, json};
 use volley_socketio::{AckError, Payload, SocketIo};
-use volley_socketio_redis::{RedisAdapter, RedisAdapterConfig};
+use volley_socketio_redis::{
+    RedisAdapter, RedisAdapterConfig, ShardedRedisAdapter, ShardedRedisAdapterConfig,
+};
 
 const CLIENTS: [&str; 5] = ["n1", "n2", "v1a", "v1b", "v2a"];
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mode {
+    Classic,
+    Sharded,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Origin {
@@ -70,13 +78,24 @@ fn payload_from_wire(args: &Value) -> Payload {
 }
 
 impl Cluster {
-    async fn start(redis: RedisServer) -> Cluster {
+    async fn start(redis: RedisServer, mode: Mode) -> Cluster {
         let url = redis.url();
-        let factory =
-            |url: &str| RedisAdapter::factory(redis_handle(url), RedisAdapterConfig::default());
+        let factory = |url: &str| match mode {
+            Mode::Classic => {
+                RedisAdapter::factory(redis_handle(url), RedisAdapterConfig::default())
+            }
+            Mode::Sharded => ShardedRedisAdapter::factory(
+                redis_handle(url),
+                ShardedRedisAdapterConfig::default(),
+            ),
+        };
         let (v1, v1_addr, v1_notes) = volley_server(factory(&url), "volley1").await;
         let (v2, v2_addr, v2_notes) = volley_server(factory(&url), "volley2").await;
-        let (node, node_addr) = node_server(&url, "classic").await;
+        let node_mode = match mode {
+            Mode::Classic => "classic",
+            Mode::Sharded => "sharded",
+        };
+        let (node, node_addr) = node_server(&url, node_mode).await;
         let mut clients = Clients::start();
         let mut sids = Vec::new();
         for (name, addr, rooms) in [
@@ -204,6 +223,9 @@ async fn operators_from(c: &mut Cluster, o: Origin) {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     }
+    // With the sharded adapter, a server that gets its first member of a room subscribes to
+    // the room's channel (asynchronously, in Node and in Volley): give it that time.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     c.emit(o, &[&room], &[], &format!("joined-{tag}"), json!([]))
         .await;
     c.check(o, &format!("joined-{tag}"), &["n2", "v1b"]).await;
@@ -414,10 +436,26 @@ async fn operators_from(c: &mut Cluster, o: Origin) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_cluster_classic_adapter() {
-    let mut c = Cluster::start(RedisServer::start()).await;
+    mixed_cluster(Mode::Classic).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_cluster_sharded_adapter() {
+    mixed_cluster(Mode::Sharded).await;
+}
+
+async fn mixed_cluster(mode: Mode) {
+    let mut c = Cluster::start(RedisServer::start(), mode).await;
     operators_from(&mut c, Origin::Volley).await;
     operators_from(&mut c, Origin::Node).await;
+    if mode == Mode::Classic {
+        emitter(&mut c).await;
+    }
+    garbage(&mut c, mode).await;
+    disconnects(&mut c).await;
+}
 
+async fn emitter(c: &mut Cluster) {
     // The emitter (a process with no socket.io server) reaches Volley's sockets too.
     let mut cmd = Cluster::node_cmd("emitterEmit", &["r2"], &[]);
     cmd["event"] = json!("emitted");
@@ -441,14 +479,16 @@ async fn mixed_cluster_classic_adapter() {
     .await;
     c.check(Origin::Volley, "emitter-room", &["n1", "v1a", "v2a"])
         .await;
+}
 
+async fn garbage(c: &mut Cluster, mode: Mode) {
     // Malformed and foreign messages on the cluster channels are logged and dropped; the
     // cluster goes on. (On "/garbage", which only the Volley servers have: Node's adapter does
     // not survive a truncated msgpack broadcast.)
     let raw = redis_handle(&c.redis_url);
     raw.ready(Duration::from_secs(5)).await.unwrap();
     let b64 = base64::engine::general_purpose::STANDARD;
-    for (channel, base64) in [
+    let classic = [
         ("socket.io#/garbage#", "wQ=="),         // 0xc1: invalid msgpack
         ("socket.io#/garbage#", "kwE="),         // a truncated array
         ("socket.io#/garbage#", "3f////8="),     // an array of 4 G items, no bytes
@@ -470,10 +510,43 @@ async fn mixed_cluster_classic_adapter() {
             "eyJ0eXBlIjo3LCJyZXF1ZXN0SWQiOiJ4In0=",
         ), // broadcast-with-ack without packet
         ("socket.io-response#/garbage#", "eyJyZXF1ZXN0SWQiOjF9"),
-    ] {
-        raw.publish(channel, &b64.decode(base64).unwrap())
-            .await
-            .unwrap();
+    ];
+    let sharded = [
+        ("socket.io#/garbage#", "wQ=="),
+        ("socket.io#/garbage#", "3f////8="),
+        ("socket.io#/garbage#", "e25vdCBqc29u"), // "{not json"
+        // {"type":3,"data":{"packet":5},"uid":"x","nsp":"/garbage"}
+        (
+            "socket.io#/garbage#",
+            "eyJ0eXBlIjozLCJkYXRhIjp7InBhY2tldCI6NX0sInVpZCI6IngiLCJuc3AiOiIvZ2FyYmFnZSJ9",
+        ),
+        // {"type":9,"data":{"packet":"x"},"uid":"x","nsp":"/garbage"}
+        (
+            "socket.io#/garbage#",
+            "eyJ0eXBlIjo5LCJkYXRhIjp7InBhY2tldCI6IngifSwidWlkIjoieCIsIm5zcCI6Ii9nYXJiYWdlIn0=",
+        ),
+        // {"type":99,"data":{},"uid":"x","nsp":"/garbage"}
+        (
+            "socket.io#/garbage#",
+            "eyJ0eXBlIjo5OSwiZGF0YSI6e30sInVpZCI6IngiLCJuc3AiOiIvZ2FyYmFnZSJ9",
+        ),
+        ("socket.io#/garbage#", "W10="), // []
+    ];
+    match mode {
+        Mode::Classic => {
+            for (channel, base64) in classic {
+                raw.publish(channel, &b64.decode(base64).unwrap())
+                    .await
+                    .unwrap();
+            }
+        }
+        Mode::Sharded => {
+            for (channel, base64) in sharded {
+                raw.spublish(channel, &b64.decode(base64).unwrap())
+                    .await
+                    .unwrap();
+            }
+        }
     }
     let answers =
         c.v1.of("/garbage")
@@ -484,7 +557,9 @@ async fn mixed_cluster_classic_adapter() {
     c.emit(Origin::Node, &[], &[], "after-garbage", json!([]))
         .await;
     c.check(Origin::Node, "after-garbage", &CLIENTS).await;
+}
 
+async fn disconnects(c: &mut Cluster) {
     // disconnectSockets from both sides.
     c.v1.of("/").in_("r3").disconnect_sockets(false).unwrap();
     for name in ["n2", "v2a"] {

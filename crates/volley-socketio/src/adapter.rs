@@ -291,12 +291,30 @@ pub trait Adapter: Send + Sync + 'static {
     }
 }
 
+/// A room that got its first local member or lost its last one (see
+/// [`InMemoryAdapter::with_room_listener`]; Node's `create-room` / `delete-room` events).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomChange {
+    /// The room.
+    pub room: String,
+    /// Created (true) or deleted (false).
+    pub created: bool,
+    /// Whether the room is a socket's own room (its id), not a public one.
+    pub private: bool,
+}
+
+/// Called with the room changes of an [`InMemoryAdapter`], after its lock is released.
+pub type RoomListener = Arc<dyn Fn(&[RoomChange]) + Send + Sync>;
+
 #[derive(Default)]
 struct Rooms {
     /// room -> members
     rooms: HashMap<String, HashSet<String>>,
     /// socket id -> rooms
     sids: HashMap<String, HashSet<String>>,
+    /// Room changes not yet reported (only kept with a listener).
+    changes: Vec<RoomChange>,
+    track: bool,
 }
 
 impl Rooms {
@@ -306,10 +324,29 @@ impl Rooms {
                 .entry(id.to_owned())
                 .or_default()
                 .insert(room.clone());
-            self.rooms
-                .entry(room.clone())
-                .or_default()
-                .insert(id.to_owned());
+            let members = self.rooms.entry(room.clone()).or_default();
+            if members.is_empty() && self.track {
+                let private = self.sids.contains_key(room);
+                self.changes.push(RoomChange {
+                    room: room.clone(),
+                    created: true,
+                    private,
+                });
+            }
+            members.insert(id.to_owned());
+        }
+    }
+
+    fn room_gone(&mut self, room: &str) {
+        self.rooms.remove(room);
+        if self.track {
+            let private = self.sids.contains_key(room)
+                || self.changes.iter().any(|c| c.room == room && c.private);
+            self.changes.push(RoomChange {
+                room: room.to_owned(),
+                created: false,
+                private,
+            });
         }
     }
 
@@ -320,9 +357,24 @@ impl Rooms {
         if let Some(members) = self.rooms.get_mut(room) {
             members.remove(id);
             if members.is_empty() {
-                self.rooms.remove(room);
+                self.room_gone(room);
             }
         }
+    }
+
+    fn del_all(&mut self, id: &str) {
+        let Some(rooms) = self.sids.get(id).cloned() else {
+            return;
+        };
+        for room in rooms {
+            if let Some(members) = self.rooms.get_mut(&room) {
+                members.remove(id);
+                if members.is_empty() {
+                    self.room_gone(&room);
+                }
+            }
+        }
+        self.sids.remove(id);
     }
 
     /// The ids of the sockets `opts` targets.
@@ -361,6 +413,7 @@ impl Rooms {
 pub struct InMemoryAdapter {
     ns: NamespaceRef,
     state: Mutex<Rooms>,
+    listener: Option<RoomListener>,
 }
 
 impl std::fmt::Debug for InMemoryAdapter {
@@ -380,7 +433,34 @@ impl InMemoryAdapter {
         InMemoryAdapter {
             ns,
             state: Mutex::new(Rooms::default()),
+            listener: None,
         }
+    }
+
+    /// An in-memory adapter that reports each room's creation and deletion to `listener`
+    /// (for adapters that subscribe per room, like the sharded Redis adapter).
+    pub fn with_room_listener(ns: NamespaceRef, listener: RoomListener) -> Self {
+        InMemoryAdapter {
+            ns,
+            state: Mutex::new(Rooms {
+                track: true,
+                ..Rooms::default()
+            }),
+            listener: Some(listener),
+        }
+    }
+
+    /// Runs `f` on the rooms, then reports the room changes it made.
+    fn update<T>(&self, f: impl FnOnce(&mut Rooms) -> T) -> T {
+        let (out, changes) = {
+            let mut state = lock(&self.state);
+            let out = f(&mut state);
+            (out, std::mem::take(&mut state.changes))
+        };
+        if let (Some(listener), false) = (&self.listener, changes.is_empty()) {
+            listener(&changes);
+        }
+        out
     }
 
     /// The factory to pass to [`SocketIoBuilder::adapter`](crate::SocketIoBuilder::adapter).
@@ -436,20 +516,22 @@ impl InMemoryAdapter {
     /// Makes the local sockets `opts` targets join `rooms`.
     pub fn add_sockets_local(&self, opts: &BroadcastOptions, rooms: &[String]) {
         // One critical section: a socket leaving meanwhile cannot be re-added.
-        let mut state = lock(&self.state);
-        for id in state.matching(opts) {
-            state.add(&id, rooms);
-        }
+        self.update(|state| {
+            for id in state.matching(opts) {
+                state.add(&id, rooms);
+            }
+        });
     }
 
     /// Makes the local sockets `opts` targets leave `rooms`.
     pub fn del_sockets_local(&self, opts: &BroadcastOptions, rooms: &[String]) {
-        let mut state = lock(&self.state);
-        for id in state.matching(opts) {
-            for room in rooms {
-                state.del(&id, room);
+        self.update(|state| {
+            for id in state.matching(opts) {
+                for room in rooms {
+                    state.del(&id, room);
+                }
             }
-        }
+        });
     }
 
     /// Disconnects the local sockets `opts` targets.
@@ -543,26 +625,15 @@ pub fn ack_timeout(opts: &BroadcastOptions, default: Duration) -> Duration {
 
 impl Adapter for InMemoryAdapter {
     fn add_all(&self, id: &str, rooms: &[String]) {
-        lock(&self.state).add(id, rooms);
+        self.update(|state| state.add(id, rooms));
     }
 
     fn del(&self, id: &str, room: &str) {
-        lock(&self.state).del(id, room);
+        self.update(|state| state.del(id, room));
     }
 
     fn del_all(&self, id: &str) {
-        let mut state = lock(&self.state);
-        let Some(rooms) = state.sids.remove(id) else {
-            return;
-        };
-        for room in rooms {
-            if let Some(members) = state.rooms.get_mut(&room) {
-                members.remove(id);
-                if members.is_empty() {
-                    state.rooms.remove(&room);
-                }
-            }
-        }
+        self.update(|state| state.del_all(id));
     }
 
     fn socket_rooms(&self, id: &str) -> Vec<String> {
@@ -675,6 +746,38 @@ mod tests {
         assert!(a.sockets(&opts(&[], &[])).is_empty());
         let state = lock(&a.state);
         assert!(state.rooms.is_empty() && state.sids.is_empty());
+    }
+
+    #[test]
+    fn room_changes_are_reported() {
+        let seen: Arc<Mutex<Vec<RoomChange>>> = Arc::default();
+        let sink = seen.clone();
+        let a = InMemoryAdapter::with_room_listener(
+            NamespaceRef::detached("/"),
+            Arc::new(move |c: &[RoomChange]| sink.lock().unwrap().extend_from_slice(c)),
+        );
+        a.add_all("s1", &rooms(&["s1", "r"]));
+        a.add_all("s2", &rooms(&["s2", "r"]));
+        a.del("s1", "r");
+        a.del_all("s2");
+        let got: Vec<(String, bool, bool)> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| (c.room.clone(), c.created, c.private))
+            .collect();
+        let want = [
+            ("s1", true, true),
+            ("r", true, false),
+            ("s2", true, true),
+            ("r", false, false),
+            ("s2", false, true),
+        ];
+        let want: Vec<(String, bool, bool)> = want
+            .iter()
+            .map(|(r, c, p)| ((*r).to_owned(), *c, *p))
+            .collect();
+        assert_eq!(got, want);
     }
 
     #[test]

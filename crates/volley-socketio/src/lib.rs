@@ -46,7 +46,7 @@ mod util;
 
 pub use adapter::{
     AckResponse, Adapter, AdapterError, AdapterFactory, BroadcastFlags, BroadcastOptions,
-    InMemoryAdapter, NamespaceRef, ServerAck, SocketInfo,
+    InMemoryAdapter, NamespaceRef, RoomChange, ServerAck, SocketInfo,
 };
 pub use io::{SocketIo, SocketIoBuilder};
 pub use namespace::{ConnectError, Namespace};

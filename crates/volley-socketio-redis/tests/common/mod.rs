@@ -18,6 +18,16 @@ use serde_json::{Value, json};
 use volley_redis::{Redis, RedisConfig};
 use volley_socketio::{AdapterFactory, SocketIo};
 
+/// Logs to the test output when RUST_LOG is set.
+pub fn init_logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -260,6 +270,7 @@ pub async fn volley_server(
     factory: AdapterFactory,
     name: &'static str,
 ) -> (SocketIo, SocketAddr, Arc<Mutex<Vec<Value>>>) {
+    init_logs();
     let io = SocketIo::builder()
         .ping_interval(Duration::from_secs(2))
         .ping_timeout(Duration::from_secs(5))

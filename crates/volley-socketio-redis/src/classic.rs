@@ -546,6 +546,20 @@ impl Adapter for RedisAdapter {
         self.inner.local.add_all(id, rooms);
     }
 
+    fn persist_session(&self, session: volley_socketio::recovery::SessionToPersist) {
+        // Recovery with this adapter is per server (the client must come back to the same
+        // one, as with sticky sessions); Node's Redis adapters do not recover at all.
+        self.inner.local.persist_session(session);
+    }
+
+    fn restore_session(
+        &self,
+        pid: &str,
+        offset: &str,
+    ) -> BoxFuture<'static, Result<Option<volley_socketio::recovery::Session>, AdapterError>> {
+        self.inner.local.restore_session(pid, offset)
+    }
+
     fn del(&self, id: &str, room: &str) {
         self.inner.local.del(id, room);
     }

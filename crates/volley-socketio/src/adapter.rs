@@ -26,7 +26,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::namespace::NsInner;
-use crate::packet::Packet;
+use crate::packet::{Packet, PacketType};
+use crate::recovery::{MissedPacket, RecoveryConfig, Session, SessionStore, SessionToPersist};
 use crate::socket::{AckError, EncodedPacket, Socket};
 use crate::util::lock;
 use crate::{Namespace, Payload};
@@ -168,6 +169,7 @@ pub type AdapterFactory = Arc<dyn Fn(NamespaceRef) -> Arc<dyn Adapter> + Send + 
 pub struct NamespaceRef {
     pub(crate) ns: Weak<NsInner>,
     pub(crate) name: Arc<str>,
+    pub(crate) recovery: Option<RecoveryConfig>,
 }
 
 impl NamespaceRef {
@@ -176,7 +178,22 @@ impl NamespaceRef {
         NamespaceRef {
             ns: Weak::new(),
             name: name.into(),
+            recovery: None,
         }
+    }
+
+    /// A detached handle with connection state recovery on (for adapter unit tests).
+    pub fn detached_with_recovery(name: &str, recovery: RecoveryConfig) -> Self {
+        NamespaceRef {
+            ns: Weak::new(),
+            name: name.into(),
+            recovery: Some(recovery),
+        }
+    }
+
+    /// The server's connection state recovery settings (`None`: off).
+    pub fn recovery(&self) -> Option<&RecoveryConfig> {
+        self.recovery.as_ref()
     }
 
     /// The namespace, unless it has been dropped.
@@ -288,6 +305,23 @@ pub trait Adapter: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<Vec<Value>, AdapterError>> {
         let _ = (event, args);
         ready(Ok(Vec::new()))
+    }
+
+    /// Keeps the session of a socket that left for a recoverable reason (connection state
+    /// recovery; see [`recovery`](crate::recovery)). Nothing by default.
+    fn persist_session(&self, session: SessionToPersist) {
+        let _ = session;
+    }
+
+    /// The session `pid` and the packets it missed after `offset`, if it can be recovered.
+    /// `None` by default.
+    fn restore_session(
+        &self,
+        pid: &str,
+        offset: &str,
+    ) -> BoxFuture<'static, Result<Option<Session>, AdapterError>> {
+        let _ = (pid, offset);
+        ready(Ok(None))
     }
 }
 
@@ -414,6 +448,8 @@ pub struct InMemoryAdapter {
     ns: NamespaceRef,
     state: Mutex<Rooms>,
     listener: Option<RoomListener>,
+    /// Sessions and packets for connection state recovery (when it is on).
+    store: Option<Mutex<SessionStore>>,
 }
 
 impl std::fmt::Debug for InMemoryAdapter {
@@ -431,6 +467,10 @@ impl InMemoryAdapter {
     /// An in-memory adapter for the namespace `ns`.
     pub fn new(ns: NamespaceRef) -> Self {
         InMemoryAdapter {
+            store: ns
+                .recovery()
+                .cloned()
+                .map(|c| Mutex::new(SessionStore::new(c))),
             ns,
             state: Mutex::new(Rooms::default()),
             listener: None,
@@ -441,6 +481,10 @@ impl InMemoryAdapter {
     /// (for adapters that subscribe per room, like the sharded Redis adapter).
     pub fn with_room_listener(ns: NamespaceRef, listener: RoomListener) -> Self {
         InMemoryAdapter {
+            store: ns
+                .recovery()
+                .cloned()
+                .map(|c| Mutex::new(SessionStore::new(c))),
             ns,
             state: Mutex::new(Rooms {
                 track: true,
@@ -480,8 +524,38 @@ impl InMemoryAdapter {
             .collect()
     }
 
-    /// Sends `packet` to the local sockets `opts` targets, encoding it once.
+    /// Sends `packet` to the local sockets `opts` targets, encoding it once. With connection
+    /// state recovery on, an EVENT without acknowledgement that is not volatile gets an offset
+    /// appended and is kept for the sessions that may miss it.
     pub fn broadcast_local(&self, packet: &Packet, opts: &BroadcastOptions) {
+        if let Some(store) = &self.store {
+            let recoverable = matches!(packet.kind, PacketType::Event | PacketType::BinaryEvent)
+                && packet.id.is_none()
+                && !opts.flags.volatile;
+            if let (true, Some(Value::Array(data))) = (recoverable, &packet.data) {
+                let offset = crate::recovery::new_offset();
+                let mut data = data.clone();
+                data.push(Value::String(offset.clone()));
+                let with_offset = Packet {
+                    data: Some(Value::Array(data.clone())),
+                    ..packet.clone()
+                };
+                lock(store).store(
+                    offset,
+                    MissedPacket {
+                        data,
+                        attachments: packet.attachments.clone(),
+                    },
+                    opts,
+                );
+                self.deliver(&with_offset, opts);
+                return;
+            }
+        }
+        self.deliver(packet, opts);
+    }
+
+    fn deliver(&self, packet: &Packet, opts: &BroadcastOptions) {
         let encoded = EncodedPacket::new(packet);
         for socket in self.targets(opts) {
             // A failed send closes that client's session; the others still get the packet.
@@ -694,6 +768,24 @@ impl Adapter for InMemoryAdapter {
         self.disconnect_sockets_local(opts, close);
         Ok(())
     }
+
+    fn persist_session(&self, session: SessionToPersist) {
+        if let Some(store) = &self.store {
+            lock(store).persist(session);
+        }
+    }
+
+    fn restore_session(
+        &self,
+        pid: &str,
+        offset: &str,
+    ) -> BoxFuture<'static, Result<Option<Session>, AdapterError>> {
+        let session = self
+            .store
+            .as_ref()
+            .and_then(|store| lock(store).restore(pid, offset));
+        ready(Ok(session))
+    }
 }
 
 #[cfg(test)]
@@ -760,7 +852,7 @@ mod tests {
         a.add_all("s2", &rooms(&["s2", "r"]));
         a.del("s1", "r");
         a.del_all("s2");
-        let got: Vec<(String, bool, bool)> = seen
+        let mut got: Vec<(String, bool, bool)> = seen
             .lock()
             .unwrap()
             .iter()

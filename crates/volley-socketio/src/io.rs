@@ -31,6 +31,7 @@ pub struct SocketIoBuilder {
     ack_timeout: Duration,
     adapter: AdapterFactory,
     cleanup_empty_children: bool,
+    recovery: Option<crate::RecoveryConfig>,
 }
 
 impl std::fmt::Debug for SocketIoBuilder {
@@ -53,6 +54,7 @@ impl Default for SocketIoBuilder {
             ack_timeout: Duration::from_secs(30),
             adapter: InMemoryAdapter::factory(),
             cleanup_empty_children: false,
+            recovery: None,
         }
     }
 }
@@ -127,6 +129,14 @@ impl SocketIoBuilder {
         self
     }
 
+    /// Turns connection state recovery on (off by default, as in Node): see
+    /// [`recovery`](crate::recovery). `RecoveryConfig::default()` is Node's: a 2-minute window,
+    /// middlewares skipped for a recovered socket.
+    pub fn connection_state_recovery(mut self, config: crate::RecoveryConfig) -> Self {
+        self.recovery = Some(config);
+        self
+    }
+
     /// The adapter of every namespace ([`InMemoryAdapter`] by default).
     pub fn adapter(mut self, factory: AdapterFactory) -> Self {
         self.adapter = factory;
@@ -157,6 +167,7 @@ impl SocketIoBuilder {
                 limits,
                 ack_timeout: self.ack_timeout,
                 adapter: self.adapter,
+                recovery: self.recovery,
             }
         });
         let io = SocketIo(inner);
@@ -187,6 +198,7 @@ pub(crate) struct IoInner {
     limits: Limits,
     ack_timeout: Duration,
     adapter: AdapterFactory,
+    recovery: Option<crate::RecoveryConfig>,
 }
 
 /// A Socket.IO server. Cheap to clone (a handle).
@@ -261,6 +273,7 @@ impl SocketIo {
                     &self.0.adapter,
                     self.0.ack_timeout,
                     None,
+                    self.0.recovery.clone(),
                 )
             })
             .clone()
@@ -283,6 +296,7 @@ impl SocketIo {
             &self.0.adapter,
             self.0.ack_timeout,
             None,
+            self.0.recovery.clone(),
         );
         write(&self.0.dynamic).push((Arc::new(matcher), handlers));
         template
@@ -309,6 +323,7 @@ impl SocketIo {
                         self.0
                             .cleanup_empty_children
                             .then(|| Arc::downgrade(&self.0)),
+                        self.0.recovery.clone(),
                     )
                 })
                 .clone(),

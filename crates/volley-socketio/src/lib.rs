@@ -12,6 +12,7 @@
 //!   server of a cluster), `sockets_join/leave`, `disconnect_sockets`.
 //! - [`adapter`]: the [`Adapter`] trait (rooms, broadcast delivery, across servers for a
 //!   multi-server adapter) and the default [`InMemoryAdapter`].
+//! - [`recovery`]: connection state recovery (Socket.IO 4.6+), off by default.
 //! - [`packet`]: the sans-IO Socket.IO packet codec (binary attachments with placeholders).
 //! - [`chat`]: a small chat namespace (rooms, messages with acknowledgements).
 //!
@@ -41,6 +42,7 @@ mod namespace;
 mod operators;
 pub mod packet;
 mod payload;
+pub mod recovery;
 mod socket;
 mod util;
 
@@ -52,6 +54,7 @@ pub use io::{SocketIo, SocketIoBuilder};
 pub use namespace::{ConnectError, Namespace};
 pub use operators::{BroadcastOperator, RemoteSocket};
 pub use payload::Payload;
+pub use recovery::RecoveryConfig;
 pub use socket::{
     AckError, AckRequest, AckSender, DisconnectReason, EmitError, EncodedPacket, Handshake, Socket,
 };

@@ -83,6 +83,7 @@ pub(crate) struct NsInner {
     /// For a namespace made by a dynamic matcher with cleanup on: the server to leave when the
     /// last socket goes.
     cleanup: Option<Weak<IoInner>>,
+    recovery: Option<crate::RecoveryConfig>,
 }
 
 /// A namespace (`"/"`, `"/chat"`, …): its own handlers, sockets, rooms and adapter.
@@ -106,10 +107,12 @@ impl Namespace {
         factory: &AdapterFactory,
         ack_timeout: Duration,
         cleanup: Option<Weak<IoInner>>,
+        recovery: Option<crate::RecoveryConfig>,
     ) -> Namespace {
         let ns_ref = |weak: &Weak<NsInner>| NamespaceRef {
             ns: weak.clone(),
             name: name.as_str().into(),
+            recovery: recovery.clone(),
         };
         let ns = Namespace(Arc::new_cyclic(|weak| NsInner {
             adapter: factory(ns_ref(weak)),
@@ -119,6 +122,7 @@ impl Namespace {
             ids: AtomicU64::new(0),
             ack_timeout,
             cleanup,
+            recovery: recovery.clone(),
         }));
         // As Node: the adapter starts with the namespace (in the background; see
         // `SocketIo::init_adapters` to wait for it).
@@ -266,6 +270,11 @@ impl Namespace {
     /// How many servers the cluster has (1 with the in-memory adapter). Cancel-safe.
     pub async fn server_count(&self) -> Result<usize, AdapterError> {
         self.0.adapter.server_count().await
+    }
+
+    /// The connection state recovery settings (`None`: off).
+    pub(crate) fn recovery(&self) -> Option<&crate::RecoveryConfig> {
+        self.0.recovery.as_ref()
     }
 
     pub(crate) fn default_ack_timeout(&self) -> Duration {

@@ -273,6 +273,13 @@ pub(crate) struct SocketInner {
     data: Mutex<http::Extensions>,
     /// Node's `socket.data`: JSON other servers can see (fetch_sockets, recovery).
     json_data: Mutex<Value>,
+    /// The private session id (connection state recovery on).
+    pid: Option<String>,
+    /// Whether this socket was restored from a previous session.
+    recovered: bool,
+    /// What to do before the CONNECT reply of a recovered socket: rejoin these rooms, send
+    /// these missed packets.
+    restore: Mutex<Option<crate::recovery::Session>>,
 }
 
 /// A client's connection to one namespace. Cheap to clone (a handle).
@@ -290,10 +297,28 @@ impl std::fmt::Debug for Socket {
 }
 
 impl Socket {
-    pub(crate) fn new(ns: Namespace, client: Arc<ClientShared>, auth: Value) -> Socket {
+    pub(crate) fn new(
+        ns: Namespace,
+        client: Arc<ClientShared>,
+        auth: Value,
+        restored: Option<crate::recovery::Session>,
+    ) -> Socket {
         let req = client.request();
+        let recovery = ns.recovery().is_some();
+        let (id, pid, data) = match &restored {
+            Some(r) => (
+                r.session.sid.clone(),
+                Some(r.session.pid.clone()),
+                r.session.data.clone(),
+            ),
+            None => (
+                crate::util::random_id(),
+                recovery.then(crate::util::random_id),
+                Value::Null,
+            ),
+        };
         Socket(Arc::new(SocketInner {
-            id: crate::util::random_id(),
+            id,
             ns,
             handshake: Handshake {
                 auth,
@@ -311,8 +336,29 @@ impl Socket {
             connected: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             data: Mutex::new(http::Extensions::new()),
-            json_data: Mutex::new(Value::Null),
+            json_data: Mutex::new(data),
+            pid,
+            recovered: restored.is_some(),
+            restore: Mutex::new(restored),
         }))
+    }
+
+    /// Whether this socket was restored by connection state recovery: same id, rooms and
+    /// data as before the client's connection dropped, and the missed packets were sent (see
+    /// [`recovery`](crate::recovery)).
+    pub fn recovered(&self) -> bool {
+        self.0.recovered
+    }
+
+    /// The private session id sent in the CONNECT reply (connection state recovery on).
+    pub(crate) fn pid(&self) -> Option<&str> {
+        self.0.pid.as_deref()
+    }
+
+    /// The restored session's rooms and missed packets, once (for the CONNECT of a recovered
+    /// socket).
+    pub(crate) fn take_restore(&self) -> Option<crate::recovery::Session> {
+        lock(&self.0.restore).take()
     }
 
     /// The socket id (fresh for every namespace connection; also a room holding only this socket).
@@ -432,6 +478,23 @@ impl Socket {
     /// Sends event `event` with `payload` to this client.
     pub fn emit(&self, event: &str, payload: impl Into<Payload>) -> Result<(), EmitError> {
         let packet = event_packet(self.nsp(), event, payload.into(), None)?;
+        if self.0.ns.recovery().is_some() {
+            // As Node: through the adapter (to the socket's own room), so that the packet gets
+            // an offset and is kept for a recovery.
+            if !self.connected() {
+                return Err(EmitError::Disconnected);
+            }
+            let opts = BroadcastOptions {
+                rooms: std::iter::once(self.0.id.clone()).collect(),
+                ..BroadcastOptions::default()
+            };
+            return self
+                .0
+                .ns
+                .adapter()
+                .broadcast(&packet, &opts)
+                .map_err(EmitError::Adapter);
+        }
         self.send_packet(&packet, false)
     }
 
@@ -638,6 +701,17 @@ impl Socket {
             std::mem::take(&mut *write(&self.0.on_disconnecting));
         for handler in disconnecting {
             guarded("disconnecting handler", || handler(self.clone(), reason));
+        }
+        if let (Some(pid), true) = (&self.0.pid, crate::recovery::recoverable(reason)) {
+            self.0
+                .ns
+                .adapter()
+                .persist_session(crate::recovery::SessionToPersist {
+                    sid: self.0.id.clone(),
+                    pid: pid.clone(),
+                    rooms: self.rooms(),
+                    data: self.data_json(),
+                });
         }
         self.0.connected.store(false, Ordering::Release);
         self.0.ns.adapter().del_all(&self.0.id);

@@ -524,6 +524,14 @@ impl Adapter for ShardedRedisAdapter {
         self.inner.local.restore_session(pid, offset)
     }
 
+    fn finish_restore(
+        &self,
+        sid: &str,
+        send: &mut dyn FnMut(volley_socketio::recovery::MissedPacket),
+    ) {
+        self.inner.local.finish_restore(sid, send);
+    }
+
     fn del(&self, id: &str, room: &str) {
         self.inner.local.del(id, room);
     }

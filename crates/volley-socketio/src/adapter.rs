@@ -323,6 +323,14 @@ pub trait Adapter: Send + Sync + 'static {
         let _ = (pid, offset);
         ready(Ok(None))
     }
+
+    /// Called once the socket of a restored session is registered, before its CONNECT reply,
+    /// after its missed packets were sent: `send` gets the packets broadcast to it since
+    /// [`restore_session`](Self::restore_session) that were held back (so that none is lost
+    /// or sent twice between the two). Nothing by default.
+    fn finish_restore(&self, sid: &str, send: &mut dyn FnMut(MissedPacket)) {
+        let _ = (sid, send);
+    }
 }
 
 /// A room that got its first local member or lost its last one (see
@@ -528,31 +536,43 @@ impl InMemoryAdapter {
     /// state recovery on, an EVENT without acknowledgement that is not volatile gets an offset
     /// appended and is kept for the sessions that may miss it.
     pub fn broadcast_local(&self, packet: &Packet, opts: &BroadcastOptions) {
-        if let Some(store) = &self.store {
-            let recoverable = matches!(packet.kind, PacketType::Event | PacketType::BinaryEvent)
-                && packet.id.is_none()
-                && !opts.flags.volatile;
-            if let (true, Some(Value::Array(data))) = (recoverable, &packet.data) {
+        let Some(store) = &self.store else {
+            self.deliver(packet, opts);
+            return;
+        };
+        // Recovery on: the store stays locked while the packet is kept and delivered, so that a
+        // session being restored meanwhile gets it exactly once (missed, held, or live).
+        let mut store = lock(store);
+        let recoverable = matches!(packet.kind, PacketType::Event | PacketType::BinaryEvent)
+            && packet.id.is_none()
+            && !opts.flags.volatile;
+        let (packet, missed) = match (recoverable, &packet.data) {
+            (true, Some(Value::Array(data))) => {
                 let offset = crate::recovery::new_offset();
                 let mut data = data.clone();
                 data.push(Value::String(offset.clone()));
+                let missed = MissedPacket {
+                    data: data.clone(),
+                    attachments: packet.attachments.clone(),
+                };
+                store.store(offset, missed.clone(), opts);
                 let with_offset = Packet {
-                    data: Some(Value::Array(data.clone())),
+                    data: Some(Value::Array(data)),
                     ..packet.clone()
                 };
-                lock(store).store(
-                    offset,
-                    MissedPacket {
-                        data,
-                        attachments: packet.attachments.clone(),
-                    },
-                    opts,
-                );
-                self.deliver(&with_offset, opts);
-                return;
+                (std::borrow::Cow::Owned(with_offset), Some(missed))
+            }
+            _ => (std::borrow::Cow::Borrowed(packet), None),
+        };
+        let encoded = EncodedPacket::new(&packet);
+        for id in self.sockets(opts) {
+            if store.hold(&id, missed.as_ref()) {
+                continue;
+            }
+            if let Some(socket) = self.ns.socket(&id) {
+                let _ = socket.send_encoded(&encoded, opts.flags.volatile);
             }
         }
-        self.deliver(packet, opts);
     }
 
     fn deliver(&self, packet: &Packet, opts: &BroadcastOptions) {
@@ -707,6 +727,10 @@ impl Adapter for InMemoryAdapter {
     }
 
     fn del_all(&self, id: &str) {
+        if let Some(store) = &self.store {
+            // A restored socket that never connected.
+            lock(store).stop_holding(id);
+        }
         self.update(|state| state.del_all(id));
     }
 
@@ -780,11 +804,25 @@ impl Adapter for InMemoryAdapter {
         pid: &str,
         offset: &str,
     ) -> BoxFuture<'static, Result<Option<Session>, AdapterError>> {
-        let session = self
-            .store
-            .as_ref()
-            .and_then(|store| lock(store).restore(pid, offset));
+        let session = self.store.as_ref().and_then(|store| {
+            // One critical section with the broadcasts: the socket is back in its rooms and
+            // holds what comes from now on until `finish_restore`.
+            let mut store = lock(store);
+            let session = store.restore(pid, offset)?;
+            store.start_holding(&session.session.sid);
+            self.add_all(&session.session.sid, &session.session.rooms);
+            Some(session)
+        });
         ready(Ok(session))
+    }
+
+    fn finish_restore(&self, sid: &str, send: &mut dyn FnMut(MissedPacket)) {
+        if let Some(store) = &self.store {
+            let mut store = lock(store);
+            for packet in store.stop_holding(sid) {
+                send(packet);
+            }
+        }
     }
 }
 

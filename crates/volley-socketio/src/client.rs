@@ -326,10 +326,11 @@ fn finish_connect(ns: &Namespace, shared: &Arc<ClientShared>, socket: Socket) {
         old.on_close(DisconnectReason::ClientNamespaceDisconnect);
     }
     if let Some(restored) = socket.take_restore() {
-        // A recovered socket: its rooms back, then the packets it missed, before the CONNECT
-        // reply (the client buffers events received before it, then emits them in order).
+        // A recovered socket: its rooms back, then the packets it missed, then those the
+        // adapter held back since the restore, before the CONNECT reply (the client buffers
+        // events received before it, then emits them in order).
         socket.join(restored.session.rooms);
-        for missed in restored.missed {
+        let mut send = |missed: crate::recovery::MissedPacket| {
             shared.send(&Packet {
                 kind: if missed.attachments.is_empty() {
                     PacketType::Event
@@ -341,7 +342,11 @@ fn finish_connect(ns: &Namespace, shared: &Arc<ClientShared>, socket: Socket) {
                 data: Some(Value::Array(missed.data)),
                 attachments: missed.attachments,
             });
+        };
+        for missed in restored.missed {
+            send(missed);
         }
+        ns.adapter().finish_restore(socket.id(), &mut send);
     }
     let data = match socket.pid() {
         Some(pid) => json!({ "sid": socket.id(), "pid": pid }),

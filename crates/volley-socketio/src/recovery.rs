@@ -100,6 +100,8 @@ pub struct SessionStore {
     /// offset -> sequence number of the packet (index = seq - first_seq).
     index: HashMap<String, u64>,
     first_seq: u64,
+    /// Restored sockets not yet connected: what was broadcast to them meanwhile.
+    holding: HashMap<String, Vec<MissedPacket>>,
 }
 
 impl std::fmt::Debug for SessionStore {
@@ -136,7 +138,33 @@ impl SessionStore {
             packets: VecDeque::new(),
             index: HashMap::new(),
             first_seq: 0,
+            holding: HashMap::new(),
         }
+    }
+
+    /// Holds back what is broadcast to socket `sid` until [`stop_holding`](Self::stop_holding).
+    pub fn start_holding(&mut self, sid: &str) {
+        self.holding.insert(sid.to_owned(), Vec::new());
+    }
+
+    /// Whether socket `sid` is held back; if so, `packet` (when recoverable) is kept for it.
+    pub fn hold(&mut self, sid: &str, packet: Option<&MissedPacket>) -> bool {
+        match self.holding.get_mut(sid) {
+            Some(held) => {
+                if let Some(p) = packet {
+                    // Bounded like the store: a socket that never connects is dropped on
+                    // expiry of its window (see `prune`).
+                    held.push(p.clone());
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Stops holding socket `sid` back and returns what was held, in order.
+    pub fn stop_holding(&mut self, sid: &str) -> Vec<MissedPacket> {
+        self.holding.remove(sid).unwrap_or_default()
     }
 
     fn prune(&mut self, now: Instant) {

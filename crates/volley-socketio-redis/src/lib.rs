@@ -22,6 +22,7 @@
 //! # Ok(()) }
 //! ```
 mod classic;
+mod cluster;
 pub mod msgpack;
 mod sharded;
 mod wire;

@@ -355,6 +355,95 @@ impl Redis {
         Ok(n)
     }
 
+    /// `XADD stream MAXLEN ~ max_len * field value …` for each of `entries`, pipelined in one
+    /// round trip; the ids Redis gave them, in order. Cancel-safe as [`query`](Self::query).
+    pub async fn xadd_many(
+        &self,
+        entries: &[(String, Vec<(&'static str, Vec<u8>)>)],
+        max_len: usize,
+    ) -> Result<Vec<String>, RedisError> {
+        let mut pipe = redis::pipe();
+        for (stream, fields) in entries {
+            let cmd = pipe
+                .cmd("XADD")
+                .arg(stream)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(max_len)
+                .arg("*");
+            for (k, v) in fields {
+                cmd.arg(*k).arg(v.as_slice());
+            }
+        }
+        self.query_pipeline(&pipe).await
+    }
+
+    /// `XREAD [BLOCK ms] COUNT count STREAMS stream after`: the entries after id `after`
+    /// (`$`: only new ones), waiting at most `block` for one (use a connection of its own for
+    /// blocking reads: the wait holds the connection). Cancel-safe as [`query`](Self::query).
+    pub async fn xread(
+        &self,
+        stream: &str,
+        after: &str,
+        count: usize,
+        block: Option<Duration>,
+    ) -> Result<Vec<StreamEntry>, RedisError> {
+        let mut cmd = redis::cmd("XREAD");
+        if let Some(block) = block {
+            cmd.arg("BLOCK").arg(block.as_millis() as u64);
+        }
+        cmd.arg("COUNT")
+            .arg(count)
+            .arg("STREAMS")
+            .arg(stream)
+            .arg(after);
+        let reply: redis::Value = self.query(&cmd).await?;
+        Ok(parse_xread(reply))
+    }
+
+    /// `XRANGE stream start end [COUNT count]`. Cancel-safe as [`query`](Self::query).
+    pub async fn xrange(
+        &self,
+        stream: &str,
+        start: &str,
+        end: &str,
+        count: Option<usize>,
+    ) -> Result<Vec<StreamEntry>, RedisError> {
+        let mut cmd = redis::cmd("XRANGE");
+        cmd.arg(stream).arg(start).arg(end);
+        if let Some(count) = count {
+            cmd.arg("COUNT").arg(count);
+        }
+        let reply: redis::Value = self.query(&cmd).await?;
+        Ok(parse_entries(reply))
+    }
+
+    /// `SET key value PX ms`. Cancel-safe as [`query`](Self::query).
+    pub async fn set_px(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), RedisError> {
+        self.query(
+            redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("PX")
+                .arg(ttl.as_millis().max(1) as u64),
+        )
+        .await
+    }
+
+    /// `GET key` then `DEL key` in one transaction (`MULTI`/`EXEC`; works before Redis 6.2's
+    /// `GETDEL`). Cancel-safe as [`query`](Self::query).
+    pub async fn get_del(&self, key: &str) -> Result<Option<Vec<u8>>, RedisError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("GET")
+            .arg(key)
+            .cmd("DEL")
+            .arg(key)
+            .ignore();
+        let (value,): (Option<Vec<u8>>,) = self.query_pipeline(&pipe).await?;
+        Ok(value)
+    }
+
     /// An ordered, non-blocking publisher on this connection (see [`Publisher`]).
     pub fn publisher(&self) -> Publisher {
         let (tx, rx) = mpsc::channel(self.inner.config.publish_queue.max(1));
@@ -365,6 +454,89 @@ impl Redis {
     /// How many queued publications were dropped because Redis was unavailable.
     pub fn dropped(&self) -> u64 {
         self.inner.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// One entry of a Redis stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamEntry {
+    /// Its id, `<ms>-<seq>`.
+    pub id: String,
+    /// Its fields, in order.
+    pub fields: Vec<(String, Bytes)>,
+}
+
+impl StreamEntry {
+    /// The value of field `name`.
+    pub fn field(&self, name: &str) -> Option<&Bytes> {
+        self.fields.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+}
+
+fn bytes_of(v: redis::Value) -> Option<Vec<u8>> {
+    match v {
+        redis::Value::BulkString(b) => Some(b),
+        redis::Value::SimpleString(s) => Some(s.into_bytes()),
+        redis::Value::VerbatimString { text, .. } => Some(text.into_bytes()),
+        redis::Value::Int(i) => Some(i.to_string().into_bytes()),
+        _ => None,
+    }
+}
+
+/// `[[id, [field, value, …]], …]` (malformed entries are skipped).
+fn parse_entries(v: redis::Value) -> Vec<StreamEntry> {
+    let redis::Value::Array(items) = v else {
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let redis::Value::Array(pair) = item else {
+            continue;
+        };
+        let mut pair = pair.into_iter();
+        let (Some(id), Some(fields)) = (pair.next(), pair.next()) else {
+            continue;
+        };
+        let Some(id) = bytes_of(id).and_then(|b| String::from_utf8(b).ok()) else {
+            continue;
+        };
+        let flat: Vec<redis::Value> = match fields {
+            redis::Value::Array(f) => f,
+            redis::Value::Map(m) => m.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+            _ => continue,
+        };
+        let mut fields = Vec::with_capacity(flat.len() / 2);
+        let mut it = flat.into_iter();
+        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+            if let (Some(k), Some(v)) = (bytes_of(k), bytes_of(v)) {
+                fields.push((String::from_utf8_lossy(&k).into_owned(), Bytes::from(v)));
+            }
+        }
+        out.push(StreamEntry { id, fields });
+    }
+    out
+}
+
+/// XREAD's reply: `[[stream, entries]]` (RESP2) or `{stream: entries}` (RESP3); nil on
+/// timeout. One stream is read at a time.
+fn parse_xread(v: redis::Value) -> Vec<StreamEntry> {
+    match v {
+        redis::Value::Map(m) => m
+            .into_iter()
+            .flat_map(|(_, entries)| parse_entries(entries))
+            .collect(),
+        redis::Value::Array(streams) => streams
+            .into_iter()
+            .flat_map(|s| match s {
+                redis::Value::Array(pair) => pair
+                    .into_iter()
+                    .nth(1)
+                    .map(parse_entries)
+                    .unwrap_or_default(),
+                _ => Vec::new(),
+            })
+            .collect(),
+        _ => Vec::new(),
     }
 }
 

@@ -145,3 +145,77 @@ async fn subscribe_publish_in_order_and_survive_a_restart() {
     assert_eq!(redis.state().borrow().connections, 2);
     assert!(redis.is_ready());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_and_keys() {
+    let server = RedisServer::start();
+    let redis = Redis::connect(config(server.url())).unwrap();
+    redis.ready(Duration::from_secs(5)).await.unwrap();
+    // A blocking reader on its own connection sees entries added after it started.
+    let reader = Redis::connect(config(server.url())).unwrap();
+    reader.ready(Duration::from_secs(5)).await.unwrap();
+    let read = tokio::spawn(async move {
+        // A blocked XREAD is served as soon as one entry comes: read on from the last id.
+        let mut got = Vec::new();
+        let mut after = "$".to_owned();
+        while got.len() < 2 {
+            let entries: Vec<volley_redis::StreamEntry> = reader
+                .xread("st", &after, 10, Some(Duration::from_secs(5)))
+                .await
+                .unwrap();
+            assert!(!entries.is_empty(), "XREAD timed out");
+            after = entries.last().unwrap().id.clone();
+            got.extend(entries);
+        }
+        got
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let ids = redis
+        .xadd_many(
+            &[
+                (
+                    "st".into(),
+                    vec![("k", b"v1".to_vec()), ("n", b"1".to_vec())],
+                ),
+                ("st".into(), vec![("k", vec![0xff, 0x00])]),
+            ],
+            1000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 2);
+    let got = read.await.unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].id, ids[0]);
+    assert_eq!(got[0].field("k").unwrap().as_ref(), b"v1");
+    assert_eq!(got[1].field("k").unwrap().as_ref(), &[0xff, 0x00]);
+    let range = redis.xrange("st", &ids[1], "+", None).await.unwrap();
+    assert_eq!(range.len(), 1);
+    assert!(
+        redis
+            .xrange("nope", "-", "+", None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        redis
+            .xread("st", &ids[1], 10, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    redis
+        .set_px("key", b"value", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(redis.get_del("key").await.unwrap(), Some(b"value".to_vec()));
+    assert_eq!(redis.get_del("key").await.unwrap(), None);
+    redis
+        .set_px("short", b"x", Duration::from_millis(20))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert_eq!(redis.get_del("short").await.unwrap(), None);
+}

@@ -359,7 +359,7 @@ impl Redis {
     /// round trip; the ids Redis gave them, in order. Cancel-safe as [`query`](Self::query).
     pub async fn xadd_many(
         &self,
-        entries: &[(String, Vec<(&'static str, Vec<u8>)>)],
+        entries: &[NewEntry],
         max_len: usize,
     ) -> Result<Vec<String>, RedisError> {
         let mut pipe = redis::pipe();
@@ -456,6 +456,9 @@ impl Redis {
         self.inner.dropped.load(Ordering::Relaxed)
     }
 }
+
+/// An entry to add to a stream: the stream's name and the entry's fields.
+pub type NewEntry = (String, Vec<(&'static str, Vec<u8>)>);
 
 /// One entry of a Redis stream.
 #[derive(Clone, Debug, PartialEq, Eq)]

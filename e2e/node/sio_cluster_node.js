@@ -1,7 +1,8 @@
 // A Node socket.io server in a Redis cluster, driven by Volley's cluster tests
 // (crates/volley-socketio-redis/tests/cluster.rs) over stdin/stdout, one JSON object a line.
 //
-//   node sio_cluster_node.js --redis redis://127.0.0.1:6379 --adapter classic|sharded
+//   node sio_cluster_node.js --redis redis://127.0.0.1:6379 --adapter classic|sharded|streams \
+//        [--recovery-ms 120000]
 //
 // Prints {"listening": port} once ready. Each command {"id", "op", ...} is answered with
 // {"id", "ok": result} or {"id", "error": message}. Binary data travels as {"$bin": base64}.
@@ -15,6 +16,7 @@ const { Server } = require("socket.io");
 const { createClient } = require("redis");
 const { createAdapter, createShardedAdapter } = require("@socket.io/redis-adapter");
 const { Emitter } = require("@socket.io/redis-emitter");
+const { createAdapter: createStreamsAdapter } = require("@socket.io/redis-streams-adapter");
 
 function arg(name, dflt) {
   const i = process.argv.indexOf(`--${name}`);
@@ -55,9 +57,22 @@ const print = (o) => process.stdout.write(JSON.stringify(o) + "\n");
   pub.on("error", () => {});
   sub.on("error", () => {});
   await Promise.all([pub.connect(), sub.connect()]);
-  const adapter = mode === "sharded" ? createShardedAdapter(pub, sub) : createAdapter(pub, sub);
+  const adapter =
+    mode === "sharded"
+      ? createShardedAdapter(pub, sub)
+      : mode === "streams"
+        ? createStreamsAdapter(pub)
+        : createAdapter(pub, sub);
   const httpServer = http.createServer();
-  const io = new Server(httpServer, { adapter, pingInterval: 2000, pingTimeout: 5000 });
+  const recoveryMs = arg("recovery-ms");
+  const io = new Server(httpServer, {
+    adapter,
+    pingInterval: 2000,
+    pingTimeout: 5000,
+    connectionStateRecovery: recoveryMs
+      ? { maxDisconnectionDuration: Number(recoveryMs), skipMiddlewares: true }
+      : undefined,
+  });
   io.on("connection", (socket) => {
     socket.on("join", (rooms, ack) => {
       socket.join(rooms);
@@ -112,6 +127,16 @@ const print = (o) => process.stdout.write(JSON.stringify(o) + "\n");
       case "emitterSocketsJoin":
         target(emitter, c).socketsJoin(c.join);
         return true;
+      case "blast": {
+        // As fast as it can: `count` broadcasts of event "b" (bench-cluster).
+        const payload = "x".repeat(c.size || 16);
+        const started = process.hrtime.bigint();
+        for (let i = 0; i < c.count; i++) {
+          io.emit("b", [i, payload]);
+          if (i % 64 === 63) await new Promise((r) => setImmediate(r));
+        }
+        return { blasted: c.count, ms: Number(process.hrtime.bigint() - started) / 1e6 };
+      }
       case "publishRaw":
         // A foreign or malformed message on a cluster channel.
         await pub.publish(c.channel, Buffer.from(c.base64, "base64"));

@@ -430,6 +430,32 @@ impl Redis {
         .await
     }
 
+    /// `SET key value PX ms` for each of `items`, pipelined in one round trip. Cancel-safe as
+    /// [`query`](Self::query).
+    pub async fn set_px_many(
+        &self,
+        items: &[(String, Vec<u8>)],
+        ttl: Duration,
+    ) -> Result<(), RedisError> {
+        let mut pipe = redis::pipe();
+        for (key, value) in items {
+            pipe.cmd("SET")
+                .arg(key)
+                .arg(value.as_slice())
+                .arg("PX")
+                .arg(ttl.as_millis().max(1) as u64)
+                .ignore();
+        }
+        self.query_pipeline(&pipe).await
+    }
+
+    /// `DEL key`. Cancel-safe as [`query`](Self::query).
+    pub async fn del(&self, key: &str) -> Result<(), RedisError> {
+        self.query::<i64>(redis::cmd("DEL").arg(key))
+            .await
+            .map(|_| ())
+    }
+
     /// `GET key` then `DEL key` in one transaction (`MULTI`/`EXEC`; works before Redis 6.2's
     /// `GETDEL`). Cancel-safe as [`query`](Self::query).
     pub async fn get_del(&self, key: &str) -> Result<Option<Vec<u8>>, RedisError> {

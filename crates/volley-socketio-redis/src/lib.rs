@@ -5,6 +5,8 @@
 //!   (`createAdapter`), which `@socket.io/redis-emitter` also speaks;
 //! - [`ShardedRedisAdapter`]: its sharded protocol (`createShardedAdapter`: Redis 7 sharded
 //!   pub/sub, Node's `ClusterAdapter` messages, a channel per public room);
+//! - [`RedisStreamsAdapter`]: the protocol of `@socket.io/redis-streams-adapter` 0.3 (a Redis
+//!   stream), with connection state recovery across servers;
 //! - [`msgpack`]: MessagePack as `notepack.io` writes it (binary data as `bin`).
 //!
 //! ```no_run
@@ -25,7 +27,9 @@ mod classic;
 mod cluster;
 pub mod msgpack;
 mod sharded;
+mod streams;
 mod wire;
 
 pub use classic::{RedisAdapter, RedisAdapterConfig};
 pub use sharded::{ShardedRedisAdapter, ShardedRedisAdapterConfig, SubscriptionMode};
+pub use streams::{RedisStreamsAdapter, RedisStreamsAdapterConfig};

@@ -19,7 +19,8 @@ use common::*;
 use serde_json::{Value, json};
 use volley_socketio::{AckError, Payload, SocketIo};
 use volley_socketio_redis::{
-    RedisAdapter, RedisAdapterConfig, ShardedRedisAdapter, ShardedRedisAdapterConfig,
+    RedisAdapter, RedisAdapterConfig, RedisStreamsAdapter, RedisStreamsAdapterConfig,
+    ShardedRedisAdapter, ShardedRedisAdapterConfig,
 };
 
 const CLIENTS: [&str; 5] = ["n1", "n2", "v1a", "v1b", "v2a"];
@@ -28,6 +29,7 @@ const CLIENTS: [&str; 5] = ["n1", "n2", "v1a", "v1b", "v2a"];
 enum Mode {
     Classic,
     Sharded,
+    Streams,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -88,12 +90,18 @@ impl Cluster {
                 redis_handle(url),
                 ShardedRedisAdapterConfig::default(),
             ),
+            Mode::Streams => RedisStreamsAdapter::factory(
+                redis_handle(url),
+                RedisStreamsAdapterConfig::default(),
+            )
+            .unwrap(),
         };
         let (v1, v1_addr, v1_notes) = volley_server(factory(&url), "volley1").await;
         let (v2, v2_addr, v2_notes) = volley_server(factory(&url), "volley2").await;
         let node_mode = match mode {
             Mode::Classic => "classic",
             Mode::Sharded => "sharded",
+            Mode::Streams => "streams",
         };
         let (node, node_addr) = node_server(&url, node_mode).await;
         let mut clients = Clients::start();
@@ -444,6 +452,11 @@ async fn mixed_cluster_sharded_adapter() {
     mixed_cluster(Mode::Sharded).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_cluster_streams_adapter() {
+    mixed_cluster(Mode::Streams).await;
+}
+
 async fn mixed_cluster(mode: Mode) {
     let mut c = Cluster::start(RedisServer::start(), mode).await;
     operators_from(&mut c, Origin::Volley).await;
@@ -546,6 +559,62 @@ async fn garbage(c: &mut Cluster, mode: Mode) {
                     .await
                     .unwrap();
             }
+        }
+        Mode::Streams => {
+            for (channel, base64) in sharded {
+                raw.publish(channel, &b64.decode(base64).unwrap())
+                    .await
+                    .unwrap();
+            }
+            // Malformed entries of the stream.
+            let entry = |fields: &[(&'static str, &str)]| {
+                (
+                    "socket.io".to_owned(),
+                    fields
+                        .iter()
+                        .map(|(k, v)| (*k, v.as_bytes().to_vec()))
+                        .collect::<Vec<_>>(),
+                )
+            };
+            raw.xadd_many(
+                &[
+                    entry(&[
+                        ("uid", "x"),
+                        ("nsp", "/garbage"),
+                        ("type", "3"),
+                        ("data", "{not json"),
+                    ]),
+                    entry(&[("nsp", "/garbage"), ("type", "3"), ("data", "{}")]),
+                    entry(&[
+                        ("uid", "x"),
+                        ("nsp", "/garbage"),
+                        ("type", "3"),
+                        ("data", "!!notbase64"),
+                    ]),
+                    entry(&[
+                        ("uid", "x"),
+                        ("nsp", "/garbage"),
+                        ("type", "3"),
+                        ("data", "wQ=="),
+                    ]),
+                    entry(&[
+                        ("uid", "x"),
+                        ("nsp", "/garbage"),
+                        ("type", "abc"),
+                        ("data", "{}"),
+                    ]),
+                    entry(&[
+                        ("uid", "x"),
+                        ("nsp", "/garbage"),
+                        ("type", "4"),
+                        ("data", "{\"opts\":5}"),
+                    ]),
+                    entry(&[("junk", "1")]),
+                ],
+                10_000,
+            )
+            .await
+            .unwrap();
         }
     }
     let answers =

@@ -313,6 +313,21 @@ pub trait Adapter: Send + Sync + 'static {
         let _ = session;
     }
 
+    /// A socket with a private session id connected (connection state recovery on). An adapter
+    /// that keeps sessions outside the process may store the session now and keep it fresh,
+    /// so that it survives this server's crash (Node persists sessions on disconnect only).
+    /// Nothing by default.
+    fn open_session(&self, session: SessionToPersist) {
+        let _ = session;
+    }
+
+    /// A socket with private session id `pid` left for a reason that ends its session (a
+    /// namespace disconnect): forget what [`open_session`](Self::open_session) stored. Nothing
+    /// by default.
+    fn discard_session(&self, pid: &str) {
+        let _ = pid;
+    }
+
     /// The session `pid` and the packets it missed after `offset`, if it can be recovered.
     /// `None` by default.
     fn restore_session(
@@ -479,6 +494,17 @@ impl InMemoryAdapter {
                 .recovery()
                 .cloned()
                 .map(|c| Mutex::new(SessionStore::new(c))),
+            ns,
+            state: Mutex::new(Rooms::default()),
+            listener: None,
+        }
+    }
+
+    /// An in-memory adapter that keeps no recovery state even when connection state recovery
+    /// is on (for adapters that keep sessions and packets elsewhere, e.g. in Redis streams).
+    pub fn without_recovery(ns: NamespaceRef) -> Self {
+        InMemoryAdapter {
+            store: None,
             ns,
             state: Mutex::new(Rooms::default()),
             listener: None,

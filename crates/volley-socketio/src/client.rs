@@ -348,6 +348,9 @@ fn finish_connect(ns: &Namespace, shared: &Arc<ClientShared>, socket: Socket) {
         }
         ns.adapter().finish_restore(socket.id(), &mut send);
     }
+    if let Some(pid) = socket.pid() {
+        ns.adapter().open_session(socket.session(pid));
+    }
     let data = match socket.pid() {
         Some(pid) => json!({ "sid": socket.id(), "pid": pid }),
         None => json!({ "sid": socket.id() }),

@@ -355,6 +355,16 @@ impl Socket {
         self.0.pid.as_deref()
     }
 
+    /// What connection state recovery keeps of this socket.
+    pub(crate) fn session(&self, pid: &str) -> crate::recovery::SessionToPersist {
+        crate::recovery::SessionToPersist {
+            sid: self.0.id.clone(),
+            pid: pid.to_owned(),
+            rooms: self.rooms(),
+            data: self.data_json(),
+        }
+    }
+
     /// The restored session's rooms and missed packets, once (for the CONNECT of a recovered
     /// socket).
     pub(crate) fn take_restore(&self) -> Option<crate::recovery::Session> {
@@ -702,16 +712,12 @@ impl Socket {
         for handler in disconnecting {
             guarded("disconnecting handler", || handler(self.clone(), reason));
         }
-        if let (Some(pid), true) = (&self.0.pid, crate::recovery::recoverable(reason)) {
-            self.0
-                .ns
-                .adapter()
-                .persist_session(crate::recovery::SessionToPersist {
-                    sid: self.0.id.clone(),
-                    pid: pid.clone(),
-                    rooms: self.rooms(),
-                    data: self.data_json(),
-                });
+        if let Some(pid) = &self.0.pid {
+            if crate::recovery::recoverable(reason) {
+                self.0.ns.adapter().persist_session(self.session(pid));
+            } else {
+                self.0.ns.adapter().discard_session(pid);
+            }
         }
         self.0.connected.store(false, Ordering::Release);
         self.0.ns.adapter().del_all(&self.0.id);

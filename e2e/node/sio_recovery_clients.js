@@ -11,6 +11,10 @@
 //          reconnection was recovered and every client got every event exactly once, in order.
 // expired: one client gets an event, its transport is closed and it reconnects only after
 //          --reconnect-ms (longer than the server's window): passes when recovered is false.
+// cross:   like within, across the servers of a cluster: client k first connects to
+//          --first-urls[k % n]; its j-th reconnection attempt goes to --next-urls[(k + j) % n]
+//          (as a load balancer could send it anywhere). Besides "e" and "done", the server may
+//          broadcast "mark" (m): each client prints {"client", "mark": m, "count"} on it.
 // Any other outcome exits 1 with {"ok": false, ...}.
 "use strict";
 
@@ -31,6 +35,9 @@ function fail(o) {
 }
 
 function within() {
+  const firstUrls = (arg("first-urls") || url).split(",");
+  const nextUrls = arg("next-urls") ? arg("next-urls").split(",") : null;
+  const delay = Number(arg("reconnect-ms", 20));
   const n = Number(arg("clients", 10));
   const closes = Number(arg("closes", 20));
   const events = Number(arg("events", 1000));
@@ -38,13 +45,20 @@ function within() {
   const clients = [];
   let connected = 0;
   for (let k = 0; k < n; k++) {
-    const socket = io(url, {
+    const socket = io(firstUrls[k % firstUrls.length], {
       transports: ["websocket"],
-      reconnectionDelay: 20,
-      reconnectionDelayMax: 100,
+      reconnectionDelay: delay,
+      reconnectionDelayMax: Math.max(delay, 100),
       randomizationFactor: 0,
     });
-    const c = { socket, received: [], reconnects: 0, recovered: 0, done: false, first: true };
+    const c = { socket, received: [], reconnects: 0, recovered: 0, done: false, first: true, log: [] };
+    let attempt = 0;
+    if (nextUrls) {
+      socket.io.on("reconnect_attempt", () => {
+        socket.io.uri = nextUrls[(k + attempt++) % nextUrls.length];
+      });
+    }
+    socket.on("mark", (m) => print({ client: k, mark: m, count: c.received.length }));
     clients.push(c);
     socket.on("connect", () => {
       if (c.first) {
@@ -54,6 +68,7 @@ function within() {
       }
       c.reconnects++;
       if (socket.recovered) c.recovered++;
+      c.log.push({ reconnect: c.reconnects, at: c.received.length, uri: socket.io.uri, recovered: socket.recovered });
     });
     socket.on("e", (i, offset) => {
       if (typeof offset !== "string") fail({ error: "event without offset", i });
@@ -75,6 +90,7 @@ function within() {
       const c = clients[closed % n];
       if (c.done) return clearInterval(timer);
       if (c.socket.connected) {
+        c.log.push({ close: closed, at: c.received.length, uri: c.socket.io.uri });
         c.socket.io.engine.close();
         closed++;
       }
@@ -83,9 +99,13 @@ function within() {
 
   function finish() {
     const report = clients.map((c, k) => {
-      let inOrder = c.received.length === events;
-      for (let i = 0; inOrder && i < events; i++) if (c.received[i] !== i) inOrder = false;
-      return { client: k, received: c.received.length, inOrder, reconnects: c.reconnects, recovered: c.recovered };
+      let firstWrong = -1;
+      for (let i = 0; firstWrong < 0 && i < Math.max(events, c.received.length); i++) {
+        if (c.received[i] !== i) firstWrong = i;
+      }
+      const inOrder = firstWrong < 0;
+      const around = inOrder ? undefined : c.received.slice(Math.max(0, firstWrong - 3), firstWrong + 4);
+      return { client: k, received: c.received.length, inOrder, firstWrong, around, reconnects: c.reconnects, recovered: c.recovered, log: inOrder ? undefined : c.log };
     });
     const ok = report.every((r) => r.inOrder && r.recovered === r.reconnects);
     const totalReconnects = report.reduce((a, r) => a + r.reconnects, 0);
@@ -121,6 +141,6 @@ function expired() {
 setInterval(() => {
   if (Date.now() > deadline) fail({ error: "timed out" });
 }, 100);
-if (scenario === "within") within();
+if (scenario === "within" || scenario === "cross") within();
 else if (scenario === "expired") expired();
 else fail({ error: `unknown scenario ${scenario}` });

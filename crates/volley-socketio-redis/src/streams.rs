@@ -96,6 +96,16 @@ struct Shared {
     appends: mpsc::Sender<Append>,
 }
 
+/// Restored sockets: held back until their CONNECT, then guarded against the stream entries
+/// they got among their missed packets that this server delivers only now (its reader, or
+/// its appender, may lag behind the stream).
+#[derive(Default)]
+struct Restoring {
+    held: HashMap<String, Held>,
+    /// sid -> the last stream id the socket got on restore: entries up to it are dropped.
+    floors: HashMap<String, (u64, u64)>,
+}
+
 /// A restored socket held back until its CONNECT: the packets broadcast to it meanwhile.
 #[derive(Default)]
 struct Held {
@@ -112,8 +122,8 @@ struct Inner {
     public_channel: String,
     requests: Arc<Requests>,
     subscriptions: Mutex<Vec<SubscriptionId>>,
-    /// Restored sockets not connected yet; locked across every local delivery.
-    held: Mutex<HashMap<String, Held>>,
+    /// Restored sockets; locked across every local delivery.
+    held: Mutex<Restoring>,
     /// Connected sockets with a session (sid -> pid), kept fresh in Redis so that a crash of
     /// this server does not lose them.
     live: Mutex<HashMap<String, String>>,
@@ -182,7 +192,7 @@ impl RedisStreamsAdapter {
             public_channel: public_channel.clone(),
             requests: Arc::default(),
             subscriptions: Mutex::new(Vec::new()),
-            held: Mutex::new(HashMap::new()),
+            held: Mutex::new(Restoring::default()),
             live: Mutex::new(HashMap::new()),
             dirty: Mutex::new(std::collections::HashSet::new()),
             refresh: tokio::sync::Notify::new(),
@@ -492,9 +502,18 @@ impl Inner {
         }
         let encoded = EncodedPacket::new(&packet);
         let id = offset.and_then(parse_id);
-        let mut held = lock(&self.held);
+        let mut restoring = lock(&self.held);
         for sid in self.local.sockets(opts) {
-            if let Some(h) = held.get_mut(&sid) {
+            if let Some(floor) = restoring.floors.get(&sid) {
+                match id {
+                    Some(id) if id <= *floor => continue,
+                    Some(_) => {
+                        restoring.floors.remove(&sid);
+                    }
+                    None => {}
+                }
+            }
+            if let Some(h) = restoring.held.get_mut(&sid) {
                 if let (true, Some(Value::Array(data))) = (recoverable, &packet.data) {
                     h.packets.push((
                         id,
@@ -540,20 +559,27 @@ impl Inner {
         // From now on, what is delivered to the socket is held back; what was delivered
         // before is in the stream already, after the client's offset.
         {
-            let mut held = lock(&self.held);
-            held.insert(session.sid.clone(), Held::default());
+            let mut restoring = lock(&self.held);
+            restoring.held.insert(session.sid.clone(), Held::default());
             self.local.add_all(&session.sid, &session.rooms);
         }
         let result = self.missed_after(&session, offset).await;
         match result {
             Ok((missed, last)) => {
-                if let Some(h) = lock(&self.held).get_mut(&session.sid) {
+                if let Some(h) = lock(&self.held).held.get_mut(&session.sid) {
                     h.after = last;
                 }
+                tracing::debug!(
+                    sid = session.sid,
+                    offset,
+                    missed = missed.len(),
+                    ?last,
+                    "socket.io redis streams: session restored"
+                );
                 Ok(Some(Session { session, missed }))
             }
             Err(e) => {
-                lock(&self.held).remove(&session.sid);
+                lock(&self.held).held.remove(&session.sid);
                 self.local.del_all(&session.sid);
                 Err(e)
             }
@@ -756,7 +782,11 @@ impl Adapter for RedisStreamsAdapter {
     }
 
     fn del_all(&self, id: &str) {
-        lock(&self.inner.held).remove(id);
+        {
+            let mut restoring = lock(&self.inner.held);
+            restoring.held.remove(id);
+            restoring.floors.remove(id);
+        }
         self.inner.local.del_all(id);
     }
 
@@ -882,8 +912,9 @@ impl Adapter for RedisStreamsAdapter {
     }
 
     fn finish_restore(&self, sid: &str, send: &mut dyn FnMut(MissedPacket)) {
-        let mut held = lock(&self.inner.held);
-        if let Some(h) = held.remove(sid) {
+        let mut restoring = lock(&self.inner.held);
+        if let Some(h) = restoring.held.remove(sid) {
+            let mut floor = h.after;
             for (id, packet) in h.packets {
                 // Sent already among the missed packets?
                 if let (Some(id), Some(after)) = (id, h.after) {
@@ -891,7 +922,12 @@ impl Adapter for RedisStreamsAdapter {
                         continue;
                     }
                 }
+                floor = floor.max(id);
                 send(packet);
+            }
+            tracing::debug!(sid, ?floor, "socket.io redis streams: restore finished");
+            if let Some(floor) = floor {
+                restoring.floors.insert(sid.to_owned(), floor);
             }
         }
     }

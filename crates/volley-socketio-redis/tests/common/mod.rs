@@ -134,12 +134,20 @@ impl Drop for NodeProc {
     }
 }
 
-/// A Node socket.io server with the Redis adapter (`mode`: "classic" or "sharded").
+/// A Node socket.io server with the Redis adapter (`mode`: "classic", "sharded", "streams").
 pub async fn node_server(redis_url: &str, mode: &str) -> (NodeProc, SocketAddr) {
-    let p = NodeProc::spawn(
-        "sio_cluster_node.js",
-        &["--redis", redis_url, "--adapter", mode],
-    );
+    node_server_with(redis_url, mode, &[]).await
+}
+
+/// [`node_server`] with more arguments (e.g. `--recovery-ms 120000`).
+pub async fn node_server_with(
+    redis_url: &str,
+    mode: &str,
+    extra: &[&str],
+) -> (NodeProc, SocketAddr) {
+    let mut args = vec!["--redis", redis_url, "--adapter", mode];
+    args.extend_from_slice(extra);
+    let p = NodeProc::spawn("sio_cluster_node.js", &args);
     let line = p
         .wait_line(Duration::from_secs(20), "listening", |v| {
             v.get("listening").is_some()

@@ -2,7 +2,7 @@
 //! SIGKILL) and `scripts/bench-cluster`.
 //!
 //! ```text
-//! cargo run --release -p volley-socketio-redis --example cluster_node -- \
+//! cargo run --release -p volley-socketio-redis --bin volley-socketio-cluster-node -- \
 //!     --redis redis://127.0.0.1:6379 --adapter classic|sharded|streams [--port 0] \
 //!     [--recovery-ms 120000] [--name volley]
 //! ```

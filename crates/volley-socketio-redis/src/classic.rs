@@ -205,9 +205,9 @@ impl Inner {
             .strip_suffix('#')
             .or((m.channel.len() == self.channels.broadcast.len()).then_some(""))
         else {
-            tracing::debug!(
-                channel = m.channel,
-                "socket.io redis: ignoring a foreign channel"
+            crate::wire::dropped(
+                &m.channel,
+                format_args!("socket.io redis: ignoring a foreign channel"),
             );
             return;
         };
@@ -217,24 +217,24 @@ impl Inner {
         let decoded = match msgpack::decode(&m.payload) {
             Ok(d) => d,
             Err(e) => {
-                tracing::debug!(
-                    channel = m.channel,
-                    "socket.io redis: dropping a malformed broadcast: {e}"
+                crate::wire::dropped(
+                    &m.channel,
+                    format_args!("socket.io redis: dropping a malformed broadcast: {e}"),
                 );
                 return;
             }
         };
         let Value::Array(items) = &decoded.value else {
-            tracing::debug!(
-                channel = m.channel,
-                "socket.io redis: dropping a broadcast that is not an array"
+            crate::wire::dropped(
+                &m.channel,
+                format_args!("socket.io redis: dropping a broadcast that is not an array"),
             );
             return;
         };
         let (Some(uid), Some(packet), opts) = (items.first(), items.get(1), items.get(2)) else {
-            tracing::debug!(
-                channel = m.channel,
-                "socket.io redis: dropping a short broadcast"
+            crate::wire::dropped(
+                &m.channel,
+                format_args!("socket.io redis: dropping a short broadcast"),
             );
             return;
         };
@@ -242,16 +242,18 @@ impl Inner {
             return;
         }
         let Some(packet) = packet_from_node(packet, &decoded.attachments, self.ns.name()) else {
-            tracing::debug!(
-                channel = m.channel,
-                "socket.io redis: dropping a broadcast for another namespace or malformed"
+            crate::wire::dropped(
+                &m.channel,
+                format_args!(
+                    "socket.io redis: dropping a broadcast for another namespace or malformed"
+                ),
             );
             return;
         };
         let Some(opts) = opts_from_node(opts) else {
-            tracing::debug!(
-                channel = m.channel,
-                "socket.io redis: dropping a broadcast with malformed options"
+            crate::wire::dropped(
+                &m.channel,
+                format_args!("socket.io redis: dropping a broadcast with malformed options"),
             );
             return;
         };
@@ -268,18 +270,27 @@ impl Inner {
         let decoded = match decode_raw(&m.payload) {
             Ok(d) => d,
             Err(e) => {
-                tracing::debug!("socket.io redis: dropping a malformed request: {e}");
+                crate::wire::dropped(
+                    "",
+                    format_args!("socket.io redis: dropping a malformed request: {e}"),
+                );
                 return;
             }
         };
         let Some(req) = decoded.value.as_object() else {
-            tracing::debug!("socket.io redis: dropping a request that is not an object");
+            crate::wire::dropped(
+                "",
+                format_args!("socket.io redis: dropping a request that is not an object"),
+            );
             return;
         };
         let request_id = req.get("requestId").and_then(Value::as_str);
         let from_self = req.get("uid").and_then(Value::as_str) == Some(self.uid.as_str());
         let Some(kind) = req.get("type").and_then(Value::as_u64) else {
-            tracing::debug!("socket.io redis: dropping a request without a type");
+            crate::wire::dropped(
+                "",
+                format_args!("socket.io redis: dropping a request without a type"),
+            );
             return;
         };
         match kind {
@@ -299,8 +310,11 @@ impl Inner {
                     request::ALL_ROOMS => json!({"requestId": id, "rooms": self.local.rooms()}),
                     _ => {
                         let Some(opts) = opts_from_node(req.get("opts")) else {
-                            tracing::debug!(
-                                "socket.io redis: dropping a fetch with malformed options"
+                            crate::wire::dropped(
+                                "",
+                                format_args!(
+                                    "socket.io redis: dropping a fetch with malformed options"
+                                ),
                             );
                             return;
                         };
@@ -326,7 +340,10 @@ impl Inner {
                     return;
                 }
                 let Some(Value::Array(data)) = req.get("data") else {
-                    tracing::debug!("socket.io redis: dropping a server-side emit without data");
+                    crate::wire::dropped(
+                        "",
+                        format_args!("socket.io redis: dropping a server-side emit without data"),
+                    );
                     return;
                 };
                 let mut data = data.clone();
@@ -361,7 +378,10 @@ impl Inner {
                 self.on_remote_broadcast_with_ack(id, req, &decoded);
             }
             other => {
-                tracing::debug!("socket.io redis: ignoring a request of unknown type {other}");
+                crate::wire::dropped(
+                    "",
+                    format_args!("socket.io redis: ignoring a request of unknown type {other}"),
+                );
             }
         }
     }
@@ -374,7 +394,10 @@ impl Inner {
     ) {
         if req.get("opts").is_some() {
             let Some(opts) = opts_from_node(req.get("opts")) else {
-                tracing::debug!("socket.io redis: dropping a bulk request with malformed options");
+                crate::wire::dropped(
+                    "",
+                    format_args!("socket.io redis: dropping a bulk request with malformed options"),
+                );
                 return;
             };
             match kind {
@@ -384,7 +407,10 @@ impl Inner {
                 }
                 _ => {
                     let Some(rooms) = room_list(req.get("rooms")) else {
-                        tracing::debug!("socket.io redis: dropping a join/leave without rooms");
+                        crate::wire::dropped(
+                            "",
+                            format_args!("socket.io redis: dropping a join/leave without rooms"),
+                        );
                         return;
                     };
                     if kind == request::REMOTE_JOIN {
@@ -434,14 +460,20 @@ impl Inner {
             .get("packet")
             .and_then(|p| packet_from_node(p, &decoded.attachments, self.ns.name()))
         else {
-            tracing::debug!(
-                "socket.io redis: dropping a broadcast-with-ack with a malformed packet"
+            crate::wire::dropped(
+                "",
+                format_args!(
+                    "socket.io redis: dropping a broadcast-with-ack with a malformed packet"
+                ),
             );
             return;
         };
         let Some(opts) = opts_from_node(req.get("opts")) else {
-            tracing::debug!(
-                "socket.io redis: dropping a broadcast-with-ack with malformed options"
+            crate::wire::dropped(
+                "",
+                format_args!(
+                    "socket.io redis: dropping a broadcast-with-ack with malformed options"
+                ),
             );
             return;
         };
@@ -479,7 +511,10 @@ impl Inner {
         let decoded = match decode_raw(&m.payload) {
             Ok(d) => d,
             Err(e) => {
-                tracing::debug!("socket.io redis: dropping a malformed response: {e}");
+                crate::wire::dropped(
+                    "",
+                    format_args!("socket.io redis: dropping a malformed response: {e}"),
+                );
                 return;
             }
         };

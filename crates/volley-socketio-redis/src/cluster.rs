@@ -104,7 +104,10 @@ pub(crate) fn on_message<C: Cluster>(
         return;
     }
     if msg.get("nsp").and_then(Value::as_str) != Some(c.ns().name()) {
-        tracing::debug!("{what}: ignoring a message of another namespace");
+        crate::wire::dropped(
+            "",
+            format_args!("{what}: ignoring a message of another namespace"),
+        );
         return;
     }
     // The type is a number on pub/sub and a string in a stream entry.
@@ -114,7 +117,10 @@ pub(crate) fn on_message<C: Cluster>(
         _ => None,
     };
     let (Some(kind), Some(data)) = (kind, msg.get("data").and_then(Value::as_object)) else {
-        tracing::debug!("{what}: dropping a message without type or data");
+        crate::wire::dropped(
+            "",
+            format_args!("{what}: dropping a message without type or data"),
+        );
         return;
     };
     let request_id = data.get("requestId").and_then(Value::as_str);
@@ -124,11 +130,17 @@ pub(crate) fn on_message<C: Cluster>(
                 .get("packet")
                 .and_then(|p| packet_from_node(p, attachments, c.ns().name()))
             else {
-                tracing::debug!("{what}: dropping a broadcast with a malformed packet");
+                crate::wire::dropped(
+                    "",
+                    format_args!("{what}: dropping a broadcast with a malformed packet"),
+                );
                 return;
             };
             let Some(opts) = opts_from_node(data.get("opts")) else {
-                tracing::debug!("{what}: dropping a broadcast with malformed options");
+                crate::wire::dropped(
+                    "",
+                    format_args!("{what}: dropping a broadcast with malformed options"),
+                );
                 return;
             };
             match request_id {
@@ -141,7 +153,7 @@ pub(crate) fn on_message<C: Cluster>(
                 opts_from_node(data.get("opts")),
                 room_list(data.get("rooms")),
             ) else {
-                tracing::debug!("{what}: dropping a malformed join/leave");
+                crate::wire::dropped("", format_args!("{what}: dropping a malformed join/leave"));
                 return;
             };
             if kind == kind::SOCKETS_JOIN {
@@ -152,7 +164,7 @@ pub(crate) fn on_message<C: Cluster>(
         }
         kind::DISCONNECT_SOCKETS => {
             let Some(opts) = opts_from_node(data.get("opts")) else {
-                tracing::debug!("{what}: dropping a malformed disconnect");
+                crate::wire::dropped("", format_args!("{what}: dropping a malformed disconnect"));
                 return;
             };
             let close = data.get("close").and_then(Value::as_bool).unwrap_or(false);
@@ -160,7 +172,7 @@ pub(crate) fn on_message<C: Cluster>(
         }
         kind::FETCH_SOCKETS => {
             let (Some(id), Some(opts)) = (request_id, opts_from_node(data.get("opts"))) else {
-                tracing::debug!("{what}: dropping a malformed fetch");
+                crate::wire::dropped("", format_args!("{what}: dropping a malformed fetch"));
                 return;
             };
             let sockets: Vec<Value> = c
@@ -178,7 +190,10 @@ pub(crate) fn on_message<C: Cluster>(
         }
         kind::SERVER_SIDE_EMIT => {
             let Some(Value::Array(packet)) = data.get("packet") else {
-                tracing::debug!("{what}: dropping a server-side emit without packet");
+                crate::wire::dropped(
+                    "",
+                    format_args!("{what}: dropping a server-side emit without packet"),
+                );
                 return;
             };
             let mut args = packet.clone();
@@ -224,7 +239,7 @@ pub(crate) fn on_message<C: Cluster>(
             }
         }
         // Heartbeats and ADAPTER_CLOSE are for the heartbeat-based adapters.
-        other => tracing::debug!("{what}: ignoring message type {other}"),
+        other => crate::wire::dropped("", format_args!("{what}: ignoring message type {other}")),
     }
 }
 

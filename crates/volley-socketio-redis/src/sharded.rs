@@ -220,17 +220,17 @@ impl Inner {
         let decoded = match decode_raw(&m.payload) {
             Ok(d) => d,
             Err(e) => {
-                tracing::debug!(
-                    channel = m.channel,
-                    "socket.io sharded redis: dropping a malformed message: {e}"
+                crate::wire::dropped(
+                    &m.channel,
+                    format_args!("socket.io sharded redis: dropping a malformed message: {e}"),
                 );
                 return;
             }
         };
         let Some(msg) = decoded.value.as_object() else {
-            tracing::debug!(
-                channel = m.channel,
-                "socket.io sharded redis: dropping a message that is not an object"
+            crate::wire::dropped(
+                &m.channel,
+                format_args!("socket.io sharded redis: dropping a message that is not an object"),
             );
             return;
         };

@@ -455,17 +455,17 @@ impl Inner {
         let decoded = match decode_raw(&m.payload) {
             Ok(d) => d,
             Err(e) => {
-                tracing::debug!(
-                    channel = m.channel,
-                    "socket.io redis streams: dropping a malformed message: {e}"
+                crate::wire::dropped(
+                    &m.channel,
+                    format_args!("socket.io redis streams: dropping a malformed message: {e}"),
                 );
                 return;
             }
         };
         let Some(msg) = decoded.value.as_object() else {
-            tracing::debug!(
-                channel = m.channel,
-                "socket.io redis streams: dropping a message that is not an object"
+            crate::wire::dropped(
+                &m.channel,
+                format_args!("socket.io redis streams: dropping a message that is not an object"),
             );
             return;
         };
@@ -474,9 +474,9 @@ impl Inner {
 
     fn on_entry(self: &Arc<Self>, entry: &StreamEntry) {
         let Some((msg, attachments)) = entry_message(entry) else {
-            tracing::debug!(
-                id = entry.id,
-                "socket.io redis streams: dropping a malformed entry"
+            crate::wire::dropped(
+                &entry.id,
+                format_args!("socket.io redis streams: dropping a malformed entry"),
             );
             return;
         };
@@ -553,7 +553,10 @@ impl Inner {
             return Ok(None);
         };
         let Some(session) = decode_session(&raw) else {
-            tracing::debug!("socket.io redis streams: dropping a malformed session");
+            crate::wire::dropped(
+                "",
+                format_args!("socket.io redis streams: dropping a malformed session"),
+            );
             return Ok(None);
         };
         // From now on, what is delivered to the socket is held back; what was delivered

@@ -14,6 +14,33 @@ use volley_socketio::{BroadcastFlags, BroadcastOptions, Payload, SocketInfo};
 
 use crate::msgpack::{self, Decoded};
 
+/// Malformed or foreign messages dropped since the last warning.
+static DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// When the last warning about dropped messages was logged.
+static LAST_WARNING: Mutex<Option<std::time::Instant>> = Mutex::new(None);
+
+/// Logs a malformed or foreign message that is dropped (`place`: its channel or stream entry):
+/// a warning at most every 10 s (with the count since the last one, so a flood cannot flood the
+/// log), a debug line for each.
+pub(crate) fn dropped(place: &str, what: std::fmt::Arguments<'_>) {
+    let n = DROPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    let now = std::time::Instant::now();
+    let warn = {
+        let mut last = lock(&LAST_WARNING);
+        let due = last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10));
+        if due {
+            *last = Some(now);
+        }
+        due
+    };
+    if warn {
+        DROPPED.store(0, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!("{what} (on {place:?}; {n} dropped since the last such warning)");
+    } else {
+        tracing::debug!("{what} (on {place:?})");
+    }
+}
+
 /// Decodes a raw message: JSON when it starts with `{` (binary data cannot appear in JSON),
 /// msgpack otherwise.
 pub(crate) fn decode_raw(raw: &[u8]) -> Result<Decoded, String> {

@@ -282,6 +282,22 @@ async fn bulk_operations_fetch_join_leave_disconnect() {
             .map(|u| u.starts_with("/socket.io/")),
         Some(true)
     );
+    // The fields (and their order) of Node's `socket.handshake`, as other servers see it.
+    let keys: Vec<&str> = in_r[0]
+        .handshake()
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "headers", "time", "address", "xdomain", "secure", "issued", "url", "query", "auth"
+        ]
+    );
+    assert_eq!(in_r[0].handshake()["address"], "127.0.0.1");
+    assert!(in_r[0].handshake()["issued"].as_u64().unwrap() > 1_700_000_000_000);
 
     ns.sockets_join("all").unwrap();
     ns.to("all").emit("hello-all", json!(1)).unwrap();

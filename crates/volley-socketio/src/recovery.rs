@@ -100,6 +100,8 @@ pub struct SessionStore {
     /// offset -> sequence number of the packet (index = seq - first_seq).
     index: HashMap<String, u64>,
     first_seq: u64,
+    /// When expired sessions were last looked for.
+    sessions_pruned: Instant,
     /// Restored sockets not yet connected: what was broadcast to them meanwhile.
     holding: HashMap<String, Vec<MissedPacket>>,
 }
@@ -138,6 +140,7 @@ impl SessionStore {
             packets: VecDeque::new(),
             index: HashMap::new(),
             first_seq: 0,
+            sessions_pruned: Instant::now(),
             holding: HashMap::new(),
         }
     }
@@ -179,7 +182,9 @@ impl SessionStore {
                 self.first_seq += 1;
             }
         }
-        if self.sessions.len() > 64 {
+        // Sessions never restored expire too: looked for at most once a second (a scan).
+        if now.duration_since(self.sessions_pruned) >= Duration::from_secs(1) {
+            self.sessions_pruned = now;
             self.sessions
                 .retain(|_, (_, at)| now.duration_since(*at) <= max);
         }

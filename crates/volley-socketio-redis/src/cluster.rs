@@ -15,8 +15,8 @@ use volley_socketio::{
 
 use crate::msgpack::Decoded;
 use crate::wire::{
-    self, Requests, collect_until, deadline, opts_from_node, opts_to_node, packet_from_node,
-    packet_to_node, socket_from_node, socket_to_node,
+    self, Requests, cluster_packet_from_node, cluster_packet_to_node, collect_until, deadline,
+    opts_from_node, opts_to_node, socket_from_node, socket_to_node,
 };
 
 /// Node's `MessageType` of `socket.io-adapter`'s `ClusterAdapter`.
@@ -128,7 +128,7 @@ pub(crate) fn on_message<C: Cluster>(
         kind::BROADCAST => {
             let Some(packet) = data
                 .get("packet")
-                .and_then(|p| packet_from_node(p, attachments, c.ns().name()))
+                .and_then(|p| cluster_packet_from_node(p, attachments, c.ns().name()))
             else {
                 crate::wire::dropped(
                     "",
@@ -292,7 +292,7 @@ pub(crate) fn broadcast_with_ack<C: Cluster>(
     }
     let request_id = random_id();
     let (guard, mut rx) = c.requests().register(&request_id);
-    let mut node_packet = packet_to_node(packet);
+    let mut node_packet = cluster_packet_to_node(packet);
     if let Some(obj) = node_packet.as_object_mut() {
         obj.remove("id");
     }

@@ -24,7 +24,7 @@ use volley_socketio::{
 
 use crate::cluster::{self, Cluster, MAY_CONTAIN_BINARY, kind};
 use crate::msgpack;
-use crate::wire::{Requests, decode_raw, lock, opts_to_node, packet_to_node};
+use crate::wire::{Requests, cluster_packet_to_node, decode_raw, lock, opts_to_node};
 
 /// Which rooms get their own channel (Node's `subscriptionMode`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -160,6 +160,17 @@ impl ShardedRedisAdapter {
     }
 }
 
+/// `{type, data, uid, nsp}`: JSON, or msgpack when it carries binary data (as Node's sharded
+/// adapter writes it).
+fn encode_message(kind: u64, data: Value, uid: &str, nsp: &str, attachments: &[Bytes]) -> Vec<u8> {
+    let msg = json!({"type": kind, "data": data, "uid": uid, "nsp": nsp});
+    if !attachments.is_empty() && MAY_CONTAIN_BINARY.contains(&kind) {
+        msgpack::encode(&msg, attachments)
+    } else {
+        serde_json::to_vec(&msg).unwrap_or_default()
+    }
+}
+
 impl Inner {
     fn uses_room_channel(&self, room: &str, private: bool) -> bool {
         !room.is_empty()
@@ -195,12 +206,7 @@ impl Inner {
 
     /// `{type, data, uid, nsp}`, JSON unless it carries binary data.
     fn encode(&self, kind: u64, data: Value, attachments: &[bytes::Bytes]) -> Vec<u8> {
-        let msg = json!({"type": kind, "data": data, "uid": self.uid, "nsp": self.ns.name()});
-        if !attachments.is_empty() && MAY_CONTAIN_BINARY.contains(&kind) {
-            msgpack::encode(&msg, attachments)
-        } else {
-            serde_json::to_vec(&msg).unwrap_or_default()
-        }
+        encode_message(kind, data, &self.uid, self.ns.name(), attachments)
     }
 
     fn publish_to(
@@ -369,7 +375,8 @@ impl Adapter for ShardedRedisAdapter {
         let inner = &self.inner;
         let mut result = Ok(());
         if !opts.flags.local {
-            let data = json!({"packet": packet_to_node(packet), "opts": opts_to_node(opts, true)});
+            let data =
+                json!({"packet": cluster_packet_to_node(packet), "opts": opts_to_node(opts, true)});
             // A broadcast to exactly one room goes to that room's channel when it has one (a
             // socket id is a private room: 20 characters, as Node guesses).
             let channel = match (opts.rooms.len(), opts.rooms.iter().next()) {
@@ -422,5 +429,45 @@ impl Adapter for ShardedRedisAdapter {
         args: &[Value],
     ) -> BoxFuture<'static, Result<Vec<Value>, AdapterError>> {
         cluster::server_side_emit_with_ack(&self.inner, event, args)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{cluster_packet_from_node, decode_raw, opts_from_node};
+
+    /// Node's recorded sharded broadcasts, decoded and re-encoded as this adapter publishes
+    /// them: the same bytes (JSON, and msgpack with binary data).
+    #[test]
+    fn sharded_broadcasts_reencode_byte_for_byte() {
+        let dir =
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sharded");
+        let index: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+        let mut checked = 0;
+        for e in index.as_array().unwrap() {
+            let what = e["what"].as_str().unwrap();
+            if !what.starts_with("emit-") || what == "emit-with-ack" {
+                continue;
+            }
+            let bytes = std::fs::read(dir.join(e["file"].as_str().unwrap())).unwrap();
+            let d = decode_raw(&bytes).unwrap();
+            let nsp = d.value["nsp"].as_str().unwrap();
+            let packet =
+                cluster_packet_from_node(&d.value["data"]["packet"], &d.attachments, nsp).unwrap();
+            let opts = opts_from_node(d.value["data"].get("opts")).unwrap();
+            let data = json!({"packet": cluster_packet_to_node(&packet), "opts": opts_to_node(&opts, true)});
+            let again = encode_message(
+                3,
+                data,
+                d.value["uid"].as_str().unwrap(),
+                nsp,
+                &packet.attachments,
+            );
+            assert_eq!(again, bytes, "{what}: {}", String::from_utf8_lossy(&again));
+            checked += 1;
+        }
+        assert!(checked >= 6, "{checked} broadcasts checked");
     }
 }

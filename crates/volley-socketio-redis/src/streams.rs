@@ -36,7 +36,9 @@ use volley_socketio::{
 
 use crate::cluster::{self, Cluster, MAY_CONTAIN_BINARY, kind};
 use crate::msgpack;
-use crate::wire::{Requests, decode_raw, lock, opts_from_node, opts_to_node, packet_to_node};
+use crate::wire::{
+    Requests, cluster_packet_to_node, decode_raw, lock, opts_from_node, opts_to_node,
+};
 
 /// Options of the streams adapter (Node's `RedisStreamsAdapterOptions`).
 #[derive(Clone, Debug)]
@@ -811,7 +813,8 @@ impl Adapter for RedisStreamsAdapter {
             inner.deliver(packet, opts, None);
             return Ok(());
         }
-        let data = json!({"packet": packet_to_node(packet), "opts": opts_to_node(opts, true)});
+        let data =
+            json!({"packet": cluster_packet_to_node(packet), "opts": opts_to_node(opts, true)});
         let append = Append {
             entry: inner.entry(kind::BROADCAST, &data, &packet.attachments),
             local: Some((Arc::downgrade(inner), packet.clone(), opts.clone())),

@@ -56,9 +56,19 @@ pub(crate) fn decode_raw(raw: &[u8]) -> Result<Decoded, String> {
     }
 }
 
-/// A packet as Node's adapters carry it: `{type, data, nsp[, id]}`; an event is type 2 even
-/// with binary data (Node's encoder picks BINARY_EVENT itself).
+/// A packet as Node's classic Redis adapter carries it: `{type, data, nsp[, id]}`; an event is
+/// type 2 even with binary data (Node's encoder picks BINARY_EVENT itself).
 pub(crate) fn packet_to_node(packet: &Packet) -> Value {
+    node_packet(packet, true)
+}
+
+/// A packet as Node's `ClusterAdapter` carries it: `{type, data[, id]}` (the message says the
+/// namespace).
+pub(crate) fn cluster_packet_to_node(packet: &Packet) -> Value {
+    node_packet(packet, false)
+}
+
+fn node_packet(packet: &Packet, with_nsp: bool) -> Value {
     let kind = match packet.kind {
         PacketType::BinaryEvent => PacketType::Event,
         PacketType::BinaryAck => PacketType::Ack,
@@ -69,19 +79,35 @@ pub(crate) fn packet_to_node(packet: &Packet) -> Value {
     if let Some(data) = &packet.data {
         obj.insert("data".into(), data.clone());
     }
-    obj.insert("nsp".into(), json!(packet.nsp));
+    if with_nsp {
+        obj.insert("nsp".into(), json!(packet.nsp));
+    }
     if let Some(id) = packet.id {
         obj.insert("id".into(), json!(id));
     }
     Value::Object(obj)
 }
 
-/// A packet received from another server, for namespace `nsp` (`None`: malformed, or another
-/// namespace).
+/// A packet received from another server (classic protocol), for namespace `nsp` (`None`:
+/// malformed, or another namespace; a packet without `nsp` is for `/`, as Node reads it).
 pub(crate) fn packet_from_node(v: &Value, attachments: &[Bytes], nsp: &str) -> Option<Packet> {
+    packet_from(v, attachments, nsp, "/")
+}
+
+/// A packet of a `ClusterAdapter` message of namespace `nsp` (the message's `nsp` was checked;
+/// the packet usually has none).
+pub(crate) fn cluster_packet_from_node(
+    v: &Value,
+    attachments: &[Bytes],
+    nsp: &str,
+) -> Option<Packet> {
+    packet_from(v, attachments, nsp, nsp)
+}
+
+fn packet_from(v: &Value, attachments: &[Bytes], nsp: &str, default_nsp: &str) -> Option<Packet> {
     let obj = v.as_object()?;
     let packet_nsp = match obj.get("nsp") {
-        None | Some(Value::Null) => "/",
+        None | Some(Value::Null) => default_nsp,
         Some(Value::String(s)) => s.as_str(),
         Some(_) => return None,
     };

@@ -41,6 +41,7 @@ enum Origin {
 struct Cluster {
     _redis: RedisServer,
     redis_url: String,
+    mode: Mode,
     v1: SocketIo,
     _v2: SocketIo,
     v1_notes: Arc<Mutex<Vec<Value>>>,
@@ -117,6 +118,7 @@ impl Cluster {
             sids.push((name.to_owned(), sid));
         }
         Cluster {
+            mode,
             redis_url: redis.url(),
             _redis: redis,
             v1,
@@ -127,6 +129,44 @@ impl Cluster {
             clients,
             sids,
             fences: 0,
+        }
+    }
+
+    /// Waits (at most 10 s) until `room`'s members on all servers are `names` and, with the
+    /// sharded adapter, every server with a member has subscribed to the room's channel.
+    async fn wait_members(&self, room: &str, names: &[&str]) {
+        let servers: std::collections::BTreeSet<char> = names
+            .iter()
+            .map(|n| n.chars().nth(1).unwrap_or('?'))
+            .collect();
+        let raw = redis_handle(&self.redis_url);
+        raw.ready(Duration::from_secs(5)).await.unwrap();
+        let started = std::time::Instant::now();
+        loop {
+            let mut got: Vec<String> = self
+                .v1
+                .of("/")
+                .in_(room)
+                .fetch_sockets()
+                .await
+                .map(|s| s.iter().map(|s| self.name_of(s.id())).collect())
+                .unwrap_or_default();
+            got.sort();
+            let subscribed = match self.mode {
+                Mode::Sharded => raw
+                    .shard_numsub(&format!("socket.io#/#{room}#"))
+                    .await
+                    .unwrap_or(0),
+                _ => servers.len(),
+            };
+            if got == names && subscribed == servers.len() {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "members of {room}: {got:?} (want {names:?}), {subscribed} subscribed servers"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -227,13 +267,12 @@ async fn operators_from(c: &mut Cluster, o: Origin) {
             let mut cmd = Cluster::node_cmd("socketsJoin", &["r2"], &[]);
             cmd["join"] = json!(room);
             c.node.call(cmd).await.unwrap();
-            // Node applies its own request when it comes back from Redis.
-            tokio::time::sleep(Duration::from_millis(300)).await;
         }
     }
-    // With the sharded adapter, a server that gets its first member of a room subscribes to
-    // the room's channel (asynchronously, in Node and in Volley): give it that time.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Node applies its own request when it comes back from Redis, and with the sharded adapter
+    // a server that gets its first member of a room subscribes to the room's channel
+    // (asynchronously, in Node and in Volley): wait until both are visible.
+    c.wait_members(&room, &["n2", "v1b"]).await;
     c.emit(o, &[&room], &[], &format!("joined-{tag}"), json!([]))
         .await;
     c.check(o, &format!("joined-{tag}"), &["n2", "v1b"]).await;
@@ -243,9 +282,9 @@ async fn operators_from(c: &mut Cluster, o: Origin) {
             let mut cmd = Cluster::node_cmd("socketsLeave", &["r3"], &[]);
             cmd["leave"] = json!(room);
             c.node.call(cmd).await.unwrap();
-            tokio::time::sleep(Duration::from_millis(300)).await;
         }
     }
+    c.wait_members(&room, &["v1b"]).await;
     c.emit(o, &[&room], &[], &format!("left-{tag}"), json!([]))
         .await;
     c.check(o, &format!("left-{tag}"), &["v1b"]).await;
@@ -444,16 +483,19 @@ async fn operators_from(c: &mut Cluster, o: Origin) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_cluster_classic_adapter() {
+    let _serial = SERIAL.lock().await;
     mixed_cluster(Mode::Classic).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_cluster_sharded_adapter() {
+    let _serial = SERIAL.lock().await;
     mixed_cluster(Mode::Sharded).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_cluster_streams_adapter() {
+    let _serial = SERIAL.lock().await;
     mixed_cluster(Mode::Streams).await;
 }
 
@@ -481,7 +523,7 @@ async fn emitter(c: &mut Cluster) {
     let mut cmd = Cluster::node_cmd("emitterSocketsJoin", &["r1"], &[]);
     cmd["join"] = json!("by-emitter");
     c.node.call(cmd).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.wait_members("by-emitter", &["n1", "v1a", "v2a"]).await;
     c.emit(
         Origin::Volley,
         &["by-emitter"],

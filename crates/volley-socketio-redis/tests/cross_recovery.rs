@@ -120,6 +120,7 @@ async fn result_of(clients: &mut NodeProc) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recover_on_another_server_after_transport_closes() {
+    let _serial = SERIAL.lock().await;
     let redis = RedisServer::start();
     let url = redis.url();
     let a = VolleyProcess::start(&url);
@@ -182,6 +183,7 @@ async fn recover_on_another_server_after_transport_closes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recover_on_volley_and_node_after_kill_9() {
+    let _serial = SERIAL.lock().await;
     let redis = RedisServer::start();
     let url = redis.url();
     let mut a = VolleyProcess::start(&url);
@@ -313,6 +315,7 @@ async fn retention_case(max_len: usize) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_streams_retention_the_state_is_not_recovered() {
+    let _serial = SERIAL.lock().await;
     let result = retention_case(10).await;
     assert_eq!(result["ok"], json!(true), "{result}");
     // The same within the retention is recovered (so the case above fails for its reason).

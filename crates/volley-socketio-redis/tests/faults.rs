@@ -118,10 +118,12 @@ async fn redis_restart_during_traffic(sharded: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn classic_adapter_survives_a_redis_restart() {
+    let _serial = SERIAL.lock().await;
     redis_restart_during_traffic(false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sharded_adapter_survives_a_redis_restart() {
+    let _serial = SERIAL.lock().await;
     redis_restart_during_traffic(true).await;
 }

@@ -18,6 +18,11 @@ use serde_json::{Value, json};
 use volley_redis::{Redis, RedisConfig};
 use volley_socketio::{AdapterFactory, SocketIo};
 
+/// The tests of one binary that start whole clusters take turns (each starts a Redis, Node
+/// processes and servers: run side by side on a 2-core machine they would mostly measure the
+/// machine's load).
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Logs to the test output when RUST_LOG is set.
 pub fn init_logs() {
     if std::env::var_os("RUST_LOG").is_some() {

@@ -16,6 +16,15 @@
 //!
 //! Received messages are handed to each subscription's handler on the supervisor task, in the
 //! order Redis delivered them; handlers must be quick and must not block.
+//!
+//! Why redis-rs (the `redis` crate, maintained by Redis) rather than fred: both are well kept and
+//! speak RESP3; fred brings its own reconnection policies, resubscription and cluster/sentinel
+//! routing behind many features and more dependencies, while redis-rs gives a plain multiplexed
+//! connection whose pushes (including `SSUBSCRIBE`'s) arrive on a channel. The supervision
+//! Volley needs is small and wants to be explicit (one clear log line per outage, fail fast
+//! while down, resubscribe before reporting ready, ordered pipelined publishing), so it is
+//! written here on top of redis-rs. The one wart, redis-rs not recognising a raw `SUNSUBSCRIBE`
+//! (issue 2533), is worked around and pinned (see `change_subscription`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

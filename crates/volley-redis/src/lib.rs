@@ -713,7 +713,11 @@ fn route(inner: &Inner, push: PushInfo) {
         payload: Bytes::from(payload),
     };
     for h in handlers {
-        h(msg.clone());
+        // A panicking handler must not take the supervisor (and every subscription) down.
+        let m = msg.clone();
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h(m))).is_err() {
+            tracing::error!(channel = msg.channel, "redis: a message handler panicked");
+        }
     }
 }
 

@@ -44,6 +44,15 @@ async fn subscribe_publish_in_order_and_survive_a_restart() {
     let mut server = RedisServer::start();
     let redis = Redis::connect(config(server.url())).unwrap();
     let log: Log = Arc::default();
+    // A handler that panics is logged; the other subscriptions go on.
+    redis.subscribe(
+        Subscription::Channel("a#".into()),
+        Arc::new(|m: Message| {
+            if m.payload.as_ref() == b"0" {
+                panic!("handler panic (expected by the test)");
+            }
+        }),
+    );
     redis.subscribe(Subscription::Channel("a#".into()), recorder(&log));
     redis.subscribe(Subscription::Pattern("p#*".into()), recorder(&log));
     redis.subscribe(Subscription::Shard("s#".into()), recorder(&log));

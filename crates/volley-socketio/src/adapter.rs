@@ -1,11 +1,20 @@
-//! The adapter: room membership and delivery of broadcasts.
+//! The adapter: room membership and delivery of broadcasts, on one server or across a cluster.
 //!
-//! Every [`Namespace`] owns one [`Adapter`]. The default, [`InMemoryAdapter`],
-//! keeps rooms in this process. The trait is shaped like Node's `socket.io-adapter` so that an
-//! adapter spanning several servers (Redis, …) can implement it: room membership of the local
-//! sockets is synchronous local state, broadcasts take serializable [`BroadcastOptions`] and the
-//! operations that would need answers from other servers (`fetch_sockets`, acknowledgements of
-//! broadcasts) are asynchronous.
+//! Every [`Namespace`] owns one [`Adapter`]. The default, [`InMemoryAdapter`], keeps rooms in
+//! this process and needs nothing. The trait is shaped like Node's `socket.io-adapter` so that an
+//! adapter spanning several servers (the Redis adapter of the `volley-socketio-redis` crate, …)
+//! can implement it:
+//!
+//! - room membership of the local sockets is synchronous local state;
+//! - fire-and-forget operations ([`broadcast`](Adapter::broadcast),
+//!   [`add_sockets`](Adapter::add_sockets), …) act on the local sockets at once and hand the
+//!   message for the other servers to the adapter, which sends them in call order; they are
+//!   fallible (a packet the adapter cannot forward is an error) but never wait;
+//! - operations that need answers from other servers ([`fetch_sockets`](Adapter::fetch_sockets),
+//!   [`broadcast_with_ack`](Adapter::broadcast_with_ack),
+//!   [`server_side_emit_with_ack`](Adapter::server_side_emit_with_ack),
+//!   [`server_count`](Adapter::server_count)) are asynchronous and fallible, bounded by the
+//!   adapter's request timeout (5 s by default, as Node's).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
@@ -14,15 +23,56 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::namespace::NsInner;
-use crate::packet::Packet;
+use crate::packet::{Packet, PacketType};
+use crate::recovery::{MissedPacket, RecoveryConfig, Session, SessionStore, SessionToPersist};
 use crate::socket::{AckError, EncodedPacket, Socket};
 use crate::util::lock;
 use crate::{Namespace, Payload};
 
 /// A boxed, sendable future (the return type of the asynchronous adapter methods).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// How long a multi-server adapter waits for the answers of the other servers by default
+/// (Node's `requestsTimeout`).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why an adapter operation failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AdapterError {
+    /// Not every server answered within the request timeout.
+    Timeout {
+        /// Answers received.
+        received: usize,
+        /// Answers expected.
+        expected: usize,
+    },
+    /// The cluster transport (e.g. Redis) is unreachable: only this server was acted on.
+    Unavailable(String),
+    /// The message could not be encoded for the other servers.
+    Encode(String),
+    /// The adapter has been closed.
+    Closed,
+}
+
+impl std::fmt::Display for AdapterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdapterError::Timeout { received, expected } => write!(
+                f,
+                "timeout reached: only {received} responses received out of {expected}"
+            ),
+            AdapterError::Unavailable(why) => write!(f, "cluster unavailable: {why}"),
+            AdapterError::Encode(why) => write!(f, "cannot encode for the cluster: {why}"),
+            AdapterError::Closed => f.write_str("the adapter is closed"),
+        }
+    }
+}
+
+impl std::error::Error for AdapterError {}
 
 /// Which sockets a broadcast or a bulk operation targets. Serializable, so that an adapter can
 /// forward it to other servers.
@@ -52,46 +102,151 @@ pub struct BroadcastFlags {
 /// One socket's answer to a broadcast with acknowledgement.
 #[derive(Debug)]
 pub struct AckResponse {
-    /// The socket's id.
-    pub socket_id: String,
+    /// The socket's id, when it is known: answers relayed from other servers carry none
+    /// (Node's cluster protocol does not say which socket answered).
+    pub socket_id: Option<String>,
     /// What it acknowledged with, or why there is no answer.
     pub result: Result<Payload, AckError>,
+}
+
+/// What a multi-server adapter knows of a socket, local or on another server (Node's
+/// `RemoteSocket` fields): wrapped by [`RemoteSocket`](crate::RemoteSocket) for the user.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SocketInfo {
+    /// The socket id.
+    pub id: String,
+    /// The handshake as Node serializes it: `headers`, `time`, `address`, `xdomain`, `secure`,
+    /// `issued`, `url`, `query`, `auth`.
+    pub handshake: Value,
+    /// The rooms the socket is in (including its own id).
+    pub rooms: Vec<String>,
+    /// The socket's shared data ([`Socket::data_json`]; Node's `socket.data`).
+    pub data: Value,
+}
+
+impl SocketInfo {
+    /// The information on local socket `socket`.
+    pub fn of(socket: &Socket) -> SocketInfo {
+        SocketInfo {
+            id: socket.id().to_owned(),
+            handshake: socket.handshake().to_json(),
+            rooms: socket.rooms(),
+            data: socket.data_json(),
+        }
+    }
+}
+
+/// Answers a server-side emit (see [`Namespace::on_server_side_emit`]): the first call of
+/// [`send`](Self::send) wins.
+pub struct ServerAck(Box<dyn FnOnce(Value) + Send>);
+
+impl ServerAck {
+    /// An answer handle that calls `f` with the answer (for adapters).
+    pub fn new(f: impl FnOnce(Value) + Send + 'static) -> Self {
+        ServerAck(Box::new(f))
+    }
+
+    /// Answers with `value`.
+    pub fn send(self, value: Value) {
+        (self.0)(value)
+    }
+}
+
+impl std::fmt::Debug for ServerAck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerAck")
+    }
 }
 
 /// Makes the adapter of a namespace when the namespace is created.
 pub type AdapterFactory = Arc<dyn Fn(NamespaceRef) -> Arc<dyn Adapter> + Send + Sync>;
 
 /// A weak handle on the namespace an adapter serves (it does not keep the namespace alive).
+///
+/// While the adapter factory runs, the namespace is being built: [`upgrade`](Self::upgrade)
+/// returns `None` until the factory has returned, but [`name`](Self::name) is known.
 #[derive(Clone)]
-pub struct NamespaceRef(pub(crate) Weak<NsInner>);
+pub struct NamespaceRef {
+    pub(crate) ns: Weak<NsInner>,
+    pub(crate) name: Arc<str>,
+    pub(crate) recovery: Option<RecoveryConfig>,
+}
 
 impl NamespaceRef {
+    /// A handle on no namespace named `name` (for adapter unit tests).
+    pub fn detached(name: &str) -> Self {
+        NamespaceRef {
+            ns: Weak::new(),
+            name: name.into(),
+            recovery: None,
+        }
+    }
+
+    /// A detached handle with connection state recovery on (for adapter unit tests).
+    pub fn detached_with_recovery(name: &str, recovery: RecoveryConfig) -> Self {
+        NamespaceRef {
+            ns: Weak::new(),
+            name: name.into(),
+            recovery: Some(recovery),
+        }
+    }
+
+    /// The server's connection state recovery settings (`None`: off).
+    pub fn recovery(&self) -> Option<&RecoveryConfig> {
+        self.recovery.as_ref()
+    }
+
     /// The namespace, unless it has been dropped.
     pub fn upgrade(&self) -> Option<Namespace> {
-        self.0.upgrade().map(Namespace)
+        self.ns.upgrade().map(Namespace)
     }
 
     /// The connected local socket with this id.
     pub fn socket(&self, id: &str) -> Option<Socket> {
         self.upgrade()?.get_socket(id)
     }
+
+    /// The namespace's name, e.g. `"/chat"`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
 }
 
 impl std::fmt::Debug for NamespaceRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.upgrade() {
-            Some(ns) => write!(f, "NamespaceRef({:?})", ns.name()),
-            None => f.write_str("NamespaceRef(<dropped>)"),
-        }
+        write!(f, "NamespaceRef({:?})", self.name)
     }
+}
+
+fn ready<T: Send + 'static>(value: T) -> BoxFuture<'static, T> {
+    Box::pin(std::future::ready(value))
 }
 
 /// Room membership and broadcast delivery for one namespace.
 ///
-/// The synchronous methods act on this server's sockets. The asynchronous ones return boxed
-/// futures so that the trait stays object-safe (`Arc<dyn Adapter>`); their packets are sent
-/// before they return, so dropping the future (cancellation) only gives up the answers.
+/// The object-safe trait every namespace's adapter implements (`Arc<dyn Adapter>`). The
+/// synchronous methods act on this server's sockets at once (and, for a multi-server adapter,
+/// queue the message for the other servers in call order). The asynchronous ones return boxed
+/// `'static` futures: their packets are sent or queued before they return, so dropping the
+/// future (cancellation) only gives up the answers — they are cancel-safe in that sense.
 pub trait Adapter: Send + Sync + 'static {
+    /// Starts the adapter (subscriptions, …), called once when the namespace is created and
+    /// awaited by [`SocketIo::init_adapters`](crate::SocketIo::init_adapters). The in-memory
+    /// adapter needs nothing.
+    fn init(&self) -> BoxFuture<'static, Result<(), AdapterError>> {
+        ready(Ok(()))
+    }
+
+    /// Stops the adapter (unsubscribes); called by [`SocketIo::close`](crate::SocketIo::close).
+    fn close(&self) -> BoxFuture<'static, Result<(), AdapterError>> {
+        ready(Ok(()))
+    }
+
+    /// How many servers the cluster has (1 for a single-server adapter).
+    fn server_count(&self) -> BoxFuture<'static, Result<usize, AdapterError>> {
+        ready(Ok(1))
+    }
+
     /// Adds socket `id` to `rooms`.
     fn add_all(&self, id: &str, rooms: &[String]);
     /// Removes socket `id` from `room`.
@@ -104,25 +259,109 @@ pub trait Adapter: Send + Sync + 'static {
     fn rooms(&self) -> Vec<String>;
     /// The local sockets `opts` targets.
     fn sockets(&self, opts: &BroadcastOptions) -> Vec<String>;
-    /// Sends `packet` to every socket `opts` targets, encoding it once.
-    fn broadcast(&self, packet: &Packet, opts: &BroadcastOptions);
+
+    /// Sends `packet` to every socket `opts` targets (on every server unless
+    /// `opts.flags.local`), encoding it once. Local sockets get it before this returns.
+    fn broadcast(&self, packet: &Packet, opts: &BroadcastOptions) -> Result<(), AdapterError>;
+
     /// Sends `packet` (whose `id` is set) to every socket `opts` targets and collects their
-    /// acknowledgements, waiting at most `opts.flags.timeout_ms` (or `default_timeout`).
+    /// acknowledgements, waiting at most `opts.flags.timeout_ms` (or `default_timeout`): one
+    /// [`AckResponse`] per targeted socket, on every server (a socket that did not answer in
+    /// time counts as an [`AckError::Timeout`]).
     fn broadcast_with_ack(
         &self,
         packet: &Packet,
         opts: &BroadcastOptions,
         default_timeout: Duration,
-    ) -> BoxFuture<'static, Vec<AckResponse>>;
-    /// The ids of the sockets `opts` targets (on every server, for a multi-server adapter).
-    fn fetch_sockets(&self, opts: &BroadcastOptions) -> BoxFuture<'static, Vec<String>>;
+    ) -> BoxFuture<'static, Result<Vec<AckResponse>, AdapterError>>;
+
+    /// The sockets `opts` targets, on every server unless `opts.flags.local`.
+    fn fetch_sockets(
+        &self,
+        opts: &BroadcastOptions,
+    ) -> BoxFuture<'static, Result<Vec<SocketInfo>, AdapterError>>;
+
     /// Makes the sockets `opts` targets join `rooms`.
-    fn add_sockets(&self, opts: &BroadcastOptions, rooms: &[String]);
+    fn add_sockets(&self, opts: &BroadcastOptions, rooms: &[String]) -> Result<(), AdapterError>;
     /// Makes the sockets `opts` targets leave `rooms`.
-    fn del_sockets(&self, opts: &BroadcastOptions, rooms: &[String]);
+    fn del_sockets(&self, opts: &BroadcastOptions, rooms: &[String]) -> Result<(), AdapterError>;
     /// Disconnects the sockets `opts` targets (closing their connections when `close`).
-    fn disconnect_sockets(&self, opts: &BroadcastOptions, close: bool);
+    fn disconnect_sockets(&self, opts: &BroadcastOptions, close: bool) -> Result<(), AdapterError>;
+
+    /// Sends event `event` to the other servers' namespaces of the same name (their
+    /// [`Namespace::on_server_side_emit`] handlers). Nothing to do on a single server.
+    fn server_side_emit(&self, event: &str, args: &[Value]) -> Result<(), AdapterError> {
+        let _ = (event, args);
+        Ok(())
+    }
+
+    /// Like [`server_side_emit`](Self::server_side_emit), asking every other server for one
+    /// answer: resolves with all of them, or [`AdapterError::Timeout`] when not every server
+    /// answered within the request timeout. Resolves with no answers on a single server.
+    fn server_side_emit_with_ack(
+        &self,
+        event: &str,
+        args: &[Value],
+    ) -> BoxFuture<'static, Result<Vec<Value>, AdapterError>> {
+        let _ = (event, args);
+        ready(Ok(Vec::new()))
+    }
+
+    /// Keeps the session of a socket that left for a recoverable reason (connection state
+    /// recovery; see [`recovery`](crate::recovery)). Nothing by default.
+    fn persist_session(&self, session: SessionToPersist) {
+        let _ = session;
+    }
+
+    /// A socket with a private session id connected (connection state recovery on). An adapter
+    /// that keeps sessions outside the process may store the session now and keep it fresh,
+    /// so that it survives this server's crash (Node persists sessions on disconnect only).
+    /// Nothing by default.
+    fn open_session(&self, session: SessionToPersist) {
+        let _ = session;
+    }
+
+    /// A socket with private session id `pid` left for a reason that ends its session (a
+    /// namespace disconnect): forget what [`open_session`](Self::open_session) stored. Nothing
+    /// by default.
+    fn discard_session(&self, pid: &str) {
+        let _ = pid;
+    }
+
+    /// The session `pid` and the packets it missed after `offset`, if it can be recovered.
+    /// `None` by default.
+    fn restore_session(
+        &self,
+        pid: &str,
+        offset: &str,
+    ) -> BoxFuture<'static, Result<Option<Session>, AdapterError>> {
+        let _ = (pid, offset);
+        ready(Ok(None))
+    }
+
+    /// Called once the socket of a restored session is registered, before its CONNECT reply,
+    /// after its missed packets were sent: `send` gets the packets broadcast to it since
+    /// [`restore_session`](Self::restore_session) that were held back (so that none is lost
+    /// or sent twice between the two). Nothing by default.
+    fn finish_restore(&self, sid: &str, send: &mut dyn FnMut(MissedPacket)) {
+        let _ = (sid, send);
+    }
 }
+
+/// A room that got its first local member or lost its last one (see
+/// [`InMemoryAdapter::with_room_listener`]; Node's `create-room` / `delete-room` events).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomChange {
+    /// The room.
+    pub room: String,
+    /// Created (true) or deleted (false).
+    pub created: bool,
+    /// Whether the room is a socket's own room (its id), not a public one.
+    pub private: bool,
+}
+
+/// Called with the room changes of an [`InMemoryAdapter`], after its lock is released.
+pub type RoomListener = Arc<dyn Fn(&[RoomChange]) + Send + Sync>;
 
 #[derive(Default)]
 struct Rooms {
@@ -130,6 +369,9 @@ struct Rooms {
     rooms: HashMap<String, HashSet<String>>,
     /// socket id -> rooms
     sids: HashMap<String, HashSet<String>>,
+    /// Room changes not yet reported (only kept with a listener).
+    changes: Vec<RoomChange>,
+    track: bool,
 }
 
 impl Rooms {
@@ -139,10 +381,29 @@ impl Rooms {
                 .entry(id.to_owned())
                 .or_default()
                 .insert(room.clone());
-            self.rooms
-                .entry(room.clone())
-                .or_default()
-                .insert(id.to_owned());
+            let members = self.rooms.entry(room.clone()).or_default();
+            if members.is_empty() && self.track {
+                let private = self.sids.contains_key(room);
+                self.changes.push(RoomChange {
+                    room: room.clone(),
+                    created: true,
+                    private,
+                });
+            }
+            members.insert(id.to_owned());
+        }
+    }
+
+    fn room_gone(&mut self, room: &str) {
+        self.rooms.remove(room);
+        if self.track {
+            let private = self.sids.contains_key(room)
+                || self.changes.iter().any(|c| c.room == room && c.private);
+            self.changes.push(RoomChange {
+                room: room.to_owned(),
+                created: false,
+                private,
+            });
         }
     }
 
@@ -153,9 +414,24 @@ impl Rooms {
         if let Some(members) = self.rooms.get_mut(room) {
             members.remove(id);
             if members.is_empty() {
-                self.rooms.remove(room);
+                self.room_gone(room);
             }
         }
+    }
+
+    fn del_all(&mut self, id: &str) {
+        let Some(rooms) = self.sids.get(id).cloned() else {
+            return;
+        };
+        for room in rooms {
+            if let Some(members) = self.rooms.get_mut(&room) {
+                members.remove(id);
+                if members.is_empty() {
+                    self.room_gone(&room);
+                }
+            }
+        }
+        self.sids.remove(id);
     }
 
     /// The ids of the sockets `opts` targets.
@@ -194,6 +470,9 @@ impl Rooms {
 pub struct InMemoryAdapter {
     ns: NamespaceRef,
     state: Mutex<Rooms>,
+    listener: Option<RoomListener>,
+    /// Sessions and packets for connection state recovery (when it is on).
+    store: Option<Mutex<SessionStore>>,
 }
 
 impl std::fmt::Debug for InMemoryAdapter {
@@ -211,14 +490,65 @@ impl InMemoryAdapter {
     /// An in-memory adapter for the namespace `ns`.
     pub fn new(ns: NamespaceRef) -> Self {
         InMemoryAdapter {
+            store: ns
+                .recovery()
+                .cloned()
+                .map(|c| Mutex::new(SessionStore::new(c))),
             ns,
             state: Mutex::new(Rooms::default()),
+            listener: None,
         }
+    }
+
+    /// An in-memory adapter that keeps no recovery state even when connection state recovery
+    /// is on (for adapters that keep sessions and packets elsewhere, e.g. in Redis streams).
+    pub fn without_recovery(ns: NamespaceRef) -> Self {
+        InMemoryAdapter {
+            store: None,
+            ns,
+            state: Mutex::new(Rooms::default()),
+            listener: None,
+        }
+    }
+
+    /// An in-memory adapter that reports each room's creation and deletion to `listener`
+    /// (for adapters that subscribe per room, like the sharded Redis adapter).
+    pub fn with_room_listener(ns: NamespaceRef, listener: RoomListener) -> Self {
+        InMemoryAdapter {
+            store: ns
+                .recovery()
+                .cloned()
+                .map(|c| Mutex::new(SessionStore::new(c))),
+            ns,
+            state: Mutex::new(Rooms {
+                track: true,
+                ..Rooms::default()
+            }),
+            listener: Some(listener),
+        }
+    }
+
+    /// Runs `f` on the rooms, then reports the room changes it made.
+    fn update<T>(&self, f: impl FnOnce(&mut Rooms) -> T) -> T {
+        let (out, changes) = {
+            let mut state = lock(&self.state);
+            let out = f(&mut state);
+            (out, std::mem::take(&mut state.changes))
+        };
+        if let (Some(listener), false) = (&self.listener, changes.is_empty()) {
+            listener(&changes);
+        }
+        out
     }
 
     /// The factory to pass to [`SocketIoBuilder::adapter`](crate::SocketIoBuilder::adapter).
     pub fn factory() -> AdapterFactory {
         Arc::new(|ns| Arc::new(InMemoryAdapter::new(ns)) as Arc<dyn Adapter>)
+    }
+
+    /// The namespace this adapter serves.
+    pub fn namespace(&self) -> &NamespaceRef {
+        &self.ns
     }
 
     fn targets(&self, opts: &BroadcastOptions) -> Vec<Socket> {
@@ -227,30 +557,207 @@ impl InMemoryAdapter {
             .filter_map(|id| self.ns.socket(id))
             .collect()
     }
+
+    /// Sends `packet` to the local sockets `opts` targets, encoding it once. With connection
+    /// state recovery on, an EVENT without acknowledgement that is not volatile gets an offset
+    /// appended and is kept for the sessions that may miss it.
+    pub fn broadcast_local(&self, packet: &Packet, opts: &BroadcastOptions) {
+        let Some(store) = &self.store else {
+            self.deliver(packet, opts);
+            return;
+        };
+        // Recovery on: the store stays locked while the packet is kept and delivered, so that a
+        // session being restored meanwhile gets it exactly once (missed, held, or live).
+        let mut store = lock(store);
+        let recoverable = matches!(packet.kind, PacketType::Event | PacketType::BinaryEvent)
+            && packet.id.is_none()
+            && !opts.flags.volatile;
+        let (packet, missed) = match (recoverable, &packet.data) {
+            (true, Some(Value::Array(data))) => {
+                let offset = crate::recovery::new_offset();
+                let mut data = data.clone();
+                data.push(Value::String(offset.clone()));
+                let missed = MissedPacket {
+                    data: data.clone(),
+                    attachments: packet.attachments.clone(),
+                };
+                store.store(offset, missed.clone(), opts);
+                let with_offset = Packet {
+                    data: Some(Value::Array(data)),
+                    ..packet.clone()
+                };
+                (std::borrow::Cow::Owned(with_offset), Some(missed))
+            }
+            _ => (std::borrow::Cow::Borrowed(packet), None),
+        };
+        let encoded = EncodedPacket::new(&packet);
+        for id in self.sockets(opts) {
+            if store.hold(&id, missed.as_ref()) {
+                continue;
+            }
+            if let Some(socket) = self.ns.socket(&id) {
+                let _ = socket.send_encoded(&encoded, opts.flags.volatile);
+            }
+        }
+    }
+
+    fn deliver(&self, packet: &Packet, opts: &BroadcastOptions) {
+        let encoded = EncodedPacket::new(packet);
+        for socket in self.targets(opts) {
+            // A failed send closes that client's session; the others still get the packet.
+            let _ = socket.send_encoded(&encoded, opts.flags.volatile);
+        }
+    }
+
+    /// Sends `packet` (whose `id` is set) to the local sockets `opts` targets, each registered
+    /// to receive the acknowledgement with that id; await the answers on the returned
+    /// [`PendingAcks`].
+    pub fn start_broadcast_with_ack(
+        &self,
+        packet: &Packet,
+        opts: &BroadcastOptions,
+    ) -> PendingAcks {
+        let encoded = EncodedPacket::new(packet);
+        let id = packet.id.unwrap_or(0);
+        let mut pending = Vec::new();
+        for socket in self.targets(opts) {
+            let rx = socket.register_ack(id);
+            let sent = socket.send_encoded(&encoded, opts.flags.volatile);
+            pending.push((socket, rx, sent));
+        }
+        PendingAcks { id, pending }
+    }
+
+    /// What [`fetch_sockets`](Adapter::fetch_sockets) answers for this server.
+    pub fn fetch_local(&self, opts: &BroadcastOptions) -> Vec<SocketInfo> {
+        self.targets(opts).iter().map(SocketInfo::of).collect()
+    }
+
+    /// Makes the local sockets `opts` targets join `rooms`.
+    pub fn add_sockets_local(&self, opts: &BroadcastOptions, rooms: &[String]) {
+        // One critical section: a socket leaving meanwhile cannot be re-added.
+        self.update(|state| {
+            for id in state.matching(opts) {
+                state.add(&id, rooms);
+            }
+        });
+    }
+
+    /// Makes the local sockets `opts` targets leave `rooms`.
+    pub fn del_sockets_local(&self, opts: &BroadcastOptions, rooms: &[String]) {
+        self.update(|state| {
+            for id in state.matching(opts) {
+                for room in rooms {
+                    state.del(&id, room);
+                }
+            }
+        });
+    }
+
+    /// Disconnects the local sockets `opts` targets.
+    pub fn disconnect_sockets_local(&self, opts: &BroadcastOptions, close: bool) {
+        for socket in self.targets(opts) {
+            socket.disconnect(close);
+        }
+    }
+
+    /// Whether `room` has a local member.
+    pub fn has_room(&self, room: &str) -> bool {
+        lock(&self.state).rooms.contains_key(room)
+    }
+}
+
+/// Local sockets that were sent a packet asking for an acknowledgement (see
+/// [`InMemoryAdapter::start_broadcast_with_ack`]).
+#[must_use = "the acknowledgements are only collected when awaited"]
+pub struct PendingAcks {
+    id: u64,
+    pending: Vec<(
+        Socket,
+        tokio::sync::oneshot::Receiver<Payload>,
+        Result<(), crate::EmitError>,
+    )>,
+}
+
+impl std::fmt::Debug for PendingAcks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingAcks")
+            .field("id", &self.id)
+            .field("sockets", &self.pending.len())
+            .finish()
+    }
+}
+
+impl PendingAcks {
+    /// How many sockets were sent the packet (the client count Node reports).
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Whether no socket was targeted.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Waits for each answer until `deadline` (one shared deadline) and calls `f` with each
+    /// socket's outcome, in the sockets' order. Not cancel-safe: answers still pending when the
+    /// future is dropped are forgotten.
+    pub async fn for_each(self, deadline: tokio::time::Instant, mut f: impl FnMut(AckResponse)) {
+        let id = self.id;
+        for (socket, rx, sent) in self.pending {
+            let result = match sent {
+                Err(e) => {
+                    socket.remove_ack(id);
+                    Err(AckError::Send(e))
+                }
+                Ok(()) => match tokio::time::timeout_at(deadline, rx).await {
+                    Ok(Ok(payload)) => Ok(payload),
+                    Ok(Err(_)) => Err(AckError::Disconnected),
+                    Err(_) => {
+                        socket.remove_ack(id);
+                        Err(AckError::Timeout)
+                    }
+                },
+            };
+            f(AckResponse {
+                socket_id: Some(socket.id().to_owned()),
+                result,
+            });
+        }
+    }
+
+    /// Waits for every answer until `deadline` and returns them. Not cancel-safe (see
+    /// [`for_each`](Self::for_each)).
+    pub async fn collect(self, deadline: tokio::time::Instant) -> Vec<AckResponse> {
+        let mut out = Vec::with_capacity(self.pending.len());
+        self.for_each(deadline, |r| out.push(r)).await;
+        out
+    }
+}
+
+/// The timeout of a broadcast with acknowledgement: its own, or `default`.
+pub fn ack_timeout(opts: &BroadcastOptions, default: Duration) -> Duration {
+    opts.flags
+        .timeout_ms
+        .map(Duration::from_millis)
+        .unwrap_or(default)
 }
 
 impl Adapter for InMemoryAdapter {
     fn add_all(&self, id: &str, rooms: &[String]) {
-        lock(&self.state).add(id, rooms);
+        self.update(|state| state.add(id, rooms));
     }
 
     fn del(&self, id: &str, room: &str) {
-        lock(&self.state).del(id, room);
+        self.update(|state| state.del(id, room));
     }
 
     fn del_all(&self, id: &str) {
-        let mut state = lock(&self.state);
-        let Some(rooms) = state.sids.remove(id) else {
-            return;
-        };
-        for room in rooms {
-            if let Some(members) = state.rooms.get_mut(&room) {
-                members.remove(id);
-                if members.is_empty() {
-                    state.rooms.remove(&room);
-                }
-            }
+        if let Some(store) = &self.store {
+            // A restored socket that never connected.
+            lock(store).stop_holding(id);
         }
+        self.update(|state| state.del_all(id));
     }
 
     fn socket_rooms(&self, id: &str) -> Vec<String> {
@@ -274,12 +781,9 @@ impl Adapter for InMemoryAdapter {
         lock(&self.state).matching(opts)
     }
 
-    fn broadcast(&self, packet: &Packet, opts: &BroadcastOptions) {
-        let encoded = EncodedPacket::new(packet);
-        for socket in self.targets(opts) {
-            // A failed send closes that client's session; the others still get the packet.
-            let _ = socket.send_encoded(&encoded, opts.flags.volatile);
-        }
+    fn broadcast(&self, packet: &Packet, opts: &BroadcastOptions) -> Result<(), AdapterError> {
+        self.broadcast_local(packet, opts);
+        Ok(())
     }
 
     fn broadcast_with_ack(
@@ -287,74 +791,63 @@ impl Adapter for InMemoryAdapter {
         packet: &Packet,
         opts: &BroadcastOptions,
         default_timeout: Duration,
-    ) -> BoxFuture<'static, Vec<AckResponse>> {
-        let timeout = opts
-            .flags
-            .timeout_ms
-            .map(Duration::from_millis)
-            .unwrap_or(default_timeout);
-        let deadline = tokio::time::Instant::now() + timeout;
-        let encoded = EncodedPacket::new(packet);
-        let id = packet.id.unwrap_or(0);
-        let mut pending = Vec::new();
-        for socket in self.targets(opts) {
-            let rx = socket.register_ack(id);
-            let sent = socket.send_encoded(&encoded, opts.flags.volatile);
-            pending.push((socket, rx, sent));
+    ) -> BoxFuture<'static, Result<Vec<AckResponse>, AdapterError>> {
+        let deadline = tokio::time::Instant::now() + ack_timeout(opts, default_timeout);
+        let pending = self.start_broadcast_with_ack(packet, opts);
+        Box::pin(async move { Ok(pending.collect(deadline).await) })
+    }
+
+    fn fetch_sockets(
+        &self,
+        opts: &BroadcastOptions,
+    ) -> BoxFuture<'static, Result<Vec<SocketInfo>, AdapterError>> {
+        ready(Ok(self.fetch_local(opts)))
+    }
+
+    fn add_sockets(&self, opts: &BroadcastOptions, rooms: &[String]) -> Result<(), AdapterError> {
+        self.add_sockets_local(opts, rooms);
+        Ok(())
+    }
+
+    fn del_sockets(&self, opts: &BroadcastOptions, rooms: &[String]) -> Result<(), AdapterError> {
+        self.del_sockets_local(opts, rooms);
+        Ok(())
+    }
+
+    fn disconnect_sockets(&self, opts: &BroadcastOptions, close: bool) -> Result<(), AdapterError> {
+        self.disconnect_sockets_local(opts, close);
+        Ok(())
+    }
+
+    fn persist_session(&self, session: SessionToPersist) {
+        if let Some(store) = &self.store {
+            lock(store).persist(session);
         }
-        Box::pin(async move {
-            let mut out = Vec::with_capacity(pending.len());
-            // One shared deadline: waiting for the answers one after the other takes at most
-            // `timeout` in total.
-            for (socket, rx, sent) in pending {
-                let result = match sent {
-                    Err(e) => {
-                        socket.remove_ack(id);
-                        Err(AckError::Send(e))
-                    }
-                    Ok(()) => match tokio::time::timeout_at(deadline, rx).await {
-                        Ok(Ok(payload)) => Ok(payload),
-                        Ok(Err(_)) => Err(AckError::Disconnected),
-                        Err(_) => {
-                            socket.remove_ack(id);
-                            Err(AckError::Timeout)
-                        }
-                    },
-                };
-                out.push(AckResponse {
-                    socket_id: socket.id().to_owned(),
-                    result,
-                });
+    }
+
+    fn restore_session(
+        &self,
+        pid: &str,
+        offset: &str,
+    ) -> BoxFuture<'static, Result<Option<Session>, AdapterError>> {
+        let session = self.store.as_ref().and_then(|store| {
+            // One critical section with the broadcasts: the socket is back in its rooms and
+            // holds what comes from now on until `finish_restore`.
+            let mut store = lock(store);
+            let session = store.restore(pid, offset)?;
+            store.start_holding(&session.session.sid);
+            self.add_all(&session.session.sid, &session.session.rooms);
+            Some(session)
+        });
+        ready(Ok(session))
+    }
+
+    fn finish_restore(&self, sid: &str, send: &mut dyn FnMut(MissedPacket)) {
+        if let Some(store) = &self.store {
+            let mut store = lock(store);
+            for packet in store.stop_holding(sid) {
+                send(packet);
             }
-            out
-        })
-    }
-
-    fn fetch_sockets(&self, opts: &BroadcastOptions) -> BoxFuture<'static, Vec<String>> {
-        let ids = self.sockets(opts);
-        Box::pin(async move { ids })
-    }
-
-    fn add_sockets(&self, opts: &BroadcastOptions, rooms: &[String]) {
-        // One critical section: a socket leaving meanwhile cannot be re-added.
-        let mut state = lock(&self.state);
-        for id in state.matching(opts) {
-            state.add(&id, rooms);
-        }
-    }
-
-    fn del_sockets(&self, opts: &BroadcastOptions, rooms: &[String]) {
-        let mut state = lock(&self.state);
-        for id in state.matching(opts) {
-            for room in rooms {
-                state.del(&id, room);
-            }
-        }
-    }
-
-    fn disconnect_sockets(&self, opts: &BroadcastOptions, close: bool) {
-        for socket in self.targets(opts) {
-            socket.disconnect(close);
         }
     }
 }
@@ -382,7 +875,7 @@ mod tests {
 
     #[test]
     fn union_except_and_cleanup() {
-        let a = InMemoryAdapter::new(NamespaceRef(Weak::new()));
+        let a = InMemoryAdapter::new(NamespaceRef::detached("/"));
         a.add_all("s1", &rooms(&["s1", "r1", "r2"]));
         a.add_all("s2", &rooms(&["s2", "r2"]));
         a.add_all("s3", &rooms(&["s3", "r3", "muted"]));
@@ -393,9 +886,11 @@ mod tests {
         assert_eq!(sorted(a.sockets(&opts(&[], &["muted", "r1"]))), ["s2"]);
         assert!(a.sockets(&opts(&["nobody"], &[])).is_empty());
 
-        a.add_sockets(&opts(&["r2"], &[]), &rooms(&["all"]));
+        a.add_sockets(&opts(&["r2"], &[]), &rooms(&["all"]))
+            .unwrap();
         assert_eq!(sorted(a.sockets(&opts(&["all"], &[]))), ["s1", "s2"]);
-        a.del_sockets(&opts(&["all"], &["s2"]), &rooms(&["all"]));
+        a.del_sockets(&opts(&["all"], &["s2"]), &rooms(&["all"]))
+            .unwrap();
         assert_eq!(a.sockets(&opts(&["all"], &[])), ["s2"]);
 
         a.del("s1", "r2");
@@ -407,6 +902,41 @@ mod tests {
         assert!(a.sockets(&opts(&[], &[])).is_empty());
         let state = lock(&a.state);
         assert!(state.rooms.is_empty() && state.sids.is_empty());
+    }
+
+    #[test]
+    fn room_changes_are_reported() {
+        let seen: Arc<Mutex<Vec<RoomChange>>> = Arc::default();
+        let sink = seen.clone();
+        let a = InMemoryAdapter::with_room_listener(
+            NamespaceRef::detached("/"),
+            Arc::new(move |c: &[RoomChange]| sink.lock().unwrap().extend_from_slice(c)),
+        );
+        a.add_all("s1", &rooms(&["s1", "r"]));
+        a.add_all("s2", &rooms(&["s2", "r"]));
+        a.del("s1", "r");
+        a.del_all("s2");
+        let mut got: Vec<(String, bool, bool)> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| (c.room.clone(), c.created, c.private))
+            .collect();
+        let want = [
+            ("s1", true, true),
+            ("r", true, false),
+            ("s2", true, true),
+            ("r", false, false),
+            ("s2", false, true),
+        ];
+        let mut want: Vec<(String, bool, bool)> = want
+            .iter()
+            .map(|(r, c, p)| ((*r).to_owned(), *c, *p))
+            .collect();
+        // The rooms a socket leaves at once come in no particular order.
+        got[3..].sort();
+        want[3..].sort();
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -215,15 +215,22 @@ fn on_packet(io: &SocketIo, shared: &Arc<ClientShared>, packet: Packet) {
                     attachments: Vec::new(),
                 }),
                 Some(ns) => {
-                    let socket = Socket::new(ns.clone(), shared.clone(), auth.clone());
+                    // Connection state recovery: a CONNECT carrying the private session id and
+                    // the last offset the client saw.
+                    let restore = match (ns.recovery(), auth.get("pid"), auth.get("offset")) {
+                        (Some(_), Some(Value::String(pid)), Some(Value::String(offset))) => {
+                            Some((pid.clone(), offset.clone()))
+                        }
+                        _ => None,
+                    };
                     let middlewares = ns.middlewares();
-                    if middlewares.is_empty() {
+                    if restore.is_none() && middlewares.is_empty() {
+                        let socket = Socket::new(ns.clone(), shared.clone(), auth, None);
                         finish_connect(&ns, &shared, socket);
                     } else if shared.pending_connects.fetch_add(1, Ordering::AcqRel)
                         >= MAX_PENDING_CONNECTS
                     {
                         shared.pending_connects.fetch_sub(1, Ordering::AcqRel);
-                        socket.abandon();
                         shared.send(&Packet {
                             kind: PacketType::ConnectError,
                             nsp,
@@ -234,22 +241,46 @@ fn on_packet(io: &SocketIo, shared: &Arc<ClientShared>, packet: Packet) {
                     } else {
                         tokio::spawn(async move {
                             let _pending = PendingConnect(shared.clone());
-                            for mw in middlewares {
-                                if shared.sender.is_closed() {
-                                    socket.abandon();
-                                    return;
+                            let restored = match restore {
+                                Some((pid, offset)) => {
+                                    match ns.adapter().restore_session(&pid, &offset).await {
+                                        Ok(session) => session,
+                                        Err(e) => {
+                                            tracing::debug!(
+                                                "socket.io: cannot restore a session: {e}"
+                                            );
+                                            None
+                                        }
+                                    }
                                 }
-                                if let Err(e) = mw(socket.clone(), auth.clone()).await {
-                                    socket.abandon();
-                                    shared.send(&Packet {
-                                        kind: PacketType::ConnectError,
-                                        nsp: ns.name().to_owned(),
-                                        id: None,
-                                        data: Some(e.to_value()),
-                                        attachments: Vec::new(),
-                                    });
-                                    return;
+                                None => None,
+                            };
+                            let socket =
+                                Socket::new(ns.clone(), shared.clone(), auth.clone(), restored);
+                            let skip = socket.recovered()
+                                && ns.recovery().is_some_and(|r| r.skip_middlewares);
+                            if !skip {
+                                for mw in middlewares {
+                                    if shared.sender.is_closed() {
+                                        socket.abandon();
+                                        return;
+                                    }
+                                    if let Err(e) = mw(socket.clone(), auth.clone()).await {
+                                        socket.abandon();
+                                        shared.send(&Packet {
+                                            kind: PacketType::ConnectError,
+                                            nsp: ns.name().to_owned(),
+                                            id: None,
+                                            data: Some(e.to_value()),
+                                            attachments: Vec::new(),
+                                        });
+                                        return;
+                                    }
                                 }
+                            }
+                            if shared.sender.is_closed() {
+                                socket.abandon();
+                                return;
                             }
                             finish_connect(&ns, &shared, socket);
                         });
@@ -294,11 +325,41 @@ fn finish_connect(ns: &Namespace, shared: &Arc<ClientShared>, socket: Socket) {
     if let Some(old) = replaced {
         old.on_close(DisconnectReason::ClientNamespaceDisconnect);
     }
+    if let Some(restored) = socket.take_restore() {
+        // A recovered socket: its rooms back, then the packets it missed, then those the
+        // adapter held back since the restore, before the CONNECT reply (the client buffers
+        // events received before it, then emits them in order).
+        socket.join(restored.session.rooms);
+        let mut send = |missed: crate::recovery::MissedPacket| {
+            shared.send(&Packet {
+                kind: if missed.attachments.is_empty() {
+                    PacketType::Event
+                } else {
+                    PacketType::BinaryEvent
+                },
+                nsp: ns.name().to_owned(),
+                id: None,
+                data: Some(Value::Array(missed.data)),
+                attachments: missed.attachments,
+            });
+        };
+        for missed in restored.missed {
+            send(missed);
+        }
+        ns.adapter().finish_restore(socket.id(), &mut send);
+    }
+    if let Some(pid) = socket.pid() {
+        ns.adapter().open_session(socket.session(pid));
+    }
+    let data = match socket.pid() {
+        Some(pid) => json!({ "sid": socket.id(), "pid": pid }),
+        None => json!({ "sid": socket.id() }),
+    };
     shared.send(&Packet {
         kind: PacketType::Connect,
         nsp: ns.name().to_owned(),
         id: None,
-        data: Some(json!({ "sid": socket.id() })),
+        data: Some(data),
         attachments: Vec::new(),
     });
     ns.run_connection_handlers(&socket);

@@ -10,13 +10,13 @@ use http_body_util::{Either, Full};
 use serde_json::Value;
 use volley_engineio::{Engine, EngineBody, EngineConfig};
 
-use crate::adapter::{AckResponse, AdapterFactory, BoxFuture, InMemoryAdapter};
+use crate::adapter::{AckResponse, AdapterError, AdapterFactory, BoxFuture, InMemoryAdapter};
 use crate::namespace::NsHandlers;
-use crate::operators::BroadcastOperator;
+use crate::operators::{BroadcastOperator, RemoteSocket};
 use crate::packet::Limits;
 use crate::socket::EmitError;
 use crate::util::{IntoRooms, read, write};
-use crate::{Namespace, Payload, Socket};
+use crate::{Namespace, Payload};
 
 type Matcher = Arc<dyn Fn(&str, &Value) -> bool + Send + Sync>;
 
@@ -30,6 +30,7 @@ pub struct SocketIoBuilder {
     ack_timeout: Duration,
     adapter: AdapterFactory,
     cleanup_empty_children: bool,
+    recovery: Option<crate::RecoveryConfig>,
 }
 
 impl std::fmt::Debug for SocketIoBuilder {
@@ -52,6 +53,7 @@ impl Default for SocketIoBuilder {
             ack_timeout: Duration::from_secs(30),
             adapter: InMemoryAdapter::factory(),
             cleanup_empty_children: false,
+            recovery: None,
         }
     }
 }
@@ -126,6 +128,14 @@ impl SocketIoBuilder {
         self
     }
 
+    /// Turns connection state recovery on (off by default, as in Node): see
+    /// [`recovery`](crate::recovery). `RecoveryConfig::default()` is Node's: a 2-minute window,
+    /// middlewares skipped for a recovered socket.
+    pub fn connection_state_recovery(mut self, config: crate::RecoveryConfig) -> Self {
+        self.recovery = Some(config);
+        self
+    }
+
     /// The adapter of every namespace ([`InMemoryAdapter`] by default).
     pub fn adapter(mut self, factory: AdapterFactory) -> Self {
         self.adapter = factory;
@@ -156,6 +166,7 @@ impl SocketIoBuilder {
                 limits,
                 ack_timeout: self.ack_timeout,
                 adapter: self.adapter,
+                recovery: self.recovery,
             }
         });
         let io = SocketIo(inner);
@@ -186,6 +197,7 @@ pub(crate) struct IoInner {
     limits: Limits,
     ack_timeout: Duration,
     adapter: AdapterFactory,
+    recovery: Option<crate::RecoveryConfig>,
 }
 
 /// A Socket.IO server. Cheap to clone (a handle).
@@ -260,6 +272,7 @@ impl SocketIo {
                     &self.0.adapter,
                     self.0.ack_timeout,
                     None,
+                    self.0.recovery.clone(),
                 )
             })
             .clone()
@@ -282,6 +295,7 @@ impl SocketIo {
             &self.0.adapter,
             self.0.ack_timeout,
             None,
+            self.0.recovery.clone(),
         );
         write(&self.0.dynamic).push((Arc::new(matcher), handlers));
         template
@@ -308,6 +322,7 @@ impl SocketIo {
                         self.0
                             .cleanup_empty_children
                             .then(|| Arc::downgrade(&self.0)),
+                        self.0.recovery.clone(),
                     )
                 })
                 .clone(),
@@ -360,36 +375,88 @@ impl SocketIo {
         &self,
         event: &str,
         payload: impl Into<Payload>,
-    ) -> Result<BoxFuture<'static, Vec<AckResponse>>, EmitError> {
+    ) -> Result<BoxFuture<'static, Result<Vec<AckResponse>, AdapterError>>, EmitError> {
         self.main_ns().emit_with_ack(event, payload)
     }
 
-    /// The sockets of `"/"`. Cancel-safe.
-    pub async fn fetch_sockets(&self) -> Vec<Socket> {
+    /// The sockets of `"/"` on every server. Cancel-safe.
+    pub async fn fetch_sockets(&self) -> Result<Vec<RemoteSocket>, AdapterError> {
         self.main_ns().fetch_sockets().await
     }
 
     /// Makes every socket of `"/"` join `rooms`.
-    pub fn sockets_join(&self, rooms: impl IntoRooms) {
+    pub fn sockets_join(&self, rooms: impl IntoRooms) -> Result<(), AdapterError> {
         self.main_ns().sockets_join(rooms)
     }
 
     /// Makes every socket of `"/"` leave `rooms`.
-    pub fn sockets_leave(&self, rooms: impl IntoRooms) {
+    pub fn sockets_leave(&self, rooms: impl IntoRooms) -> Result<(), AdapterError> {
         self.main_ns().sockets_leave(rooms)
     }
 
     /// Disconnects every socket of `"/"`.
-    pub fn disconnect_sockets(&self, close: bool) {
+    pub fn disconnect_sockets(&self, close: bool) -> Result<(), AdapterError> {
         self.main_ns().disconnect_sockets(close)
     }
 
+    /// Sends a server-side event to the `"/"` namespace of every other server (see
+    /// [`Namespace::server_side_emit`]).
+    pub fn server_side_emit(&self, event: &str, args: Vec<Value>) -> Result<(), EmitError> {
+        self.main_ns().server_side_emit(event, args)
+    }
+
+    /// Sends a server-side event to every other server and collects one answer from each
+    /// (see [`Namespace::server_side_emit_with_ack`]). Cancel-safe.
+    pub async fn server_side_emit_with_ack(
+        &self,
+        event: &str,
+        args: Vec<Value>,
+    ) -> Result<Vec<Value>, EmitError> {
+        self.main_ns().server_side_emit_with_ack(event, args).await
+    }
+
+    /// How many servers the cluster has (see [`Namespace::server_count`]). Cancel-safe.
+    pub async fn server_count(&self) -> Result<usize, AdapterError> {
+        self.main_ns().server_count().await
+    }
+
+    /// Waits until the adapter of every existing namespace has started (Redis subscriptions
+    /// made, …): call it after creating the namespaces and before serving, so that the first
+    /// broadcasts of the other servers are not missed. Namespaces created later start their
+    /// adapter in the background. Cancel-safe (the adapters keep starting).
+    pub async fn init_adapters(&self) -> Result<(), AdapterError> {
+        let namespaces: Vec<Namespace> = read(&self.0.namespaces).values().cloned().collect();
+        for ns in namespaces {
+            ns.adapter().init().await?;
+        }
+        Ok(())
+    }
+
     /// Server shutdown: closes every Engine.IO session; the sockets leave with reason
-    /// [`DisconnectReason::ServerShuttingDown`](crate::DisconnectReason::ServerShuttingDown).
-    /// New connections are still accepted by the engine; stop serving to refuse them.
+    /// [`DisconnectReason::ServerShuttingDown`](crate::DisconnectReason::ServerShuttingDown);
+    /// then closes every namespace's adapter (in the background when there is a Tokio runtime;
+    /// see [`close_adapters`](Self::close_adapters) to await it). New connections are still
+    /// accepted by the engine; stop serving to refuse them.
     pub fn close(&self) {
         self.0.closing.store(true, Ordering::Release);
         self.0.engine.close_all();
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let io = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = io.close_adapters().await {
+                    tracing::warn!("socket.io: closing an adapter failed: {e}");
+                }
+            });
+        }
+    }
+
+    /// Closes the adapter of every namespace (unsubscribes from the cluster). Cancel-safe.
+    pub async fn close_adapters(&self) -> Result<(), AdapterError> {
+        let namespaces: Vec<Namespace> = read(&self.0.namespaces).values().cloned().collect();
+        for ns in namespaces {
+            ns.adapter().close().await?;
+        }
+        Ok(())
     }
 
     pub(crate) fn is_closing(&self) -> bool {

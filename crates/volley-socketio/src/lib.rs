@@ -8,10 +8,11 @@
 //! - [`Socket`]: one client in one namespace: events ([`Socket::on`], [`Socket::on_any`]),
 //!   [`Socket::emit`], [`Socket::emit_with_ack`], rooms, per-socket data.
 //! - [`BroadcastOperator`]: `to`, `except`, `local`, `volatile`, `timeout`, `emit`,
-//!   `emit_with_ack` (collects acknowledgements), `fetch_sockets`, `sockets_join/leave`,
-//!   `disconnect_sockets`.
-//! - [`adapter`]: the [`Adapter`] trait (rooms, broadcast delivery) and the default
-//!   [`InMemoryAdapter`].
+//!   `emit_with_ack` (collects acknowledgements), `fetch_sockets` ([`RemoteSocket`]s, on every
+//!   server of a cluster), `sockets_join/leave`, `disconnect_sockets`.
+//! - [`adapter`]: the [`Adapter`] trait (rooms, broadcast delivery, across servers for a
+//!   multi-server adapter) and the default [`InMemoryAdapter`].
+//! - [`recovery`]: connection state recovery (Socket.IO 4.6+), off by default.
 //! - [`packet`]: the sans-IO Socket.IO packet codec (binary attachments with placeholders).
 //! - [`chat`]: a small chat namespace (rooms, messages with acknowledgements).
 //!
@@ -41,17 +42,19 @@ mod namespace;
 mod operators;
 pub mod packet;
 mod payload;
+pub mod recovery;
 mod socket;
 mod util;
 
 pub use adapter::{
-    AckResponse, Adapter, AdapterFactory, BroadcastFlags, BroadcastOptions, InMemoryAdapter,
-    NamespaceRef,
+    AckResponse, Adapter, AdapterError, AdapterFactory, BroadcastFlags, BroadcastOptions,
+    InMemoryAdapter, NamespaceRef, RoomChange, ServerAck, SocketInfo,
 };
 pub use io::{SocketIo, SocketIoBuilder};
 pub use namespace::{ConnectError, Namespace};
-pub use operators::BroadcastOperator;
+pub use operators::{BroadcastOperator, RemoteSocket};
 pub use payload::Payload;
+pub use recovery::RecoveryConfig;
 pub use socket::{
     AckError, AckRequest, AckSender, DisconnectReason, EmitError, EncodedPacket, Handshake, Socket,
 };

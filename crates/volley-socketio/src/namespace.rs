@@ -9,10 +9,11 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::adapter::{
-    AckResponse, Adapter, AdapterFactory, BoxFuture, BroadcastOptions, NamespaceRef,
+    AckResponse, Adapter, AdapterError, AdapterFactory, BoxFuture, BroadcastOptions, NamespaceRef,
+    ServerAck,
 };
 use crate::io::IoInner;
-use crate::operators::BroadcastOperator;
+use crate::operators::{BroadcastOperator, RemoteSocket};
 use crate::socket::EmitError;
 use crate::util::{IntoRooms, read, write};
 use crate::{Payload, Socket};
@@ -62,12 +63,14 @@ impl std::error::Error for ConnectError {}
 pub(crate) type Middleware =
     Arc<dyn Fn(Socket, Value) -> BoxFuture<'static, Result<(), ConnectError>> + Send + Sync>;
 type ConnectionHandler = Arc<dyn Fn(Socket) + Send + Sync>;
+type ServerEventHandler = Arc<dyn Fn(Vec<Value>, Option<ServerAck>) + Send + Sync>;
 
 /// Handlers shared by a dynamic namespace template and the namespaces made from it.
 #[derive(Default)]
 pub(crate) struct NsHandlers {
     middlewares: RwLock<Vec<Middleware>>,
     connection: RwLock<Vec<ConnectionHandler>>,
+    server_events: RwLock<HashMap<String, ServerEventHandler>>,
 }
 
 pub(crate) struct NsInner {
@@ -80,6 +83,7 @@ pub(crate) struct NsInner {
     /// For a namespace made by a dynamic matcher with cleanup on: the server to leave when the
     /// last socket goes.
     cleanup: Option<Weak<IoInner>>,
+    recovery: Option<crate::RecoveryConfig>,
 }
 
 /// A namespace (`"/"`, `"/chat"`, …): its own handlers, sockets, rooms and adapter.
@@ -103,16 +107,35 @@ impl Namespace {
         factory: &AdapterFactory,
         ack_timeout: Duration,
         cleanup: Option<Weak<IoInner>>,
+        recovery: Option<crate::RecoveryConfig>,
     ) -> Namespace {
-        Namespace(Arc::new_cyclic(|weak| NsInner {
-            name,
+        let ns_ref = |weak: &Weak<NsInner>| NamespaceRef {
+            ns: weak.clone(),
+            name: name.as_str().into(),
+            recovery: recovery.clone(),
+        };
+        let ns = Namespace(Arc::new_cyclic(|weak| NsInner {
+            adapter: factory(ns_ref(weak)),
+            name: name.clone(),
             handlers,
             sockets: RwLock::new(HashMap::new()),
-            adapter: factory(NamespaceRef(weak.clone())),
             ids: AtomicU64::new(0),
             ack_timeout,
             cleanup,
-        }))
+            recovery: recovery.clone(),
+        }));
+        // As Node: the adapter starts with the namespace (in the background; see
+        // `SocketIo::init_adapters` to wait for it).
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let init = ns.0.adapter.init();
+            let name = ns.0.name.clone();
+            tokio::spawn(async move {
+                if let Err(e) = init.await {
+                    tracing::warn!(nsp = name, "socket.io: the adapter did not start: {e}");
+                }
+            });
+        }
+        ns
     }
 
     /// The namespace name, e.g. `"/chat"`.
@@ -178,8 +201,80 @@ impl Namespace {
         }
     }
 
-    pub(crate) fn next_ack_id(&self) -> u64 {
+    /// A fresh acknowledgement id of this namespace (for [`Adapter`] implementations that
+    /// relay another server's broadcast with acknowledgement, as Node's adapters do).
+    pub fn next_ack_id(&self) -> u64 {
         self.0.ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Handles event `event` sent by another server's
+    /// [`server_side_emit`](Self::server_side_emit) (Node's `io.on("event", …)` for
+    /// `serverSideEmit`): `handler(args, ack)` runs on the adapter's task, so it should not
+    /// block; `ack` is `Some` when the sender asked for an answer. Replaces an earlier handler.
+    pub fn on_server_side_emit<F>(&self, event: impl Into<String>, handler: F)
+    where
+        F: Fn(Vec<Value>, Option<ServerAck>) + Send + Sync + 'static,
+    {
+        write(&self.0.handlers.server_events).insert(event.into(), Arc::new(handler));
+    }
+
+    /// Runs the handler of a server-side event received from another server (for [`Adapter`]
+    /// implementations). Returns whether a handler ran; without one, `ack` is dropped unanswered.
+    pub fn dispatch_server_side_emit(
+        &self,
+        event: &str,
+        args: Vec<Value>,
+        ack: Option<ServerAck>,
+    ) -> bool {
+        let handler = read(&self.0.handlers.server_events).get(event).cloned();
+        match handler {
+            Some(handler) => {
+                crate::socket::guarded("server-side event handler", || handler(args, ack));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Sends event `event` with `args` to the namespace of the same name on every other server
+    /// of the cluster (Node's `serverSideEmit`; JSON arguments only, as Node's adapters).
+    pub fn server_side_emit(&self, event: &str, args: Vec<Value>) -> Result<(), EmitError> {
+        if crate::socket::RESERVED_EVENTS.contains(&event) {
+            return Err(EmitError::Reserved(event.to_owned()));
+        }
+        self.0
+            .adapter
+            .server_side_emit(event, &args)
+            .map_err(EmitError::Adapter)
+    }
+
+    /// Like [`server_side_emit`](Self::server_side_emit), asking every other server for one
+    /// answer: resolves with the answers, or [`AdapterError::Timeout`] when not every server
+    /// answered within the adapter's request timeout. Cancel-safe (dropping the future only
+    /// gives up the answers).
+    pub async fn server_side_emit_with_ack(
+        &self,
+        event: &str,
+        args: Vec<Value>,
+    ) -> Result<Vec<Value>, EmitError> {
+        if crate::socket::RESERVED_EVENTS.contains(&event) {
+            return Err(EmitError::Reserved(event.to_owned()));
+        }
+        self.0
+            .adapter
+            .server_side_emit_with_ack(event, &args)
+            .await
+            .map_err(EmitError::Adapter)
+    }
+
+    /// How many servers the cluster has (1 with the in-memory adapter). Cancel-safe.
+    pub async fn server_count(&self) -> Result<usize, AdapterError> {
+        self.0.adapter.server_count().await
+    }
+
+    /// The connection state recovery settings (`None`: off).
+    pub(crate) fn recovery(&self) -> Option<&crate::RecoveryConfig> {
+        self.0.recovery.as_ref()
     }
 
     pub(crate) fn default_ack_timeout(&self) -> Duration {
@@ -231,7 +326,7 @@ impl Namespace {
         self.operator().timeout(timeout)
     }
 
-    /// Sends event `event` to every socket of the namespace (encoded once).
+    /// Sends event `event` to every socket of the namespace (encoded once), on every server.
     pub fn emit(&self, event: &str, payload: impl Into<Payload>) -> Result<(), EmitError> {
         self.operator().emit(event, payload)
     }
@@ -242,27 +337,28 @@ impl Namespace {
         &self,
         event: &str,
         payload: impl Into<Payload>,
-    ) -> Result<BoxFuture<'static, Vec<AckResponse>>, EmitError> {
+    ) -> Result<BoxFuture<'static, Result<Vec<AckResponse>, AdapterError>>, EmitError> {
         self.operator().emit_with_ack(event, payload)
     }
 
-    /// The sockets of the namespace (see [`BroadcastOperator::fetch_sockets`]). Cancel-safe.
-    pub async fn fetch_sockets(&self) -> Vec<Socket> {
+    /// The sockets of the namespace on every server (see
+    /// [`BroadcastOperator::fetch_sockets`]). Cancel-safe.
+    pub async fn fetch_sockets(&self) -> Result<Vec<RemoteSocket>, AdapterError> {
         self.operator().fetch_sockets().await
     }
 
     /// Makes every socket join `rooms`.
-    pub fn sockets_join(&self, rooms: impl IntoRooms) {
+    pub fn sockets_join(&self, rooms: impl IntoRooms) -> Result<(), AdapterError> {
         self.operator().sockets_join(rooms)
     }
 
     /// Makes every socket leave `rooms`.
-    pub fn sockets_leave(&self, rooms: impl IntoRooms) {
+    pub fn sockets_leave(&self, rooms: impl IntoRooms) -> Result<(), AdapterError> {
         self.operator().sockets_leave(rooms)
     }
 
     /// Disconnects every socket (and closes their connections when `close`).
-    pub fn disconnect_sockets(&self, close: bool) {
+    pub fn disconnect_sockets(&self, close: bool) -> Result<(), AdapterError> {
         self.operator().disconnect_sockets(close)
     }
 }

@@ -87,6 +87,8 @@ pub enum EmitError {
     Disconnected,
     /// The Engine.IO session refused the packet (closed, or its queue overflowed).
     Send(volley_engineio::SendError),
+    /// The adapter could not forward the packet to the other servers (local delivery happened).
+    Adapter(crate::AdapterError),
 }
 
 impl std::fmt::Display for EmitError {
@@ -95,6 +97,7 @@ impl std::fmt::Display for EmitError {
             EmitError::Reserved(name) => write!(f, "\"{name}\" is a reserved event name"),
             EmitError::Disconnected => f.write_str("the socket is disconnected"),
             EmitError::Send(e) => write!(f, "send failed: {e}"),
+            EmitError::Adapter(e) => write!(f, "{e}"),
         }
     }
 }
@@ -141,6 +144,51 @@ pub struct Handshake {
 }
 
 impl Handshake {
+    /// The handshake as Node's socket.io describes it (`socket.handshake`, what
+    /// `fetchSockets()` shows other servers): `headers` (lower-case names; repeated headers
+    /// joined with `", "`), `time`, `address`, `xdomain`, `secure`, `issued` (ms since the
+    /// epoch), `url`, `query`, `auth`.
+    pub fn to_json(&self) -> Value {
+        let mut headers = serde_json::Map::new();
+        for name in self.headers.keys() {
+            let values: Vec<&str> = self
+                .headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            headers.insert(name.as_str().to_owned(), Value::String(values.join(", ")));
+        }
+        let mut query = serde_json::Map::new();
+        if let Some(q) = self.uri.query() {
+            for pair in q.split('&').filter(|p| !p.is_empty()) {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                query.insert(percent_decode(k), Value::String(percent_decode(v)));
+            }
+        }
+        let issued = self
+            .issued
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        let url = self
+            .uri
+            .path_and_query()
+            .map(|pq| pq.as_str().to_owned())
+            .unwrap_or_else(|| "/".to_owned());
+        serde_json::json!({
+            "headers": headers,
+            "time": crate::util::http_date(self.issued),
+            "address": self.address.map(|a| a.ip().to_string()).unwrap_or_default(),
+            "xdomain": self.headers.contains_key(http::header::ORIGIN),
+            "secure": false,
+            "issued": issued,
+            "url": url,
+            "query": query,
+            "auth": self.auth,
+        })
+    }
+
     /// The (percent-decoded) value of query parameter `name` of the handshake request.
     pub fn query(&self, name: &str) -> Option<String> {
         let query = self.uri.query()?;
@@ -223,6 +271,15 @@ pub(crate) struct SocketInner {
     /// Set once the socket has left (or was refused): it never comes back.
     closed: AtomicBool,
     data: Mutex<http::Extensions>,
+    /// Node's `socket.data`: JSON other servers can see (fetch_sockets, recovery).
+    json_data: Mutex<Value>,
+    /// The private session id (connection state recovery on).
+    pid: Option<String>,
+    /// Whether this socket was restored from a previous session.
+    recovered: bool,
+    /// What to do before the CONNECT reply of a recovered socket: rejoin these rooms, send
+    /// these missed packets.
+    restore: Mutex<Option<crate::recovery::Session>>,
 }
 
 /// A client's connection to one namespace. Cheap to clone (a handle).
@@ -240,10 +297,28 @@ impl std::fmt::Debug for Socket {
 }
 
 impl Socket {
-    pub(crate) fn new(ns: Namespace, client: Arc<ClientShared>, auth: Value) -> Socket {
+    pub(crate) fn new(
+        ns: Namespace,
+        client: Arc<ClientShared>,
+        auth: Value,
+        restored: Option<crate::recovery::Session>,
+    ) -> Socket {
         let req = client.request();
+        let recovery = ns.recovery().is_some();
+        let (id, pid, data) = match &restored {
+            Some(r) => (
+                r.session.sid.clone(),
+                Some(r.session.pid.clone()),
+                r.session.data.clone(),
+            ),
+            None => (
+                crate::util::random_id(),
+                recovery.then(crate::util::random_id),
+                Value::Null,
+            ),
+        };
         Socket(Arc::new(SocketInner {
-            id: crate::util::random_id(),
+            id,
             ns,
             handshake: Handshake {
                 auth,
@@ -261,7 +336,39 @@ impl Socket {
             connected: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             data: Mutex::new(http::Extensions::new()),
+            json_data: Mutex::new(data),
+            pid,
+            recovered: restored.is_some(),
+            restore: Mutex::new(restored),
         }))
+    }
+
+    /// Whether this socket was restored by connection state recovery: same id, rooms and
+    /// data as before the client's connection dropped, and the missed packets were sent (see
+    /// [`recovery`](crate::recovery)).
+    pub fn recovered(&self) -> bool {
+        self.0.recovered
+    }
+
+    /// The private session id sent in the CONNECT reply (connection state recovery on).
+    pub(crate) fn pid(&self) -> Option<&str> {
+        self.0.pid.as_deref()
+    }
+
+    /// What connection state recovery keeps of this socket.
+    pub(crate) fn session(&self, pid: &str) -> crate::recovery::SessionToPersist {
+        crate::recovery::SessionToPersist {
+            sid: self.0.id.clone(),
+            pid: pid.to_owned(),
+            rooms: self.rooms(),
+            data: self.data_json(),
+        }
+    }
+
+    /// The restored session's rooms and missed packets, once (for the CONNECT of a recovered
+    /// socket).
+    pub(crate) fn take_restore(&self) -> Option<crate::recovery::Session> {
+        lock(&self.0.restore).take()
     }
 
     /// The socket id (fresh for every namespace connection; also a room holding only this socket).
@@ -316,6 +423,19 @@ impl Socket {
         self.extensions().get::<T>().cloned()
     }
 
+    /// The socket's shared JSON data (Node's `socket.data`; `null` until set): unlike the typed
+    /// [`extensions`](Self::extensions), it is what other servers see through
+    /// [`fetch_sockets`](crate::BroadcastOperator::fetch_sockets) and what connection state
+    /// recovery restores.
+    pub fn data_json(&self) -> Value {
+        lock(&self.0.json_data).clone()
+    }
+
+    /// Replaces the socket's shared JSON data (see [`data_json`](Self::data_json)).
+    pub fn set_data_json(&self, data: Value) {
+        *lock(&self.0.json_data) = data;
+    }
+
     /// Handles event `event`: `handler(socket, payload, ack)` runs on the client's task, so it
     /// should not block (spawn for async work); `ack` is `Some` when the client asked for an
     /// acknowledgement. Replaces an earlier handler of the same event.
@@ -368,6 +488,23 @@ impl Socket {
     /// Sends event `event` with `payload` to this client.
     pub fn emit(&self, event: &str, payload: impl Into<Payload>) -> Result<(), EmitError> {
         let packet = event_packet(self.nsp(), event, payload.into(), None)?;
+        if self.0.ns.recovery().is_some() {
+            // As Node: through the adapter (to the socket's own room), so that the packet gets
+            // an offset and is kept for a recovery.
+            if !self.connected() {
+                return Err(EmitError::Disconnected);
+            }
+            let opts = BroadcastOptions {
+                rooms: std::iter::once(self.0.id.clone()).collect(),
+                ..BroadcastOptions::default()
+            };
+            return self
+                .0
+                .ns
+                .adapter()
+                .broadcast(&packet, &opts)
+                .map_err(EmitError::Adapter);
+        }
         self.send_packet(&packet, false)
     }
 
@@ -574,6 +711,13 @@ impl Socket {
             std::mem::take(&mut *write(&self.0.on_disconnecting));
         for handler in disconnecting {
             guarded("disconnecting handler", || handler(self.clone(), reason));
+        }
+        if let Some(pid) = &self.0.pid {
+            if crate::recovery::recoverable(reason) {
+                self.0.ns.adapter().persist_session(self.session(pid));
+            } else {
+                self.0.ns.adapter().discard_session(pid);
+            }
         }
         self.0.connected.store(false, Ordering::Release);
         self.0.ns.adapter().del_all(&self.0.id);

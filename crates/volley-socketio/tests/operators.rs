@@ -146,6 +146,7 @@ async fn broadcast_with_ack_collects_every_answer_or_times_out() {
             tokio::spawn(async move {
                 let mut out: Vec<Value> = fut
                     .await
+                    .expect("the in-memory adapter never fails")
                     .into_iter()
                     .map(|r| match r.result {
                         Ok(p) => json!([r.socket_id, p.args]),
@@ -240,13 +241,13 @@ async fn rooms_are_left_on_disconnect() {
     // Three ways out: transport closed, namespace DISCONNECT from the client, server kick.
     a.close().await;
     b.send("1").await;
-    ns.to("z").disconnect_sockets(false);
+    ns.to("z").disconnect_sockets(false).unwrap();
     let started = tokio::time::Instant::now();
     assert!(matches!(pending.await, Err(AckError::Disconnected)));
     assert!(started.elapsed() < Duration::from_secs(5));
     wait_until("every room to be gone", || ns.adapter().rooms().is_empty()).await;
     assert!(ns.sockets().is_empty());
-    assert!(io.of("/").fetch_sockets().await.is_empty());
+    assert!(io.of("/").fetch_sockets().await.unwrap().is_empty());
     assert!(!a_socket.connected());
     assert!(a_socket.rooms().is_empty());
     drop(c);
@@ -264,31 +265,59 @@ async fn bulk_operations_fetch_join_leave_disconnect() {
     let ns = io.of("/");
     let (mut a, a_id) = client(addr, &["r"]).await;
     let (mut b, _) = client(addr, &[]).await;
-    let fetched = ns.fetch_sockets().await;
+    let fetched = ns.fetch_sockets().await.unwrap();
     assert_eq!(fetched.len(), 2);
-    let in_r = ns.in_("r").fetch_sockets().await;
+    assert!(fetched.iter().all(|s| s.local().is_some()));
+    let in_r = ns.in_("r").fetch_sockets().await.unwrap();
     assert_eq!(in_r.len(), 1);
     assert_eq!(in_r[0].id(), a_id);
+    let mut rooms = in_r[0].rooms().to_vec();
+    rooms.sort();
+    let mut want = vec![a_id.clone(), "r".to_owned()];
+    want.sort();
+    assert_eq!(rooms, want);
+    assert_eq!(
+        in_r[0].handshake()["url"]
+            .as_str()
+            .map(|u| u.starts_with("/socket.io/")),
+        Some(true)
+    );
+    // The fields (and their order) of Node's `socket.handshake`, as other servers see it.
+    let keys: Vec<&str> = in_r[0]
+        .handshake()
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "headers", "time", "address", "xdomain", "secure", "issued", "url", "query", "auth"
+        ]
+    );
+    assert_eq!(in_r[0].handshake()["address"], "127.0.0.1");
+    assert!(in_r[0].handshake()["issued"].as_u64().unwrap() > 1_700_000_000_000);
 
-    ns.sockets_join("all");
+    ns.sockets_join("all").unwrap();
     ns.to("all").emit("hello-all", json!(1)).unwrap();
     assert_eq!(a.recv_text().await, r#"2["hello-all",1]"#);
     assert_eq!(b.recv_text().await, r#"2["hello-all",1]"#);
-    ns.in_("r").sockets_leave("all");
-    assert_eq!(ns.to("all").fetch_sockets().await.len(), 1);
+    ns.in_("r").sockets_leave("all").unwrap();
+    assert_eq!(ns.to("all").fetch_sockets().await.unwrap().len(), 1);
     ns.to("all").emit("hello-all", json!(2)).unwrap();
     assert_eq!(b.recv_text().await, r#"2["hello-all",2]"#);
     assert_nothing_queued(&mut a).await;
 
     // disconnect_sockets(false): DISCONNECT packets, connections stay.
-    ns.disconnect_sockets(false);
+    ns.disconnect_sockets(false).unwrap();
     assert_eq!(a.recv_text().await, "1");
     assert_eq!(b.recv_text().await, "1");
     assert!(ns.sockets().is_empty());
     // disconnect_sockets(true): connections closed.
     a.send("0").await;
     connect_sid(&a.recv_text().await);
-    ns.disconnect_sockets(true);
+    ns.disconnect_sockets(true).unwrap();
     assert_eq!(a.recv_text().await, "1");
     a.expect_closed().await;
 }

@@ -1,0 +1,328 @@
+#!/usr/bin/env node
+// Raw Engine.IO / Socket.IO exchanges for comparing a server with Node's own socket.io
+// (e2e/node/sio_reference_server.js): every scenario sends the same raw HTTP long-polling
+// requests and raw WebSocket frames, and prints what the server answered as a transcript.
+// Transcripts of two servers that behave alike are identical (session ids and socket ids are
+// replaced by placeholders), so a test can run a scenario against both and compare.
+//
+//   node e2e/node/sio_raw_parity.js --url http://127.0.0.1:PORT --scenario NAME
+//   node e2e/node/sio_raw_parity.js --url http://127.0.0.1:PORT --list
+//
+// Prints the transcript as JSON (an array of lines) on stdout and exits 0; exits 1 if the
+// scenario could not run at all (and 2 on bad usage). Each wait is bounded (WAIT_MS).
+//
+// The server must be the conformance server (namespaces "/" and "/custom", `auth` emitted on
+// connect, `message` -> `message-back`, `close-transport`), started with a ping interval long
+// enough that no ping arrives during a scenario (a few seconds).
+"use strict";
+
+const http = require("http");
+const WebSocket = require("ws");
+
+const WAIT_MS = 2000;
+// How long "nothing more arrives" is watched for.
+const QUIET_MS = 150;
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// Replaces the ids that differ between runs by stable placeholders (<sid1>, <sid2>, ...).
+class Ids {
+  constructor() {
+    this.map = new Map();
+  }
+  add(id) {
+    if (id && !this.map.has(id)) this.map.set(id, `<id${this.map.size + 1}>`);
+  }
+  scrub(text) {
+    // Session ids and socket ids look alike in both servers' answers: JSON "sid" values.
+    for (const m of text.matchAll(/\\?"sid\\?":\\?"([A-Za-z0-9_-]+)/g)) this.add(m[1]);
+    let out = text;
+    for (const [id, name] of this.map) out = out.split(id).join(name);
+    return out;
+  }
+}
+
+class Transcript {
+  constructor() {
+    this.lines = [];
+    this.ids = new Ids();
+  }
+  log(line) {
+    this.lines.push(this.ids.scrub(line));
+  }
+}
+
+function show(text) {
+  return JSON.stringify(text);
+}
+
+// One HTTP request on its own connection; resolves with { status, type, body }.
+function request(base, method, query, body, headers = {}) {
+  return new Promise((resolve, reject) => {
+    const url = new URL(`/socket.io/?${query}`, base);
+    const req = http.request(
+      url,
+      { method, agent: false, headers: { Connection: "close", ...headers } },
+      (res) => {
+        const chunks = [];
+        res.on("data", (c) => chunks.push(c));
+        res.on("end", () =>
+          resolve({
+            status: res.statusCode,
+            type: res.headers["content-type"] || "-",
+            body: Buffer.concat(chunks).toString("utf8"),
+          }),
+        );
+      },
+    );
+    req.setTimeout(WAIT_MS * 3, () => req.destroy(new Error(`${method} ${query} timed out`)));
+    req.on("error", reject);
+    if (body !== undefined) req.end(body);
+    else req.end();
+  });
+}
+
+function reply(r) {
+  return `${r.status} ${r.type} ${show(r.body)}`;
+}
+
+// A raw WebSocket whose events (messages, close, refused handshake) are queued.
+class Ws {
+  constructor(base, query) {
+    this.events = [];
+    this.waiters = [];
+    const url = new URL(`/socket.io/?${query}`, base);
+    url.protocol = "ws:";
+    this.ws = new WebSocket(url);
+    this.ws.on("open", () => this.push("open"));
+    this.ws.on("message", (data, isBinary) =>
+      this.push(isBinary ? `binary ${data.toString("hex")}` : `text ${show(data.toString())}`),
+    );
+    this.ws.on("close", (code) => this.push(`close ${code}`));
+    this.ws.on("unexpected-response", (req, res) => {
+      const chunks = [];
+      res.on("data", (c) => chunks.push(c));
+      res.on("end", () => {
+        const body = Buffer.concat(chunks).toString("utf8");
+        this.push(`refused ${res.statusCode} ${res.headers["content-type"] || "-"} ${show(body)}`);
+        this.push("close");
+        req.destroy();
+      });
+    });
+    this.ws.on("error", (e) => {
+      if (!String(e.message).includes("Unexpected server response")) this.push(`error`);
+    });
+  }
+  push(event) {
+    this.events.push(event);
+    for (const wake of this.waiters.splice(0)) wake();
+  }
+  // The next event, or "nothing" after `ms`.
+  async next(ms = WAIT_MS) {
+    const deadline = Date.now() + ms;
+    while (this.events.length === 0) {
+      const left = deadline - Date.now();
+      if (left <= 0) return "nothing";
+      await new Promise((resolve) => {
+        const timer = setTimeout(resolve, left);
+        this.waiters.push(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+    }
+    return this.events.shift();
+  }
+  send(text) {
+    this.ws.send(text);
+  }
+  // Events until (and including) the close, at most `count`.
+  async rest(count = 8, ms = WAIT_MS) {
+    const out = [];
+    for (let i = 0; i < count; i++) {
+      const e = await this.next(ms);
+      out.push(e);
+      if (e === "nothing" || e.startsWith("close")) break;
+    }
+    return out.join(" | ");
+  }
+  end() {
+    this.ws.terminate();
+  }
+}
+
+// A polling session: the handshake; returns its sid and query string.
+async function pollingSession(t, base) {
+  const r = await request(base, "GET", "EIO=4&transport=polling");
+  t.log(`handshake: ${r.status} ${r.type} ${show(r.body.replace(/"pingInterval".*$/, "…"))}`);
+  const sid = JSON.parse(r.body.slice(1)).sid;
+  return { sid, q: `EIO=4&transport=polling&sid=${encodeURIComponent(sid)}` };
+}
+
+// A polling session joined to namespace "/" (its CONNECT answered and the `auth` event read), so
+// that the Socket.IO layer keeps it open.
+async function joinedPollingSession(t, base) {
+  const session = await pollingSession(t, base);
+  t.log(`POST 40: ${reply(await request(base, "POST", session.q, "40"))}`);
+  t.log(`GET: ${reply(await request(base, "GET", session.q))}`);
+  return session;
+}
+
+// Upgrades the polling session `sid` to a WebSocket; returns it.
+async function upgrade(t, base, sid) {
+  const ws = new Ws(base, `EIO=4&transport=websocket&sid=${encodeURIComponent(sid)}`);
+  t.log(`upgrade ws: ${await ws.next()}`);
+  ws.send("2probe");
+  t.log(`probe: ${await ws.next()}`);
+  ws.send("5");
+  return ws;
+}
+
+const scenarios = {
+  // Issue 16, point 1: the client's close packet while a GET is pending.
+  "client-close-while-polling": async (t, base) => {
+    const { q } = await pollingSession(t, base);
+    const pending = request(base, "GET", q);
+    await sleep(100);
+    t.log(`POST 1: ${reply(await request(base, "POST", q, "1"))}`);
+    t.log(`pending GET: ${reply(await pending)}`);
+    t.log(`GET: ${reply(await request(base, "GET", q))}`);
+    t.log(`POST: ${reply(await request(base, "POST", q, "40"))}`);
+  },
+
+  // Point 2: polling requests for a session that upgraded to WebSocket.
+  "polling-after-upgrade": async (t, base) => {
+    const { sid, q } = await pollingSession(t, base);
+    const ws = await upgrade(t, base, sid);
+    ws.send("40");
+    t.log(`CONNECT over ws: ${await ws.next()}`);
+    t.log(`auth: ${await ws.next()}`);
+    t.log(`GET: ${reply(await request(base, "GET", q))}`);
+    t.log(`POST: ${reply(await request(base, "POST", q, "42[\"x\"]"))}`);
+    ws.send('42["message","still"]');
+    t.log(`ws: ${await ws.next()}`);
+    ws.end();
+  },
+
+  // Polling requests right after the upgrade packet.
+  "polling-right-after-upgrade": async (t, base) => {
+    const { sid, q } = await pollingSession(t, base);
+    const ws = await upgrade(t, base, sid);
+    t.log(`GET: ${reply(await request(base, "GET", q))}`);
+    t.log(`POST: ${reply(await request(base, "POST", q, "40"))}`);
+    t.log(`ws: ${await ws.next(300)}`);
+    ws.end();
+  },
+
+  // A GET pending when the upgrade completes.
+  "pending-get-during-upgrade": async (t, base) => {
+    const { sid, q } = await pollingSession(t, base);
+    const pending = request(base, "GET", q);
+    await sleep(50);
+    const ws = new Ws(base, `EIO=4&transport=websocket&sid=${encodeURIComponent(sid)}`);
+    t.log(`upgrade ws: ${await ws.next()}`);
+    ws.send("2probe");
+    t.log(`probe: ${await ws.next()}`);
+    t.log(`pending GET: ${reply(await pending)}`);
+    t.log(`GET while upgrading: ${reply(await request(base, "GET", q))}`);
+    const pending2 = request(base, "GET", q);
+    await sleep(50);
+    ws.send("5");
+    t.log(`GET pending at the upgrade: ${reply(await pending2)}`);
+    t.log(`GET: ${reply(await request(base, "GET", q))}`);
+    ws.end();
+  },
+
+  // Requests with a sid that do not fit the session: protocol version, transport.
+  "mismatched-requests": async (t, base) => {
+    const { sid, q } = await joinedPollingSession(t, base);
+    const s = encodeURIComponent(sid);
+    t.log(`GET no EIO: ${reply(await request(base, "GET", `transport=polling&sid=${s}`))}`);
+    t.log(`GET EIO=3: ${reply(await request(base, "GET", `EIO=3&transport=polling&sid=${s}`))}`);
+    t.log(`POST EIO=5: ${reply(await request(base, "POST", `EIO=5&transport=polling&sid=${s}`, "40"))}`);
+    const pending = request(base, "GET", q);
+    await sleep(50);
+    const ws = await upgrade(t, base, sid);
+    t.log(`pending GET: ${reply(await pending)}`);
+    t.log(`GET no EIO: ${reply(await request(base, "GET", `transport=polling&sid=${s}`))}`);
+    const wsGet = request(base, "GET", `EIO=4&transport=websocket&sid=${s}`);
+    const timeout = sleep(500).then(() => ({ status: "none", type: "-", body: "" }));
+    t.log(`GET transport=websocket: ${reply(await Promise.race([wsGet, timeout]))}`);
+    ws.end();
+  },
+
+  // Point 3: a second WebSocket for a session that already upgraded.
+  "second-upgrade": async (t, base) => {
+    const { sid, q } = await pollingSession(t, base);
+    const ws = await upgrade(t, base, sid);
+    ws.send("40");
+    t.log(`CONNECT over ws: ${await ws.next()}`);
+    t.log(`auth: ${await ws.next()}`);
+    const second = new Ws(base, `EIO=4&transport=websocket&sid=${encodeURIComponent(sid)}`);
+    t.log(`second ws: ${await second.rest()}`);
+    ws.send('42["message","still"]');
+    t.log(`first ws: ${await ws.next()}`);
+    t.log(`GET: ${reply(await request(base, "GET", q))}`);
+    ws.end();
+  },
+
+  // A second WebSocket while the first one is upgrading (probed, no upgrade packet yet).
+  "second-upgrade-while-upgrading": async (t, base) => {
+    const { sid } = await pollingSession(t, base);
+    const ws = new Ws(base, `EIO=4&transport=websocket&sid=${encodeURIComponent(sid)}`);
+    t.log(`upgrade ws: ${await ws.next()}`);
+    ws.send("2probe");
+    t.log(`probe: ${await ws.next()}`);
+    const second = new Ws(base, `EIO=4&transport=websocket&sid=${encodeURIComponent(sid)}`);
+    t.log(`second ws: ${await second.rest()}`);
+    ws.send("5");
+    ws.send("40");
+    t.log(`first ws: ${await ws.next()}`);
+    ws.end();
+  },
+
+  // A WebSocket with the sid of a session that is on WebSocket from the start.
+  "upgrade-of-websocket-session": async (t, base) => {
+    const ws = new Ws(base, "EIO=4&transport=websocket");
+    t.log(`ws: ${await ws.next()}`);
+    const open = await ws.next();
+    t.log(`open: ${open.replace(/"upgrades".*$/, "…")}`);
+    const sid = JSON.parse(JSON.parse(open.slice(5)).slice(1)).sid;
+    const q = `EIO=4&transport=polling&sid=${encodeURIComponent(sid)}`;
+    t.log(`GET: ${reply(await request(base, "GET", q))}`);
+    ws.end();
+  },
+};
+
+async function main() {
+  const argv = process.argv.slice(2);
+  let url = null;
+  let scenario = null;
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === "--url") url = argv[++i];
+    else if (argv[i] === "--scenario") scenario = argv[++i];
+    else if (argv[i] === "--list") {
+      console.log(Object.keys(scenarios).join("\n"));
+      return 0;
+    } else {
+      console.error(`unknown argument ${argv[i]}`);
+      return 2;
+    }
+  }
+  if (!url || !scenario || !scenarios[scenario]) {
+    console.error("usage: sio_raw_parity.js --url URL --scenario NAME | --list");
+    return 2;
+  }
+  const t = new Transcript();
+  try {
+    await scenarios[scenario](t, url);
+  } catch (e) {
+    console.error(`scenario ${scenario} failed to run: ${e.stack || e}`);
+    console.log(JSON.stringify(t.lines, null, 1));
+    return 1;
+  }
+  console.log(JSON.stringify(t.lines, null, 1));
+  return 0;
+}
+
+main().then((code) => process.exit(code));

@@ -31,6 +31,10 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// How long a closing WebSocket may take to send its close frame.
 const WS_CLOSE_WAIT: Duration = Duration::from_secs(2);
 
+/// How long a polling GET that arrives during an upgrade waits before its noop: Node's engine
+/// ends such GETs from a timer that runs every 100 ms while the upgrade is probed.
+const UPGRADE_CHECK: Duration = Duration::from_millis(100);
+
 /// Node engine.io's error codes.
 #[derive(Clone, Copy, Debug)]
 enum EngineError {
@@ -279,6 +283,11 @@ impl Engine {
             let Some(shared) = self.inner.sessions().get(&sid).cloned() else {
                 return fail(EngineError::UnknownSid);
             };
+            // Node forgets a session as it closes; only a server close waits for its close
+            // packet to be fetched.
+            if shared.lock().is_gone() {
+                return fail(EngineError::UnknownSid);
+            }
             if upgrade {
                 if transport != TransportKind::WebSocket {
                     return fail(EngineError::BadRequest);
@@ -410,32 +419,58 @@ impl Engine {
         let config = &self.inner.config;
         // A heartbeat comes within ping_interval; this only bounds the wait if none does.
         let deadline = Instant::now() + config.ping_interval + config.ping_timeout;
+        // When a GET that arrived during an upgrade gets its noop.
+        let mut upgrade_check: Option<Instant> = None;
         loop {
             let notified = shared.out_notify.notified();
             {
                 let mut inner = shared.lock();
                 if inner.transport != TransportKind::Polling {
-                    return payload_response(&[Packet::Noop]);
+                    // The session moved to WebSocket while this GET waited: answered as Node
+                    // answers a polling request for a WebSocket session. (A client sends its
+                    // upgrade packet only after its last GET ended.)
+                    return EngineError::BadRequest.response(false);
                 }
                 if !inner.queue.is_empty() {
-                    let packets: Vec<Packet> = inner.queue.drain(..).collect();
+                    let packets = inner.take_write();
                     if inner.close_undelivered && packets.contains(&Packet::Close) {
                         inner.close_undelivered = false;
                         shared.delivered.notify_one();
                     }
                     return payload_response(&packets);
                 }
-                if inner.reason.is_some() {
-                    return payload_response(&[Packet::Close]);
+                if let Some(reason) = inner.reason {
+                    // Node's polling transport takes the client's close packet as its own
+                    // close, which ends a waiting GET with a noop.
+                    let last = match reason {
+                        CloseReason::ClientClose => Packet::Noop,
+                        _ => Packet::Close,
+                    };
+                    return payload_response(&[last]);
                 }
                 if inner.probed {
-                    // A GET during the upgrade: end it at once (Node's upgrade check).
-                    return payload_response(&[Packet::Noop]);
+                    // A GET during the upgrade ends with a noop at Node's next upgrade check;
+                    // meanwhile the WebSocket may deliver the upgrade packet that the client sent
+                    // before this GET (then the GET is refused above, as by Node).
+                    match upgrade_check {
+                        Some(at) if Instant::now() >= at => {
+                            return payload_response(&[Packet::Noop]);
+                        }
+                        Some(_) => {}
+                        None => upgrade_check = Some(Instant::now() + UPGRADE_CHECK),
+                    }
+                } else {
+                    upgrade_check = None;
                 }
             }
+            let until = upgrade_check.map_or(deadline, |at| at.min(deadline));
             tokio::select! {
                 () = notified => {}
-                () = sleep_until(deadline) => return payload_response(&[Packet::Noop]),
+                () = sleep_until(until) => {
+                    if until == deadline {
+                        return payload_response(&[Packet::Noop]);
+                    }
+                }
             }
         }
     }
@@ -502,17 +537,19 @@ impl Engine {
         mut request: Request<B>,
         shared: Arc<Shared>,
     ) -> Response<EngineBody> {
-        {
+        let probe_it = {
             let mut inner = shared.lock();
-            if !self.inner.config.allow_upgrades
-                || inner.reason.is_some()
-                || inner.transport != TransportKind::Polling
-                || inner.upgrading
-            {
+            if !self.inner.config.allow_upgrades || inner.reason.is_some() {
                 return EngineError::BadRequest.response(true);
             }
-            inner.upgrading = true;
-        }
+            // Another WebSocket is upgrading this session, or it already has one: as Node, the
+            // new WebSocket is accepted and closed at once, and the session is left alone.
+            let probe_it = !inner.upgrading && inner.transport == TransportKind::Polling;
+            if probe_it {
+                inner.upgrading = true;
+            }
+            probe_it
+        };
         let (response, accepted) = match volley::hyper::accept::<_, EngineBody>(
             &mut request,
             self.ws_config(),
@@ -522,10 +559,21 @@ impl Engine {
         {
             Ok(accepted) => accepted,
             Err(rejection) => {
-                shared.lock().upgrading = false;
+                if probe_it {
+                    shared.lock().upgrading = false;
+                }
                 return rejection.into_response();
             }
         };
+        if !probe_it {
+            tokio::spawn(async move {
+                match accepted.upgrade().await {
+                    Ok((ws, _)) => close_ws(ws).await,
+                    Err(e) => tracing::debug!("Engine.IO WebSocket failed after the 101: {e}"),
+                }
+            });
+            return response;
+        }
         let upgrade_timeout = self.inner.config.upgrade_timeout;
         let write_timeout = self.write_timeout();
         tokio::spawn(async move {
@@ -547,6 +595,13 @@ impl Engine {
         });
         response
     }
+}
+
+/// Closes a WebSocket as Node's `ws` does for `close()` (a close frame without a status code)
+/// and waits, for a bounded time, for the peer's close.
+async fn close_ws(mut ws: HyperWebSocket) {
+    let _ = timeout(WS_CLOSE_WAIT, ws.close(None)).await;
+    let _ = timeout(WS_CLOSE_WAIT, async { while ws.recv().await.is_some() {} }).await;
 }
 
 /// The preflight answer (204).
@@ -741,10 +796,11 @@ async fn ws_loop(shared: Arc<Shared>, ws: HyperWebSocket, write_timeout: Duratio
     let (mut tx, mut rx) = ws.split();
     'run: loop {
         let notified = shared.out_notify.notified();
-        let (batch, closed) = {
+        // One write: the whole queue, or up to a write end (`send_all_and_flush`).
+        let (batch, closed, more) = {
             let mut inner = shared.lock();
-            let batch: Vec<Packet> = inner.queue.drain(..).collect();
-            (batch, inner.reason.is_some())
+            let batch = inner.take_write();
+            (batch, inner.reason.is_some(), !inner.queue.is_empty())
         };
         if !batch.is_empty() {
             let write = async {
@@ -784,6 +840,9 @@ async fn ws_loop(shared: Arc<Shared>, ws: HyperWebSocket, write_timeout: Duratio
                 inner.close_undelivered = false;
                 shared.delivered.notify_one();
             }
+        }
+        if more {
+            continue;
         }
         if closed {
             break;

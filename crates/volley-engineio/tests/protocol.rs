@@ -6,7 +6,9 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{UPGRADE_HEADERS, WAIT, next_close, next_frame, next_text, request, serve, wait_for};
+use common::{
+    KeepAlive, UPGRADE_HEADERS, WAIT, next_close, next_frame, next_text, request, serve, wait_for,
+};
 use volley::Message;
 use volley_engineio::{CloseReason, Cors, Data, EngineConfig, TransportKind, Transports};
 
@@ -323,23 +325,21 @@ async fn upgrade_from_polling_to_websocket() {
     let mut ws = server
         .ws(&format!("EIO=4&transport=websocket&sid={sid}"))
         .await;
-    // A second WebSocket for the same session is refused while the first one upgrades.
-    request(
-        server.addr,
-        "GET",
-        &format!("/socket.io/?EIO=4&transport=websocket&sid={sid}"),
-        UPGRADE_HEADERS,
-        b"",
-    )
-    .await
-    .assert_upgrade_error("Bad request");
+    // A second WebSocket for the same session is closed at once while the first one upgrades
+    // (see second_websocket_for_a_session_is_accepted_and_closed).
+    let mut second = server
+        .ws(&format!("EIO=4&transport=websocket&sid={sid}"))
+        .await;
+    assert_eq!(next_close(&mut second).await, None);
     ws.send(Message::text("2probe")).await.unwrap();
     assert_eq!(next_text(&mut ws).await, "3probe");
     // The pending GET is ended with a noop so that the client can pause polling.
     let reply = tokio::time::timeout(WAIT, pending).await.unwrap().unwrap();
     assert_eq!(reply.text(), "6");
-    // So is a GET that arrives during the upgrade.
+    // So is a GET that arrives during the upgrade (after Node's 100 ms upgrade check).
+    let started = tokio::time::Instant::now();
     assert_eq!(server.get(&q).await.text(), "6");
+    assert!(started.elapsed() >= Duration::from_millis(90));
     assert_eq!(session.transport(), TransportKind::Polling);
     // Sent while upgrading: it waits for the new transport, in order.
     session.sender().send(Data::from("during")).unwrap();
@@ -704,4 +704,107 @@ fn engine_is_a_tower_and_hyper_service() {
     fn hyper_service<S: hyper::service::Service<http::Request<hyper::body::Incoming>>>() {}
     tower::<volley_engineio::Engine>();
     hyper_service::<volley_engineio::Engine>();
+}
+
+// Issue 16, "wire behaviour to match Node exactly": each test below asserts the answer of Node's
+// engine.io 6.6 (socket.io 4.8.4), observed side by side with e2e/node/sio_raw_parity.js.
+
+/// Point 1. Node's polling transport takes the client's close packet as its own close: a GET
+/// pending at that moment is answered with a noop `6` (not the close packet), and the session is
+/// gone at once: later polling requests get 400 "Session ID unknown".
+#[tokio::test]
+async fn client_close_packet_answers_the_pending_get_with_a_noop() {
+    let mut server = serve(EngineConfig::default()).await;
+    let (sid, _) = server.handshake().await;
+    let mut session = server.session().await;
+    let q = format!("EIO=4&transport=polling&sid={sid}");
+    let pending = {
+        let addr = server.addr;
+        let target = format!("/socket.io/?{q}");
+        tokio::spawn(async move { request(addr, "GET", &target, &[], b"").await })
+    };
+    // Give the GET time to arrive (generous: the machine may be busy).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!pending.is_finished());
+    assert_eq!(server.post(&q, b"1").await.text(), "ok");
+    let reply = tokio::time::timeout(WAIT, pending).await.unwrap().unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "6");
+    // No waiting for the session table: the sid is unknown right away.
+    server
+        .get(&q)
+        .await
+        .assert_error(400, 1, "Session ID unknown");
+    server
+        .post(&q, b"40")
+        .await
+        .assert_error(400, 1, "Session ID unknown");
+    assert_eq!(recv(&mut session).await, None);
+    assert_eq!(session.close_reason(), Some(CloseReason::ClientClose));
+}
+
+/// Point 2. A client sends the upgrade packet `5` and then a polling GET on its keep-alive
+/// connection: Node reads the upgrade packet first and refuses the GET like any polling request
+/// for a WebSocket session, 400 `{"code":3,"message":"Bad request"}`. The GET reaches the server
+/// right behind the upgrade packet, so the server must not answer it before it has read what the
+/// WebSocket already delivered (it used to answer `200 6` in about one try out of six).
+// Two workers: the server handles the WebSocket and the GET in parallel, as in production.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_get_right_after_the_upgrade_packet_is_refused() {
+    let mut server = serve(EngineConfig::default()).await;
+    for _ in 0..40 {
+        let mut http = KeepAlive::connect(server.addr).await;
+        let reply = http
+            .request("GET", "/socket.io/?EIO=4&transport=polling", b"")
+            .await;
+        let open: serde_json::Value = serde_json::from_str(&reply.text()[1..]).unwrap();
+        let sid = open["sid"].as_str().unwrap().to_owned();
+        let session = server.session().await;
+        let mut ws = server
+            .ws(&format!("EIO=4&transport=websocket&sid={sid}"))
+            .await;
+        ws.send(Message::text("2probe")).await.unwrap();
+        assert_eq!(next_text(&mut ws).await, "3probe");
+        ws.send(Message::text("5")).await.unwrap();
+        let target = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+        http.request("GET", &target, b"")
+            .await
+            .assert_error(400, 3, "Bad request");
+        assert_eq!(session.transport(), TransportKind::WebSocket);
+        assert!(!session.sender().is_closed());
+    }
+}
+
+/// Point 3. A second WebSocket for a session that has upgraded (or is upgrading): Node completes
+/// the WebSocket handshake and closes that WebSocket at once (a close frame without a status
+/// code), leaving the session and its WebSocket alone.
+#[tokio::test]
+async fn second_websocket_for_a_session_is_accepted_and_closed() {
+    let mut server = serve(EngineConfig::default()).await;
+    let (sid, _) = server.handshake().await;
+    let mut session = server.session().await;
+    let ws_query = format!("EIO=4&transport=websocket&sid={sid}");
+    let mut ws = server.ws(&ws_query).await;
+    ws.send(Message::text("2probe")).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "3probe");
+    // While the first one upgrades.
+    let mut second = server.ws(&ws_query).await;
+    assert_eq!(next_close(&mut second).await, None);
+    assert!(
+        tokio::time::timeout(WAIT, second.recv())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    ws.send(Message::text("5")).await.unwrap();
+    wait_for(|| session.transport() == TransportKind::WebSocket).await;
+    // After the upgrade.
+    let mut third = server.ws(&ws_query).await;
+    assert_eq!(next_close(&mut third).await, None);
+    // The session goes on over the first WebSocket, both ways.
+    session.sender().send(Data::from("still")).unwrap();
+    assert_eq!(next_text(&mut ws).await, "4still");
+    ws.send(Message::text("4here")).await.unwrap();
+    assert_eq!(recv(&mut session).await, Some(Data::Text("here".into())));
+    assert!(!session.sender().is_closed());
 }

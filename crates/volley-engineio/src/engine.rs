@@ -31,6 +31,14 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// How long a closing WebSocket may take to send its close frame.
 const WS_CLOSE_WAIT: Duration = Duration::from_secs(2);
 
+/// How long the WebSocket writer pauses after a write that ends at a write end
+/// ([`SessionSender::send_all_and_flush`](crate::SessionSender::send_all_and_flush)) before it
+/// writes again: long enough for the peer to read that write on its own. Node's engine writes
+/// what was queued meanwhile once the first write completed, a few microseconds later, and a
+/// Node client on `ws` that handles one message per read still gets both in one read about once
+/// in fifteen tries; with a pause of 1 ms it did not in hundreds.
+const WRITE_END_PAUSE: Duration = Duration::from_millis(1);
+
 /// How long a polling GET that arrives during an upgrade waits before its noop: Node's engine
 /// ends such GETs from a timer that runs every 100 ms while the upgrade is probed.
 const UPGRADE_CHECK: Duration = Duration::from_millis(100);
@@ -432,7 +440,7 @@ impl Engine {
                     return EngineError::BadRequest.response(false);
                 }
                 if !inner.queue.is_empty() {
-                    let packets = inner.take_write();
+                    let (packets, _) = inner.take_write();
                     if inner.close_undelivered && packets.contains(&Packet::Close) {
                         inner.close_undelivered = false;
                         shared.delivered.notify_one();
@@ -797,10 +805,15 @@ async fn ws_loop(shared: Arc<Shared>, ws: HyperWebSocket, write_timeout: Duratio
     'run: loop {
         let notified = shared.out_notify.notified();
         // One write: the whole queue, or up to a write end (`send_all_and_flush`).
-        let (batch, closed, more) = {
+        let (batch, ended, closed, more) = {
             let mut inner = shared.lock();
-            let batch = inner.take_write();
-            (batch, inner.reason.is_some(), !inner.queue.is_empty())
+            let (batch, ended) = inner.take_write();
+            (
+                batch,
+                ended,
+                inner.reason.is_some(),
+                !inner.queue.is_empty(),
+            )
         };
         if !batch.is_empty() {
             let write = async {
@@ -840,6 +853,10 @@ async fn ws_loop(shared: Arc<Shared>, ws: HyperWebSocket, write_timeout: Duratio
                 inner.close_undelivered = false;
                 shared.delivered.notify_one();
             }
+        }
+        if ended && !closed {
+            // Whatever comes next, queued already or soon, goes out in a later read.
+            sleep(WRITE_END_PAUSE).await;
         }
         if more {
             continue;

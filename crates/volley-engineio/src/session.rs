@@ -180,19 +180,18 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
-    /// Takes the packets of the next write: up to the first write end, or the whole queue.
-    pub(crate) fn take_write(&mut self) -> Vec<Packet> {
-        let n = self
-            .write_ends
-            .pop_front()
-            .map_or(self.queue.len(), |end| end.min(self.queue.len()));
+    /// Takes the packets of the next write: up to the first write end, or the whole queue; true
+    /// if the write ends at a write end.
+    pub(crate) fn take_write(&mut self) -> (Vec<Packet>, bool) {
+        let end = self.write_ends.pop_front();
+        let n = end.map_or(self.queue.len(), |end| end.min(self.queue.len()));
         for end in &mut self.write_ends {
             *end -= n.min(*end);
         }
         while self.write_ends.front() == Some(&0) {
             self.write_ends.pop_front();
         }
-        self.queue.drain(..n).collect()
+        (self.queue.drain(..n).collect(), end.is_some())
     }
 
     /// Empties the queue.

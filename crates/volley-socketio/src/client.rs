@@ -85,11 +85,26 @@ impl ClientShared {
     }
 
     fn send(&self, packet: &Packet) {
+        self.send_frames(packet, false);
+    }
+
+    /// Sends `packet` in a write of its own (with what was queued before it): see
+    /// [`SessionSender::send_all_and_flush`].
+    fn send_flushed(&self, packet: &Packet) {
+        self.send_frames(packet, true);
+    }
+
+    fn send_frames(&self, packet: &Packet, flush: bool) {
         let encoded = EncodedPacket::new(packet);
         let (text, attachments) = encoded.into_parts();
         let frames =
             std::iter::once(Data::Text(text)).chain(attachments.into_iter().map(Data::Binary));
-        if let Err(e) = self.sender.send_all(frames) {
+        let sent = if flush {
+            self.sender.send_all_and_flush(frames)
+        } else {
+            self.sender.send_all(frames)
+        };
+        if let Err(e) = sent {
             tracing::debug!(sid = self.sender.id(), "socket.io: send failed: {e}");
         }
     }
@@ -294,7 +309,11 @@ fn finish_connect(ns: &Namespace, shared: &Arc<ClientShared>, socket: Socket) {
     if let Some(old) = replaced {
         old.on_close(DisconnectReason::ClientNamespaceDisconnect);
     }
-    shared.send(&Packet {
+    // The CONNECT reply goes out in its own write, before what the connection handlers send (as
+    // from Node's engine, which writes a packet at once when its transport is idle): a client
+    // that handles one message per socket read (`ws.once("message")` on Node's `ws`) would lose
+    // a packet that shares the reply's read.
+    shared.send_flushed(&Packet {
         kind: PacketType::Connect,
         nsp: ns.name().to_owned(),
         id: None,

@@ -178,7 +178,136 @@ async function upgrade(t, base, sid) {
   return ws;
 }
 
+// A WebSocket session joined to namespace "/" (CONNECT answered, `auth` read).
+async function joinedWs(t, base) {
+  const ws = new Ws(base, "EIO=4&transport=websocket");
+  t.log(`ws: ${await ws.next()} | ${await ws.next()}`);
+  ws.send("40");
+  t.log(`CONNECT: ${await ws.next()} | ${await ws.next()}`);
+  return ws;
+}
+
+// Sends each of `frames` on a joined WebSocket session, then an event that the server echoes,
+// and logs what comes back until the close or a quiet period.
+function wsSends(...frames) {
+  return async (t, base) => {
+    const ws = await joinedWs(t, base);
+    for (const f of frames) {
+      if (typeof f === "string") ws.send(f);
+      else ws.ws.send(f);
+    }
+    ws.send('42["message","after"]');
+    t.log(`then: ${await ws.rest(6, 400)}`);
+    ws.end();
+  };
+}
+
 const scenarios = {
+  // Engine.IO packets a client does not send over WebSocket.
+  "ws-client-close-packet": wsSends("1"),
+  "ws-client-ping": wsSends("2"),
+  "ws-client-probe-ping": wsSends("2probe"),
+  "ws-client-open-packet": wsSends("0"),
+  "ws-client-upgrade-packet": wsSends("5"),
+  "ws-client-noop": wsSends("6"),
+  "ws-client-unsolicited-pong": wsSends("3"),
+  "ws-empty-frame": wsSends(""),
+  "ws-unknown-eio-type": wsSends("7"),
+  // Socket.IO packets that do not fit the session's state.
+  "sio-event-for-unjoined-namespace": wsSends('42/custom,["message","x"]'),
+  "sio-ack-for-unjoined-namespace": wsSends("43/custom,1[]"),
+  "sio-connect-twice": wsSends("40"),
+  "sio-connect-error-from-client": wsSends('44{"message":"x"}'),
+  "sio-disconnect-unjoined-namespace": wsSends("41/custom,"),
+  "sio-disconnect": wsSends("41"),
+  "sio-unknown-ack-id": wsSends("4342[]"),
+  "sio-undecodable": wsSends("4{bad"),
+  "sio-unknown-type": wsSends("49"),
+  "sio-event-not-array": wsSends('42{"a":1}'),
+  "sio-event-empty-array": wsSends("42[]"),
+  "sio-event-reserved-name": wsSends('42["disconnect"]'),
+  "sio-event-numeric-name": wsSends("42[1,2]"),
+  "sio-disconnect-with-data": wsSends('41{"a":1}'),
+  "sio-connect-with-array": wsSends("40/custom,[1]"),
+  "sio-binary-without-packet": wsSends(Buffer.from([1, 2, 3])),
+  "sio-text-while-awaiting-attachment": wsSends('451-["message",{"_placeholder":true,"num":0}]', '42["x"]'),
+  "sio-too-many-attachments": wsSends('4511-["message"]'),
+
+  // Polling payloads.
+  "polling-payload-with-a-bad-packet": async (t, base) => {
+    const { q } = await pollingSession(t, base);
+    t.log(`POST: ${reply(await request(base, "POST", q, "40\x1e9bad"))}`);
+    t.log(`GET: ${reply(await request(base, "GET", q))}`);
+    t.log(`GET: ${reply(await request(base, "GET", q))}`);
+  },
+  "polling-payload-with-a-bad-packet-and-a-waiting-get": async (t, base) => {
+    const { q } = await pollingSession(t, base);
+    const pending = request(base, "GET", q);
+    await sleep(100);
+    t.log(`POST: ${reply(await request(base, "POST", q, "40\x1e9bad"))}`);
+    t.log(`pending GET: ${reply(await pending)}`);
+    t.log(`GET: ${reply(await request(base, "GET", q))}`);
+  },
+  "polling-binary-content-type": async (t, base) => {
+    const { q } = await pollingSession(t, base);
+    const headers = { "Content-Type": "application/octet-stream" };
+    t.log(`POST: ${reply(await request(base, "POST", q, "40", headers))}`);
+    t.log(`GET: ${reply(await request(base, "GET", q))}`);
+  },
+  "polling-invalid-utf8": async (t, base) => {
+    const { q } = await pollingSession(t, base);
+    t.log(`POST 40: ${reply(await request(base, "POST", q, "40"))}`);
+    t.log(`GET: ${reply(await request(base, "GET", q))}`);
+    const body = Buffer.concat([Buffer.from('42["message","'), Buffer.from([0xff]), Buffer.from('"]')]);
+    t.log(`POST: ${reply(await request(base, "POST", q, body))}`);
+    t.log(`GET: ${reply(await request(base, "GET", q))}`);
+  },
+  "polling-lenient-base64": async (t, base) => {
+    const { q } = await pollingSession(t, base);
+    t.log(`POST 40: ${reply(await request(base, "POST", q, "40"))}`);
+    t.log(`GET: ${reply(await request(base, "GET", q))}`);
+    t.log(`POST: ${reply(await request(base, "POST", q, '451-["message",{"_placeholder":true,"num":0}]\x1ebAQ*ID'))}`);
+    t.log(`GET: ${reply(await request(base, "GET", q))}`);
+  },
+  "polling-empty-post": async (t, base) => {
+    const { q } = await pollingSession(t, base);
+    t.log(`POST: ${reply(await request(base, "POST", q, ""))}`);
+    t.log(`GET: ${reply(await request(base, "GET", q))}`);
+  },
+  // The CONNECT reply to a GET that waits for it, the handler's event in the next GET.
+  "polling-connect-with-a-waiting-get": async (t, base) => {
+    const { q } = await pollingSession(t, base);
+    const pending = request(base, "GET", q);
+    await sleep(100);
+    t.log(`POST 40: ${reply(await request(base, "POST", q, "40"))}`);
+    t.log(`pending GET: ${reply(await pending)}`);
+    t.log(`GET: ${reply(await request(base, "GET", q))}`);
+  },
+  // The server closes the Engine.IO session (`socket.conn.close()`).
+  "polling-server-close": async (t, base) => {
+    const { q } = await joinedPollingSession(t, base);
+    t.log(`POST: ${reply(await request(base, "POST", q, '42["message","a"]\x1e42["close-transport"]'))}`);
+    await sleep(100);
+    t.log(`GET: ${reply(await request(base, "GET", q))}`);
+    t.log(`GET: ${reply(await request(base, "GET", q))}`);
+    t.log(`GET: ${reply(await request(base, "GET", q))}`);
+  },
+  "polling-server-close-with-a-waiting-get": async (t, base) => {
+    const { q } = await joinedPollingSession(t, base);
+    const pending = request(base, "GET", q);
+    await sleep(100);
+    t.log(`POST: ${reply(await request(base, "POST", q, '42["close-transport"]'))}`);
+    t.log(`pending GET: ${reply(await pending)}`);
+    t.log(`GET: ${reply(await request(base, "GET", q))}`);
+  },
+  "ws-server-close": wsSends('42["message","a"]', '42["close-transport"]'),
+  "ws-over-max-payload": async (t, base) => {
+    const ws = await joinedWs(t, base);
+    ws.send(`4${"x".repeat(1_000_001)}`);
+    t.log(`then: ${await ws.rest(4, 1000)}`);
+    ws.end();
+  },
+
   // Issue 16, point 1: the client's close packet while a GET is pending.
   "client-close-while-polling": async (t, base) => {
     const { q } = await pollingSession(t, base);
@@ -279,6 +408,17 @@ const scenarios = {
     ws.send("40");
     t.log(`first ws: ${await ws.next()}`);
     ws.end();
+  },
+
+  // WebSocket upgrade requests that name the polling transport.
+  "websocket-request-for-polling": async (t, base) => {
+    const ws = new Ws(base, "EIO=4&transport=polling");
+    t.log(`handshake: ${await ws.rest(4, 500)}`);
+    const { sid } = await joinedPollingSession(t, base);
+    const second = new Ws(base, `EIO=4&transport=polling&sid=${encodeURIComponent(sid)}`);
+    t.log(`with sid: ${await second.rest(4, 500)}`);
+    const third = new Ws(base, `EIO=3&transport=websocket&sid=${encodeURIComponent(sid)}`);
+    t.log(`with sid, EIO=3: ${await third.rest(4, 500)}`);
   },
 
   // A WebSocket with the sid of a session that is on WebSocket from the start.

@@ -19,7 +19,7 @@ use volley::Message;
 use volley::hyper::HyperWebSocket;
 
 use crate::config::{AllowOrigin, Cors, EngineConfig};
-use crate::packet::{Data, Packet, decode_payload, decode_text, encode_payload};
+use crate::packet::{Data, Packet, SEPARATOR, decode_text, encode_payload};
 use crate::session::{CloseReason, RequestInfo, Session, Shared, TransportKind, query_param};
 
 /// The response body of [`Engine::handle`]: the whole body in one buffer.
@@ -296,14 +296,21 @@ impl Engine {
             if shared.lock().is_gone() {
                 return fail(EngineError::UnknownSid);
             }
+            // Node's checks, in its order: the session's transport (not for upgrades), then the
+            // protocol version.
+            if !upgrade && shared.lock().transport != transport {
+                return fail(EngineError::BadRequest);
+            }
+            if query_param(&query, "EIO").as_deref() != Some("4") {
+                return fail(EngineError::BadRequest);
+            }
             if upgrade {
                 if transport != TransportKind::WebSocket {
-                    return fail(EngineError::BadRequest);
+                    // Node hands every upgrade to its WebSocket server, then closes a WebSocket
+                    // whose transport does not take upgrades.
+                    return self.accept_and_close(request).await;
                 }
                 return self.upgrade_session(request, shared).await;
-            }
-            if shared.lock().transport != transport {
-                return fail(EngineError::BadRequest);
             }
             return match *request.method() {
                 Method::GET => self.poll(shared).await,
@@ -315,7 +322,7 @@ impl Engine {
         if request.method() != Method::GET {
             return fail(EngineError::BadHandshakeMethod);
         }
-        if (transport == TransportKind::WebSocket) != upgrade {
+        if transport == TransportKind::WebSocket && !upgrade {
             return fail(EngineError::BadRequest);
         }
         let info = RequestInfo::new(
@@ -328,6 +335,9 @@ impl Engine {
             if !allow(&info) {
                 return fail(EngineError::Forbidden);
             }
+        }
+        if upgrade && transport == TransportKind::Polling {
+            return self.accept_and_close(request).await;
         }
         if query_param(&query, "EIO").as_deref() != Some("4") {
             return fail(EngineError::UnsupportedProtocolVersion);
@@ -496,6 +506,15 @@ impl Engine {
         let Some(_guard) = FlagGuard::begin(&shared, false) else {
             return bare(StatusCode::BAD_REQUEST);
         };
+        // A binary body is not protocol v4: Node closes the session and answers a bare 400.
+        if request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v == "application/octet-stream")
+        {
+            shared.close(CloseReason::TransportError);
+            return bare(StatusCode::BAD_REQUEST);
+        }
         let config = &self.inner.config;
         let declared = request
             .headers()
@@ -518,18 +537,21 @@ impl Engine {
                 return EngineError::BadRequest.response(false);
             }
         };
-        let packets = match decode_payload(&body) {
-            Ok(packets) => packets,
-            Err(e) => {
-                // Node closes the session and still answers "ok".
-                tracing::debug!(sid = %shared.id, "bad polling payload: {e}");
-                shared.close(CloseReason::ParseError);
-                Vec::new()
-            }
-        };
-        for packet in packets {
-            if !shared.on_packet(packet).await {
-                break;
+        // As Node: the body read as UTF-8 (invalid sequences replaced), its packets handled in
+        // order until an invalid one, which closes the session (the answer is still "ok").
+        let text = String::from_utf8_lossy(&body);
+        for record in text.split(SEPARATOR) {
+            match decode_text(record) {
+                Ok(packet) => {
+                    if !shared.on_packet(packet).await {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(sid = %shared.id, "bad polling payload: {e}");
+                    shared.close(CloseReason::ParseError);
+                    break;
+                }
             }
         }
         let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
@@ -537,6 +559,24 @@ impl Engine {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         response
+    }
+
+    /// Completes a WebSocket handshake and closes the WebSocket at once, as Node does with the
+    /// WebSockets it does not use.
+    async fn accept_and_close<B>(&self, mut request: Request<B>) -> Response<EngineBody> {
+        match volley::hyper::accept::<_, EngineBody>(
+            &mut request,
+            self.ws_config(),
+            &volley::Policy::default(),
+        )
+        .await
+        {
+            Ok((response, accepted)) => {
+                tokio::spawn(close_after_upgrade(accepted));
+                response
+            }
+            Err(rejection) => rejection.into_response(),
+        }
     }
 
     /// A WebSocket for an existing polling session: the upgrade.
@@ -574,12 +614,7 @@ impl Engine {
             }
         };
         if !probe_it {
-            tokio::spawn(async move {
-                match accepted.upgrade().await {
-                    Ok((ws, _)) => close_ws(ws).await,
-                    Err(e) => tracing::debug!("Engine.IO WebSocket failed after the 101: {e}"),
-                }
-            });
+            tokio::spawn(close_after_upgrade(accepted));
             return response;
         }
         let upgrade_timeout = self.inner.config.upgrade_timeout;
@@ -602,6 +637,14 @@ impl Engine {
             }
         });
         response
+    }
+}
+
+/// Closes an accepted WebSocket at once (see [`close_ws`]).
+async fn close_after_upgrade(accepted: volley::hyper::Accepted) {
+    match accepted.upgrade().await {
+        Ok((ws, _)) => close_ws(ws).await,
+        Err(e) => tracing::debug!("Engine.IO WebSocket failed after the 101: {e}"),
     }
 }
 
@@ -822,8 +865,9 @@ async fn ws_loop(shared: Arc<Shared>, ws: HyperWebSocket, write_timeout: Duratio
                         // Like Node engine.io, the close packet is never written over a
                         // WebSocket: the connection's close frame (sent below, after the rest of
                         // the queue) ends the session. Clients such as python-engineio treat a
-                        // `1` as a deliberate disconnect and would not reconnect.
-                        Packet::Close => continue,
+                        // `1` as a deliberate disconnect and would not reconnect. Nor is a noop
+                        // (it only ends long-polling GETs).
+                        Packet::Close | Packet::Noop => continue,
                         Packet::Message(Data::Binary(bytes)) => Message::binary(bytes.clone()),
                         other => Message::text(other.to_text()),
                     };
@@ -877,6 +921,9 @@ async fn ws_loop(shared: Arc<Shared>, ws: HyperWebSocket, write_timeout: Duratio
                     shared.close(CloseReason::TransportError);
                 }
                 Some(Ok(Message::Text(text))) => match decode_text(text.as_str()) {
+                    // Node's WebSocket transport does not act on a close packet (clients close
+                    // the WebSocket instead).
+                    Ok(Packet::Close) => {}
                     Ok(packet) => {
                         shared.on_packet(packet).await;
                     }

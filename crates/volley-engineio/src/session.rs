@@ -337,6 +337,17 @@ impl Shared {
                     if reason != CloseReason::ServerClose {
                         // Errors drop what was pending; a server close flushes it first.
                         inner.clear_queue();
+                    } else if inner.transport == TransportKind::Polling
+                        && !(inner.get_active && inner.queue.is_empty())
+                    {
+                        // As Node's polling transport: unless a GET waits with nothing queued
+                        // (it gets the close packet alone), what is queued goes in one answer
+                        // and the close packet follows a noop in a later one.
+                        if !inner.queue.is_empty() {
+                            let end = inner.queue.len();
+                            inner.write_ends.push_back(end);
+                        }
+                        inner.queue.push_back(Packet::Noop);
                     }
                     inner.queue.push_back(Packet::Close);
                     inner.close_undelivered = reason == CloseReason::ServerClose;
@@ -377,7 +388,8 @@ impl Shared {
     }
 
     /// Handles a packet received from the client on either transport (not the upgrade
-    /// packets). Returns false when the session closed.
+    /// packets; over WebSocket not the close packet, which Node ignores there). Returns false
+    /// when the session closed.
     pub(crate) async fn on_packet(&self, packet: Packet) -> bool {
         match packet {
             Packet::Message(data) => return self.deliver(data).await,
@@ -388,8 +400,10 @@ impl Shared {
                 }
             }
             Packet::Close => self.close(CloseReason::ClientClose),
-            Packet::Open(_) => self.close(CloseReason::ParseError),
-            Packet::Ping(_) | Packet::Upgrade | Packet::Noop => {}
+            // In protocol v4 only the server pings: Node closes on "invalid heartbeat direction".
+            Packet::Ping(_) => self.close(CloseReason::TransportError),
+            // Node ignores these (and an open packet) from a client.
+            Packet::Open(_) | Packet::Upgrade | Packet::Noop => {}
         }
         self.reason().is_none()
     }

@@ -143,11 +143,13 @@ async fn polling_round_trip_with_binary() {
     let reply = pending.await.unwrap();
     assert_eq!(reply.text(), "4late");
 
-    // An invalid payload closes the session as a parse error (Node still answers "ok").
-    let reply = server.post(&q, b"4ok\x1e9bad").await;
+    // An invalid packet closes the session as a parse error (Node still answers "ok"); the
+    // packets before it are handled, as engine.io-parser decodes a payload up to its first
+    // invalid packet.
+    let reply = server.post(&q, b"4ok\x1e9bad\x1e4not this").await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.text(), "ok");
-    // The whole payload is rejected: not even its valid first packet is delivered.
+    assert_eq!(recv(&mut session).await, Some(Data::Text("ok".into())));
     assert_eq!(recv(&mut session).await, None);
     assert_eq!(session.close_reason(), Some(CloseReason::ParseError));
     server.wait_no_sessions().await;
@@ -450,18 +452,15 @@ async fn close_packet_from_client() {
     assert_eq!(session.close_reason(), Some(CloseReason::ClientClose));
     assert_eq!(CloseReason::ClientClose.as_str(), "forced close");
     server.wait_no_sessions().await;
-    // Over WebSocket.
+    // Over WebSocket Node's engine does not act on a close packet (clients close the
+    // WebSocket); closing the WebSocket is a transport close.
     let mut ws = server.ws("EIO=4&transport=websocket").await;
     next_text(&mut ws).await;
     let mut session = server.session().await;
     ws.send(Message::text("1")).await.unwrap();
-    assert_eq!(recv(&mut session).await, None);
-    assert_eq!(session.close_reason(), Some(CloseReason::ClientClose));
-    server.wait_no_sessions().await;
-    // A WebSocket that just goes away: transport close.
-    let mut ws = server.ws("EIO=4&transport=websocket").await;
-    next_text(&mut ws).await;
-    let mut session = server.session().await;
+    ws.send(Message::text("4after")).await.unwrap();
+    assert_eq!(recv(&mut session).await, Some(Data::Text("after".into())));
+    assert!(!session.sender().is_closed());
     ws.close(None).await.unwrap();
     assert_eq!(recv(&mut session).await, None);
     assert_eq!(session.close_reason(), Some(CloseReason::TransportClose));
@@ -552,7 +551,8 @@ async fn server_close_reaches_the_client() {
     );
     server.wait_no_sessions().await;
 
-    // Polling: the next GET gets the queue and the close packet; then the sid is gone.
+    // Polling, as Node's polling transport closes: the next GET gets the queue, the one after
+    // it a noop and the close packet; then the sid is gone.
     let (sid, _) = server.handshake().await;
     let session = server.session().await;
     session.sender().send(Data::from("last")).unwrap();
@@ -561,7 +561,8 @@ async fn server_close_reaches_the_client() {
         .await
         .unwrap();
     let q = format!("EIO=4&transport=polling&sid={sid}");
-    assert_eq!(server.get(&q).await.text(), "4last\x1e1");
+    assert_eq!(server.get(&q).await.text(), "4last");
+    assert_eq!(server.get(&q).await.text(), "6\x1e1");
     server.wait_no_sessions().await;
     server
         .get(&q)
@@ -807,4 +808,160 @@ async fn second_websocket_for_a_session_is_accepted_and_closed() {
     ws.send(Message::text("4here")).await.unwrap();
     assert_eq!(recv(&mut session).await, Some(Data::Text("here".into())));
     assert!(!session.sender().is_closed());
+}
+
+// Further differences from Node found by the audit of issue 16 (each answer checked against
+// Node's server with e2e/node/sio_raw_parity.js).
+
+/// Requests with a sid are checked as Node checks them: the session's transport (except for
+/// upgrades), then the protocol version (400 "Bad request" for anything but `EIO=4`).
+#[tokio::test]
+async fn requests_for_a_session_must_be_protocol_v4() {
+    let mut server = serve(EngineConfig::default()).await;
+    let (sid, _) = server.handshake().await;
+    let mut session = server.session().await;
+    for query in [
+        format!("transport=polling&sid={sid}"),
+        format!("EIO=3&transport=polling&sid={sid}"),
+    ] {
+        server.get(&query).await.assert_error(400, 3, "Bad request");
+        server
+            .post(&query, b"4x")
+            .await
+            .assert_error(400, 3, "Bad request");
+    }
+    request(
+        server.addr,
+        "GET",
+        &format!("/socket.io/?EIO=3&transport=websocket&sid={sid}"),
+        UPGRADE_HEADERS,
+        b"",
+    )
+    .await
+    .assert_upgrade_error("Bad request");
+    // The session is untouched.
+    let q = format!("EIO=4&transport=polling&sid={sid}");
+    assert_eq!(server.post(&q, b"4fine").await.text(), "ok");
+    assert_eq!(recv(&mut session).await, Some(Data::Text("fine".into())));
+}
+
+/// A WebSocket upgrade request that names the polling transport, with or without a sid: Node
+/// completes the WebSocket handshake and closes the WebSocket at once (no session is made, an
+/// existing one is left alone).
+#[tokio::test]
+async fn websocket_requests_for_the_polling_transport_are_accepted_and_closed() {
+    let mut server = serve(EngineConfig::default()).await;
+    let mut ws = server.ws("EIO=4&transport=polling").await;
+    assert_eq!(next_close(&mut ws).await, None);
+    assert_eq!(server.engine.session_count(), 0);
+    let (sid, _) = server.handshake().await;
+    let mut session = server.session().await;
+    let mut ws = server
+        .ws(&format!("EIO=4&transport=polling&sid={sid}"))
+        .await;
+    assert_eq!(next_close(&mut ws).await, None);
+    let q = format!("EIO=4&transport=polling&sid={sid}");
+    assert_eq!(server.post(&q, b"4fine").await.text(), "ok");
+    assert_eq!(recv(&mut session).await, Some(Data::Text("fine".into())));
+    assert_eq!(session.transport(), TransportKind::Polling);
+}
+
+/// Engine.IO packets a v4 client does not send: a ping closes the session as a transport error
+/// (Node: "invalid heartbeat direction"), on either transport; an open packet is ignored.
+#[tokio::test]
+async fn client_pings_close_and_open_packets_are_ignored() {
+    let mut server = serve(EngineConfig::default()).await;
+    let mut ws = server.ws("EIO=4&transport=websocket").await;
+    next_text(&mut ws).await;
+    let mut session = server.session().await;
+    ws.send(Message::text("0{}")).await.unwrap();
+    ws.send(Message::text("4still open")).await.unwrap();
+    assert_eq!(
+        recv(&mut session).await,
+        Some(Data::Text("still open".into()))
+    );
+    ws.send(Message::text("2")).await.unwrap();
+    assert_eq!(recv(&mut session).await, None);
+    assert_eq!(session.close_reason(), Some(CloseReason::TransportError));
+    assert_eq!(next_close(&mut ws).await, None);
+
+    let (sid, _) = server.handshake().await;
+    let mut session = server.session().await;
+    let q = format!("EIO=4&transport=polling&sid={sid}");
+    assert_eq!(server.post(&q, b"0\x1e4a\x1e2probe").await.text(), "ok");
+    assert_eq!(recv(&mut session).await, Some(Data::Text("a".into())));
+    assert_eq!(recv(&mut session).await, None);
+    assert_eq!(session.close_reason(), Some(CloseReason::TransportError));
+    server
+        .get(&q)
+        .await
+        .assert_error(400, 1, "Session ID unknown");
+}
+
+/// Long-polling bodies are read as Node reads them: a binary content type is refused (bare 400,
+/// the session closed), invalid UTF-8 becomes U+FFFD, base64 as lenient as Node's decoder.
+#[tokio::test]
+async fn polling_bodies_are_read_as_node_reads_them() {
+    let mut server = serve(EngineConfig::default()).await;
+    let (sid, _) = server.handshake().await;
+    let mut session = server.session().await;
+    let q = format!("EIO=4&transport=polling&sid={sid}");
+    assert_eq!(
+        server.post(&q, b"4caf\xc3\xa9 \xff\x1ebAQ*ID").await.text(),
+        "ok"
+    );
+    assert_eq!(
+        recv(&mut session).await,
+        Some(Data::Text("café \u{fffd}".into()))
+    );
+    assert_eq!(
+        recv(&mut session).await,
+        Some(Data::Binary(Bytes::from_static(&[1, 2, 3])))
+    );
+    let reply = request(
+        server.addr,
+        "POST",
+        &format!("/socket.io/?{q}"),
+        &[("Content-Type", "application/octet-stream")],
+        b"4x",
+    )
+    .await;
+    assert_eq!(reply.status, 400);
+    assert!(reply.body.is_empty());
+    assert_eq!(recv(&mut session).await, None);
+    assert_eq!(session.close_reason(), Some(CloseReason::TransportError));
+}
+
+/// A server close over long-polling: a GET that waits with nothing queued gets the close packet
+/// alone; otherwise the queue goes first and a later GET gets a noop and the close packet (as
+/// Node's polling transport closes). Over WebSocket no noop is ever written.
+#[tokio::test]
+async fn server_close_over_polling_follows_node() {
+    let mut server = serve(EngineConfig::default()).await;
+    let (sid, _) = server.handshake().await;
+    let session = server.session().await;
+    let q = format!("EIO=4&transport=polling&sid={sid}");
+    let pending = {
+        let addr = server.addr;
+        let target = format!("/socket.io/?{q}");
+        tokio::spawn(async move { request(addr, "GET", &target, &[], b"").await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    session.sender().close();
+    let reply = tokio::time::timeout(WAIT, pending).await.unwrap().unwrap();
+    assert_eq!(reply.text(), "1");
+    server
+        .get(&q)
+        .await
+        .assert_error(400, 1, "Session ID unknown");
+    // Nothing queued, no GET waiting: the next GET gets the noop and the close packet.
+    let (sid, _) = server.handshake().await;
+    let session = server.session().await;
+    session.sender().close();
+    let q = format!("EIO=4&transport=polling&sid={sid}");
+    assert_eq!(server.get(&q).await.text(), "6\x1e1");
+    server
+        .get(&q)
+        .await
+        .assert_error(400, 1, "Session ID unknown");
 }

@@ -283,6 +283,12 @@ const scenarios = {
     t.log(`POST: ${reply(await request(base, "POST", q, '451-["message",{"_placeholder":true,"num":0}]\x1ebAQ*ID'))}`);
     t.log(`GET: ${reply(await request(base, "GET", q))}`);
   },
+  "polling-post-over-max-payload": async (t, base) => {
+    const { q } = await joinedPollingSession(t, base);
+    t.log(`POST: ${reply(await request(base, "POST", q, `42["message","${"x".repeat(1_000_000)}"]`))}`);
+    t.log(`POST: ${reply(await request(base, "POST", q, '42["message","small"]'))}`);
+    t.log(`GET: ${reply(await request(base, "GET", q))}`);
+  },
   "polling-empty-post": async (t, base) => {
     const { q } = await pollingSession(t, base);
     t.log(`POST: ${reply(await request(base, "POST", q, ""))}`);

@@ -521,15 +521,14 @@ impl Engine {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
+        // Too large: 413, and the session goes on (as in Node).
         if declared.is_some_and(|len| len > config.max_payload as u64) {
-            shared.close(CloseReason::TransportError);
             return bare(StatusCode::PAYLOAD_TOO_LARGE);
         }
         let read = read_limited(request.into_body(), config.max_payload);
         let body = match timeout(config.ping_interval + config.ping_timeout, read).await {
             Ok(Ok(body)) => body,
             Ok(Err(ReadError::TooLarge)) => {
-                shared.close(CloseReason::TransportError);
                 return bare(StatusCode::PAYLOAD_TOO_LARGE);
             }
             Ok(Err(ReadError::Body)) | Err(_) => {
@@ -756,13 +755,31 @@ async fn heartbeat(
         if !shared.push_control(Packet::Ping(String::new())) {
             break;
         }
-        tokio::select! {
-            () = shared.pong_notify.notified() => {}
-            () = sleep(ping_timeout) => {
-                shared.close(CloseReason::PingTimeout);
-                break;
+        // Any other packet while the pong is awaited extends the wait once, to ping_timeout
+        // after that packet (Node's engine refreshes its ping-timeout timer then).
+        let mut until = Instant::now() + ping_timeout;
+        let mut extended = false;
+        let answered = loop {
+            tokio::select! {
+                () = shared.pong_notify.notified() => break true,
+                () = sleep_until(until) => {
+                    let packet_at = shared.lock().packet_since_ping;
+                    match packet_at {
+                        Some(at) if !extended && at + ping_timeout > until => {
+                            extended = true;
+                            until = at + ping_timeout;
+                        }
+                        _ => {
+                            shared.close(CloseReason::PingTimeout);
+                            break false;
+                        }
+                    }
+                }
+                () = shared.closed() => break false,
             }
-            () = shared.closed() => break,
+        };
+        if !answered {
+            break;
         }
     }
     // A server close stays reachable until its close packet went out (or the client is gone).
@@ -933,6 +950,7 @@ async fn ws_loop(shared: Arc<Shared>, ws: HyperWebSocket, write_timeout: Duratio
                     }
                 },
                 Some(Ok(Message::Binary(bytes))) => {
+                    shared.note_packet();
                     shared.deliver(Data::Binary(bytes)).await;
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}

@@ -177,6 +177,9 @@ pub(crate) struct Inner {
     pub(crate) close_undelivered: bool,
     /// The sending end of the incoming messages; dropped on close.
     pub(crate) incoming: Option<mpsc::Sender<Data>>,
+    /// When the first packet other than a pong arrived since the last ping (Node extends the
+    /// ping timeout once from then).
+    pub(crate) packet_since_ping: Option<tokio::time::Instant>,
 }
 
 impl Inner {
@@ -245,6 +248,7 @@ impl Shared {
                 post_active: false,
                 close_undelivered: false,
                 incoming: Some(incoming),
+                packet_since_ping: None,
             }),
             out_notify: Notify::new(),
             pong_notify: Notify::new(),
@@ -360,7 +364,19 @@ impl Shared {
 
     /// Marks a ping as sent: the next pong answers it.
     pub(crate) fn expect_pong(&self) {
+        self.lock().packet_since_ping = None;
         self.awaiting_pong.store(true, Ordering::Release);
+    }
+
+    /// Notes a packet from the client other than a pong: while a pong is awaited, the first one
+    /// extends the ping timeout (once, from its arrival), as in Node's engine.
+    pub(crate) fn note_packet(&self) {
+        if self.awaiting_pong.load(Ordering::Acquire) {
+            let mut inner = self.lock();
+            if inner.packet_since_ping.is_none() {
+                inner.packet_since_ping = Some(tokio::time::Instant::now());
+            }
+        }
     }
 
     /// Resolves once the session is closed.
@@ -391,6 +407,9 @@ impl Shared {
     /// packets; over WebSocket not the close packet, which Node ignores there). Returns false
     /// when the session closed.
     pub(crate) async fn on_packet(&self, packet: Packet) -> bool {
+        if !matches!(packet, Packet::Pong(_)) {
+            self.note_packet();
+        }
         match packet {
             Packet::Message(data) => return self.deliver(data).await,
             Packet::Pong(_) => {

@@ -265,16 +265,28 @@ async fn error_responses_match_node() {
 }
 
 #[tokio::test]
-async fn oversized_post_is_413_and_closes_the_session() {
+async fn oversized_post_is_413_and_leaves_the_session() {
     let mut server = serve(EngineConfig::default().max_payload(100)).await;
     let (sid, _) = server.handshake().await;
-    let session = server.session().await;
+    let mut session = server.session().await;
     let q = format!("EIO=4&transport=polling&sid={sid}");
     let body = format!("4{}", "x".repeat(100));
     let reply = server.post(&q, body.as_bytes()).await;
     assert_eq!(reply.status, 413);
-    assert_eq!(session.close_reason(), Some(CloseReason::TransportError));
-    server.wait_no_sessions().await;
+    // Without a Content-Length (chunked), the body is counted as it comes.
+    let reply = request(
+        server.addr,
+        "POST",
+        &format!("/socket.io/?{q}"),
+        &[("Transfer-Encoding", "chunked")],
+        format!("{:x}\r\n{body}\r\n0\r\n\r\n", body.len()).as_bytes(),
+    )
+    .await;
+    assert_eq!(reply.status, 413);
+    // As in Node, the session goes on.
+    assert_eq!(server.post(&q, b"4small").await.text(), "ok");
+    assert_eq!(recv(&mut session).await, Some(Data::Text("small".into())));
+    assert!(!session.sender().is_closed());
     // Exactly max_payload is fine.
     let (sid, _) = server.handshake().await;
     let mut session = server.session().await;
@@ -964,4 +976,37 @@ async fn server_close_over_polling_follows_node() {
         .get(&q)
         .await
         .assert_error(400, 1, "Session ID unknown");
+}
+
+/// A packet that arrives while the server waits for a pong extends the ping timeout once, to
+/// ping_timeout after that packet, as Node's engine does (`hasRefreshedPingTimeout`).
+#[tokio::test]
+async fn a_packet_while_a_pong_is_awaited_extends_the_ping_timeout_once() {
+    let mut server = serve(
+        EngineConfig::default()
+            .ping_interval(Duration::from_millis(100))
+            .ping_timeout(Duration::from_millis(1000)),
+    )
+    .await;
+    let mut ws = server.ws("EIO=4&transport=websocket").await;
+    next_text(&mut ws).await; // open
+    let mut session = server.session().await;
+    assert_eq!(next_text(&mut ws).await, "2");
+    let pinged = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ws.send(Message::text("4busy")).await.unwrap();
+    assert_eq!(recv(&mut session).await, Some(Data::Text("busy".into())));
+    // Without the extension the session would close at 1000 ms.
+    tokio::time::sleep_until(pinged + Duration::from_millis(1250)).await;
+    assert!(!session.sender().is_closed());
+    // A second packet does not extend it again: closed at about 1500 ms.
+    ws.send(Message::text("4again")).await.unwrap();
+    assert_eq!(recv(&mut session).await, Some(Data::Text("again".into())));
+    assert_eq!(recv(&mut session).await, None);
+    assert_eq!(session.close_reason(), Some(CloseReason::PingTimeout));
+    let waited = pinged.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1400) && waited < Duration::from_millis(2150),
+        "{waited:?}"
+    );
 }

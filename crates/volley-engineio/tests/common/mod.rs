@@ -181,7 +181,10 @@ pub async fn request(
         for (name, value) in headers {
             head.push_str(&format!("{name}: {value}\r\n"));
         }
-        if method == "POST" || !body.is_empty() {
+        let chunked = headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("transfer-encoding"));
+        if !chunked && (method == "POST" || !body.is_empty()) {
             head.push_str(&format!("Content-Length: {}\r\n", body.len()));
         }
         head.push_str("\r\n");

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
@@ -202,6 +202,27 @@ fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
         .any(|token| token.trim().eq_ignore_ascii_case("websocket"))
 }
 
+/// Whether the request comes from Internet Explorer (Node's test: `;MSIE` or `Trident/` in the
+/// user agent).
+fn is_old_internet_explorer(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ua| ua.contains(";MSIE") || ua.contains("Trident/"))
+}
+
+/// Node's extra header on successful polling answers to Internet Explorer (against its XSS
+/// filter).
+fn polling_headers(mut response: Response<EngineBody>, old_ie: bool) -> Response<EngineBody> {
+    if old_ie && response.status() == StatusCode::OK {
+        response.headers_mut().insert(
+            HeaderName::from_static("x-xss-protection"),
+            HeaderValue::from_static("0"),
+        );
+    }
+    response
+}
+
 fn new_sid() -> String {
     use base64::Engine as _;
     let bytes: [u8; 15] = rand::random();
@@ -312,12 +333,14 @@ impl Engine {
                 }
                 return self.upgrade_session(request, shared).await;
             }
-            return match *request.method() {
+            let old_ie = is_old_internet_explorer(request.headers());
+            let response = match *request.method() {
                 Method::GET => self.poll(shared).await,
                 Method::POST => self.post(shared, request).await,
                 // Node answers other methods 500, without a body.
-                _ => bare(StatusCode::INTERNAL_SERVER_ERROR),
+                _ => return bare(StatusCode::INTERNAL_SERVER_ERROR),
             };
+            return polling_headers(response, old_ie);
         }
         if request.method() != Method::GET {
             return fail(EngineError::BadHandshakeMethod);
@@ -344,8 +367,9 @@ impl Engine {
         }
         match transport {
             TransportKind::Polling => {
+                let old_ie = is_old_internet_explorer(&info.headers);
                 let shared = self.open_session(info, TransportKind::Polling);
-                self.poll(shared).await
+                polling_headers(self.poll(shared).await, old_ie)
             }
             TransportKind::WebSocket => {
                 let (response, accepted) = match volley::hyper::accept::<_, EngineBody>(

@@ -1010,3 +1010,44 @@ async fn a_packet_while_a_pong_is_awaited_extends_the_ping_timeout_once() {
         "{waited:?}"
     );
 }
+
+/// Node adds `X-XSS-Protection: 0` to its polling answers (handshake, GET, POST) when the user
+/// agent is Internet Explorer, and only then.
+#[tokio::test]
+async fn polling_answers_to_internet_explorer_disable_its_xss_filter() {
+    let server = serve(EngineConfig::default()).await;
+    let ie = [(
+        "User-Agent",
+        "Mozilla/5.0 (Windows NT 10.0; Trident/7.0; rv:11.0)",
+    )];
+    let reply = request(
+        server.addr,
+        "GET",
+        "/socket.io/?EIO=4&transport=polling",
+        &ie,
+        b"",
+    )
+    .await;
+    assert_eq!(reply.header("x-xss-protection"), Some("0"));
+    let open: serde_json::Value = serde_json::from_str(&reply.text()[1..]).unwrap();
+    let target = format!(
+        "/socket.io/?EIO=4&transport=polling&sid={}",
+        open["sid"].as_str().unwrap()
+    );
+    let reply = request(server.addr, "POST", &target, &ie, b"4x").await;
+    assert_eq!(reply.text(), "ok");
+    assert_eq!(reply.header("x-xss-protection"), Some("0"));
+    let msie = [("User-Agent", "Mozilla/4.0 (compatible;MSIE 7.0)")];
+    let reply = request(
+        server.addr,
+        "GET",
+        "/socket.io/?EIO=4&transport=nope",
+        &msie,
+        b"",
+    )
+    .await;
+    assert_eq!(reply.header("x-xss-protection"), None);
+    // Other user agents: no such header.
+    let reply = server.get("EIO=4&transport=polling").await;
+    assert_eq!(reply.header("x-xss-protection"), None);
+}

@@ -160,6 +160,7 @@ const KNOWN_DIFFERENCES = new Set([
   "pending-get-during-upgrade",
   "get-waiting-at-the-probe",
   "get-for-the-websocket-transport",
+  "requests-while-the-server-closes",
 ]);
 
 // A polling session: the handshake; returns its sid and query string.
@@ -418,6 +419,20 @@ const scenarios = {
     const timeout = sleep(500).then(() => ({ status: "none", type: "-", body: "" }));
     t.log(`GET: ${reply(await Promise.race([get, timeout]))}`);
     ws.end();
+  },
+
+  // Requests for a polling session that the server closed while a packet is still queued.
+  // (Known difference: Node takes upgrade requests for it, Volley refuses them.)
+  "requests-while-the-server-closes": async (t, base) => {
+    const { sid, q } = await joinedPollingSession(t, base);
+    t.log(`POST: ${reply(await request(base, "POST", q, '42["message","a"]\x1e42["close-transport"]'))}`);
+    await sleep(100);
+    t.log(`POST: ${reply(await request(base, "POST", q, '42["message","b"]'))}`);
+    const ws = new Ws(base, `EIO=4&transport=websocket&sid=${encodeURIComponent(sid)}`);
+    t.log(`upgrade: ${await ws.next()}`);
+    ws.end();
+    t.log(`GET: ${reply(await request(base, "GET", q))}`);
+    t.log(`GET: ${reply(await request(base, "GET", q))}`);
   },
 
   // Point 3: a second WebSocket for a session that already upgraded.

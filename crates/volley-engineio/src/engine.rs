@@ -524,9 +524,8 @@ impl Engine {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        if shared.lock().reason.is_some() {
-            return EngineError::UnknownSid.response(false);
-        }
+        // A session the server closed whose close packet waits for a GET still takes POSTs, as
+        // in Node: answered "ok", their packets ignored (the session no longer takes any).
         let Some(_guard) = FlagGuard::begin(&shared, false) else {
             return bare(StatusCode::BAD_REQUEST);
         };

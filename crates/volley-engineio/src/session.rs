@@ -512,7 +512,8 @@ impl SessionSender {
 
     /// Like [`send_all`](Self::send_all), and the transport's write that carries these messages
     /// ends after them: what is queued later goes out in a later write. Over WebSocket that is a
-    /// separate write to the connection; over long-polling it matters only when a GET is
+    /// separate write to the connection, and the writer waits 1 ms before its next write so that
+    /// the peer reads this one on its own; over long-polling it matters only when a GET is
     /// waiting now, which then answers these messages (and what was queued before) while later
     /// ones wait for the next GET. Writes are otherwise batched.
     ///

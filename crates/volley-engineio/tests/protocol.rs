@@ -1051,3 +1051,25 @@ async fn polling_answers_to_internet_explorer_disable_its_xss_filter() {
     let reply = server.get("EIO=4&transport=polling").await;
     assert_eq!(reply.header("x-xss-protection"), None);
 }
+
+/// A long-polling session closed by the server, its close packet not fetched yet: POSTs are
+/// still answered "ok" and their packets ignored, as by Node (the session is closing, not gone).
+#[tokio::test]
+async fn posts_to_a_session_the_server_is_closing_are_ignored() {
+    let mut server = serve(EngineConfig::default()).await;
+    let (sid, _) = server.handshake().await;
+    let mut session = server.session().await;
+    session.sender().send(Data::from("last")).unwrap();
+    session.sender().close();
+    let q = format!("EIO=4&transport=polling&sid={sid}");
+    let reply = server.post(&q, b"4ignored").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "ok");
+    assert_eq!(recv(&mut session).await, None);
+    assert_eq!(server.get(&q).await.text(), "4last");
+    assert_eq!(server.get(&q).await.text(), "6\x1e1");
+    server
+        .post(&q, b"4x")
+        .await
+        .assert_error(400, 1, "Session ID unknown");
+}

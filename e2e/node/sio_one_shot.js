@@ -5,19 +5,20 @@
 // `allowSynchronousEvents`), so when the server writes two packets in one write, the second is
 // emitted before the next one-shot listener exists and is lost.
 //
-//   node e2e/node/sio_one_shot.js --url http://127.0.0.1:PORT [--tries N]
+//   node e2e/node/sio_one_shot.js --url http://127.0.0.1:PORT [--url ...] [--tries N]
 //
 // Each try opens a WebSocket session, joins namespace "/" with CONNECT `40`, awaits the CONNECT
 // reply and then the `auth` event that the conformance server emits from its connection handler
-// (`42["auth",{}]`). Prints `{"tries":N,"lost":M,"answers":[...]}` (M: tries where that second
-// packet never reached a listener) and exits 0; exits 1 on an unexpected answer or error, 2 on
-// bad usage.
+// (`42["auth",{}]`). With several servers the tries alternate between them, so that each meets
+// the same machine load. Prints `[{"url":U,"tries":N,"lost":M,"answers":[...]}, ...]` (M: tries
+// where that second packet never reached a listener) and exits 0; exits 1 on an unexpected
+// answer or error, 2 on bad usage.
 "use strict";
 
 const WebSocket = require("ws");
 
 // How long the second packet is awaited before it counts as lost.
-const LOST_AFTER_MS = 500;
+const LOST_AFTER_MS = 300;
 const STEP_TIMEOUT_MS = 5000;
 
 function nextMessage(ws, ms) {
@@ -61,24 +62,31 @@ async function once(url) {
 
 async function main() {
   const argv = process.argv.slice(2);
-  let url = null;
+  const urls = [];
   let tries = 20;
   for (let i = 0; i < argv.length; i++) {
-    if (argv[i] === "--url") url = argv[++i];
+    if (argv[i] === "--url") urls.push(argv[++i]);
     else if (argv[i] === "--tries") tries = Number(argv[++i]);
     else {
       console.error(`unknown argument ${argv[i]}`);
       return 2;
     }
   }
-  if (!url || !Number.isInteger(tries) || tries < 1) {
-    console.error("usage: sio_one_shot.js --url URL [--tries N]");
+  if (urls.length === 0 || !Number.isInteger(tries) || tries < 1) {
+    console.error("usage: sio_one_shot.js --url URL [--url URL ...] [--tries N]");
     return 2;
   }
-  const answers = [];
-  for (let i = 0; i < tries; i++) answers.push(await once(url));
-  const lost = answers.filter((a) => a === null).length;
-  console.log(JSON.stringify({ tries, lost, answers }));
+  const answers = urls.map(() => []);
+  for (let i = 0; i < tries; i++) {
+    for (let u = 0; u < urls.length; u++) answers[u].push(await once(urls[u]));
+  }
+  const results = urls.map((url, u) => ({
+    url,
+    tries,
+    lost: answers[u].filter((a) => a === null).length,
+    answers: answers[u],
+  }));
+  console.log(JSON.stringify(results));
   return 0;
 }
 

@@ -15,8 +15,8 @@
 // usage. Each wait is bounded (WAIT_MS).
 //
 // The server must be the conformance server (namespaces "/" and "/custom", `auth` emitted on
-// connect, `message` -> `message-back`, `close-transport`), started with a ping interval long
-// enough that no ping arrives during a scenario (a few seconds).
+// connect, `message` -> `message-back`, `close-transport`), started with a ping interval and a
+// connect timeout long enough that neither ends a scenario (several seconds).
 "use strict";
 
 const http = require("http");
@@ -24,7 +24,10 @@ const WebSocket = require("ws");
 
 const WAIT_MS = 2000;
 // How long "nothing more arrives" is watched for.
-const QUIET_MS = 150;
+const QUIET_MS = 800;
+// How long a request or frame is given to reach the server (and be handled) before the next
+// step relies on it, on a loaded machine.
+const SETTLE_MS = 300;
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -210,7 +213,7 @@ function wsSends(...frames) {
       else ws.ws.send(f);
     }
     ws.send('42["message","after"]');
-    t.log(`then: ${await ws.rest(6, 400)}`);
+    t.log(`then: ${await ws.rest(6, QUIET_MS)}`);
     ws.end();
   };
 }
@@ -234,7 +237,7 @@ const scenarios = {
   "sio-disconnect-unjoined-namespace": wsSends("41/custom,"),
   // Node handles a DISCONNECT on the next tick: an event in the same socket read still finds the
   // socket, hence the pause.
-  "sio-disconnect": wsSends("41", 100),
+  "sio-disconnect": wsSends("41", SETTLE_MS),
   "sio-unknown-ack-id": wsSends("4342[]"),
   "sio-undecodable": wsSends("4{bad"),
   "sio-unknown-type": wsSends("49"),
@@ -258,7 +261,7 @@ const scenarios = {
   "polling-payload-with-a-bad-packet-and-a-waiting-get": async (t, base) => {
     const { q } = await pollingSession(t, base);
     const pending = request(base, "GET", q);
-    await sleep(100);
+    await sleep(SETTLE_MS);
     t.log(`POST: ${reply(await request(base, "POST", q, "40\x1e9bad"))}`);
     t.log(`pending GET: ${reply(await pending)}`);
     t.log(`GET: ${reply(await request(base, "GET", q))}`);
@@ -299,7 +302,7 @@ const scenarios = {
   "polling-connect-with-a-waiting-get": async (t, base) => {
     const { q } = await pollingSession(t, base);
     const pending = request(base, "GET", q);
-    await sleep(100);
+    await sleep(SETTLE_MS);
     t.log(`POST 40: ${reply(await request(base, "POST", q, "40"))}`);
     t.log(`pending GET: ${reply(await pending)}`);
     t.log(`GET: ${reply(await request(base, "GET", q))}`);
@@ -308,7 +311,7 @@ const scenarios = {
   "polling-server-close": async (t, base) => {
     const { q } = await joinedPollingSession(t, base);
     t.log(`POST: ${reply(await request(base, "POST", q, '42["message","a"]\x1e42["close-transport"]'))}`);
-    await sleep(100);
+    await sleep(SETTLE_MS);
     t.log(`GET: ${reply(await request(base, "GET", q))}`);
     t.log(`GET: ${reply(await request(base, "GET", q))}`);
     t.log(`GET: ${reply(await request(base, "GET", q))}`);
@@ -316,7 +319,7 @@ const scenarios = {
   "polling-server-close-with-a-waiting-get": async (t, base) => {
     const { q } = await joinedPollingSession(t, base);
     const pending = request(base, "GET", q);
-    await sleep(100);
+    await sleep(SETTLE_MS);
     t.log(`POST: ${reply(await request(base, "POST", q, '42["close-transport"]'))}`);
     t.log(`pending GET: ${reply(await pending)}`);
     t.log(`GET: ${reply(await request(base, "GET", q))}`);
@@ -325,7 +328,7 @@ const scenarios = {
   "ws-over-max-payload": async (t, base) => {
     const ws = await joinedWs(t, base);
     ws.send(`4${"x".repeat(1_000_001)}`);
-    t.log(`then: ${await ws.rest(4, 1000)}`);
+    t.log(`then: ${await ws.rest(4)}`);
     ws.end();
   },
 
@@ -333,7 +336,7 @@ const scenarios = {
   "client-close-while-polling": async (t, base) => {
     const { q } = await pollingSession(t, base);
     const pending = request(base, "GET", q);
-    await sleep(100);
+    await sleep(SETTLE_MS);
     t.log(`POST 1: ${reply(await request(base, "POST", q, "1"))}`);
     t.log(`pending GET: ${reply(await pending)}`);
     t.log(`GET: ${reply(await request(base, "GET", q))}`);
@@ -392,7 +395,7 @@ const scenarios = {
     t.log(`GET EIO=3: ${reply(await request(base, "GET", `EIO=3&transport=polling&sid=${s}`))}`);
     t.log(`POST EIO=5: ${reply(await request(base, "POST", `EIO=5&transport=polling&sid=${s}`, "40"))}`);
     const ws = await upgrade(t, base, sid);
-    await sleep(50);
+    await sleep(SETTLE_MS);
     t.log(`GET no EIO: ${reply(await request(base, "GET", `transport=polling&sid=${s}`))}`);
     t.log(`GET: ${reply(await request(base, "GET", q))}`);
     ws.end();
@@ -426,7 +429,7 @@ const scenarios = {
   "requests-while-the-server-closes": async (t, base) => {
     const { sid, q } = await joinedPollingSession(t, base);
     t.log(`POST: ${reply(await request(base, "POST", q, '42["message","a"]\x1e42["close-transport"]'))}`);
-    await sleep(100);
+    await sleep(SETTLE_MS);
     t.log(`POST: ${reply(await request(base, "POST", q, '42["message","b"]'))}`);
     const ws = new Ws(base, `EIO=4&transport=websocket&sid=${encodeURIComponent(sid)}`);
     t.log(`upgrade: ${await ws.next()}`);
@@ -468,12 +471,12 @@ const scenarios = {
   // WebSocket upgrade requests that name the polling transport.
   "websocket-request-for-polling": async (t, base) => {
     const ws = new Ws(base, "EIO=4&transport=polling");
-    t.log(`handshake: ${await ws.rest(4, 500)}`);
+    t.log(`handshake: ${await ws.rest(4)}`);
     const { sid } = await joinedPollingSession(t, base);
     const second = new Ws(base, `EIO=4&transport=polling&sid=${encodeURIComponent(sid)}`);
-    t.log(`with sid: ${await second.rest(4, 500)}`);
+    t.log(`with sid: ${await second.rest(4)}`);
     const third = new Ws(base, `EIO=3&transport=websocket&sid=${encodeURIComponent(sid)}`);
-    t.log(`with sid, EIO=3: ${await third.rest(4, 500)}`);
+    t.log(`with sid, EIO=3: ${await third.rest(4)}`);
   },
 
   // A WebSocket with the sid of a session that is on WebSocket from the start.

@@ -43,7 +43,7 @@ struct NodeServer {
 }
 
 impl NodeServer {
-    /// Starts it with the heartbeat of [`quiet`] and waits until it listens.
+    /// Starts it with the timeouts of [`quiet`] and waits until it listens.
     async fn start() -> NodeServer {
         let opts = quiet();
         let mut cmd = node("sio_reference_server.js");
@@ -54,6 +54,8 @@ impl NodeServer {
             &opts.ping_interval.as_millis().to_string(),
             "--ping-timeout-ms",
             &opts.ping_timeout.as_millis().to_string(),
+            "--connect-timeout-ms",
+            &opts.connect_timeout.as_millis().to_string(),
         ]);
         let mut child = cmd
             .stdin(Stdio::null())
@@ -93,11 +95,13 @@ impl Drop for NodeServer {
     }
 }
 
-/// Conformance settings without heartbeats during a test.
+/// Conformance settings without heartbeats or connect timeouts during a test (a scenario on a
+/// loaded machine may take more than the default second to join a namespace).
 fn quiet() -> conformance::Options {
     conformance::Options {
         ping_interval: Duration::from_secs(25),
         ping_timeout: Duration::from_secs(20),
+        connect_timeout: Duration::from_secs(15),
         ..conformance::Options::default()
     }
 }
@@ -158,28 +162,37 @@ async fn run_node(mut cmd: Command) -> String {
 /// Issue 16, point 4. A Node client on `ws` 8.x that awaits one message at a time with one-shot
 /// listeners (`ws.once("message")`) connects to `/` and awaits the CONNECT reply, then the `auth`
 /// event that the connection handler emits at once. `ws` emits all the messages of one socket
-/// read in the same tick, so the second packet is lost when both come in one read: they always
-/// did when the server wrote them together. Node's own server loses it about 2 times in 30 (its
-/// second write follows the first after a few microseconds); the assertion allows a quarter.
+/// read in the same tick, so the second packet is lost when both come in one read: it always was
+/// when the server wrote them together. Node's own server writes them separately and the client
+/// loses it rarely (about 2 tries in 30 on an idle machine; on a machine so loaded that the client
+/// does not run between the two writes, it loses it there too). The tries alternate between
+/// Volley and Node's server, and Volley may lose at most a quarter of the tries more than Node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_reply_and_handler_output_reach_a_one_message_per_read_client_separately() {
-    let addr = start_volley(quiet()).await;
+    let reference = NodeServer::start().await;
+    let volley = start_volley(quiet()).await;
     let tries = 20;
     let mut cmd = node("sio_one_shot.js");
     cmd.args([
         "--url",
-        &format!("http://{addr}"),
+        &format!("http://{volley}"),
+        "--url",
+        &format!("http://{}", reference.addr),
         "--tries",
         &tries.to_string(),
     ]);
     let out = run_node(cmd).await;
-    let result: serde_json::Value =
+    let results: serde_json::Value =
         serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
-    assert_eq!(result["tries"], tries);
-    let lost = result["lost"].as_u64().expect("lost");
+    let lost = |i: usize| {
+        assert_eq!(results[i]["tries"], tries, "{out}");
+        results[i]["lost"].as_u64().expect("lost")
+    };
+    let (volley_lost, node_lost) = (lost(0), lost(1));
     assert!(
-        lost * 4 <= tries,
-        "the auth event was lost in {lost} of {tries} tries: {out}"
+        volley_lost <= node_lost + tries / 4,
+        "the auth event was lost in {volley_lost} of {tries} tries with Volley, \
+         {node_lost} with Node: {out}"
     );
 }
 

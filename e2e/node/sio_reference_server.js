@@ -7,6 +7,7 @@
 // scenarios test real Socket.IO behaviour and not an accident of the Rust server.
 //
 //   node e2e/node/sio_reference_server.js [--port N] [--ping-interval-ms N] [--ping-timeout-ms N]
+//       [--connect-timeout-ms N]
 //
 // Listens on 127.0.0.1 (default port 3000; 0 picks a free port) and prints
 // `listening on 127.0.0.1:PORT` once it accepts connections. Stops on SIGINT/SIGTERM.
@@ -16,7 +17,7 @@ const http = require("http");
 const { Server } = require("socket.io");
 
 function parseArgs(argv) {
-  const opts = { port: 3000, pingInterval: 300, pingTimeout: 200 };
+  const opts = { port: 3000, pingInterval: 300, pingTimeout: 200, connectTimeout: 1000 };
   for (let i = 0; i < argv.length; i++) {
     const value = () => {
       const v = Number(argv[++i]);
@@ -36,10 +37,13 @@ function parseArgs(argv) {
       case "--ping-timeout-ms":
         opts.pingTimeout = value();
         break;
+      case "--connect-timeout-ms":
+        opts.connectTimeout = value();
+        break;
       default:
         console.error(`unknown argument ${argv[i]}`);
         console.error(
-          "usage: sio_reference_server.js [--port N] [--ping-interval-ms N] [--ping-timeout-ms N]",
+          "usage: sio_reference_server.js [--port N] [--ping-interval-ms N] [--ping-timeout-ms N] [--connect-timeout-ms N]",
         );
         process.exit(2);
     }
@@ -122,7 +126,7 @@ const io = new Server(httpServer, {
   path: "/socket.io/",
   pingInterval: opts.pingInterval,
   pingTimeout: opts.pingTimeout,
-  connectTimeout: 1000,
+  connectTimeout: opts.connectTimeout,
   maxHttpBufferSize: 1e6,
 });
 setup(io.of("/"));

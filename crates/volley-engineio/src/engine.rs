@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
@@ -19,7 +19,7 @@ use volley::Message;
 use volley::hyper::HyperWebSocket;
 
 use crate::config::{AllowOrigin, Cors, EngineConfig};
-use crate::packet::{Data, Packet, decode_payload, decode_text, encode_payload};
+use crate::packet::{Data, Packet, SEPARATOR, decode_text, encode_payload};
 use crate::session::{CloseReason, RequestInfo, Session, Shared, TransportKind, query_param};
 
 /// The response body of [`Engine::handle`]: the whole body in one buffer.
@@ -30,6 +30,18 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How long a closing WebSocket may take to send its close frame.
 const WS_CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// How long the WebSocket writer pauses after a write that ends at a write end
+/// ([`SessionSender::send_all_and_flush`](crate::SessionSender::send_all_and_flush)) before it
+/// writes again: long enough for the peer to read that write on its own. Node's engine writes
+/// what was queued meanwhile once the first write completed, a few microseconds later, and a
+/// Node client on `ws` that handles one message per read still gets both in one read about once
+/// in fifteen tries; with a pause of 1 ms it did not in hundreds.
+const WRITE_END_PAUSE: Duration = Duration::from_millis(1);
+
+/// How long a polling GET that arrives during an upgrade waits before its noop: Node's engine
+/// ends such GETs from a timer that runs every 100 ms while the upgrade is probed.
+const UPGRADE_CHECK: Duration = Duration::from_millis(100);
 
 /// Node engine.io's error codes.
 #[derive(Clone, Copy, Debug)]
@@ -190,6 +202,27 @@ fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
         .any(|token| token.trim().eq_ignore_ascii_case("websocket"))
 }
 
+/// Whether the request comes from Internet Explorer (Node's test: `;MSIE` or `Trident/` in the
+/// user agent).
+fn is_old_internet_explorer(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ua| ua.contains(";MSIE") || ua.contains("Trident/"))
+}
+
+/// Node's extra header on successful polling answers to Internet Explorer (against its XSS
+/// filter).
+fn polling_headers(mut response: Response<EngineBody>, old_ie: bool) -> Response<EngineBody> {
+    if old_ie && response.status() == StatusCode::OK {
+        response.headers_mut().insert(
+            HeaderName::from_static("x-xss-protection"),
+            HeaderValue::from_static("0"),
+        );
+    }
+    response
+}
+
 fn new_sid() -> String {
     use base64::Engine as _;
     let bytes: [u8; 15] = rand::random();
@@ -279,26 +312,40 @@ impl Engine {
             let Some(shared) = self.inner.sessions().get(&sid).cloned() else {
                 return fail(EngineError::UnknownSid);
             };
+            // Node forgets a session as it closes; only a server close waits for its close
+            // packet to be fetched.
+            if shared.lock().is_gone() {
+                return fail(EngineError::UnknownSid);
+            }
+            // Node's checks, in its order: the session's transport (not for upgrades), then the
+            // protocol version.
+            if !upgrade && shared.lock().transport != transport {
+                return fail(EngineError::BadRequest);
+            }
+            if query_param(&query, "EIO").as_deref() != Some("4") {
+                return fail(EngineError::BadRequest);
+            }
             if upgrade {
                 if transport != TransportKind::WebSocket {
-                    return fail(EngineError::BadRequest);
+                    // Node hands every upgrade to its WebSocket server, then closes a WebSocket
+                    // whose transport does not take upgrades.
+                    return self.accept_and_close(request).await;
                 }
                 return self.upgrade_session(request, shared).await;
             }
-            if shared.lock().transport != transport {
-                return fail(EngineError::BadRequest);
-            }
-            return match *request.method() {
+            let old_ie = is_old_internet_explorer(request.headers());
+            let response = match *request.method() {
                 Method::GET => self.poll(shared).await,
                 Method::POST => self.post(shared, request).await,
                 // Node answers other methods 500, without a body.
-                _ => bare(StatusCode::INTERNAL_SERVER_ERROR),
+                _ => return bare(StatusCode::INTERNAL_SERVER_ERROR),
             };
+            return polling_headers(response, old_ie);
         }
         if request.method() != Method::GET {
             return fail(EngineError::BadHandshakeMethod);
         }
-        if (transport == TransportKind::WebSocket) != upgrade {
+        if transport == TransportKind::WebSocket && !upgrade {
             return fail(EngineError::BadRequest);
         }
         let info = RequestInfo::new(
@@ -312,13 +359,17 @@ impl Engine {
                 return fail(EngineError::Forbidden);
             }
         }
+        if upgrade && transport == TransportKind::Polling {
+            return self.accept_and_close(request).await;
+        }
         if query_param(&query, "EIO").as_deref() != Some("4") {
             return fail(EngineError::UnsupportedProtocolVersion);
         }
         match transport {
             TransportKind::Polling => {
+                let old_ie = is_old_internet_explorer(&info.headers);
                 let shared = self.open_session(info, TransportKind::Polling);
-                self.poll(shared).await
+                polling_headers(self.poll(shared).await, old_ie)
             }
             TransportKind::WebSocket => {
                 let (response, accepted) = match volley::hyper::accept::<_, EngineBody>(
@@ -410,32 +461,58 @@ impl Engine {
         let config = &self.inner.config;
         // A heartbeat comes within ping_interval; this only bounds the wait if none does.
         let deadline = Instant::now() + config.ping_interval + config.ping_timeout;
+        // When a GET that arrived during an upgrade gets its noop.
+        let mut upgrade_check: Option<Instant> = None;
         loop {
             let notified = shared.out_notify.notified();
             {
                 let mut inner = shared.lock();
                 if inner.transport != TransportKind::Polling {
-                    return payload_response(&[Packet::Noop]);
+                    // The session moved to WebSocket while this GET waited: answered as Node
+                    // answers a polling request for a WebSocket session. (A client sends its
+                    // upgrade packet only after its last GET ended.)
+                    return EngineError::BadRequest.response(false);
                 }
                 if !inner.queue.is_empty() {
-                    let packets: Vec<Packet> = inner.queue.drain(..).collect();
+                    let (packets, _) = inner.take_write();
                     if inner.close_undelivered && packets.contains(&Packet::Close) {
                         inner.close_undelivered = false;
                         shared.delivered.notify_one();
                     }
                     return payload_response(&packets);
                 }
-                if inner.reason.is_some() {
-                    return payload_response(&[Packet::Close]);
+                if let Some(reason) = inner.reason {
+                    // Node's polling transport takes the client's close packet as its own
+                    // close, which ends a waiting GET with a noop.
+                    let last = match reason {
+                        CloseReason::ClientClose => Packet::Noop,
+                        _ => Packet::Close,
+                    };
+                    return payload_response(&[last]);
                 }
                 if inner.probed {
-                    // A GET during the upgrade: end it at once (Node's upgrade check).
-                    return payload_response(&[Packet::Noop]);
+                    // A GET during the upgrade ends with a noop at Node's next upgrade check;
+                    // meanwhile the WebSocket may deliver the upgrade packet that the client sent
+                    // before this GET (then the GET is refused above, as by Node).
+                    match upgrade_check {
+                        Some(at) if Instant::now() >= at => {
+                            return payload_response(&[Packet::Noop]);
+                        }
+                        Some(_) => {}
+                        None => upgrade_check = Some(Instant::now() + UPGRADE_CHECK),
+                    }
+                } else {
+                    upgrade_check = None;
                 }
             }
+            let until = upgrade_check.map_or(deadline, |at| at.min(deadline));
             tokio::select! {
                 () = notified => {}
-                () = sleep_until(deadline) => return payload_response(&[Packet::Noop]),
+                () = sleep_until(until) => {
+                    if until == deadline {
+                        return payload_response(&[Packet::Noop]);
+                    }
+                }
             }
         }
     }
@@ -447,27 +524,34 @@ impl Engine {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        if shared.lock().reason.is_some() {
-            return EngineError::UnknownSid.response(false);
-        }
+        // A session the server closed whose close packet waits for a GET still takes POSTs, as
+        // in Node: answered "ok", their packets ignored (the session no longer takes any).
         let Some(_guard) = FlagGuard::begin(&shared, false) else {
             return bare(StatusCode::BAD_REQUEST);
         };
+        // A binary body is not protocol v4: Node closes the session and answers a bare 400.
+        if request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v == "application/octet-stream")
+        {
+            shared.close(CloseReason::TransportError);
+            return bare(StatusCode::BAD_REQUEST);
+        }
         let config = &self.inner.config;
         let declared = request
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
+        // Too large: 413, and the session goes on (as in Node).
         if declared.is_some_and(|len| len > config.max_payload as u64) {
-            shared.close(CloseReason::TransportError);
             return bare(StatusCode::PAYLOAD_TOO_LARGE);
         }
         let read = read_limited(request.into_body(), config.max_payload);
         let body = match timeout(config.ping_interval + config.ping_timeout, read).await {
             Ok(Ok(body)) => body,
             Ok(Err(ReadError::TooLarge)) => {
-                shared.close(CloseReason::TransportError);
                 return bare(StatusCode::PAYLOAD_TOO_LARGE);
             }
             Ok(Err(ReadError::Body)) | Err(_) => {
@@ -475,18 +559,21 @@ impl Engine {
                 return EngineError::BadRequest.response(false);
             }
         };
-        let packets = match decode_payload(&body) {
-            Ok(packets) => packets,
-            Err(e) => {
-                // Node closes the session and still answers "ok".
-                tracing::debug!(sid = %shared.id, "bad polling payload: {e}");
-                shared.close(CloseReason::ParseError);
-                Vec::new()
-            }
-        };
-        for packet in packets {
-            if !shared.on_packet(packet).await {
-                break;
+        // As Node: the body read as UTF-8 (invalid sequences replaced), its packets handled in
+        // order until an invalid one, which closes the session (the answer is still "ok").
+        let text = String::from_utf8_lossy(&body);
+        for record in text.split(SEPARATOR) {
+            match decode_text(record) {
+                Ok(packet) => {
+                    if !shared.on_packet(packet).await {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(sid = %shared.id, "bad polling payload: {e}");
+                    shared.close(CloseReason::ParseError);
+                    break;
+                }
             }
         }
         let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
@@ -496,23 +583,43 @@ impl Engine {
         response
     }
 
+    /// Completes a WebSocket handshake and closes the WebSocket at once, as Node does with the
+    /// WebSockets it does not use.
+    async fn accept_and_close<B>(&self, mut request: Request<B>) -> Response<EngineBody> {
+        match volley::hyper::accept::<_, EngineBody>(
+            &mut request,
+            self.ws_config(),
+            &volley::Policy::default(),
+        )
+        .await
+        {
+            Ok((response, accepted)) => {
+                tokio::spawn(close_after_upgrade(accepted));
+                response
+            }
+            Err(rejection) => rejection.into_response(),
+        }
+    }
+
     /// A WebSocket for an existing polling session: the upgrade.
     async fn upgrade_session<B>(
         &self,
         mut request: Request<B>,
         shared: Arc<Shared>,
     ) -> Response<EngineBody> {
-        {
+        let probe_it = {
             let mut inner = shared.lock();
-            if !self.inner.config.allow_upgrades
-                || inner.reason.is_some()
-                || inner.transport != TransportKind::Polling
-                || inner.upgrading
-            {
+            if !self.inner.config.allow_upgrades || inner.reason.is_some() {
                 return EngineError::BadRequest.response(true);
             }
-            inner.upgrading = true;
-        }
+            // Another WebSocket is upgrading this session, or it already has one: as Node, the
+            // new WebSocket is accepted and closed at once, and the session is left alone.
+            let probe_it = !inner.upgrading && inner.transport == TransportKind::Polling;
+            if probe_it {
+                inner.upgrading = true;
+            }
+            probe_it
+        };
         let (response, accepted) = match volley::hyper::accept::<_, EngineBody>(
             &mut request,
             self.ws_config(),
@@ -522,10 +629,16 @@ impl Engine {
         {
             Ok(accepted) => accepted,
             Err(rejection) => {
-                shared.lock().upgrading = false;
+                if probe_it {
+                    shared.lock().upgrading = false;
+                }
                 return rejection.into_response();
             }
         };
+        if !probe_it {
+            tokio::spawn(close_after_upgrade(accepted));
+            return response;
+        }
         let upgrade_timeout = self.inner.config.upgrade_timeout;
         let write_timeout = self.write_timeout();
         tokio::spawn(async move {
@@ -547,6 +660,21 @@ impl Engine {
         });
         response
     }
+}
+
+/// Closes an accepted WebSocket at once (see [`close_ws`]).
+async fn close_after_upgrade(accepted: volley::hyper::Accepted) {
+    match accepted.upgrade().await {
+        Ok((ws, _)) => close_ws(ws).await,
+        Err(e) => tracing::debug!("Engine.IO WebSocket failed after the 101: {e}"),
+    }
+}
+
+/// Closes a WebSocket as Node's `ws` does for `close()` (a close frame without a status code)
+/// and waits, for a bounded time, for the peer's close.
+async fn close_ws(mut ws: HyperWebSocket) {
+    let _ = timeout(WS_CLOSE_WAIT, ws.close(None)).await;
+    let _ = timeout(WS_CLOSE_WAIT, async { while ws.recv().await.is_some() {} }).await;
 }
 
 /// The preflight answer (204).
@@ -650,13 +778,31 @@ async fn heartbeat(
         if !shared.push_control(Packet::Ping(String::new())) {
             break;
         }
-        tokio::select! {
-            () = shared.pong_notify.notified() => {}
-            () = sleep(ping_timeout) => {
-                shared.close(CloseReason::PingTimeout);
-                break;
+        // Any other packet while the pong is awaited extends the wait once, to ping_timeout
+        // after that packet (Node's engine refreshes its ping-timeout timer then).
+        let mut until = Instant::now() + ping_timeout;
+        let mut extended = false;
+        let answered = loop {
+            tokio::select! {
+                () = shared.pong_notify.notified() => break true,
+                () = sleep_until(until) => {
+                    let packet_at = shared.lock().packet_since_ping;
+                    match packet_at {
+                        Some(at) if !extended && at + ping_timeout > until => {
+                            extended = true;
+                            until = at + ping_timeout;
+                        }
+                        _ => {
+                            shared.close(CloseReason::PingTimeout);
+                            break false;
+                        }
+                    }
+                }
+                () = shared.closed() => break false,
             }
-            () = shared.closed() => break,
+        };
+        if !answered {
+            break;
         }
     }
     // A server close stays reachable until its close packet went out (or the client is gone).
@@ -741,10 +887,16 @@ async fn ws_loop(shared: Arc<Shared>, ws: HyperWebSocket, write_timeout: Duratio
     let (mut tx, mut rx) = ws.split();
     'run: loop {
         let notified = shared.out_notify.notified();
-        let (batch, closed) = {
+        // One write: the whole queue, or up to a write end (`send_all_and_flush`).
+        let (batch, ended, closed, more) = {
             let mut inner = shared.lock();
-            let batch: Vec<Packet> = inner.queue.drain(..).collect();
-            (batch, inner.reason.is_some())
+            let (batch, ended) = inner.take_write();
+            (
+                batch,
+                ended,
+                inner.reason.is_some(),
+                !inner.queue.is_empty(),
+            )
         };
         if !batch.is_empty() {
             let write = async {
@@ -753,8 +905,9 @@ async fn ws_loop(shared: Arc<Shared>, ws: HyperWebSocket, write_timeout: Duratio
                         // Like Node engine.io, the close packet is never written over a
                         // WebSocket: the connection's close frame (sent below, after the rest of
                         // the queue) ends the session. Clients such as python-engineio treat a
-                        // `1` as a deliberate disconnect and would not reconnect.
-                        Packet::Close => continue,
+                        // `1` as a deliberate disconnect and would not reconnect. Nor is a noop
+                        // (it only ends long-polling GETs).
+                        Packet::Close | Packet::Noop => continue,
                         Packet::Message(Data::Binary(bytes)) => Message::binary(bytes.clone()),
                         other => Message::text(other.to_text()),
                     };
@@ -785,6 +938,13 @@ async fn ws_loop(shared: Arc<Shared>, ws: HyperWebSocket, write_timeout: Duratio
                 shared.delivered.notify_one();
             }
         }
+        if ended && !closed {
+            // Whatever comes next, queued already or soon, goes out in a later read.
+            sleep(WRITE_END_PAUSE).await;
+        }
+        if more {
+            continue;
+        }
         if closed {
             break;
         }
@@ -801,6 +961,9 @@ async fn ws_loop(shared: Arc<Shared>, ws: HyperWebSocket, write_timeout: Duratio
                     shared.close(CloseReason::TransportError);
                 }
                 Some(Ok(Message::Text(text))) => match decode_text(text.as_str()) {
+                    // Node's WebSocket transport does not act on a close packet (clients close
+                    // the WebSocket instead).
+                    Ok(Packet::Close) => {}
                     Ok(packet) => {
                         shared.on_packet(packet).await;
                     }
@@ -810,6 +973,7 @@ async fn ws_loop(shared: Arc<Shared>, ws: HyperWebSocket, write_timeout: Duratio
                     }
                 },
                 Some(Ok(Message::Binary(bytes))) => {
+                    shared.note_packet();
                     shared.deliver(Data::Binary(bytes)).await;
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}

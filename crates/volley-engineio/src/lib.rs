@@ -9,13 +9,42 @@
 //!   [`Engine::handle`] or as a tower service (axum: `nest_service("/socket.io", engine)`).
 //! - [`Session`] / [`SessionSender`]: one Engine.IO connection, receiving and sending.
 //!
-//! Where this crate's behaviour differs from Node's engine.io 6.6 (checked side by side):
-//! - a close packet from the client closes the session with [`CloseReason::ClientClose`]
-//!   (`"forced close"`); Node reports `"transport close"`;
-//! - a long-polling POST over `max_payload` is answered 413 *and* closes the session as a
-//!   transport error (Node answers 413 and leaves the session to time out);
-//! - JSONP polling and protocol v3 (`allowEIO3`) are not supported; `b64` is ignored (v4 polling
-//!   always carries binary as base64).
+//! The wire behaviour is Node's engine.io 6.6 (socket.io 4.8.4), checked answer by answer against
+//! Node's own server: `e2e/node/sio_raw_parity.js` sends the same raw long-polling requests and
+//! WebSocket frames to both and volley-socketio's `tests/node_wire.rs` asserts identical
+//! transcripts (handshakes, errors and their order of checks, upgrades, a second WebSocket for a
+//! session, closes from either side, malformed and out-of-place packets, payload limits). What
+//! still differs:
+//! - a close packet from a long-polling client closes the session with
+//!   [`CloseReason::ClientClose`] (`"forced close"`); Node reports `"transport close"`;
+//! - upgrade timing: a GET that waits when the upgrade is probed is answered the noop at once
+//!   (Node: at its next 100 ms upgrade check). A GET that arrives while the upgrade is probed is
+//!   answered the noop after 100 ms, or 400 "Bad request" if the upgrade completes first; Node
+//!   answers 400 if it read the client's upgrade packet before that GET and the close packet `1`
+//!   if after — Volley reads them on different connections and cannot tell, and no client polls
+//!   after sending its upgrade packet;
+//! - [`EngineConfig::allow_upgrades`]`(false)` refuses upgrade requests (400 "Bad request");
+//!   Node's `allowUpgrades: false` only leaves `websocket` out of the open packet and still
+//!   upgrades a client that tries;
+//! - a WebSocket with the sid of a session that is on WebSocket from its handshake is accepted
+//!   and closed at once (as for an upgraded session); Node probes it as an upgrade to a second
+//!   WebSocket;
+//! - a plain GET with `transport=websocket` and the sid of a WebSocket session is answered 400
+//!   "Bad request"; Node never answers it;
+//! - a long-polling session closed by the server whose close packet waits for a GET refuses
+//!   upgrade requests (400 "Bad request"); Node takes them (and ends the session once upgraded);
+//! - [`Engine::close_all`] (server shutdown) gives a long-polling session without a waiting GET
+//!   its close packet in its next GET; Node drops such sessions at once (the next GET gets 400
+//!   "Session ID unknown");
+//! - a pong without an outstanding ping is ignored; Node restarts its ping interval on it;
+//! - long-polling answers are never compressed (Node gzips or deflates those of 1 KiB or more
+//!   when the client accepts it: `httpCompression`); JSONP polling and protocol v3
+//!   (`allowEIO3`) are not supported; `b64` is ignored (v4 polling always carries binary as
+//!   base64; Node also sends binary as base64 text frames over a WebSocket opened with `b64`).
+//!
+//! Writes are batched: a long-polling GET answers everything queued, a WebSocket writes what
+//! is queued in one write. [`SessionSender::send_all_and_flush`] ends a write after its messages
+//! (Socket.IO's CONNECT reply), as Node writes a packet at once when its transport is idle.
 //!
 //! As in Node, a session closed by the server (or by a heartbeat timeout or an error) gets the
 //! close packet `1` only over long-polling; over WebSocket the connection is just closed (a close

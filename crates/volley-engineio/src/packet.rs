@@ -10,20 +10,45 @@
 use std::fmt;
 
 use base64::Engine as _;
-use base64::engine::DecodePaddingMode;
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
+use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 
 /// The separator of packets in a long-polling payload (ASCII record separator).
 pub const SEPARATOR: char = '\x1e';
 
-/// Base64 decoding as lenient as engine.io-parser's about padding.
-const LENIENT_BASE64: GeneralPurpose = GeneralPurpose::new(
-    &base64::alphabet::STANDARD,
-    GeneralPurposeConfig::new()
-        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
-        .with_decode_allow_trailing_bits(true),
-);
+/// Decodes base64 as Node's `Buffer.from(text, "base64")` does (engine.io-parser decodes the
+/// `b` packets of long-polling with it): the standard and the URL-safe alphabets, characters
+/// outside them skipped, the end at the first `=`, a last lone character dropped. Never fails.
+fn decode_base64_like_node(text: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() / 4 * 3 + 2);
+    let mut group = 0u32;
+    let mut count = 0;
+    for byte in text.bytes() {
+        let value = match byte {
+            b'A'..=b'Z' => byte - b'A',
+            b'a'..=b'z' => byte - b'a' + 26,
+            b'0'..=b'9' => byte - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            b'=' => break,
+            _ => continue,
+        };
+        group = (group << 6) | u32::from(value);
+        count += 1;
+        if count == 4 {
+            out.extend_from_slice(&group.to_be_bytes()[1..]);
+            group = 0;
+            count = 0;
+        }
+    }
+    // A partial group: 2 characters make 1 byte, 3 make 2 (the low bits are dropped).
+    match count {
+        2 => out.push((group >> 4) as u8),
+        3 => out.extend_from_slice(&((group >> 2) as u16).to_be_bytes()),
+        _ => {}
+    }
+    out
+}
 
 /// A message packet's payload.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -144,7 +169,6 @@ pub struct PacketError {
 enum ErrorKind {
     Empty,
     UnknownType(char),
-    Base64,
     NotUtf8,
 }
 
@@ -159,7 +183,6 @@ impl fmt::Display for PacketError {
         match &self.kind {
             ErrorKind::Empty => f.write_str("empty Engine.IO packet"),
             ErrorKind::UnknownType(c) => write!(f, "unknown Engine.IO packet type {c:?}"),
-            ErrorKind::Base64 => f.write_str("invalid base64 in a binary Engine.IO packet"),
             ErrorKind::NotUtf8 => f.write_str("long-polling payload is not valid UTF-8"),
         }
     }
@@ -168,7 +191,9 @@ impl fmt::Display for PacketError {
 impl std::error::Error for PacketError {}
 
 /// Decodes one packet in text form: a WebSocket text frame (`4hello`, `2probe`) or one record of
-/// a long-polling payload (where `b<base64>` is a binary message).
+/// a long-polling payload (where `b<base64>` is a binary message). The base64 is read as Node
+/// reads it: characters outside the alphabet are skipped and it ends at the first `=`, so a `b`
+/// packet always decodes.
 pub fn decode_text(text: &str) -> Result<Packet, PacketError> {
     let mut chars = text.chars();
     let first = chars.next().ok_or(PacketError::new(ErrorKind::Empty))?;
@@ -181,18 +206,15 @@ pub fn decode_text(text: &str) -> Result<Packet, PacketError> {
         '4' => Packet::Message(Data::Text(rest.to_owned())),
         '5' => Packet::Upgrade,
         '6' => Packet::Noop,
-        'b' => {
-            let bytes = LENIENT_BASE64
-                .decode(rest)
-                .map_err(|_| PacketError::new(ErrorKind::Base64))?;
-            Packet::Message(Data::Binary(Bytes::from(bytes)))
-        }
+        'b' => Packet::Message(Data::Binary(Bytes::from(decode_base64_like_node(rest)))),
         other => return Err(PacketError::new(ErrorKind::UnknownType(other))),
     })
 }
 
 /// Decodes a long-polling request body: packets joined by `\x1e`, binary messages as
-/// `b<base64>`. The whole payload is rejected if any packet is invalid (as engine.io does).
+/// `b<base64>`. The whole payload is rejected if any packet is invalid or the body is not UTF-8.
+/// (The server itself reads a body as Node does: invalid UTF-8 replaced by U+FFFD, the packets
+/// before an invalid one handled, then the session closed.)
 pub fn decode_payload(body: &[u8]) -> Result<Vec<Packet>, PacketError> {
     let text = std::str::from_utf8(body).map_err(|_| PacketError::new(ErrorKind::NotUtf8))?;
     text.split(SEPARATOR).map(decode_text).collect()
@@ -247,10 +269,32 @@ mod tests {
         assert_eq!(decode_text("bAQIDBA==").unwrap(), p);
         // Unpadded base64 is accepted like engine.io-parser does.
         assert_eq!(decode_text("bAQIDBA").unwrap(), p);
-        assert_eq!(
-            decode_text("b").unwrap(),
-            Packet::Message(Data::Binary(Bytes::new()))
-        );
+        let binary = |bytes: &[u8]| Packet::Message(Data::Binary(Bytes::copy_from_slice(bytes)));
+        assert_eq!(decode_text("b").unwrap(), binary(&[]));
+        // What Node's Buffer.from(text, "base64") makes of odd input (checked with Node 20):
+        // other characters skipped, the end at the first "=", URL-safe characters, a lone last
+        // character dropped.
+        for (text, bytes) in [
+            ("AQ*ID", &[1u8, 2, 3][..]),
+            ("AQ=ID", &[1]),
+            ("AQ==ID", &[1]),
+            ("A", &[]),
+            ("AQI", &[1, 2]),
+            ("AQID A", &[1, 2, 3]),
+            ("AQ-_", &[0x01, 0x0f, 0xbf]),
+            ("A===", &[]),
+            ("AQIDBA", &[1, 2, 3, 4]),
+            ("AQIDB", &[1, 2, 3]),
+            ("@@@", &[]),
+            ("AQéID", &[1, 2, 3]),
+            ("!!!!", &[]),
+        ] {
+            assert_eq!(
+                decode_text(&format!("b{text}")).unwrap(),
+                binary(bytes),
+                "{text}"
+            );
+        }
     }
 
     #[test]
@@ -276,16 +320,14 @@ mod tests {
         assert!(decode_text("7").is_err());
         assert!(decode_text("x4").is_err());
         assert!(decode_text("é").is_err());
-        assert!(decode_text("b!!!!").is_err());
-        assert!(decode_text("b\u{1e}").is_err());
         assert!(decode_payload(b"").is_err());
         assert!(decode_payload(b"4a\x1e").is_err());
         assert!(decode_payload(b"\x1e\x1e").is_err());
         assert!(decode_payload(b"4a\x1e9").is_err());
         assert!(decode_payload(b"4\xff\xfe").is_err());
         assert!(decode_payload(&[0x1e; 10_000]).is_err());
-        let err = decode_payload(b"4ok\x1eb%%").unwrap_err();
-        assert!(err.to_string().contains("base64"), "{err}");
+        let err = decode_payload(b"4ok\x1e9").unwrap_err();
+        assert!(err.to_string().contains("type"), "{err}");
     }
 
     #[test]

@@ -159,6 +159,9 @@ impl std::error::Error for SendError {}
 pub(crate) struct Inner {
     /// Packets waiting for the transport (a polling GET or the WebSocket writer).
     pub(crate) queue: VecDeque<Packet>,
+    /// Where a write must end: counts of packets from the front of `queue`, ascending (see
+    /// [`SessionSender::send_all_and_flush`]).
+    pub(crate) write_ends: VecDeque<usize>,
     /// Set once closed.
     pub(crate) reason: Option<CloseReason>,
     pub(crate) transport: TransportKind,
@@ -174,6 +177,37 @@ pub(crate) struct Inner {
     pub(crate) close_undelivered: bool,
     /// The sending end of the incoming messages; dropped on close.
     pub(crate) incoming: Option<mpsc::Sender<Data>>,
+    /// When the first packet other than a pong arrived since the last ping (Node extends the
+    /// ping timeout once from then).
+    pub(crate) packet_since_ping: Option<tokio::time::Instant>,
+}
+
+impl Inner {
+    /// Takes the packets of the next write: up to the first write end, or the whole queue; true
+    /// if the write ends at a write end.
+    pub(crate) fn take_write(&mut self) -> (Vec<Packet>, bool) {
+        let end = self.write_ends.pop_front();
+        let n = end.map_or(self.queue.len(), |end| end.min(self.queue.len()));
+        for end in &mut self.write_ends {
+            *end -= n.min(*end);
+        }
+        while self.write_ends.front() == Some(&0) {
+            self.write_ends.pop_front();
+        }
+        (self.queue.drain(..n).collect(), end.is_some())
+    }
+
+    /// Empties the queue.
+    fn clear_queue(&mut self) {
+        self.queue.clear();
+        self.write_ends.clear();
+    }
+
+    /// Whether a polling request for this session must be answered as for an unknown sid: it is
+    /// closed and no close packet waits for it (Node forgets such a session at once).
+    pub(crate) fn is_gone(&self) -> bool {
+        self.reason.is_some() && !self.close_undelivered
+    }
 }
 
 /// The state shared by a session, its senders, its transports and the engine.
@@ -205,6 +239,7 @@ impl Shared {
             max_buffered,
             inner: Mutex::new(Inner {
                 queue: VecDeque::new(),
+                write_ends: VecDeque::new(),
                 reason: None,
                 transport,
                 upgrading: false,
@@ -213,6 +248,7 @@ impl Shared {
                 post_active: false,
                 close_undelivered: false,
                 incoming: Some(incoming),
+                packet_since_ping: None,
             }),
             out_notify: Notify::new(),
             pong_notify: Notify::new(),
@@ -250,10 +286,12 @@ impl Shared {
         true
     }
 
-    /// Queues messages atomically within the bound.
+    /// Queues messages atomically within the bound. With `flush`, the write that takes them ends
+    /// after them when the transport can write now (a WebSocket, or a GET waiting).
     pub(crate) fn push_messages(
         &self,
         data: impl IntoIterator<Item = Data>,
+        flush: bool,
     ) -> Result<(), SendError> {
         let over = {
             let mut inner = self.lock();
@@ -271,6 +309,9 @@ impl Shared {
             }
             if over {
                 inner.queue.truncate(before);
+            } else if flush && (inner.transport == TransportKind::WebSocket || inner.get_active) {
+                let end = inner.queue.len();
+                inner.write_ends.push_back(end);
             }
             over
         };
@@ -295,11 +336,22 @@ impl Shared {
             inner.incoming = None;
             match reason {
                 // The client is gone or closed itself: nothing more to tell it.
-                CloseReason::TransportClose | CloseReason::ClientClose => inner.queue.clear(),
+                CloseReason::TransportClose | CloseReason::ClientClose => inner.clear_queue(),
                 _ => {
                     if reason != CloseReason::ServerClose {
                         // Errors drop what was pending; a server close flushes it first.
-                        inner.queue.clear();
+                        inner.clear_queue();
+                    } else if inner.transport == TransportKind::Polling
+                        && !(inner.get_active && inner.queue.is_empty())
+                    {
+                        // As Node's polling transport: unless a GET waits with nothing queued
+                        // (it gets the close packet alone), what is queued goes in one answer
+                        // and the close packet follows a noop in a later one.
+                        if !inner.queue.is_empty() {
+                            let end = inner.queue.len();
+                            inner.write_ends.push_back(end);
+                        }
+                        inner.queue.push_back(Packet::Noop);
                     }
                     inner.queue.push_back(Packet::Close);
                     inner.close_undelivered = reason == CloseReason::ServerClose;
@@ -312,7 +364,19 @@ impl Shared {
 
     /// Marks a ping as sent: the next pong answers it.
     pub(crate) fn expect_pong(&self) {
+        self.lock().packet_since_ping = None;
         self.awaiting_pong.store(true, Ordering::Release);
+    }
+
+    /// Notes a packet from the client other than a pong: while a pong is awaited, the first one
+    /// extends the ping timeout (once, from its arrival), as in Node's engine.
+    pub(crate) fn note_packet(&self) {
+        if self.awaiting_pong.load(Ordering::Acquire) {
+            let mut inner = self.lock();
+            if inner.packet_since_ping.is_none() {
+                inner.packet_since_ping = Some(tokio::time::Instant::now());
+            }
+        }
     }
 
     /// Resolves once the session is closed.
@@ -340,8 +404,12 @@ impl Shared {
     }
 
     /// Handles a packet received from the client on either transport (not the upgrade
-    /// packets). Returns false when the session closed.
+    /// packets; over WebSocket not the close packet, which Node ignores there). Returns false
+    /// when the session closed.
     pub(crate) async fn on_packet(&self, packet: Packet) -> bool {
+        if !matches!(packet, Packet::Pong(_)) {
+            self.note_packet();
+        }
         match packet {
             Packet::Message(data) => return self.deliver(data).await,
             Packet::Pong(_) => {
@@ -351,8 +419,10 @@ impl Shared {
                 }
             }
             Packet::Close => self.close(CloseReason::ClientClose),
-            Packet::Open(_) => self.close(CloseReason::ParseError),
-            Packet::Ping(_) | Packet::Upgrade | Packet::Noop => {}
+            // In protocol v4 only the server pings: Node closes on "invalid heartbeat direction".
+            Packet::Ping(_) => self.close(CloseReason::TransportError),
+            // Node ignores these (and an open packet) from a client.
+            Packet::Open(_) | Packet::Upgrade | Packet::Noop => {}
         }
         self.reason().is_none()
     }
@@ -437,12 +507,30 @@ impl SessionSender {
     /// ([`EngineConfig::max_buffered_packets`](crate::EngineConfig::max_buffered_packets)):
     /// then nothing is queued and the session is closed as a transport error.
     pub fn send_all(&self, data: impl IntoIterator<Item = Data>) -> Result<(), SendError> {
-        self.shared.push_messages(data)
+        self.shared.push_messages(data, false)
+    }
+
+    /// Like [`send_all`](Self::send_all), and the transport's write that carries these messages
+    /// ends after them: what is queued later goes out in a later write. Over WebSocket that is a
+    /// separate write to the connection, and the writer waits 1 ms before its next write so that
+    /// the peer reads this one on its own; over long-polling it matters only when a GET is
+    /// waiting now, which then answers these messages (and what was queued before) while later
+    /// ones wait for the next GET. Writes are otherwise batched.
+    ///
+    /// Node's engine writes a packet at once when its transport is idle and queues what comes
+    /// while that write is under way. Socket.IO sends its CONNECT reply this way, so that a client
+    /// that handles one message per socket read sees it before what the connection handler
+    /// sends.
+    pub fn send_all_and_flush(
+        &self,
+        data: impl IntoIterator<Item = Data>,
+    ) -> Result<(), SendError> {
+        self.shared.push_messages(data, true)
     }
 
     /// Queues one message; see [`send_all`](Self::send_all).
     pub fn send(&self, data: Data) -> Result<(), SendError> {
-        self.shared.push_messages([data])
+        self.shared.push_messages([data], false)
     }
 
     /// Closes the session from the server side: what is queued is still delivered, then the

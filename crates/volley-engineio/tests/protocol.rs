@@ -6,7 +6,9 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{UPGRADE_HEADERS, WAIT, next_close, next_frame, next_text, request, serve, wait_for};
+use common::{
+    KeepAlive, UPGRADE_HEADERS, WAIT, next_close, next_frame, next_text, request, serve, wait_for,
+};
 use volley::Message;
 use volley_engineio::{CloseReason, Cors, Data, EngineConfig, TransportKind, Transports};
 
@@ -141,11 +143,13 @@ async fn polling_round_trip_with_binary() {
     let reply = pending.await.unwrap();
     assert_eq!(reply.text(), "4late");
 
-    // An invalid payload closes the session as a parse error (Node still answers "ok").
-    let reply = server.post(&q, b"4ok\x1e9bad").await;
+    // An invalid packet closes the session as a parse error (Node still answers "ok"); the
+    // packets before it are handled, as engine.io-parser decodes a payload up to its first
+    // invalid packet.
+    let reply = server.post(&q, b"4ok\x1e9bad\x1e4not this").await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.text(), "ok");
-    // The whole payload is rejected: not even its valid first packet is delivered.
+    assert_eq!(recv(&mut session).await, Some(Data::Text("ok".into())));
     assert_eq!(recv(&mut session).await, None);
     assert_eq!(session.close_reason(), Some(CloseReason::ParseError));
     server.wait_no_sessions().await;
@@ -261,16 +265,28 @@ async fn error_responses_match_node() {
 }
 
 #[tokio::test]
-async fn oversized_post_is_413_and_closes_the_session() {
+async fn oversized_post_is_413_and_leaves_the_session() {
     let mut server = serve(EngineConfig::default().max_payload(100)).await;
     let (sid, _) = server.handshake().await;
-    let session = server.session().await;
+    let mut session = server.session().await;
     let q = format!("EIO=4&transport=polling&sid={sid}");
     let body = format!("4{}", "x".repeat(100));
     let reply = server.post(&q, body.as_bytes()).await;
     assert_eq!(reply.status, 413);
-    assert_eq!(session.close_reason(), Some(CloseReason::TransportError));
-    server.wait_no_sessions().await;
+    // Without a Content-Length (chunked), the body is counted as it comes.
+    let reply = request(
+        server.addr,
+        "POST",
+        &format!("/socket.io/?{q}"),
+        &[("Transfer-Encoding", "chunked")],
+        format!("{:x}\r\n{body}\r\n0\r\n\r\n", body.len()).as_bytes(),
+    )
+    .await;
+    assert_eq!(reply.status, 413);
+    // As in Node, the session goes on.
+    assert_eq!(server.post(&q, b"4small").await.text(), "ok");
+    assert_eq!(recv(&mut session).await, Some(Data::Text("small".into())));
+    assert!(!session.sender().is_closed());
     // Exactly max_payload is fine.
     let (sid, _) = server.handshake().await;
     let mut session = server.session().await;
@@ -323,23 +339,21 @@ async fn upgrade_from_polling_to_websocket() {
     let mut ws = server
         .ws(&format!("EIO=4&transport=websocket&sid={sid}"))
         .await;
-    // A second WebSocket for the same session is refused while the first one upgrades.
-    request(
-        server.addr,
-        "GET",
-        &format!("/socket.io/?EIO=4&transport=websocket&sid={sid}"),
-        UPGRADE_HEADERS,
-        b"",
-    )
-    .await
-    .assert_upgrade_error("Bad request");
+    // A second WebSocket for the same session is closed at once while the first one upgrades
+    // (see second_websocket_for_a_session_is_accepted_and_closed).
+    let mut second = server
+        .ws(&format!("EIO=4&transport=websocket&sid={sid}"))
+        .await;
+    assert_eq!(next_close(&mut second).await, None);
     ws.send(Message::text("2probe")).await.unwrap();
     assert_eq!(next_text(&mut ws).await, "3probe");
     // The pending GET is ended with a noop so that the client can pause polling.
     let reply = tokio::time::timeout(WAIT, pending).await.unwrap().unwrap();
     assert_eq!(reply.text(), "6");
-    // So is a GET that arrives during the upgrade.
+    // So is a GET that arrives during the upgrade (after Node's 100 ms upgrade check).
+    let started = tokio::time::Instant::now();
     assert_eq!(server.get(&q).await.text(), "6");
+    assert!(started.elapsed() >= Duration::from_millis(90));
     assert_eq!(session.transport(), TransportKind::Polling);
     // Sent while upgrading: it waits for the new transport, in order.
     session.sender().send(Data::from("during")).unwrap();
@@ -450,18 +464,15 @@ async fn close_packet_from_client() {
     assert_eq!(session.close_reason(), Some(CloseReason::ClientClose));
     assert_eq!(CloseReason::ClientClose.as_str(), "forced close");
     server.wait_no_sessions().await;
-    // Over WebSocket.
+    // Over WebSocket Node's engine does not act on a close packet (clients close the
+    // WebSocket); closing the WebSocket is a transport close.
     let mut ws = server.ws("EIO=4&transport=websocket").await;
     next_text(&mut ws).await;
     let mut session = server.session().await;
     ws.send(Message::text("1")).await.unwrap();
-    assert_eq!(recv(&mut session).await, None);
-    assert_eq!(session.close_reason(), Some(CloseReason::ClientClose));
-    server.wait_no_sessions().await;
-    // A WebSocket that just goes away: transport close.
-    let mut ws = server.ws("EIO=4&transport=websocket").await;
-    next_text(&mut ws).await;
-    let mut session = server.session().await;
+    ws.send(Message::text("4after")).await.unwrap();
+    assert_eq!(recv(&mut session).await, Some(Data::Text("after".into())));
+    assert!(!session.sender().is_closed());
     ws.close(None).await.unwrap();
     assert_eq!(recv(&mut session).await, None);
     assert_eq!(session.close_reason(), Some(CloseReason::TransportClose));
@@ -552,7 +563,8 @@ async fn server_close_reaches_the_client() {
     );
     server.wait_no_sessions().await;
 
-    // Polling: the next GET gets the queue and the close packet; then the sid is gone.
+    // Polling, as Node's polling transport closes: the next GET gets the queue, the one after
+    // it a noop and the close packet; then the sid is gone.
     let (sid, _) = server.handshake().await;
     let session = server.session().await;
     session.sender().send(Data::from("last")).unwrap();
@@ -561,7 +573,8 @@ async fn server_close_reaches_the_client() {
         .await
         .unwrap();
     let q = format!("EIO=4&transport=polling&sid={sid}");
-    assert_eq!(server.get(&q).await.text(), "4last\x1e1");
+    assert_eq!(server.get(&q).await.text(), "4last");
+    assert_eq!(server.get(&q).await.text(), "6\x1e1");
     server.wait_no_sessions().await;
     server
         .get(&q)
@@ -704,4 +717,359 @@ fn engine_is_a_tower_and_hyper_service() {
     fn hyper_service<S: hyper::service::Service<http::Request<hyper::body::Incoming>>>() {}
     tower::<volley_engineio::Engine>();
     hyper_service::<volley_engineio::Engine>();
+}
+
+// Issue 16, "wire behaviour to match Node exactly": each test below asserts the answer of Node's
+// engine.io 6.6 (socket.io 4.8.4), observed side by side with e2e/node/sio_raw_parity.js.
+
+/// Point 1. Node's polling transport takes the client's close packet as its own close: a GET
+/// pending at that moment is answered with a noop `6` (not the close packet), and the session is
+/// gone at once: later polling requests get 400 "Session ID unknown".
+#[tokio::test]
+async fn client_close_packet_answers_the_pending_get_with_a_noop() {
+    let mut server = serve(EngineConfig::default()).await;
+    let (sid, _) = server.handshake().await;
+    let mut session = server.session().await;
+    let q = format!("EIO=4&transport=polling&sid={sid}");
+    let pending = {
+        let addr = server.addr;
+        let target = format!("/socket.io/?{q}");
+        tokio::spawn(async move { request(addr, "GET", &target, &[], b"").await })
+    };
+    // Give the GET time to arrive (generous: the machine may be busy).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!pending.is_finished());
+    assert_eq!(server.post(&q, b"1").await.text(), "ok");
+    let reply = tokio::time::timeout(WAIT, pending).await.unwrap().unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "6");
+    // No waiting for the session table: the sid is unknown right away.
+    server
+        .get(&q)
+        .await
+        .assert_error(400, 1, "Session ID unknown");
+    server
+        .post(&q, b"40")
+        .await
+        .assert_error(400, 1, "Session ID unknown");
+    assert_eq!(recv(&mut session).await, None);
+    assert_eq!(session.close_reason(), Some(CloseReason::ClientClose));
+}
+
+/// Point 2. A client sends the upgrade packet `5` and then a polling GET on its keep-alive
+/// connection: Node reads the upgrade packet first and refuses the GET like any polling request
+/// for a WebSocket session, 400 `{"code":3,"message":"Bad request"}`. The GET reaches the server
+/// right behind the upgrade packet, so the server must not answer it before it has read what the
+/// WebSocket already delivered (it used to answer `200 6` in about one try out of six).
+// Two workers: the server handles the WebSocket and the GET in parallel, as in production.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_get_right_after_the_upgrade_packet_is_refused() {
+    let mut server = serve(EngineConfig::default()).await;
+    for _ in 0..40 {
+        let mut http = KeepAlive::connect(server.addr).await;
+        let reply = http
+            .request("GET", "/socket.io/?EIO=4&transport=polling", b"")
+            .await;
+        let open: serde_json::Value = serde_json::from_str(&reply.text()[1..]).unwrap();
+        let sid = open["sid"].as_str().unwrap().to_owned();
+        let session = server.session().await;
+        let mut ws = server
+            .ws(&format!("EIO=4&transport=websocket&sid={sid}"))
+            .await;
+        ws.send(Message::text("2probe")).await.unwrap();
+        assert_eq!(next_text(&mut ws).await, "3probe");
+        ws.send(Message::text("5")).await.unwrap();
+        let target = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+        http.request("GET", &target, b"")
+            .await
+            .assert_error(400, 3, "Bad request");
+        assert_eq!(session.transport(), TransportKind::WebSocket);
+        assert!(!session.sender().is_closed());
+    }
+}
+
+/// Point 3. A second WebSocket for a session that has upgraded (or is upgrading): Node completes
+/// the WebSocket handshake and closes that WebSocket at once (a close frame without a status
+/// code), leaving the session and its WebSocket alone.
+#[tokio::test]
+async fn second_websocket_for_a_session_is_accepted_and_closed() {
+    let mut server = serve(EngineConfig::default()).await;
+    let (sid, _) = server.handshake().await;
+    let mut session = server.session().await;
+    let ws_query = format!("EIO=4&transport=websocket&sid={sid}");
+    let mut ws = server.ws(&ws_query).await;
+    ws.send(Message::text("2probe")).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "3probe");
+    // While the first one upgrades.
+    let mut second = server.ws(&ws_query).await;
+    assert_eq!(next_close(&mut second).await, None);
+    assert!(
+        tokio::time::timeout(WAIT, second.recv())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    ws.send(Message::text("5")).await.unwrap();
+    wait_for(|| session.transport() == TransportKind::WebSocket).await;
+    // After the upgrade.
+    let mut third = server.ws(&ws_query).await;
+    assert_eq!(next_close(&mut third).await, None);
+    // The session goes on over the first WebSocket, both ways.
+    session.sender().send(Data::from("still")).unwrap();
+    assert_eq!(next_text(&mut ws).await, "4still");
+    ws.send(Message::text("4here")).await.unwrap();
+    assert_eq!(recv(&mut session).await, Some(Data::Text("here".into())));
+    assert!(!session.sender().is_closed());
+}
+
+// Further differences from Node found by the audit of issue 16 (each answer checked against
+// Node's server with e2e/node/sio_raw_parity.js).
+
+/// Requests with a sid are checked as Node checks them: the session's transport (except for
+/// upgrades), then the protocol version (400 "Bad request" for anything but `EIO=4`).
+#[tokio::test]
+async fn requests_for_a_session_must_be_protocol_v4() {
+    let mut server = serve(EngineConfig::default()).await;
+    let (sid, _) = server.handshake().await;
+    let mut session = server.session().await;
+    for query in [
+        format!("transport=polling&sid={sid}"),
+        format!("EIO=3&transport=polling&sid={sid}"),
+    ] {
+        server.get(&query).await.assert_error(400, 3, "Bad request");
+        server
+            .post(&query, b"4x")
+            .await
+            .assert_error(400, 3, "Bad request");
+    }
+    request(
+        server.addr,
+        "GET",
+        &format!("/socket.io/?EIO=3&transport=websocket&sid={sid}"),
+        UPGRADE_HEADERS,
+        b"",
+    )
+    .await
+    .assert_upgrade_error("Bad request");
+    // The session is untouched.
+    let q = format!("EIO=4&transport=polling&sid={sid}");
+    assert_eq!(server.post(&q, b"4fine").await.text(), "ok");
+    assert_eq!(recv(&mut session).await, Some(Data::Text("fine".into())));
+}
+
+/// A WebSocket upgrade request that names the polling transport, with or without a sid: Node
+/// completes the WebSocket handshake and closes the WebSocket at once (no session is made, an
+/// existing one is left alone).
+#[tokio::test]
+async fn websocket_requests_for_the_polling_transport_are_accepted_and_closed() {
+    let mut server = serve(EngineConfig::default()).await;
+    let mut ws = server.ws("EIO=4&transport=polling").await;
+    assert_eq!(next_close(&mut ws).await, None);
+    assert_eq!(server.engine.session_count(), 0);
+    let (sid, _) = server.handshake().await;
+    let mut session = server.session().await;
+    let mut ws = server
+        .ws(&format!("EIO=4&transport=polling&sid={sid}"))
+        .await;
+    assert_eq!(next_close(&mut ws).await, None);
+    let q = format!("EIO=4&transport=polling&sid={sid}");
+    assert_eq!(server.post(&q, b"4fine").await.text(), "ok");
+    assert_eq!(recv(&mut session).await, Some(Data::Text("fine".into())));
+    assert_eq!(session.transport(), TransportKind::Polling);
+}
+
+/// Engine.IO packets a v4 client does not send: a ping closes the session as a transport error
+/// (Node: "invalid heartbeat direction"), on either transport; an open packet is ignored.
+#[tokio::test]
+async fn client_pings_close_and_open_packets_are_ignored() {
+    let mut server = serve(EngineConfig::default()).await;
+    let mut ws = server.ws("EIO=4&transport=websocket").await;
+    next_text(&mut ws).await;
+    let mut session = server.session().await;
+    ws.send(Message::text("0{}")).await.unwrap();
+    ws.send(Message::text("4still open")).await.unwrap();
+    assert_eq!(
+        recv(&mut session).await,
+        Some(Data::Text("still open".into()))
+    );
+    ws.send(Message::text("2")).await.unwrap();
+    assert_eq!(recv(&mut session).await, None);
+    assert_eq!(session.close_reason(), Some(CloseReason::TransportError));
+    assert_eq!(next_close(&mut ws).await, None);
+
+    let (sid, _) = server.handshake().await;
+    let mut session = server.session().await;
+    let q = format!("EIO=4&transport=polling&sid={sid}");
+    assert_eq!(server.post(&q, b"0\x1e4a\x1e2probe").await.text(), "ok");
+    assert_eq!(recv(&mut session).await, Some(Data::Text("a".into())));
+    assert_eq!(recv(&mut session).await, None);
+    assert_eq!(session.close_reason(), Some(CloseReason::TransportError));
+    server
+        .get(&q)
+        .await
+        .assert_error(400, 1, "Session ID unknown");
+}
+
+/// Long-polling bodies are read as Node reads them: a binary content type is refused (bare 400,
+/// the session closed), invalid UTF-8 becomes U+FFFD, base64 as lenient as Node's decoder.
+#[tokio::test]
+async fn polling_bodies_are_read_as_node_reads_them() {
+    let mut server = serve(EngineConfig::default()).await;
+    let (sid, _) = server.handshake().await;
+    let mut session = server.session().await;
+    let q = format!("EIO=4&transport=polling&sid={sid}");
+    assert_eq!(
+        server.post(&q, b"4caf\xc3\xa9 \xff\x1ebAQ*ID").await.text(),
+        "ok"
+    );
+    assert_eq!(
+        recv(&mut session).await,
+        Some(Data::Text("café \u{fffd}".into()))
+    );
+    assert_eq!(
+        recv(&mut session).await,
+        Some(Data::Binary(Bytes::from_static(&[1, 2, 3])))
+    );
+    let reply = request(
+        server.addr,
+        "POST",
+        &format!("/socket.io/?{q}"),
+        &[("Content-Type", "application/octet-stream")],
+        b"4x",
+    )
+    .await;
+    assert_eq!(reply.status, 400);
+    assert!(reply.body.is_empty());
+    assert_eq!(recv(&mut session).await, None);
+    assert_eq!(session.close_reason(), Some(CloseReason::TransportError));
+}
+
+/// A server close over long-polling: a GET that waits with nothing queued gets the close packet
+/// alone; otherwise the queue goes first and a later GET gets a noop and the close packet (as
+/// Node's polling transport closes). Over WebSocket no noop is ever written.
+#[tokio::test]
+async fn server_close_over_polling_follows_node() {
+    let mut server = serve(EngineConfig::default()).await;
+    let (sid, _) = server.handshake().await;
+    let session = server.session().await;
+    let q = format!("EIO=4&transport=polling&sid={sid}");
+    let pending = {
+        let addr = server.addr;
+        let target = format!("/socket.io/?{q}");
+        tokio::spawn(async move { request(addr, "GET", &target, &[], b"").await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    session.sender().close();
+    let reply = tokio::time::timeout(WAIT, pending).await.unwrap().unwrap();
+    assert_eq!(reply.text(), "1");
+    server
+        .get(&q)
+        .await
+        .assert_error(400, 1, "Session ID unknown");
+    // Nothing queued, no GET waiting: the next GET gets the noop and the close packet.
+    let (sid, _) = server.handshake().await;
+    let session = server.session().await;
+    session.sender().close();
+    let q = format!("EIO=4&transport=polling&sid={sid}");
+    assert_eq!(server.get(&q).await.text(), "6\x1e1");
+    server
+        .get(&q)
+        .await
+        .assert_error(400, 1, "Session ID unknown");
+}
+
+/// A packet that arrives while the server waits for a pong extends the ping timeout once, to
+/// ping_timeout after that packet, as Node's engine does (`hasRefreshedPingTimeout`).
+#[tokio::test]
+async fn a_packet_while_a_pong_is_awaited_extends_the_ping_timeout_once() {
+    let mut server = serve(
+        EngineConfig::default()
+            .ping_interval(Duration::from_millis(100))
+            .ping_timeout(Duration::from_millis(1000)),
+    )
+    .await;
+    let mut ws = server.ws("EIO=4&transport=websocket").await;
+    next_text(&mut ws).await; // open
+    let mut session = server.session().await;
+    assert_eq!(next_text(&mut ws).await, "2");
+    let pinged = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ws.send(Message::text("4busy")).await.unwrap();
+    assert_eq!(recv(&mut session).await, Some(Data::Text("busy".into())));
+    // Without the extension the session would close at 1000 ms.
+    tokio::time::sleep_until(pinged + Duration::from_millis(1250)).await;
+    assert!(!session.sender().is_closed());
+    // A second packet does not extend it again: closed at about 1500 ms.
+    ws.send(Message::text("4again")).await.unwrap();
+    assert_eq!(recv(&mut session).await, Some(Data::Text("again".into())));
+    assert_eq!(recv(&mut session).await, None);
+    assert_eq!(session.close_reason(), Some(CloseReason::PingTimeout));
+    let waited = pinged.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1400) && waited < Duration::from_millis(2150),
+        "{waited:?}"
+    );
+}
+
+/// Node adds `X-XSS-Protection: 0` to its polling answers (handshake, GET, POST) when the user
+/// agent is Internet Explorer, and only then.
+#[tokio::test]
+async fn polling_answers_to_internet_explorer_disable_its_xss_filter() {
+    let server = serve(EngineConfig::default()).await;
+    let ie = [(
+        "User-Agent",
+        "Mozilla/5.0 (Windows NT 10.0; Trident/7.0; rv:11.0)",
+    )];
+    let reply = request(
+        server.addr,
+        "GET",
+        "/socket.io/?EIO=4&transport=polling",
+        &ie,
+        b"",
+    )
+    .await;
+    assert_eq!(reply.header("x-xss-protection"), Some("0"));
+    let open: serde_json::Value = serde_json::from_str(&reply.text()[1..]).unwrap();
+    let target = format!(
+        "/socket.io/?EIO=4&transport=polling&sid={}",
+        open["sid"].as_str().unwrap()
+    );
+    let reply = request(server.addr, "POST", &target, &ie, b"4x").await;
+    assert_eq!(reply.text(), "ok");
+    assert_eq!(reply.header("x-xss-protection"), Some("0"));
+    let msie = [("User-Agent", "Mozilla/4.0 (compatible;MSIE 7.0)")];
+    let reply = request(
+        server.addr,
+        "GET",
+        "/socket.io/?EIO=4&transport=nope",
+        &msie,
+        b"",
+    )
+    .await;
+    assert_eq!(reply.header("x-xss-protection"), None);
+    // Other user agents: no such header.
+    let reply = server.get("EIO=4&transport=polling").await;
+    assert_eq!(reply.header("x-xss-protection"), None);
+}
+
+/// A long-polling session closed by the server, its close packet not fetched yet: POSTs are
+/// still answered "ok" and their packets ignored, as by Node (the session is closing, not gone).
+#[tokio::test]
+async fn posts_to_a_session_the_server_is_closing_are_ignored() {
+    let mut server = serve(EngineConfig::default()).await;
+    let (sid, _) = server.handshake().await;
+    let mut session = server.session().await;
+    session.sender().send(Data::from("last")).unwrap();
+    session.sender().close();
+    let q = format!("EIO=4&transport=polling&sid={sid}");
+    let reply = server.post(&q, b"4ignored").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "ok");
+    assert_eq!(recv(&mut session).await, None);
+    assert_eq!(server.get(&q).await.text(), "4last");
+    assert_eq!(server.get(&q).await.text(), "6\x1e1");
+    server
+        .post(&q, b"4x")
+        .await
+        .assert_error(400, 1, "Session ID unknown");
 }

@@ -85,11 +85,26 @@ impl ClientShared {
     }
 
     fn send(&self, packet: &Packet) {
+        self.send_frames(packet, false);
+    }
+
+    /// Sends `packet` in a write of its own (with what was queued before it): see
+    /// [`SessionSender::send_all_and_flush`].
+    fn send_flushed(&self, packet: &Packet) {
+        self.send_frames(packet, true);
+    }
+
+    fn send_frames(&self, packet: &Packet, flush: bool) {
         let encoded = EncodedPacket::new(packet);
         let (text, attachments) = encoded.into_parts();
         let frames =
             std::iter::once(Data::Text(text)).chain(attachments.into_iter().map(Data::Binary));
-        if let Err(e) = self.sender.send_all(frames) {
+        let sent = if flush {
+            self.sender.send_all_and_flush(frames)
+        } else {
+            self.sender.send_all(frames)
+        };
+        if let Err(e) = sent {
             tracing::debug!(sid = self.sender.id(), "socket.io: send failed: {e}");
         }
     }
@@ -139,10 +154,18 @@ pub(crate) async fn run(io: SocketIo, mut session: Session) {
                 None if io.is_closing() => break DisconnectReason::ServerShuttingDown,
                 None => break reason_from(session.close_reason()),
                 Some(data) => {
-                    if let Err(e) = on_data(&io, &shared, &mut partial, &limits, data) {
-                        tracing::debug!(sid = shared.sender.id(), "socket.io: closing on invalid packet: {e}");
-                        shared.sender.close();
-                        break DisconnectReason::ParseError;
+                    match on_data(&io, &shared, &mut partial, &limits, data) {
+                        Ok(()) => {}
+                        Err(Refusal::Invalid(e)) => {
+                            tracing::debug!(sid = shared.sender.id(), "socket.io: closing on invalid packet: {e}");
+                            shared.sender.close();
+                            break DisconnectReason::ParseError;
+                        }
+                        Err(Refusal::State(what)) => {
+                            tracing::debug!(sid = shared.sender.id(), "socket.io: closing on {what}");
+                            shared.sender.close();
+                            break DisconnectReason::ForcedServerClose;
+                        }
                     }
                 }
             },
@@ -166,37 +189,61 @@ pub(crate) async fn run(io: SocketIo, mut session: Session) {
     }
 }
 
+/// Why a client's connection is closed on a packet it sent.
+enum Refusal {
+    /// Not a valid Socket.IO packet (Node's decoder throws; "parse error").
+    Invalid(String),
+    /// A valid packet that does not fit the client's state: Node's server closes the connection
+    /// ("forced server close") on a CONNECT for a namespace already joined, on any other packet
+    /// for a namespace not joined, and on a CONNECT_ERROR.
+    State(&'static str),
+}
+
 fn on_data(
     io: &SocketIo,
     shared: &Arc<ClientShared>,
     partial: &mut Option<PartialPacket>,
     limits: &Limits,
     data: Data,
-) -> Result<(), String> {
+) -> Result<(), Refusal> {
     match data {
         Data::Text(text) => {
             if partial.is_some() {
-                return Err("text packet while waiting for binary attachments".into());
+                return Err(Refusal::Invalid(
+                    "text packet while waiting for binary attachments".into(),
+                ));
             }
-            match decode(&text, limits).map_err(|e| e.to_string())? {
-                Decoded::Complete(packet) => on_packet(io, shared, packet),
+            match decode(&text, limits).map_err(|e| Refusal::Invalid(e.to_string()))? {
+                Decoded::Complete(packet) => on_packet(io, shared, packet)?,
                 Decoded::Partial(p) => *partial = Some(p),
             }
         }
         Data::Binary(bytes) => {
             let Some(p) = partial.as_mut() else {
-                return Err("binary attachment without a binary packet".into());
+                return Err(Refusal::Invalid(
+                    "binary attachment without a binary packet".into(),
+                ));
             };
             if let Some(packet) = p.push(bytes) {
                 *partial = None;
-                on_packet(io, shared, packet);
+                on_packet(io, shared, packet)?;
             }
         }
     }
     Ok(())
 }
 
-fn on_packet(io: &SocketIo, shared: &Arc<ClientShared>, packet: Packet) {
+fn on_packet(io: &SocketIo, shared: &Arc<ClientShared>, packet: Packet) -> Result<(), Refusal> {
+    let joined = shared.get(&packet.nsp);
+    match (packet.kind, &joined) {
+        (PacketType::Connect, Some(_)) => {
+            return Err(Refusal::State("a CONNECT for a namespace already joined"));
+        }
+        (PacketType::ConnectError, _) => return Err(Refusal::State("a CONNECT_ERROR")),
+        (PacketType::Connect, None) => {}
+        (_, None) => return Err(Refusal::State("a packet for a namespace not joined")),
+        (_, Some(_)) => {}
+    }
     match packet.kind {
         PacketType::Connect => {
             let io = io.clone();
@@ -289,23 +336,24 @@ fn on_packet(io: &SocketIo, shared: &Arc<ClientShared>, packet: Packet) {
             }
         }
         PacketType::Disconnect => {
-            if let Some(socket) = shared.get(&packet.nsp) {
+            if let Some(socket) = joined {
                 socket.on_close(DisconnectReason::ClientNamespaceDisconnect);
             }
         }
         PacketType::Event | PacketType::BinaryEvent => {
-            if let Some(socket) = shared.get(&packet.nsp) {
+            if let Some(socket) = joined {
                 socket.dispatch_event(packet);
             }
         }
         PacketType::Ack | PacketType::BinaryAck => {
-            if let Some(socket) = shared.get(&packet.nsp) {
+            if let Some(socket) = joined {
                 socket.dispatch_ack(packet);
             }
         }
-        // Only servers send CONNECT_ERROR; Node ignores one from a client.
+        // Refused above.
         PacketType::ConnectError => {}
     }
+    Ok(())
 }
 
 /// Registers the socket (unless the session has ended), replies `{"sid"}`, runs the connection
@@ -331,7 +379,11 @@ fn finish_connect(ns: &Namespace, shared: &Arc<ClientShared>, socket: Socket) {
         // events received before it, then emits them in order).
         socket.join(restored.session.rooms);
         let mut send = |missed: crate::recovery::MissedPacket| {
-            shared.send(&Packet {
+            // The CONNECT reply goes out in its own write, before what the connection handlers send (as
+    // from Node's engine, which writes a packet at once when its transport is idle): a client
+    // that handles one message per socket read (`ws.once("message")` on Node's `ws`) would lose
+    // a packet that shares the reply's read.
+    shared.send_flushed(&Packet {
                 kind: if missed.attachments.is_empty() {
                     PacketType::Event
                 } else {
@@ -355,7 +407,11 @@ fn finish_connect(ns: &Namespace, shared: &Arc<ClientShared>, socket: Socket) {
         Some(pid) => json!({ "sid": socket.id(), "pid": pid }),
         None => json!({ "sid": socket.id() }),
     };
-    shared.send(&Packet {
+    // The CONNECT reply goes out in its own write, before what the connection handlers send (as
+    // from Node's engine, which writes a packet at once when its transport is idle): a client
+    // that handles one message per socket read (`ws.once("message")` on Node's `ws`) would lose
+    // a packet that shares the reply's read.
+    shared.send_flushed(&Packet {
         kind: PacketType::Connect,
         nsp: ns.name().to_owned(),
         id: None,

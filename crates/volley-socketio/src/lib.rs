@@ -16,6 +16,22 @@
 //! - [`packet`]: the sans-IO Socket.IO packet codec (binary attachments with placeholders).
 //! - [`chat`]: a small chat namespace (rooms, messages with acknowledgements).
 //!
+//! On the wire it answers as Node's socket.io 4.8.4 does: `tests/node_wire.rs` compares raw
+//! exchanges with Node's own server (see [`engineio`] for the Engine.IO layer and what differs
+//! there). A CONNECT for a namespace already joined, any other packet for a namespace not joined
+//! and a CONNECT_ERROR from a client close the connection, as in Node; the CONNECT reply goes out
+//! in a write of its own, before what the connection handlers send. Still different from Node:
+//! - the disconnect reason handlers see: Node gives `"transport close"` when a long-polling
+//!   client sends its close packet (here `"forced close"`), and `"forced close"` when the server
+//!   closes the Engine.IO session (`socket.conn.close()`, here `"forced server close"`) or the
+//!   client sends an undecodable packet (here `"parse error"`);
+//! - Node completes a CONNECT and handles a DISCONNECT on the next tick: an EVENT in the same
+//!   socket read (or polling payload) as its CONNECT closes the connection there even when the
+//!   namespace has no connect middleware (here it reaches the new socket), and an EVENT right
+//!   behind a DISCONNECT is ignored there (here it closes the connection: its namespace is no
+//!   longer joined);
+//! - the client bundle (`/socket.io/socket.io.js`, Node's `serveClient`) is not served.
+//!
 //! ```no_run
 //! use serde_json::json;
 //! use volley_socketio::{SocketIo, Payload};

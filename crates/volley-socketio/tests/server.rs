@@ -188,15 +188,16 @@ async fn disconnect_both_ways() {
     // Server-side namespace disconnect: a DISCONNECT packet; the other namespace lives on.
     c.send(r#"2["disconnect-me"]"#).await;
     assert_eq!(c.recv_text().await, "1");
-    c.send(r#"2["message",1]"#).await; // no socket in "/" any more: ignored
     c.send(r#"2/custom,["message",2]"#).await;
     assert_eq!(c.recv_text().await, r#"2/custom,["message-back",2]"#);
     // Client-side namespace disconnect, then reconnecting the namespace gives a new socket.
     c.send("1/custom,").await;
-    c.send(r#"2/custom,["message",3]"#).await;
     c.send("0/custom,").await;
     connect_sid(&c.recv_text().await);
     assert_eq!(c.recv_text().await, r#"2/custom,["auth",{}]"#);
+    // A packet for a namespace no longer joined ("/") closes the connection, as in Node.
+    c.send(r#"2["message",1]"#).await;
+    c.expect_closed().await;
 }
 
 #[tokio::test]

@@ -181,7 +181,10 @@ pub async fn request(
         for (name, value) in headers {
             head.push_str(&format!("{name}: {value}\r\n"));
         }
-        if method == "POST" || !body.is_empty() {
+        let chunked = headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("transfer-encoding"));
+        if !chunked && (method == "POST" || !body.is_empty()) {
             head.push_str(&format!("Content-Length: {}\r\n", body.len()));
         }
         head.push_str("\r\n");
@@ -271,3 +274,71 @@ pub const UPGRADE_HEADERS: &[(&str, &str)] = &[
     ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
     ("Sec-WebSocket-Version", "13"),
 ];
+
+/// A persistent HTTP/1.1 connection (keep-alive): requests on it reach the server without a TCP
+/// handshake, as a browser's polling requests do.
+pub struct KeepAlive {
+    stream: TcpStream,
+    addr: SocketAddr,
+    buf: Vec<u8>,
+}
+
+impl KeepAlive {
+    pub async fn connect(addr: SocketAddr) -> KeepAlive {
+        let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+            .await
+            .expect("connect timed out")
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        KeepAlive {
+            stream,
+            addr,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Sends one request (without waiting for the answer).
+    pub async fn send(&mut self, method: &str, target: &str, body: &[u8]) {
+        let mut head = format!("{method} {target} HTTP/1.1\r\nHost: {}\r\n", self.addr);
+        if method == "POST" || !body.is_empty() {
+            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        head.push_str("\r\n");
+        let mut raw = head.into_bytes();
+        raw.extend_from_slice(body);
+        self.stream.write_all(&raw).await.unwrap();
+    }
+
+    /// Reads the next answer (its body delimited by `Content-Length`).
+    pub async fn reply(&mut self) -> Reply {
+        let read = async {
+            loop {
+                if let Some(split) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = parse_reply(&self.buf[..split + 4]);
+                    let len: usize = head
+                        .header("content-length")
+                        .map_or(0, |l| l.parse().unwrap());
+                    if self.buf.len() >= split + 4 + len {
+                        let rest = self.buf.split_off(split + 4 + len);
+                        let reply = parse_reply(&self.buf);
+                        self.buf = rest;
+                        return reply;
+                    }
+                }
+                let mut chunk = [0u8; 4096];
+                let n = self.stream.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "the server closed the keep-alive connection");
+                self.buf.extend_from_slice(&chunk[..n]);
+            }
+        };
+        tokio::time::timeout(WAIT, read)
+            .await
+            .expect("no HTTP answer within the wait")
+    }
+
+    /// One request and its answer.
+    pub async fn request(&mut self, method: &str, target: &str, body: &[u8]) -> Reply {
+        self.send(method, target, body).await;
+        self.reply().await
+    }
+}

@@ -109,6 +109,9 @@ pub(crate) struct Timers {
     holds_buffers: bool,
     /// The close deadline is set (`at` holds it).
     closing: bool,
+    /// Something was read since the buffers were last released (or since the connection
+    /// opened): reads are coming one after another.
+    warm: bool,
 }
 
 /// Where the keep-alive ping stands.
@@ -133,7 +136,14 @@ impl Timers {
             // The handshake may have left buffers behind: release them if nothing follows.
             holds_buffers: true,
             closing: false,
+            warm: false,
         }
+    }
+
+    /// Whether the connection read since its buffers were last released (or since it opened):
+    /// a read now is likely followed by more, so a read buffer is worth keeping.
+    pub(crate) fn warm(&self) -> bool {
+        self.warm
     }
 
     /// When buffers are released, if the connection may hold any.
@@ -153,6 +163,7 @@ impl Timers {
     pub(crate) fn on_read(&mut self, now: Micros) {
         self.last_read = now;
         self.holds_buffers = true;
+        self.warm = true;
     }
 
     /// A pong arrived at `now`: if it answers our keep-alive ping, schedules the next one and
@@ -219,6 +230,7 @@ impl Timers {
         let mut expired = Expired::default();
         if self.release_at() <= now {
             self.holds_buffers = false;
+            self.warm = false;
             expired.release = true;
         }
         if !open || self.closing {
@@ -472,7 +484,9 @@ mod tests {
         let config = config();
         let mut t = Timers::new(0, &config);
         assert_eq!(t.deadline(true, &config), S);
+        assert!(!t.warm(), "nothing read yet");
         t.on_read(500 * MS);
+        assert!(t.warm());
         assert_eq!(t.deadline(true, &config), 1500 * MS);
         assert_eq!(
             t.handle_timeout(1499 * MS, true, &config),
@@ -480,6 +494,7 @@ mod tests {
         );
         let due = t.handle_timeout(1500 * MS, true, &config);
         assert!(due.release && due.action.is_none());
+        assert!(!t.warm(), "idle again");
         // Released once; the next deadline is the keep-alive ping.
         assert_eq!(t.deadline(true, &config), 20 * S);
     }

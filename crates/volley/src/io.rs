@@ -172,14 +172,15 @@ fn poll_write_slices<W: AsyncWrite>(
 /// Reads once from `io` into the connection and processes what arrived (a protocol error lands
 /// in `error`). A connection with a read buffer reads straight into it, with room for the rest
 /// of the frame being received; one without (idle) reads into this thread's scratch buffer and
-/// keeps only the bytes of a frame still incomplete (a read buffer of the usual size comes with
-/// its next read). `target` is the free space to have before a read (see
+/// keeps only the bytes of a frame still incomplete — unless it is `warm` (it read recently:
+/// more reads are likely), then it keeps a read buffer of the usual size. `target` is the free space to have before a read (see
 /// [`READ_TARGET`]); it follows the size of the frames that needed more than one read.
 pub(crate) fn poll_fill<R: AsyncRead>(
     proto: &mut impl Incoming,
     mut io: Pin<&mut R>,
     error: &mut Option<Error>,
     target: &mut usize,
+    warm: bool,
     cx: &mut Context<'_>,
 ) -> Poll<std::io::Result<usize>> {
     let n = if proto.read_buffer_released() {
@@ -188,14 +189,18 @@ pub(crate) fn poll_fill<R: AsyncRead>(
             ready!(io.as_mut().poll_read(cx, &mut buf))?;
             let filled = buf.filled();
             if !filled.is_empty() {
-                // Only what arrived is copied (complete messages are handed out from that
-                // copy); an idle connection that exchanges a few small messages must not be
-                // left with a read buffer of the usual size, or with one at all.
+                if warm {
+                    // Reads follow one another: keep room for the next ones.
+                    proto.read_buffer().reserve(filled.len().max(*target));
+                }
+                // Otherwise only what arrived is copied (complete messages are handed out from
+                // that copy): a connection that wakes up for a message or two must not be left
+                // holding a read buffer of the usual size until it is idle again.
                 if let Err(e) = proto.handle_read(filled) {
                     *error = Some(Error::Protocol(e));
                 }
                 let rest = proto.read_buffer();
-                if rest.is_empty() {
+                if !warm && rest.is_empty() {
                     *rest = BytesMut::new();
                 }
             }

@@ -442,7 +442,15 @@ impl ConnState {
             }
             let mut error = None;
             let mut target = self.read_target as usize;
-            let read = poll_fill(&mut self.proto, Pin::new(io), &mut error, &mut target, cx);
+            let warm = self.timers.warm();
+            let read = poll_fill(
+                &mut self.proto,
+                Pin::new(io),
+                &mut error,
+                &mut target,
+                warm,
+                cx,
+            );
             self.read_target = target as u32;
             if let Some(e) = error {
                 self.end.get_or_insert_with(Box::default).error = Some(e);

@@ -54,7 +54,7 @@
 //! the hub hands it what is published here and delivers what it receives from the others
 //! ([`Hub::deliver`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
@@ -65,7 +65,7 @@ use volley_proto::{CloseFrame, PreparedMessage};
 
 use crate::callback::ConnHandle;
 use crate::config::{Overflow, QueueLimits};
-use crate::core::{Offer, Outbox};
+use crate::core::{self, Micros, Offer, Outbox};
 use crate::task::{WebSocket, WsReceiver, WsSender};
 
 /// Most messages a writer takes from its queue for one write (one vectored write, if the
@@ -161,6 +161,9 @@ pub struct HubConfig {
     /// [`Member::close`], or to a consumer closed for slowness) before it gives up and releases
     /// the connection's sender half. Default 10 s.
     pub close_timeout: Duration,
+    /// What each topic remembers for subscribers that come back ([`Member::resume`]). Default
+    /// `None`: nothing is kept.
+    pub history: Option<History>,
 }
 
 impl Default for HubConfig {
@@ -168,8 +171,68 @@ impl Default for HubConfig {
         Self {
             queue: QueueLimits::default(),
             close_timeout: Duration::from_secs(10),
+            history: None,
         }
     }
+}
+
+/// How much of its recent traffic each topic keeps, so that a subscriber that reconnects gets
+/// what it missed ([`Member::resume`]); the bounds hold per topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct History {
+    /// Most messages kept per topic. Default 1,000.
+    pub max_messages: usize,
+    /// How long a message is kept. Default 2 minutes (Socket.IO's recovery window).
+    pub max_age: Duration,
+    /// Most topics kept for their history alone, without subscribers; past it the one idle
+    /// longest is forgotten (its subscribers that come back are told of a gap). Default 10,000.
+    pub max_idle_topics: usize,
+}
+
+impl Default for History {
+    fn default() -> Self {
+        Self {
+            max_messages: 1000,
+            max_age: Duration::from_secs(120),
+            max_idle_topics: 10_000,
+        }
+    }
+}
+
+impl History {
+    /// Sets [`History::max_messages`] (at least 1).
+    pub fn max_messages(mut self, messages: usize) -> Self {
+        self.max_messages = messages.max(1);
+        self
+    }
+
+    /// Sets [`History::max_age`].
+    pub fn max_age(mut self, age: Duration) -> Self {
+        self.max_age = age;
+        self
+    }
+
+    /// Sets [`History::max_idle_topics`].
+    pub fn max_idle_topics(mut self, topics: usize) -> Self {
+        self.max_idle_topics = topics;
+        self
+    }
+}
+
+/// What [`Member::resume`] could do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Resume {
+    /// Every message published after the offset was queued again, in order (`replayed` of
+    /// them), and the member receives what follows.
+    Complete {
+        /// Messages queued again.
+        replayed: usize,
+    },
+    /// Some messages published after the offset are no longer kept (or the offset is not one
+    /// of this hub's): the member receives what follows only, and should fetch the state anew.
+    Gap,
 }
 
 impl HubConfig {
@@ -188,6 +251,12 @@ impl HubConfig {
     /// Sets [`HubConfig::close_timeout`].
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
         self.close_timeout = timeout;
+        self
+    }
+
+    /// Sets [`HubConfig::history`].
+    pub fn history(mut self, history: Option<History>) -> Self {
+        self.history = history;
         self
     }
 }
@@ -289,6 +358,17 @@ pub struct Hub {
 struct Inner {
     config: HubConfig,
     next_id: AtomicU64,
+    /// The offset of the next numbered publication ([`Hub::publish_numbered`]): hub-wide, it
+    /// starts at the wall clock's microseconds, so that offsets keep growing across restarts
+    /// and one from an earlier process is never mistaken for one of this.
+    next_offset: AtomicU64,
+    /// The first offset of this hub.
+    first_offset: u64,
+    /// The highest offset forgotten with a whole topic (aged out, or dropped for
+    /// [`History::max_idle_topics`]): a subscriber that saw less may have missed something.
+    forgotten: AtomicU64,
+    /// Topics kept without subscribers for their history, oldest first.
+    idle: Mutex<VecDeque<Arc<Topic>>>,
     members: RwLock<HashMap<MemberId, Arc<Entry>>>,
     topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
     backend: Option<Arc<dyn Backend>>,
@@ -304,6 +384,37 @@ struct Topic {
     subscribers: RwLock<BTreeMap<MemberId, Arc<Entry>>>,
     /// Taken out of the hub's topics (it became empty): subscribing must find it anew.
     removed: AtomicBool,
+    /// Its history, with [`HubConfig::history`]. Numbered publications to the topic take this
+    /// lock first and hold it while they fan out, so offsets reach subscribers in order and a
+    /// resuming member's replay and live messages neither overlap nor leave a hole.
+    log: Option<Mutex<Log>>,
+}
+
+/// A topic's recent messages.
+struct Log {
+    entries: VecDeque<Logged>,
+    /// The highest offset that was published to the topic and is no longer kept.
+    evicted: u64,
+}
+
+struct Logged {
+    offset: u64,
+    at: Micros,
+    message: PreparedMessage,
+}
+
+impl Log {
+    /// Drops what is past the bounds at `now`.
+    fn trim(&mut self, history: &History, now: Micros) {
+        let oldest = now.saturating_sub(history.max_age.as_micros() as u64);
+        while let Some(front) = self.entries.front() {
+            if self.entries.len() <= history.max_messages && front.at >= oldest {
+                break;
+            }
+            self.evicted = self.evicted.max(front.offset);
+            self.entries.pop_front();
+        }
+    }
 }
 
 /// A member as the hub sees it; the subscriber last, inline (one allocation per member).
@@ -371,10 +482,16 @@ impl Hub {
     }
 
     fn build(config: HubConfig, backend: Option<Arc<dyn Backend>>) -> Self {
+        let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        let first_offset = since_epoch.map_or(1, |d| d.as_micros() as u64).max(1);
         Self {
             inner: Arc::new(Inner {
                 config,
                 next_id: AtomicU64::new(1),
+                next_offset: AtomicU64::new(first_offset),
+                first_offset,
+                forgotten: AtomicU64::new(0),
+                idle: Mutex::default(),
                 members: RwLock::default(),
                 topics: RwLock::default(),
                 backend,
@@ -534,6 +651,35 @@ impl Hub {
             }
             Scope::All => read(&self.inner.members).values().for_each(&mut offer_to),
         }
+        self.settle(published, leaving)
+    }
+
+    /// Offers `message` to `topic`'s subscribers (but `except`); returns what happened and the
+    /// members to drop (see [`settle`](Self::settle), called once the caller's locks are free).
+    fn fan_out_to(
+        &self,
+        topic: &Topic,
+        message: &PreparedMessage,
+        except: Option<MemberId>,
+    ) -> (Published, Vec<MemberId>) {
+        let limits = &self.inner.config.queue;
+        let mut published = Published::default();
+        let mut leaving = Vec::new();
+        for entry in read(&topic.subscribers).values() {
+            if Some(entry.id) == except {
+                continue;
+            }
+            let offer = entry.offer(message, limits);
+            published.count(offer);
+            if matches!(offer, Offer::Closed { .. } | Offer::Gone) {
+                leaving.push(entry.id);
+            }
+        }
+        (published, leaving)
+    }
+
+    /// Counts a fan-out and drops the members it found gone or closed for slowness.
+    fn settle(&self, published: Published, leaving: Vec<MemberId>) -> Published {
         self.count(&published);
         for id in leaving {
             self.remove(id);
@@ -560,45 +706,94 @@ impl Hub {
         }
     }
 
-    /// Adds `entry` to `name`'s subscribers, creating the topic if needed; returns the topic.
-    fn join_topic(&self, name: &str, entry: &Arc<Entry>) -> Arc<Topic> {
+    /// The topic `name`, created if needed (with an empty history, if the hub keeps one).
+    fn topic(&self, name: &str) -> Arc<Topic> {
+        if let Some(topic) = read(&self.inner.topics).get(name) {
+            return topic.clone();
+        }
+        let mut topics = write(&self.inner.topics);
+        let mut created = false;
+        let topic = topics.entry(Arc::from(name)).or_insert_with_key(|name| {
+            created = true;
+            let log = self.inner.config.history.map(|_| {
+                Mutex::new(Log {
+                    entries: VecDeque::new(),
+                    // Whatever the topic had before it was forgotten counts as missed.
+                    evicted: self.inner.forgotten.load(Ordering::Acquire),
+                })
+            });
+            Arc::new(Topic {
+                name: name.clone(),
+                subscribers: RwLock::default(),
+                removed: AtomicBool::new(false),
+                log,
+            })
+        });
+        let topic = topic.clone();
+        drop(topics);
+        if created {
+            if let Some(backend) = &self.inner.backend {
+                backend.subscribe(name);
+            }
+        }
+        topic
+    }
+
+    /// Adds `entry` to `name`'s subscribers, creating the topic if needed; with `after`, first
+    /// queues what the topic kept after that offset. Returns the topic and what the replay did.
+    fn join_topic(
+        &self,
+        name: &str,
+        entry: &Arc<Entry>,
+        after: Option<u64>,
+    ) -> (Arc<Topic>, Resume) {
         loop {
-            let found = read(&self.inner.topics).get(name).cloned();
-            let topic = match found {
-                Some(topic) => topic,
-                None => {
-                    let mut topics = write(&self.inner.topics);
-                    let mut created = false;
-                    let topic = topics.entry(Arc::from(name)).or_insert_with_key(|name| {
-                        created = true;
-                        Arc::new(Topic {
-                            name: name.clone(),
-                            subscribers: RwLock::default(),
-                            removed: AtomicBool::new(false),
-                        })
-                    });
-                    let topic = topic.clone();
-                    drop(topics);
-                    if created {
-                        if let Some(backend) = &self.inner.backend {
-                            backend.subscribe(name);
-                        }
-                    }
-                    topic
+            let topic = self.topic(name);
+            let resume = {
+                // The log first: no numbered publication to the topic can come between the
+                // replay and the subscription.
+                let mut log = topic.log.as_ref().map(lock);
+                let mut subscribers = write(&topic.subscribers);
+                if topic.removed.load(Ordering::Acquire) {
+                    // Emptied and taken out meanwhile: find or create it again.
+                    continue;
+                }
+                subscribers.insert(entry.id, entry.clone());
+                drop(subscribers);
+                match (after, log.as_deref_mut()) {
+                    (None, _) => Resume::Complete { replayed: 0 },
+                    (Some(after), Some(log)) => self.replay(log, entry, after),
+                    (Some(_), None) => Resume::Gap,
                 }
             };
-            let mut subscribers = write(&topic.subscribers);
-            if topic.removed.load(Ordering::Acquire) {
-                // Emptied and taken out meanwhile: find or create it again.
-                continue;
-            }
-            subscribers.insert(entry.id, entry.clone());
-            drop(subscribers);
-            return topic;
+            return (topic, resume);
         }
     }
 
-    /// Removes member `id` from `topic`'s subscribers; removes the topic if it is left empty.
+    /// Queues for `entry` what `log` kept after offset `after`, if it kept all of it.
+    fn replay(&self, log: &mut Log, entry: &Arc<Entry>, after: u64) -> Resume {
+        if let Some(history) = &self.inner.config.history {
+            log.trim(history, core::now());
+        }
+        let next = self.inner.next_offset.load(Ordering::Acquire);
+        if after < log.evicted || after < self.inner.first_offset.saturating_sub(1) || after >= next
+        {
+            return Resume::Gap;
+        }
+        let limits = &self.inner.config.queue;
+        let mut replayed = 0;
+        for logged in log.entries.iter().filter(|l| l.offset > after) {
+            if !entry.offer(&logged.message, limits).is_queued() {
+                // It cannot take them all: as good as a gap.
+                return Resume::Gap;
+            }
+            replayed += 1;
+        }
+        Resume::Complete { replayed }
+    }
+
+    /// Removes member `id` from `topic`'s subscribers; removes the topic if it is left empty
+    /// (one with a history stays while the history is young, see [`Self::forget_idle`]).
     fn leave_topic(&self, topic: &Arc<Topic>, id: MemberId) {
         let empty = {
             let mut subscribers = write(&topic.subscribers);
@@ -608,6 +803,17 @@ impl Hub {
         if !empty {
             return;
         }
+        let has_history = (topic.log.as_ref()).is_some_and(|log| !lock(log).entries.is_empty());
+        if has_history {
+            lock(&self.inner.idle).push_back(topic.clone());
+            self.forget_idle();
+            return;
+        }
+        self.remove_topic(topic);
+    }
+
+    /// Takes `topic` out of the hub if it (still) has no subscriber.
+    fn remove_topic(&self, topic: &Arc<Topic>) {
         let mut topics = write(&self.inner.topics);
         let subscribers = write(&topic.subscribers);
         let current = (topics.get(&topic.name)).is_some_and(|t| Arc::ptr_eq(t, topic));
@@ -616,10 +822,98 @@ impl Hub {
             topics.remove(&topic.name);
             drop(subscribers);
             drop(topics);
+            if let Some(log) = &topic.log {
+                let log = lock(log);
+                let newest = log.entries.back().map_or(log.evicted, |l| l.offset);
+                self.inner.forgotten.fetch_max(newest, Ordering::AcqRel);
+            }
             if let Some(backend) = &self.inner.backend {
                 backend.unsubscribe(&topic.name);
             }
         }
+    }
+
+    /// Forgets the topics kept for their history alone whose history aged out, and the oldest
+    /// ones past [`History::max_idle_topics`].
+    fn forget_idle(&self) {
+        let Some(history) = self.inner.config.history else {
+            return;
+        };
+        let now = core::now();
+        loop {
+            let topic = {
+                let mut idle = lock(&self.inner.idle);
+                let Some(front) = idle.front() else {
+                    return;
+                };
+                let subscribed = !read(&front.subscribers).is_empty();
+                let aged = (front.log.as_ref()).is_none_or(|log| {
+                    let mut log = lock(log);
+                    log.trim(&history, now);
+                    log.entries.is_empty()
+                });
+                if !(subscribed || aged || idle.len() > history.max_idle_topics) {
+                    return;
+                }
+                match idle.pop_front() {
+                    Some(topic) if !subscribed => topic,
+                    // Subscribed again: no longer idle (listed anew when it empties).
+                    _ => continue,
+                }
+            };
+            self.remove_topic(&topic);
+        }
+    }
+
+    /// Publishes to `topic` with the offset of this publication: `encode(offset)` builds the
+    /// message (the offset travels in it, e.g. as a JSON field or an event id), encoded once.
+    /// Offsets grow across the hub's topics and its restarts. With a [`History`], the topic
+    /// keeps the message for [`Member::resume`]. Returns the offset and what the publish did.
+    pub fn publish_numbered(
+        &self,
+        topic: &str,
+        encode: impl FnOnce(u64) -> PreparedMessage,
+    ) -> (u64, Published) {
+        let next = || self.inner.next_offset.fetch_add(1, Ordering::AcqRel);
+        let (offset, message, published) = match &self.inner.config.history {
+            Some(history) => {
+                let topic = self.topic(topic);
+                let mut log = topic.log.as_ref().map(lock);
+                let offset = next();
+                let message = encode(offset);
+                if let Some(log) = log.as_deref_mut() {
+                    let at = core::now();
+                    log.entries.push_back(Logged {
+                        offset,
+                        at,
+                        message: message.clone(),
+                    });
+                    log.trim(history, at);
+                }
+                let (published, leaving) = self.fan_out_to(&topic, &message, None);
+                drop(log);
+                let published = self.settle(published, leaving);
+                if read(&topic.subscribers).is_empty() {
+                    // Published to a topic nobody listens to: kept for its history alone.
+                    let idle = &mut lock(&self.inner.idle);
+                    if !idle.iter().any(|t| Arc::ptr_eq(t, &topic)) {
+                        idle.push_back(topic);
+                    }
+                }
+                self.forget_idle();
+                (offset, message, published)
+            }
+            None => {
+                let offset = next();
+                let message = encode(offset);
+                let published = self.fan_out(Scope::Topic(topic), &message, None);
+                (offset, message, published)
+            }
+        };
+        if let Some(backend) = &self.inner.backend {
+            backend.publish(Scope::Topic(topic), &message);
+        }
+        (offset, published)
     }
 }
 
@@ -688,8 +982,26 @@ impl Member {
             return false;
         }
         // Under the member's lock, so that a concurrent unsubscribe sees the topic.
-        topics.push(self.hub.join_topic(topic, &self.entry));
+        topics.push(self.hub.join_topic(topic, &self.entry, None).0);
         true
+    }
+
+    /// Subscribes to `topic` as one that has received everything up to offset `after` (from
+    /// [`Hub::publish_numbered`]): what the topic published since is queued first, in order,
+    /// then what follows, with nothing lost or repeated in between — or, if the hub's
+    /// [`History`] no longer holds all of it, [`Resume::Gap`] (the member then receives what
+    /// follows only). Already subscribed: nothing is replayed.
+    pub fn resume(&self, topic: &str, after: u64) -> Resume {
+        if !self.in_hub() {
+            return Resume::Gap;
+        }
+        let mut topics = lock(&self.entry.topics);
+        if topics.iter().any(|t| &*t.name == topic) {
+            return Resume::Complete { replayed: 0 };
+        }
+        let (joined, resume) = self.hub.join_topic(topic, &self.entry, Some(after));
+        topics.push(joined);
+        resume
     }
 
     /// Unsubscribes from `topic`; returns `false` if not subscribed.
@@ -1068,6 +1380,159 @@ mod tests {
             ["subscribe t", "publish Topic(\"t\") local", "unsubscribe t"]
         );
         assert_eq!(received(&probe), ["local", "remote"]);
+    }
+
+    /// A numbered message: its offset as text.
+    fn numbered(offset: u64) -> PreparedMessage {
+        PreparedMessage::text(offset.to_string())
+    }
+
+    fn offsets(probe: &Probe) -> Vec<u64> {
+        received(probe).iter().map(|t| t.parse().unwrap()).collect()
+    }
+
+    fn with_history(history: History) -> Hub {
+        let roomy = QueueLimits::default()
+            .max_messages(1 << 20)
+            .max_bytes(1 << 30);
+        Hub::new(HubConfig::default().queue(roomy).history(Some(history)))
+    }
+
+    #[test]
+    fn a_resuming_member_gets_what_it_missed_then_what_follows_in_order() {
+        let hub = with_history(History::default());
+        let first = Arc::new(Probe::default());
+        let member = hub.join(first.clone());
+        member.subscribe("t");
+        let (a, _) = hub.publish_numbered("t", numbered);
+        let (b, _) = hub.publish_numbered("t", numbered);
+        assert!(b > a, "offsets grow");
+        assert_eq!(offsets(&first), [a, b]);
+        // It goes away after seeing `a`; three more are published meanwhile.
+        drop(member);
+        let missed: Vec<u64> = (0..3)
+            .map(|_| hub.publish_numbered("t", numbered).0)
+            .collect();
+        let back = Arc::new(Probe::default());
+        let member = hub.join(back.clone());
+        assert_eq!(member.resume("t", a), Resume::Complete { replayed: 4 });
+        let (c, _) = hub.publish_numbered("t", numbered);
+        let mut expected = vec![b];
+        expected.extend(&missed);
+        expected.push(c);
+        assert_eq!(offsets(&back), expected);
+        // Already subscribed: nothing again.
+        assert_eq!(member.resume("t", a), Resume::Complete { replayed: 0 });
+        assert!(received(&back).is_empty());
+    }
+
+    #[test]
+    fn resuming_past_what_is_kept_is_a_gap() {
+        let hub = with_history(History::default().max_messages(2));
+        let keep = hub.join(Arc::new(Probe::default()));
+        keep.subscribe("t");
+        let first = hub.publish_numbered("t", numbered).0;
+        for _ in 0..3 {
+            hub.publish_numbered("t", numbered);
+        }
+        let probe = Arc::new(Probe::default());
+        let member = hub.join(probe.clone());
+        assert_eq!(member.resume("t", first), Resume::Gap);
+        // Subscribed all the same: what follows arrives.
+        let (next, _) = hub.publish_numbered("t", numbered);
+        assert_eq!(offsets(&probe), [next]);
+        // Offsets of another process (before this hub's first) or never given: a gap.
+        let other = hub.join(Arc::new(Probe::default()));
+        assert_eq!(other.resume("t", 5), Resume::Gap);
+        let other = hub.join(Arc::new(Probe::default()));
+        assert_eq!(other.resume("t", next + 10), Resume::Gap);
+        // The last two are kept.
+        let other = hub.join(Arc::new(Probe::default()));
+        assert_eq!(
+            other.resume("t", next - 2),
+            Resume::Complete { replayed: 2 }
+        );
+    }
+
+    #[test]
+    fn a_topic_keeps_its_history_without_subscribers_until_it_ages_out() {
+        let hub = with_history(History::default().max_age(Duration::from_millis(50)));
+        let member = hub.join(Arc::new(Probe::default()));
+        member.subscribe("t");
+        let seen = hub.publish_numbered("t", numbered).0;
+        drop(member);
+        // Nobody listens, yet what is published is kept.
+        let missed = hub.publish_numbered("t", numbered).0;
+        let probe = Arc::new(Probe::default());
+        let member = hub.join(probe.clone());
+        assert_eq!(member.resume("t", seen), Resume::Complete { replayed: 1 });
+        assert_eq!(offsets(&probe), [missed]);
+        drop(member);
+        std::thread::sleep(Duration::from_millis(80));
+        // Aged out: forgotten with the topic at the next chance; one that missed something
+        // learns it, one that saw everything does not.
+        hub.publish_numbered("other", numbered);
+        assert!(read(&hub.inner.topics).get("t").is_none());
+        let member = hub.join(Arc::new(Probe::default()));
+        assert_eq!(member.resume("t", seen), Resume::Gap);
+        let member = hub.join(Arc::new(Probe::default()));
+        assert_eq!(member.resume("t", missed), Resume::Complete { replayed: 0 });
+    }
+
+    #[test]
+    fn idle_topics_are_bounded() {
+        let hub = with_history(History::default().max_idle_topics(3));
+        let offsets: Vec<u64> = (0..10)
+            .map(|i| hub.publish_numbered(&format!("t{i}"), numbered).0)
+            .collect();
+        assert!(hub.topics().len() <= 4, "{:?}", hub.topics());
+        let member = hub.join(Arc::new(Probe::default()));
+        // Forgotten: a gap. Kept: complete.
+        assert_eq!(member.resume("t0", offsets[0] - 1), Resume::Gap);
+        assert_eq!(
+            member.resume("t9", offsets[9] - 1),
+            Resume::Complete { replayed: 1 }
+        );
+    }
+
+    #[test]
+    fn without_history_resuming_is_a_gap() {
+        let hub = Hub::default();
+        let member = hub.join(Arc::new(Probe::default()));
+        let (offset, published) = hub.publish_numbered("t", numbered);
+        assert_eq!(published.delivered, 0);
+        assert_eq!(member.resume("t", offset), Resume::Gap);
+        assert_eq!(hub.publish_numbered("t", numbered).1.delivered, 1);
+    }
+
+    #[test]
+    fn resuming_while_publishing_never_repeats_or_skips() {
+        let hub = with_history(History::default().max_messages(100_000));
+        let keep = hub.join(Arc::new(Probe::default()));
+        keep.subscribe("t");
+        let start = hub.publish_numbered("t", numbered).0;
+        std::thread::scope(|s| {
+            let publisher = hub.clone();
+            s.spawn(move || {
+                for _ in 0..3000 {
+                    publisher.publish_numbered("t", numbered);
+                }
+            });
+            for _ in 0..20 {
+                let probe = Arc::new(Probe::default());
+                let member = hub.join(probe.clone());
+                assert!(matches!(member.resume("t", start), Resume::Complete { .. }));
+                std::thread::yield_now();
+                drop(member);
+                let got = offsets(&probe);
+                // Consecutive publications to one topic have consecutive offsets here (one
+                // publisher): no hole, no repeat.
+                for pair in got.windows(2) {
+                    assert_eq!(pair[1], pair[0] + 1, "{pair:?}");
+                }
+                assert_eq!(got.first().copied(), Some(start + 1));
+            }
+        });
     }
 
     #[test]

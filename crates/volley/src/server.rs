@@ -299,6 +299,7 @@ enum Opened {
 
 impl Ctx {
     /// Completes once shutdown has begun (at once if it has).
+    #[cfg(feature = "hyper")]
     async fn stopped(&self) {
         let notified = self.stop.notified();
         tokio::pin!(notified);

@@ -12,12 +12,12 @@ use clap::{Parser, Subcommand};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use volley::callback::{Callbacks, Conn};
 use volley::hub::{Hub, HubConfig};
+use volley::{ClientBuilder, CloseCode, Config, Endpoint, Message, Server};
 use volley_redis::hub::{RedisHubBackend, RedisHubConfig};
 use volley_redis::{Redis, RedisConfig};
 use volley_socketio_redis::{
     RedisAdapter, RedisAdapterConfig, ShardedRedisAdapter, ShardedRedisAdapterConfig,
 };
-use volley::{ClientBuilder, CloseCode, Config, Endpoint, Message, Server};
 
 #[derive(Parser)]
 #[command(
@@ -310,7 +310,10 @@ async fn serve(args: ServeArgs) -> ExitCode {
             } else {
                 "classic"
             };
-            (hub, format!("; shared through Redis, {kind} Socket.IO adapter"))
+            (
+                hub,
+                format!("; shared through Redis, {kind} Socket.IO adapter"),
+            )
         }
     };
     let io = io.build();
@@ -334,10 +337,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     // but the chat's.
     server = server
         .route("/*", Endpoint::callbacks(Echo))
-        .route(
-            chat::PATH,
-            Endpoint::callbacks(chat::Chat::new(hub)),
-        )
+        .route(chat::PATH, Endpoint::callbacks(chat::Chat::new(hub)))
         .route(SOCKETIO_ROUTE, io.endpoint());
     let shutdown = async move {
         shutdown_signal().await;

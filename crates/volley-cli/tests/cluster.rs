@@ -55,7 +55,10 @@ impl Cluster {
         config.min_backoff = Duration::from_millis(50);
         config.max_backoff = Duration::from_millis(200);
         let probe = Redis::connect(config).expect("redis url");
-        probe.ready(WAIT).await.expect("the test's Redis connection");
+        probe
+            .ready(WAIT)
+            .await
+            .expect("the test's Redis connection");
         Cluster { redis, a, b, probe }
     }
 
@@ -94,7 +97,9 @@ async fn chat_client(addr: SocketAddr, topics: &[&str]) -> (Client, u64) {
         .await
         .expect("connect timed out")
         .expect("connect");
-    let id = recv_json(&mut ws).await["id"].as_u64().expect("{\"id\": n}");
+    let id = recv_json(&mut ws).await["id"]
+        .as_u64()
+        .expect("{\"id\": n}");
     for topic in topics {
         send_json(&mut ws, json!({ "join": topic })).await;
         assert_eq!(recv_json(&mut ws).await["joined"], *topic);
@@ -136,7 +141,21 @@ async fn chat_topics_span_two_volley_serve_on_one_redis() {
     for ws in [&mut alice, &mut bob, &mut carol] {
         assert_eq!(recv_json(ws).await, fence2);
     }
-    // Dave, on another topic, got none of it: his first message is the first of "go".
+    // Malformed messages on a topic's channel are dropped; a well-formed one from anything
+    // that can PUBLISH (here the test, as node 0) is delivered.
+    let go = "volley-hub#topic#go";
+    for junk in [
+        &b""[..],
+        b"junk",
+        b"t\0\0\0\0\0\0\0\0\xff",
+        b"?\0\0\0\0\0\0\0\0{}",
+    ] {
+        cluster.probe.publish(go, junk).await.expect("publish");
+    }
+    let outside = b"t\0\0\0\0\0\0\0\0{\"topic\":\"go\",\"from\":0,\"data\":\"outside\"}";
+    cluster.probe.publish(go, outside).await.expect("publish");
+    // Dave, on another topic, got none of the above: his first message is the first of "go".
+    assert_eq!(recv_json(&mut dave).await["data"], "outside");
     send_json(&mut bob, json!({"topic": "go", "data": "elsewhere"})).await;
     assert_eq!(recv_json(&mut dave).await["data"], "elsewhere");
 

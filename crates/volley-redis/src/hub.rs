@@ -66,8 +66,7 @@ use volley::PreparedMessage;
 use volley::hub::{Backend, Hub, HubConfig, Scope, WeakHub};
 
 use crate::{
-    Handler, Message, PublishKind, Publisher, Redis, RedisError, Subscription, SubscriptionId,
-    lock,
+    Handler, Message, PublishKind, Publisher, Redis, RedisError, Subscription, SubscriptionId, lock,
 };
 
 /// First byte of a text message.
@@ -216,10 +215,10 @@ impl RedisHubBackend {
             ));
         }
         let channel = self.shared.all_channel();
-        let id = self.shared.redis.subscribe(
-            Subscription::Channel(channel),
-            handler(&self.shared, None),
-        );
+        let id = self
+            .shared
+            .redis
+            .subscribe(Subscription::Channel(channel), handler(&self.shared, None));
         *lock(&self.shared.all) = Some(id);
         Ok(hub)
     }

@@ -76,7 +76,10 @@ impl Node {
         let redis = Redis::connect(redis_config(url)).unwrap();
         let backend = RedisHubBackend::new(redis, config);
         let hub = backend.hub(HubConfig::default()).unwrap();
-        assert!(backend.hub(HubConfig::default()).is_err(), "one hub per backend");
+        assert!(
+            backend.hub(HubConfig::default()).is_err(),
+            "one hub per backend"
+        );
         Node { hub, backend }
     }
 
@@ -115,7 +118,11 @@ async fn a_publication_reaches_every_subscriber_once_on_every_server() {
     let (_b2, b2_got) = b.member(&["other"]);
     let redis = a.backend.redis().clone();
     redis.ready(Duration::from_secs(5)).await.unwrap();
-    b.backend.redis().ready(Duration::from_secs(5)).await.unwrap();
+    b.backend
+        .redis()
+        .ready(Duration::from_secs(5))
+        .await
+        .unwrap();
     let t = a.backend.topic_channel("t");
     assert_eq!(t, "volley-hub#topic#t");
     wait_numsub(&redis, &t, 2).await;
@@ -252,7 +259,10 @@ async fn malformed_messages_on_the_channels_are_dropped() {
     a1_got.wait_for("bin:[0, 255]").await;
     assert_eq!(a1_got.got(), ["valid", "bin:[0, 255]"]);
     let stats = a.backend.stats();
-    assert_eq!((stats.received, stats.malformed, stats.delivered), (9, 7, 2));
+    assert_eq!(
+        (stats.received, stats.malformed, stats.delivered),
+        (9, 7, 2)
+    );
     // The hub goes on.
     assert_eq!(a.hub.publish("t", "local").delivered, 1);
 }

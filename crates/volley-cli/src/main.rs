@@ -83,7 +83,7 @@ struct ServeArgs {
     #[command(flatten)]
     deflate: DeflateArgs,
     /// Share the /chat topics and the Socket.IO namespaces with every server on this Redis
-    /// (other `volley serve`s, Node socket.io servers with @socket.io/redis-adapter), e.g.
+    /// (other volley serve processes, Node socket.io servers with @socket.io/redis-adapter), e.g.
     /// redis://127.0.0.1:6379.
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
@@ -288,8 +288,8 @@ async fn serve(args: ServeArgs) -> ExitCode {
         io = io.cors(Some(volley_engineio::Cors::origins(args.origins.clone())));
     }
     // The chat's topics hub; with --redis, both it and Socket.IO span every server on Redis.
-    let (hub, cluster) = match &redis {
-        None => (Hub::default(), String::new()),
+    let (hub, chat_ids, cluster) = match &redis {
+        None => (Hub::default(), 0, String::new()),
         Some(redis) => {
             let backend = RedisHubBackend::new(redis.clone(), RedisHubConfig::default());
             let hub = match backend.hub(HubConfig::default()) {
@@ -310,10 +310,11 @@ async fn serve(args: ServeArgs) -> ExitCode {
             } else {
                 "classic"
             };
-            (
-                hub,
-                format!("; shared through Redis, {kind} Socket.IO adapter"),
-            )
+            // Distinct chat ids across servers: a random base of 21 bits above the 32 of the
+            // member ids (below 2^53, exact in JavaScript).
+            let chat_ids = (backend.node_id() >> 43) << 32;
+            let cluster = format!("; shared through Redis, {kind} Socket.IO adapter");
+            (hub, chat_ids, cluster)
         }
     };
     let io = io.build();
@@ -337,7 +338,10 @@ async fn serve(args: ServeArgs) -> ExitCode {
     // but the chat's.
     server = server
         .route("/*", Endpoint::callbacks(Echo))
-        .route(chat::PATH, Endpoint::callbacks(chat::Chat::new(hub)))
+        .route(
+            chat::PATH,
+            Endpoint::callbacks(chat::Chat::new(hub, chat_ids)),
+        )
         .route(SOCKETIO_ROUTE, io.endpoint());
     let shutdown = async move {
         shutdown_signal().await;

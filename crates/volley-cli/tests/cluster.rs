@@ -122,6 +122,9 @@ async fn chat_topics_span_two_volley_serve_on_one_redis() {
     let (mut dave, _) = chat_client(b, &["go"]).await;
     cluster.wait_subscribed("rust", 2).await;
     cluster.wait_subscribed("go", 1).await;
+    // The first client of each server: ids are distinct across servers all the same.
+    assert_ne!(alice_id, carol_id);
+    assert!(alice_id.max(carol_id) < 1 << 53, "exact in JavaScript");
 
     // Alice (server A) publishes: both subscribers on A, the one on B.
     send_json(&mut alice, json!({"topic": "rust", "data": "hello"})).await;

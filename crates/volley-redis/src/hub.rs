@@ -22,7 +22,11 @@
 //! [`Publisher`]). A server subscribes to a topic's channel only while it has subscribers for
 //! that topic (the hub tells the backend when a topic appears and disappears), plus one
 //! channel for [`Hub::broadcast`]. What arrives from Redis is delivered with
-//! [`Hub::deliver`] on the connection's supervisor task, in the order Redis delivered it.
+//! [`Hub::deliver`] on the connection's supervisor task, in the order Redis delivered it: the
+//! publications of one server arrive everywhere in the order it made them (those of different
+//! servers may interleave differently on different servers). A server's subscription to a new
+//! topic takes effect one round trip to Redis after its first subscriber joined; what other
+//! servers publish to the topic before that does not reach it.
 //!
 //! # Wire format
 //!

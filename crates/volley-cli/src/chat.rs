@@ -10,6 +10,11 @@
 //!
 //! On connecting, a client gets `{"id": <id>}`, the id that `from` carries.
 //!
+//! With `volley serve --redis`, the topics span every server on that Redis: a publication reaches
+//! the topic's subscribers on all of them, `subscribers` counts those of this server, and ids
+//! stay distinct across servers (each server adds a random base of its own, below 2^53 so that
+//! JavaScript reads them exactly).
+//!
 //! Choices, as most chat servers make them:
 //! - A publication reaches every subscriber of the topic **including the sender** (if it joined):
 //!   seeing its own message come back tells the sender that it went out, in the order everyone
@@ -82,18 +87,25 @@ struct Joined<'a> {
 /// The chat's callbacks: every connection joins the hub.
 pub(crate) struct Chat {
     hub: Hub,
+    /// Added to the hub's member ids to make the ids that clients see.
+    id_base: u64,
 }
 
 impl Chat {
-    pub(crate) fn new(hub: Hub) -> Self {
-        Self { hub }
+    /// The chat on `hub`; client ids are `id_base` plus the hub's member ids.
+    pub(crate) fn new(hub: Hub, id_base: u64) -> Self {
+        Self { hub, id_base }
+    }
+
+    fn id(&self, member: &Member) -> u64 {
+        self.id_base.wrapping_add(member.id().get())
     }
 }
 
 impl Callbacks for Chat {
     fn on_open(&self, conn: &mut Conn<'_>) {
         let member = self.hub.join(conn.handle());
-        send_json(conn, &Reply::Id(member.id().get()));
+        send_json(conn, &Reply::Id(self.id(&member)));
         // Dropped with the connection when it ends: the member leaves the hub.
         conn.set_data(member);
     }
@@ -104,7 +116,7 @@ impl Callbacks for Chat {
         };
         match message {
             Message::Text(text) => {
-                if let Some(reply) = execute(&member, &text) {
+                if let Some(reply) = execute(&member, self.id(&member), &text) {
                     let _ = conn.send(reply);
                 }
             }
@@ -123,8 +135,9 @@ impl Callbacks for Chat {
     }
 }
 
-/// Executes one command; returns the answer to the sender, if any.
-fn execute(member: &Member, text: &str) -> Option<String> {
+/// Executes one command of the member whose client id is `id`; returns the answer to the
+/// sender, if any.
+fn execute(member: &Member, id: u64, text: &str) -> Option<String> {
     let command: Command<'_> = match serde_json::from_str(text) {
         Ok(c) => c,
         Err(e) => return error(&format!("invalid command: {e}")),
@@ -170,7 +183,7 @@ fn execute(member: &Member, text: &str) -> Option<String> {
             }
             let publication = Publication {
                 topic: &topic,
-                from: member.id().get(),
+                from: id,
                 data: data.unwrap_or(RawValue::NULL),
             };
             // To every subscriber, the sender included: encoded once for all of them.

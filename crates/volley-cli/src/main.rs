@@ -11,8 +11,13 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use volley::callback::{Callbacks, Conn};
-use volley::hub::Hub;
+use volley::hub::{Hub, HubConfig};
 use volley::{ClientBuilder, CloseCode, Config, Endpoint, Message, Server};
+use volley_redis::hub::{RedisHubBackend, RedisHubConfig};
+use volley_redis::{Redis, RedisConfig};
+use volley_socketio_redis::{
+    RedisAdapter, RedisAdapterConfig, ShardedRedisAdapter, ShardedRedisAdapterConfig,
+};
 
 #[derive(Parser)]
 #[command(
@@ -77,6 +82,15 @@ struct ServeArgs {
     threads: Option<u16>,
     #[command(flatten)]
     deflate: DeflateArgs,
+    /// Share the /chat topics and the Socket.IO namespaces with every server on this Redis
+    /// (other volley serve processes, Node socket.io servers with @socket.io/redis-adapter), e.g.
+    /// redis://127.0.0.1:6379.
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
+    /// With --redis: Socket.IO uses the sharded Redis adapter (Node's createShardedAdapter,
+    /// Redis >= 7) instead of the classic one.
+    #[arg(long, requires = "redis")]
+    redis_sharded: bool,
 }
 
 /// permessage-deflate options, shared by serve and connect.
@@ -237,6 +251,16 @@ async fn serve(args: ServeArgs) -> ExitCode {
         _ => None,
     };
     let scheme = if tls.is_some() { "wss" } else { "ws" };
+    let redis = match &args.redis {
+        Some(url) => match Redis::connect(RedisConfig::new(url.clone())) {
+            Ok(redis) => Some(redis),
+            Err(e) => {
+                eprintln!("volley serve: --redis: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
     let mut server = match Server::bind(args.bind).await {
         Ok(s) => s
             .config(config)
@@ -258,25 +282,65 @@ async fn serve(args: ServeArgs) -> ExitCode {
     } else {
         ""
     };
-    eprintln!(
-        "volley serve: listening on {scheme}://{addr}/ (echo{compression}; topics chat at {}; \
-         Socket.IO at {SOCKETIO_PATH}, chat namespace /chat)",
-        chat::PATH
-    );
     // Socket.IO v4 (Engine.IO polling + WebSocket) at /socket.io/, with the chat namespace.
     let mut io = volley_socketio::SocketIo::builder();
     if !args.origins.is_empty() {
         io = io.cors(Some(volley_engineio::Cors::origins(args.origins.clone())));
     }
+    // The chat's topics hub; with --redis, both it and Socket.IO span every server on Redis.
+    let (hub, chat_ids, cluster) = match &redis {
+        None => (Hub::default(), 0, String::new()),
+        Some(redis) => {
+            let backend = RedisHubBackend::new(redis.clone(), RedisHubConfig::default());
+            let hub = match backend.hub(HubConfig::default()) {
+                Ok(hub) => hub,
+                Err(e) => {
+                    eprintln!("volley serve: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let adapter = if args.redis_sharded {
+                ShardedRedisAdapter::factory(redis.clone(), ShardedRedisAdapterConfig::default())
+            } else {
+                RedisAdapter::factory(redis.clone(), RedisAdapterConfig::default())
+            };
+            io = io.adapter(adapter);
+            let kind = if args.redis_sharded {
+                "sharded"
+            } else {
+                "classic"
+            };
+            // Distinct chat ids across servers: a random base of 21 bits above the 32 of the
+            // member ids (below 2^53, exact in JavaScript).
+            let chat_ids = (backend.node_id() >> 43) << 32;
+            let cluster = format!("; shared through Redis, {kind} Socket.IO adapter");
+            (hub, chat_ids, cluster)
+        }
+    };
     let io = io.build();
     volley_socketio::chat::chat_namespace(&io);
+    if redis.is_some() {
+        // Subscribed before serving, so that the other servers' first messages are not missed.
+        // Redis away: serve the local clients anyway (the connection keeps retrying).
+        if let Err(e) = io.init_adapters().await {
+            tracing::warn!(
+                "volley serve: {e}; serving local clients, cross-server delivery starts once \
+                 Redis is reachable"
+            );
+        }
+    }
+    eprintln!(
+        "volley serve: listening on {scheme}://{addr}/ (echo{compression}; topics chat at {}; \
+         Socket.IO at {SOCKETIO_PATH}, chat namespace /chat{cluster})",
+        chat::PATH
+    );
     // Every WebSocket path echoes, on the callback drivers (an idle connection costs < 1 KiB),
     // but the chat's.
     server = server
         .route("/*", Endpoint::callbacks(Echo))
         .route(
             chat::PATH,
-            Endpoint::callbacks(chat::Chat::new(Hub::default())),
+            Endpoint::callbacks(chat::Chat::new(hub, chat_ids)),
         )
         .route(SOCKETIO_ROUTE, io.endpoint());
     let shutdown = async move {

@@ -1,5 +1,6 @@
-//! Redis connection management for Volley's cluster backends (the Socket.IO Redis adapters of
-//! `volley-socketio-redis`, and later the raw-WebSocket hub's Redis backend).
+//! Redis connection management for Volley's cluster backends: the Socket.IO Redis adapters of
+//! `volley-socketio-redis`, and the Redis backend of the raw-WebSocket topics hub
+//! ([`hub`], feature `hub`).
 //!
 //! One [`Redis`] handle owns one RESP3 connection (redis-rs' multiplexed connection) used for
 //! everything: subscriptions ([`Subscription::Channel`], [`Subscription::Pattern`],
@@ -25,6 +26,9 @@
 //! while down, resubscribe before reporting ready, ordered pipelined publishing), so it is
 //! written here on top of redis-rs. The one wart, redis-rs not recognising a raw `SUNSUBSCRIBE`
 //! (issue 2533), is worked around and pinned (see `change_subscription`).
+
+#[cfg(feature = "hub")]
+pub mod hub;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

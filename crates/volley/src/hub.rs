@@ -345,6 +345,23 @@ pub struct TopicInfo {
     pub subscribers: usize,
 }
 
+/// A [`Hub`] that is not kept alive by this handle ([`Hub::downgrade`]).
+#[derive(Clone, Default)]
+pub struct WeakHub(std::sync::Weak<Inner>);
+
+impl WeakHub {
+    /// The hub, if it still exists.
+    pub fn upgrade(&self) -> Option<Hub> {
+        self.0.upgrade().map(|inner| Hub { inner })
+    }
+}
+
+impl std::fmt::Debug for WeakHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WeakHub")
+    }
+}
+
 /// A hub of topics that connections subscribe to; cheap to clone (an `Arc` inside).
 ///
 /// See the [module documentation](self) for the model. Every method is synchronous and safe
@@ -501,6 +518,12 @@ impl Hub {
                 closed_slow: AtomicU64::new(0),
             }),
         }
+    }
+
+    /// A handle that does not keep the hub alive: what a [`Backend`] keeps to
+    /// [`deliver`](Self::deliver) into the hub that owns it, without a reference cycle.
+    pub fn downgrade(&self) -> WeakHub {
+        WeakHub(Arc::downgrade(&self.inner))
     }
 
     /// The hub's configuration.
@@ -1533,6 +1556,16 @@ mod tests {
                 assert_eq!(got.first().copied(), Some(start + 1));
             }
         });
+    }
+
+    #[test]
+    fn a_weak_hub_does_not_keep_the_hub_alive() {
+        let hub = Hub::default();
+        let weak = hub.downgrade();
+        assert!(weak.upgrade().is_some());
+        drop(hub);
+        assert!(weak.upgrade().is_none());
+        assert!(WeakHub::default().upgrade().is_none());
     }
 
     #[test]

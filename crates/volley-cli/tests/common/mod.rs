@@ -1,6 +1,10 @@
 //! Shared by the CLI tests: run `volley serve` on a free loopback port and the `volley` binary.
 #![allow(dead_code, unreachable_pub)]
 
+/// A private redis-server on a free loopback port (the helper of volley-redis' tests).
+#[path = "../../../volley-redis/tests/common/redis_server.rs"]
+pub mod redis_server;
+
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;

@@ -1545,7 +1545,12 @@ mod tests {
                 let probe = Arc::new(Probe::default());
                 let member = hub.join(probe.clone());
                 assert!(matches!(member.resume("t", start), Resume::Complete { .. }));
-                std::thread::yield_now();
+                // Until something arrived (the publisher may not have started yet).
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                while lock(&probe.queue).bytes() == 0 {
+                    assert!(std::time::Instant::now() < deadline, "nothing arrived");
+                    std::thread::yield_now();
+                }
                 drop(member);
                 let got = offsets(&probe);
                 // Consecutive publications to one topic have consecutive offsets here (one

@@ -2,6 +2,7 @@
 
 mod bench;
 mod chat;
+mod sio_chat;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -269,7 +270,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         io = io.cors(Some(volley_engineio::Cors::origins(args.origins.clone())));
     }
     let io = io.build();
-    volley_socketio::chat::chat_namespace(&io);
+    sio_chat::chat_namespace(&io);
     // Every WebSocket path echoes, on the callback drivers (an idle connection costs < 1 KiB),
     // but the chat's.
     server = server

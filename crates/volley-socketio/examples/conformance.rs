@@ -78,32 +78,36 @@ fn setup(ns: &Namespace) {
     });
     ns.on_connection(|socket| {
         let auth = socket.handshake().auth.clone();
-        let _ = socket.emit("auth", auth);
-        socket.on("message", |socket, payload, _ack| {
-            let _ = socket.emit("message-back", payload);
+        let _ = socket.emit("auth", &auth);
+        // Echoes take the raw `Payload`: every argument, binary attachments included, goes back
+        // as it came.
+        socket.on("message", |socket, payload: Payload, _ack| {
+            let _ = socket.emit("message-back", &payload);
         });
-        socket.on("message-with-ack", |_socket, payload, ack| {
+        socket.on("message-with-ack", |_socket, payload: Payload, ack| {
             if let Some(ack) = ack {
-                let _ = ack.send(payload);
+                let _ = ack.send(&payload);
             }
         });
-        socket.on("join", |socket, payload, ack| {
-            if let Some(room) = payload.first().and_then(Value::as_str) {
+        // A room name as the first argument (anything else joins nothing), answered with an
+        // empty acknowledgement.
+        socket.on("join", |socket, room: Option<String>, ack| {
+            if let Some(room) = room {
                 socket.join(room);
             }
             if let Some(ack) = ack {
                 let _ = ack.send(());
             }
         });
-        socket.on("leave", |socket, payload, ack| {
-            if let Some(room) = payload.first().and_then(Value::as_str) {
-                socket.leave(room);
+        socket.on("leave", |socket, room: Option<String>, ack| {
+            if let Some(room) = room {
+                socket.leave(room.as_str());
             }
             if let Some(ack) = ack {
                 let _ = ack.send(());
             }
         });
-        socket.on("to-room", |socket, payload, ack| {
+        socket.on("to-room", |socket, payload: Payload, ack| {
             let Payload {
                 mut args,
                 attachments,
@@ -120,21 +124,21 @@ fn setup(ns: &Namespace) {
                 let _ = ack.send(());
             }
         });
-        socket.on("server-ack", |socket, payload, _ack| {
-            let request = socket
-                .emit_with_ack("ask", payload)
-                .timeout(Duration::from_millis(1000));
-            tokio::spawn(async move {
-                let _ = match request.await {
-                    Ok(answer) => socket.emit("ask-result", answer),
-                    Err(_) => socket.emit("ask-timeout", ()),
-                };
-            });
+        // An async handler awaiting the client's acknowledgement.
+        socket.on_async("server-ack", |socket, payload: Payload, _ack| async move {
+            let answer = socket
+                .emit_with_ack::<Payload>("ask", &payload)
+                .timeout(Duration::from_millis(1000))
+                .await;
+            let _ = match answer {
+                Ok(answer) => socket.emit("ask-result", &answer),
+                Err(_) => socket.emit("ask-timeout", ()),
+            };
         });
-        socket.on("close-transport", |socket, _payload, _ack| {
+        socket.on("close-transport", |socket, _: (), _ack| {
             socket.conn().close();
         });
-        socket.on("disconnect-me", |socket, _payload, _ack| {
+        socket.on("disconnect-me", |socket, _: (), _ack| {
             socket.disconnect(false);
         });
     });

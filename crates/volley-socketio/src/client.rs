@@ -380,10 +380,10 @@ fn finish_connect(ns: &Namespace, shared: &Arc<ClientShared>, socket: Socket) {
         socket.join(restored.session.rooms);
         let mut send = |missed: crate::recovery::MissedPacket| {
             // The CONNECT reply goes out in its own write, before what the connection handlers send (as
-    // from Node's engine, which writes a packet at once when its transport is idle): a client
-    // that handles one message per socket read (`ws.once("message")` on Node's `ws`) would lose
-    // a packet that shares the reply's read.
-    shared.send_flushed(&Packet {
+            // from Node's engine, which writes a packet at once when its transport is idle): a client
+            // that handles one message per socket read (`ws.once("message")` on Node's `ws`) would lose
+            // a packet that shares the reply's read.
+            shared.send_flushed(&Packet {
                 kind: if missed.attachments.is_empty() {
                     PacketType::Event
                 } else {

@@ -7,16 +7,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
+use serde::Serialize;
 use serde_json::Value;
 use volley_engineio::{Engine, EngineBody, EngineConfig};
 
+use crate::Namespace;
 use crate::adapter::{AckResponse, AdapterError, AdapterFactory, BoxFuture, InMemoryAdapter};
 use crate::namespace::NsHandlers;
 use crate::operators::{BroadcastOperator, RemoteSocket};
 use crate::packet::Limits;
 use crate::socket::EmitError;
 use crate::util::{IntoRooms, read, write};
-use crate::{Namespace, Payload};
 
 type Matcher = Arc<dyn Fn(&str, &Value) -> bool + Send + Sync>;
 
@@ -366,17 +367,17 @@ impl SocketIo {
     }
 
     /// Sends event `event` to every socket of `"/"`.
-    pub fn emit(&self, event: &str, payload: impl Into<Payload>) -> Result<(), EmitError> {
-        self.main_ns().emit(event, payload)
+    pub fn emit(&self, event: &str, data: impl Serialize) -> Result<(), EmitError> {
+        self.main_ns().emit(event, data)
     }
 
     /// Sends event `event` to every socket of `"/"` and collects the acknowledgements.
     pub fn emit_with_ack(
         &self,
         event: &str,
-        payload: impl Into<Payload>,
+        data: impl Serialize,
     ) -> Result<BoxFuture<'static, Result<Vec<AckResponse>, AdapterError>>, EmitError> {
-        self.main_ns().emit_with_ack(event, payload)
+        self.main_ns().emit_with_ack(event, data)
     }
 
     /// The sockets of `"/"` on every server. Cancel-safe.

@@ -14,7 +14,6 @@
 //!   multi-server adapter) and the default [`InMemoryAdapter`].
 //! - [`recovery`]: connection state recovery (Socket.IO 4.6+), off by default.
 //! - [`packet`]: the sans-IO Socket.IO packet codec (binary attachments with placeholders).
-//! - [`chat`]: a small chat namespace (rooms, messages with acknowledgements).
 //!
 //! On the wire it answers as Node's socket.io 4.8.4 does: `tests/node_wire.rs` compares raw
 //! exchanges with Node's own server (see [`engineio`] for the Engine.IO layer and what differs
@@ -51,7 +50,7 @@
 //! # }
 //! ```
 pub mod adapter;
-pub mod chat;
+mod args;
 mod client;
 mod io;
 mod namespace;
@@ -66,13 +65,15 @@ pub use adapter::{
     AckResponse, Adapter, AdapterError, AdapterFactory, BroadcastFlags, BroadcastOptions,
     InMemoryAdapter, NamespaceRef, RoomChange, ServerAck, SocketInfo,
 };
+pub use args::{DataError, FromPayload, TryData};
 pub use io::{SocketIo, SocketIoBuilder};
 pub use namespace::{ConnectError, Namespace};
 pub use operators::{BroadcastOperator, RemoteSocket};
 pub use payload::Payload;
 pub use recovery::RecoveryConfig;
 pub use socket::{
-    AckError, AckRequest, AckSender, DisconnectReason, EmitError, EncodedPacket, Handshake, Socket,
+    AckError, AckRequest, AckSender, BoxError, DisconnectReason, EmitError, EncodedPacket, Event,
+    EventError, Handshake, MAX_QUEUED_EVENTS, Socket,
 };
 pub use util::IntoRooms;
 pub use volley_engineio as engineio;

@@ -53,6 +53,7 @@ pub mod adapter;
 mod args;
 mod client;
 mod io;
+pub mod msgpack;
 mod namespace;
 mod operators;
 pub mod packet;
@@ -66,7 +67,7 @@ pub use adapter::{
     InMemoryAdapter, NamespaceRef, RoomChange, ServerAck, SocketInfo,
 };
 pub use args::{DataError, FromPayload, TryData};
-pub use io::{SocketIo, SocketIoBuilder};
+pub use io::{Parser, SocketIo, SocketIoBuilder};
 pub use namespace::{ConnectError, Namespace};
 pub use operators::{BroadcastOperator, RemoteSocket};
 pub use payload::Payload;

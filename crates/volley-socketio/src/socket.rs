@@ -238,30 +238,45 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// A packet encoded once for many recipients (text part and binary attachments).
+/// A packet encoded once for many recipients.
 ///
-/// The JSON is serialized once; each recipient gets a copy of the text (Engine.IO queues owned
-/// `String`s) and a reference-counted clone of every attachment.
-#[derive(Clone, Debug)]
+/// Each wire format ([`Parser`](crate::Parser)) is encoded at most once, when a recipient first
+/// needs it: with the default parser, the text (each recipient gets a copy: Engine.IO queues
+/// owned `String`s) and a reference-counted clone of every attachment; with the msgpack parser,
+/// one shared binary message.
+#[derive(Debug)]
 pub struct EncodedPacket {
-    text: String,
-    attachments: Vec<Bytes>,
+    packet: Packet,
+    json: std::sync::OnceLock<(String, Vec<Bytes>)>,
+    msgpack: std::sync::OnceLock<Bytes>,
 }
 
 impl EncodedPacket {
-    /// Encodes `packet`.
+    /// Wraps `packet` (encoded on first use).
     pub fn new(packet: &Packet) -> Self {
-        let (text, attachments) = packet.encode();
-        EncodedPacket { text, attachments }
+        EncodedPacket {
+            packet: packet.clone(),
+            json: std::sync::OnceLock::new(),
+            msgpack: std::sync::OnceLock::new(),
+        }
     }
 
-    pub(crate) fn into_parts(self) -> (String, Vec<Bytes>) {
-        (self.text, self.attachments)
-    }
-
-    fn frames(&self) -> impl Iterator<Item = Data> + '_ {
-        std::iter::once(Data::Text(self.text.clone()))
-            .chain(self.attachments.iter().cloned().map(Data::Binary))
+    /// The Engine.IO messages of the packet in `parser`'s format.
+    pub(crate) fn frames(&self, parser: crate::Parser) -> Vec<Data> {
+        match parser {
+            crate::Parser::Default => {
+                let (text, attachments) = self.json.get_or_init(|| self.packet.encode());
+                std::iter::once(Data::Text(text.clone()))
+                    .chain(attachments.iter().cloned().map(Data::Binary))
+                    .collect()
+            }
+            crate::Parser::MsgPack => {
+                let bytes = self
+                    .msgpack
+                    .get_or_init(|| Bytes::from(crate::packet::encode_msgpack(&self.packet)));
+                vec![Data::Binary(bytes.clone())]
+            }
+        }
     }
 }
 
@@ -888,7 +903,7 @@ impl Socket {
         if volatile && !self.0.client.writable() {
             return Ok(());
         }
-        match sender.send_all(packet.frames()) {
+        match sender.send_all(packet.frames(self.0.client.parser())) {
             Err(_) if volatile => Ok(()),
             other => other.map_err(EmitError::Send),
         }

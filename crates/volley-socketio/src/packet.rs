@@ -643,13 +643,16 @@ pub fn decode_msgpack(bytes: &[u8]) -> Result<Packet, PacketError> {
         return Err(bad("invalid namespace"));
     };
     let data = obj.remove("data");
-    let valid = match (kind, &data) {
-        (PacketType::Connect, None | Some(Value::Object(_))) => true,
-        (PacketType::Disconnect, None) => true,
-        (PacketType::ConnectError, Some(Value::String(_) | Value::Object(_))) => true,
-        (PacketType::Event | PacketType::Ack, Some(Value::Array(_))) => true,
-        _ => false,
-    };
+    let valid = matches!(
+        (kind, &data),
+        (PacketType::Connect, None | Some(Value::Object(_)))
+            | (PacketType::Disconnect, None)
+            | (
+                PacketType::ConnectError,
+                Some(Value::String(_) | Value::Object(_))
+            )
+            | (PacketType::Event | PacketType::Ack, Some(Value::Array(_)))
+    );
     if !valid {
         return Err(bad("invalid payload"));
     }

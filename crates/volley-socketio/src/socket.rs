@@ -609,9 +609,10 @@ impl Socket {
         self.set_handler(event.into(), erased);
     }
 
-    /// Handles event `event` with an async handler: `handler(socket, data, ack)` returns the
-    /// future to run (an `async move` block, or an async closure that captures nothing by
-    /// reference). `data` and `ack` are as for [`on`](Self::on).
+    /// Handles event `event` with an async handler: an async closure
+    /// `async |socket, data: T, ack| { … }` (one whose future borrows nothing from the closure),
+    /// or a closure returning an `async move` block. `data` and `ack` are as for
+    /// [`on`](Self::on).
     ///
     /// **Order.** The events of one socket are handled one at a time, in the order they
     /// arrived, whatever mix of sync and async handlers they have: the handler of an event
@@ -628,12 +629,22 @@ impl Socket {
     ///
     /// ```
     /// # fn f(socket: volley_socketio::Socket) {
-    /// socket.on_async("slow-echo", |socket, text: String, ack| async move {
+    /// // An async closure (Rust 1.85+)…
+    /// socket.on_async("slow-echo", async |socket, text: String, ack| {
     ///     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     ///     if let Some(ack) = ack {
     ///         let _ = ack.send(&text);
     ///     }
     ///     let _ = socket.emit("echoed", text);
+    /// });
+    /// // …or a closure returning an `async move` block (needed when it moves captured clones
+    /// // into the future).
+    /// let greeting = String::from("hello");
+    /// socket.on_async("greet", move |socket, name: String, _ack| {
+    ///     let greeting = greeting.clone();
+    ///     async move {
+    ///         let _ = socket.emit("greeting", format!("{greeting}, {name}"));
+    ///     }
     /// });
     /// # }
     /// ```

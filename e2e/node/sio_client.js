@@ -4,7 +4,9 @@
 // e2e/python/sio_client.py; calibrated against e2e/node/sio_reference_server.js (Node's own
 // socket.io server), which every scenario must pass.
 //
-// Usage: node e2e/node/sio_client.js --url http://127.0.0.1:PORT --scenario NAME
+// Usage: node e2e/node/sio_client.js --url http://127.0.0.1:PORT --scenario NAME [--parser msgpack]
+//
+// With `--parser msgpack` every client uses `socket.io-msgpack-parser` (the server must too).
 //
 // The server must behave like the conformance server (see the reference server): namespaces
 // "/" and "/custom", auth {"reject": true} refused, `auth` emitted on connect, `message` ->
@@ -33,6 +35,8 @@ const QUIET_MS = 400;
 
 let currentCheck = "setup";
 const sockets = [];
+// Extra io() options for every client (the parser).
+const clientOptions = {};
 
 function pass(name) {
   console.log(`PASS ${name}`);
@@ -56,6 +60,7 @@ class Peer {
       forceNew: true,
       reconnection: false,
       timeout: STEP_TIMEOUT_MS,
+      ...clientOptions,
       ...options,
     });
     sockets.push(this.socket);
@@ -547,7 +552,7 @@ const scenarios = {
 
 function usage(msg) {
   if (msg) console.error(msg);
-  console.error("usage: sio_client.js --url http://127.0.0.1:PORT --scenario NAME");
+  console.error("usage: sio_client.js --url http://127.0.0.1:PORT --scenario NAME [--parser msgpack]");
   console.error(`scenarios: ${Object.keys(scenarios).join(" ")}`);
   process.exit(2);
 }
@@ -559,7 +564,11 @@ async function main() {
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === "--url") url = argv[++i];
     else if (argv[i] === "--scenario") scenario = argv[++i];
-    else usage(`unknown argument ${argv[i]}`);
+    else if (argv[i] === "--parser") {
+      const parser = argv[++i];
+      if (parser !== "msgpack") usage(`unknown parser ${parser}`);
+      clientOptions.parser = require("socket.io-msgpack-parser");
+    } else usage(`unknown argument ${argv[i]}`);
   }
   if (!url || !scenario) usage("--url and --scenario are required");
   if (!Object.prototype.hasOwnProperty.call(scenarios, scenario)) usage(`unknown scenario ${scenario}`);

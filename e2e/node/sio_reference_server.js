@@ -7,7 +7,7 @@
 // scenarios test real Socket.IO behaviour and not an accident of the Rust server.
 //
 //   node e2e/node/sio_reference_server.js [--port N] [--ping-interval-ms N] [--ping-timeout-ms N]
-//       [--connect-timeout-ms N]
+//       [--connect-timeout-ms N] [--parser msgpack]
 //
 // Listens on 127.0.0.1 (default port 3000; 0 picks a free port) and prints
 // `listening on 127.0.0.1:PORT` once it accepts connections. Stops on SIGINT/SIGTERM.
@@ -40,10 +40,17 @@ function parseArgs(argv) {
       case "--connect-timeout-ms":
         opts.connectTimeout = value();
         break;
+      case "--parser":
+        if (argv[++i] !== "msgpack") {
+          console.error(`unknown parser ${argv[i]}`);
+          process.exit(2);
+        }
+        opts.parser = require("socket.io-msgpack-parser");
+        break;
       default:
         console.error(`unknown argument ${argv[i]}`);
         console.error(
-          "usage: sio_reference_server.js [--port N] [--ping-interval-ms N] [--ping-timeout-ms N] [--connect-timeout-ms N]",
+          "usage: sio_reference_server.js [--port N] [--ping-interval-ms N] [--ping-timeout-ms N] [--connect-timeout-ms N] [--parser msgpack]",
         );
         process.exit(2);
     }
@@ -128,6 +135,7 @@ const io = new Server(httpServer, {
   pingTimeout: opts.pingTimeout,
   connectTimeout: opts.connectTimeout,
   maxHttpBufferSize: 1e6,
+  ...(opts.parser ? { parser: opts.parser } : {}),
 });
 setup(io.of("/"));
 setup(io.of("/custom"));

@@ -2,6 +2,7 @@
 
 mod bench;
 mod chat;
+mod sio_chat;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -318,7 +319,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     let io = io.build();
-    volley_socketio::chat::chat_namespace(&io);
+    sio_chat::chat_namespace(&io);
     if redis.is_some() {
         // Subscribed before serving, so that the other servers' first messages are not missed.
         // Redis away: serve the local clients anyway (the connection keeps retrying).

@@ -7,7 +7,8 @@
 //!   pub/sub, Node's `ClusterAdapter` messages, a channel per public room);
 //! - [`RedisStreamsAdapter`]: the protocol of `@socket.io/redis-streams-adapter` 0.3 (a Redis
 //!   stream), with connection state recovery across servers;
-//! - [`msgpack`]: MessagePack as `notepack.io` writes it (binary data as `bin`).
+//! - [`msgpack`]: MessagePack as `notepack.io` writes it (binary data as `bin`); it is
+//!   [`volley_socketio::msgpack`], which the msgpack parser also uses.
 //!
 //! ```no_run
 //! use volley_redis::{Redis, RedisConfig};
@@ -25,10 +26,11 @@
 //! ```
 mod classic;
 mod cluster;
-pub mod msgpack;
 mod sharded;
 mod streams;
 mod wire;
+
+pub use volley_socketio::msgpack;
 
 pub use classic::{RedisAdapter, RedisAdapterConfig};
 pub use sharded::{ShardedRedisAdapter, ShardedRedisAdapterConfig, SubscriptionMode};

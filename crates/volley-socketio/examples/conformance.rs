@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p volley-socketio --example conformance -- --port 3000 \
-//!     [--ping-interval-ms 300] [--ping-timeout-ms 200]
+//!     [--ping-interval-ms 300] [--ping-timeout-ms 200] [--parser msgpack]
 //! ```
 //!
 //! Listens on 127.0.0.1, Socket.IO at `/socket.io/`. Namespaces `/` and `/custom` behave alike;
@@ -28,7 +28,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use volley_socketio::{ConnectError, Namespace, Payload, SocketIo};
+use volley_socketio::{ConnectError, Namespace, Parser, Payload, SocketIo};
 
 /// Server settings (the defaults suit fast tests: 300 ms / 200 ms / 1000 ms / 1e6).
 #[derive(Clone, Debug)]
@@ -41,6 +41,8 @@ pub struct Options {
     pub connect_timeout: Duration,
     /// maxHttpBufferSize.
     pub max_payload: usize,
+    /// The packets' wire format.
+    pub parser: Parser,
 }
 
 impl Default for Options {
@@ -50,6 +52,7 @@ impl Default for Options {
             ping_timeout: Duration::from_millis(200),
             connect_timeout: Duration::from_millis(1000),
             max_payload: 1_000_000,
+            parser: Parser::Default,
         }
     }
 }
@@ -61,6 +64,7 @@ pub async fn serve(listener: tokio::net::TcpListener, opts: Options) -> std::io:
         .ping_timeout(opts.ping_timeout)
         .connect_timeout(opts.connect_timeout)
         .max_payload(opts.max_payload)
+        .parser(opts.parser)
         .build();
     for name in ["/", "/custom"] {
         setup(&io.of(name));
@@ -78,32 +82,36 @@ fn setup(ns: &Namespace) {
     });
     ns.on_connection(|socket| {
         let auth = socket.handshake().auth.clone();
-        let _ = socket.emit("auth", auth);
-        socket.on("message", |socket, payload, _ack| {
-            let _ = socket.emit("message-back", payload);
+        let _ = socket.emit("auth", &auth);
+        // Echoes take the raw `Payload`: every argument, binary attachments included, goes back
+        // as it came.
+        socket.on("message", |socket, payload: Payload, _ack| {
+            let _ = socket.emit("message-back", &payload);
         });
-        socket.on("message-with-ack", |_socket, payload, ack| {
+        socket.on("message-with-ack", |_socket, payload: Payload, ack| {
             if let Some(ack) = ack {
-                let _ = ack.send(payload);
+                let _ = ack.send(&payload);
             }
         });
-        socket.on("join", |socket, payload, ack| {
-            if let Some(room) = payload.first().and_then(Value::as_str) {
+        // A room name as the first argument (anything else joins nothing), answered with an
+        // empty acknowledgement.
+        socket.on("join", |socket, room: Option<String>, ack| {
+            if let Some(room) = room {
                 socket.join(room);
             }
             if let Some(ack) = ack {
                 let _ = ack.send(());
             }
         });
-        socket.on("leave", |socket, payload, ack| {
-            if let Some(room) = payload.first().and_then(Value::as_str) {
-                socket.leave(room);
+        socket.on("leave", |socket, room: Option<String>, ack| {
+            if let Some(room) = room {
+                socket.leave(room.as_str());
             }
             if let Some(ack) = ack {
                 let _ = ack.send(());
             }
         });
-        socket.on("to-room", |socket, payload, ack| {
+        socket.on("to-room", |socket, payload: Payload, ack| {
             let Payload {
                 mut args,
                 attachments,
@@ -120,21 +128,21 @@ fn setup(ns: &Namespace) {
                 let _ = ack.send(());
             }
         });
-        socket.on("server-ack", |socket, payload, _ack| {
-            let request = socket
-                .emit_with_ack("ask", payload)
-                .timeout(Duration::from_millis(1000));
-            tokio::spawn(async move {
-                let _ = match request.await {
-                    Ok(answer) => socket.emit("ask-result", answer),
-                    Err(_) => socket.emit("ask-timeout", ()),
-                };
-            });
+        // An async handler awaiting the client's acknowledgement.
+        socket.on_async("server-ack", |socket, payload: Payload, _ack| async move {
+            let answer = socket
+                .emit_with_ack::<Payload>("ask", &payload)
+                .timeout(Duration::from_millis(1000))
+                .await;
+            let _ = match answer {
+                Ok(answer) => socket.emit("ask-result", &answer),
+                Err(_) => socket.emit("ask-timeout", ()),
+            };
         });
-        socket.on("close-transport", |socket, _payload, _ack| {
+        socket.on("close-transport", |socket, _: (), _ack| {
             socket.conn().close();
         });
-        socket.on("disconnect-me", |socket, _payload, _ack| {
+        socket.on("disconnect-me", |socket, _: (), _ack| {
             socket.disconnect(false);
         });
     });
@@ -167,6 +175,10 @@ fn parse_args() -> Result<(u16, Options), String> {
                 opts.max_payload =
                     usize::try_from(value("--max-payload")?).map_err(|e| e.to_string())?
             }
+            "--parser" => match args.next().as_deref() {
+                Some("msgpack") => opts.parser = Parser::MsgPack,
+                other => return Err(format!("unknown parser {other:?}")),
+            },
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -179,7 +191,7 @@ fn main() -> std::io::Result<()> {
         Ok(parsed) => parsed,
         Err(e) => {
             eprintln!(
-                "conformance: {e}\nusage: conformance [--port N] [--ping-interval-ms N] [--ping-timeout-ms N] [--connect-timeout-ms N] [--max-payload N]"
+                "conformance: {e}\nusage: conformance [--port N] [--ping-interval-ms N] [--ping-timeout-ms N] [--connect-timeout-ms N] [--max-payload N] [--parser msgpack]"
             );
             std::process::exit(2);
         }

@@ -109,6 +109,14 @@ pub struct AckResponse {
     pub result: Result<Payload, AckError>,
 }
 
+impl AckResponse {
+    /// The answer as a `T` (any [`FromPayload`](crate::FromPayload) type), or why there is
+    /// none ([`AckError::Data`] when the arguments do not fit `T`).
+    pub fn into_data<T: crate::FromPayload>(self) -> Result<T, AckError> {
+        T::from_payload(self.result?).map_err(AckError::Data)
+    }
+}
+
 /// What a multi-server adapter knows of a socket, local or on another server (Node's
 /// `RemoteSocket` fields): wrapped by [`RemoteSocket`](crate::RemoteSocket) for the user.
 #[derive(Clone, Debug, PartialEq)]

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use volley_engineio::packet::Data;
 use volley_engineio::{CloseReason, Session, SessionSender};
 
-use crate::packet::{Decoded, Limits, Packet, PacketType, PartialPacket, decode};
+use crate::packet::{Decoded, Limits, Packet, PacketType, PartialPacket, decode, decode_msgpack};
 use crate::socket::{DisconnectReason, EncodedPacket};
 use crate::util::lock;
 use crate::{Namespace, Socket, SocketIo};
@@ -36,6 +36,7 @@ pub(crate) struct ClientShared {
     state: Mutex<ClientState>,
     /// CONNECTs waiting for their middlewares.
     pending_connects: AtomicUsize,
+    parser: crate::Parser,
 }
 
 /// The most CONNECTs of one client that may wait for middlewares at once; more are refused
@@ -45,6 +46,11 @@ pub(crate) const MAX_PENDING_CONNECTS: usize = 16;
 impl ClientShared {
     pub(crate) fn sender(&self) -> &SessionSender {
         &self.sender
+    }
+
+    /// The wire format of this server's packets.
+    pub(crate) fn parser(&self) -> crate::Parser {
+        self.parser
     }
 
     pub(crate) fn request(&self) -> &RequestSnapshot {
@@ -95,10 +101,7 @@ impl ClientShared {
     }
 
     fn send_frames(&self, packet: &Packet, flush: bool) {
-        let encoded = EncodedPacket::new(packet);
-        let (text, attachments) = encoded.into_parts();
-        let frames =
-            std::iter::once(Data::Text(text)).chain(attachments.into_iter().map(Data::Binary));
+        let frames = EncodedPacket::new(packet).frames(self.parser);
         let sent = if flush {
             self.sender.send_all_and_flush(frames)
         } else {
@@ -142,6 +145,7 @@ pub(crate) async fn run(io: SocketIo, mut session: Session) {
         },
         state: Mutex::new(ClientState::default()),
         pending_connects: AtomicUsize::new(0),
+        parser: io.parser(),
     });
     let limits = io.limits();
     let connect_timeout = tokio::time::sleep(io.connect_timeout());
@@ -206,6 +210,18 @@ fn on_data(
     limits: &Limits,
     data: Data,
 ) -> Result<(), Refusal> {
+    if io.parser() == crate::Parser::MsgPack {
+        // One packet per binary message; a text message is not msgpack (Node's decoder throws).
+        return match data {
+            Data::Binary(bytes) => {
+                let packet = decode_msgpack(&bytes).map_err(|e| Refusal::Invalid(e.to_string()))?;
+                on_packet(io, shared, packet)
+            }
+            Data::Text(_) => Err(Refusal::Invalid(
+                "a text message with the msgpack parser".into(),
+            )),
+        };
+    }
     match data {
         Data::Text(text) => {
             if partial.is_some() {

@@ -7,16 +7,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
+use serde::Serialize;
 use serde_json::Value;
 use volley_engineio::{Engine, EngineBody, EngineConfig};
 
+use crate::Namespace;
 use crate::adapter::{AckResponse, AdapterError, AdapterFactory, BoxFuture, InMemoryAdapter};
 use crate::namespace::NsHandlers;
 use crate::operators::{BroadcastOperator, RemoteSocket};
 use crate::packet::Limits;
 use crate::socket::EmitError;
 use crate::util::{IntoRooms, read, write};
-use crate::{Namespace, Payload};
 
 type Matcher = Arc<dyn Fn(&str, &Value) -> bool + Send + Sync>;
 
@@ -31,6 +32,22 @@ pub struct SocketIoBuilder {
     adapter: AdapterFactory,
     cleanup_empty_children: bool,
     recovery: Option<crate::RecoveryConfig>,
+    parser: Parser,
+}
+
+/// The wire format of Socket.IO packets, chosen per server ([`SocketIoBuilder::parser`]); the
+/// clients must use the same one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Parser {
+    /// socket.io-parser, the default of every client: text packets (`2["event",…]`) and
+    /// binary attachments in messages of their own.
+    #[default]
+    Default,
+    /// `socket.io-msgpack-parser`: each packet one binary message, MessagePack as `notepack.io`
+    /// writes it, binary data inline (see [`packet::encode_msgpack`](crate::packet::encode_msgpack)).
+    /// The client needs the same parser: `io(url, { parser: require("socket.io-msgpack-parser") })`.
+    MsgPack,
 }
 
 impl std::fmt::Debug for SocketIoBuilder {
@@ -40,6 +57,7 @@ impl std::fmt::Debug for SocketIoBuilder {
             .field("connect_timeout", &self.connect_timeout)
             .field("max_attachments", &self.max_attachments)
             .field("ack_timeout", &self.ack_timeout)
+            .field("parser", &self.parser)
             .finish()
     }
 }
@@ -54,6 +72,7 @@ impl Default for SocketIoBuilder {
             adapter: InMemoryAdapter::factory(),
             cleanup_empty_children: false,
             recovery: None,
+            parser: Parser::Default,
         }
     }
 }
@@ -136,6 +155,12 @@ impl SocketIoBuilder {
         self
     }
 
+    /// The wire format of the packets ([`Parser::Default`] by default).
+    pub fn parser(mut self, parser: Parser) -> Self {
+        self.parser = parser;
+        self
+    }
+
     /// The adapter of every namespace ([`InMemoryAdapter`] by default).
     pub fn adapter(mut self, factory: AdapterFactory) -> Self {
         self.adapter = factory;
@@ -167,6 +192,7 @@ impl SocketIoBuilder {
                 ack_timeout: self.ack_timeout,
                 adapter: self.adapter,
                 recovery: self.recovery,
+                parser: self.parser,
             }
         });
         let io = SocketIo(inner);
@@ -198,6 +224,7 @@ pub(crate) struct IoInner {
     ack_timeout: Duration,
     adapter: AdapterFactory,
     recovery: Option<crate::RecoveryConfig>,
+    parser: Parser,
 }
 
 /// A Socket.IO server. Cheap to clone (a handle).
@@ -251,6 +278,11 @@ impl SocketIo {
 
     pub(crate) fn limits(&self) -> Limits {
         self.0.limits.clone()
+    }
+
+    /// The wire format of this server's packets.
+    pub fn parser(&self) -> Parser {
+        self.0.parser
     }
 
     pub(crate) fn connect_timeout(&self) -> Duration {
@@ -366,17 +398,17 @@ impl SocketIo {
     }
 
     /// Sends event `event` to every socket of `"/"`.
-    pub fn emit(&self, event: &str, payload: impl Into<Payload>) -> Result<(), EmitError> {
-        self.main_ns().emit(event, payload)
+    pub fn emit(&self, event: &str, data: impl Serialize) -> Result<(), EmitError> {
+        self.main_ns().emit(event, data)
     }
 
     /// Sends event `event` to every socket of `"/"` and collects the acknowledgements.
     pub fn emit_with_ack(
         &self,
         event: &str,
-        payload: impl Into<Payload>,
+        data: impl Serialize,
     ) -> Result<BoxFuture<'static, Result<Vec<AckResponse>, AdapterError>>, EmitError> {
-        self.main_ns().emit_with_ack(event, payload)
+        self.main_ns().emit_with_ack(event, data)
     }
 
     /// The sockets of `"/"` on every server. Cancel-safe.

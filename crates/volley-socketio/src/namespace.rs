@@ -6,8 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
+use serde::Serialize;
 use serde_json::Value;
 
+use crate::Socket;
 use crate::adapter::{
     AckResponse, Adapter, AdapterError, AdapterFactory, BoxFuture, BroadcastOptions, NamespaceRef,
     ServerAck,
@@ -16,7 +18,6 @@ use crate::io::IoInner;
 use crate::operators::{BroadcastOperator, RemoteSocket};
 use crate::socket::EmitError;
 use crate::util::{IntoRooms, read, write};
-use crate::{Payload, Socket};
 
 /// A connect middleware's refusal: the client gets a CONNECT_ERROR `{"message", "data"}`.
 #[derive(Clone, Debug, PartialEq)]
@@ -327,8 +328,8 @@ impl Namespace {
     }
 
     /// Sends event `event` to every socket of the namespace (encoded once), on every server.
-    pub fn emit(&self, event: &str, payload: impl Into<Payload>) -> Result<(), EmitError> {
-        self.operator().emit(event, payload)
+    pub fn emit(&self, event: &str, data: impl Serialize) -> Result<(), EmitError> {
+        self.operator().emit(event, data)
     }
 
     /// Sends event `event` to every socket and collects their acknowledgements (see
@@ -336,9 +337,9 @@ impl Namespace {
     pub fn emit_with_ack(
         &self,
         event: &str,
-        payload: impl Into<Payload>,
+        data: impl Serialize,
     ) -> Result<BoxFuture<'static, Result<Vec<AckResponse>, AdapterError>>, EmitError> {
-        self.operator().emit_with_ack(event, payload)
+        self.operator().emit_with_ack(event, data)
     }
 
     /// The sockets of the namespace on every server (see

@@ -3,12 +3,13 @@
 
 use std::time::Duration;
 
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::adapter::{AckResponse, AdapterError, BoxFuture, BroadcastOptions, SocketInfo};
 use crate::socket::{EmitError, event_packet};
 use crate::util::IntoRooms;
-use crate::{Namespace, Payload, Socket};
+use crate::{Namespace, Socket};
 
 /// A set of target sockets of one namespace, built with chained operators, then acted on:
 /// `ns.to("room").except("muted").emit("news", json!("hi"))`.
@@ -67,11 +68,12 @@ impl BroadcastOperator {
         self
     }
 
-    /// Sends event `event` to the targeted sockets; the packet is encoded once. The local
+    /// Sends event `event` with `data` (any `Serialize` value, mapped as for
+    /// [`Socket::emit`]) to the targeted sockets; the packet is encoded once. The local
     /// sockets have it queued when this returns; the other servers' copy is queued in call
     /// order ([`EmitError::Adapter`] when the adapter cannot take it; local delivery happened).
-    pub fn emit(&self, event: &str, payload: impl Into<Payload>) -> Result<(), EmitError> {
-        let packet = event_packet(self.ns.name(), event, payload.into(), None)?;
+    pub fn emit(&self, event: &str, data: impl Serialize) -> Result<(), EmitError> {
+        let packet = event_packet(self.ns.name(), event, &data, None)?;
         self.ns
             .adapter()
             .broadcast(&packet, &self.opts)
@@ -81,15 +83,16 @@ impl BroadcastOperator {
     /// Sends event `event` to the targeted sockets asking each for an acknowledgement; the
     /// returned future resolves with one [`AckResponse`] per targeted socket of every server
     /// once all have answered or the timeout (see [`timeout`](Self::timeout); the server's ack
-    /// timeout by default) has passed. The packet is sent before this returns. Dropping the
-    /// future forgets the answers (not cancel-safe in that sense).
+    /// timeout by default) has passed ([`AckResponse::into_data`] makes typed data of each).
+    /// The packet is sent before this returns. Dropping the future forgets the answers (not
+    /// cancel-safe in that sense).
     pub fn emit_with_ack(
         &self,
         event: &str,
-        payload: impl Into<Payload>,
+        data: impl Serialize,
     ) -> Result<BoxFuture<'static, Result<Vec<AckResponse>, AdapterError>>, EmitError> {
         let id = self.ns.next_ack_id();
-        let packet = event_packet(self.ns.name(), event, payload.into(), Some(id))?;
+        let packet = event_packet(self.ns.name(), event, &data, Some(id))?;
         Ok(self
             .ns
             .adapter()
@@ -176,9 +179,9 @@ impl RemoteSocket {
         self.ns.to(self.info.id.clone())
     }
 
-    /// Sends it event `event` (through the adapter: it may be on another server).
-    pub fn emit(&self, event: &str, payload: impl Into<Payload>) -> Result<(), EmitError> {
-        self.target().emit(event, payload)
+    /// Sends it event `event` with `data` (through the adapter: it may be on another server).
+    pub fn emit(&self, event: &str, data: impl Serialize) -> Result<(), EmitError> {
+        self.target().emit(event, data)
     }
 
     /// Makes it join `rooms`.

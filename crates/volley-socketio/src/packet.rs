@@ -479,6 +479,9 @@ pub enum PacketErrorKind {
     InvalidPayload,
     /// A placeholder is malformed, out of range, duplicated, missing, or in a non-binary packet.
     InvalidPlaceholder,
+    /// Not one msgpack map, or a map that is not a packet, for the msgpack parser (see
+    /// [`decode_msgpack`]).
+    InvalidMsgpack,
 }
 
 /// A packet that cannot be decoded. Decoding never panics.
@@ -509,6 +512,174 @@ impl fmt::Display for PacketError {
 }
 
 impl std::error::Error for PacketError {}
+
+/// The packet as `socket.io-msgpack-parser` (3.x) encodes it: one msgpack map (notepack's
+/// encoding, see [`msgpack`](crate::msgpack)) sent as one binary Engine.IO message, binary data
+/// inline as `bin`, the types EVENT (2) and ACK (3) also for binary data. The keys come in the
+/// order Node's socket.io server builds its packets (`type`, `data`, `id`, `nsp` for an event;
+/// `id`, `type`, `data`, `nsp` for an ack; `type`, `nsp`, `data` for a refused namespace), and
+/// an absent `pid` in the CONNECT reply or `data` of a middleware's CONNECT_ERROR is written as
+/// notepack 2's `undefined`, as Node's server writes it: the bytes are Node's.
+pub fn encode_msgpack(packet: &Packet) -> Vec<u8> {
+    use crate::msgpack::{write_map_len, write_str, write_uint, write_value};
+    const UNDEFINED: [u8; 3] = [0xd4, 0x00, 0x00];
+    let mut out = Vec::with_capacity(32);
+    let data = packet.data.as_ref().filter(|d| !d.is_null());
+    let ty = |out: &mut Vec<u8>, t: u64| {
+        write_str(out, "type");
+        write_uint(out, t);
+    };
+    let nsp = |out: &mut Vec<u8>| {
+        write_str(out, "nsp");
+        write_str(out, &packet.nsp);
+    };
+    let id = |out: &mut Vec<u8>| {
+        if let Some(id) = packet.id {
+            write_str(out, "id");
+            write_uint(out, id);
+        }
+    };
+    let value = |out: &mut Vec<u8>, v: &Value| write_value(out, v, &packet.attachments);
+    match packet.kind {
+        PacketType::Connect => {
+            write_map_len(&mut out, 2 + usize::from(data.is_some()));
+            ty(&mut out, 0);
+            if let Some(data) = data {
+                write_str(&mut out, "data");
+                match data {
+                    // Node's `{ sid, pid }` with `pid` undefined when recovery is off.
+                    Value::Object(obj) if obj.contains_key("sid") && !obj.contains_key("pid") => {
+                        write_map_len(&mut out, obj.len() + 1);
+                        for (k, v) in obj {
+                            write_str(&mut out, k);
+                            value(&mut out, v);
+                        }
+                        write_str(&mut out, "pid");
+                        out.extend_from_slice(&UNDEFINED);
+                    }
+                    other => value(&mut out, other),
+                }
+            }
+            nsp(&mut out);
+        }
+        PacketType::Disconnect => {
+            write_map_len(&mut out, 2);
+            ty(&mut out, 1);
+            nsp(&mut out);
+        }
+        PacketType::Event | PacketType::BinaryEvent => {
+            write_map_len(&mut out, 3 + usize::from(packet.id.is_some()));
+            ty(&mut out, 2);
+            write_str(&mut out, "data");
+            value(&mut out, data.unwrap_or(&Value::Array(Vec::new())));
+            id(&mut out);
+            nsp(&mut out);
+        }
+        PacketType::Ack | PacketType::BinaryAck => {
+            write_map_len(&mut out, 3 + usize::from(packet.id.is_some()));
+            id(&mut out);
+            ty(&mut out, 3);
+            write_str(&mut out, "data");
+            value(&mut out, data.unwrap_or(&Value::Array(Vec::new())));
+            nsp(&mut out);
+        }
+        PacketType::ConnectError => {
+            let message = data.and_then(|d| d.get("message")).and_then(Value::as_str);
+            write_map_len(&mut out, 3);
+            ty(&mut out, 4);
+            match data {
+                // The client's `Client#connect` refusing an unknown namespace: nsp first.
+                Some(d) if message == Some("Invalid namespace") => {
+                    nsp(&mut out);
+                    write_str(&mut out, "data");
+                    value(&mut out, d);
+                }
+                // A middleware's `{ message, data }`, `data` undefined when it has none.
+                Some(Value::Object(obj)) if !obj.contains_key("data") => {
+                    write_str(&mut out, "data");
+                    write_map_len(&mut out, obj.len() + 1);
+                    for (k, v) in obj {
+                        write_str(&mut out, k);
+                        value(&mut out, v);
+                    }
+                    write_str(&mut out, "data");
+                    out.extend_from_slice(&UNDEFINED);
+                    nsp(&mut out);
+                }
+                other => {
+                    write_str(&mut out, "data");
+                    value(&mut out, other.unwrap_or(&Value::Null));
+                    nsp(&mut out);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Decodes one binary Engine.IO message as the msgpack parser's packet, validating it as
+/// `socket.io-msgpack-parser`'s decoder does: a map whose `type` is an integer 0–4, `nsp` a
+/// string, `data` absent or an object (CONNECT), absent (DISCONNECT), a string or an object
+/// (CONNECT_ERROR), an array (EVENT, ACK), and `id` absent or an integer (here also: not
+/// negative, at most 2^53 − 1; Node would take a negative id). Binary data comes back as
+/// attachments (an EVENT or ACK with any is a BINARY_EVENT or BINARY_ACK). Never panics.
+pub fn decode_msgpack(bytes: &[u8]) -> Result<Packet, PacketError> {
+    use PacketErrorKind as K;
+    let bad = |what: &str| PacketError::new(K::InvalidMsgpack, what);
+    let decoded = crate::msgpack::decode(bytes)
+        .map_err(|e| PacketError::new(K::InvalidMsgpack, e.to_string()))?;
+    let Value::Object(mut obj) = decoded.value else {
+        return Err(bad("not a map"));
+    };
+    let kind = match obj.get("type").and_then(Value::as_u64) {
+        Some(0) => PacketType::Connect,
+        Some(1) => PacketType::Disconnect,
+        Some(2) => PacketType::Event,
+        Some(3) => PacketType::Ack,
+        Some(4) => PacketType::ConnectError,
+        _ => return Err(bad("invalid packet type")),
+    };
+    let Some(Value::String(nsp)) = obj.remove("nsp") else {
+        return Err(bad("invalid namespace"));
+    };
+    let data = obj.remove("data");
+    let valid = matches!(
+        (kind, &data),
+        (PacketType::Connect, None | Some(Value::Object(_)))
+            | (PacketType::Disconnect, None)
+            | (
+                PacketType::ConnectError,
+                Some(Value::String(_) | Value::Object(_))
+            )
+            | (PacketType::Event | PacketType::Ack, Some(Value::Array(_)))
+    );
+    if !valid {
+        return Err(bad("invalid payload"));
+    }
+    let id = match obj.get("id") {
+        None => None,
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(id) if id <= MAX_SAFE_INTEGER => Some(id),
+            _ => return Err(PacketError::new(K::InvalidId, "invalid packet id")),
+        },
+        Some(_) => return Err(PacketError::new(K::InvalidId, "invalid packet id")),
+    };
+    let kind = match kind {
+        PacketType::Event if !decoded.attachments.is_empty() => PacketType::BinaryEvent,
+        PacketType::Ack if !decoded.attachments.is_empty() => PacketType::BinaryAck,
+        other => other,
+    };
+    Ok(Packet {
+        kind,
+        nsp,
+        id,
+        data,
+        attachments: decoded.attachments,
+    })
+}
+
+/// JavaScript's `Number.MAX_SAFE_INTEGER`.
+const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 
 /// Decodes one text packet, validating it like socket.io-parser's decoder (see the module docs).
 /// A BINARY_EVENT / BINARY_ACK comes back as [`Decoded::Partial`]; feed it the following binary

@@ -1,19 +1,24 @@
 //! A client's connection to one namespace.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::{Future, IntoFuture};
+use std::marker::PhantomData;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::oneshot;
 use volley_engineio::SessionSender;
 use volley_engineio::packet::Data;
 
-use crate::adapter::BroadcastOptions;
+use crate::adapter::{BoxFuture, BroadcastOptions};
+use crate::args::{DataError, FromPayload, to_payload};
 use crate::client::ClientShared;
 use crate::operators::BroadcastOperator;
 use crate::packet::{Packet, PacketType};
@@ -89,6 +94,9 @@ pub enum EmitError {
     Send(volley_engineio::SendError),
     /// The adapter could not forward the packet to the other servers (local delivery happened).
     Adapter(crate::AdapterError),
+    /// The data could not be serialized (a map with keys that are not strings, numbers or
+    /// bools, or a `Serialize` implementation that failed).
+    Data(DataError),
 }
 
 impl std::fmt::Display for EmitError {
@@ -98,6 +106,7 @@ impl std::fmt::Display for EmitError {
             EmitError::Disconnected => f.write_str("the socket is disconnected"),
             EmitError::Send(e) => write!(f, "send failed: {e}"),
             EmitError::Adapter(e) => write!(f, "{e}"),
+            EmitError::Data(e) => write!(f, "cannot serialize the data: {e}"),
         }
     }
 }
@@ -114,6 +123,8 @@ pub enum AckError {
     Disconnected,
     /// The packet could not be sent.
     Send(EmitError),
+    /// The acknowledgement's arguments did not fit the requested type.
+    Data(DataError),
 }
 
 impl std::fmt::Display for AckError {
@@ -122,6 +133,7 @@ impl std::fmt::Display for AckError {
             AckError::Timeout => f.write_str("operation has timed out"),
             AckError::Disconnected => f.write_str("the socket disconnected before acknowledging"),
             AckError::Send(e) => write!(f, "{e}"),
+            AckError::Data(e) => write!(f, "unexpected acknowledgement data: {e}"),
         }
     }
 }
@@ -226,34 +238,147 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// A packet encoded once for many recipients (text part and binary attachments).
+/// A packet encoded once for many recipients.
 ///
-/// The JSON is serialized once; each recipient gets a copy of the text (Engine.IO queues owned
-/// `String`s) and a reference-counted clone of every attachment.
-#[derive(Clone, Debug)]
+/// Each wire format ([`Parser`](crate::Parser)) is encoded at most once, when a recipient first
+/// needs it: with the default parser, the text (each recipient gets a copy: Engine.IO queues
+/// owned `String`s) and a reference-counted clone of every attachment; with the msgpack parser,
+/// one shared binary message.
+#[derive(Debug)]
 pub struct EncodedPacket {
-    text: String,
-    attachments: Vec<Bytes>,
+    packet: Packet,
+    json: std::sync::OnceLock<(String, Vec<Bytes>)>,
+    msgpack: std::sync::OnceLock<Bytes>,
 }
 
 impl EncodedPacket {
-    /// Encodes `packet`.
+    /// Wraps `packet` (encoded on first use).
     pub fn new(packet: &Packet) -> Self {
-        let (text, attachments) = packet.encode();
-        EncodedPacket { text, attachments }
+        EncodedPacket {
+            packet: packet.clone(),
+            json: std::sync::OnceLock::new(),
+            msgpack: std::sync::OnceLock::new(),
+        }
     }
 
-    pub(crate) fn into_parts(self) -> (String, Vec<Bytes>) {
-        (self.text, self.attachments)
-    }
-
-    fn frames(&self) -> impl Iterator<Item = Data> + '_ {
-        std::iter::once(Data::Text(self.text.clone()))
-            .chain(self.attachments.iter().cloned().map(Data::Binary))
+    /// The Engine.IO messages of the packet in `parser`'s format.
+    pub(crate) fn frames(&self, parser: crate::Parser) -> Vec<Data> {
+        match parser {
+            crate::Parser::Default => {
+                let (text, attachments) = self.json.get_or_init(|| self.packet.encode());
+                std::iter::once(Data::Text(text.clone()))
+                    .chain(attachments.iter().cloned().map(Data::Binary))
+                    .collect()
+            }
+            crate::Parser::MsgPack => {
+                let bytes = self
+                    .msgpack
+                    .get_or_init(|| Bytes::from(crate::packet::encode_msgpack(&self.packet)));
+                vec![Data::Binary(bytes.clone())]
+            }
+        }
     }
 }
 
-type EventHandler = Arc<dyn Fn(Socket, Payload, Option<AckSender>) + Send + Sync>;
+/// An event handler, sync or async: parses the payload for the user's handler; returns the
+/// future of an async handler.
+type EventHandler = Arc<
+    dyn Fn(Socket, &str, Payload, Option<AckSender>) -> Option<BoxFuture<'static, ()>>
+        + Send
+        + Sync,
+>;
+type PacketMiddleware = Arc<dyn Fn(&Socket, &mut Event) -> Result<(), BoxError> + Send + Sync>;
+type ErrorHandler = Arc<dyn Fn(Socket, EventError) + Send + Sync>;
+
+/// A boxed error, as a packet middleware returns it.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How many events of one socket may wait behind a running async handler; more are dropped
+/// (reported to [`Socket::on_error`] as [`EventError::Overflow`]).
+pub const MAX_QUEUED_EVENTS: usize = 1024;
+
+/// An incoming event, as a packet middleware ([`Socket::use_middleware`]) sees it: it may change
+/// the name, the arguments or take the acknowledgement.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Event {
+    /// The event name.
+    pub name: String,
+    /// Its arguments.
+    pub payload: Payload,
+    /// The acknowledgement the client asked for, if any.
+    pub ack: Option<AckSender>,
+}
+
+/// What went wrong with an incoming event, as [`Socket::on_error`] reports it (Node's `error`
+/// event on the server-side socket).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum EventError {
+    /// A packet middleware ([`Socket::use_middleware`]) rejected the event: no handler ran and
+    /// no acknowledgement was sent.
+    Rejected {
+        /// The event name.
+        event: String,
+        /// The middleware's error.
+        error: Arc<dyn std::error::Error + Send + Sync>,
+    },
+    /// The event's arguments did not fit the handler's type: the handler did not run and no
+    /// acknowledgement was sent.
+    Data {
+        /// The event name.
+        event: String,
+        /// What did not fit.
+        error: DataError,
+    },
+    /// The event arrived while [`MAX_QUEUED_EVENTS`] events of this socket were already waiting
+    /// behind a running async handler, and was dropped.
+    Overflow {
+        /// The event name.
+        event: String,
+    },
+}
+
+impl EventError {
+    /// The name of the event concerned.
+    pub fn event(&self) -> &str {
+        match self {
+            EventError::Rejected { event, .. }
+            | EventError::Data { event, .. }
+            | EventError::Overflow { event } => event,
+        }
+    }
+}
+
+impl std::fmt::Display for EventError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EventError::Rejected { event, error } => write!(f, "event {event:?} rejected: {error}"),
+            EventError::Data { event, error } => write!(f, "event {event:?}: {error}"),
+            EventError::Overflow { event } => {
+                write!(f, "event {event:?} dropped: too many events queued")
+            }
+        }
+    }
+}
+
+impl std::error::Error for EventError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            EventError::Rejected { error, .. } => Some(error.as_ref()),
+            EventError::Data { error, .. } => Some(error),
+            EventError::Overflow { .. } => None,
+        }
+    }
+}
+
+/// The events of a socket waiting for a running async handler to finish.
+#[derive(Default)]
+struct EventQueue {
+    /// An async handler (and the events queued behind it) is being run by a task.
+    running: bool,
+    events: VecDeque<(String, Payload, Option<AckSender>)>,
+}
 type AnyHandler = Arc<dyn Fn(Socket, String, Payload, Option<AckSender>) + Send + Sync>;
 type DisconnectHandler = Arc<dyn Fn(Socket, DisconnectReason) + Send + Sync>;
 
@@ -266,6 +391,9 @@ pub(crate) struct SocketInner {
     any: RwLock<Vec<AnyHandler>>,
     on_disconnect: RwLock<Vec<DisconnectHandler>>,
     on_disconnecting: RwLock<Vec<DisconnectHandler>>,
+    middlewares: RwLock<Vec<PacketMiddleware>>,
+    on_error: RwLock<Vec<ErrorHandler>>,
+    queue: Mutex<EventQueue>,
     acks: Mutex<HashMap<u64, oneshot::Sender<Payload>>>,
     connected: AtomicBool,
     /// Set once the socket has left (or was refused): it never comes back.
@@ -332,6 +460,9 @@ impl Socket {
             any: RwLock::new(Vec::new()),
             on_disconnect: RwLock::new(Vec::new()),
             on_disconnecting: RwLock::new(Vec::new()),
+            middlewares: RwLock::new(Vec::new()),
+            on_error: RwLock::new(Vec::new()),
+            queue: Mutex::new(EventQueue::default()),
             acks: Mutex::new(HashMap::new()),
             connected: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -436,15 +567,166 @@ impl Socket {
         *lock(&self.0.json_data) = data;
     }
 
-    /// Handles event `event`: `handler(socket, payload, ack)` runs on the client's task, so it
-    /// should not block (spawn for async work); `ack` is `Some` when the client asked for an
-    /// acknowledgement. Replaces an earlier handler of the same event.
-    pub fn on<F>(&self, event: impl Into<String>, handler: F)
+    /// Handles event `event` with a synchronous handler: `handler(socket, data, ack)`, where
+    /// `data` is any [`FromPayload`] type: a `Deserialize` type (a tuple takes the event's
+    /// arguments, any other type the first one; binary attachments fill bytes fields: see
+    /// [`FromPayload`]), the raw [`Payload`], or [`TryData<T>`](crate::TryData) to see parse
+    /// failures. When the arguments do not fit `T`, the handler does not run and the socket's
+    /// [`on_error`](Self::on_error) hook gets [`EventError::Data`]. `ack` is `Some` when the
+    /// client asked for an acknowledgement.
+    ///
+    /// The handler runs on the client's task: it must not block. Replaces an earlier handler of
+    /// the same event. See [`on_async`](Self::on_async) for the order in which events are
+    /// handled.
+    ///
+    /// ```
+    /// # fn f(socket: volley_socketio::Socket) {
+    /// #[derive(serde::Deserialize)]
+    /// struct Move { x: i32, y: i32 }
+    /// socket.on("move", |socket, m: Move, ack| {
+    ///     let _ = socket.broadcast().emit("moved", (socket.id(), m.x, m.y));
+    ///     if let Some(ack) = ack {
+    ///         let _ = ack.send("ok");
+    ///     }
+    /// });
+    /// # }
+    /// ```
+    pub fn on<T, F>(&self, event: impl Into<String>, handler: F)
     where
-        F: Fn(Socket, Payload, Option<AckSender>) + Send + Sync + 'static,
+        T: FromPayload + 'static,
+        F: Fn(Socket, T, Option<AckSender>) + Send + Sync + 'static,
+    {
+        let erased: EventHandler = Arc::new(move |socket, name, payload, ack| {
+            match T::from_payload(payload) {
+                Ok(data) => handler(socket, data, ack),
+                Err(error) => socket.report(EventError::Data {
+                    event: name.to_owned(),
+                    error,
+                }),
+            }
+            None
+        });
+        self.set_handler(event.into(), erased);
+    }
+
+    /// Handles event `event` with an async handler: an async closure
+    /// `async |socket, data: T, ack| { … }` (one whose future borrows nothing from the closure),
+    /// or a closure returning an `async move` block. `data` and `ack` are as for
+    /// [`on`](Self::on).
+    ///
+    /// **Order.** The events of one socket are handled one at a time, in the order they
+    /// arrived, whatever mix of sync and async handlers they have: the handler of an event
+    /// (and the catch-all handlers and packet middlewares before it) starts only after the
+    /// previous event's handler has finished, its future included. Different sockets (and the
+    /// same client's sockets of different namespaces) are independent. A handler that must not
+    /// hold up the socket's next events spawns its work (`tokio::spawn`). Up to
+    /// [`MAX_QUEUED_EVENTS`] events wait behind a running async handler; more are dropped
+    /// ([`EventError::Overflow`]). Events still waiting when the socket disconnects are
+    /// dropped (as Node ignores packets received after the disconnection); a running future is
+    /// left to finish. Acknowledgements from the client are not events: they never wait, so a
+    /// handler may await [`emit_with_ack`](Self::emit_with_ack). A handler that panics is
+    /// logged, and the next events are handled.
+    ///
+    /// ```
+    /// # fn f(socket: volley_socketio::Socket) {
+    /// // An async closure (Rust 1.85+)…
+    /// socket.on_async("slow-echo", async |socket, text: String, ack| {
+    ///     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    ///     if let Some(ack) = ack {
+    ///         let _ = ack.send(&text);
+    ///     }
+    ///     let _ = socket.emit("echoed", text);
+    /// });
+    /// // …or a closure returning an `async move` block (needed when it moves captured clones
+    /// // into the future).
+    /// let greeting = String::from("hello");
+    /// socket.on_async("greet", move |socket, name: String, _ack| {
+    ///     let greeting = greeting.clone();
+    ///     async move {
+    ///         let _ = socket.emit("greeting", format!("{greeting}, {name}"));
+    ///     }
+    /// });
+    /// # }
+    /// ```
+    pub fn on_async<T, F, Fut>(&self, event: impl Into<String>, handler: F)
+    where
+        T: FromPayload + 'static,
+        F: Fn(Socket, T, Option<AckSender>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let erased: EventHandler = Arc::new(
+            move |socket, name, payload, ack| match T::from_payload(payload) {
+                Ok(data) => Some(Box::pin(handler(socket, data, ack)) as BoxFuture<'static, ()>),
+                Err(error) => {
+                    socket.report(EventError::Data {
+                        event: name.to_owned(),
+                        error,
+                    });
+                    None
+                }
+            },
+        );
+        self.set_handler(event.into(), erased);
+    }
+
+    fn set_handler(&self, event: String, handler: EventHandler) {
+        if !self.is_closed() {
+            write(&self.0.handlers).insert(event, handler);
+        }
+    }
+
+    /// Adds a packet middleware (Node's `socket.use`): it runs for every incoming event, in the
+    /// order added, after the catch-all handlers and before the event's handler; it may
+    /// inspect or change the [`Event`]. The first `Err` rejects the event, as in Node: the
+    /// event's handler does not run, no acknowledgement is sent, the client is not told, and
+    /// the socket's [`on_error`](Self::on_error) hook gets [`EventError::Rejected`] (Node's
+    /// `socket.on("error")`); the socket stays connected.
+    ///
+    /// ```
+    /// # fn f(socket: volley_socketio::Socket) {
+    /// socket.use_middleware(|socket, event| {
+    ///     if event.name.starts_with("admin:") && socket.data::<String>().as_deref() != Some("admin") {
+    ///         return Err("unauthorized event".into());
+    ///     }
+    ///     Ok(())
+    /// });
+    /// socket.on_error(|socket, err| {
+    ///     if let volley_socketio::EventError::Rejected { .. } = err {
+    ///         socket.disconnect(false);
+    ///     }
+    /// });
+    /// # }
+    /// ```
+    pub fn use_middleware<F>(&self, middleware: F)
+    where
+        F: Fn(&Socket, &mut Event) -> Result<(), BoxError> + Send + Sync + 'static,
     {
         if !self.is_closed() {
-            write(&self.0.handlers).insert(event.into(), Arc::new(handler));
+            write(&self.0.middlewares).push(Arc::new(middleware));
+        }
+    }
+
+    /// Called with what went wrong with an incoming event: a packet middleware's rejection,
+    /// arguments that do not fit the handler's type, an event dropped because too many were
+    /// queued (see [`EventError`]). Without such a hook these are logged at debug level.
+    pub fn on_error<F>(&self, handler: F)
+    where
+        F: Fn(Socket, EventError) + Send + Sync + 'static,
+    {
+        if !self.is_closed() {
+            write(&self.0.on_error).push(Arc::new(handler));
+        }
+    }
+
+    fn report(&self, error: EventError) {
+        let handlers: Vec<ErrorHandler> = read(&self.0.on_error).clone();
+        if handlers.is_empty() {
+            tracing::debug!(sid = self.id(), "socket.io: {error}");
+            return;
+        }
+        for handler in handlers {
+            let error = error.clone();
+            guarded("error handler", || handler(self.clone(), error));
         }
     }
 
@@ -485,9 +767,12 @@ impl Socket {
         }
     }
 
-    /// Sends event `event` with `payload` to this client.
-    pub fn emit(&self, event: &str, payload: impl Into<Payload>) -> Result<(), EmitError> {
-        let packet = event_packet(self.nsp(), event, payload.into(), None)?;
+    /// Sends event `event` to this client with `data`: any `Serialize` value (a tuple is the
+    /// argument list, `()` no argument, anything else one argument; bytes fields become binary
+    /// attachments: see [`FromPayload`] for the mapping), e.g. `socket.emit("score", &score)`,
+    /// `socket.emit("move", (x, y))`. A [`Payload`] is sent as it is.
+    pub fn emit(&self, event: &str, data: impl Serialize) -> Result<(), EmitError> {
+        let packet = event_packet(self.nsp(), event, &data, None)?;
         if self.0.ns.recovery().is_some() {
             // As Node: through the adapter (to the socket's own room), so that the packet gets
             // an offset and is kept for a recovery.
@@ -511,18 +796,30 @@ impl Socket {
     /// Like [`emit`](Self::emit), but the packet may be lost (see
     /// [`BroadcastFlags::volatile`](crate::BroadcastFlags::volatile)): nothing is sent to a
     /// closed session and no error is reported.
-    pub fn emit_volatile(&self, event: &str, payload: impl Into<Payload>) -> Result<(), EmitError> {
-        let packet = event_packet(self.nsp(), event, payload.into(), None)?;
+    pub fn emit_volatile(&self, event: &str, data: impl Serialize) -> Result<(), EmitError> {
+        let packet = event_packet(self.nsp(), event, &data, None)?;
         self.send_packet(&packet, true)
     }
 
-    /// Sends event `event` asking for an acknowledgement. The packet is sent now; awaiting the
-    /// returned [`AckRequest`] waits for the answer, at most the server's ack timeout unless
-    /// [`AckRequest::timeout`] says otherwise.
-    pub fn emit_with_ack(&self, event: &str, payload: impl Into<Payload>) -> AckRequest {
+    /// Sends event `event` with `data` (as [`emit`](Self::emit)) asking for an
+    /// acknowledgement. The packet is sent now; awaiting the returned [`AckRequest`] waits for
+    /// the answer, at most the server's ack timeout unless [`AckRequest::timeout`] says
+    /// otherwise, and makes an `R` of its arguments (any [`FromPayload`] type; [`Payload`] for
+    /// the raw arguments):
+    ///
+    /// ```
+    /// # async fn f(socket: volley_socketio::Socket) -> Result<(), volley_socketio::AckError> {
+    /// let (accepted, reason): (bool, Option<String>) = socket.emit_with_ack("offer", 42).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn emit_with_ack<R: FromPayload>(
+        &self,
+        event: &str,
+        data: impl Serialize,
+    ) -> AckRequest<R> {
         let id = self.0.ns.next_ack_id();
         let timeout = self.0.ns.default_ack_timeout();
-        let packet = match event_packet(self.nsp(), event, payload.into(), Some(id)) {
+        let packet = match event_packet(self.nsp(), event, &data, Some(id)) {
             Ok(p) => p,
             Err(e) => return AckRequest::failed(self.clone(), id, timeout, e),
         };
@@ -535,6 +832,7 @@ impl Socket {
                 },
                 rx: Ok(rx),
                 timeout,
+                _data: PhantomData,
             },
             Err(e) => AckRequest::failed(self.clone(), id, timeout, e),
         }
@@ -616,7 +914,7 @@ impl Socket {
         if volatile && !self.0.client.writable() {
             return Ok(());
         }
-        match sender.send_all(packet.frames()) {
+        match sender.send_all(packet.frames(self.0.client.parser())) {
             Err(_) if volatile => Ok(()),
             other => other.map_err(EmitError::Send),
         }
@@ -658,7 +956,8 @@ impl Socket {
         self.0.ns.adapter().del_all(&self.0.id);
     }
 
-    /// An EVENT/BINARY_EVENT from the client.
+    /// An EVENT/BINARY_EVENT from the client: handled now, or queued behind a running async
+    /// handler (see [`on_async`](Self::on_async)).
     pub(crate) fn dispatch_event(&self, packet: Packet) {
         let Some(Value::Array(mut items)) = packet.data else {
             return;
@@ -677,16 +976,95 @@ impl Socket {
             id,
             sent: Arc::new(AtomicBool::new(false)),
         });
+        {
+            let mut queue = lock(&self.0.queue);
+            if queue.running {
+                if queue.events.len() >= MAX_QUEUED_EVENTS {
+                    drop(queue);
+                    self.report(EventError::Overflow { event: name });
+                } else {
+                    queue.events.push_back((name, payload, ack));
+                }
+                return;
+            }
+        }
+        // Only the client's task dispatches, and only it sets `running`: nothing can be
+        // queued between the check above and this.
+        if let Some(future) = self.handle_event(name, payload, ack) {
+            lock(&self.0.queue).running = true;
+            let socket = self.clone();
+            tokio::spawn(async move { socket.run_queue(future).await });
+        }
+    }
+
+    /// Runs an async handler's future, then the events queued behind it, until none is left.
+    async fn run_queue(self, mut future: BoxFuture<'static, ()>) {
+        loop {
+            if (CatchUnwind(future).await).is_err() {
+                tracing::error!(
+                    sid = self.id(),
+                    "socket.io: an async event handler panicked"
+                );
+            }
+            loop {
+                let next = {
+                    let mut queue = lock(&self.0.queue);
+                    match queue.events.pop_front() {
+                        Some(next) => next,
+                        None => {
+                            queue.running = false;
+                            return;
+                        }
+                    }
+                };
+                let (name, payload, ack) = next;
+                if let Some(next_future) = self.handle_event(name, payload, ack) {
+                    future = next_future;
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Catch-all handlers, packet middlewares, then the event's handler (whose future is
+    /// returned when it is async).
+    fn handle_event(
+        &self,
+        name: String,
+        payload: Payload,
+        ack: Option<AckSender>,
+    ) -> Option<BoxFuture<'static, ()>> {
+        if !self.connected() {
+            return None;
+        }
         let any: Vec<AnyHandler> = read(&self.0.any).clone();
         for handler in any {
             guarded("catch-all handler", || {
                 handler(self.clone(), name.clone(), payload.clone(), ack.clone())
             });
         }
-        let handler = read(&self.0.handlers).get(&name).cloned();
-        if let Some(handler) = handler {
-            guarded("event handler", || handler(self.clone(), payload, ack));
+        let middlewares: Vec<PacketMiddleware> = read(&self.0.middlewares).clone();
+        let mut event = Event { name, payload, ack };
+        for middleware in middlewares {
+            let verdict = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                middleware(self, &mut event)
+            }))
+            .unwrap_or_else(|_| Err("the packet middleware panicked".into()));
+            if let Err(error) = verdict {
+                self.report(EventError::Rejected {
+                    event: event.name,
+                    error: Arc::from(error),
+                });
+                return None;
+            }
         }
+        let Event { name, payload, ack } = event;
+        let handler = read(&self.0.handlers).get(&name).cloned()?;
+        let mut future = None;
+        guarded("event handler", || {
+            future = handler(self.clone(), &name, payload, ack);
+        });
+        future
     }
 
     /// An ACK/BINARY_ACK from the client.
@@ -728,8 +1106,13 @@ impl Socket {
         for handler in handlers {
             guarded("disconnect handler", || handler(self.clone(), reason));
         }
+        // Events waiting behind an async handler are dropped (as Node ignores packets received
+        // after the disconnection).
+        lock(&self.0.queue).events.clear();
         // The handlers usually hold clones of this socket: drop them to break the cycles.
         write(&self.0.handlers).clear();
+        write(&self.0.middlewares).clear();
+        write(&self.0.on_error).clear();
         write(&self.0.any).clear();
         write(&self.0.on_disconnecting).clear();
     }
@@ -744,18 +1127,19 @@ pub(crate) fn guarded(what: &str, f: impl FnOnce()) {
 }
 
 /// Builds an EVENT packet (BINARY_EVENT when there are attachments).
-pub(crate) fn event_packet(
+pub(crate) fn event_packet<T: Serialize + ?Sized>(
     nsp: &str,
     event: &str,
-    payload: Payload,
+    data: &T,
     id: Option<u64>,
 ) -> Result<Packet, EmitError> {
     if RESERVED_EVENTS.contains(&event) {
         return Err(EmitError::Reserved(event.to_owned()));
     }
-    let mut data = Vec::with_capacity(payload.args.len() + 1);
-    data.push(Value::String(event.to_owned()));
-    data.extend(payload.args);
+    let payload = to_payload(data).map_err(EmitError::Data)?;
+    let mut args = Vec::with_capacity(payload.args.len() + 1);
+    args.push(Value::String(event.to_owned()));
+    args.extend(payload.args);
     Ok(Packet {
         kind: if payload.attachments.is_empty() {
             PacketType::Event
@@ -764,9 +1148,25 @@ pub(crate) fn event_packet(
         },
         nsp: nsp.to_owned(),
         id,
-        data: Some(Value::Array(data)),
+        data: Some(Value::Array(args)),
         attachments: payload.attachments,
     })
+}
+
+/// Polls a future, turning a panic into an `Err`.
+struct CatchUnwind(BoxFuture<'static, ()>);
+
+impl Future for CatchUnwind {
+    type Output = Result<(), ()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let future = &mut self.0;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+            Ok(Poll::Ready(())) => Poll::Ready(Ok(())),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(Err(())),
+        }
+    }
 }
 
 /// Answers one event's acknowledgement request. Clones share one answer: the first
@@ -793,13 +1193,14 @@ impl AckSender {
         self.id
     }
 
-    /// Acknowledges with `payload` (an ACK, or BINARY_ACK with attachments). Only the first
-    /// answer is sent; later calls return `Ok(())` without sending.
-    pub fn send(&self, payload: impl Into<Payload>) -> Result<(), EmitError> {
+    /// Acknowledges with `data`, any `Serialize` value mapped as for
+    /// [`Socket::emit`] (a tuple is the argument list; bytes become attachments: a BINARY_ACK).
+    /// Only the first answer is sent; later calls return `Ok(())` without sending.
+    pub fn send(&self, data: impl Serialize) -> Result<(), EmitError> {
+        let payload = to_payload(&data).map_err(EmitError::Data)?;
         if self.sent.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let payload = payload.into();
         let packet = Packet {
             kind: if payload.attachments.is_empty() {
                 PacketType::Ack
@@ -827,19 +1228,21 @@ impl Drop for AckGuard {
     }
 }
 
-/// An emitted event waiting for its acknowledgement. Await it (it implements [`IntoFuture`]).
+/// An emitted event waiting for its acknowledgement, answered with an `R` (any
+/// [`FromPayload`] type). Await it (it implements [`IntoFuture`]).
 ///
 /// The packet is already sent when this value exists; awaiting only waits for the answer.
-/// Dropping the future (cancellation) forgets the pending acknowledgement: an answer arriving
-/// later is ignored. It is therefore not cancel-safe in the sense that the answer is lost.
+/// Cancel safety: dropping the future forgets the pending acknowledgement; an answer arriving
+/// later is ignored (so the answer is lost, not the packet).
 #[must_use = "the acknowledgement is only received when awaited"]
-pub struct AckRequest {
+pub struct AckRequest<R = Payload> {
     guard: AckGuard,
     rx: Result<oneshot::Receiver<Payload>, EmitError>,
     timeout: Duration,
+    _data: PhantomData<fn() -> R>,
 }
 
-impl std::fmt::Debug for AckRequest {
+impl<R> std::fmt::Debug for AckRequest<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AckRequest")
             .field("id", &self.guard.id)
@@ -848,12 +1251,13 @@ impl std::fmt::Debug for AckRequest {
     }
 }
 
-impl AckRequest {
+impl<R> AckRequest<R> {
     fn failed(socket: Socket, id: u64, timeout: Duration, e: EmitError) -> Self {
         AckRequest {
             guard: AckGuard { socket, id },
             rx: Err(e),
             timeout,
+            _data: PhantomData,
         }
     }
 
@@ -869,16 +1273,18 @@ impl AckRequest {
     }
 }
 
-impl IntoFuture for AckRequest {
-    type Output = Result<Payload, AckError>;
+impl<R: FromPayload + Send + 'static> IntoFuture for AckRequest<R> {
+    type Output = Result<R, AckError>;
     type IntoFuture = std::pin::Pin<Box<dyn Future<Output = Self::Output> + Send>>;
 
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move {
-            let AckRequest { guard, rx, timeout } = self;
+            let AckRequest {
+                guard, rx, timeout, ..
+            } = self;
             let rx = rx.map_err(AckError::Send)?;
             let result = match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(payload)) => Ok(payload),
+                Ok(Ok(payload)) => R::from_payload(payload).map_err(AckError::Data),
                 Ok(Err(_)) => Err(AckError::Disconnected),
                 Err(_) => Err(AckError::Timeout),
             };

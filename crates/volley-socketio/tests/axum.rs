@@ -3,13 +3,13 @@
 mod common;
 
 use common::{WsClient, connect_sid};
-use volley_socketio::SocketIo;
+use volley_socketio::{Payload, SocketIo};
 
 #[tokio::test]
 async fn socket_io_nested_in_an_axum_router() {
     let io = SocketIo::new();
     io.of("/").on_connection(|socket| {
-        socket.on("echo", |_socket, payload, ack| {
+        socket.on("echo", |_socket, payload: Payload, ack| {
             if let Some(ack) = ack {
                 ack.send(payload).unwrap();
             }

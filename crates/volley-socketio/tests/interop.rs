@@ -1,6 +1,8 @@
-//! Interop with the official Socket.IO clients: `socket.io-client` 4.x on Node and
-//! `python-socketio` 5.x, pinned in `e2e/` and installed by `scripts/install-peers` (which
-//! `scripts/test` runs first). A missing peer fails these tests: it is never a silent skip.
+//! Interop with the official Socket.IO clients: `socket.io-client` 4.x on Node (with the default
+//! parser, and with `socket.io-msgpack-parser` against a server built with
+//! [`Parser::MsgPack`](volley_socketio::Parser::MsgPack)) and `python-socketio` 5.x, pinned in
+//! `e2e/` and installed by `scripts/install-peers` (which `scripts/test` runs first). A missing
+//! peer fails these tests: it is never a silent skip.
 //!
 //! Every test starts the conformance example server in-process on 127.0.0.1:0 and runs one
 //! scenario of `e2e/node/sio_client.js` or `e2e/python/sio_client.py` against it as a
@@ -9,8 +11,8 @@
 //! behaviour:
 //!
 //! ```text
-//! node e2e/node/sio_reference_server.js --port 3000 &
-//! node e2e/node/sio_client.js --url http://127.0.0.1:3000 --scenario rooms
+//! node e2e/node/sio_reference_server.js --port 3000 [--parser msgpack] &
+//! node e2e/node/sio_client.js --url http://127.0.0.1:3000 --scenario rooms [--parser msgpack]
 //! .deps/py/bin/python e2e/python/sio_client.py --url http://127.0.0.1:3000 --scenario rooms
 //! ```
 
@@ -37,6 +39,8 @@ fn repo() -> PathBuf {
 #[derive(Clone, Copy, Debug)]
 enum Peer {
     Node,
+    /// `socket.io-client` with `socket.io-msgpack-parser`.
+    NodeMsgpack,
     Python,
 }
 
@@ -45,7 +49,7 @@ impl Peer {
     fn command(self) -> Command {
         let root = repo();
         let (program, script) = match self {
-            Peer::Node => {
+            Peer::Node | Peer::NodeMsgpack => {
                 assert!(
                     root.join("e2e/node_modules/socket.io-client").exists(),
                     "e2e/node_modules/socket.io-client is missing: run scripts/install-peers"
@@ -65,6 +69,9 @@ impl Peer {
         assert!(script.exists(), "{} is missing", script.display());
         let mut cmd = Command::new(program);
         cmd.arg(script);
+        if let Peer::NodeMsgpack = self {
+            cmd.args(["--parser", "msgpack"]);
+        }
         cmd
     }
 }
@@ -72,8 +79,14 @@ impl Peer {
 /// Server settings for a scenario: the heartbeat scenarios need the short ping settings of the
 /// conformance defaults (300 ms / 200 ms); the others get a ping timeout that a client on a
 /// loaded machine can always meet, with pings still frequent enough to happen mid-scenario.
-fn options(scenario: &str) -> conformance::Options {
-    let defaults = conformance::Options::default();
+fn options(peer: Peer, scenario: &str) -> conformance::Options {
+    let defaults = conformance::Options {
+        parser: match peer {
+            Peer::NodeMsgpack => volley_socketio::Parser::MsgPack,
+            Peer::Node | Peer::Python => volley_socketio::Parser::Default,
+        },
+        ..conformance::Options::default()
+    };
     if scenario.starts_with("heartbeat-timeout") {
         defaults
     } else {
@@ -108,7 +121,7 @@ fn collect(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Stri
 }
 
 async fn run(peer: Peer, scenario: &str) {
-    let addr = start_server(options(scenario)).await;
+    let addr = start_server(options(peer, scenario)).await;
     let mut child = peer
         .command()
         .args(["--url", &format!("http://{addr}"), "--scenario", scenario])
@@ -161,6 +174,17 @@ macro_rules! scenarios {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
                     super::run(super::Peer::Node, $scenario).await;
+                }
+            )*
+        }
+
+        /// `socket.io-client` 4.x with `socket.io-msgpack-parser` 3.x, against the server with
+        /// the msgpack parser.
+        mod node_msgpack {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::run(super::Peer::NodeMsgpack, $scenario).await;
                 }
             )*
         }

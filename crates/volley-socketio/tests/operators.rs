@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{WsClient, connect_sid, split_json, start};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-use volley_socketio::{AckError, ConnectError, DisconnectReason, EmitError, SocketIo};
+use volley_socketio::{AckError, ConnectError, DisconnectReason, EmitError, Payload, SocketIo};
 
 /// Polls `cond` every 10 ms for at most 5 s.
 async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
@@ -32,11 +32,11 @@ fn ack(ack: Option<volley_socketio::AckSender>, v: Value) {
 /// `join` (room) + ack, on every socket of `/`.
 fn with_join(io: &SocketIo) {
     io.of("/").on_connection(|socket| {
-        socket.on("join", |socket, payload, a| {
+        socket.on("join", |socket, payload: Payload, a| {
             socket.join(payload.first().and_then(Value::as_str).unwrap());
             ack(a, json!("joined"));
         });
-        socket.on("echo", |_socket, payload, a| {
+        socket.on("echo", |_socket, payload: Payload, a| {
             if let Some(a) = a {
                 a.send(payload).unwrap();
             }
@@ -64,7 +64,7 @@ async fn to_except_and_socket_broadcast_target_the_right_sockets() {
     let io = SocketIo::new();
     with_join(&io);
     io.of("/").on_connection(|socket| {
-        socket.on("shout", |socket, payload, a| {
+        socket.on("shout", |socket, payload: Payload, a| {
             socket
                 .namespace()
                 .to("r")
@@ -73,11 +73,11 @@ async fn to_except_and_socket_broadcast_target_the_right_sockets() {
                 .unwrap();
             ack(a, Value::Null);
         });
-        socket.on("others", |socket, payload, a| {
+        socket.on("others", |socket, payload: Payload, a| {
             socket.broadcast().emit("others", payload).unwrap();
             ack(a, Value::Null);
         });
-        socket.on("room-others", |socket, payload, a| {
+        socket.on("room-others", |socket, payload: Payload, a| {
             socket.to("r").emit("room-others", payload).unwrap();
             ack(a, Value::Null);
         });
@@ -135,7 +135,7 @@ async fn broadcast_with_ack_collects_every_answer_or_times_out() {
     let io = SocketIo::new();
     with_join(&io);
     io.of("/").on_connection(|socket| {
-        socket.on("collect", |socket, payload, a| {
+        socket.on("collect", |socket, payload: Payload, a| {
             let timeout = Duration::from_millis(payload.first().unwrap().as_u64().unwrap());
             let fut = socket
                 .namespace()
@@ -236,7 +236,7 @@ async fn rooms_are_left_on_disconnect() {
     // A pending server->client ack is resolved as Disconnected when the socket goes.
     let a_socket = ns.get_socket(&a_id).unwrap();
     let pending = a_socket
-        .emit_with_ack("never-answered", ())
+        .emit_with_ack::<Payload>("never-answered", ())
         .timeout(Duration::from_secs(30));
     // Three ways out: transport closed, namespace DISCONNECT from the client, server kick.
     a.close().await;
@@ -384,7 +384,7 @@ async fn catch_all_disconnect_reasons_data_and_handshake() {
                 .unwrap()
                 .push(format!("{event}:{}", Value::Array(payload.args)));
         });
-        socket.on("known", |socket, _payload, a| {
+        socket.on("known", |socket, _payload: Payload, a| {
             ack(a, json!(socket.data::<u32>()));
         });
         socket.on_disconnect(move |socket, reason| {
@@ -464,8 +464,10 @@ async fn middleware_rooms_disconnecting_panics_and_shutdown() {
         socket.on_disconnect(move |_socket, reason| {
             tx2.send(format!("disconnect {reason}")).unwrap();
         });
-        socket.on("panic", |_socket, _payload, _ack| panic!("handler bug"));
-        socket.on("echo", |_socket, payload, a| {
+        socket.on("panic", |_socket, _payload: Payload, _ack| {
+            panic!("handler bug")
+        });
+        socket.on("echo", |_socket, payload: Payload, a| {
             if let Some(a) = a {
                 a.send(payload).unwrap();
             }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
 use volley_redis::{Redis, RedisConfig};
-use volley_socketio::{RecoveryConfig, SocketIo};
+use volley_socketio::{Payload, RecoveryConfig, SocketIo};
 use volley_socketio_redis::{
     RedisAdapter, RedisAdapterConfig, RedisStreamsAdapter, RedisStreamsAdapterConfig,
     ShardedRedisAdapter, ShardedRedisAdapterConfig,
@@ -58,16 +58,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let io = builder.build();
     io.of("/").on_connection(|socket| {
-        socket.on("join", |socket, payload, ack| {
-            let rooms: Vec<String> = payload
-                .first()
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|r| r.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default();
+        socket.on("join", |socket, rooms: Value, ack| {
+            let rooms: Vec<String> = rooms
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|r| r.as_str().map(str::to_owned))
+                .collect();
             socket.join(rooms);
             let name = socket
                 .handshake()
@@ -108,7 +106,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .unwrap_or_default();
                 let args = cmd["args"].as_array().cloned().unwrap_or_default();
                 let event = cmd["event"].as_str().unwrap_or("e");
-                let _ = io.of("/").to(rooms).emit(event, args);
+                let _ = io.of("/").to(rooms).emit(event, Payload::new(args));
                 println!("{}", json!({"id": cmd["id"], "ok": true}));
             }
             Some("blast") => {

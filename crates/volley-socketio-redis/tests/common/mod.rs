@@ -237,16 +237,14 @@ impl Clients {
 pub fn install_handlers(io: &SocketIo, name: &'static str, notes: Arc<Mutex<Vec<Value>>>) {
     let ns = io.of("/");
     ns.on_connection(|socket| {
-        socket.on("join", |socket, payload, ack| {
-            let rooms: Vec<String> = payload
-                .first()
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|r| r.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default();
+        socket.on("join", |socket, rooms: Value, ack| {
+            let rooms: Vec<String> = rooms
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|r| r.as_str().map(str::to_owned))
+                .collect();
             socket.join(rooms);
             let name = socket
                 .handshake()

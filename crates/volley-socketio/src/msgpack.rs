@@ -1,9 +1,11 @@
-//! MessagePack exactly as `notepack.io` (the codec of Node's Redis adapter and emitter) writes
-//! it, to and from JSON values whose binary parts are attachments.
+//! MessagePack exactly as `notepack.io` (the codec of Node's Redis adapter and emitter, and of
+//! `socket.io-msgpack-parser`) writes it, to and from JSON values whose binary parts are
+//! attachments.
 //!
 //! Socket.IO packets keep binary data as attachments referenced by placeholders
-//! (`{"_placeholder":true,"num":i}`, see [`Payload`](volley_socketio::Payload)); on Redis, Node
-//! writes the packet with its `Buffer`s inline as msgpack `bin`. [`encode`] writes each valid
+//! (`{"_placeholder":true,"num":i}`, see [`Payload`](crate::Payload)); on Redis, and on the wire
+//! with the msgpack parser ([`Parser::MsgPack`](crate::Parser::MsgPack)), Node writes the packet
+//! with its `Buffer`s inline as msgpack `bin`. [`encode`] writes each valid
 //! placeholder as the `bin` of its attachment; [`decode`] turns each `bin` (and each
 //! `ArrayBuffer` ext) back into a placeholder and an attachment.
 //!
@@ -51,6 +53,10 @@ fn placeholder_num(obj: &Map<String, Value>) -> Option<usize> {
     }
 }
 
+pub(crate) fn write_map_len(out: &mut Vec<u8>, len: usize) {
+    write_len(out, len, Some((0x80, 0x10)), None, 0xde, 0xdf);
+}
+
 fn write_len(
     out: &mut Vec<u8>,
     len: usize,
@@ -75,7 +81,7 @@ fn write_len(
     }
 }
 
-fn write_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
     write_len(out, s.len(), Some((0xa0, 0x20)), Some(0xd9), 0xda, 0xdb);
     out.extend_from_slice(s.as_bytes());
 }
@@ -85,7 +91,7 @@ fn write_bin(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
-fn write_uint(out: &mut Vec<u8>, v: u64) {
+pub(crate) fn write_uint(out: &mut Vec<u8>, v: u64) {
     if v < 0x80 {
         out.push(v as u8);
     } else if v < 0x100 {
@@ -138,7 +144,7 @@ fn write_number(out: &mut Vec<u8>, n: &Number) {
     }
 }
 
-fn write_value(out: &mut Vec<u8>, value: &Value, attachments: &[Bytes]) {
+pub(crate) fn write_value(out: &mut Vec<u8>, value: &Value, attachments: &[Bytes]) {
     match value {
         Value::Null => out.push(0xc0),
         Value::Bool(b) => out.push(if *b { 0xc3 } else { 0xc2 }),
@@ -241,7 +247,7 @@ impl Decoder<'_> {
         let b = Bytes::copy_from_slice(self.take(len)?);
         let num = self.attachments.len();
         self.attachments.push(b);
-        Ok(volley_socketio::Payload::placeholder(num))
+        Ok(crate::Payload::placeholder(num))
     }
 
     fn float(f: f64) -> Value {

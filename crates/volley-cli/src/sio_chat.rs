@@ -1,5 +1,6 @@
-//! A small chat namespace (rooms, join/leave, messages with acknowledgements), reusable by the
-//! `volley` CLI and shown by `examples/chat.rs`.
+//! The Socket.IO chat namespace of `volley serve` (rooms, join/leave, messages with
+//! acknowledgements). It was `volley_socketio::chat`; the library's example of a chat is now
+//! `crates/volley-socketio/examples/socketio_chat.rs`.
 //!
 //! Events from the client (each acknowledged when the client asks for it):
 //! - `join` (room: string) → joins; the room gets `joined` `{"id", "room"}`; ack `{"ok": true}`.
@@ -10,25 +11,24 @@
 //! - `rooms` → ack with the rooms the socket joined (without its own id room).
 
 use serde_json::{Value, json};
-
-use crate::{Namespace, Socket, SocketIo};
+use volley_socketio::{AckSender, Namespace, Payload, Socket, SocketIo};
 
 /// Rooms names longer than this are refused.
-pub const MAX_ROOM_LEN: usize = 128;
+const MAX_ROOM_LEN: usize = 128;
 /// Messages longer than this (in bytes) are refused.
-pub const MAX_TEXT_LEN: usize = 16 * 1024;
+const MAX_TEXT_LEN: usize = 16 * 1024;
 
 /// Installs the chat handlers on `/chat` and returns that namespace.
-pub fn chat_namespace(io: &SocketIo) -> Namespace {
+pub(crate) fn chat_namespace(io: &SocketIo) -> Namespace {
     let ns = io.of("/chat");
     register(&ns);
     ns
 }
 
 /// Installs the chat handlers on `ns`.
-pub fn register(ns: &Namespace) {
+fn register(ns: &Namespace) {
     ns.on_connection(|socket| {
-        socket.on("join", |socket, payload, ack| {
+        socket.on("join", |socket, payload: Payload, ack| {
             let answer = match room_arg(payload.first()) {
                 Ok(room) => {
                     socket.join(room.as_str());
@@ -42,7 +42,7 @@ pub fn register(ns: &Namespace) {
             };
             reply(ack, answer);
         });
-        socket.on("leave", |socket, payload, ack| {
+        socket.on("leave", |socket, payload: Payload, ack| {
             let answer = match room_arg(payload.first()) {
                 Ok(room) => {
                     socket.leave(room.as_str());
@@ -56,14 +56,14 @@ pub fn register(ns: &Namespace) {
             };
             reply(ack, answer);
         });
-        socket.on("message", |socket, payload, ack| {
+        socket.on("message", |socket, payload: Payload, ack| {
             let answer = match message(&socket, payload.first()) {
                 Ok(()) => json!({ "ok": true }),
                 Err(e) => json!({ "ok": false, "error": e }),
             };
             reply(ack, answer);
         });
-        socket.on("rooms", |socket, _payload, ack| {
+        socket.on("rooms", |socket, _: (), ack| {
             let rooms: Vec<String> = socket
                 .rooms()
                 .into_iter()
@@ -74,7 +74,7 @@ pub fn register(ns: &Namespace) {
     });
 }
 
-fn reply(ack: Option<crate::AckSender>, answer: Value) {
+fn reply(ack: Option<AckSender>, answer: Value) {
     if let Some(ack) = ack {
         let _ = ack.send(answer);
     }

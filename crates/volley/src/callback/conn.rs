@@ -68,6 +68,9 @@ pub(super) struct Driven {
     pub(super) queued: AtomicBool,
     /// Open: not closing, not gone (cleared by the driver, or by a handle's close).
     pub(super) open: AtomicBool,
+    /// The send queue holds something (set and cleared under its lock): the driver and the
+    /// callbacks' sends look at the queue only then.
+    waiting: AtomicBool,
     /// Bytes in the protocol's transmit queue (saturated), stored whenever the driver changes
     /// it, which only the driver does: with the send queue's bytes, an exact `buffered_amount`.
     in_proto: AtomicU32,
@@ -83,6 +86,7 @@ impl Driven {
             driver,
             queued: AtomicBool::new(true),
             open: AtomicBool::new(true),
+            waiting: AtomicBool::new(false),
             in_proto: AtomicU32::new(0),
             rtt: AtomicU32::new(u32::MAX),
             outbox: Mutex::new(None),
@@ -123,11 +127,15 @@ impl Driven {
         let was_empty = outbox.queue.is_empty();
         let outside = self.in_proto.load(Ordering::Acquire) as usize;
         let offer = outbox.queue.offer(item, outside, limits);
+        if !outbox.queue.is_empty() || outbox.close.is_some() {
+            self.waiting.store(true, Ordering::Release);
+        }
         match offer {
             Offer::Queued { .. } if !was_empty => return offer,
             Offer::Queued { .. } => {}
             Offer::Closed { .. } => {
                 outbox.close = Some(Box::new(Some(limits.slow_close_frame())));
+                self.waiting.store(true, Ordering::Release);
                 self.open.store(false, Ordering::Release);
             }
             Offer::Dropped | Offer::Gone => return offer,
@@ -144,6 +152,7 @@ impl Driven {
             return;
         }
         outbox.close = Some(Box::new(frame));
+        self.waiting.store(true, Ordering::Release);
         self.clone().wake();
     }
 
@@ -161,13 +170,18 @@ impl Driven {
         }
         let limits = &config.send_queue;
         let pending = st.proto.pending_transmit();
-        let mut guard = lock(&self.outbox);
-        let offer = match guard.as_deref_mut() {
-            Some(outbox) if !outbox.queue.is_empty() || outbox.close.is_some() => {
-                outbox.queue.offer(item, pending, limits)
-            }
+        let mut guard = self
+            .waiting
+            .load(Ordering::Acquire)
+            .then(|| lock(&self.outbox));
+        let waiting = (guard.as_mut().and_then(|g| g.as_deref_mut()))
+            .filter(|outbox| !outbox.queue.is_empty() || outbox.close.is_some());
+        let offer = match waiting {
+            // Behind what waits.
+            Some(outbox) => outbox.queue.offer(item, pending, limits),
             // Nothing of ours waits: straight into the protocol, if it fits.
-            _ => match core::Outbox::<Outgoing>::verdict_empty(item.wire_len(), pending, limits) {
+            None => match core::Outbox::<Outgoing>::verdict_empty(item.wire_len(), pending, limits)
+            {
                 // Nothing could be evicted to make room: the newest goes out.
                 None | Some(Overflow::DropOldest) => {
                     drop(guard);
@@ -199,8 +213,12 @@ impl Driven {
     /// Hands what handles queued to the protocol, as much as the write limit allows, then the
     /// close a handle asked for once nothing waits before it. Returns whether anything moved.
     fn take_outbox(&self, proto: &mut Connection, config: &Config) -> bool {
+        if !self.waiting.load(Ordering::Acquire) {
+            return false;
+        }
         let mut outbox = lock(&self.outbox);
         let Some(outbox) = outbox.as_deref_mut() else {
+            self.waiting.store(false, Ordering::Release);
             return false;
         };
         let mut moved = false;
@@ -217,6 +235,7 @@ impl Driven {
                 moved = true;
                 let _ = proto.close(*frame);
             }
+            self.waiting.store(false, Ordering::Release);
         }
         moved
     }
@@ -235,6 +254,7 @@ impl Driven {
     /// Discards what waits (the connection is over).
     pub(super) fn clear_outbox(&self) {
         *lock(&self.outbox) = None;
+        self.waiting.store(false, Ordering::Release);
     }
 }
 

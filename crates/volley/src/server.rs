@@ -69,11 +69,42 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
-    /// Binds to `addr` with the default [`Config`].
+    /// Binds to `addr` with the default [`Config`] and a listen backlog of
+    /// [`DEFAULT_BACKLOG`](Self::DEFAULT_BACKLOG) (see [`bind_with_backlog`](Self::bind_with_backlog)).
     ///
     /// Not cancel-safe in a meaningful way: dropping it leaves nothing bound.
     pub async fn bind(addr: impl ToSocketAddrs) -> std::io::Result<Self> {
-        Ok(Self::from_listener(TcpListener::bind(addr).await?))
+        Self::bind_with_backlog(addr, Self::DEFAULT_BACKLOG).await
+    }
+
+    /// The listen backlog [`bind`](Self::bind) asks for: room for a storm of clients
+    /// reconnecting at once (after a restart) instead of the 128 or 1,024 connections a listener
+    /// usually queues; the kernel caps it at `net.core.somaxconn` (4,096 on recent Linux).
+    pub const DEFAULT_BACKLOG: u32 = 65_535;
+
+    /// Binds to `addr` (the first of its addresses that binds) with `backlog` connections
+    /// waiting to be accepted at most, and `SO_REUSEADDR` (a restarted server binds at once).
+    ///
+    /// Not cancel-safe in a meaningful way: dropping it leaves nothing bound.
+    pub async fn bind_with_backlog(
+        addr: impl ToSocketAddrs,
+        backlog: u32,
+    ) -> std::io::Result<Self> {
+        let mut last = None;
+        for addr in tokio::net::lookup_host(addr).await? {
+            let socket = match addr {
+                SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+            };
+            socket.set_reuseaddr(true)?;
+            match socket.bind(addr).and_then(|()| socket.listen(backlog)) {
+                Ok(listener) => return Ok(Self::from_listener(listener)),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to bind to")
+        }))
     }
 
     /// Wraps an already bound listener.

@@ -5,10 +5,21 @@
 //! | client sends                            | effect and answer                                   |
 //! |-----------------------------------------|-----------------------------------------------------|
 //! | `{"join": "room"}`                      | subscribes; answers `{"joined": "room", "subscribers": n}` |
+//! | `{"join": "room", "after": N}`          | subscribes as one that saw everything up to offset `N`: answers `{"joined": "room", "subscribers": n, "resumed": true}` and then every publication it missed, in order, exactly once — or `"resumed": false` (a gap: the history no longer holds all of it; fetch the state anew) and what follows only |
 //! | `{"leave": "room"}`                     | unsubscribes; answers `{"left": "room"}`            |
-//! | `{"topic": "room", "data": <any JSON>}` | every subscriber of `room` gets `{"topic": "room", "from": <id>, "data": …}` |
+//! | `{"topic": "room", "data": <any JSON>}` | every subscriber of `room` gets `{"topic": "room", "offset": N, "from": <id>, "data": …}` |
 //!
 //! On connecting, a client gets `{"id": <id>}`, the id that `from` carries.
+//!
+//! **Offsets and resuming.** Every publication carries its `offset`: a number that grows with
+//! every publication of the server (across all topics, and across restarts: it starts at the
+//! wall clock's microseconds, below 2^53 so that JavaScript reads it exactly). A client keeps
+//! the offset of the last publication it received on each topic; after a reconnect it joins
+//! with `"after"`. The server keeps a bounded history per topic (`volley serve
+//! --history-messages`, `--history-age`); within it, nothing is lost or repeated between the
+//! replay and what follows. Server-sent events at `/events` carry the same offsets as their
+//! `id:`. Topics whose name starts with `$` are the server's (such as [`METRICS_TOPIC`]):
+//! clients may join them but not publish to them.
 //!
 //! With `volley serve --redis`, the topics span every server on that Redis: a publication reaches
 //! the topic's subscribers on all of them, `subscribers` counts those of this server, and ids
@@ -21,7 +32,8 @@
 //!   else sees it. Publishing to a topic one has not joined is allowed. `data` may be any JSON
 //!   value and is forwarded verbatim (a missing `data` is `null`).
 //! - A text message that is not such a command (invalid JSON, an unknown field, no command or
-//!   two, a topic name that is empty or longer than [`MAX_TOPIC_LEN`] bytes, more than
+//!   two, `after` without `join`, a topic name that is empty, longer than [`MAX_TOPIC_LEN`]
+//!   bytes or holds a control character, a publication to a `$` topic, more than
 //!   [`MAX_TOPICS`] topics joined) is answered with `{"error": "…"}` and the connection stays
 //!   open: people type these by hand in `volley connect`.
 //! - A binary message closes the connection with 1003 (unsupported data).
@@ -36,8 +48,8 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use volley::callback::{Callbacks, Conn};
-use volley::hub::{Hub, Member};
-use volley::{CloseCode, CloseFrame, Message};
+use volley::hub::{Hub, Member, Resume};
+use volley::{CloseCode, CloseFrame, Message, PreparedMessage};
 
 /// The request path the chat answers on.
 pub(crate) const PATH: &str = "/chat";
@@ -48,12 +60,18 @@ pub(crate) const MAX_TOPIC_LEN: usize = 128;
 /// Most topics one connection may join.
 pub(crate) const MAX_TOPICS: usize = 64;
 
-/// A client command: exactly one of `join`, `leave` or `topic` (with `data`).
+/// The topic the server publishes its metrics snapshot to, every second.
+pub(crate) const METRICS_TOPIC: &str = "$metrics";
+
+/// A client command: exactly one of `join` (with `after` to resume), `leave` or `topic` (with
+/// `data`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Command<'a> {
     #[serde(borrow, default)]
     join: Option<Cow<'a, str>>,
+    #[serde(default)]
+    after: Option<u64>,
     #[serde(borrow, default)]
     leave: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
@@ -62,12 +80,30 @@ struct Command<'a> {
     data: Option<&'a RawValue>,
 }
 
-/// What a subscriber receives for a publication.
+/// What a subscriber receives for a publication (WebSocket and server-sent events alike).
 #[derive(Serialize)]
-struct Publication<'a> {
-    topic: &'a str,
-    from: u64,
-    data: &'a RawValue,
+pub(crate) struct Publication<'a> {
+    pub(crate) topic: &'a str,
+    pub(crate) offset: u64,
+    pub(crate) from: u64,
+    pub(crate) data: &'a RawValue,
+}
+
+impl Publication<'_> {
+    /// Publishes `data` from client `from` to `topic` on `hub`, numbered; returns the offset.
+    pub(crate) fn publish(hub: &Hub, topic: &str, from: u64, data: &RawValue) -> u64 {
+        let (offset, _) = hub.publish_numbered(topic, |offset| {
+            let publication = Publication {
+                topic,
+                offset,
+                from,
+                data,
+            };
+            // Cannot fail: strings, numbers and JSON that was already valid.
+            PreparedMessage::text(json(&publication).unwrap_or_default())
+        });
+        offset
+    }
 }
 
 #[derive(Serialize)]
@@ -82,6 +118,8 @@ enum Reply<'a> {
 struct Joined<'a> {
     joined: &'a str,
     subscribers: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resumed: Option<bool>,
 }
 
 /// The chat's callbacks: every connection joins the hub.
@@ -145,6 +183,7 @@ fn execute(member: &Member, id: u64, text: &str) -> Option<String> {
     match command {
         Command {
             join: Some(topic),
+            after,
             leave: None,
             topic: None,
             data: None,
@@ -156,15 +195,31 @@ fn execute(member: &Member, id: u64, text: &str) -> Option<String> {
             if joined.len() >= MAX_TOPICS && !joined.iter().any(|t| t == topic.as_ref()) {
                 return error("too many topics joined");
             }
-            member.subscribe(&topic);
-            let subscribers = member.hub().subscribers(&topic);
-            json(&Joined {
-                joined: &topic,
-                subscribers,
-            })
+            let Some(after) = after else {
+                member.subscribe(&topic);
+                let subscribers = member.hub().subscribers(&topic);
+                return json(&Joined {
+                    joined: &topic,
+                    subscribers,
+                    resumed: None,
+                });
+            };
+            // The answer goes first, then what the topic kept after `after`, then what follows
+            // (the hub queues all three in that order, under the topic's lock).
+            let hub = member.hub().clone();
+            member.resume_with(&topic, after, |resume| {
+                let joined = Joined {
+                    joined: &topic,
+                    subscribers: hub.subscribers(&topic),
+                    resumed: Some(matches!(resume, Resume::Complete { .. })),
+                };
+                json(&joined).map(PreparedMessage::text)
+            });
+            None
         }
         Command {
             join: None,
+            after: None,
             leave: Some(topic),
             topic: None,
             data: None,
@@ -174,6 +229,7 @@ fn execute(member: &Member, id: u64, text: &str) -> Option<String> {
         }
         Command {
             join: None,
+            after: None,
             leave: None,
             topic: Some(topic),
             data,
@@ -181,29 +237,30 @@ fn execute(member: &Member, id: u64, text: &str) -> Option<String> {
             if let Err(e) = check_topic(&topic) {
                 return error(&e);
             }
-            let publication = Publication {
-                topic: &topic,
-                from: id,
-                data: data.unwrap_or(RawValue::NULL),
-            };
+            if topic.starts_with('$') {
+                return error("topics whose name starts with '$' are the server's");
+            }
             // To every subscriber, the sender included: encoded once for all of them.
-            member.hub().publish(&topic, json(&publication)?);
+            Publication::publish(member.hub(), &topic, id, data.unwrap_or(RawValue::NULL));
             None
         }
         _ => error(
-            "expected exactly one of {\"join\": topic}, {\"leave\": topic} or \
-             {\"topic\": topic, \"data\": …}",
+            "expected exactly one of {\"join\": topic} (with \"after\": offset to resume), \
+             {\"leave\": topic} or {\"topic\": topic, \"data\": …}",
         ),
     }
 }
 
-fn check_topic(topic: &str) -> Result<(), String> {
+/// Checks a topic name: 1 to [`MAX_TOPIC_LEN`] bytes, no control character.
+pub(crate) fn check_topic(topic: &str) -> Result<(), String> {
     if topic.is_empty() {
         Err("the topic name is empty".into())
     } else if topic.len() > MAX_TOPIC_LEN {
         Err(format!(
             "the topic name is longer than {MAX_TOPIC_LEN} bytes"
         ))
+    } else if topic.chars().any(char::is_control) {
+        Err("the topic name holds a control character".into())
     } else {
         Ok(())
     }

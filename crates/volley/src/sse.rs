@@ -11,14 +11,14 @@
 //!
 //! ```no_run
 //! use volley::hub::Hub;
-//! use volley::sse::{EventStreams, SseConfig, encode_event};
+//! use volley::sse::{EncodedEvent, EventStreams, SseConfig, encode_event};
 //!
 //! let hub = Hub::default();
 //! // Every hub message becomes one event whose data is the message's payload.
 //! let streams = EventStreams::new(SseConfig::default(), |message| {
 //!     let mut event = bytes::BytesMut::new();
 //!     encode_event(&mut event, None, None, &message.payload());
-//!     Some(event.freeze())
+//!     Some(EncodedEvent::new(None, event.freeze()))
 //! });
 //! let endpoint = volley::Endpoint::service(move |_request| {
 //!     let (member, body) = streams.join(&hub);
@@ -41,7 +41,7 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -141,7 +141,33 @@ pub fn encode_event(out: &mut BytesMut, event: Option<&str>, id: Option<&str>, d
     out.put_u8(b'\n');
 }
 
-type EncodeFn = dyn Fn(&PreparedMessage) -> Option<Bytes> + Send + Sync;
+/// An event ready to send, as the `encode` function of [`EventStreams`] makes it: its bytes in
+/// the `text/event-stream` format (see [`encode_event`]) and the number it is ordered by, if
+/// any (its id, such as a [`Hub::publish_numbered`] offset; see [`EventBody::sort_by_id`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedEvent {
+    id: Option<u64>,
+    bytes: Bytes,
+}
+
+impl EncodedEvent {
+    /// An event of `bytes`, ordered by `id`.
+    pub fn new(id: Option<u64>, bytes: Bytes) -> Self {
+        Self { id, bytes }
+    }
+
+    /// The number it is ordered by.
+    pub fn id(&self) -> Option<u64> {
+        self.id
+    }
+
+    /// Its bytes.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+}
+
+type EncodeFn = dyn Fn(&PreparedMessage) -> Option<EncodedEvent> + Send + Sync;
 
 /// The server-sent event streams of one endpoint: what they share. Cheap to clone.
 #[derive(Clone)]
@@ -154,7 +180,8 @@ struct Shared {
     encode: Box<EncodeFn>,
     /// The last message each slot encoded, kept (so its allocation cannot be reused by another
     /// message while it is here) with its encoding.
-    cache: [Mutex<Option<(PreparedMessage, Option<Bytes>)>>; CACHE_SLOTS],
+    cache: [Mutex<Option<(PreparedMessage, Option<EncodedEvent>)>>; CACHE_SLOTS],
+    sent_bytes: AtomicU64,
     open: AtomicUsize,
     opened: AtomicUsize,
 }
@@ -179,7 +206,7 @@ impl EventStreams {
     /// be quick.
     pub fn new(
         config: SseConfig,
-        encode: impl Fn(&PreparedMessage) -> Option<Bytes> + Send + Sync + 'static,
+        encode: impl Fn(&PreparedMessage) -> Option<EncodedEvent> + Send + Sync + 'static,
     ) -> Self {
         Self {
             shared: Arc::new(Shared {
@@ -188,6 +215,7 @@ impl EventStreams {
                 cache: std::array::from_fn(|_| Mutex::new(None)),
                 open: AtomicUsize::new(0),
                 opened: AtomicUsize::new(0),
+                sent_bytes: AtomicU64::new(0),
             }),
         }
     }
@@ -207,6 +235,11 @@ impl EventStreams {
         self.shared.opened.load(Ordering::Relaxed)
     }
 
+    /// Bytes of events and comments handed to the streams' connections so far.
+    pub fn sent_bytes(&self) -> u64 {
+        self.shared.sent_bytes.load(Ordering::Relaxed)
+    }
+
     /// A new stream, joined to `hub` and subscribed to nothing yet: subscribe the [`Member`]
     /// to topics (or resume them), then answer with the body. The body keeps a clone of the
     /// member: the stream leaves the hub when the body is dropped (and the caller's clones).
@@ -222,7 +255,10 @@ impl EventStreams {
             // Something to send at once: the client learns that the stream is open.
             first.put_slice(b":\n\n");
         }
-        lock(&queue.state).queue.push(Chunk(first.freeze()));
+        lock(&queue.state).queue.push(Chunk {
+            id: None,
+            bytes: first.freeze(),
+        });
         let member = hub.join(StreamHandle(queue.clone()));
         self.shared.open.fetch_add(1, Ordering::Relaxed);
         self.shared.opened.fetch_add(1, Ordering::Relaxed);
@@ -242,7 +278,7 @@ impl EventStreams {
 
 impl Shared {
     /// The event of `message`, encoded once for every stream.
-    fn encode(&self, message: &PreparedMessage) -> Option<Bytes> {
+    fn encode(&self, message: &PreparedMessage) -> Option<EncodedEvent> {
         let key = message.frame().as_ptr() as usize;
         let slot = &self.cache[(key >> 4) % CACHE_SLOTS];
         let mut cached = lock(slot);
@@ -260,11 +296,14 @@ impl Shared {
 }
 
 /// An encoded event waiting in a stream's queue.
-struct Chunk(Bytes);
+struct Chunk {
+    id: Option<u64>,
+    bytes: Bytes,
+}
 
 impl Queued for Chunk {
     fn wire_len(&self) -> usize {
-        self.0.len()
+        self.bytes.len()
     }
 }
 
@@ -309,7 +348,11 @@ impl Subscriber for StreamHandle {
         if state.closing || state.gone {
             return Offer::Gone;
         }
-        let offer = state.queue.offer(Chunk(event), 0, limits);
+        let chunk = Chunk {
+            id: event.id,
+            bytes: event.bytes,
+        };
+        let offer = state.queue.offer(chunk, 0, limits);
         if let Offer::Closed { .. } = offer {
             // Slow: what waits is discarded (the queue did it); the response ends.
             state.closing = true;
@@ -361,6 +404,19 @@ impl std::fmt::Debug for EventBody {
 }
 
 impl EventBody {
+    /// Sorts the events queued and not sent yet by id (those without one first, each group in
+    /// its order). Call it after resuming several topics for a new stream: each topic's replay
+    /// comes whole, one topic after the other, and a client that reconnects with the last id
+    /// it saw (`Last-Event-ID`) must have seen every smaller one.
+    pub fn sort_by_id(&self) {
+        let mut state = lock(&self.queue.state);
+        let mut chunks: Vec<Chunk> = std::iter::from_fn(|| state.queue.pop()).collect();
+        chunks.sort_by_key(|chunk| chunk.id);
+        for chunk in chunks {
+            state.queue.push(chunk);
+        }
+    }
+
     /// The `200 OK` response with this body and the headers of an event stream:
     /// `Content-Type: text/event-stream`, `Cache-Control: no-store`, and
     /// `X-Accel-Buffering: no` (proxies such as nginx then pass events on at once).
@@ -398,16 +454,16 @@ impl Body for EventBody {
         let this = self.get_mut();
         {
             let mut state = lock(&this.queue.state);
-            if let Some(Chunk(first)) = state.queue.pop() {
+            if let Some(Chunk { bytes: first, .. }) = state.queue.pop() {
                 let data = match state.queue.pop() {
                     None => first,
-                    Some(Chunk(second)) => {
+                    Some(Chunk { bytes: second, .. }) => {
                         // Several events waiting: one frame (one write) for as many as fit.
                         let mut frame = BytesMut::with_capacity(first.len() + second.len());
                         frame.put_slice(&first);
                         frame.put_slice(&second);
                         while frame.len() < FRAME_BYTES {
-                            let Some(Chunk(next)) = state.queue.pop() else {
+                            let Some(Chunk { bytes: next, .. }) = state.queue.pop() else {
                                 break;
                             };
                             frame.put_slice(&next);
@@ -418,6 +474,8 @@ impl Body for EventBody {
                 if let Some(keep_alive) = &mut this.keep_alive {
                     keep_alive.sent = true;
                 }
+                let sent = &this.queue.streams.sent_bytes;
+                sent.fetch_add(data.len() as u64, Ordering::Relaxed);
                 return Poll::Ready(Some(Ok(Frame::data(data))));
             }
             if state.closing {
@@ -439,6 +497,8 @@ impl Body for EventBody {
             let next = tokio::time::Instant::now() + keep_alive.every;
             keep_alive.sleep.as_mut().reset(next);
             if !std::mem::take(&mut keep_alive.sent) {
+                let sent = &this.queue.streams.sent_bytes;
+                sent.fetch_add(3, Ordering::Relaxed);
                 return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b":\n\n")))));
             }
         }
@@ -487,7 +547,8 @@ mod tests {
         EventStreams::new(SseConfig::default().keep_alive(keep_alive), |m| {
             let mut out = BytesMut::new();
             encode_event(&mut out, None, None, &m.payload());
-            Some(out.freeze())
+            let id = std::str::from_utf8(&m.payload()).ok()?.parse().ok();
+            Some(EncodedEvent::new(id, out.freeze()))
         })
     }
 
@@ -521,6 +582,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn queued_events_can_be_sorted_by_id() {
+        let hub = Hub::default();
+        let streams = payload_streams(None);
+        let (member, mut body) = streams.join(&hub);
+        member.subscribe("t");
+        for m in ["3", "1", "x", "2"] {
+            hub.publish("t", m);
+        }
+        body.sort_by_id();
+        assert_eq!(
+            next(&mut body).await.as_deref(),
+            Some(":\n\ndata: x\n\ndata: 1\n\ndata: 2\n\ndata: 3\n\n")
+        );
+        assert_eq!(streams.sent_bytes(), 3 + 4 * 9);
+    }
+
+    #[tokio::test]
     async fn a_slow_stream_is_ended_under_the_close_policy() {
         let limits = QueueLimits::default().max_messages(2);
         let hub = Hub::new(crate::hub::HubConfig::default().queue(limits));
@@ -541,7 +619,7 @@ mod tests {
         let counted = calls.clone();
         let streams = EventStreams::new(SseConfig::default(), move |m| {
             counted.fetch_add(1, Ordering::SeqCst);
-            Some(m.payload())
+            Some(EncodedEvent::new(None, m.payload()))
         });
         let hub = Hub::default();
         let bodies: Vec<_> = (0..10)

@@ -37,8 +37,10 @@
 //!   [`MAX_TOPICS`] topics joined) is answered with `{"error": "…"}` and the connection stays
 //!   open: people type these by hand in `volley connect`.
 //! - A binary message closes the connection with 1003 (unsupported data).
-//! - A subscriber that falls more than the hub's queue (256 messages or 1 MiB) behind is closed
-//!   with 1013 (try again later): the hub's default [`Overflow::Close`](volley::Overflow).
+//! - A subscriber that falls more than the hub's queue (`--queue-messages`, 1024 messages, or
+//!   `--queue-bytes`, 1 MiB) behind is closed with 1013 (try again later): the hub's default
+//!   [`Overflow::Close`](volley::Overflow). A resume whose replay would not fit that queue is
+//!   answered `"resumed": false`.
 //!
 //! The chat runs on callbacks ([`volley::callback`]): a member costs its connection, its place
 //! in the hub and its topics, with no task of its own.

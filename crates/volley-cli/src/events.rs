@@ -24,7 +24,8 @@
 //!
 //! and goes on with what follows (fetch the state anew). Comment lines (`:`) keep idle streams
 //! alive. A stream whose reader falls behind is ended like any slow subscriber (the hub's
-//! queue bounds and policy); `EventSource` then reconnects with its last id.
+//! queue bounds and policy); `EventSource` then reconnects with its last id (and gets a gap if
+//! what it missed no longer fits the queue: `--queue-messages`, `--queue-bytes`).
 //!
 //! Refused with `400 Bad Request` and a plain-text reason: no topic, more than
 //! [`MAX_TOPICS`], a topic name that is empty, over 128 bytes or holds a control character, a
@@ -46,7 +47,8 @@ use crate::web::{Body, only_get, text};
 pub(crate) const PATH: &str = "/events";
 
 /// Longest query string accepted, in bytes.
-pub(crate) const MAX_QUERY: usize = 8 * 1024;
+/// (Longer request lines, past 8 KiB, are answered 414 by the server before they get here.)
+pub(crate) const MAX_QUERY: usize = 4 * 1024;
 
 /// The event streams of `volley serve`, on the chat's hub.
 pub(crate) struct Events {

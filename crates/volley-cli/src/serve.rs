@@ -110,7 +110,9 @@ pub(crate) async fn serve(s: Settings) -> ExitCode {
 
     // The topics hub of /chat, /events and $metrics; with --redis it spans every server on
     // that Redis, and so does Socket.IO.
-    let hub_config = HubConfig::default().history(s.history);
+    let hub_config = HubConfig::default()
+        .history(s.history)
+        .queue(s.queue.clone());
     let mut io = volley_socketio::SocketIo::builder();
     if !s.origins.is_empty() {
         io = io.cors(Some(volley_engineio::Cors::origins(s.origins.clone())));

@@ -81,6 +81,22 @@ pub(crate) struct ServeArgs {
     /// Seconds a topic keeps a publication for clients that come back [default: 120].
     #[arg(long, value_name = "SECONDS", value_parser = seconds, help_heading = "Topics (/chat, /events, $metrics)")]
     pub(crate) history_age: Option<f64>,
+    /// Messages that may wait for one topic subscriber (a /chat connection, an /events
+    /// stream) before it is closed as too slow; a resume must fit in it [default: 1024].
+    #[arg(
+        long,
+        value_name = "COUNT",
+        help_heading = "Topics (/chat, /events, $metrics)"
+    )]
+    pub(crate) queue_messages: Option<usize>,
+    /// Bytes that may wait for one topic subscriber before it is closed as too slow; a resume
+    /// must fit in it [default: 1048576].
+    #[arg(
+        long,
+        value_name = "BYTES",
+        help_heading = "Topics (/chat, /events, $metrics)"
+    )]
+    pub(crate) queue_bytes: Option<usize>,
     /// Seconds between keep-alive comments on idle /events streams, 0: none [default: 15].
     #[arg(long, value_name = "SECONDS", value_parser = seconds, help_heading = "Topics (/chat, /events, $metrics)")]
     pub(crate) sse_keep_alive: Option<f64>,
@@ -166,6 +182,8 @@ pub(crate) struct Settings {
     pub(crate) deflate: Option<volley::DeflateConfig>,
     /// `None`: no history.
     pub(crate) history: Option<volley::hub::History>,
+    /// Each topic subscriber's queue.
+    pub(crate) queue: volley::QueueLimits,
     pub(crate) sse_keep_alive: Option<Duration>,
     pub(crate) metrics_interval: Option<Duration>,
     pub(crate) demo: bool,
@@ -245,6 +263,8 @@ impl ServeArgs {
             deflate_no_context_takeover,
             history_messages,
             history_age,
+            queue_messages,
+            queue_bytes,
             sse_keep_alive,
             metrics_interval,
             no_demo,
@@ -318,6 +338,9 @@ impl ServeArgs {
             deflate: deflate
                 .then(|| volley::DeflateConfig::default().no_context_takeover(no_context_takeover)),
             history,
+            queue: volley::QueueLimits::default()
+                .max_messages(self.queue_messages.unwrap_or(1024))
+                .max_bytes(self.queue_bytes.unwrap_or(1 << 20)),
             sse_keep_alive: optional(self.sse_keep_alive.unwrap_or(15.0)),
             metrics_interval: optional(self.metrics_interval.unwrap_or(1.0)),
             demo: !self.no_demo.unwrap_or(false),

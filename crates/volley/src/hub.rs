@@ -817,9 +817,22 @@ impl Hub {
             self.announce(entry, announce, Resume::Gap);
             return Resume::Gap;
         }
-        let replayed = log.entries.iter().filter(|l| l.offset > after).count();
-        self.announce(entry, announce, Resume::Complete { replayed });
         let limits = &self.inner.config.queue;
+        let (count, bytes) = (log.entries.iter().filter(|l| l.offset > after))
+            .fold((0, 0usize), |(n, b), l| {
+                (n + 1, b + l.message.frame().len())
+            });
+        // All of it must fit the member's queue at once (with the announcement): a replay that
+        // overflowed would close a member under `Overflow::Close` as soon as it came back, and
+        // again at every return. It is told of a gap instead.
+        let queued = entry.subscriber.buffered_amount();
+        let fits = count < limits.max_messages
+            && (queued.saturating_add(bytes) <= limits.max_bytes || (count == 1 && queued == 0));
+        if !fits {
+            self.announce(entry, announce, Resume::Gap);
+            return Resume::Gap;
+        }
+        self.announce(entry, announce, Resume::Complete { replayed: count });
         let mut replayed = 0;
         for logged in log.entries.iter().filter(|l| l.offset > after) {
             if !entry.offer(&logged.message, limits).is_queued() {
@@ -1040,8 +1053,9 @@ impl Member {
     /// Subscribes to `topic` as one that has received everything up to offset `after` (from
     /// [`Hub::publish_numbered`]): what the topic published since is queued first, in order,
     /// then what follows, with nothing lost or repeated in between — or, if the hub's
-    /// [`History`] no longer holds all of it, [`Resume::Gap`] (the member then receives what
-    /// follows only). Already subscribed: nothing is replayed.
+    /// [`History`] no longer holds all of it, or if it would not fit the member's queue
+    /// ([`HubConfig::queue`]) at once, [`Resume::Gap`] (the member then receives what follows
+    /// only). Already subscribed: nothing is replayed.
     pub fn resume(&self, topic: &str, after: u64) -> Resume {
         self.resume_inner(topic, after, None)
     }
@@ -1609,6 +1623,35 @@ mod tests {
         let member = hub.join(probe.clone());
         member.resume_with("t", next, |_| None);
         assert!(received(&probe).is_empty());
+    }
+
+    #[test]
+    fn a_replay_larger_than_the_queue_is_a_gap_not_a_close() {
+        let queue = QueueLimits::default().max_messages(4);
+        let hub = Hub::new(
+            HubConfig::default()
+                .queue(queue)
+                .history(Some(History::default())),
+        );
+        let start = hub.publish_numbered("t", numbered).0;
+        for _ in 0..4 {
+            hub.publish_numbered("t", numbered);
+        }
+        let probe = Arc::new(Probe::default());
+        let member = hub.join(probe.clone());
+        assert_eq!(
+            member.resume("t", start),
+            Resume::Gap,
+            "4 missed, queue of 4"
+        );
+        assert!(!member.is_closed());
+        let (next, _) = hub.publish_numbered("t", numbered);
+        assert_eq!(offsets(&probe), [next]);
+        let member = hub.join(Arc::new(Probe::default()));
+        assert_eq!(
+            member.resume("t", next - 3),
+            Resume::Complete { replayed: 3 }
+        );
     }
 
     #[test]

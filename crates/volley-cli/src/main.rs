@@ -31,7 +31,7 @@ struct Cli {
 enum Command {
     /// Run the Volley server: a page at / for browsers, a WebSocket echo, a JSON topics chat at
     /// /chat, Socket.IO at /socket.io/, server-sent events at /events, /metrics and /healthz.
-    Serve(settings::ServeArgs),
+    Serve(Box<settings::ServeArgs>),
     /// Connect to a WebSocket server: stdin lines are sent, received messages printed.
     Connect(ConnectArgs),
     /// Load-test a WebSocket server: echo throughput and latency, topic fan-out, idle connections.

@@ -169,6 +169,9 @@ impl EncodedEvent {
 
 type EncodeFn = dyn Fn(&PreparedMessage) -> Option<EncodedEvent> + Send + Sync;
 
+/// A message and its event, in the encoding cache.
+type Cached = (PreparedMessage, Option<EncodedEvent>);
+
 /// The server-sent event streams of one endpoint: what they share. Cheap to clone.
 #[derive(Clone)]
 pub struct EventStreams {
@@ -180,7 +183,7 @@ struct Shared {
     encode: Box<EncodeFn>,
     /// The last message each slot encoded, kept (so its allocation cannot be reused by another
     /// message while it is here) with its encoding.
-    cache: [Mutex<Option<(PreparedMessage, Option<EncodedEvent>)>>; CACHE_SLOTS],
+    cache: [Mutex<Option<Cached>>; CACHE_SLOTS],
     sent_bytes: AtomicU64,
     open: AtomicUsize,
     opened: AtomicUsize,

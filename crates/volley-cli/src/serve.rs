@@ -239,6 +239,9 @@ pub(crate) async fn serve(s: Settings) -> ExitCode {
     } else {
         ""
     };
+    // Listening for the signals before saying that the server listens: a SIGTERM sent as soon
+    // as the line is read must find its handler.
+    let signals = Signals::install();
     let page = if s.demo {
         format!("; open {http}://{addr}/ in a browser")
     } else {
@@ -250,9 +253,13 @@ pub(crate) async fn serve(s: Settings) -> ExitCode {
     );
     tracing::info!(%addr, endpoints = %endpoints.join("; "), "listening");
     let shutdown = async {
-        shutdown_signal().await;
+        signals.received().await;
         if let Some(io) = &io {
             io.close();
+        }
+        if let Some(events) = &events {
+            // Event streams never end by themselves: end them, after what is queued.
+            events.streams().close_all();
         }
     };
     let served = server.run_until(shutdown).await;
@@ -314,24 +321,53 @@ async fn publish_metrics(sources: Arc<Sources>, every: Duration) {
     }
 }
 
-/// Completes on SIGTERM or Ctrl-C (SIGINT).
-async fn shutdown_signal() {
+/// The signals that stop the server: SIGTERM and Ctrl-C (SIGINT).
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// Starts listening for them (from now on they no longer end the process at once).
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Self {
+                term: signal(SignalKind::terminate()).ok(),
+                interrupt: signal(SignalKind::interrupt()).ok(),
             }
         }
+        #[cfg(not(unix))]
+        Self {}
     }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
-    eprintln!("volley serve: shutting down (closing connections with 1001)");
+
+    /// Completes when one arrives.
+    async fn received(self) {
+        #[cfg(unix)]
+        {
+            let (mut term, mut interrupt) = (self.term, self.interrupt);
+            let term = async {
+                match &mut term {
+                    Some(term) => drop(term.recv().await),
+                    None => std::future::pending().await,
+                }
+            };
+            let interrupt = async {
+                match &mut interrupt {
+                    Some(interrupt) => drop(interrupt.recv().await),
+                    None => drop(tokio::signal::ctrl_c().await),
+                }
+            };
+            tokio::select! {
+                () = term => {}
+                () = interrupt => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("volley serve: shutting down (closing connections with 1001)");
+    }
 }

@@ -995,3 +995,27 @@ async fn help_is_grouped_and_logs_can_be_json() {
     assert_eq!(log["level"], "INFO", "{log}");
     assert_eq!(log["fields"]["message"], "listening", "{log}");
 }
+
+#[tokio::test]
+async fn shutdown_ends_event_streams_without_waiting_for_the_drain_timeout() {
+    let mut server = Serve::start_with(&["--drain-timeout", "30"]).await;
+    let mut stream = EventStream::open(server.addr, "/events?topic=a", None)
+        .await
+        .ok()
+        .unwrap();
+    let pid = server.child.id().expect("pid").to_string();
+    let started = std::time::Instant::now();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    assert_eq!(stream.next().await, None, "the stream ends");
+    let status = timeout(WAIT, server.child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}

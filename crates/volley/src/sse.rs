@@ -187,6 +187,10 @@ struct Shared {
     sent_bytes: AtomicU64,
     open: AtomicUsize,
     opened: AtomicUsize,
+    /// Every stream (dropped ones pruned as new ones come), for [`EventStreams::close_all`].
+    all: Mutex<Vec<std::sync::Weak<Queue>>>,
+    /// [`EventStreams::close_all`] was called: streams opened from now on end at once.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for EventStreams {
@@ -219,6 +223,8 @@ impl EventStreams {
                 open: AtomicUsize::new(0),
                 opened: AtomicUsize::new(0),
                 sent_bytes: AtomicU64::new(0),
+                all: Mutex::new(Vec::new()),
+                closed: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -243,6 +249,21 @@ impl EventStreams {
         self.shared.sent_bytes.load(Ordering::Relaxed)
     }
 
+    /// Ends every stream after what is queued for it, and every stream opened from now on at
+    /// once: for a server's shutdown (a response that never ends would hold its connection
+    /// until the drain timeout).
+    pub fn close_all(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+        let all: Vec<_> = (lock(&self.shared.all).iter())
+            .filter_map(|q| q.upgrade())
+            .collect();
+        for queue in all {
+            let mut state = lock(&queue.state);
+            state.closing = true;
+            Queue::wake(state);
+        }
+    }
+
     /// A new stream, joined to `hub` and subscribed to nothing yet: subscribe the [`Member`]
     /// to topics (or resume them), then answer with the body. The body keeps a clone of the
     /// member: the stream leaves the hub when the body is dropped (and the caller's clones).
@@ -258,10 +279,20 @@ impl EventStreams {
             // Something to send at once: the client learns that the stream is open.
             first.put_slice(b":\n\n");
         }
-        lock(&queue.state).queue.push(Chunk {
-            id: None,
-            bytes: first.freeze(),
-        });
+        {
+            let mut state = lock(&queue.state);
+            state.queue.push(Chunk {
+                id: None,
+                bytes: first.freeze(),
+            });
+            let mut all = lock(&self.shared.all);
+            if all.len() >= 64 && all.len() >= 2 * self.open() {
+                all.retain(|q| q.strong_count() > 0);
+            }
+            all.push(Arc::downgrade(&queue));
+            // Registered first, then checked: `close_all` cannot miss it.
+            state.closing = self.shared.closed.load(Ordering::Acquire);
+        }
         let member = hub.join(StreamHandle(queue.clone()));
         self.shared.open.fetch_add(1, Ordering::Relaxed);
         self.shared.opened.fetch_add(1, Ordering::Relaxed);
@@ -599,6 +630,24 @@ mod tests {
             Some(":\n\ndata: x\n\ndata: 1\n\ndata: 2\n\ndata: 3\n\n")
         );
         assert_eq!(streams.sent_bytes(), 3 + 4 * 9);
+    }
+
+    #[tokio::test]
+    async fn close_all_ends_every_stream_and_the_next_ones() {
+        let hub = Hub::default();
+        let streams = payload_streams(None);
+        let mut bodies: Vec<_> = (0..100).map(|_| streams.join(&hub).1).collect();
+        bodies.truncate(3);
+        hub.broadcast("last");
+        streams.close_all();
+        for body in &mut bodies {
+            assert_eq!(next(body).await.as_deref(), Some(":\n\ndata: last\n\n"));
+            assert_eq!(next(body).await, None);
+        }
+        let (_, mut late) = streams.join(&hub);
+        assert_eq!(next(&mut late).await.as_deref(), Some(":\n\n"));
+        assert_eq!(next(&mut late).await, None);
+        assert!(lock(&streams.shared.all).len() <= 100);
     }
 
     #[tokio::test]

@@ -24,7 +24,9 @@
 //! With `volley serve --redis`, the topics span every server on that Redis: a publication reaches
 //! the topic's subscribers on all of them, `subscribers` counts those of this server, and ids
 //! stay distinct across servers (each server adds a random base of its own, below 2^53 so that
-//! JavaScript reads them exactly).
+//! JavaScript reads them exactly). Publications then carry no `offset` and topics keep no
+//! history (a resume answers `"resumed": false`): the servers' offsets would interleave out of
+//! order, and no server's history holds the others' publications.
 //!
 //! Choices, as most chat servers make them:
 //! - A publication reaches every subscriber of the topic **including the sender** (if it joined):
@@ -86,15 +88,34 @@ struct Command<'a> {
 #[derive(Serialize)]
 pub(crate) struct Publication<'a> {
     pub(crate) topic: &'a str,
-    pub(crate) offset: u64,
+    /// Absent when the hub spans several servers (`--redis`): each numbers its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) offset: Option<u64>,
     pub(crate) from: u64,
     pub(crate) data: &'a RawValue,
 }
 
+/// How publications go out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Numbering {
+    /// Numbered by the hub (`offset`), kept in its history: one server.
+    Offsets,
+    /// Without offsets: across servers (`--redis`), where the offsets of several servers would
+    /// interleave out of order and no history holds the others' publications.
+    None,
+}
+
 impl Publication<'_> {
-    /// Publishes `data` from client `from` to `topic` on `hub`, numbered; returns the offset.
-    pub(crate) fn publish(hub: &Hub, topic: &str, from: u64, data: &RawValue) -> u64 {
-        let (offset, _) = hub.publish_numbered(topic, |offset| {
+    /// Publishes `data` from client `from` to `topic` on `hub` (on every server of its
+    /// backend).
+    pub(crate) fn publish(
+        hub: &Hub,
+        numbering: Numbering,
+        topic: &str,
+        from: u64,
+        data: &RawValue,
+    ) {
+        let message = |offset| {
             let publication = Publication {
                 topic,
                 offset,
@@ -103,8 +124,15 @@ impl Publication<'_> {
             };
             // Cannot fail: strings, numbers and JSON that was already valid.
             PreparedMessage::text(json(&publication).unwrap_or_default())
-        });
-        offset
+        };
+        match numbering {
+            Numbering::Offsets => {
+                hub.publish_numbered(topic, |offset| message(Some(offset)));
+            }
+            Numbering::None => {
+                hub.publish(topic, message(None));
+            }
+        }
     }
 }
 
@@ -129,12 +157,17 @@ pub(crate) struct Chat {
     hub: Hub,
     /// Added to the hub's member ids to make the ids that clients see.
     id_base: u64,
+    numbering: Numbering,
 }
 
 impl Chat {
     /// The chat on `hub`; client ids are `id_base` plus the hub's member ids.
-    pub(crate) fn new(hub: Hub, id_base: u64) -> Self {
-        Self { hub, id_base }
+    pub(crate) fn new(hub: Hub, id_base: u64, numbering: Numbering) -> Self {
+        Self {
+            hub,
+            id_base,
+            numbering,
+        }
     }
 
     fn id(&self, member: &Member) -> u64 {
@@ -156,7 +189,7 @@ impl Callbacks for Chat {
         };
         match message {
             Message::Text(text) => {
-                if let Some(reply) = execute(&member, self.id(&member), &text) {
+                if let Some(reply) = execute(&member, self.id(&member), self.numbering, &text) {
                     let _ = conn.send(reply);
                 }
             }
@@ -177,7 +210,7 @@ impl Callbacks for Chat {
 
 /// Executes one command of the member whose client id is `id`; returns the answer to the
 /// sender, if any.
-fn execute(member: &Member, id: u64, text: &str) -> Option<String> {
+fn execute(member: &Member, id: u64, numbering: Numbering, text: &str) -> Option<String> {
     let command: Command<'_> = match serde_json::from_str(text) {
         Ok(c) => c,
         Err(e) => return error(&format!("invalid command: {e}")),
@@ -243,7 +276,8 @@ fn execute(member: &Member, id: u64, text: &str) -> Option<String> {
                 return error("topics whose name starts with '$' are the server's");
             }
             // To every subscriber, the sender included: encoded once for all of them.
-            Publication::publish(member.hub(), &topic, id, data.unwrap_or(RawValue::NULL));
+            let data = data.unwrap_or(RawValue::NULL);
+            Publication::publish(member.hub(), numbering, &topic, id, data);
             None
         }
         _ => error(

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
 use volley::callback::{Callbacks, Conn, Drivers};
-use volley::hub::{Hub, HubConfig};
+use volley::hub::{Hub, HubConfig, Scope};
 use volley::sse::SseConfig;
 use volley::{Config, Endpoint, Server};
 use volley_redis::hub::{RedisHubBackend, RedisHubConfig};
@@ -29,7 +29,7 @@ use volley_socketio_redis::{
     RedisAdapter, RedisAdapterConfig, ShardedRedisAdapter, ShardedRedisAdapterConfig,
 };
 
-use crate::chat::{self, METRICS_TOPIC, Publication};
+use crate::chat::{self, METRICS_TOPIC, Numbering, Publication};
 use crate::events::{self, Events};
 use crate::metrics::{self, Sources};
 use crate::settings::Settings;
@@ -146,6 +146,11 @@ pub(crate) async fn serve(s: Settings) -> ExitCode {
             (hub, chat_ids, cluster)
         }
     };
+    let numbering = if redis.is_some() {
+        Numbering::None
+    } else {
+        Numbering::Offsets
+    };
     let io = s.socketio.then(|| {
         let io = io.build();
         sio_chat::chat_namespace(&io);
@@ -167,7 +172,7 @@ pub(crate) async fn serve(s: Settings) -> ExitCode {
     let echo = s.echo.then(|| Drivers::new(Echo, config.clone()));
     let chat = s
         .chat
-        .then(|| Drivers::new(chat::Chat::new(hub.clone(), chat_ids), config));
+        .then(|| Drivers::new(chat::Chat::new(hub.clone(), chat_ids, numbering), config));
     let events = s.sse.then(|| {
         let sse = SseConfig::default().keep_alive(s.sse_keep_alive);
         Arc::new(Events::new(hub.clone(), sse))
@@ -224,7 +229,8 @@ pub(crate) async fn serve(s: Settings) -> ExitCode {
         server = server.route("/metrics", Endpoint::service(answer));
         endpoints.push("/metrics".to_owned());
         if let Some(every) = s.metrics_interval {
-            publisher = Some(tokio::spawn(publish_metrics(sources.clone(), every)));
+            let metrics = publish_metrics(sources.clone(), every, numbering);
+            publisher = Some(tokio::spawn(metrics));
         }
     }
     server = server.route(
@@ -305,8 +311,9 @@ fn overview(s: &Settings, addr: std::net::SocketAddr, ws: &str) -> String {
     lines.join("\n")
 }
 
-/// Publishes a snapshot of the metrics on [`METRICS_TOPIC`] every `every`, until aborted.
-async fn publish_metrics(sources: Arc<Sources>, every: Duration) {
+/// Publishes a snapshot of the metrics on [`METRICS_TOPIC`] every `every`, until aborted: to
+/// this server's subscribers only (across servers, each has its own metrics).
+async fn publish_metrics(sources: Arc<Sources>, every: Duration, numbering: Numbering) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -315,8 +322,25 @@ async fn publish_metrics(sources: Arc<Sources>, every: Duration) {
         let raw = serde_json::to_string(&snapshot)
             .ok()
             .and_then(|json| RawValue::from_string(json).ok());
-        if let Some(raw) = raw {
-            Publication::publish(&sources.hub, METRICS_TOPIC, 0, &raw);
+        let Some(raw) = raw else {
+            continue;
+        };
+        match numbering {
+            Numbering::Offsets => {
+                Publication::publish(&sources.hub, numbering, METRICS_TOPIC, 0, &raw)
+            }
+            Numbering::None => {
+                let publication = Publication {
+                    topic: METRICS_TOPIC,
+                    offset: None,
+                    from: 0,
+                    data: &raw,
+                };
+                if let Ok(json) = serde_json::to_string(&publication) {
+                    let message = volley::PreparedMessage::text(json);
+                    sources.hub.deliver(Scope::Topic(METRICS_TOPIC), &message);
+                }
+            }
         }
     }
 }

@@ -128,7 +128,8 @@ pub(crate) struct ServeArgs {
     // ---- Cluster
     /// Share the topics and the Socket.IO namespaces with every server on this Redis (other
     /// volley serve processes, Node socket.io servers with @socket.io/redis-adapter), e.g.
-    /// redis://127.0.0.1:6379. Topics then keep no history (resuming reports a gap).
+    /// redis://127.0.0.1:6379. Topic publications then carry no offset and topics keep no
+    /// history (resuming reports a gap); $metrics stays per server.
     #[arg(long, value_name = "URL", help_heading = "Cluster")]
     pub(crate) redis: Option<String>,
     /// With --redis: Socket.IO uses the sharded Redis adapter (Node's createShardedAdapter,

@@ -253,8 +253,11 @@ impl Pool {
     }
 }
 
-/// Traffic counters of one driver (or of the dead drivers of a pool).
+/// Traffic counters of one driver (or of the dead drivers of a pool), on cache lines of their
+/// own: the driver's task writes them for every message, other threads take its ready queue's
+/// lock beside them.
 #[derive(Default)]
+#[repr(align(128))]
 pub(crate) struct Traffic {
     messages_received: AtomicU64,
     bytes_received: AtomicU64,

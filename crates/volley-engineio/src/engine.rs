@@ -255,6 +255,15 @@ impl Engine {
         self.inner.sessions().len()
     }
 
+    /// How many open sessions use `transport` now (a session that upgraded counts as
+    /// WebSocket). Looks at every session: for metrics, not for a hot path.
+    pub fn session_count_by_transport(&self, transport: TransportKind) -> usize {
+        let sessions: Vec<Arc<Shared>> = self.inner.sessions().values().cloned().collect();
+        (sessions.iter())
+            .filter(|shared| shared.lock().transport == transport)
+            .count()
+    }
+
     /// Closes every session (server shutdown) with [`CloseReason::ServerClose`]: a long-polling
     /// session gets the close packet, a WebSocket session has its WebSocket closed (as Node does,
     /// without a close packet).

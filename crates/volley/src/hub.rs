@@ -434,6 +434,9 @@ impl Log {
     }
 }
 
+/// What [`Member::resume_with`] queues before a replay.
+type Announce<'a> = Option<&'a mut dyn FnMut(Resume) -> Option<PreparedMessage>>;
+
 /// A member as the hub sees it; the subscriber last, inline (one allocation per member).
 struct Entry<S: ?Sized = dyn Subscriber> {
     id: MemberId,
@@ -769,6 +772,7 @@ impl Hub {
         name: &str,
         entry: &Arc<Entry>,
         after: Option<u64>,
+        announce: Announce<'_>,
     ) -> (Arc<Topic>, Resume) {
         loop {
             let topic = self.topic(name);
@@ -785,8 +789,11 @@ impl Hub {
                 drop(subscribers);
                 match (after, log.as_deref_mut()) {
                     (None, _) => Resume::Complete { replayed: 0 },
-                    (Some(after), Some(log)) => self.replay(log, entry, after),
-                    (Some(_), None) => Resume::Gap,
+                    (Some(after), Some(log)) => self.replay(log, entry, after, announce),
+                    (Some(_), None) => {
+                        self.announce(entry, announce, Resume::Gap);
+                        Resume::Gap
+                    }
                 }
             };
             return (topic, resume);
@@ -794,16 +801,38 @@ impl Hub {
     }
 
     /// Queues for `entry` what `log` kept after offset `after`, if it kept all of it.
-    fn replay(&self, log: &mut Log, entry: &Arc<Entry>, after: u64) -> Resume {
+    fn replay(
+        &self,
+        log: &mut Log,
+        entry: &Arc<Entry>,
+        after: u64,
+        announce: Announce<'_>,
+    ) -> Resume {
         if let Some(history) = &self.inner.config.history {
             log.trim(history, core::now());
         }
         let next = self.inner.next_offset.load(Ordering::Acquire);
         if after < log.evicted || after < self.inner.first_offset.saturating_sub(1) || after >= next
         {
+            self.announce(entry, announce, Resume::Gap);
             return Resume::Gap;
         }
         let limits = &self.inner.config.queue;
+        let (count, bytes) = (log.entries.iter().filter(|l| l.offset > after))
+            .fold((0, 0usize), |(n, b), l| {
+                (n + 1, b + l.message.frame().len())
+            });
+        // All of it must fit the member's queue at once (with the announcement): a replay that
+        // overflowed would close a member under `Overflow::Close` as soon as it came back, and
+        // again at every return. It is told of a gap instead.
+        let queued = entry.subscriber.buffered_amount();
+        let fits = count < limits.max_messages
+            && (queued.saturating_add(bytes) <= limits.max_bytes || (count == 1 && queued == 0));
+        if !fits {
+            self.announce(entry, announce, Resume::Gap);
+            return Resume::Gap;
+        }
+        self.announce(entry, announce, Resume::Complete { replayed: count });
         let mut replayed = 0;
         for logged in log.entries.iter().filter(|l| l.offset > after) {
             if !entry.offer(&logged.message, limits).is_queued() {
@@ -813,6 +842,18 @@ impl Hub {
             replayed += 1;
         }
         Resume::Complete { replayed }
+    }
+
+    /// Queues for `entry` the message `announce` makes of what a resume is about to do (before
+    /// anything it replays).
+    fn announce(&self, entry: &Arc<Entry>, announce: Announce<'_>, resume: Resume) {
+        let Some(message) = announce.and_then(|announce| announce(resume)) else {
+            return;
+        };
+        let offer = entry.offer(&message, &self.inner.config.queue);
+        let mut published = Published::default();
+        published.count(offer);
+        self.count(&published);
     }
 
     /// Removes member `id` from `topic`'s subscribers; removes the topic if it is left empty
@@ -1005,24 +1046,53 @@ impl Member {
             return false;
         }
         // Under the member's lock, so that a concurrent unsubscribe sees the topic.
-        topics.push(self.hub.join_topic(topic, &self.entry, None).0);
+        topics.push(self.hub.join_topic(topic, &self.entry, None, None).0);
         true
     }
 
     /// Subscribes to `topic` as one that has received everything up to offset `after` (from
     /// [`Hub::publish_numbered`]): what the topic published since is queued first, in order,
     /// then what follows, with nothing lost or repeated in between — or, if the hub's
-    /// [`History`] no longer holds all of it, [`Resume::Gap`] (the member then receives what
-    /// follows only). Already subscribed: nothing is replayed.
+    /// [`History`] no longer holds all of it, or if it would not fit the member's queue
+    /// ([`HubConfig::queue`]) at once, [`Resume::Gap`] (the member then receives what follows
+    /// only). Already subscribed: nothing is replayed.
     pub fn resume(&self, topic: &str, after: u64) -> Resume {
+        self.resume_inner(topic, after, None)
+    }
+
+    /// [`resume`](Self::resume), with a message queued for this member first: `announce` is
+    /// told what the resume is about to do (how many messages it replays, or a gap) and may
+    /// return a message, which is queued before the replayed ones and before anything published
+    /// to the topic afterwards — a "resumed" answer or a "gap" event that the client must see
+    /// first. Called once, unless the member is not in the hub; already subscribed, it is told
+    /// `Complete { replayed: 0 }`. Do not call the hub's publishing methods from it (it runs
+    /// under the topic's lock).
+    ///
+    /// The count `announce` is told may exceed what is queued in the end if the member's queue
+    /// cannot take them all (the result is then [`Resume::Gap`], and under
+    /// [`Overflow::Close`] the member is being closed).
+    pub fn resume_with(
+        &self,
+        topic: &str,
+        after: u64,
+        mut announce: impl FnMut(Resume) -> Option<PreparedMessage>,
+    ) -> Resume {
+        self.resume_inner(topic, after, Some(&mut announce))
+    }
+
+    fn resume_inner(&self, topic: &str, after: u64, announce: Announce<'_>) -> Resume {
         if !self.in_hub() {
             return Resume::Gap;
         }
         let mut topics = lock(&self.entry.topics);
         if topics.iter().any(|t| &*t.name == topic) {
-            return Resume::Complete { replayed: 0 };
+            let resume = Resume::Complete { replayed: 0 };
+            self.hub.announce(&self.entry, announce, resume);
+            return resume;
         }
-        let (joined, resume) = self.hub.join_topic(topic, &self.entry, Some(after));
+        let (joined, resume) = self
+            .hub
+            .join_topic(topic, &self.entry, Some(after), announce);
         topics.push(joined);
         resume
     }
@@ -1515,6 +1585,72 @@ mod tests {
         assert_eq!(
             member.resume("t9", offsets[9] - 1),
             Resume::Complete { replayed: 1 }
+        );
+    }
+
+    #[test]
+    fn a_resume_announces_itself_before_what_it_replays() {
+        let hub = with_history(History::default().max_messages(3));
+        let keep = hub.join(Arc::new(Probe::default()));
+        keep.subscribe("t");
+        let first = hub.publish_numbered("t", numbered).0;
+        let second = hub.publish_numbered("t", numbered).0;
+        let probe = Arc::new(Probe::default());
+        let member = hub.join(probe.clone());
+        let announce = |resume: Resume| Some(PreparedMessage::text(format!("{resume:?}")));
+        assert_eq!(
+            member.resume_with("t", first, announce),
+            Resume::Complete { replayed: 1 }
+        );
+        assert_eq!(
+            received(&probe),
+            ["Complete { replayed: 1 }".to_owned(), second.to_string()]
+        );
+        // Already subscribed: announced, nothing replayed.
+        member.resume_with("t", first, announce);
+        assert_eq!(received(&probe), ["Complete { replayed: 0 }"]);
+        // Too old: the gap is announced, then what follows.
+        for _ in 0..4 {
+            hub.publish_numbered("t", numbered);
+        }
+        let probe = Arc::new(Probe::default());
+        let member = hub.join(probe.clone());
+        assert_eq!(member.resume_with("t", first, announce), Resume::Gap);
+        let (next, _) = hub.publish_numbered("t", numbered);
+        assert_eq!(received(&probe), ["Gap".to_owned(), next.to_string()]);
+        // No message: nothing queued.
+        let probe = Arc::new(Probe::default());
+        let member = hub.join(probe.clone());
+        member.resume_with("t", next, |_| None);
+        assert!(received(&probe).is_empty());
+    }
+
+    #[test]
+    fn a_replay_larger_than_the_queue_is_a_gap_not_a_close() {
+        let queue = QueueLimits::default().max_messages(4);
+        let hub = Hub::new(
+            HubConfig::default()
+                .queue(queue)
+                .history(Some(History::default())),
+        );
+        let start = hub.publish_numbered("t", numbered).0;
+        for _ in 0..4 {
+            hub.publish_numbered("t", numbered);
+        }
+        let probe = Arc::new(Probe::default());
+        let member = hub.join(probe.clone());
+        assert_eq!(
+            member.resume("t", start),
+            Resume::Gap,
+            "4 missed, queue of 4"
+        );
+        assert!(!member.is_closed());
+        let (next, _) = hub.publish_numbered("t", numbered);
+        assert_eq!(offsets(&probe), [next]);
+        let member = hub.join(Arc::new(Probe::default()));
+        assert_eq!(
+            member.resume("t", next - 3),
+            Resume::Complete { replayed: 3 }
         );
     }
 

@@ -22,7 +22,7 @@
 //! | drivers | `task.rs`, `callback/` | two ways to run a connection over the same core: a task per connection ([`WebSocket`], its [`split`](WebSocket::split) halves, [`CloseHandle`]), or [`callback`]s on one driver task per worker ([`callback::Callbacks`], [`callback::ConnHandle`], [`callback::Drivers`]) |
 //! | handshake | `handshake.rs`, `policy.rs` | the opening handshake over a transport, both roles ([`accept`], [`connect`], [`ClientBuilder`]) and what a server accepts ([`Policy`]) |
 //! | routing | `router.rs`, `server.rs`, `integrations/` | [`Server`]: accept, TLS, route each connection by path to an [`Endpoint`] (task, callbacks, or an HTTP service), graceful shutdown; hyper/axum upgrades into either driver |
-//! | fan-out | `hub.rs` | topics with encode-once fan-out to any [`hub::Subscriber`] (a task's sender, a callback connection's handle, …), every queue bounded |
+//! | fan-out | `hub.rs`, `sse.rs` | topics with encode-once fan-out to any [`hub::Subscriber`] (a task's sender, a callback connection's handle, a server-sent events stream, …), every queue bounded |
 //! | clients | `reconnect.rs`, `sync.rs` | a client that reconnects with backoff; a blocking client |
 //!
 //! Features `hyper` and `axum`: accept upgrades from a hyper request ([`hyper`]) or with an
@@ -45,6 +45,8 @@ pub mod callback;
 pub mod hub;
 pub mod reconnect;
 pub mod router;
+#[cfg(feature = "hyper")]
+pub mod sse;
 pub mod sync;
 #[cfg(feature = "tls")]
 pub mod tls;
@@ -60,7 +62,7 @@ pub use integrations::hyper;
 pub use maybe_tls::MaybeTlsStream;
 pub use policy::{Policy, Reject, Subprotocol};
 pub use router::{Endpoint, PeerAddr};
-pub use server::Server;
+pub use server::{Refusal, Server, ServerStats};
 pub use task::{CloseHandle, WebSocket, WsReceiver, WsSender};
 pub use volley_proto::handshake::{HandshakeError, HeaderLimits, UpgradeResponse};
 pub use volley_proto::{

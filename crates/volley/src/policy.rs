@@ -164,6 +164,11 @@ impl Policy {
     }
 
     /// Makes handshakes answer 503 once `flag` is set (used by graceful shutdown).
+    /// Whether the policy has an Origin allow-list.
+    pub(crate) fn has_origins(&self) -> bool {
+        self.origins.is_some()
+    }
+
     pub(crate) fn stopping(mut self, flag: Arc<AtomicBool>) -> Self {
         self.stopping = Some(flag);
         self

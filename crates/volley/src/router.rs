@@ -43,6 +43,9 @@ pub(crate) type TaskFn = dyn Fn(WebSocket<MaybeTlsStream>, Request<()>) -> TaskF
 /// What serves the requests of a route.
 pub struct Endpoint {
     kind: Kind,
+    /// Where the route's requests that are not WebSocket upgrades go ([`Endpoint::or_http`]).
+    #[cfg(feature = "hyper")]
+    http: Option<crate::integrations::service::Service>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -77,25 +80,19 @@ impl Endpoint {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let handler = move |ws, request| Box::pin(handler(ws, request)) as TaskFuture;
-        Self {
-            kind: Kind::Task(Arc::new(handler)),
-        }
+        Self::of(Kind::Task(Arc::new(handler)))
     }
 
     /// WebSocket connections served by `callbacks` on shared driver tasks (see
     /// [`callback`](crate::callback)), with the server's configuration.
     pub fn callbacks(callbacks: impl Callbacks) -> Self {
-        Self {
-            kind: Kind::Callbacks(Arc::new(callbacks)),
-        }
+        Self::of(Kind::Callbacks(Arc::new(callbacks)))
     }
 
     /// WebSocket connections served by `drivers` (with their own configuration): to share one
     /// set of callbacks and drivers between routes, or with an axum router.
     pub fn drivers(drivers: Drivers) -> Self {
-        Self {
-            kind: Kind::Drivers(drivers),
-        }
+        Self::of(Kind::Drivers(drivers))
     }
 
     /// HTTP requests served by `service` (feature `hyper`): Socket.IO's `handle`, a REST API,
@@ -108,8 +105,33 @@ impl Endpoint {
         B: ::hyper::body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        Self::of(Kind::Service(crate::integrations::service::Service::new(
+            service,
+        )))
+    }
+
+    /// This endpoint for WebSocket upgrades, and `service` (feature `hyper`) for the route's
+    /// other HTTP requests: a page at `/` for browsers, while WebSocket clients connecting to
+    /// `/` still reach their endpoint. A request is an upgrade if it has an `Upgrade` header
+    /// naming `websocket`; the first request of a connection is told apart before it is
+    /// accepted, so a WebSocket connection costs no more than on a route without `or_http`.
+    #[cfg(feature = "hyper")]
+    pub fn or_http<F, Fut, B>(mut self, service: F) -> Self
+    where
+        F: Fn(Request<::hyper::body::Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = http::Response<B>> + Send + 'static,
+        B: ::hyper::body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.http = Some(crate::integrations::service::Service::new(service));
+        self
+    }
+
+    fn of(kind: Kind) -> Self {
         Self {
-            kind: Kind::Service(crate::integrations::service::Service::new(service)),
+            kind,
+            #[cfg(feature = "hyper")]
+            http: None,
         }
     }
 }
@@ -162,6 +184,15 @@ impl Pattern {
     }
 }
 
+/// A route's endpoint, ready to serve, with the service of its other HTTP requests if it has
+/// one ([`Endpoint::or_http`]).
+#[derive(Clone)]
+pub(crate) struct Routed {
+    pub(crate) target: Target,
+    #[cfg(feature = "hyper")]
+    pub(crate) http: Option<crate::integrations::service::Service>,
+}
+
 /// Routes being set up on a [`Server`](crate::Server).
 #[derive(Default)]
 pub(crate) struct Routes {
@@ -182,7 +213,7 @@ impl Routes {
 
     /// The router, with drivers started for callbacks (sharing `config`).
     pub(crate) fn build(self, config: &Arc<Config>) -> Router {
-        let mut routes: Vec<(Pattern, Target)> = (self.routes.into_iter())
+        let mut routes: Vec<(Pattern, Routed)> = (self.routes.into_iter())
             .map(|(pattern, endpoint)| {
                 let target = match endpoint.kind {
                     Kind::Task(handler) => Target::Task(handler),
@@ -193,7 +224,12 @@ impl Routes {
                     #[cfg(feature = "hyper")]
                     Kind::Service(service) => Target::Service(service),
                 };
-                (pattern, target)
+                let routed = Routed {
+                    target,
+                    #[cfg(feature = "hyper")]
+                    http: endpoint.http,
+                };
+                (pattern, routed)
             })
             .collect();
         // Exact patterns first, then prefixes, longest first: the first match wins.
@@ -207,16 +243,16 @@ impl Routes {
 
 /// The routes of a running server, in matching order.
 pub(crate) struct Router {
-    routes: Vec<(Pattern, Target)>,
+    routes: Vec<(Pattern, Routed)>,
 }
 
 impl Router {
     /// The endpoint serving `path`.
-    pub(crate) fn find(&self, path: &str) -> Option<&Target> {
-        self.route(path).map(|(_, target)| target)
+    pub(crate) fn find(&self, path: &str) -> Option<&Routed> {
+        self.route(path).map(|(_, routed)| routed)
     }
 
-    fn route(&self, path: &str) -> Option<&(Pattern, Target)> {
+    fn route(&self, path: &str) -> Option<&(Pattern, Routed)> {
         self.routes
             .iter()
             .find(|(pattern, _)| pattern.matches(path))
@@ -224,10 +260,12 @@ impl Router {
 
     /// Every callbacks endpoint's drivers (for shutdown).
     pub(crate) fn drivers(&self) -> impl Iterator<Item = &Drivers> {
-        self.routes.iter().filter_map(|(_, target)| match target {
-            Target::Callbacks(drivers) => Some(drivers),
-            _ => None,
-        })
+        self.routes
+            .iter()
+            .filter_map(|(_, routed)| match &routed.target {
+                Target::Callbacks(drivers) => Some(drivers),
+                _ => None,
+            })
     }
 }
 
@@ -291,7 +329,10 @@ mod tests {
         routes.add("/a", Endpoint::task(|_, _| async {}));
         routes.add("/a", Endpoint::callbacks(Nop));
         let r = routes.build(&Arc::new(Config::default()));
-        assert!(matches!(r.find("/a"), Some(Target::Callbacks(_))));
+        assert!(matches!(
+            r.find("/a").map(|r| &r.target),
+            Some(Target::Callbacks(_))
+        ));
     }
 
     struct Nop;

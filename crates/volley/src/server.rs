@@ -50,6 +50,7 @@ use crate::task::{CloseHandle, WebSocket};
 /// [`serve`](Self::serve) is the short form for one task handler on every path.
 pub struct Server {
     listener: TcpListener,
+    stats: ServerStats,
     config: Config,
     shutdown_frame: CloseFrame,
     drain_timeout: Duration,
@@ -111,6 +112,7 @@ impl Server {
     pub fn from_listener(listener: TcpListener) -> Self {
         Self {
             listener,
+            stats: ServerStats::default(),
             config: Config::default(),
             shutdown_frame: CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down"),
             drain_timeout: Duration::from_secs(10),
@@ -153,6 +155,12 @@ impl Server {
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
         self
+    }
+
+    /// A handle on the server's counters (connections accepted, handshakes refused by reason),
+    /// to read while it runs.
+    pub fn stats(&self) -> ServerStats {
+        self.stats.clone()
     }
 
     /// The address the server listens on.
@@ -232,6 +240,7 @@ impl Server {
         // Everything a connection task needs from the server, behind one pointer: each task
         // holds only that and its connection (idle connections should cost little).
         let ctx = Arc::new(Ctx {
+            stats: self.stats.clone(),
             config,
             router,
             policy: self.policy.clone().stopping(stopping.clone()),
@@ -260,6 +269,7 @@ impl Server {
                     }
                 },
             };
+            ctx.stats.0.accepted.fetch_add(1, Ordering::Relaxed);
             tasks.spawn(ctx.clone().connection(stream, peer));
         }
 
@@ -302,8 +312,96 @@ impl Server {
     }
 }
 
+/// Counters of a [`Server`], shared with it: read them while it runs
+/// ([`Server::stats`]). Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct ServerStats(Arc<StatsInner>);
+
+#[derive(Debug, Default)]
+struct StatsInner {
+    accepted: AtomicU64,
+    refused: [AtomicU64; Refusal::ALL.len()],
+}
+
+/// Why the server refused a connection or a WebSocket handshake, as [`ServerStats`] counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// No route for the path (404).
+    NoRoute,
+    /// A malformed or over-long request line (400, 414).
+    BadRequest,
+    /// Not a valid WebSocket opening handshake (400, 405, 426, 431).
+    Handshake,
+    /// The policy refused the Origin (403).
+    Origin,
+    /// The policy's authentication hook refused it (its status: 401, 403, …).
+    Auth,
+    /// The server was shutting down (503).
+    ShuttingDown,
+    /// Nothing usable arrived within the open timeout.
+    Timeout,
+    /// The TLS handshake failed.
+    Tls,
+}
+
+impl Refusal {
+    /// Every reason, in a fixed order.
+    pub const ALL: [Refusal; 8] = [
+        Self::NoRoute,
+        Self::BadRequest,
+        Self::Handshake,
+        Self::Origin,
+        Self::Auth,
+        Self::ShuttingDown,
+        Self::Timeout,
+        Self::Tls,
+    ];
+
+    /// A short name: `no_route`, `bad_request`, `handshake`, `origin`, `auth`,
+    /// `shutting_down`, `timeout`, `tls`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoRoute => "no_route",
+            Self::BadRequest => "bad_request",
+            Self::Handshake => "handshake",
+            Self::Origin => "origin",
+            Self::Auth => "auth",
+            Self::ShuttingDown => "shutting_down",
+            Self::Timeout => "timeout",
+            Self::Tls => "tls",
+        }
+    }
+
+    /// The reason of a refusal the policy answered with `status`.
+    fn of_policy(status: StatusCode, policy: &Policy) -> Self {
+        match status {
+            StatusCode::SERVICE_UNAVAILABLE => Self::ShuttingDown,
+            StatusCode::FORBIDDEN if policy.has_origins() => Self::Origin,
+            _ => Self::Auth,
+        }
+    }
+}
+
+impl ServerStats {
+    /// TCP connections accepted.
+    pub fn accepted(&self) -> u64 {
+        self.0.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Connections or handshakes refused for `reason`.
+    pub fn refused(&self, reason: Refusal) -> u64 {
+        self.0.refused[reason as usize].load(Ordering::Relaxed)
+    }
+
+    fn refuse(&self, reason: Refusal) {
+        self.0.refused[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// What every connection task of a server shares.
 struct Ctx {
+    stats: ServerStats,
     config: Arc<Config>,
     router: Router,
     policy: Policy,
@@ -367,12 +465,13 @@ impl Ctx {
             Ok(Some(head)) => head,
             _ => {
                 tracing::debug!(%peer, "no request line within the open timeout");
+                self.stats.refuse(Refusal::Timeout);
                 return None;
             }
         };
         let answer = match request_path(&head) {
             Some(path) => match self.router.find(path) {
-                Some(target) => Ok(target.clone()),
+                Some(routed) => Ok(routed.clone()),
                 None => Err((StatusCode::NOT_FOUND, not_found_body(path))),
             },
             None if head.len() >= max => Err((
@@ -381,15 +480,39 @@ impl Ctx {
             )),
             None => Err((StatusCode::BAD_REQUEST, "malformed request line\n".into())),
         };
-        let target = match answer {
-            Ok(target) => target,
+        let routed = match answer {
+            Ok(routed) => routed,
             Err((status, body)) => {
                 tracing::debug!(%peer, "answered {status}: {}", body.trim_end());
+                self.stats.refuse(match status {
+                    StatusCode::NOT_FOUND => Refusal::NoRoute,
+                    _ => Refusal::BadRequest,
+                });
                 let _ = stream.write_all(&error_response(status, "", &body)).await;
                 let _ = stream.shutdown().await;
                 return None;
             }
         };
+        #[cfg(feature = "hyper")]
+        let mut head = head;
+        #[cfg(feature = "hyper")]
+        if routed.http.is_some() && !matches!(routed.target, Target::Service(_)) {
+            // Upgrades go to the WebSocket endpoint, other requests to the route's service:
+            // the headers tell.
+            let read = tokio::time::timeout(
+                self.config.open_timeout,
+                read_head(&mut stream, &mut head, max),
+            );
+            if !matches!(read.await, Ok(true)) {
+                tracing::debug!(%peer, "no complete request head within the open timeout");
+                self.stats.refuse(Refusal::Timeout);
+                return None;
+            }
+            if !is_upgrade(&head) {
+                return Some(Opened::Http(head, stream));
+            }
+        }
+        let target = routed.target;
         match target {
             #[cfg(feature = "hyper")]
             Target::Service(_) => Some(Opened::Http(head, stream)),
@@ -402,6 +525,14 @@ impl Ctx {
                     Ok(accepted) => Some(Opened::WebSocket(target, accepted)),
                     Err(e) => {
                         tracing::debug!(%peer, "handshake failed: {e}");
+                        let reason = match e {
+                            crate::Error::Rejected(status) => {
+                                Refusal::of_policy(status, &self.policy)
+                            }
+                            crate::Error::Timeout(_) => Refusal::Timeout,
+                            _ => Refusal::Handshake,
+                        };
+                        self.stats.refuse(reason);
                         None
                     }
                 }
@@ -417,10 +548,12 @@ impl Ctx {
                 Ok(Ok(tls)) => Some(MaybeTlsStream::ServerTls(Box::new(tls))),
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, "TLS handshake failed: {e}");
+                    self.stats.refuse(Refusal::Tls);
                     None
                 }
                 Err(_) => {
                     tracing::debug!(%peer, "TLS handshake timed out");
+                    self.stats.refuse(Refusal::Tls);
                     None
                 }
             };
@@ -511,10 +644,17 @@ impl Ctx {
     ) -> http::Response<crate::integrations::service::HttpBody> {
         use crate::integrations::service::text_response;
         let path = request.uri().path();
-        let Some(target) = self.router.find(path) else {
+        let Some(routed) = self.router.find(path) else {
+            self.stats.refuse(Refusal::NoRoute);
             return text_response(StatusCode::NOT_FOUND, not_found_body(path));
         };
-        let target = target.clone();
+        if let Some(http) = &routed.http {
+            let upgrade = request.headers().get_all(http::header::UPGRADE).iter();
+            if !upgrade.into_iter().any(|v| names_websocket(v.as_bytes())) {
+                return http.call(request).await;
+            }
+        }
+        let target = routed.target.clone();
         if let Target::Service(service) = &target {
             return service.call(request).await;
         }
@@ -527,6 +667,12 @@ impl Ctx {
             match crate::hyper::accept(&mut request, config, &self.policy).await {
                 Ok(accepted) => accepted,
                 Err(rejection) => {
+                    self.stats.refuse(match &rejection {
+                        crate::hyper::Rejection::Policy(reject) => {
+                            Refusal::of_policy(reject.status(), &self.policy)
+                        }
+                        _ => Refusal::Handshake,
+                    });
                     return crate::integrations::service::boxed(rejection.into_response());
                 }
             };
@@ -570,6 +716,58 @@ async fn read_request_line(stream: &mut MaybeTlsStream, max: usize) -> Option<Ve
     Some(head)
 }
 
+/// Reads from `stream` into `head` until the request head is complete (a blank line) or
+/// `max` bytes were read; whether it is complete.
+#[cfg(feature = "hyper")]
+async fn read_head(stream: &mut MaybeTlsStream, head: &mut Vec<u8>, max: usize) -> bool {
+    let mut chunk = [0u8; 2048];
+    loop {
+        if head_end(head).is_some() {
+            return true;
+        }
+        if head.len() >= max {
+            return false;
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Where the request head in `buf` ends (after its blank line), once it does.
+#[cfg(feature = "hyper")]
+fn head_end(buf: &[u8]) -> Option<usize> {
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Whether the complete request head `head` asks for a WebSocket upgrade (an `Upgrade`
+/// header naming `websocket`).
+#[cfg(feature = "hyper")]
+fn is_upgrade(head: &[u8]) -> bool {
+    let end = head_end(head).unwrap_or(head.len());
+    (head[..end].split(|&b| b == b'\n').skip(1))
+        .filter_map(|line| {
+            let colon = line.iter().position(|&b| b == b':')?;
+            let (name, value) = line.split_at(colon);
+            name.eq_ignore_ascii_case(b"upgrade").then_some(&value[1..])
+        })
+        .any(names_websocket)
+}
+
+/// Whether an `Upgrade` header value names `websocket` among its tokens.
+#[cfg(feature = "hyper")]
+fn names_websocket(value: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"websocket"))
+}
+
 /// The path of the HTTP request whose head starts `buf`, once its request line is complete
 /// and well formed (`METHOD target HTTP/x`).
 pub(crate) fn request_path(buf: &[u8]) -> Option<&str> {
@@ -599,6 +797,27 @@ fn is_per_connection(e: &std::io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::request_path;
+
+    #[cfg(feature = "hyper")]
+    #[test]
+    fn upgrades_are_told_apart_by_their_upgrade_header() {
+        use super::is_upgrade;
+        assert!(is_upgrade(
+            b"GET / HTTP/1.1\r\nHost: a\r\nUPGRADE:  WebSocket \r\n\r\n"
+        ));
+        assert!(is_upgrade(b"GET / HTTP/1.1\nupgrade: h2c, websocket\n\n"));
+        assert!(!is_upgrade(b"GET / HTTP/1.1\r\nAccept: text/html\r\n\r\n"));
+        assert!(!is_upgrade(
+            b"GET / HTTP/1.1\r\nX-Upgrade: websocket\r\n\r\n"
+        ));
+        assert!(!is_upgrade(
+            b"GET / HTTP/1.1\r\nUpgrade: websockets\r\n\r\n"
+        ));
+        // Past the head: a body is not headers.
+        assert!(!is_upgrade(
+            b"POST / HTTP/1.1\r\n\r\nUpgrade: websocket\r\n"
+        ));
+    }
 
     #[test]
     fn request_path_needs_a_complete_well_formed_request_line() {

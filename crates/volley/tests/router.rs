@@ -207,3 +207,65 @@ async fn shutdown_ends_idle_http_keep_alive_connections_without_waiting_for_the_
     raw.expect_eof_within(std::time::Duration::from_secs(5))
         .await;
 }
+
+/// `Endpoint::or_http`: one route whose WebSocket upgrades go to callbacks and whose other
+/// requests go to a service, on a fresh connection (told apart by the head) and on an HTTP
+/// keep-alive connection (by each request); the server's refusals are counted by reason.
+#[tokio::test]
+async fn a_route_serves_http_requests_and_websocket_upgrades_apart() {
+    let server = Server::bind("127.0.0.1:0").await.expect("bind");
+    let addr = server.local_addr().expect("addr");
+    let stats = server.stats();
+    let page = |request: Request<hyper::body::Incoming>| async move {
+        let body = format!("page for {}", request.uri().path());
+        Response::new(Full::new(Bytes::from(body)))
+    };
+    let server = server.route("/", Endpoint::callbacks(Greeter).or_http(page));
+    tokio::spawn(server.run());
+    // A browser's GET: the page.
+    let (mut raw, _) = connect(addr).await;
+    raw.write(b"GET / HTTP/1.1\r\nAccept: text/html\r\nUpgrade-Insecure-Requests: 1\r\n\r\n")
+        .await;
+    let (head, body) = response(&mut raw).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, "page for /");
+    // The same connection upgrades: the callbacks.
+    raw.write(upgrade("/", addr).as_bytes()).await;
+    assert!(raw.read_http_head().await.starts_with("HTTP/1.1 101"));
+    assert!(text_frame(&mut raw).await.starts_with("callbacks sees"));
+    // A fresh connection whose head arrives in pieces, upgrading at once: the callbacks.
+    let (mut raw, local) = connect(addr).await;
+    let request = upgrade("/", addr);
+    let (first, rest) = request.split_at(30);
+    raw.write(first.as_bytes()).await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    raw.write(rest.as_bytes()).await;
+    assert!(raw.read_http_head().await.starts_with("HTTP/1.1 101"));
+    assert_eq!(
+        text_frame(&mut raw).await,
+        format!("callbacks sees Some({local})")
+    );
+    raw.write(&client_frame(1, b"echo")).await;
+    assert_eq!(text_frame(&mut raw).await, "echo");
+    // Refusals are counted by reason.
+    let (mut raw, _) = connect(addr).await;
+    raw.write(
+        format!("GET /nope HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(raw.read_all_string().await.starts_with("HTTP/1.1 404"));
+    let mut bad =
+        upgrade("/", addr).replace("Sec-WebSocket-Version: 13", "Sec-WebSocket-Version: 8");
+    bad = bad.replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n");
+    let (mut raw, _) = connect(addr).await;
+    raw.write(bad.as_bytes()).await;
+    assert!(raw.read_all_string().await.starts_with("HTTP/1.1 426"));
+    within(async {
+        while stats.refused(volley::Refusal::Handshake) < 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert_eq!(stats.refused(volley::Refusal::NoRoute), 1);
+    assert!(stats.accepted() >= 4);
+}

@@ -186,6 +186,7 @@ impl Driven {
                 None | Some(Overflow::DropOldest) => {
                     drop(guard);
                     item.send(&mut st.proto)?;
+                    self.driver.traffic.sent_message();
                     self.sync_proto(&st.proto);
                     return Ok(());
                 }
@@ -228,7 +229,9 @@ impl Driven {
             };
             moved = true;
             // Errors: the connection started closing since; the message is dropped with it.
-            let _ = item.send(proto);
+            if item.send(proto).is_ok() {
+                self.driver.traffic.sent_message();
+            }
         }
         if outbox.queue.is_empty() {
             if let Some(frame) = outbox.close.take() {
@@ -389,6 +392,7 @@ impl ConnState {
             while let Some(event) = self.proto.poll_event() {
                 match event {
                     Message::Text(_) | Message::Binary(_) => {
+                        me.driver.traffic.received_message();
                         let mut conn = Conn {
                             st: self,
                             config,
@@ -422,12 +426,15 @@ impl ConnState {
                 return Some(Err(Error::Timeout(Timeout::Close)));
             }
             let io = self.io.as_mut()?;
-            let flushed = self.proto.pending_transmit() == 0
+            let pending = self.proto.pending_transmit();
+            let flushed = pending == 0
                 || match poll_write_all(Pin::new(&mut *io), &mut self.proto, cx) {
                     Poll::Ready(Ok(())) => true,
                     Poll::Ready(Err(e)) => return Some(Err(e.into())),
                     Poll::Pending => false,
                 };
+            let written = pending.saturating_sub(self.proto.pending_transmit());
+            me.driver.traffic.sent_bytes(written);
             me.sync_proto(&self.proto);
             if self.timers.abandoned() {
                 return Some(Err(Error::KeepaliveTimeout));
@@ -478,8 +485,9 @@ impl ConnState {
             match read {
                 Poll::Pending => return None,
                 Poll::Ready(Ok(0)) => return Some(Err(Error::AbnormalClose)),
-                Poll::Ready(Ok(_)) => {
+                Poll::Ready(Ok(n)) => {
                     reads += 1;
+                    me.driver.traffic.received_bytes(n);
                     self.timers.on_read(now);
                 }
                 Poll::Ready(Err(e)) => return Some(Err(e.into())),

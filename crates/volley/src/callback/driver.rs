@@ -7,7 +7,7 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
 
@@ -19,7 +19,7 @@ use tokio::time::Sleep;
 use volley_proto::{CloseFrame, Connection, DeflateParams, Role};
 
 use super::conn::{ConnState, Driven, NEW, lock};
-use super::{Callbacks, Conn};
+use super::{Callbacks, Conn, TrafficStats};
 use crate::config::Config;
 use crate::core::{self, Micros, NEVER, Shutdown};
 use crate::error::{Error, Timeout};
@@ -113,6 +113,8 @@ pub(crate) struct Pool {
 #[derive(Default)]
 struct Shared {
     shutdown: Shutdown,
+    /// The traffic of drivers that died (and were replaced).
+    retired: Traffic,
     /// Connections handed over and not finished.
     live: AtomicUsize,
     /// Notified when `live` drops to 0.
@@ -152,6 +154,15 @@ impl Pool {
         self.shared.live.load(Ordering::Acquire)
     }
 
+    /// The traffic of every driver, dead ones included.
+    pub(super) fn traffic(&self) -> TrafficStats {
+        let mut total = self.shared.retired.snapshot();
+        for (driver, _) in lock(&self.drivers).iter() {
+            total.add(&driver.traffic.snapshot());
+        }
+        total
+    }
+
     /// A live driver for the next connection: round robin over the runtime's workers; a driver
     /// found dead is replaced by a fresh one first.
     fn pick(&self) -> Arc<Driver> {
@@ -166,7 +177,8 @@ impl Pool {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % drivers.len();
         if drivers[i].0.is_dead() && self.shared.shutdown.frame().is_none() {
             tracing::error!("a callback driver died: starting a new one");
-            drivers[i] = self.spawn_driver();
+            let dead = std::mem::replace(&mut drivers[i], self.spawn_driver());
+            self.shared.retired.add(&dead.0.traffic.snapshot());
         }
         drivers[i].0.clone()
     }
@@ -180,6 +192,7 @@ impl Pool {
             notify: Notify::new(),
             stopping: AtomicBool::new(self.shared.shutdown.frame().is_some()),
             orphaned: AtomicBool::new(false),
+            traffic: Traffic::default(),
         });
         let task = tokio::spawn(driver.clone().run());
         (driver, task)
@@ -240,6 +253,54 @@ impl Pool {
     }
 }
 
+/// Traffic counters of one driver (or of the dead drivers of a pool), on cache lines of their
+/// own: the driver's task writes them for every message, other threads take its ready queue's
+/// lock beside them.
+#[derive(Default)]
+#[repr(align(128))]
+pub(crate) struct Traffic {
+    messages_received: AtomicU64,
+    bytes_received: AtomicU64,
+    messages_sent: AtomicU64,
+    bytes_sent: AtomicU64,
+}
+
+impl Traffic {
+    pub(super) fn received_message(&self) {
+        self.messages_received.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn received_bytes(&self, n: usize) {
+        self.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub(super) fn sent_message(&self) {
+        self.messages_sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn sent_bytes(&self, n: usize) {
+        if n > 0 {
+            self.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
+    fn snapshot(&self) -> TrafficStats {
+        TrafficStats {
+            messages_received: self.messages_received.load(Ordering::Relaxed),
+            bytes_received: self.bytes_received.load(Ordering::Relaxed),
+            messages_sent: self.messages_sent.load(Ordering::Relaxed),
+            bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
+        }
+    }
+
+    fn add(&self, stats: &TrafficStats) {
+        (self.messages_received).fetch_add(stats.messages_received, Ordering::Relaxed);
+        (self.bytes_received).fetch_add(stats.bytes_received, Ordering::Relaxed);
+        (self.messages_sent).fetch_add(stats.messages_sent, Ordering::Relaxed);
+        (self.bytes_sent).fetch_add(stats.bytes_sent, Ordering::Relaxed);
+    }
+}
+
 /// One driver: a task that runs the connections it was given.
 pub(crate) struct Driver {
     shared: Arc<Shared>,
@@ -254,6 +315,9 @@ pub(crate) struct Driver {
     stopping: AtomicBool,
     /// The pool was dropped: no connection will come; end once the last one is gone.
     orphaned: AtomicBool,
+    /// What its connections received and sent: written by this driver's task only (no
+    /// contention), read by [`Pool::traffic`].
+    pub(super) traffic: Traffic,
 }
 
 #[derive(Default)]

@@ -379,6 +379,33 @@ fn offer_result(offer: Offer, limits: &QueueLimits) -> Result<()> {
     }
 }
 
+/// What the connections of one set of [`Drivers`] received and sent, as
+/// [`Drivers::traffic`] returns it. Messages are text and binary messages (not control
+/// frames); bytes are what was read from and written to the transports (frames, headers
+/// included; TLS records not).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TrafficStats {
+    /// Text and binary messages received.
+    pub messages_received: u64,
+    /// Bytes read from the connections.
+    pub bytes_received: u64,
+    /// Text and binary messages handed to the connections' protocol for sending.
+    pub messages_sent: u64,
+    /// Bytes written to the connections.
+    pub bytes_sent: u64,
+}
+
+impl TrafficStats {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &TrafficStats) {
+        self.messages_received += other.messages_received;
+        self.bytes_received += other.bytes_received;
+        self.messages_sent += other.messages_sent;
+        self.bytes_sent += other.bytes_sent;
+    }
+}
+
 /// The driver tasks that run the connections of one [`Callbacks`] value: one per runtime
 /// worker, started on the runtime of the first connection. Cheap to clone.
 ///
@@ -424,6 +451,12 @@ impl Drivers {
     /// Connections handed to these drivers and not finished yet.
     pub fn connections(&self) -> usize {
         self.pool.connections()
+    }
+
+    /// What the connections of these drivers received and sent so far: counters that only
+    /// grow, kept per driver (no contention), summed here.
+    pub fn traffic(&self) -> TrafficStats {
+        self.pool.traffic()
     }
 
     /// Starts a graceful shutdown: every open connection, and every one that arrives from now

@@ -100,7 +100,7 @@ class StateView {
             text = `Reconnecting in ${s} s`;
         }
         this.dot.dataset.state = this.state;
-        this.pill.textContent = text.replace(/\.$/, '').toLowerCase();
+        this.pill.textContent = text.replace(/\.$/, '');
         if (this.status) this.status.textContent = this.note ? `${text}. ${this.note}` : text;
     }
 }
@@ -360,6 +360,7 @@ function sparkline(values) {
     const svg = document.createElementNS(NS, 'svg');
     svg.setAttribute('viewBox', `0 0 ${HISTORY} 16`);
     svg.setAttribute('class', 'spark');
+    svg.setAttribute('preserveAspectRatio', 'none');
     svg.setAttribute('aria-hidden', 'true');
     svg.setAttribute('focusable', 'false');
     if (values.length > 1) {

@@ -263,9 +263,10 @@ function sioStart() {
         $('sio-transport').textContent = transport || 'none';
     });
     socket.io.on('upgradeError', () => {
-        if (sio === socket) views.sio.setNote('WebSocket upgrade failed: staying on long-polling');
+        if (sio === socket) $('sio-transport').textContent = 'polling (the upgrade to WebSocket failed)';
     });
     socket.on('connect', () => {
+        views.sio.note = '';
         views.sio.set('open', `Connected as ${socket.id.slice(0, 6)}`);
         for (const room of sioJoined) {
             socket.emit('join', room, (answer) => {
@@ -281,7 +282,6 @@ function sioStart() {
         logLine('sio-log', { room, who: String(from).slice(0, 6), text, mine: from === socket.id });
     });
     socket.on('joined', ({ id, room }) => {
-        if (id === socket.id) views.sio.setNote('');
         logLine('sio-log', { kind: 'system', room, text: id === socket.id ? 'You joined.' : `${String(id).slice(0, 6)} joined.` });
     });
     socket.on('left', ({ id, room }) => {

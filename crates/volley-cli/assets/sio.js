@@ -437,8 +437,8 @@ export class Manager extends Emitter {
         this.opts = {
             url: opts.url ? new URL(opts.url, base).origin + '/' : new URL('/', base).href,
             path: '/socket.io/',
-            transports: opts.forcePolling ? ['polling'] : ['polling', 'websocket'],
-            upgrade: !opts.forcePolling,
+            transports: ['polling', 'websocket'],
+            upgrade: true,
             reconnection: true,
             reconnectionDelay: 1000,
             reconnectionDelayMax: 5000,

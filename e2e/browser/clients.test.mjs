@@ -1,11 +1,16 @@
-// volley.js and sio.js without a browser or a server: volley.js against a scripted fake
-// WebSocket (dedup by offset, gaps, the bounded offline buffer, rejoin with `after`, backoff),
-// and sio.js's packet codec.
+// volley.js and sio.js in Node, without a browser: volley.js against a scripted fake WebSocket
+// (dedup by offset, gaps, the bounded offline buffer, rejoin with `after`, backoff); sio.js's
+// packet codec, and sio.js against the reference Socket.IO server (Node's socket.io) and
+// against the Socket.IO chat of `volley serve`.
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { VolleyClient, backoffDelay, resolveUrl } from '../../crates/volley-cli/assets/volley.js';
-import { decodePacket, encodePacket } from '../../crates/volley-cli/assets/sio.js';
+import { connect as sioConnect, decodePacket, encodePacket } from '../../crates/volley-cli/assets/sio.js';
+import { createServer } from 'node:http';
+import { Server as SocketIoServer } from 'socket.io';
+import WebSocket from 'ws';
+import { startServer, unique, until } from './harness.mjs';
 
 /** A WebSocket whose server side the test plays: `sent` holds what the client sent. */
 class FakeSocket {
@@ -209,4 +214,89 @@ describe('sio.js packets', () => {
         assert.throws(() => decodePacket('9'), /type/);
         assert.throws(() => decodePacket('2/chat,[oops'));
     });
+});
+
+describe('sio.js against the reference Socket.IO server (Node socket.io)', () => {
+    async function reference() {
+        const http = createServer();
+        const io = new SocketIoServer(http, { pingInterval: 300, pingTimeout: 300 });
+        io.of('/chat').on('connection', (socket) => {
+            socket.on('echo', (value, ack) => ack({ echoed: value, transport: socket.conn.transport.name }));
+            socket.on('shout', (text) => io.of('/chat').emit('heard', text));
+            socket.on('ask', async (ack) => ack(await socket.emitWithAck('question', 'name?')));
+            socket.on('drop', () => socket.conn.close());
+        });
+        await new Promise((r) => http.listen(0, '127.0.0.1', r));
+        return { io, url: `http://127.0.0.1:${http.address().port}`, close: () => new Promise((r) => io.close(r)) };
+    }
+
+    for (const forcePolling of [false, true]) {
+        test(`events, acks both ways, heartbeats and reconnection (${forcePolling ? 'polling only' : 'upgraded to WebSocket'})`, { timeout: 20000 }, async () => {
+            const server = await reference();
+            const socket = sioConnect('/chat', { url: server.url, WebSocket, forcePolling, reconnectionDelay: 50, reconnectionDelayMax: 100 });
+            const transports = [];
+            socket.io.on('transport', ({ name }) => transports.push(name));
+            const heard = [];
+            socket.on('heard', (t) => heard.push(t));
+            socket.on('question', (q, ack) => ack(`answer to ${q}`));
+            let connects = 0;
+            socket.on('connect', () => (connects += 1));
+            try {
+                const wait = async (what, fn, ms = 5000) => {
+                    const end = Date.now() + ms;
+                    while (!fn()) {
+                        if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+                        await tick(10);
+                    }
+                };
+                await wait('connect', () => socket.connected);
+                if (!forcePolling) await wait('the upgrade', () => socket.io.transport === 'websocket');
+                const answer = await socket.emitWithAck('echo', { a: [1, 'two'] });
+                assert.deepEqual(answer, { echoed: { a: [1, 'two'] }, transport: forcePolling ? 'polling' : 'websocket' });
+                socket.emit('shout', 'hello');
+                await wait('the broadcast', () => heard.includes('hello'));
+                assert.equal(await socket.emitWithAck('ask'), 'answer to name?', 'the client acknowledges the server');
+                await tick(1000); // a few ping periods: the session must survive them
+                assert.ok(socket.connected, 'alive after several pings');
+                socket.emit('drop');
+                await wait('the reconnection', () => connects === 2 && socket.connected);
+                assert.deepEqual((await socket.emitWithAck('echo', 1)).echoed, 1);
+                assert.equal(transports.includes('websocket'), !forcePolling);
+            } finally {
+                socket.disconnect();
+                await server.close();
+            }
+        });
+    }
+});
+
+describe('sio.js against the Socket.IO chat of volley serve', () => {
+    for (const forcePolling of [false, true]) {
+        test(`two clients in a room (${forcePolling ? 'polling only' : 'upgraded to WebSocket'})`, { timeout: 20000 }, async () => {
+            const server = await startServer();
+            const room = unique('room');
+            const open = () => sioConnect('/chat', { url: server.base, WebSocket, forcePolling, reconnectionDelay: 50 });
+            const a = open();
+            const b = open();
+            const got = [];
+            b.on('message', (m) => got.push(m));
+            try {
+                await until('both connected', () => a.connected && b.connected, { timeout: 5000 });
+                if (!forcePolling) await until('the upgrades', () => a.io.transport === 'websocket' && b.io.transport === 'websocket', { timeout: 5000 });
+                assert.deepEqual(await a.emitWithAck('join', room), { ok: true });
+                assert.deepEqual(await b.emitWithAck('join', room), { ok: true });
+                assert.deepEqual(await a.emitWithAck('message', { room, text: 'hi' }), { ok: true });
+                await until('the message', () => got.length === 1, { timeout: 5000 });
+                assert.deepEqual(got[0], { from: a.id, room, text: 'hi' });
+                const refused = await a.emitWithAck('message', { room: 'elsewhere', text: 'x' });
+                assert.equal(refused.ok, false);
+                assert.deepEqual(await b.emitWithAck('rooms'), [room]);
+                assert.equal(a.io.transport, forcePolling ? 'polling' : 'websocket');
+            } finally {
+                a.disconnect();
+                b.disconnect();
+                await server.stop();
+            }
+        });
+    }
 });

@@ -119,9 +119,6 @@ export class VolleyClient extends EventTarget {
         this._online = () => {
             if (this.state === 'reconnecting') this._connectNow();
         };
-        if (typeof addEventListener === 'function' && typeof window !== 'undefined') {
-            addEventListener('online', this._online);
-        }
         // After the caller's synchronous code: listeners added right after `new` see `connecting`.
         if (this.options.autoConnect) queueMicrotask(() => this.state === 'idle' && this.connect());
     }
@@ -147,6 +144,9 @@ export class VolleyClient extends EventTarget {
 
     connect() {
         this._stopped = false;
+        if (typeof addEventListener === 'function' && typeof window !== 'undefined') {
+            addEventListener('online', this._online);
+        }
         if (this._ws || this._timer) return;
         this._open();
     }
@@ -192,6 +192,9 @@ export class VolleyClient extends EventTarget {
 
     close() {
         this._stopped = true;
+        if (typeof removeEventListener === 'function' && typeof window !== 'undefined') {
+            removeEventListener('online', this._online);
+        }
         clearTimeout(this._timer);
         this._timer = null;
         if (this._ws) this._drop(1000, 'closed by the client');

@@ -269,7 +269,7 @@ describe('the page of volley serve', { timeout: 120000 }, () => {
         await sees(a, '#ws-log', 'resumed if the connection drops');
         await send(a, 'sio', 'Same room over Socket.IO.');
         await sees(b, '#sio-log', 'Same room over Socket.IO.');
-        await until('a few snapshots', async () => Number(await text(a, '#mws-count')) >= 3, { timeout: 10000 });
+        await until('a few snapshots', async () => Number(await text(a, '#mws-count')) >= 6, { timeout: 15000 });
         const light = await screenshot(a, 'page-light.png', { fullPage: true });
         const dark = await screenshot(b, 'page-dark.png', { fullPage: true });
         for (const file of [light, dark]) assert.ok(fs.statSync(file).size > 10000, `${file} is a picture`);

@@ -367,8 +367,8 @@ function sparkline(values) {
         const min = Math.min(...values);
         const max = Math.max(...values);
         const span = max - min || 1;
-        const x0 = HISTORY - values.length;
-        const points = values.map((v, i) => `${x0 + i},${(15 - ((v - min) / span) * 14).toFixed(1)}`).join(' ');
+        const step = (HISTORY - 1) / (values.length - 1);
+        const points = values.map((v, i) => `${(i * step).toFixed(1)},${(15 - ((v - min) / span) * 14).toFixed(1)}`).join(' ');
         const line = document.createElementNS(NS, 'polyline');
         line.setAttribute('points', points);
         svg.append(line);

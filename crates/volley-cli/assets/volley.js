@@ -66,6 +66,10 @@
  *   dropped   { topic, data, reason }: a publication refused by the full offline buffer
  *   error     { error }: an `{"error": …}` answer of the server, or a local failure
  *
+ * A topic joined but still silent resumes after the `offset` of the server's `joined` answer when
+ * it has one, else after the newest offset this client had seen on any topic when it joined
+ * (offsets grow hub-wide); a client that had seen none joins it afresh.
+ *
  * Limits: a publication handed to a socket that dies right after can be lost on the way (the
  * protocol has no acknowledgements; a publisher that must know can watch its own publications
  * come back, as subscribers get them). A connection that goes silent without closing is noticed

@@ -4,7 +4,7 @@
 //!
 //! | client sends                            | effect and answer                                   |
 //! |-----------------------------------------|-----------------------------------------------------|
-//! | `{"join": "room"}`                      | subscribes; answers `{"joined": "room", "subscribers": n}` |
+//! | `{"join": "room"}`                      | subscribes; answers `{"joined": "room", "subscribers": n, "offset": m}`: `m` is the topic's mark (the newest offset handed out when the subscription took effect; absent with `--redis`), to resume after if nothing is published before the client comes back |
 //! | `{"join": "room", "after": N}`          | subscribes as one that saw everything up to offset `N`: answers `{"joined": "room", "subscribers": n, "resumed": true}` and then every publication it missed, in order, exactly once — or `"resumed": false` (a gap: the history no longer holds all of it; fetch the state anew) and what follows only |
 //! | `{"leave": "room"}`                     | unsubscribes; answers `{"left": "room"}`            |
 //! | `{"topic": "room", "data": <any JSON>}` | every subscriber of `room` gets `{"topic": "room", "offset": N, "from": <id>, "data": …}` |
@@ -148,6 +148,11 @@ enum Reply<'a> {
 struct Joined<'a> {
     joined: &'a str,
     subscribers: usize,
+    /// The topic's mark on a join without `after` (one server): the newest offset handed out
+    /// when the subscription took effect; resuming after it misses nothing even if the topic
+    /// stays silent until the client comes back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     resumed: Option<bool>,
 }
@@ -231,11 +236,18 @@ fn execute(member: &Member, id: u64, numbering: Numbering, text: &str) -> Option
                 return error("too many topics joined");
             }
             let Some(after) = after else {
-                member.subscribe(&topic);
+                let offset = match numbering {
+                    Numbering::Offsets => member.subscribe_marked(&topic),
+                    Numbering::None => {
+                        member.subscribe(&topic);
+                        None
+                    }
+                };
                 let subscribers = member.hub().subscribers(&topic);
                 return json(&Joined {
                     joined: &topic,
                     subscribers,
+                    offset,
                     resumed: None,
                 });
             };
@@ -246,6 +258,7 @@ fn execute(member: &Member, id: u64, numbering: Numbering, text: &str) -> Option
                 let joined = Joined {
                     joined: &topic,
                     subscribers: hub.subscribers(&topic),
+                    offset: None,
                     resumed: Some(matches!(resume, Resume::Complete { .. })),
                 };
                 json(&joined).map(PreparedMessage::text)

@@ -26,12 +26,12 @@ async fn recv(ws: &mut Client) -> Message {
     }
 }
 
-/// The next message as JSON; a publication's `offset` (checked to be a number) is taken out,
-/// so that publications compare equal to what the test expects.
+/// The next message as JSON; the `offset` of a publication or of a `joined` answer (checked to
+/// be a number) is taken out, so that they compare equal to what the test expects.
 async fn recv_json(ws: &mut Client) -> Value {
     let mut value = recv_raw_json(ws).await;
     if let Some(object) = value.as_object_mut() {
-        if object.contains_key("from") {
+        if object.contains_key("from") || object.contains_key("joined") {
             if let Some(offset) = object.remove("offset") {
                 assert!(offset.is_u64(), "offset {offset}");
             }

@@ -1019,3 +1019,51 @@ async fn shutdown_ends_event_streams_without_waiting_for_the_drain_timeout() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_topic_silent_since_the_join_resumes_after_the_mark_of_the_joined_answer() {
+    let server = Serve::start().await;
+    let (mut publisher, _) = chat(server.addr).await;
+    join(&mut publisher, "quiet").await;
+    let before = publish(&mut publisher, "quiet", json!("before")).await;
+    let before = before["offset"].as_u64().expect("an offset");
+
+    // Joins after "before" and sees nothing until it drops: only the mark says where it was.
+    let (mut ws, _) = chat(server.addr).await;
+    send_json(&mut ws, json!({"join": "quiet"})).await;
+    let answer = recv_json(&mut ws).await;
+    assert_eq!(answer["joined"], "quiet", "{answer}");
+    let mark = answer["offset"]
+        .as_u64()
+        .expect("the joined answer has an offset");
+    assert!(
+        mark >= before,
+        "mark {mark} before the earlier publication {before}"
+    );
+    drop(ws);
+
+    let mut missed = Vec::new();
+    for n in 0..3 {
+        let publication = publish(&mut publisher, "quiet", json!(n)).await;
+        let offset = publication["offset"].as_u64().expect("an offset");
+        assert!(offset > mark, "published after the join: {offset} > {mark}");
+        missed.push(n);
+    }
+
+    let (mut ws, _) = chat(server.addr).await;
+    send_json(&mut ws, json!({"join": "quiet", "after": mark})).await;
+    let answer = recv_json(&mut ws).await;
+    assert_eq!(answer["resumed"], true, "{answer}");
+    let mut got = Vec::new();
+    for _ in 0..missed.len() {
+        got.push(recv_json(&mut ws).await["data"].clone());
+    }
+    assert_eq!(
+        got,
+        vec![json!(0), json!(1), json!(2)],
+        "what it missed, once"
+    );
+    // Nothing else: the next answer is to the next command.
+    send_json(&mut ws, json!({"leave": "quiet"})).await;
+    assert_eq!(recv_json(&mut ws).await, json!({"left": "quiet"}));
+}

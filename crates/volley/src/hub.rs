@@ -773,10 +773,10 @@ impl Hub {
         entry: &Arc<Entry>,
         after: Option<u64>,
         announce: Announce<'_>,
-    ) -> (Arc<Topic>, Resume) {
+    ) -> (Arc<Topic>, Resume, u64) {
         loop {
             let topic = self.topic(name);
-            let resume = {
+            let (resume, mark) = {
                 // The log first: no numbered publication to the topic can come between the
                 // replay and the subscription.
                 let mut log = topic.log.as_ref().map(lock);
@@ -787,16 +787,20 @@ impl Hub {
                 }
                 subscribers.insert(entry.id, entry.clone());
                 drop(subscribers);
-                match (after, log.as_deref_mut()) {
+                // Under the log's lock no numbered publication to the topic is under way: those
+                // numbered up to here came before the subscription, later ones reach it.
+                let mark = (self.inner.next_offset.load(Ordering::Acquire)).saturating_sub(1);
+                let resume = match (after, log.as_deref_mut()) {
                     (None, _) => Resume::Complete { replayed: 0 },
                     (Some(after), Some(log)) => self.replay(log, entry, after, announce),
                     (Some(_), None) => {
                         self.announce(entry, announce, Resume::Gap);
                         Resume::Gap
                     }
-                }
+                };
+                (resume, mark)
             };
-            return (topic, resume);
+            return (topic, resume, mark);
         }
     }
 
@@ -1050,6 +1054,25 @@ impl Member {
         true
     }
 
+    /// [`subscribe`](Self::subscribe), returning the topic's *mark*: the newest offset the hub
+    /// had handed out ([`Hub::publish_numbered`]) when the subscription took effect. Numbered
+    /// publications to the topic up to the mark came before it, every later one reaches this
+    /// member; a client that keeps the mark can [`resume`](Self::resume) after it even if the
+    /// topic stays silent until it comes back. Exact when the hub keeps a [`History`]. `None` if
+    /// already subscribed (or no longer in the hub).
+    pub fn subscribe_marked(&self, topic: &str) -> Option<u64> {
+        if !self.in_hub() {
+            return None;
+        }
+        let mut topics = lock(&self.entry.topics);
+        if topics.iter().any(|t| &*t.name == topic) {
+            return None;
+        }
+        let (joined, _, mark) = self.hub.join_topic(topic, &self.entry, None, None);
+        topics.push(joined);
+        Some(mark)
+    }
+
     /// Subscribes to `topic` as one that has received everything up to offset `after` (from
     /// [`Hub::publish_numbered`]): what the topic published since is queued first, in order,
     /// then what follows, with nothing lost or repeated in between — or, if the hub's
@@ -1090,7 +1113,7 @@ impl Member {
             self.hub.announce(&self.entry, announce, resume);
             return resume;
         }
-        let (joined, resume) = self
+        let (joined, resume, _) = self
             .hub
             .join_topic(topic, &self.entry, Some(after), announce);
         topics.push(joined);

@@ -14,8 +14,8 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::oneshot;
-use volley_engineio::SessionSender;
 use volley_engineio::packet::Data;
+use volley_engineio::{SessionSender, SharedData};
 
 use crate::adapter::{BoxFuture, BroadcastOptions};
 use crate::args::{DataError, FromPayload, to_payload};
@@ -145,10 +145,11 @@ impl std::error::Error for AckError {}
 pub struct Handshake {
     /// The CONNECT packet's auth payload (`{}` when the client sent none).
     pub auth: Value,
-    /// The headers of the Engine.IO handshake request.
-    pub headers: http::HeaderMap,
-    /// Its URI (path and query).
-    pub uri: http::Uri,
+    /// The headers of the Engine.IO handshake request (shared by the client's sockets of
+    /// every namespace).
+    pub headers: Arc<http::HeaderMap>,
+    /// Its URI (path and query), shared likewise.
+    pub uri: Arc<http::Uri>,
     /// The client's address, when known.
     pub address: Option<SocketAddr>,
     /// When the namespace connection was made.
@@ -241,14 +242,15 @@ fn percent_decode(s: &str) -> String {
 /// A packet encoded once for many recipients.
 ///
 /// Each wire format ([`Parser`](crate::Parser)) is encoded at most once, when a recipient first
-/// needs it: with the default parser, the text (each recipient gets a copy: Engine.IO queues
-/// owned `String`s) and a reference-counted clone of every attachment; with the msgpack parser,
-/// one shared binary message.
+/// needs it, into Engine.IO messages that every recipient shares
+/// ([`SharedData`](volley_engineio::SharedData): over a WebSocket of the callback drivers
+/// even the frame is built once); with the default parser the text and its binary attachments,
+/// with the msgpack parser one binary message.
 #[derive(Debug)]
 pub struct EncodedPacket {
     packet: Packet,
-    json: std::sync::OnceLock<(String, Vec<Bytes>)>,
-    msgpack: std::sync::OnceLock<Bytes>,
+    json: std::sync::OnceLock<Vec<SharedData>>,
+    msgpack: std::sync::OnceLock<Vec<SharedData>>,
 }
 
 impl EncodedPacket {
@@ -261,22 +263,34 @@ impl EncodedPacket {
         }
     }
 
-    /// The Engine.IO messages of the packet in `parser`'s format.
-    pub(crate) fn frames(&self, parser: crate::Parser) -> Vec<Data> {
-        match parser {
-            crate::Parser::Default => {
-                let (text, attachments) = self.json.get_or_init(|| self.packet.encode());
-                std::iter::once(Data::Text(text.clone()))
-                    .chain(attachments.iter().cloned().map(Data::Binary))
-                    .collect()
-            }
-            crate::Parser::MsgPack => {
-                let bytes = self
-                    .msgpack
-                    .get_or_init(|| Bytes::from(crate::packet::encode_msgpack(&self.packet)));
-                vec![Data::Binary(bytes.clone())]
-            }
+    /// The Engine.IO messages of the packet in `parser`'s format, shared.
+    pub(crate) fn shared(&self, parser: crate::Parser) -> &[SharedData] {
+        let cell = match parser {
+            crate::Parser::Default => &self.json,
+            crate::Parser::MsgPack => &self.msgpack,
+        };
+        cell.get_or_init(|| {
+            frames_of(&self.packet, parser)
+                .into_iter()
+                .map(SharedData::new)
+                .collect()
+        })
+    }
+}
+
+/// The Engine.IO messages of `packet` in `parser`'s format (for one recipient).
+pub(crate) fn frames_of(packet: &Packet, parser: crate::Parser) -> Vec<Data> {
+    match parser {
+        crate::Parser::Default => {
+            let (text, attachments) = packet.encode();
+            let mut frames = Vec::with_capacity(1 + attachments.len());
+            frames.push(Data::Text(text));
+            frames.extend(attachments.into_iter().map(Data::Binary));
+            frames
         }
+        crate::Parser::MsgPack => vec![Data::Binary(Bytes::from(crate::packet::encode_msgpack(
+            packet,
+        )))],
     }
 }
 
@@ -794,8 +808,10 @@ impl Socket {
     }
 
     /// Like [`emit`](Self::emit), but the packet may be lost (see
-    /// [`BroadcastFlags::volatile`](crate::BroadcastFlags::volatile)): nothing is sent to a
-    /// closed session and no error is reported.
+    /// [`BroadcastFlags::volatile`](crate::BroadcastFlags::volatile)): it is dropped, and no
+    /// error is reported, when the socket is disconnected, its session closed, or its transport
+    /// not writable (something still waits to be written to it, as Node's
+    /// `transport.writable`).
     pub fn emit_volatile(&self, event: &str, data: impl Serialize) -> Result<(), EmitError> {
         let packet = event_packet(self.nsp(), event, &data, None)?;
         self.send_packet(&packet, true)
@@ -914,7 +930,7 @@ impl Socket {
         if volatile && !self.0.client.writable() {
             return Ok(());
         }
-        match sender.send_all(packet.frames(self.0.client.parser())) {
+        match sender.send_shared(packet.shared(self.0.client.parser())) {
             Err(_) if volatile => Ok(()),
             other => other.map_err(EmitError::Send),
         }
@@ -941,8 +957,24 @@ impl Socket {
         lock(&self.0.acks).len()
     }
 
+    /// Sends a packet to this client alone (encoded for it, not shared).
     fn send_packet(&self, packet: &Packet, volatile: bool) -> Result<(), EmitError> {
-        self.send_encoded(&EncodedPacket::new(packet), volatile)
+        if !self.connected() {
+            // A volatile packet is dropped silently (as to a closed session).
+            return if volatile {
+                Ok(())
+            } else {
+                Err(EmitError::Disconnected)
+            };
+        }
+        let client = &self.0.client;
+        if volatile && !client.writable() {
+            return Ok(());
+        }
+        match client.sender().send_all(frames_of(packet, client.parser())) {
+            Err(_) if volatile => Ok(()),
+            other => other.map_err(EmitError::Send),
+        }
     }
 
     pub(crate) fn set_connected(&self) {

@@ -295,6 +295,8 @@ pub(super) struct ConnState {
     read_target: u32,
     /// The deadline the driver's timer queue holds for this connection.
     pub(super) armed: Micros,
+    /// The application's timer ([`Conn::set_timer`]), [`NEVER`] when unset.
+    pub(super) app_timer: Micros,
 }
 
 /// How a connection ends: what only a closing connection needs.
@@ -320,6 +322,7 @@ impl ConnState {
             slot: NEW,
             read_target: READ_TARGET as u32,
             armed: NEVER,
+            app_timer: NEVER,
         }
     }
 
@@ -357,7 +360,21 @@ impl ConnState {
 
     /// When the driver must look at this connection again without I/O ([`NEVER`]: only on I/O).
     pub(super) fn deadline(&self, config: &Config) -> Micros {
-        self.timers.deadline(self.is_open(), config)
+        let own = self.timers.deadline(self.is_open(), config);
+        if self.is_open() {
+            own.min(self.app_timer)
+        } else {
+            own
+        }
+    }
+
+    /// Whether the application's timer is due (and the connection open): then it is cleared.
+    pub(super) fn take_app_timer(&mut self, now: Micros) -> bool {
+        if self.app_timer > now || !self.is_open() {
+            return false;
+        }
+        self.app_timer = NEVER;
+        true
     }
 
     /// Acts on whichever timer is due.

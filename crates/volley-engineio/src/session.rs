@@ -4,10 +4,10 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc};
 use volley::callback::ConnHandle;
 
 use crate::packet::{Data, Packet, SharedData};
@@ -43,6 +43,32 @@ impl CloseReason {
             Self::ServerClose => "forced server close",
             Self::ParseError => "parse error",
         }
+    }
+}
+
+impl CloseReason {
+    /// A non-zero code for the reason (0 stands for "open").
+    fn code(self) -> u8 {
+        match self {
+            Self::TransportClose => 1,
+            Self::TransportError => 2,
+            Self::PingTimeout => 3,
+            Self::ClientClose => 4,
+            Self::ServerClose => 5,
+            Self::ParseError => 6,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        Some(match code {
+            1 => Self::TransportClose,
+            2 => Self::TransportError,
+            3 => Self::PingTimeout,
+            4 => Self::ClientClose,
+            5 => Self::ServerClose,
+            6 => Self::ParseError,
+            _ => return None,
+        })
     }
 }
 
@@ -300,7 +326,10 @@ pub(crate) struct Shared {
     awaiting_pong: AtomicBool,
     /// The close packet was delivered to the client.
     pub(crate) delivered: Notify,
-    closed_tx: watch::Sender<Option<CloseReason>>,
+    /// Why the session closed (`CloseReason::code`, 0 while open), readable without the lock.
+    closed_code: AtomicU8,
+    /// Wakes whoever waits for the close.
+    closed_notify: Notify,
 }
 
 impl Shared {
@@ -355,7 +384,8 @@ impl Shared {
             pong_notify: Notify::new(),
             awaiting_pong: AtomicBool::new(false),
             delivered: Notify::new(),
-            closed_tx: watch::channel(None).0,
+            closed_code: AtomicU8::new(0),
+            closed_notify: Notify::new(),
         })
     }
 
@@ -371,7 +401,7 @@ impl Shared {
     }
 
     pub(crate) fn reason(&self) -> Option<CloseReason> {
-        *self.closed_tx.borrow()
+        CloseReason::from_code(self.closed_code.load(Ordering::Acquire))
     }
 
     /// Queues a control packet (heartbeat, noop) regardless of the bound; false if closed.
@@ -566,7 +596,8 @@ impl Shared {
             }
             held
         };
-        self.closed_tx.send_replace(Some(reason));
+        self.closed_code.store(reason.code(), Ordering::Release);
+        self.closed_notify.notify_waiters();
         self.wake();
         if let Some(conn) = &self.conn {
             for m in held.into_iter().flatten() {
@@ -688,9 +719,15 @@ impl Shared {
 
     /// Resolves once the session is closed.
     pub(crate) async fn closed(&self) {
-        let mut rx = self.closed_tx.subscribe();
-        // The sender lives in `self`, so `wait_for` cannot fail while we borrow it.
-        let _ = rx.wait_for(Option::is_some).await;
+        loop {
+            let notified = self.closed_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.reason().is_some() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// The incoming channel's sender, if the session is open.

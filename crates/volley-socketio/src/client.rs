@@ -1,6 +1,5 @@
 //! One Engine.IO session: decodes Socket.IO packets and multiplexes the namespace sockets.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,14 +17,15 @@ use crate::{Namespace, Socket, SocketIo};
 pub(crate) struct RequestSnapshot {
     /// Shared with the client's sockets' [`Handshake`](crate::Handshake)s.
     pub(crate) uri: Arc<http::Uri>,
-    pub(crate) headers: Arc<http::HeaderMap>,
+    pub(crate) headers: Arc<crate::HandshakeHeaders>,
     pub(crate) remote_addr: Option<SocketAddr>,
 }
 
 #[derive(Default)]
 struct ClientState {
     /// namespace name -> socket
-    sockets: HashMap<String, Socket>,
+    /// The client's sockets, one per namespace (a list: clients join few namespaces).
+    sockets: Vec<Socket>,
     /// Set when the session has ended: no socket may be added any more.
     closed: bool,
 }
@@ -68,17 +68,17 @@ impl ClientShared {
 
     pub(crate) fn remove_socket(&self, socket: &Socket) {
         let mut state = lock(&self.state);
-        if state
+        state
             .sockets
-            .get(socket.nsp())
-            .is_some_and(|s| s.id() == socket.id())
-        {
-            state.sockets.remove(socket.nsp());
-        }
+            .retain(|s| !(s.nsp() == socket.nsp() && s.id() == socket.id()));
     }
 
     fn get(&self, nsp: &str) -> Option<Socket> {
-        lock(&self.state).sockets.get(nsp).cloned()
+        lock(&self.state)
+            .sockets
+            .iter()
+            .find(|s| s.nsp() == nsp)
+            .cloned()
     }
 
     fn is_empty(&self) -> bool {
@@ -87,7 +87,7 @@ impl ClientShared {
 
     /// Disconnects every socket (DISCONNECT packets), then closes the session.
     pub(crate) fn disconnect_all(&self) {
-        let sockets: Vec<Socket> = lock(&self.state).sockets.values().cloned().collect();
+        let sockets: Vec<Socket> = lock(&self.state).sockets.clone();
         for socket in sockets {
             socket.disconnect(false);
         }
@@ -147,7 +147,7 @@ pub(crate) fn open(
         sender,
         request: RequestSnapshot {
             uri: Arc::new(req.uri),
-            headers: Arc::new(req.headers),
+            headers: Arc::new(crate::HandshakeHeaders::new(&req.headers)),
             remote_addr: req.remote_addr,
         },
         state: Mutex::new(ClientState::default()),
@@ -182,7 +182,7 @@ struct Client {
     io: SocketIo,
     shared: Arc<ClientShared>,
     /// A binary packet waiting for its attachments.
-    partial: Option<PartialPacket>,
+    partial: Option<Box<PartialPacket>>,
     /// Why the client refused the connection (then closed), if it did.
     refused: Option<DisconnectReason>,
 }
@@ -226,7 +226,7 @@ impl SessionEvents for Client {
         let sockets: Vec<Socket> = {
             let mut state = lock(&self.shared.state);
             state.closed = true;
-            state.sockets.drain().map(|(_, s)| s).collect()
+            std::mem::take(&mut state.sockets)
         };
         for socket in sockets {
             socket.on_close(reason);
@@ -247,7 +247,7 @@ enum Refusal {
 fn on_data(
     io: &SocketIo,
     shared: &Arc<ClientShared>,
-    partial: &mut Option<PartialPacket>,
+    partial: &mut Option<Box<PartialPacket>>,
     limits: &Limits,
     data: Data,
 ) -> Result<(), Refusal> {
@@ -272,7 +272,7 @@ fn on_data(
             }
             match decode(&text, limits).map_err(|e| Refusal::Invalid(e.to_string()))? {
                 Decoded::Complete(packet) => on_packet(io, shared, packet)?,
-                Decoded::Partial(p) => *partial = Some(p),
+                Decoded::Partial(p) => *partial = Some(Box::new(p)),
             }
         }
         Data::Binary(bytes) => {
@@ -425,7 +425,14 @@ fn finish_connect(ns: &Namespace, shared: &Arc<ClientShared>, socket: Socket) {
         }
         socket.set_connected();
         ns.insert_socket(&socket);
-        state.sockets.insert(ns.name().to_owned(), socket.clone())
+        let replaced = match state.sockets.iter().position(|s| s.nsp() == ns.name()) {
+            Some(i) => Some(std::mem::replace(&mut state.sockets[i], socket.clone())),
+            None => {
+                state.sockets.push(socket.clone());
+                None
+            }
+        };
+        replaced
     };
     if let Some(timer) = lock(&shared.connect_timer).take() {
         timer.abort();

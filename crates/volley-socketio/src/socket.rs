@@ -140,14 +140,76 @@ impl std::fmt::Display for AckError {
 
 impl std::error::Error for AckError {}
 
+/// The headers of a handshake request, kept compact (one buffer) and made a
+/// [`HeaderMap`](http::HeaderMap) on first use: dereference it (`handshake.headers.get("host")`).
+/// A connected client that never looks at them costs a few bytes per header instead of a map.
+/// Values that were marked sensitive are not any more.
+pub struct HandshakeHeaders {
+    /// `name:value\n` for every header, in order.
+    raw: Box<[u8]>,
+    map: std::sync::OnceLock<http::HeaderMap>,
+}
+
+impl HandshakeHeaders {
+    /// Keeps `headers` compactly.
+    pub fn new(headers: &http::HeaderMap) -> Self {
+        let size = headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 2)
+            .sum();
+        let mut raw = Vec::with_capacity(size);
+        for (name, value) in headers {
+            raw.extend_from_slice(name.as_str().as_bytes());
+            raw.push(b':');
+            raw.extend_from_slice(value.as_bytes());
+            raw.push(b'\n');
+        }
+        HandshakeHeaders {
+            raw: raw.into_boxed_slice(),
+            map: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn parse(&self) -> http::HeaderMap {
+        let mut map = http::HeaderMap::new();
+        // Header values hold no line feed, names no colon: the split is exact.
+        for line in self.raw.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let Some(colon) = line.iter().position(|b| *b == b':') else {
+                continue;
+            };
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(&line[..colon]),
+                http::HeaderValue::from_bytes(&line[colon + 1..]),
+            ) {
+                map.append(name, value);
+            }
+        }
+        map
+    }
+}
+
+impl std::ops::Deref for HandshakeHeaders {
+    type Target = http::HeaderMap;
+
+    fn deref(&self) -> &http::HeaderMap {
+        self.map.get_or_init(|| self.parse())
+    }
+}
+
+impl std::fmt::Debug for HandshakeHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
+}
+
 /// The request that opened the connection, and the auth payload of the namespace CONNECT.
 #[derive(Clone, Debug)]
 pub struct Handshake {
     /// The CONNECT packet's auth payload (`{}` when the client sent none).
     pub auth: Value,
     /// The headers of the Engine.IO handshake request (shared by the client's sockets of
-    /// every namespace).
-    pub headers: Arc<http::HeaderMap>,
+    /// every namespace; a [`HeaderMap`](http::HeaderMap) through [`HandshakeHeaders`]).
+    pub headers: Arc<HandshakeHeaders>,
     /// Its URI (path and query), shared likewise.
     pub uri: Arc<http::Uri>,
     /// The client's address, when known.
@@ -396,17 +458,33 @@ struct EventQueue {
 type AnyHandler = Arc<dyn Fn(Socket, String, Payload, Option<AckSender>) + Send + Sync>;
 type DisconnectHandler = Arc<dyn Fn(Socket, DisconnectReason) + Send + Sync>;
 
+/// What a socket's listeners are, behind one lock. Event handlers are a list (sockets have a
+/// few: a scan of it is cheaper than hashing the name, and it takes less memory than a map).
+#[derive(Default)]
+struct Listeners {
+    events: Vec<(Box<str>, EventHandler)>,
+    any: Vec<AnyHandler>,
+    on_disconnect: Vec<DisconnectHandler>,
+    on_disconnecting: Vec<DisconnectHandler>,
+    middlewares: Vec<PacketMiddleware>,
+    on_error: Vec<ErrorHandler>,
+}
+
+impl Listeners {
+    fn handler(&self, name: &str) -> Option<EventHandler> {
+        self.events
+            .iter()
+            .find(|(n, _)| **n == *name)
+            .map(|(_, h)| h.clone())
+    }
+}
+
 pub(crate) struct SocketInner {
     id: String,
     ns: Namespace,
     client: Arc<ClientShared>,
     handshake: Handshake,
-    handlers: RwLock<HashMap<String, EventHandler>>,
-    any: RwLock<Vec<AnyHandler>>,
-    on_disconnect: RwLock<Vec<DisconnectHandler>>,
-    on_disconnecting: RwLock<Vec<DisconnectHandler>>,
-    middlewares: RwLock<Vec<PacketMiddleware>>,
-    on_error: RwLock<Vec<ErrorHandler>>,
+    listeners: RwLock<Listeners>,
     queue: Mutex<EventQueue>,
     acks: Mutex<HashMap<u64, oneshot::Sender<Payload>>>,
     connected: AtomicBool,
@@ -421,7 +499,7 @@ pub(crate) struct SocketInner {
     recovered: bool,
     /// What to do before the CONNECT reply of a recovered socket: rejoin these rooms, send
     /// these missed packets.
-    restore: Mutex<Option<crate::recovery::Session>>,
+    restore: Mutex<Option<Box<crate::recovery::Session>>>,
 }
 
 /// A client's connection to one namespace. Cheap to clone (a handle).
@@ -470,12 +548,7 @@ impl Socket {
                 issued: SystemTime::now(),
             },
             client,
-            handlers: RwLock::new(HashMap::new()),
-            any: RwLock::new(Vec::new()),
-            on_disconnect: RwLock::new(Vec::new()),
-            on_disconnecting: RwLock::new(Vec::new()),
-            middlewares: RwLock::new(Vec::new()),
-            on_error: RwLock::new(Vec::new()),
+            listeners: RwLock::new(Listeners::default()),
             queue: Mutex::new(EventQueue::default()),
             acks: Mutex::new(HashMap::new()),
             connected: AtomicBool::new(false),
@@ -484,7 +557,7 @@ impl Socket {
             json_data: Mutex::new(data),
             pid,
             recovered: restored.is_some(),
-            restore: Mutex::new(restored),
+            restore: Mutex::new(restored.map(Box::new)),
         }))
     }
 
@@ -513,7 +586,7 @@ impl Socket {
     /// The restored session's rooms and missed packets, once (for the CONNECT of a recovered
     /// socket).
     pub(crate) fn take_restore(&self) -> Option<crate::recovery::Session> {
-        lock(&self.0.restore).take()
+        lock(&self.0.restore).take().map(|b| *b)
     }
 
     /// The socket id (fresh for every namespace connection; also a room holding only this socket).
@@ -685,7 +758,11 @@ impl Socket {
 
     fn set_handler(&self, event: String, handler: EventHandler) {
         if !self.is_closed() {
-            write(&self.0.handlers).insert(event, handler);
+            let mut listeners = write(&self.0.listeners);
+            match listeners.events.iter_mut().find(|(n, _)| **n == *event) {
+                Some(slot) => slot.1 = handler,
+                None => listeners.events.push((event.into_boxed_str(), handler)),
+            }
         }
     }
 
@@ -716,7 +793,9 @@ impl Socket {
         F: Fn(&Socket, &mut Event) -> Result<(), BoxError> + Send + Sync + 'static,
     {
         if !self.is_closed() {
-            write(&self.0.middlewares).push(Arc::new(middleware));
+            write(&self.0.listeners)
+                .middlewares
+                .push(Arc::new(middleware));
         }
     }
 
@@ -728,12 +807,12 @@ impl Socket {
         F: Fn(Socket, EventError) + Send + Sync + 'static,
     {
         if !self.is_closed() {
-            write(&self.0.on_error).push(Arc::new(handler));
+            write(&self.0.listeners).on_error.push(Arc::new(handler));
         }
     }
 
     fn report(&self, error: EventError) {
-        let handlers: Vec<ErrorHandler> = read(&self.0.on_error).clone();
+        let handlers: Vec<ErrorHandler> = read(&self.0.listeners).on_error.clone();
         if handlers.is_empty() {
             tracing::debug!(sid = self.id(), "socket.io: {error}");
             return;
@@ -746,7 +825,9 @@ impl Socket {
 
     /// Removes the handler of `event`.
     pub fn off(&self, event: &str) {
-        write(&self.0.handlers).remove(event);
+        write(&self.0.listeners)
+            .events
+            .retain(|(n, _)| **n != *event);
     }
 
     /// A catch-all handler: called with the event name for every event, before the event's own
@@ -756,7 +837,7 @@ impl Socket {
         F: Fn(Socket, String, Payload, Option<AckSender>) + Send + Sync + 'static,
     {
         if !self.is_closed() {
-            write(&self.0.any).push(Arc::new(handler));
+            write(&self.0.listeners).any.push(Arc::new(handler));
         }
     }
 
@@ -766,7 +847,9 @@ impl Socket {
         F: Fn(Socket, DisconnectReason) + Send + Sync + 'static,
     {
         if !self.is_closed() {
-            write(&self.0.on_disconnect).push(Arc::new(handler));
+            write(&self.0.listeners)
+                .on_disconnect
+                .push(Arc::new(handler));
         }
     }
 
@@ -777,7 +860,9 @@ impl Socket {
         F: Fn(Socket, DisconnectReason) + Send + Sync + 'static,
     {
         if !self.is_closed() {
-            write(&self.0.on_disconnecting).push(Arc::new(handler));
+            write(&self.0.listeners)
+                .on_disconnecting
+                .push(Arc::new(handler));
         }
     }
 
@@ -1069,13 +1154,32 @@ impl Socket {
         if !self.connected() {
             return None;
         }
-        let any: Vec<AnyHandler> = read(&self.0.any).clone();
+        let (any, middlewares, handler) = {
+            let listeners = read(&self.0.listeners);
+            let handler = listeners
+                .middlewares
+                .is_empty()
+                .then(|| listeners.handler(&name));
+            (
+                listeners.any.clone(),
+                listeners.middlewares.clone(),
+                handler,
+            )
+        };
         for handler in any {
             guarded("catch-all handler", || {
                 handler(self.clone(), name.clone(), payload.clone(), ack.clone())
             });
         }
-        let middlewares: Vec<PacketMiddleware> = read(&self.0.middlewares).clone();
+        if let Some(handler) = handler {
+            // No packet middleware: the handler found above.
+            let handler = handler?;
+            let mut future = None;
+            guarded("event handler", || {
+                future = handler(self.clone(), &name, payload, ack);
+            });
+            return future;
+        }
         let mut event = Event { name, payload, ack };
         for middleware in middlewares {
             let verdict = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -1091,7 +1195,7 @@ impl Socket {
             }
         }
         let Event { name, payload, ack } = event;
-        let handler = read(&self.0.handlers).get(&name).cloned()?;
+        let handler = read(&self.0.listeners).handler(&name)?;
         let mut future = None;
         guarded("event handler", || {
             future = handler(self.clone(), &name, payload, ack);
@@ -1118,7 +1222,7 @@ impl Socket {
             return;
         }
         let disconnecting: Vec<DisconnectHandler> =
-            std::mem::take(&mut *write(&self.0.on_disconnecting));
+            std::mem::take(&mut write(&self.0.listeners).on_disconnecting);
         for handler in disconnecting {
             guarded("disconnecting handler", || handler(self.clone(), reason));
         }
@@ -1134,7 +1238,8 @@ impl Socket {
         self.0.ns.remove_socket(&self.0.id);
         self.0.client.remove_socket(self);
         lock(&self.0.acks).clear();
-        let handlers: Vec<DisconnectHandler> = std::mem::take(&mut *write(&self.0.on_disconnect));
+        let handlers: Vec<DisconnectHandler> =
+            std::mem::take(&mut write(&self.0.listeners).on_disconnect);
         for handler in handlers {
             guarded("disconnect handler", || handler(self.clone(), reason));
         }
@@ -1142,11 +1247,7 @@ impl Socket {
         // after the disconnection).
         lock(&self.0.queue).events.clear();
         // The handlers usually hold clones of this socket: drop them to break the cycles.
-        write(&self.0.handlers).clear();
-        write(&self.0.middlewares).clear();
-        write(&self.0.on_error).clear();
-        write(&self.0.any).clear();
-        write(&self.0.on_disconnecting).clear();
+        *write(&self.0.listeners) = Listeners::default();
     }
 }
 

@@ -520,11 +520,13 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     /// Idle memory is a measured goal (docs/PERFORMANCE.md): the connection's allocation must
-    /// not grow unnoticed.
+    /// not grow unnoticed. 416 since the application timer (`Conn::set_timer`, 8 bytes; the
+    /// `Arc` stays in glibc's same 448-byte chunk): it saves an application's heartbeat a task
+    /// or a runtime timer per connection.
     #[cfg(target_pointer_width = "64")]
     #[test]
     fn an_idle_connection_stays_small() {
         let size = std::mem::size_of::<super::Driven>();
-        assert!(size <= 408, "Driven is {size} bytes");
+        assert!(size <= 416, "Driven is {size} bytes");
     }
 }

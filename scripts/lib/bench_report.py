@@ -46,6 +46,9 @@ STACK_LABELS = {
     "node-ws": "Node ws",
     "python-websockets": "Python websockets",
     "raw-tcp": "raw TCP (ceiling)",
+    "volley-sio": "Volley (volley-socketio)",
+    "socketioxide": "socketioxide",
+    "node-sio": "Node socket.io",
 }
 
 STACK_COLOURS = {
@@ -56,6 +59,9 @@ STACK_COLOURS = {
     "node-ws": "#8c564b",
     "python-websockets": "#e377c2",
     "raw-tcp": "#7f7f7f",
+    "volley-sio": "#d62728",
+    "socketioxide": "#1f77b4",
+    "node-sio": "#8c564b",
 }
 EXTRA_COLOURS = ["#17becf", "#bcbd22", "#ff7f0e", "#aec7e8"]
 
@@ -139,7 +145,7 @@ def _range(xs: list[float]) -> list[float] | None:
     return [min(xs), max(xs)] if xs else None
 
 
-def summarise(results: dict) -> dict:
+def summarise(results: dict, baseline: str = BASELINE) -> dict:
     """Medians per (stack, workload), paired ratios vs Volley, Volley against the best Rust peer
     and the raw TCP ceiling, latency, memory; failures listed."""
     stacks = list(results.get("stacks") or [])
@@ -192,9 +198,9 @@ def summarise(results: dict) -> dict:
         }
     for (stack, w), cell in cells.items():
         out = summary["echo"][stack][w]
-        base_cell = cells.get((BASELINE, w))
+        base_cell = cells.get((baseline, w))
         paired = _paired(cell["by_round"], base_cell["by_round"]) if base_cell else []
-        base = summary["echo"].get(BASELINE, {}).get(w, {}).get("msg_per_s_median")
+        base = summary["echo"].get(baseline, {}).get(w, {}).get("msg_per_s_median")
         mine = out["msg_per_s_median"]
         if paired:
             out["ratio_vs_volley"] = _median(paired)
@@ -205,7 +211,7 @@ def summarise(results: dict) -> dict:
         out["ratio_vs_volley_range"] = _range(paired)
     summary["goals"] = {}
     for w in workloads:
-        base_cell = cells.get((BASELINE, w))
+        base_cell = cells.get((baseline, w))
         if base_cell is None or not base_cell["by_round"]:
             continue
         entry: dict[str, Any] = {}
@@ -370,6 +376,141 @@ def goals_table(summary: dict) -> str:
     return "\n".join(head + rows) + "\n" + foot
 
 
+SIO_STACKS = ("volley-sio", "socketioxide", "node-sio")
+SIO_BASELINE = "volley-sio"
+
+SIO_WORKLOAD_LABELS = {
+    "sio-echo": "100×20 B events/s",
+    "sio-ack": "100×20 B acks/s",
+    "sio-room": "room of 1,000: deliveries/s",
+}
+
+# Issue #16's goals, as paired ratios in one run: (workload, peer, Volley ÷ peer at least).
+SIO_GOALS = (
+    ("sio-echo", "socketioxide", 1.3),
+    ("sio-echo", "node-sio", 2.5),
+    ("sio-room", "socketioxide", 1.3),
+)
+# Idle memory per connected client, at most (bytes).
+SIO_MEMORY_GOAL = 4096
+
+
+def sio_summary(results: dict) -> dict | None:
+    """The Socket.IO part of the results (scripts/bench-peers' Socket.IO rows), summarised with
+    Volley's Socket.IO server as the baseline; None without such results."""
+    sio = results.get("socketio")
+    if not isinstance(sio, dict) or not (sio.get("runs") or sio.get("memory")):
+        return None
+    return summarise(sio, baseline=SIO_BASELINE)
+
+
+def sio_markdown(summary: dict) -> str:
+    """The Socket.IO table: a row per server, rates with the paired ratio vs Volley, idle
+    memory per client; then the goals of issue #16, met or missed."""
+    workloads = summary["workloads"]
+    head = ["Server"] + [SIO_WORKLOAD_LABELS.get(w, w) for w in workloads]
+    latency_w = "sio-echo" if "sio-echo" in workloads else None
+    if latency_w:
+        head.append("events p50 / p99 µs")
+    counts = {m.get("count") for m in summary["memory"].values()}
+    if summary["memory"]:
+        count = counts.pop() if len(counts) == 1 else None
+        head.append(f"idle RSS/client{f' @ {count:,}' if isinstance(count, int) else ''} (anon)")
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    for stack in summary["stacks"]:
+        per_w = summary["echo"].get(stack, {})
+        row = [label(stack)]
+        for w in workloads:
+            cell = per_w.get(w)
+            if cell is None:
+                row.append("—")
+            elif cell["msg_per_s_median"] is None:
+                row.append("FAILED")
+            else:
+                text = _fmt_rate(cell["msg_per_s_median"]) + _fmt_ratio(cell["ratio_vs_volley"])
+                if cell["failed_rounds"]:
+                    text += f" [{cell['failed_rounds']} failed]"
+                row.append(text)
+        if latency_w:
+            lat = per_w.get(latency_w, {}).get("latency_us_median", {})
+            row.append(f"{_fmt_us(lat.get('p50'))} / {_fmt_us(lat.get('p99'))}")
+        if summary["memory"]:
+            m = summary["memory"].get(stack)
+            if m is None:
+                row.append("—")
+            elif m["per_connection_bytes"] is None:
+                row.append("FAILED")
+            else:
+                text = _fmt_bytes(m["per_connection_bytes"])
+                if m.get("anon_per_connection_bytes") is not None:
+                    text += f" ({_fmt_bytes(m['anon_per_connection_bytes'])})"
+                row.append(text)
+        lines.append("| " + " | ".join(row) + " |")
+    out = "\n".join(lines)
+    out += (
+        "\n\nRates: median over rounds; (×) = median over rounds of the server's rate ÷ Volley's "
+        "in the same round. Every server single-threaded on core 0, the generator "
+        "(`volley bench socketio`) on core 1. idle RSS/client: growth of the server's VmRSS "
+        "(RssAnon) per connected idle client (WebSocket, joined `/`, default heartbeat)."
+    )
+    goals = sio_goals(summary)
+    if goals:
+        out += "\n\n" + goals
+    if summary["failures"]:
+        out += "\n\nFAILURES:\n" + "\n".join(f"- {f}" for f in summary["failures"])
+    return out
+
+
+def sio_goal_rows(summary: dict) -> list[dict]:
+    """Each goal of issue #16 with its measured value: Volley ÷ peer (median of the per-round
+    ratios, their range) or Volley's memory per client; `met` is None when not measured."""
+    rows = []
+    for w, peer, want in SIO_GOALS:
+        base = summary["echo"].get(SIO_BASELINE, {}).get(w)
+        mine = summary["echo"].get(peer, {}).get(w)
+        paired = []
+        if base and mine:
+            # Volley ÷ peer per round: the inverse of the peer's ratio vs Volley.
+            paired = [1 / r for r in mine.get("ratio_vs_volley_rounds") or [] if r > 0]
+        ratio = _median(paired)
+        rows.append({
+            "workload": w, "peer": peer, "goal": want, "ratio": ratio,
+            "range": _range(paired), "rounds": len(paired),
+            "met": None if ratio is None else ratio >= want,
+        })
+    m = summary["memory"].get(SIO_BASELINE)
+    per = m.get("per_connection_bytes") if m else None
+    rows.append({
+        "workload": "sio-idle", "peer": None, "goal": SIO_MEMORY_GOAL, "bytes": per,
+        "count": m.get("count") if m else None,
+        "met": None if per is None else per <= SIO_MEMORY_GOAL,
+    })
+    return rows
+
+
+def sio_goals(summary: dict) -> str:
+    rows = []
+    for g in sio_goal_rows(summary):
+        verdict = {None: "not measured", True: "**met**", False: "**missed**"}[g["met"]]
+        if g["peer"] is None:
+            value = "—" if g["bytes"] is None else _fmt_bytes(g["bytes"])
+            goal = f"idle memory per client ≤ {_fmt_bytes(g['goal'])}"
+            if g["met"] is False:
+                verdict += f" by {_fmt_bytes(g['bytes'] - g['goal'])}"
+        else:
+            goal = f"{SIO_WORKLOAD_LABELS.get(g['workload'], g['workload'])}: Volley ≥ {g['goal']}× {label(g['peer'])}"
+            if g["ratio"] is None:
+                value = "—"
+            else:
+                lo, hi = g["range"]
+                value = f"{g['ratio']:.2f}× ({lo:.2f}–{hi:.2f}, {g['rounds']} rounds)"
+                if g["met"] is False:
+                    verdict += f" by {g['goal'] - g['ratio']:.2f}×"
+        rows.append(f"| {goal} | {value} | {verdict} |")
+    head = ["| Goal (issue #16) | Measured | |", "|---|---:|---|"]
+    return "\n".join(head + rows)
+
+
 def svg_chart(summary: dict, title: str = "") -> str:
     """Grouped bars: msg/s per workload per stack, normalised to Volley's median (= 1.0) in each
     workload (the workloads differ by orders of magnitude); every bar is labelled with its ratio,
@@ -491,7 +632,7 @@ def assemble(runs_path: str, meta_path: str | None) -> dict:
             meta = json.load(f)
         if not isinstance(meta, dict):
             raise ReportError(f"{meta_path}: expected a JSON object")
-    runs, memory = [], []
+    runs, memory, sio_runs, sio_memory = [], [], [], []
     with open(runs_path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             line = line.strip()
@@ -503,14 +644,28 @@ def assemble(runs_path: str, meta_path: str | None) -> dict:
                 raise ReportError(f"{runs_path}:{n}: not JSON: {e}") from None
             if not isinstance(entry, dict) or "stack" not in entry:
                 raise ReportError(f"{runs_path}:{n}: expected an object with a 'stack'")
-            (memory if entry.get("kind") == "memory" else runs).append(entry)
+            kind = entry.get("kind")
+            if kind == "memory":
+                memory.append(entry)
+            elif kind == "sio":
+                sio_runs.append(entry)
+            elif kind == "sio-memory":
+                sio_memory.append(entry)
+            else:
+                runs.append(entry)
     return {
         "version": 1,
         "meta": meta,
-        "stacks": meta.get("stacks", []),
+        "stacks": [s for s in meta.get("stacks", []) if s not in SIO_STACKS],
         "workloads": meta.get("workloads", []),
         "runs": runs,
         "memory": memory,
+        "socketio": {
+            "stacks": [s for s in meta.get("stacks", []) if s in SIO_STACKS],
+            "workloads": meta.get("sio_workloads", []),
+            "runs": sio_runs,
+            "memory": sio_memory,
+        },
     }
 
 
@@ -539,11 +694,20 @@ def main(argv: list[str]) -> int:
         else:
             p.error("give results.json or --assemble RUNS.jsonl")
         summary = summarise(results)
-        if args.svg:
+        sio = sio_summary(results)
+        if not summary["stacks"] and sio is None:
+            raise ReportError("no results")
+        if args.svg and summary["echo"]:
             with open(args.svg, "w", encoding="utf-8") as f:
                 f.write(svg_chart(summary, args.title))
         if args.markdown:
-            print(markdown_table(summary))
+            if summary["echo"] or summary["memory"]:
+                print(markdown_table(summary))
+            if sio is not None:
+                if summary["echo"] or summary["memory"]:
+                    print()
+                print("Socket.IO (WebSocket transport):\n")
+                print(sio_markdown(sio))
     except (OSError, json.JSONDecodeError, ReportError) as e:
         print(f"bench_report: error: {e}", file=sys.stderr)
         return 1

@@ -1,12 +1,14 @@
 //! `volley bench`: a load generator for WebSocket servers (see docs/BENCH.md).
 //!
-//! Three modes:
+//! Four modes:
 //! - [`echo`]: N connections keep K messages in flight each against an echo server and verify
 //!   every echo byte for byte; msg/s, MB/s and round-trip latency percentiles. With a `tcp://`
 //!   target (`--raw`) it skips the HTTP handshake and expects its masked frames back verbatim:
 //!   the same load generator against a raw TCP echo server measures the ceiling.
 //! - [`fanout`]: N subscribers of a topic on `volley serve`'s `/chat`, one publisher.
 //! - [`connections`]: N idle connections and the server's memory growth per connection.
+//! - [`socketio`]: a Socket.IO server over WebSocket: `message` → `message-back` and
+//!   `emitWithAck` round trips, broadcasts to a room, idle clients' memory.
 //!
 //! Each mode builds its own tokio runtimes (`current_thread`, one per `--threads`), so that the
 //! generator's cost is known and can be pinned to one core.
@@ -14,6 +16,7 @@
 mod connections;
 mod echo;
 mod fanout;
+mod socketio;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -39,6 +42,8 @@ pub(crate) enum BenchCommand {
     Fanout(fanout::FanoutArgs),
     /// Open N idle connections and report the server's memory growth per connection.
     Connections(connections::ConnectionsArgs),
+    /// Socket.IO v4 over WebSocket: event or ack round trips, room broadcasts, idle clients.
+    Socketio(socketio::SocketIoArgs),
 }
 
 /// Runs one `volley bench` mode to completion (it builds its own runtimes).
@@ -47,6 +52,7 @@ pub(crate) fn run(command: BenchCommand) -> ExitCode {
         BenchCommand::Echo(args) => echo::run(args),
         BenchCommand::Fanout(args) => fanout::run(args),
         BenchCommand::Connections(args) => connections::run(args),
+        BenchCommand::Socketio(args) => socketio::run(args),
     };
     match result {
         Ok(code) => code,

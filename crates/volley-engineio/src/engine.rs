@@ -20,7 +20,9 @@ use volley::hyper::HyperWebSocket;
 
 use crate::config::{AllowOrigin, Cors, EngineConfig};
 use crate::packet::{Data, Packet, SEPARATOR, decode_text, encode_payload};
-use crate::session::{CloseReason, RequestInfo, Session, Shared, TransportKind, query_param};
+use crate::session::{
+    CloseReason, Handler, RequestInfo, Session, SessionSender, Shared, TransportKind, query_param,
+};
 
 /// The response body of [`Engine::handle`]: the whole body in one buffer.
 pub type EngineBody = Full<Bytes>;
@@ -37,7 +39,7 @@ const WS_CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// what was queued meanwhile once the first write completed, a few microseconds later, and a
 /// Node client on `ws` that handles one message per read still gets both in one read about once
 /// in fifteen tries; with a pause of 1 ms it did not in hundreds.
-const WRITE_END_PAUSE: Duration = Duration::from_millis(1);
+pub(crate) const WRITE_END_PAUSE: Duration = Duration::from_millis(1);
 
 /// How long a polling GET that arrives during an upgrade waits before its noop: Node's engine
 /// ends such GETs from a timer that runs every 100 ms while the upgrade is probed.
@@ -121,8 +123,18 @@ fn payload_response(packets: &[Packet]) -> Response<EngineBody> {
 
 struct EngineInner {
     config: EngineConfig,
-    on_session: Box<dyn Fn(Session) + Send + Sync>,
+    app: App,
     sessions: Mutex<HashMap<String, Arc<Shared>>>,
+    /// The callback drivers of a handler engine's WebSocket sessions (started with the first).
+    drivers: std::sync::OnceLock<volley::callback::Drivers>,
+}
+
+/// How the application gets its sessions.
+enum App {
+    /// A [`Session`] each (a task of the application's reads it).
+    Sessions(Box<dyn Fn(Session) + Send + Sync>),
+    /// Events handed to a [`Handler`]'s per-session [`SessionEvents`](crate::SessionEvents).
+    Handler(Box<dyn Handler>),
 }
 
 impl EngineInner {
@@ -223,6 +235,18 @@ fn polling_headers(mut response: Response<EngineBody>, old_ie: bool) -> Response
     response
 }
 
+/// The open packet's JSON.
+fn open_json(sid: &str, upgrades: &str, config: &EngineConfig) -> String {
+    format!(
+        r#"{{"sid":"{}","upgrades":{},"pingInterval":{},"pingTimeout":{},"maxPayload":{}}}"#,
+        sid,
+        upgrades,
+        config.ping_interval.as_millis(),
+        config.ping_timeout.as_millis(),
+        config.max_payload
+    )
+}
+
 fn new_sid() -> String {
     use base64::Engine as _;
     let bytes: [u8; 15] = rand::random();
@@ -236,11 +260,31 @@ impl Engine {
         config: EngineConfig,
         on_session: impl Fn(Session) + Send + Sync + 'static,
     ) -> Engine {
+        Self::build(config, App::Sessions(Box::new(on_session)))
+    }
+
+    /// Creates an engine whose sessions are handed to `handler`: each new session's messages go
+    /// to the [`SessionEvents`](crate::SessionEvents) that [`Handler::on_open`] returns, as
+    /// they arrive. The application needs no task per session, and neither does the engine for
+    /// sessions opened on the WebSocket transport: those run on volley's callback drivers
+    /// ([`volley::callback`]), their heartbeat in the drivers' timer queue. Long-polling
+    /// sessions, and WebSockets that upgrade one, are served as by [`new`](Self::new).
+    ///
+    /// Over such a WebSocket the outgoing queue is bounded in bytes by volley's
+    /// [`Config::send_queue`](volley::Config::send_queue) (1 MiB) rather than in packets by
+    /// [`EngineConfig::max_buffered_packets`]; past it the session closes as a transport
+    /// error, as when the packet bound is passed.
+    pub fn with_handler(config: EngineConfig, handler: impl Handler) -> Engine {
+        Self::build(config, App::Handler(Box::new(handler)))
+    }
+
+    fn build(config: EngineConfig, app: App) -> Engine {
         Engine {
             inner: Arc::new(EngineInner {
                 config,
-                on_session: Box::new(on_session),
+                app,
                 sessions: Mutex::new(HashMap::new()),
+                drivers: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -358,8 +402,8 @@ impl Engine {
             return fail(EngineError::BadRequest);
         }
         let info = RequestInfo::new(
-            request.uri().clone(),
-            request.headers().clone(),
+            detach_uri(request.uri()),
+            detach_headers(request.headers()),
             (request.extensions().get::<volley::PeerAddr>().map(|p| p.0))
                 .or_else(|| request.extensions().get::<SocketAddr>().copied()),
         );
@@ -391,6 +435,12 @@ impl Engine {
                     Ok(accepted) => accepted,
                     Err(rejection) => return rejection.into_response(),
                 };
+                if let App::Handler(_) = &self.inner.app {
+                    // The session opens on a callback driver (`on_open`), which sees the
+                    // request's head and extensions.
+                    accepted.adopt(self.drivers());
+                    return response;
+                }
                 let engine = self.clone();
                 let write_timeout = self.write_timeout();
                 tokio::spawn(async move {
@@ -407,6 +457,16 @@ impl Engine {
         }
     }
 
+    /// The callback drivers of the WebSocket sessions of a handler engine.
+    fn drivers(&self) -> &volley::callback::Drivers {
+        self.inner.drivers.get_or_init(|| {
+            let callbacks = WsCallbacks {
+                engine: Arc::downgrade(&self.inner),
+            };
+            volley::callback::Drivers::new(callbacks, self.ws_config())
+        })
+    }
+
     /// How long writing to a WebSocket may stall before the session is failed.
     fn write_timeout(&self) -> Duration {
         self.inner.config.ping_interval + self.inner.config.ping_timeout
@@ -419,21 +479,34 @@ impl Engine {
             .ping_timeout(None)
     }
 
+    /// Registers a new session under a fresh id, made by `make`.
+    fn register(&self, make: impl FnOnce(String) -> Arc<Shared>) -> Arc<Shared> {
+        let mut sessions = self.inner.sessions();
+        let mut id = new_sid();
+        // 120 random bits: a collision is practically impossible, but never reuse an id.
+        while sessions.contains_key(&id) {
+            id = new_sid();
+        }
+        let shared = make(id.clone());
+        sessions.insert(id, shared.clone());
+        shared
+    }
+
     /// Creates a session: queues the open packet, registers it, starts its heartbeat and hands
     /// it to the application.
     fn open_session(&self, info: RequestInfo, transport: TransportKind) -> Arc<Shared> {
         let config = &self.inner.config;
-        let (tx, rx) = mpsc::channel(config.incoming_buffer.max(1));
-        let shared = {
-            let mut sessions = self.inner.sessions();
-            let mut id = new_sid();
-            // 120 random bits: a collision is practically impossible, but never reuse an id.
-            while sessions.contains_key(&id) {
-                id = new_sid();
+        let max = config.max_buffered_packets;
+        let (shared, rx) = match &self.inner.app {
+            App::Sessions(_) => {
+                let (tx, rx) = mpsc::channel(config.incoming_buffer.max(1));
+                let shared = self.register(|id| Shared::new(id, transport, max, tx));
+                (shared, Some(rx))
             }
-            let shared = Shared::new(id.clone(), transport, config.max_buffered_packets, tx);
-            sessions.insert(id, shared.clone());
-            shared
+            App::Handler(_) => {
+                let shared = self.register(|id| Shared::with_events(id, transport, max, None));
+                (shared, None)
+            }
         };
         let upgrades = if transport == TransportKind::Polling
             && config.allow_upgrades
@@ -443,22 +516,23 @@ impl Engine {
         } else {
             "[]"
         };
-        let open = format!(
-            r#"{{"sid":"{}","upgrades":{},"pingInterval":{},"pingTimeout":{},"maxPayload":{}}}"#,
-            shared.id,
-            upgrades,
-            config.ping_interval.as_millis(),
-            config.ping_timeout.as_millis(),
-            config.max_payload
-        );
-        shared.push_control(Packet::Open(open));
+        shared.push_control(Packet::Open(open_json(&shared.id, upgrades, config)));
         tokio::spawn(heartbeat(
             Arc::downgrade(&self.inner),
             shared.clone(),
             config.ping_interval,
             config.ping_timeout,
         ));
-        (self.inner.on_session)(Session::new(shared.clone(), rx, info));
+        match (&self.inner.app, rx) {
+            (App::Sessions(on_session), Some(rx)) => {
+                on_session(Session::new(shared.clone(), rx, info));
+            }
+            (App::Handler(handler), _) => {
+                let sender = SessionSender::new(shared.clone());
+                shared.set_events(handler.on_open(sender, info));
+            }
+            (App::Sessions(_), None) => {}
+        }
         shared
     }
 
@@ -996,6 +1070,234 @@ async fn ws_loop(shared: Arc<Shared>, ws: HyperWebSocket, write_timeout: Duratio
     // Keep reading until the peer's close arrives (or the wait ends) so the close handshake
     // completes.
     let _ = timeout(WS_CLOSE_WAIT, async { while rx.recv().await.is_some() {} }).await;
+}
+
+/// A copy of `headers` that owns its bytes: hyper's header values share the buffer the request
+/// was read into, which a long-lived session would otherwise keep alive whole.
+fn detach_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        if let Ok(mut copy) = HeaderValue::from_bytes(value.as_bytes()) {
+            copy.set_sensitive(value.is_sensitive());
+            out.append(name.clone(), copy);
+        }
+    }
+    out
+}
+
+/// A copy of `uri` that owns its bytes (hyper's share the request's read buffer, as header
+/// values do).
+fn detach_uri(uri: &http::Uri) -> http::Uri {
+    http::Uri::from_maybe_shared(Bytes::copy_from_slice(uri.to_string().as_bytes()))
+        .unwrap_or_else(|_| uri.clone())
+}
+
+/// The callbacks of a handler engine's WebSocket sessions on volley's callback drivers.
+struct WsCallbacks {
+    engine: Weak<EngineInner>,
+}
+
+/// What the driver keeps for one WebSocket session (the connection's data).
+struct WsSession {
+    shared: Arc<Shared>,
+    /// The pong of a ping is awaited: since when the ping was sent.
+    ping_sent: Option<Instant>,
+    /// The pong's wait was extended once (a packet arrived while it was awaited).
+    extended: bool,
+}
+
+impl WsCallbacks {
+    /// The heartbeat's next step: the next ping, or the pong's deadline.
+    fn arm(conn: &mut volley::callback::Conn<'_>, config: &EngineConfig) {
+        let at = match conn.data::<WsSession>() {
+            Some(ws) => match ws.ping_sent {
+                None => Instant::now() + config.ping_interval,
+                Some(sent) => {
+                    let packet = ws.shared.lock().packet_since_ping;
+                    match packet {
+                        Some(at) if ws.extended => at + config.ping_timeout,
+                        _ => sent + config.ping_timeout,
+                    }
+                }
+            },
+            None => return,
+        };
+        conn.set_timer(Some(at));
+    }
+}
+
+impl volley::callback::Callbacks for WsCallbacks {
+    fn on_open(&self, conn: &mut volley::callback::Conn<'_>) {
+        let Some(inner) = self.engine.upgrade() else {
+            let _ = conn.close(None);
+            return;
+        };
+        let App::Handler(handler) = &inner.app else {
+            let _ = conn.close(None);
+            return;
+        };
+        let engine = Engine {
+            inner: inner.clone(),
+        };
+        let config = &inner.config;
+        let remote_addr = (conn.extensions().get::<volley::PeerAddr>().map(|p| p.0))
+            .or_else(|| conn.extensions().get::<SocketAddr>().copied())
+            .or_else(|| conn.peer_addr());
+        let info = match conn.request() {
+            Some(request) => RequestInfo::new(
+                detach_uri(request.uri()),
+                detach_headers(request.headers()),
+                remote_addr,
+            ),
+            None => RequestInfo::new(http::Uri::default(), HeaderMap::new(), remote_addr),
+        };
+        // Kept in the session's request info: the connection need not hold them.
+        conn.extensions_mut().clear();
+        let max = config.max_buffered_packets;
+        let handle = conn.handle();
+        let shared = engine
+            .register(|id| Shared::with_events(id, TransportKind::WebSocket, max, Some(handle)));
+        let open = Packet::Open(open_json(&shared.id, "[]", config));
+        if conn.send(Message::text(open.to_text())).is_err() {
+            shared.close(CloseReason::TransportError);
+        }
+        conn.set_data(WsSession {
+            shared: shared.clone(),
+            ping_sent: None,
+            extended: false,
+        });
+        Self::arm(conn, config);
+        let sender = SessionSender::new(shared.clone());
+        shared.set_events(handler.on_open(sender, info));
+    }
+
+    fn on_message(&self, conn: &mut volley::callback::Conn<'_>, message: Message) {
+        let Some(ws) = conn.data::<WsSession>() else {
+            return;
+        };
+        let shared = ws.shared.clone();
+        let awaiting = ws.ping_sent.is_some();
+        let data = match message {
+            Message::Text(text) => match decode_text(text.as_str()) {
+                Ok(Packet::Message(data)) => data,
+                Ok(Packet::Pong(_)) => {
+                    // Only the pong of the outstanding ping counts.
+                    if awaiting {
+                        if let (Some(inner), Some(ws)) =
+                            (self.engine.upgrade(), conn.data_mut::<WsSession>())
+                        {
+                            ws.ping_sent = None;
+                            ws.extended = false;
+                            Self::arm(conn, &inner.config);
+                        }
+                    }
+                    return;
+                }
+                // In protocol v4 only the server pings: Node closes on "invalid heartbeat
+                // direction".
+                Ok(Packet::Ping(_)) => {
+                    shared.close(CloseReason::TransportError);
+                    return;
+                }
+                // Node ignores these over WebSocket (clients close the WebSocket instead of
+                // sending a close packet).
+                Ok(Packet::Close | Packet::Open(_) | Packet::Upgrade | Packet::Noop) => {
+                    self.note_packet(&shared, awaiting);
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(sid = %shared.id, "bad Engine.IO packet: {e}");
+                    shared.close(CloseReason::ParseError);
+                    return;
+                }
+            },
+            Message::Binary(bytes) => Data::Binary(bytes),
+            Message::Ping(_) | Message::Pong(_) | Message::Close(_) => return,
+        };
+        self.note_packet(&shared, awaiting);
+        shared.deliver_now(data);
+    }
+
+    fn on_timer(&self, conn: &mut volley::callback::Conn<'_>) {
+        let Some(inner) = self.engine.upgrade() else {
+            return;
+        };
+        let config = &inner.config;
+        let Some(ws) = conn.data_mut::<WsSession>() else {
+            return;
+        };
+        let shared = ws.shared.clone();
+        match ws.ping_sent {
+            None => {
+                ws.ping_sent = Some(Instant::now());
+                ws.extended = false;
+                shared.lock().packet_since_ping = None;
+                if conn.send(Message::text("2")).is_err() {
+                    return;
+                }
+            }
+            Some(sent) => {
+                // A packet while the pong was awaited extends the wait once, to ping_timeout
+                // after that packet (as Node's engine refreshes its ping-timeout timer).
+                let packet = shared.lock().packet_since_ping;
+                match packet {
+                    Some(at)
+                        if !ws.extended
+                            && at + config.ping_timeout > sent + config.ping_timeout =>
+                    {
+                        ws.extended = true;
+                    }
+                    _ => {
+                        shared.close(CloseReason::PingTimeout);
+                        return;
+                    }
+                }
+            }
+        }
+        Self::arm(conn, config);
+    }
+
+    fn on_close(
+        &self,
+        conn: &mut volley::callback::Conn<'_>,
+        result: volley::Result<Option<volley::CloseFrame>>,
+    ) {
+        let Some(ws) = conn.take_data::<WsSession>() else {
+            return;
+        };
+        let reason = match result {
+            Ok(_) | Err(volley::Error::Io(_) | volley::Error::AbnormalClose) => {
+                CloseReason::TransportClose
+            }
+            Err(e) => {
+                tracing::debug!(sid = %ws.shared.id, "Engine.IO WebSocket failed: {e}");
+                CloseReason::TransportError
+            }
+        };
+        ws.shared.close(reason);
+        if let Some(engine) = self.engine.upgrade() {
+            let mut sessions = engine.sessions();
+            if sessions
+                .get(&ws.shared.id)
+                .is_some_and(|s| Arc::ptr_eq(s, &ws.shared))
+            {
+                sessions.remove(&ws.shared.id);
+            }
+        }
+    }
+}
+
+impl WsCallbacks {
+    /// A packet other than a pong arrived: while a pong is awaited, the first one extends the
+    /// ping timeout (once).
+    fn note_packet(&self, shared: &Shared, awaiting: bool) {
+        if awaiting {
+            let mut inner = shared.lock();
+            if inner.packet_since_ping.is_none() {
+                inner.packet_since_ping = Some(Instant::now());
+            }
+        }
+    }
 }
 
 impl<B> tower_service::Service<Request<B>> for Engine

@@ -76,5 +76,8 @@ mod session;
 
 pub use config::{AllowOrigin, AllowRequest, Cors, EngineConfig, Transports};
 pub use engine::{Engine, EngineBody};
-pub use packet::{Data, Packet, PacketError};
-pub use session::{CloseReason, RequestInfo, SendError, Session, SessionSender, TransportKind};
+pub use packet::{Data, Packet, PacketError, SharedData};
+pub use session::{
+    CloseReason, Handler, RequestInfo, SendError, Session, SessionEvents, SessionSender,
+    TransportKind,
+};

@@ -98,6 +98,46 @@ impl From<Vec<u8>> for Data {
     }
 }
 
+/// A message packet encoded once for many sessions (a broadcast): cheap to clone, its
+/// WebSocket frame built at most once, on first use, and then shared by every session that
+/// sends it ([`SessionSender::send_shared`](crate::SessionSender::send_shared)).
+#[derive(Clone, Debug)]
+pub struct SharedData(std::sync::Arc<SharedInner>);
+
+#[derive(Debug)]
+struct SharedInner {
+    data: Data,
+    frame: std::sync::OnceLock<volley::PreparedMessage>,
+}
+
+impl SharedData {
+    /// Wraps `data` (a message's payload).
+    pub fn new(data: Data) -> Self {
+        SharedData(std::sync::Arc::new(SharedInner {
+            data,
+            frame: std::sync::OnceLock::new(),
+        }))
+    }
+
+    /// The payload.
+    pub fn data(&self) -> &Data {
+        &self.0.data
+    }
+
+    /// The WebSocket frame (`4` and the text, or the bytes), built once.
+    pub(crate) fn ws_frame(&self) -> &volley::PreparedMessage {
+        self.0.frame.get_or_init(|| match &self.0.data {
+            Data::Text(text) => {
+                let mut s = String::with_capacity(text.len() + 1);
+                s.push('4');
+                s.push_str(text);
+                volley::PreparedMessage::text(s)
+            }
+            Data::Binary(bytes) => volley::PreparedMessage::binary(bytes),
+        })
+    }
+}
+
 /// One Engine.IO packet.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Packet {

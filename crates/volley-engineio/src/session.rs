@@ -4,12 +4,13 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc};
+use volley::callback::ConnHandle;
 
-use crate::packet::{Data, Packet};
+use crate::packet::{Data, Packet, SharedData};
 
 /// Why a session closed (Node engine.io's close reasons).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -42,6 +43,32 @@ impl CloseReason {
             Self::ServerClose => "forced server close",
             Self::ParseError => "parse error",
         }
+    }
+}
+
+impl CloseReason {
+    /// A non-zero code for the reason (0 stands for "open").
+    fn code(self) -> u8 {
+        match self {
+            Self::TransportClose => 1,
+            Self::TransportError => 2,
+            Self::PingTimeout => 3,
+            Self::ClientClose => 4,
+            Self::ServerClose => 5,
+            Self::ParseError => 6,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        Some(match code {
+            1 => Self::TransportClose,
+            2 => Self::TransportError,
+            3 => Self::PingTimeout,
+            4 => Self::ClientClose,
+            5 => Self::ServerClose,
+            6 => Self::ParseError,
+            _ => return None,
+        })
     }
 }
 
@@ -154,6 +181,74 @@ impl fmt::Display for SendError {
 
 impl std::error::Error for SendError {}
 
+/// The application of an engine built with [`Engine::with_handler`](crate::Engine::with_handler):
+/// told of every new session, which it answers with that session's [`SessionEvents`].
+///
+/// Sessions of such an engine need no task of the application's: their messages are handed
+/// to the [`SessionEvents`] as they arrive, and those on the WebSocket transport run on
+/// volley's callback drivers (no task per session at all; the heartbeat runs in the drivers'
+/// timer queue).
+pub trait Handler: Send + Sync + 'static {
+    /// A session opened (its open packet is queued). Returns what handles its messages.
+    fn on_open(&self, sender: SessionSender, request: RequestInfo) -> Box<dyn SessionEvents>;
+}
+
+/// The events of one session of an engine built with
+/// [`Engine::with_handler`](crate::Engine::with_handler).
+///
+/// The methods run where the message arrived: on a callback driver (WebSocket), or in the task
+/// of a long-polling POST or of an upgraded WebSocket. They must not block; they are never
+/// called concurrently for one session, and in the order the messages arrived.
+pub trait SessionEvents: Send + 'static {
+    /// A message from the client.
+    fn on_message(&mut self, data: Data);
+
+    /// The session closed, called once, after the last [`on_message`](Self::on_message).
+    fn on_close(&mut self, reason: CloseReason);
+}
+
+/// Where a handler session's [`SessionEvents`] are: idle in the slot, or taken out by the
+/// transport delivering a message (which then also delivers what arrived meanwhile).
+#[derive(Default)]
+pub(crate) struct EventsSlot {
+    events: Option<Box<dyn SessionEvents>>,
+    /// A delivery is under way: messages wait in `backlog`, a close in `closed`.
+    busy: bool,
+    backlog: VecDeque<Data>,
+    closed: Option<CloseReason>,
+}
+
+impl fmt::Debug for EventsSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventsSlot")
+            .field("busy", &self.busy)
+            .field("closed", &self.closed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A message for a callback WebSocket: its own, or a frame shared by many sessions.
+#[derive(Debug)]
+pub(crate) enum WsOut {
+    Message(volley::Message),
+    Prepared(volley::PreparedMessage),
+}
+
+impl WsOut {
+    fn send(self, handle: &ConnHandle) -> volley::Result<()> {
+        match self {
+            WsOut::Message(m) => handle.send(m),
+            WsOut::Prepared(p) => handle.send_prepared(&p),
+        }
+    }
+}
+
+/// A handler session's WebSocket on volley's callback drivers, and what its writes wait for.
+#[derive(Debug)]
+pub(crate) struct ConnTransport {
+    pub(crate) handle: ConnHandle,
+}
+
 /// The mutable state of a session.
 #[derive(Debug)]
 pub(crate) struct Inner {
@@ -180,6 +275,9 @@ pub(crate) struct Inner {
     /// When the first packet other than a pong arrived since the last ping (Node extends the
     /// ping timeout once from then).
     pub(crate) packet_since_ping: Option<tokio::time::Instant>,
+    /// On a callback WebSocket: messages held back for a moment after a write that must end
+    /// ([`SessionSender::send_all_and_flush`]), so that the peer reads that write on its own.
+    pub(crate) held: Option<VecDeque<WsOut>>,
 }
 
 impl Inner {
@@ -216,6 +314,10 @@ pub(crate) struct Shared {
     pub(crate) id: String,
     max_buffered: usize,
     inner: Mutex<Inner>,
+    /// A handler session's events (`None` for a session with a [`Session`] receiver).
+    events: Option<Mutex<EventsSlot>>,
+    /// A handler session's WebSocket on the callback drivers.
+    pub(crate) conn: Option<ConnTransport>,
     /// Wakes whoever drains the queue (the pending GET or the WebSocket writer).
     pub(crate) out_notify: Notify,
     /// A pong arrived for the last ping.
@@ -224,7 +326,10 @@ pub(crate) struct Shared {
     awaiting_pong: AtomicBool,
     /// The close packet was delivered to the client.
     pub(crate) delivered: Notify,
-    closed_tx: watch::Sender<Option<CloseReason>>,
+    /// Why the session closed (`CloseReason::code`, 0 while open), readable without the lock.
+    closed_code: AtomicU8,
+    /// Wakes whoever waits for the close.
+    closed_notify: Notify,
 }
 
 impl Shared {
@@ -234,9 +339,33 @@ impl Shared {
         max_buffered: usize,
         incoming: mpsc::Sender<Data>,
     ) -> Arc<Self> {
+        Self::build(id, transport, max_buffered, Some(incoming), false, None)
+    }
+
+    /// A session whose messages go to [`SessionEvents`] (set with [`set_events`](Self::set_events)),
+    /// on `conn` (a callback WebSocket) or on the transport named.
+    pub(crate) fn with_events(
+        id: String,
+        transport: TransportKind,
+        max_buffered: usize,
+        conn: Option<ConnHandle>,
+    ) -> Arc<Self> {
+        Self::build(id, transport, max_buffered, None, true, conn)
+    }
+
+    fn build(
+        id: String,
+        transport: TransportKind,
+        max_buffered: usize,
+        incoming: Option<mpsc::Sender<Data>>,
+        events: bool,
+        conn: Option<ConnHandle>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             id,
             max_buffered,
+            events: events.then(Mutex::default),
+            conn: conn.map(|handle| ConnTransport { handle }),
             inner: Mutex::new(Inner {
                 queue: VecDeque::new(),
                 write_ends: VecDeque::new(),
@@ -247,14 +376,16 @@ impl Shared {
                 get_active: false,
                 post_active: false,
                 close_undelivered: false,
-                incoming: Some(incoming),
+                incoming,
                 packet_since_ping: None,
+                held: None,
             }),
             out_notify: Notify::new(),
             pong_notify: Notify::new(),
             awaiting_pong: AtomicBool::new(false),
             delivered: Notify::new(),
-            closed_tx: watch::channel(None).0,
+            closed_code: AtomicU8::new(0),
+            closed_notify: Notify::new(),
         })
     }
 
@@ -270,7 +401,7 @@ impl Shared {
     }
 
     pub(crate) fn reason(&self) -> Option<CloseReason> {
-        *self.closed_tx.borrow()
+        CloseReason::from_code(self.closed_code.load(Ordering::Acquire))
     }
 
     /// Queues a control packet (heartbeat, noop) regardless of the bound; false if closed.
@@ -289,10 +420,14 @@ impl Shared {
     /// Queues messages atomically within the bound. With `flush`, the write that takes them ends
     /// after them when the transport can write now (a WebSocket, or a GET waiting).
     pub(crate) fn push_messages(
-        &self,
+        self: &Arc<Self>,
         data: impl IntoIterator<Item = Data>,
         flush: bool,
     ) -> Result<(), SendError> {
+        if self.conn.is_some() {
+            let messages = data.into_iter().map(|d| WsOut::Message(message_of(&d)));
+            return self.push_conn(messages, flush);
+        }
         let over = {
             let mut inner = self.lock();
             if inner.reason.is_some() {
@@ -323,17 +458,119 @@ impl Shared {
         Ok(())
     }
 
+    /// Queues shared messages: on a callback WebSocket their frame is encoded once for every
+    /// session; elsewhere as [`push_messages`](Self::push_messages).
+    pub(crate) fn push_shared(self: &Arc<Self>, data: &[SharedData]) -> Result<(), SendError> {
+        if self.conn.is_some() {
+            let frames = data.iter().map(|d| WsOut::Prepared(d.ws_frame().clone()));
+            return self.push_conn(frames, false);
+        }
+        self.push_messages(data.iter().map(|d| d.data().clone()), false)
+    }
+
+    /// Sends messages on the callback WebSocket, all of them or none (under the state's lock,
+    /// so that no other sender's come between them), or holds them while a write that must end
+    /// is given time to be read alone.
+    fn push_conn(
+        self: &Arc<Self>,
+        messages: impl Iterator<Item = WsOut>,
+        flush: bool,
+    ) -> Result<(), SendError> {
+        let Some(conn) = &self.conn else {
+            return Err(SendError::Closed);
+        };
+        let full = {
+            let mut inner = self.lock();
+            if inner.reason.is_some() {
+                return Err(SendError::Closed);
+            }
+            let mut full = false;
+            if let Some(held) = inner.held.as_mut() {
+                for m in messages {
+                    if held.len() >= self.max_buffered {
+                        full = true;
+                        break;
+                    }
+                    held.push_back(m);
+                }
+            } else {
+                for m in messages {
+                    match m.send(&conn.handle) {
+                        Ok(()) => {}
+                        Err(volley::Error::QueueFull { .. }) => {
+                            full = true;
+                            break;
+                        }
+                        Err(_) => return Err(SendError::Closed),
+                    }
+                }
+                if flush && !full {
+                    // What follows waits a moment (see WRITE_END_PAUSE in the engine).
+                    inner.held = Some(VecDeque::new());
+                    let shared = self.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(crate::engine::WRITE_END_PAUSE).await;
+                        shared.release_held();
+                    });
+                }
+            }
+            full
+        };
+        if full {
+            self.close(CloseReason::TransportError);
+            return Err(SendError::Full);
+        }
+        Ok(())
+    }
+
+    /// Sends the messages held since a write that had to end (see `push_conn`).
+    pub(crate) fn release_held(&self) {
+        let Some(conn) = &self.conn else { return };
+        let mut inner = self.lock();
+        let Some(held) = inner.held.take() else {
+            return;
+        };
+        if inner.reason.is_some() {
+            return;
+        }
+        for m in held {
+            if m.send(&conn.handle).is_err() {
+                break;
+            }
+        }
+    }
+
+    /// Whether a message queued now would go out with the transport's next write rather than
+    /// wait: the session is open, not holding messages back, and its WebSocket (on the
+    /// callback drivers) has nothing waiting to be written. Long-polling sessions and
+    /// WebSockets run by a task: when the queue is empty.
+    pub(crate) fn writable(&self) -> bool {
+        let inner = self.lock();
+        if inner.reason.is_some() {
+            return false;
+        }
+        match &self.conn {
+            Some(conn) => inner.held.is_none() && conn.handle.buffered_amount() == 0,
+            None => inner.queue.is_empty(),
+        }
+    }
+
     /// Closes the session (once): queues the close packet for the client (the WebSocket writer
     /// skips it and closes the WebSocket instead), drops the incoming channel and tells everyone
     /// waiting.
     pub(crate) fn close(&self, reason: CloseReason) {
-        {
+        let held = {
             let mut inner = self.lock();
             if inner.reason.is_some() {
                 return;
             }
             inner.reason = Some(reason);
             inner.incoming = None;
+            // A server close still delivers what a callback WebSocket held back.
+            let held = inner
+                .held
+                .take()
+                .filter(|_| reason == CloseReason::ServerClose);
             match reason {
                 // The client is gone or closed itself: nothing more to tell it.
                 CloseReason::TransportClose | CloseReason::ClientClose => inner.clear_queue(),
@@ -357,9 +594,110 @@ impl Shared {
                     inner.close_undelivered = reason == CloseReason::ServerClose;
                 }
             }
-        }
-        self.closed_tx.send_replace(Some(reason));
+            held
+        };
+        self.closed_code.store(reason.code(), Ordering::Release);
+        self.closed_notify.notify_waiters();
         self.wake();
+        if let Some(conn) = &self.conn {
+            for m in held.into_iter().flatten() {
+                if m.send(&conn.handle).is_err() {
+                    break;
+                }
+            }
+            if !matches!(
+                reason,
+                CloseReason::TransportClose | CloseReason::ClientClose
+            ) {
+                // As Node's engine: over WebSocket no close packet, a close frame without a
+                // status code (behind what is queued).
+                conn.handle.close(None);
+            }
+        }
+        self.events_closed(reason);
+    }
+
+    /// Hands the application's events their close, now or when the delivery under way ends.
+    fn events_closed(&self, reason: CloseReason) {
+        let Some(slot) = &self.events else { return };
+        let events = {
+            let mut slot = lock(slot);
+            slot.backlog.clear();
+            if slot.busy {
+                slot.closed = Some(reason);
+                None
+            } else {
+                slot.events.take()
+            }
+        };
+        if let Some(mut events) = events {
+            events.on_close(reason);
+        }
+    }
+
+    /// Gives a handler session its events.
+    pub(crate) fn set_events(&self, events: Box<dyn SessionEvents>) {
+        let Some(slot) = &self.events else { return };
+        let closed = {
+            let mut guard = lock(slot);
+            match self.reason() {
+                Some(reason) => Some((reason, events)),
+                None => {
+                    guard.events = Some(events);
+                    None
+                }
+            }
+        };
+        if let Some((reason, mut events)) = closed {
+            events.on_close(reason);
+        }
+    }
+
+    /// Hands a message to a handler session's events (with what arrives meanwhile, in order);
+    /// false if the session is closed.
+    pub(crate) fn deliver_now(&self, data: Data) -> bool {
+        let Some(slot) = &self.events else {
+            return false;
+        };
+        let mut events = {
+            let mut guard = lock(slot);
+            if self.reason().is_some() {
+                return false;
+            }
+            if guard.busy {
+                guard.backlog.push_back(data);
+                return true;
+            }
+            let Some(events) = guard.events.take() else {
+                return false;
+            };
+            guard.busy = true;
+            events
+        };
+        let mut next = Some(data);
+        loop {
+            if let Some(data) = next.take() {
+                let call = std::panic::AssertUnwindSafe(|| events.on_message(data));
+                if std::panic::catch_unwind(call).is_err() {
+                    tracing::error!(sid = %self.id, "an Engine.IO message handler panicked");
+                }
+            }
+            let mut guard = lock(slot);
+            if let Some(reason) = guard.closed.take() {
+                guard.busy = false;
+                drop(guard);
+                events.on_close(reason);
+                return false;
+            }
+            match guard.backlog.pop_front() {
+                Some(data) => next = Some(data),
+                None => {
+                    guard.busy = false;
+                    guard.events = Some(events);
+                    return self.reason().is_none();
+                }
+            }
+        }
     }
 
     /// Marks a ping as sent: the next pong answers it.
@@ -381,9 +719,15 @@ impl Shared {
 
     /// Resolves once the session is closed.
     pub(crate) async fn closed(&self) {
-        let mut rx = self.closed_tx.subscribe();
-        // The sender lives in `self`, so `wait_for` cannot fail while we borrow it.
-        let _ = rx.wait_for(Option::is_some).await;
+        loop {
+            let notified = self.closed_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.reason().is_some() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// The incoming channel's sender, if the session is open.
@@ -394,6 +738,9 @@ impl Shared {
     /// Hands a received message to the session; false if the session closed meanwhile.
     /// Waits while the application's buffer is full (backpressure).
     pub(crate) async fn deliver(&self, data: Data) -> bool {
+        if self.events.is_some() {
+            return self.deliver_now(data);
+        }
         let Some(tx) = self.incoming() else {
             return false;
         };
@@ -494,6 +841,10 @@ pub struct SessionSender {
 }
 
 impl SessionSender {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
     /// The session id (`sid`).
     pub fn id(&self) -> &str {
         &self.shared.id
@@ -533,6 +884,22 @@ impl SessionSender {
         self.shared.push_messages([data], false)
     }
 
+    /// Queues messages encoded once for many sessions (a broadcast), atomically, like
+    /// [`send_all`](Self::send_all): on a WebSocket served by the callback drivers every
+    /// session shares the messages' frames (built at most once); other transports copy the
+    /// data.
+    pub fn send_shared(&self, data: &[SharedData]) -> Result<(), SendError> {
+        self.shared.push_shared(data)
+    }
+
+    /// Whether the transport can take a message now without queueing it behind others: the
+    /// session is open and nothing waits to be written (on a WebSocket of the callback
+    /// drivers, nothing in its write queue; elsewhere, an empty outgoing queue). What a
+    /// `volatile` emit checks before sending.
+    pub fn writable(&self) -> bool {
+        self.shared.writable()
+    }
+
     /// Closes the session from the server side: what is queued is still delivered, then the
     /// session ends like Node's engine.io ends it: over long-polling with the close packet (a
     /// pending GET gets it, or the next one), over WebSocket by closing the WebSocket (no close
@@ -560,6 +927,23 @@ impl SessionSender {
     pub async fn closed(&self) {
         self.shared.closed().await;
     }
+}
+
+/// The WebSocket message of an Engine.IO message packet: `4` and the text, or the bytes.
+pub(crate) fn message_of(data: &Data) -> volley::Message {
+    match data {
+        Data::Text(text) => {
+            let mut s = String::with_capacity(text.len() + 1);
+            s.push('4');
+            s.push_str(text);
+            volley::Message::text(s)
+        }
+        Data::Binary(bytes) => volley::Message::binary(bytes.clone()),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -91,9 +91,10 @@ pub struct BroadcastOptions {
 pub struct BroadcastFlags {
     /// Only the sockets of this server (meaningful for adapters spanning several servers).
     pub local: bool,
-    /// A packet that may be lost: closed sessions are skipped and a failed send is ignored.
-    /// (Node drops volatile packets for clients whose transport is not writable right now;
-    /// Engine.IO does not expose that state yet, so an open session queues the packet.)
+    /// A packet that may be lost: as Node, it is dropped for a client whose transport is not
+    /// writable right now ([`SessionSender::writable`](volley_engineio::SessionSender::writable):
+    /// something still waits to be written to it), closed sessions are skipped and a failed
+    /// send is ignored.
     pub volatile: bool,
     /// How long to wait for acknowledgements, in milliseconds (`None`: the server's default).
     pub timeout_ms: Option<u64>,

@@ -1,30 +1,31 @@
 //! One Engine.IO session: decodes Socket.IO packets and multiplexes the namespace sockets.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 use volley_engineio::packet::Data;
-use volley_engineio::{CloseReason, Session, SessionSender};
+use volley_engineio::{CloseReason, RequestInfo, SessionEvents, SessionSender};
 
 use crate::packet::{Decoded, Limits, Packet, PacketType, PartialPacket, decode, decode_msgpack};
-use crate::socket::{DisconnectReason, EncodedPacket};
+use crate::socket::DisconnectReason;
 use crate::util::lock;
 use crate::{Namespace, Socket, SocketIo};
 
 /// What the sockets need from the handshake request.
 pub(crate) struct RequestSnapshot {
-    pub(crate) uri: http::Uri,
-    pub(crate) headers: http::HeaderMap,
+    /// Shared with the client's sockets' [`Handshake`](crate::Handshake)s.
+    pub(crate) uri: Arc<http::Uri>,
+    pub(crate) headers: Arc<crate::HandshakeHeaders>,
     pub(crate) remote_addr: Option<SocketAddr>,
 }
 
 #[derive(Default)]
 struct ClientState {
     /// namespace name -> socket
-    sockets: HashMap<String, Socket>,
+    /// The client's sockets, one per namespace (a list: clients join few namespaces).
+    sockets: Vec<Socket>,
     /// Set when the session has ended: no socket may be added any more.
     closed: bool,
 }
@@ -37,6 +38,8 @@ pub(crate) struct ClientShared {
     /// CONNECTs waiting for their middlewares.
     pending_connects: AtomicUsize,
     parser: crate::Parser,
+    /// The connect timeout's task, until a namespace is joined.
+    connect_timer: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 /// The most CONNECTs of one client that may wait for middlewares at once; more are refused
@@ -57,24 +60,25 @@ impl ClientShared {
         &self.request
     }
 
-    /// Whether a volatile packet may be queued now.
+    /// Whether a volatile packet may be queued now: the transport would write it at once
+    /// (nothing waits before it), as Node's `transport.writable`.
     pub(crate) fn writable(&self) -> bool {
-        !self.sender.is_closed()
+        self.sender.writable()
     }
 
     pub(crate) fn remove_socket(&self, socket: &Socket) {
         let mut state = lock(&self.state);
-        if state
+        state
             .sockets
-            .get(socket.nsp())
-            .is_some_and(|s| s.id() == socket.id())
-        {
-            state.sockets.remove(socket.nsp());
-        }
+            .retain(|s| !(s.nsp() == socket.nsp() && s.id() == socket.id()));
     }
 
     fn get(&self, nsp: &str) -> Option<Socket> {
-        lock(&self.state).sockets.get(nsp).cloned()
+        lock(&self.state)
+            .sockets
+            .iter()
+            .find(|s| s.nsp() == nsp)
+            .cloned()
     }
 
     fn is_empty(&self) -> bool {
@@ -83,7 +87,7 @@ impl ClientShared {
 
     /// Disconnects every socket (DISCONNECT packets), then closes the session.
     pub(crate) fn disconnect_all(&self) {
-        let sockets: Vec<Socket> = lock(&self.state).sockets.values().cloned().collect();
+        let sockets: Vec<Socket> = lock(&self.state).sockets.clone();
         for socket in sockets {
             socket.disconnect(false);
         }
@@ -101,7 +105,7 @@ impl ClientShared {
     }
 
     fn send_frames(&self, packet: &Packet, flush: bool) {
-        let frames = EncodedPacket::new(packet).frames(self.parser);
+        let frames = crate::socket::frames_of(packet, self.parser);
         let sent = if flush {
             self.sender.send_all_and_flush(frames)
         } else {
@@ -133,63 +137,100 @@ fn reason_from(reason: Option<CloseReason>) -> DisconnectReason {
     }
 }
 
-/// Runs one client until its session ends.
-pub(crate) async fn run(io: SocketIo, mut session: Session) {
-    let req = session.request();
+/// A new Engine.IO session: its client, as the session's events.
+pub(crate) fn open(
+    io: SocketIo,
+    sender: SessionSender,
+    req: RequestInfo,
+) -> Box<dyn SessionEvents> {
     let shared = Arc::new(ClientShared {
-        sender: session.sender(),
+        sender,
         request: RequestSnapshot {
-            uri: req.uri.clone(),
-            headers: req.headers.clone(),
+            uri: Arc::new(req.uri),
+            headers: Arc::new(crate::HandshakeHeaders::new(&req.headers)),
             remote_addr: req.remote_addr,
         },
         state: Mutex::new(ClientState::default()),
         pending_connects: AtomicUsize::new(0),
         parser: io.parser(),
+        connect_timer: Mutex::new(None),
     });
-    let limits = io.limits();
-    let connect_timeout = tokio::time::sleep(io.connect_timeout());
-    tokio::pin!(connect_timeout);
-    let mut armed = true;
-    let mut partial: Option<PartialPacket> = None;
-    let reason = loop {
-        tokio::select! {
-            data = session.recv() => match data {
-                None if io.is_closing() => break DisconnectReason::ServerShuttingDown,
-                None => break reason_from(session.close_reason()),
-                Some(data) => {
-                    match on_data(&io, &shared, &mut partial, &limits, data) {
-                        Ok(()) => {}
-                        Err(Refusal::Invalid(e)) => {
-                            tracing::debug!(sid = shared.sender.id(), "socket.io: closing on invalid packet: {e}");
-                            shared.sender.close();
-                            break DisconnectReason::ParseError;
-                        }
-                        Err(Refusal::State(what)) => {
-                            tracing::debug!(sid = shared.sender.id(), "socket.io: closing on {what}");
-                            shared.sender.close();
-                            break DisconnectReason::ForcedServerClose;
-                        }
-                    }
-                }
-            },
-            () = &mut connect_timeout, if armed => {
-                armed = false;
-                if shared.is_empty() {
-                    tracing::debug!(sid = shared.sender.id(), "socket.io: no namespace joined in time");
-                    shared.sender.close();
-                    break DisconnectReason::ForcedServerClose;
-                }
+    // Closed unless a namespace is joined in time (the task is aborted at the first join).
+    let timeout = io.connect_timeout();
+    let waiting = shared.clone();
+    let timer = tokio::spawn(async move {
+        tokio::time::sleep(timeout).await;
+        if waiting.is_empty() {
+            tracing::debug!(
+                sid = waiting.sender.id(),
+                "socket.io: no namespace joined in time"
+            );
+            waiting.sender.close();
+        }
+    });
+    *lock(&shared.connect_timer) = Some(timer.abort_handle());
+    Box::new(Client {
+        io,
+        shared,
+        partial: None,
+        refused: None,
+    })
+}
+
+/// One Engine.IO session: decodes its Socket.IO packets.
+struct Client {
+    io: SocketIo,
+    shared: Arc<ClientShared>,
+    /// A binary packet waiting for its attachments.
+    partial: Option<Box<PartialPacket>>,
+    /// Why the client refused the connection (then closed), if it did.
+    refused: Option<DisconnectReason>,
+}
+
+impl SessionEvents for Client {
+    fn on_message(&mut self, data: Data) {
+        if self.refused.is_some() {
+            return;
+        }
+        let limits = self.io.limits_ref();
+        match on_data(&self.io, &self.shared, &mut self.partial, limits, data) {
+            Ok(()) => {}
+            Err(Refusal::Invalid(e)) => {
+                tracing::debug!(
+                    sid = self.shared.sender.id(),
+                    "socket.io: closing on invalid packet: {e}"
+                );
+                self.refused = Some(DisconnectReason::ParseError);
+                self.shared.sender.close();
+            }
+            Err(Refusal::State(what)) => {
+                tracing::debug!(
+                    sid = self.shared.sender.id(),
+                    "socket.io: closing on {what}"
+                );
+                self.refused = Some(DisconnectReason::ForcedServerClose);
+                self.shared.sender.close();
             }
         }
-    };
-    let sockets: Vec<Socket> = {
-        let mut state = lock(&shared.state);
-        state.closed = true;
-        state.sockets.drain().map(|(_, s)| s).collect()
-    };
-    for socket in sockets {
-        socket.on_close(reason);
+    }
+
+    fn on_close(&mut self, reason: CloseReason) {
+        if let Some(timer) = lock(&self.shared.connect_timer).take() {
+            timer.abort();
+        }
+        let reason = match self.refused.take() {
+            Some(reason) => reason,
+            None if self.io.is_closing() => DisconnectReason::ServerShuttingDown,
+            None => reason_from(Some(reason)),
+        };
+        let sockets: Vec<Socket> = {
+            let mut state = lock(&self.shared.state);
+            state.closed = true;
+            std::mem::take(&mut state.sockets)
+        };
+        for socket in sockets {
+            socket.on_close(reason);
+        }
     }
 }
 
@@ -206,7 +247,7 @@ enum Refusal {
 fn on_data(
     io: &SocketIo,
     shared: &Arc<ClientShared>,
-    partial: &mut Option<PartialPacket>,
+    partial: &mut Option<Box<PartialPacket>>,
     limits: &Limits,
     data: Data,
 ) -> Result<(), Refusal> {
@@ -231,7 +272,7 @@ fn on_data(
             }
             match decode(&text, limits).map_err(|e| Refusal::Invalid(e.to_string()))? {
                 Decoded::Complete(packet) => on_packet(io, shared, packet)?,
-                Decoded::Partial(p) => *partial = Some(p),
+                Decoded::Partial(p) => *partial = Some(Box::new(p)),
             }
         }
         Data::Binary(bytes) => {
@@ -384,8 +425,17 @@ fn finish_connect(ns: &Namespace, shared: &Arc<ClientShared>, socket: Socket) {
         }
         socket.set_connected();
         ns.insert_socket(&socket);
-        state.sockets.insert(ns.name().to_owned(), socket.clone())
+        match state.sockets.iter().position(|s| s.nsp() == ns.name()) {
+            Some(i) => Some(std::mem::replace(&mut state.sockets[i], socket.clone())),
+            None => {
+                state.sockets.push(socket.clone());
+                None
+            }
+        }
     };
+    if let Some(timer) = lock(&shared.connect_timer).take() {
+        timer.abort();
+    }
     if let Some(old) = replaced {
         old.on_close(DisconnectReason::ClientNamespaceDisconnect);
     }

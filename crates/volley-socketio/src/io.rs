@@ -170,12 +170,8 @@ impl SocketIoBuilder {
     /// The server, with the namespace `"/"`.
     pub fn build(self) -> SocketIo {
         let inner = Arc::new_cyclic(|weak: &std::sync::Weak<IoInner>| {
-            let weak = weak.clone();
-            let engine = Engine::new(self.engine.clone(), move |session| {
-                if let Some(inner) = weak.upgrade() {
-                    tokio::spawn(crate::client::run(SocketIo(inner), session));
-                }
-            });
+            let engine =
+                Engine::with_handler(self.engine.clone(), ClientHandler { io: weak.clone() });
             let limits = Limits {
                 max_attachments: self.max_attachments,
                 ..Limits::default()
@@ -199,6 +195,36 @@ impl SocketIoBuilder {
         io.of("/");
         io
     }
+}
+
+/// Hands every new Engine.IO session to a Socket.IO client (no task of its own: its messages
+/// are handled where they arrive).
+struct ClientHandler {
+    io: std::sync::Weak<IoInner>,
+}
+
+impl volley_engineio::Handler for ClientHandler {
+    fn on_open(
+        &self,
+        sender: volley_engineio::SessionSender,
+        request: volley_engineio::RequestInfo,
+    ) -> Box<dyn volley_engineio::SessionEvents> {
+        match self.io.upgrade() {
+            Some(inner) => crate::client::open(SocketIo(inner), sender, request),
+            None => {
+                sender.close();
+                Box::new(Gone)
+            }
+        }
+    }
+}
+
+/// The events of a session that arrived as the server was dropped.
+struct Gone;
+
+impl volley_engineio::SessionEvents for Gone {
+    fn on_message(&mut self, _data: volley_engineio::Data) {}
+    fn on_close(&mut self, _reason: volley_engineio::CloseReason) {}
 }
 
 /// Forgets namespace `ns` if it is still the one registered under its name and still empty.
@@ -276,8 +302,8 @@ impl SocketIo {
         &self.0.engine
     }
 
-    pub(crate) fn limits(&self) -> Limits {
-        self.0.limits.clone()
+    pub(crate) fn limits_ref(&self) -> &Limits {
+        &self.0.limits
     }
 
     /// The wire format of this server's packets.

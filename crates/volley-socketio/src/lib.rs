@@ -191,7 +191,7 @@ pub use payload::Payload;
 pub use recovery::RecoveryConfig;
 pub use socket::{
     AckError, AckRequest, AckSender, BoxError, DisconnectReason, EmitError, EncodedPacket, Event,
-    EventError, Handshake, MAX_QUEUED_EVENTS, Socket,
+    EventError, Handshake, HandshakeHeaders, MAX_QUEUED_EVENTS, Socket,
 };
 pub use util::IntoRooms;
 pub use volley_engineio as engineio;

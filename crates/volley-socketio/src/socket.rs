@@ -14,8 +14,8 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::oneshot;
-use volley_engineio::SessionSender;
 use volley_engineio::packet::Data;
+use volley_engineio::{SessionSender, SharedData};
 
 use crate::adapter::{BoxFuture, BroadcastOptions};
 use crate::args::{DataError, FromPayload, to_payload};
@@ -140,15 +140,78 @@ impl std::fmt::Display for AckError {
 
 impl std::error::Error for AckError {}
 
+/// The headers of a handshake request, kept compact (one buffer) and made a
+/// [`HeaderMap`](http::HeaderMap) on first use: dereference it (`handshake.headers.get("host")`).
+/// A connected client that never looks at them costs a few bytes per header instead of a map.
+/// Values that were marked sensitive are not any more.
+pub struct HandshakeHeaders {
+    /// `name:value\n` for every header, in order.
+    raw: Box<[u8]>,
+    map: std::sync::OnceLock<http::HeaderMap>,
+}
+
+impl HandshakeHeaders {
+    /// Keeps `headers` compactly.
+    pub fn new(headers: &http::HeaderMap) -> Self {
+        let size = headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 2)
+            .sum();
+        let mut raw = Vec::with_capacity(size);
+        for (name, value) in headers {
+            raw.extend_from_slice(name.as_str().as_bytes());
+            raw.push(b':');
+            raw.extend_from_slice(value.as_bytes());
+            raw.push(b'\n');
+        }
+        HandshakeHeaders {
+            raw: raw.into_boxed_slice(),
+            map: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn parse(&self) -> http::HeaderMap {
+        let mut map = http::HeaderMap::new();
+        // Header values hold no line feed, names no colon: the split is exact.
+        for line in self.raw.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let Some(colon) = line.iter().position(|b| *b == b':') else {
+                continue;
+            };
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(&line[..colon]),
+                http::HeaderValue::from_bytes(&line[colon + 1..]),
+            ) {
+                map.append(name, value);
+            }
+        }
+        map
+    }
+}
+
+impl std::ops::Deref for HandshakeHeaders {
+    type Target = http::HeaderMap;
+
+    fn deref(&self) -> &http::HeaderMap {
+        self.map.get_or_init(|| self.parse())
+    }
+}
+
+impl std::fmt::Debug for HandshakeHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
+}
+
 /// The request that opened the connection, and the auth payload of the namespace CONNECT.
 #[derive(Clone, Debug)]
 pub struct Handshake {
     /// The CONNECT packet's auth payload (`{}` when the client sent none).
     pub auth: Value,
-    /// The headers of the Engine.IO handshake request.
-    pub headers: http::HeaderMap,
-    /// Its URI (path and query).
-    pub uri: http::Uri,
+    /// The headers of the Engine.IO handshake request (shared by the client's sockets of
+    /// every namespace; a [`HeaderMap`](http::HeaderMap) through [`HandshakeHeaders`]).
+    pub headers: Arc<HandshakeHeaders>,
+    /// Its URI (path and query), shared likewise.
+    pub uri: Arc<http::Uri>,
     /// The client's address, when known.
     pub address: Option<SocketAddr>,
     /// When the namespace connection was made.
@@ -241,14 +304,15 @@ fn percent_decode(s: &str) -> String {
 /// A packet encoded once for many recipients.
 ///
 /// Each wire format ([`Parser`](crate::Parser)) is encoded at most once, when a recipient first
-/// needs it: with the default parser, the text (each recipient gets a copy: Engine.IO queues
-/// owned `String`s) and a reference-counted clone of every attachment; with the msgpack parser,
-/// one shared binary message.
+/// needs it, into Engine.IO messages that every recipient shares
+/// ([`SharedData`](volley_engineio::SharedData): over a WebSocket of the callback drivers
+/// even the frame is built once); with the default parser the text and its binary attachments,
+/// with the msgpack parser one binary message.
 #[derive(Debug)]
 pub struct EncodedPacket {
     packet: Packet,
-    json: std::sync::OnceLock<(String, Vec<Bytes>)>,
-    msgpack: std::sync::OnceLock<Bytes>,
+    json: std::sync::OnceLock<Vec<SharedData>>,
+    msgpack: std::sync::OnceLock<Vec<SharedData>>,
 }
 
 impl EncodedPacket {
@@ -261,22 +325,34 @@ impl EncodedPacket {
         }
     }
 
-    /// The Engine.IO messages of the packet in `parser`'s format.
-    pub(crate) fn frames(&self, parser: crate::Parser) -> Vec<Data> {
-        match parser {
-            crate::Parser::Default => {
-                let (text, attachments) = self.json.get_or_init(|| self.packet.encode());
-                std::iter::once(Data::Text(text.clone()))
-                    .chain(attachments.iter().cloned().map(Data::Binary))
-                    .collect()
-            }
-            crate::Parser::MsgPack => {
-                let bytes = self
-                    .msgpack
-                    .get_or_init(|| Bytes::from(crate::packet::encode_msgpack(&self.packet)));
-                vec![Data::Binary(bytes.clone())]
-            }
+    /// The Engine.IO messages of the packet in `parser`'s format, shared.
+    pub(crate) fn shared(&self, parser: crate::Parser) -> &[SharedData] {
+        let cell = match parser {
+            crate::Parser::Default => &self.json,
+            crate::Parser::MsgPack => &self.msgpack,
+        };
+        cell.get_or_init(|| {
+            frames_of(&self.packet, parser)
+                .into_iter()
+                .map(SharedData::new)
+                .collect()
+        })
+    }
+}
+
+/// The Engine.IO messages of `packet` in `parser`'s format (for one recipient).
+pub(crate) fn frames_of(packet: &Packet, parser: crate::Parser) -> Vec<Data> {
+    match parser {
+        crate::Parser::Default => {
+            let (text, attachments) = packet.encode();
+            let mut frames = Vec::with_capacity(1 + attachments.len());
+            frames.push(Data::Text(text));
+            frames.extend(attachments.into_iter().map(Data::Binary));
+            frames
         }
+        crate::Parser::MsgPack => vec![Data::Binary(Bytes::from(crate::packet::encode_msgpack(
+            packet,
+        )))],
     }
 }
 
@@ -382,17 +458,33 @@ struct EventQueue {
 type AnyHandler = Arc<dyn Fn(Socket, String, Payload, Option<AckSender>) + Send + Sync>;
 type DisconnectHandler = Arc<dyn Fn(Socket, DisconnectReason) + Send + Sync>;
 
+/// What a socket's listeners are, behind one lock. Event handlers are a list (sockets have a
+/// few: a scan of it is cheaper than hashing the name, and it takes less memory than a map).
+#[derive(Default)]
+struct Listeners {
+    events: Vec<(Box<str>, EventHandler)>,
+    any: Vec<AnyHandler>,
+    on_disconnect: Vec<DisconnectHandler>,
+    on_disconnecting: Vec<DisconnectHandler>,
+    middlewares: Vec<PacketMiddleware>,
+    on_error: Vec<ErrorHandler>,
+}
+
+impl Listeners {
+    fn handler(&self, name: &str) -> Option<EventHandler> {
+        self.events
+            .iter()
+            .find(|(n, _)| **n == *name)
+            .map(|(_, h)| h.clone())
+    }
+}
+
 pub(crate) struct SocketInner {
     id: String,
     ns: Namespace,
     client: Arc<ClientShared>,
     handshake: Handshake,
-    handlers: RwLock<HashMap<String, EventHandler>>,
-    any: RwLock<Vec<AnyHandler>>,
-    on_disconnect: RwLock<Vec<DisconnectHandler>>,
-    on_disconnecting: RwLock<Vec<DisconnectHandler>>,
-    middlewares: RwLock<Vec<PacketMiddleware>>,
-    on_error: RwLock<Vec<ErrorHandler>>,
+    listeners: RwLock<Listeners>,
     queue: Mutex<EventQueue>,
     acks: Mutex<HashMap<u64, oneshot::Sender<Payload>>>,
     connected: AtomicBool,
@@ -407,7 +499,7 @@ pub(crate) struct SocketInner {
     recovered: bool,
     /// What to do before the CONNECT reply of a recovered socket: rejoin these rooms, send
     /// these missed packets.
-    restore: Mutex<Option<crate::recovery::Session>>,
+    restore: Mutex<Option<Box<crate::recovery::Session>>>,
 }
 
 /// A client's connection to one namespace. Cheap to clone (a handle).
@@ -456,12 +548,7 @@ impl Socket {
                 issued: SystemTime::now(),
             },
             client,
-            handlers: RwLock::new(HashMap::new()),
-            any: RwLock::new(Vec::new()),
-            on_disconnect: RwLock::new(Vec::new()),
-            on_disconnecting: RwLock::new(Vec::new()),
-            middlewares: RwLock::new(Vec::new()),
-            on_error: RwLock::new(Vec::new()),
+            listeners: RwLock::new(Listeners::default()),
             queue: Mutex::new(EventQueue::default()),
             acks: Mutex::new(HashMap::new()),
             connected: AtomicBool::new(false),
@@ -470,7 +557,7 @@ impl Socket {
             json_data: Mutex::new(data),
             pid,
             recovered: restored.is_some(),
-            restore: Mutex::new(restored),
+            restore: Mutex::new(restored.map(Box::new)),
         }))
     }
 
@@ -499,7 +586,7 @@ impl Socket {
     /// The restored session's rooms and missed packets, once (for the CONNECT of a recovered
     /// socket).
     pub(crate) fn take_restore(&self) -> Option<crate::recovery::Session> {
-        lock(&self.0.restore).take()
+        lock(&self.0.restore).take().map(|b| *b)
     }
 
     /// The socket id (fresh for every namespace connection; also a room holding only this socket).
@@ -671,7 +758,11 @@ impl Socket {
 
     fn set_handler(&self, event: String, handler: EventHandler) {
         if !self.is_closed() {
-            write(&self.0.handlers).insert(event, handler);
+            let mut listeners = write(&self.0.listeners);
+            match listeners.events.iter_mut().find(|(n, _)| **n == *event) {
+                Some(slot) => slot.1 = handler,
+                None => listeners.events.push((event.into_boxed_str(), handler)),
+            }
         }
     }
 
@@ -702,7 +793,9 @@ impl Socket {
         F: Fn(&Socket, &mut Event) -> Result<(), BoxError> + Send + Sync + 'static,
     {
         if !self.is_closed() {
-            write(&self.0.middlewares).push(Arc::new(middleware));
+            write(&self.0.listeners)
+                .middlewares
+                .push(Arc::new(middleware));
         }
     }
 
@@ -714,12 +807,12 @@ impl Socket {
         F: Fn(Socket, EventError) + Send + Sync + 'static,
     {
         if !self.is_closed() {
-            write(&self.0.on_error).push(Arc::new(handler));
+            write(&self.0.listeners).on_error.push(Arc::new(handler));
         }
     }
 
     fn report(&self, error: EventError) {
-        let handlers: Vec<ErrorHandler> = read(&self.0.on_error).clone();
+        let handlers: Vec<ErrorHandler> = read(&self.0.listeners).on_error.clone();
         if handlers.is_empty() {
             tracing::debug!(sid = self.id(), "socket.io: {error}");
             return;
@@ -732,7 +825,9 @@ impl Socket {
 
     /// Removes the handler of `event`.
     pub fn off(&self, event: &str) {
-        write(&self.0.handlers).remove(event);
+        write(&self.0.listeners)
+            .events
+            .retain(|(n, _)| **n != *event);
     }
 
     /// A catch-all handler: called with the event name for every event, before the event's own
@@ -742,7 +837,7 @@ impl Socket {
         F: Fn(Socket, String, Payload, Option<AckSender>) + Send + Sync + 'static,
     {
         if !self.is_closed() {
-            write(&self.0.any).push(Arc::new(handler));
+            write(&self.0.listeners).any.push(Arc::new(handler));
         }
     }
 
@@ -752,7 +847,9 @@ impl Socket {
         F: Fn(Socket, DisconnectReason) + Send + Sync + 'static,
     {
         if !self.is_closed() {
-            write(&self.0.on_disconnect).push(Arc::new(handler));
+            write(&self.0.listeners)
+                .on_disconnect
+                .push(Arc::new(handler));
         }
     }
 
@@ -763,7 +860,9 @@ impl Socket {
         F: Fn(Socket, DisconnectReason) + Send + Sync + 'static,
     {
         if !self.is_closed() {
-            write(&self.0.on_disconnecting).push(Arc::new(handler));
+            write(&self.0.listeners)
+                .on_disconnecting
+                .push(Arc::new(handler));
         }
     }
 
@@ -794,8 +893,10 @@ impl Socket {
     }
 
     /// Like [`emit`](Self::emit), but the packet may be lost (see
-    /// [`BroadcastFlags::volatile`](crate::BroadcastFlags::volatile)): nothing is sent to a
-    /// closed session and no error is reported.
+    /// [`BroadcastFlags::volatile`](crate::BroadcastFlags::volatile)): it is dropped, and no
+    /// error is reported, when the socket is disconnected, its session closed, or its transport
+    /// not writable (something still waits to be written to it, as Node's
+    /// `transport.writable`).
     pub fn emit_volatile(&self, event: &str, data: impl Serialize) -> Result<(), EmitError> {
         let packet = event_packet(self.nsp(), event, &data, None)?;
         self.send_packet(&packet, true)
@@ -914,7 +1015,7 @@ impl Socket {
         if volatile && !self.0.client.writable() {
             return Ok(());
         }
-        match sender.send_all(packet.frames(self.0.client.parser())) {
+        match sender.send_shared(packet.shared(self.0.client.parser())) {
             Err(_) if volatile => Ok(()),
             other => other.map_err(EmitError::Send),
         }
@@ -941,8 +1042,24 @@ impl Socket {
         lock(&self.0.acks).len()
     }
 
+    /// Sends a packet to this client alone (encoded for it, not shared).
     fn send_packet(&self, packet: &Packet, volatile: bool) -> Result<(), EmitError> {
-        self.send_encoded(&EncodedPacket::new(packet), volatile)
+        if !self.connected() {
+            // A volatile packet is dropped silently (as to a closed session).
+            return if volatile {
+                Ok(())
+            } else {
+                Err(EmitError::Disconnected)
+            };
+        }
+        let client = &self.0.client;
+        if volatile && !client.writable() {
+            return Ok(());
+        }
+        match client.sender().send_all(frames_of(packet, client.parser())) {
+            Err(_) if volatile => Ok(()),
+            other => other.map_err(EmitError::Send),
+        }
     }
 
     pub(crate) fn set_connected(&self) {
@@ -1037,13 +1154,32 @@ impl Socket {
         if !self.connected() {
             return None;
         }
-        let any: Vec<AnyHandler> = read(&self.0.any).clone();
+        let (any, middlewares, handler) = {
+            let listeners = read(&self.0.listeners);
+            let handler = listeners
+                .middlewares
+                .is_empty()
+                .then(|| listeners.handler(&name));
+            (
+                listeners.any.clone(),
+                listeners.middlewares.clone(),
+                handler,
+            )
+        };
         for handler in any {
             guarded("catch-all handler", || {
                 handler(self.clone(), name.clone(), payload.clone(), ack.clone())
             });
         }
-        let middlewares: Vec<PacketMiddleware> = read(&self.0.middlewares).clone();
+        if let Some(handler) = handler {
+            // No packet middleware: the handler found above.
+            let handler = handler?;
+            let mut future = None;
+            guarded("event handler", || {
+                future = handler(self.clone(), &name, payload, ack);
+            });
+            return future;
+        }
         let mut event = Event { name, payload, ack };
         for middleware in middlewares {
             let verdict = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -1059,7 +1195,7 @@ impl Socket {
             }
         }
         let Event { name, payload, ack } = event;
-        let handler = read(&self.0.handlers).get(&name).cloned()?;
+        let handler = read(&self.0.listeners).handler(&name)?;
         let mut future = None;
         guarded("event handler", || {
             future = handler(self.clone(), &name, payload, ack);
@@ -1086,7 +1222,7 @@ impl Socket {
             return;
         }
         let disconnecting: Vec<DisconnectHandler> =
-            std::mem::take(&mut *write(&self.0.on_disconnecting));
+            std::mem::take(&mut write(&self.0.listeners).on_disconnecting);
         for handler in disconnecting {
             guarded("disconnecting handler", || handler(self.clone(), reason));
         }
@@ -1102,7 +1238,8 @@ impl Socket {
         self.0.ns.remove_socket(&self.0.id);
         self.0.client.remove_socket(self);
         lock(&self.0.acks).clear();
-        let handlers: Vec<DisconnectHandler> = std::mem::take(&mut *write(&self.0.on_disconnect));
+        let handlers: Vec<DisconnectHandler> =
+            std::mem::take(&mut write(&self.0.listeners).on_disconnect);
         for handler in handlers {
             guarded("disconnect handler", || handler(self.clone(), reason));
         }
@@ -1110,11 +1247,7 @@ impl Socket {
         // after the disconnection).
         lock(&self.0.queue).events.clear();
         // The handlers usually hold clones of this socket: drop them to break the cycles.
-        write(&self.0.handlers).clear();
-        write(&self.0.middlewares).clear();
-        write(&self.0.on_error).clear();
-        write(&self.0.any).clear();
-        write(&self.0.on_disconnecting).clear();
+        *write(&self.0.listeners) = Listeners::default();
     }
 }
 

@@ -20,9 +20,9 @@ use super::{
 };
 
 /// Connections per source address when they are spread over several.
-const PER_SOURCE: usize = 10_000;
+pub(super) const PER_SOURCE: usize = 10_000;
 /// File descriptors kept free for everything else.
-const SPARE_FDS: u64 = 64;
+pub(super) const SPARE_FDS: u64 = 64;
 /// Error messages kept for the report.
 const MAX_ERRORS_KEPT: usize = 8;
 
@@ -58,12 +58,12 @@ pub(crate) struct ConnectionsArgs {
 
 /// Memory figures of a process, in KiB (as /proc reports them).
 #[derive(Clone, Copy, Debug, Default)]
-struct Memory {
-    vm_rss: Option<u64>,
-    rss_anon: Option<u64>,
+pub(super) struct Memory {
+    pub(super) vm_rss: Option<u64>,
+    pub(super) rss_anon: Option<u64>,
 }
 
-fn read_memory(pid: u32) -> Result<Memory, String> {
+pub(super) fn read_memory(pid: u32) -> Result<Memory, String> {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
     let field = |name: &str| {
@@ -83,7 +83,7 @@ fn read_memory(pid: u32) -> Result<Memory, String> {
 }
 
 /// Raises the soft open-files limit to the hard one; returns the new soft limit.
-fn raise_nofile() -> Result<u64, String> {
+pub(super) fn raise_nofile() -> Result<u64, String> {
     rlimit::increase_nofile_limit(u64::MAX)
         .map_err(|e| format!("cannot raise the open-files limit: {e}"))
 }
@@ -342,7 +342,7 @@ async fn hold(mut stream: TcpStream, closed: Arc<AtomicU64>) {
     closed.fetch_add(1, Ordering::Relaxed);
 }
 
-fn is_loopback_v4(addr: SocketAddr) -> bool {
+pub(super) fn is_loopback_v4(addr: SocketAddr) -> bool {
     matches!(addr.ip(), IpAddr::V4(ip) if ip.is_loopback())
 }
 
@@ -351,13 +351,16 @@ fn is_loopback_v4(addr: SocketAddr) -> bool {
 /// Runs against servers on different ports use different addresses, so the previous run's
 /// sockets in TIME_WAIT (60 s) don't slow the next one down (binding before connecting cannot
 /// reuse their ports).
-fn source_address(index: usize, port: u16) -> SocketAddr {
+pub(super) fn source_address(index: usize, port: u16) -> SocketAddr {
     let base = 2 + 4 * (usize::from(port) % 60);
     let n = (base + index / PER_SOURCE).min(254) as u8;
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, n)), 0)
 }
 
-async fn connect_from(addr: SocketAddr, source: Option<SocketAddr>) -> Result<TcpStream, String> {
+pub(super) async fn connect_from(
+    addr: SocketAddr,
+    source: Option<SocketAddr>,
+) -> Result<TcpStream, String> {
     let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4(),
         SocketAddr::V6(_) => TcpSocket::new_v6(),

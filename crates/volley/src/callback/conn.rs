@@ -298,6 +298,8 @@ pub(super) struct ConnState {
     read_target: u32,
     /// The deadline the driver's timer queue holds for this connection.
     pub(super) armed: Micros,
+    /// The application's timer ([`Conn::set_timer`]), [`NEVER`] when unset.
+    pub(super) app_timer: Micros,
 }
 
 /// How a connection ends: what only a closing connection needs.
@@ -323,6 +325,7 @@ impl ConnState {
             slot: NEW,
             read_target: READ_TARGET as u32,
             armed: NEVER,
+            app_timer: NEVER,
         }
     }
 
@@ -360,7 +363,21 @@ impl ConnState {
 
     /// When the driver must look at this connection again without I/O ([`NEVER`]: only on I/O).
     pub(super) fn deadline(&self, config: &Config) -> Micros {
-        self.timers.deadline(self.is_open(), config)
+        let own = self.timers.deadline(self.is_open(), config);
+        if self.is_open() {
+            own.min(self.app_timer)
+        } else {
+            own
+        }
+    }
+
+    /// Whether the application's timer is due (and the connection open): then it is cleared.
+    pub(super) fn take_app_timer(&mut self, now: Micros) -> bool {
+        if self.app_timer > now || !self.is_open() {
+            return false;
+        }
+        self.app_timer = NEVER;
+        true
     }
 
     /// Acts on whichever timer is due.
@@ -511,11 +528,13 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     /// Idle memory is a measured goal (docs/PERFORMANCE.md): the connection's allocation must
-    /// not grow unnoticed.
+    /// not grow unnoticed. 416 since the application timer (`Conn::set_timer`, 8 bytes; the
+    /// `Arc` stays in glibc's same 448-byte chunk): it saves an application's heartbeat a task
+    /// or a runtime timer per connection.
     #[cfg(target_pointer_width = "64")]
     #[test]
     fn an_idle_connection_stays_small() {
         let size = std::mem::size_of::<super::Driven>();
-        assert!(size <= 408, "Driven is {size} bytes");
+        assert!(size <= 416, "Driven is {size} bytes");
     }
 }

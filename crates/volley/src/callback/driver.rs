@@ -590,6 +590,18 @@ impl Driver {
             }
             st.armed = NEVER;
             st.on_timer(conn, now, config);
+            if st.take_app_timer(now) {
+                let mut timed = Conn {
+                    st: &mut *st,
+                    config,
+                    me: conn,
+                    request: None,
+                };
+                let call = || self.callbacks.on_timer(&mut timed);
+                if std::panic::catch_unwind(AssertUnwindSafe(call)).is_err() {
+                    st.fail_callback();
+                }
+            }
         }
         let waker = Waker::from(conn.clone());
         let mut cx = Context::from_waker(&waker);

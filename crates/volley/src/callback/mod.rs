@@ -128,6 +128,13 @@ pub trait Callbacks: Send + Sync + 'static {
     fn on_close(&self, conn: &mut Conn<'_>, result: Result<Option<CloseFrame>>) {
         let _ = (conn, result);
     }
+
+    /// The connection's application timer ([`Conn::set_timer`]) fell due: it is cleared
+    /// before this runs (set it again for another turn). Runs in the driver's timer queue, like
+    /// the connection's keep-alive: an application heartbeat costs no task or runtime timer.
+    fn on_timer(&self, conn: &mut Conn<'_>) {
+        let _ = conn;
+    }
 }
 
 /// Shared callbacks: keep an `Arc` of the state in the application and give the route a clone.
@@ -142,6 +149,10 @@ impl<C: Callbacks> Callbacks for Arc<C> {
 
     fn on_close(&self, conn: &mut Conn<'_>, result: Result<Option<CloseFrame>>) {
         (**self).on_close(conn, result);
+    }
+
+    fn on_timer(&self, conn: &mut Conn<'_>) {
+        (**self).on_timer(conn);
     }
 }
 
@@ -223,6 +234,20 @@ impl Conn<'_> {
     /// The configuration in force.
     pub fn config(&self) -> &Config {
         self.config
+    }
+
+    /// Sets the connection's application timer: [`Callbacks::on_timer`] runs once `at` has
+    /// passed (at the driver's next turn after it), replacing the time set before; `None`
+    /// clears it. One timer per connection, kept in the driver's timer queue with the
+    /// connection's own deadlines (no task, no runtime timer of its own). Cleared when the
+    /// connection starts closing.
+    pub fn set_timer(&mut self, at: Option<tokio::time::Instant>) {
+        self.st.app_timer = at.map_or(crate::core::NEVER, crate::core::micros);
+    }
+
+    /// When the application timer is due, if it is set.
+    pub fn timer(&self) -> Option<tokio::time::Instant> {
+        (self.st.app_timer != crate::core::NEVER).then(|| crate::core::instant(self.st.app_timer))
     }
 
     /// The opening handshake's request (method, path and query, headers) during

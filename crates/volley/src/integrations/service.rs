@@ -127,6 +127,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
             let n = self.head.len().min(buf.remaining());
             let chunk = self.head.split_to(n);
             buf.put_slice(&chunk);
+            if self.head.is_empty() {
+                // An empty slice would keep the whole head's allocation alive as long as the
+                // connection (an upgraded one lives long).
+                self.head = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)

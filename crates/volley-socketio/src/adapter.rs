@@ -372,103 +372,177 @@ pub struct RoomChange {
 /// Called with the room changes of an [`InMemoryAdapter`], after its lock is released.
 pub type RoomListener = Arc<dyn Fn(&[RoomChange]) + Send + Sync>;
 
+/// The rooms of one namespace on this server. Ids and room names are shared `Arc<str>`s, and a
+/// socket's own room (named by its id, joined by every socket at connect) is a flag of the
+/// socket's entry rather than a set of its own: an idle socket costs one map entry.
 #[derive(Default)]
 struct Rooms {
-    /// room -> members
-    rooms: HashMap<String, HashSet<String>>,
-    /// socket id -> rooms
-    sids: HashMap<String, HashSet<String>>,
+    /// room -> members, for every room but the sockets' own rooms (see [`Joined::own`]).
+    rooms: HashMap<Arc<str>, HashSet<Arc<str>>>,
+    /// socket id -> the rooms it is in.
+    sids: HashMap<Arc<str>, Joined>,
     /// Room changes not yet reported (only kept with a listener).
     changes: Vec<RoomChange>,
     track: bool,
 }
 
+/// The rooms one socket is in.
+#[derive(Default)]
+struct Joined {
+    /// In its own room (the room named by its id).
+    own: bool,
+    /// The other rooms; a list, as a socket is in few rooms.
+    rooms: Vec<Arc<str>>,
+}
+
 impl Rooms {
-    fn add(&mut self, id: &str, rooms: &[String]) {
-        for room in rooms {
-            self.sids
-                .entry(id.to_owned())
-                .or_default()
-                .insert(room.clone());
-            let members = self.rooms.entry(room.clone()).or_default();
-            if members.is_empty() && self.track {
-                let private = self.sids.contains_key(room);
-                self.changes.push(RoomChange {
-                    room: room.clone(),
-                    created: true,
-                    private,
-                });
-            }
-            members.insert(id.to_owned());
+    /// Whether `room` has a member.
+    fn has(&self, room: &str) -> bool {
+        self.rooms.contains_key(room) || self.sids.get(room).is_some_and(|j| j.own)
+    }
+
+    /// Calls `f` with each member of `room`.
+    fn members<'a>(&'a self, room: &str, mut f: impl FnMut(&'a Arc<str>)) {
+        if let Some(members) = self.rooms.get(room) {
+            members.iter().for_each(&mut f);
+        }
+        if let Some((id, _)) = self.sids.get_key_value(room).filter(|(_, j)| j.own) {
+            f(id);
         }
     }
 
-    fn room_gone(&mut self, room: &str) {
-        self.rooms.remove(room);
+    fn report(&mut self, room: &str, created: bool) {
         if self.track {
             let private = self.sids.contains_key(room)
-                || self.changes.iter().any(|c| c.room == room && c.private);
+                || (!created && self.changes.iter().any(|c| c.room == room && c.private));
             self.changes.push(RoomChange {
                 room: room.to_owned(),
-                created: false,
+                created,
                 private,
             });
         }
     }
 
-    fn del(&mut self, id: &str, room: &str) {
-        if let Some(rooms) = self.sids.get_mut(id) {
-            rooms.remove(room);
-        }
-        if let Some(members) = self.rooms.get_mut(room) {
-            members.remove(id);
-            if members.is_empty() {
-                self.room_gone(room);
+    fn add(&mut self, id: &str, rooms: &[String]) {
+        let id: Arc<str> = match self.sids.get_key_value(id) {
+            Some((id, _)) => id.clone(),
+            None => Arc::from(id),
+        };
+        for room in rooms {
+            let joined = self.sids.entry(id.clone()).or_default();
+            if **room == *id {
+                if joined.own {
+                    continue;
+                }
+                joined.own = true;
+                if !self.rooms.contains_key(room.as_str()) {
+                    self.report(room, true);
+                }
+                continue;
+            }
+            if joined.rooms.iter().any(|r| **r == **room) {
+                continue;
+            }
+            let name: Arc<str> = match self.rooms.get_key_value(room.as_str()) {
+                Some((name, _)) => name.clone(),
+                None => Arc::from(room.as_str()),
+            };
+            joined.rooms.push(name.clone());
+            let created = !self.has(room);
+            self.rooms.entry(name).or_default().insert(id.clone());
+            if created {
+                self.report(room, true);
             }
         }
     }
 
-    fn del_all(&mut self, id: &str) {
-        let Some(rooms) = self.sids.get(id).cloned() else {
+    fn del(&mut self, id: &str, room: &str) {
+        let Some(joined) = self.sids.get_mut(id) else {
             return;
         };
+        if id == room {
+            if !joined.own {
+                return;
+            }
+            joined.own = false;
+        } else {
+            let Some(i) = joined.rooms.iter().position(|r| **r == *room) else {
+                return;
+            };
+            joined.rooms.swap_remove(i);
+            if let Some(members) = self.rooms.get_mut(room) {
+                members.remove(id);
+                if members.is_empty() {
+                    self.rooms.remove(room);
+                }
+            }
+        }
+        let gone = !self.has(room);
+        if gone {
+            self.report(room, false);
+        }
+        if self
+            .sids
+            .get(id)
+            .is_some_and(|j| !j.own && j.rooms.is_empty())
+        {
+            self.sids.remove(id);
+        }
+    }
+
+    fn del_all(&mut self, id: &str) {
+        let Some(joined) = self.sids.get_mut(id) else {
+            return;
+        };
+        let rooms = std::mem::take(&mut joined.rooms);
         for room in rooms {
             if let Some(members) = self.rooms.get_mut(&room) {
                 members.remove(id);
                 if members.is_empty() {
-                    self.room_gone(&room);
+                    self.rooms.remove(&room);
+                    if !self.has(&room) {
+                        self.report(&room, false);
+                    }
                 }
             }
+        }
+        if self.sids.get(id).is_some_and(|j| j.own) {
+            self.del(id, id);
         }
         self.sids.remove(id);
     }
 
     /// The ids of the sockets `opts` targets.
-    fn matching(&self, opts: &BroadcastOptions) -> Vec<String> {
-        let state = self;
+    fn matching(&self, opts: &BroadcastOptions) -> Vec<Arc<str>> {
         let mut excluded: HashSet<&str> = HashSet::new();
         for room in &opts.except {
-            if let Some(members) = state.rooms.get(room) {
-                excluded.extend(members.iter().map(String::as_str));
-            }
+            self.members(room, |id| {
+                excluded.insert(id);
+            });
         }
-        let mut out: Vec<String> = Vec::new();
-        let mut seen: HashSet<&str> = HashSet::new();
+        let mut out: Vec<Arc<str>> = Vec::new();
         if opts.rooms.is_empty() {
-            for id in state.sids.keys() {
-                if !excluded.contains(id.as_str()) {
+            for id in self.sids.keys() {
+                if !excluded.contains(&**id) {
                     out.push(id.clone());
                 }
             }
-        } else {
-            for room in &opts.rooms {
-                if let Some(members) = state.rooms.get(room) {
-                    for id in members {
-                        if !excluded.contains(id.as_str()) && seen.insert(id) {
-                            out.push(id.clone());
-                        }
-                    }
+        } else if opts.rooms.len() == 1 {
+            // One room: its members are distinct.
+            let room = opts.rooms.first().expect("one room");
+            self.members(room, |id| {
+                if !excluded.contains(&**id) {
+                    out.push(id.clone());
                 }
+            });
+        } else {
+            let mut seen: HashSet<&str> = HashSet::new();
+            for room in &opts.rooms {
+                self.members(room, |id| {
+                    if !excluded.contains(&**id) && seen.insert(id) {
+                        out.push(id.clone());
+                    }
+                });
             }
         }
         out
@@ -561,10 +635,8 @@ impl InMemoryAdapter {
     }
 
     fn targets(&self, opts: &BroadcastOptions) -> Vec<Socket> {
-        self.sockets(opts)
-            .iter()
-            .filter_map(|id| self.ns.socket(id))
-            .collect()
+        let ids = lock(&self.state).matching(opts);
+        ids.iter().filter_map(|id| self.ns.socket(id)).collect()
     }
 
     /// Sends `packet` to the local sockets `opts` targets, encoding it once. With connection
@@ -600,7 +672,8 @@ impl InMemoryAdapter {
             _ => (std::borrow::Cow::Borrowed(packet), None),
         };
         let encoded = EncodedPacket::new(&packet);
-        for id in self.sockets(opts) {
+        let ids = lock(&self.state).matching(opts);
+        for id in ids {
             if store.hold(&id, missed.as_ref()) {
                 continue;
             }
@@ -672,7 +745,7 @@ impl InMemoryAdapter {
 
     /// Whether `room` has a local member.
     pub fn has_room(&self, room: &str) -> bool {
-        lock(&self.state).rooms.contains_key(room)
+        lock(&self.state).has(room)
     }
 }
 
@@ -771,23 +844,31 @@ impl Adapter for InMemoryAdapter {
 
     fn socket_rooms(&self, id: &str) -> Vec<String> {
         let state = lock(&self.state);
-        let mut rooms: Vec<String> = state
-            .sids
-            .get(id)
-            .map(|r| r.iter().cloned().collect())
-            .unwrap_or_default();
+        let Some(joined) = state.sids.get(id) else {
+            return Vec::new();
+        };
+        let mut rooms: Vec<String> = joined.rooms.iter().map(|r| r.to_string()).collect();
+        if joined.own {
+            rooms.push(id.to_owned());
+        }
         rooms.sort();
         rooms
     }
 
     fn rooms(&self) -> Vec<String> {
-        let mut rooms: Vec<String> = lock(&self.state).rooms.keys().cloned().collect();
+        let state = lock(&self.state);
+        let own = (state.sids.iter()).filter_map(|(id, j)| j.own.then_some(id));
+        let mut rooms: Vec<String> = (state.rooms.keys().chain(own))
+            .map(|r| r.to_string())
+            .collect();
         rooms.sort();
+        rooms.dedup();
         rooms
     }
 
     fn sockets(&self, opts: &BroadcastOptions) -> Vec<String> {
-        lock(&self.state).matching(opts)
+        let ids = lock(&self.state).matching(opts);
+        ids.iter().map(|id| id.to_string()).collect()
     }
 
     fn broadcast(&self, packet: &Packet, opts: &BroadcastOptions) -> Result<(), AdapterError> {
@@ -909,6 +990,38 @@ mod tests {
         }
         assert!(a.rooms().is_empty());
         assert!(a.sockets(&opts(&[], &[])).is_empty());
+        let state = lock(&a.state);
+        assert!(state.rooms.is_empty() && state.sids.is_empty());
+    }
+
+    #[test]
+    fn own_rooms_are_rooms_like_the_others() {
+        let a = InMemoryAdapter::new(NamespaceRef::detached("/"));
+        a.add_all("s1", &rooms(&["s1", "r"]));
+        a.add_all("s2", &rooms(&["s2"]));
+        // s1 joins the room named by s2's id: that room has both.
+        a.add_all("s1", &rooms(&["s2", "r", "s1"]));
+        assert_eq!(sorted(a.sockets(&opts(&["s2"], &[]))), ["s1", "s2"]);
+        assert_eq!(a.sockets(&opts(&["s1"], &[])), ["s1"]);
+        assert_eq!(a.rooms(), ["r", "s1", "s2"]);
+        assert_eq!(a.socket_rooms("s1"), ["r", "s1", "s2"]);
+        // Excepting a room excepts its members, the own room's socket included.
+        assert!(a.sockets(&opts(&[], &["s2"])).is_empty());
+        assert_eq!(a.sockets(&opts(&[], &["s1"])), ["s2"]);
+
+        // A socket may leave its own room and stays in the others.
+        a.del("s2", "s2");
+        assert!(a.has_room("s2"), "s1 is still in it");
+        assert_eq!(a.sockets(&opts(&["s2"], &[])), ["s1"]);
+        assert_eq!(a.socket_rooms("s2"), Vec::<String>::new());
+        assert_eq!(sorted(a.sockets(&opts(&[], &[]))), ["s1"]);
+        a.del("s1", "s2");
+        assert!(!a.has_room("s2"));
+        assert!(a.has_room("s1") && a.has_room("r"));
+        a.del("s1", "nothing");
+        a.del("nobody", "r");
+        a.del_all("s1");
+        assert!(a.rooms().is_empty());
         let state = lock(&a.state);
         assert!(state.rooms.is_empty() && state.sids.is_empty());
     }

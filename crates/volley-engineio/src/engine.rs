@@ -1152,7 +1152,8 @@ impl volley::callback::Callbacks for WsCallbacks {
             None => RequestInfo::new(http::Uri::default(), HeaderMap::new(), remote_addr),
         };
         // Kept in the session's request info: the connection need not hold them.
-        conn.extensions_mut().clear();
+        // (Replaced, not cleared: a cleared map keeps its allocation.)
+        *conn.extensions_mut() = http::Extensions::new();
         let max = config.max_buffered_packets;
         let handle = conn.handle();
         let shared = engine

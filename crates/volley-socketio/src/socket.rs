@@ -1,5 +1,6 @@
 //! A client's connection to one namespace.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
@@ -147,7 +148,7 @@ impl std::error::Error for AckError {}
 pub struct HandshakeHeaders {
     /// `name:value\n` for every header, in order.
     raw: Box<[u8]>,
-    map: std::sync::OnceLock<http::HeaderMap>,
+    map: std::sync::OnceLock<Box<http::HeaderMap>>,
 }
 
 impl HandshakeHeaders {
@@ -192,7 +193,7 @@ impl std::ops::Deref for HandshakeHeaders {
     type Target = http::HeaderMap;
 
     fn deref(&self) -> &http::HeaderMap {
-        self.map.get_or_init(|| self.parse())
+        self.map.get_or_init(|| Box::new(self.parse()))
     }
 }
 
@@ -363,6 +364,8 @@ type EventHandler = Arc<
         + Send
         + Sync,
 >;
+/// Pending acknowledgements by packet id.
+type PendingAckMap = HashMap<u64, oneshot::Sender<Payload>>;
 type PacketMiddleware = Arc<dyn Fn(&Socket, &mut Event) -> Result<(), BoxError> + Send + Sync>;
 type ErrorHandler = Arc<dyn Fn(Socket, EventError) + Send + Sync>;
 
@@ -462,12 +465,26 @@ type DisconnectHandler = Arc<dyn Fn(Socket, DisconnectReason) + Send + Sync>;
 /// few: a scan of it is cheaper than hashing the name, and it takes less memory than a map).
 #[derive(Default)]
 struct Listeners {
-    events: Vec<(Box<str>, EventHandler)>,
-    any: Vec<AnyHandler>,
+    /// Event names are usually literals: kept without a copy.
+    events: Vec<(Cow<'static, str>, EventHandler)>,
     on_disconnect: Vec<DisconnectHandler>,
+    /// The kinds few sockets have, allocated with the first of them (an idle socket stays
+    /// small).
+    rare: Option<Box<RareListeners>>,
+}
+
+#[derive(Default)]
+struct RareListeners {
+    any: Vec<AnyHandler>,
     on_disconnecting: Vec<DisconnectHandler>,
     middlewares: Vec<PacketMiddleware>,
     on_error: Vec<ErrorHandler>,
+}
+
+impl Listeners {
+    fn rare_mut(&mut self) -> &mut RareListeners {
+        self.rare.get_or_insert_with(Box::default)
+    }
 }
 
 impl Listeners {
@@ -486,7 +503,8 @@ pub(crate) struct SocketInner {
     handshake: Handshake,
     listeners: RwLock<Listeners>,
     queue: Mutex<EventQueue>,
-    acks: Mutex<HashMap<u64, oneshot::Sender<Payload>>>,
+    /// Pending acknowledgements (a map allocated with the first).
+    acks: Mutex<Option<Box<PendingAckMap>>>,
     connected: AtomicBool,
     /// Set once the socket has left (or was refused): it never comes back.
     closed: AtomicBool,
@@ -550,7 +568,7 @@ impl Socket {
             client,
             listeners: RwLock::new(Listeners::default()),
             queue: Mutex::new(EventQueue::default()),
-            acks: Mutex::new(HashMap::new()),
+            acks: Mutex::new(None),
             connected: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             data: Mutex::new(http::Extensions::new()),
@@ -678,7 +696,7 @@ impl Socket {
     /// });
     /// # }
     /// ```
-    pub fn on<T, F>(&self, event: impl Into<String>, handler: F)
+    pub fn on<T, F>(&self, event: impl Into<Cow<'static, str>>, handler: F)
     where
         T: FromPayload + 'static,
         F: Fn(Socket, T, Option<AckSender>) + Send + Sync + 'static,
@@ -735,7 +753,7 @@ impl Socket {
     /// });
     /// # }
     /// ```
-    pub fn on_async<T, F, Fut>(&self, event: impl Into<String>, handler: F)
+    pub fn on_async<T, F, Fut>(&self, event: impl Into<Cow<'static, str>>, handler: F)
     where
         T: FromPayload + 'static,
         F: Fn(Socket, T, Option<AckSender>) -> Fut + Send + Sync + 'static,
@@ -756,12 +774,12 @@ impl Socket {
         self.set_handler(event.into(), erased);
     }
 
-    fn set_handler(&self, event: String, handler: EventHandler) {
+    fn set_handler(&self, event: Cow<'static, str>, handler: EventHandler) {
         if !self.is_closed() {
             let mut listeners = write(&self.0.listeners);
             match listeners.events.iter_mut().find(|(n, _)| **n == *event) {
                 Some(slot) => slot.1 = handler,
-                None => listeners.events.push((event.into_boxed_str(), handler)),
+                None => listeners.events.push((event, handler)),
             }
         }
     }
@@ -793,7 +811,7 @@ impl Socket {
         F: Fn(&Socket, &mut Event) -> Result<(), BoxError> + Send + Sync + 'static,
     {
         if !self.is_closed() {
-            write(&self.0.listeners)
+            (write(&self.0.listeners).rare_mut())
                 .middlewares
                 .push(Arc::new(middleware));
         }
@@ -807,12 +825,16 @@ impl Socket {
         F: Fn(Socket, EventError) + Send + Sync + 'static,
     {
         if !self.is_closed() {
-            write(&self.0.listeners).on_error.push(Arc::new(handler));
+            (write(&self.0.listeners).rare_mut())
+                .on_error
+                .push(Arc::new(handler));
         }
     }
 
     fn report(&self, error: EventError) {
-        let handlers: Vec<ErrorHandler> = read(&self.0.listeners).on_error.clone();
+        let handlers: Vec<ErrorHandler> = (read(&self.0.listeners).rare.as_ref())
+            .map(|rare| rare.on_error.clone())
+            .unwrap_or_default();
         if handlers.is_empty() {
             tracing::debug!(sid = self.id(), "socket.io: {error}");
             return;
@@ -837,7 +859,9 @@ impl Socket {
         F: Fn(Socket, String, Payload, Option<AckSender>) + Send + Sync + 'static,
     {
         if !self.is_closed() {
-            write(&self.0.listeners).any.push(Arc::new(handler));
+            (write(&self.0.listeners).rare_mut())
+                .any
+                .push(Arc::new(handler));
         }
     }
 
@@ -860,7 +884,7 @@ impl Socket {
         F: Fn(Socket, DisconnectReason) + Send + Sync + 'static,
     {
         if !self.is_closed() {
-            write(&self.0.listeners)
+            (write(&self.0.listeners).rare_mut())
                 .on_disconnecting
                 .push(Arc::new(handler));
         }
@@ -1027,19 +1051,21 @@ impl Socket {
     pub fn register_ack(&self, id: u64) -> oneshot::Receiver<Payload> {
         let (tx, rx) = oneshot::channel();
         if self.connected() {
-            lock(&self.0.acks).insert(id, tx);
+            (lock(&self.0.acks).get_or_insert_with(Box::default)).insert(id, tx);
         }
         rx
     }
 
     /// Forgets the pending acknowledgement `id`.
     pub fn remove_ack(&self, id: u64) {
-        lock(&self.0.acks).remove(&id);
+        if let Some(acks) = lock(&self.0.acks).as_mut() {
+            acks.remove(&id);
+        }
     }
 
     /// How many acknowledgements this server is waiting for from this socket.
     pub fn pending_acks(&self) -> usize {
-        lock(&self.0.acks).len()
+        lock(&self.0.acks).as_ref().map_or(0, |acks| acks.len())
     }
 
     /// Sends a packet to this client alone (encoded for it, not shared).
@@ -1156,15 +1182,16 @@ impl Socket {
         }
         let (any, middlewares, handler) = {
             let listeners = read(&self.0.listeners);
-            let handler = listeners
-                .middlewares
-                .is_empty()
-                .then(|| listeners.handler(&name));
-            (
-                listeners.any.clone(),
-                listeners.middlewares.clone(),
-                handler,
-            )
+            match listeners.rare.as_deref() {
+                None => (Vec::new(), Vec::new(), Some(listeners.handler(&name))),
+                Some(rare) => (
+                    rare.any.clone(),
+                    rare.middlewares.clone(),
+                    rare.middlewares
+                        .is_empty()
+                        .then(|| listeners.handler(&name)),
+                ),
+            }
         };
         for handler in any {
             guarded("catch-all handler", || {
@@ -1210,7 +1237,9 @@ impl Socket {
             Some(Value::Array(items)) => items,
             _ => Vec::new(),
         };
-        let tx = lock(&self.0.acks).remove(&id);
+        let tx = lock(&self.0.acks)
+            .as_mut()
+            .and_then(|acks| acks.remove(&id));
         if let Some(tx) = tx {
             let _ = tx.send(Payload::with_attachments(args, packet.attachments));
         }
@@ -1221,8 +1250,9 @@ impl Socket {
         if !self.0.connected.load(Ordering::Acquire) || self.0.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        let disconnecting: Vec<DisconnectHandler> =
-            std::mem::take(&mut write(&self.0.listeners).on_disconnecting);
+        let disconnecting: Vec<DisconnectHandler> = (write(&self.0.listeners).rare.as_mut())
+            .map(|rare| std::mem::take(&mut rare.on_disconnecting))
+            .unwrap_or_default();
         for handler in disconnecting {
             guarded("disconnecting handler", || handler(self.clone(), reason));
         }
@@ -1237,7 +1267,7 @@ impl Socket {
         self.0.ns.adapter().del_all(&self.0.id);
         self.0.ns.remove_socket(&self.0.id);
         self.0.client.remove_socket(self);
-        lock(&self.0.acks).clear();
+        *lock(&self.0.acks) = None;
         let handlers: Vec<DisconnectHandler> =
             std::mem::take(&mut write(&self.0.listeners).on_disconnect);
         for handler in handlers {

@@ -331,7 +331,7 @@ impl ConnState {
 
     /// Drops what the application kept with the connection (after `on_close`).
     pub(super) fn drop_data(&mut self) {
-        self.extensions.clear();
+        self.extensions = Extensions::new();
         self.data = None;
     }
 

@@ -168,7 +168,9 @@ def summarise(results: dict, baseline: str = BASELINE) -> dict:
     for r in runs:
         key = (r["stack"], r.get("workload"))
         cell = cells.setdefault(
-            key, {"msg_per_s": [], "by_round": {}, "p50": [], "p99": [], "p999": [], "failed": 0}
+            key,
+            {"msg_per_s": [], "by_round": {}, "p50": [], "p99": [], "p999": [], "failed": 0,
+             "cpu": [], "cpu_by_round": {}},
         )
         bench = r.get("bench") if isinstance(r.get("bench"), dict) else {}
         rate = msg_per_s(bench)
@@ -182,6 +184,11 @@ def summarise(results: dict, baseline: str = BASELINE) -> dict:
         cell["msg_per_s"].append(rate)
         if isinstance(r.get("round"), int):
             cell["by_round"][r["round"]] = rate
+        cpu = bench.get("server_cpu_us_per_msg")
+        if isinstance(cpu, (int, float)) and not isinstance(cpu, bool) and cpu > 0:
+            cell["cpu"].append(float(cpu))
+            if isinstance(r.get("round"), int):
+                cell["cpu_by_round"][r["round"]] = float(cpu)
         for q in ("p50", "p99", "p999"):
             v = latency(bench, q)
             if v is not None:
@@ -195,6 +202,8 @@ def summarise(results: dict, baseline: str = BASELINE) -> dict:
             "msg_per_s_all": cell["msg_per_s"],
             "msg_per_s_median": _median(cell["msg_per_s"]),
             "latency_us_median": {q: _median(cell[q]) for q in ("p50", "p99", "p999")},
+            # Server CPU per message (when the generator was given the server's pid).
+            "server_cpu_us_median": _median(cell["cpu"]),
         }
     for (stack, w), cell in cells.items():
         out = summary["echo"][stack][w]
@@ -209,6 +218,11 @@ def summarise(results: dict, baseline: str = BASELINE) -> dict:
             out["ratio_vs_volley"] = mine / base if mine is not None and base else None
         out["ratio_vs_volley_rounds"] = paired
         out["ratio_vs_volley_range"] = _range(paired)
+        # The server's CPU per message ÷ Volley's, per round: how many times Volley's CPU
+        # this server spends on the same work (> 1: Volley does it with less).
+        out["cpu_ratio_vs_volley_rounds"] = (
+            _paired(cell["cpu_by_round"], base_cell["cpu_by_round"]) if base_cell else []
+        )
     summary["goals"] = {}
     for w in workloads:
         base_cell = cells.get((baseline, w))
@@ -393,6 +407,8 @@ SIO_GOALS = (
 )
 # Idle memory per connected client, at most (bytes).
 SIO_MEMORY_GOAL = 4096
+# What a message is, per Socket.IO workload (the server CPU column's unit).
+SIO_CPU_UNITS = {"sio-echo": "event", "sio-ack": "ack", "sio-room": "delivery"}
 
 
 def sio_summary(results: dict) -> dict | None:
@@ -412,6 +428,11 @@ def sio_markdown(summary: dict) -> str:
     latency_w = "sio-echo" if "sio-echo" in workloads else None
     if latency_w:
         head.append("events p50 / p99 µs")
+    cpu_ws = [w for w in workloads if any(
+        summary["echo"].get(s, {}).get(w, {}).get("server_cpu_us_median") is not None
+        for s in summary["stacks"])]
+    for w in cpu_ws:
+        head.append(f"server CPU µs/{SIO_CPU_UNITS.get(w, 'message')}")
     counts = {m.get("count") for m in summary["memory"].values()}
     if summary["memory"]:
         count = counts.pop() if len(counts) == 1 else None
@@ -434,6 +455,11 @@ def sio_markdown(summary: dict) -> str:
         if latency_w:
             lat = per_w.get(latency_w, {}).get("latency_us_median", {})
             row.append(f"{_fmt_us(lat.get('p50'))} / {_fmt_us(lat.get('p99'))}")
+        for w in cpu_ws:
+            cell = per_w.get(w, {})
+            cpu = cell.get("server_cpu_us_median")
+            paired = cell.get("cpu_ratio_vs_volley_rounds") or []
+            row.append("—" if cpu is None else f"{cpu:.3g}" + _fmt_ratio(_median(paired)))
         if summary["memory"]:
             m = summary["memory"].get(stack)
             if m is None:
@@ -451,7 +477,11 @@ def sio_markdown(summary: dict) -> str:
         "\n\nRates: median over rounds; (×) = median over rounds of the server's rate ÷ Volley's "
         "in the same round. Every server single-threaded on core 0, the generator "
         "(`volley bench socketio`) on core 1. idle RSS/client: growth of the server's VmRSS "
-        "(RssAnon) per connected idle client (WebSocket, joined `/`, default heartbeat)."
+        "(RssAnon) per connected idle client (WebSocket, joined `/`, default heartbeat). "
+        "server CPU: the server's CPU time over the measured window ÷ messages (median over "
+        "rounds; (×) = median of the server's CPU per message ÷ Volley's in the same round, "
+        "> 1 when Volley spends less): it compares the servers' work even when the one-core "
+        "generator, not the server, limits the rate."
     )
     goals = sio_goals(summary)
     if goals:
@@ -478,6 +508,14 @@ def sio_goal_rows(summary: dict) -> list[dict]:
             "range": _range(paired), "rounds": len(paired),
             "met": None if ratio is None else ratio >= want,
         })
+        # The same goal in server CPU per message (the peer's ÷ Volley's), when measured.
+        cpu = (mine or {}).get("cpu_ratio_vs_volley_rounds") or [] if base else []
+        if cpu:
+            ratio = _median(cpu)
+            rows.append({
+                "workload": w, "peer": peer, "goal": want, "ratio": ratio, "cpu": True,
+                "range": _range(cpu), "rounds": len(cpu), "met": ratio >= want,
+            })
     m = summary["memory"].get(SIO_BASELINE)
     per = m.get("per_connection_bytes") if m else None
     rows.append({
@@ -499,6 +537,8 @@ def sio_goals(summary: dict) -> str:
                 verdict += f" by {_fmt_bytes(g['bytes'] - g['goal'])}"
         else:
             goal = f"{SIO_WORKLOAD_LABELS.get(g['workload'], g['workload'])}: Volley ≥ {g['goal']}× {label(g['peer'])}"
+            if g.get("cpu"):
+                goal += ", in server CPU per message"
             if g["ratio"] is None:
                 value = "—"
             else:

@@ -103,5 +103,31 @@ class PairedRatios(unittest.TestCase):
         self.assertIn("(1.10× Volley)", svg)
 
 
+
+class SocketIoServerCpu(unittest.TestCase):
+    def test_server_cpu_per_message_is_paired_and_judged_against_the_goals(self):
+        def sio(stack, rnd, rate, cpu):
+            return {"kind": "sio", "stack": stack, "workload": "sio-echo", "round": rnd, "ok": True,
+                    "error": None, "bench": {"msg_per_s": rate, "server_cpu_us_per_msg": cpu,
+                                             "latency_us": {"p50": 1.0, "p99": 2.0}}}
+        # The generator limits both servers to the same rate; the CPU tells them apart.
+        runs = [sio("volley-sio", 1, 100.0, 4.0), sio("socketioxide", 1, 100.0, 6.0),
+                sio("volley-sio", 2, 90.0, 5.0), sio("socketioxide", 2, 90.0, 5.5),
+                sio("volley-sio", 3, 95.0, 4.0), sio("socketioxide", 3, 95.0, 5.6)]
+        s = bench_report.sio_summary({"socketio": {
+            "runs": runs, "memory": [], "workloads": ["sio-echo"],
+            "stacks": ["volley-sio", "socketioxide"]}})
+        cell = s["echo"]["socketioxide"]["sio-echo"]
+        self.assertEqual(cell["cpu_ratio_vs_volley_rounds"], [1.5, 1.1, 1.4])
+        self.assertEqual(cell["server_cpu_us_median"], 5.6)
+        rows = [g for g in bench_report.sio_goal_rows(s) if g.get("cpu")]
+        self.assertEqual(len(rows), 1)
+        self.assertAlmostEqual(rows[0]["ratio"], 1.4)
+        self.assertTrue(rows[0]["met"])
+        table = bench_report.sio_markdown(s)
+        self.assertIn("server CPU µs/event", table)
+        self.assertIn("| 5.6 (1.40×) |", table)
+        self.assertIn("in server CPU per message | 1.40× (1.10–1.50, 3 rounds) | **met** |", table)
+
 if __name__ == "__main__":
     unittest.main()

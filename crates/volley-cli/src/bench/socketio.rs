@@ -111,7 +111,10 @@ pub(crate) struct SocketIoArgs {
     /// Unmeasured warm-up before the measured duration.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     warmup: Duration,
-    /// The server's process id: its memory is read from /proc/<pid>/status (idle).
+    /// The server's process id: its memory is read from /proc/<pid>/status (idle), its CPU
+    /// time over the measured window from /proc/<pid>/task/*/schedstat (echo, ack, room:
+    /// reported as server CPU per message, which stays comparable when the load generator
+    /// is the bottleneck).
     #[arg(long)]
     server_pid: Option<u32>,
     /// How long to hold the idle clients once all are connected (idle).
@@ -136,6 +139,51 @@ impl Clock {
     fn measuring(&self, now: Instant) -> bool {
         now >= self.measure_from && now < self.end
     }
+
+    /// Samples the CPU time of process `pid` at the start and at the end of the measured
+    /// window, in a task of the current `LocalSet`; the cell gets the CPU seconds spent in it.
+    fn sample_cpu(&self, pid: Option<u32>) -> Rc<Cell<Option<f64>>> {
+        let cell = Rc::new(Cell::new(None));
+        if let Some(pid) = pid {
+            let (clock, out) = (*self, cell.clone());
+            tokio::task::spawn_local(async move {
+                tokio::time::sleep_until(clock.measure_from.into()).await;
+                let start = cpu_time_ns(pid);
+                tokio::time::sleep_until(clock.end.into()).await;
+                if let (Ok(start), Ok(end)) = (start, cpu_time_ns(pid)) {
+                    out.set(Some(end.saturating_sub(start) as f64 / 1e9));
+                }
+            });
+        }
+        cell
+    }
+}
+
+/// The CPU time process `pid` has used, in nanoseconds: the sum over its threads of the first
+/// field of `/proc/<pid>/task/<tid>/schedstat` (time spent running).
+fn cpu_time_ns(pid: u32) -> Result<u64, String> {
+    let dir = format!("/proc/{pid}/task");
+    let entries = std::fs::read_dir(&dir).map_err(|e| format!("{dir}: {e}"))?;
+    let mut total = 0u64;
+    for entry in entries.flatten() {
+        let path = entry.path().join("schedstat");
+        // A thread that ended meanwhile is skipped.
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let ns = (text.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| format!("{}: unexpected content {text:?}", path.display()))?;
+        total += ns;
+    }
+    Ok(total)
+}
+
+/// Server CPU microseconds per message, when measured.
+fn cpu_per_message(cpu_s: Option<f64>, messages: u64) -> Option<f64> {
+    cpu_s
+        .filter(|_| messages > 0)
+        .map(|s| round3(s * 1e6 / messages as f64))
 }
 
 /// What the clients of a run count.
@@ -494,6 +542,7 @@ async fn round_trips(
         measure_from: begin + args.warmup,
         end: begin + args.warmup + args.duration,
     };
+    let server_cpu = clock.sample_cpu(args.server_pid);
     let totals = Rc::new(RefCell::new(Totals::new()));
     let mut tasks = JoinSet::new();
     let ack = args.workload == Workload::Ack;
@@ -541,6 +590,9 @@ async fn round_trips(
             "warmup_s": args.warmup.as_secs_f64(),
             "round_trips": totals.completed,
             "msg_per_s": round3(rate),
+            "server_pid": args.server_pid,
+            "server_cpu_s": server_cpu.get().map(round3),
+            "server_cpu_us_per_msg": cpu_per_message(server_cpu.get(), totals.completed),
             "latency_us": latency_json,
             "mismatches": totals.mismatches,
             "connection_errors": totals.connection_errors,
@@ -560,6 +612,9 @@ async fn round_trips(
             args.warmup.as_secs_f64()
         );
         println!("  {rate:.0} {unit}/s ({} round trips)", totals.completed);
+        if let Some(per) = cpu_per_message(server_cpu.get(), totals.completed) {
+            println!("  server CPU: {per:.2} µs per {}", &unit[..unit.len() - 1]);
+        }
         println!("  round trip: {latency_text}");
         println!(
             "  errors: {} mismatched replies, {} client errors",
@@ -785,6 +840,7 @@ async fn room(args: &SocketIoArgs, target: &Target, uri: &http::Uri) -> Result<E
         measure_from: begin + args.warmup,
         end: begin + args.warmup + args.duration,
     };
+    let server_cpu = clock.sample_cpu(args.server_pid);
     let totals = Rc::new(RefCell::new(Totals::new()));
     let mut tasks = JoinSet::new();
     for (index, member) in members.into_iter().enumerate() {
@@ -890,6 +946,9 @@ async fn room(args: &SocketIoArgs, target: &Target, uri: &http::Uri) -> Result<E
             "deliveries": deliveries,
             "msg_per_s": round3(rate),
             "deliveries_per_s": round3(rate),
+            "server_pid": args.server_pid,
+            "server_cpu_s": server_cpu.get().map(round3),
+            "server_cpu_us_per_msg": cpu_per_message(server_cpu.get(), deliveries),
             "connection_errors": totals.connection_errors,
             "errors": totals.errors,
             "ok": ok,
@@ -909,6 +968,9 @@ async fn room(args: &SocketIoArgs, target: &Target, uri: &http::Uri) -> Result<E
             "  {rate:.0} deliveries/s ({} publications, {deliveries} deliveries measured)",
             state.published.get()
         );
+        if let Some(per) = cpu_per_message(server_cpu.get(), deliveries) {
+            println!("  server CPU: {per:.3} µs per delivery");
+        }
         println!("  errors: {} client errors", totals.connection_errors);
         for e in &totals.errors {
             println!("    {e}");

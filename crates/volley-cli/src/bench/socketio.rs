@@ -141,21 +141,18 @@ impl Clock {
     }
 
     /// Samples the CPU time of process `pid` at the start and at the end of the measured
-    /// window, in a task of the current `LocalSet`; the cell gets the CPU seconds spent in it.
-    fn sample_cpu(&self, pid: Option<u32>) -> Rc<Cell<Option<f64>>> {
-        let cell = Rc::new(Cell::new(None));
-        if let Some(pid) = pid {
-            let (clock, out) = (*self, cell.clone());
-            tokio::task::spawn_local(async move {
-                tokio::time::sleep_until(clock.measure_from.into()).await;
-                let start = cpu_time_ns(pid);
-                tokio::time::sleep_until(clock.end.into()).await;
-                if let (Ok(start), Ok(end)) = (start, cpu_time_ns(pid)) {
-                    out.set(Some(end.saturating_sub(start) as f64 / 1e9));
-                }
-            });
-        }
-        cell
+    /// window, in a task of the current `LocalSet`: the task's result is the CPU seconds spent
+    /// in it (await it after the window).
+    fn sample_cpu(&self, pid: Option<u32>) -> tokio::task::JoinHandle<Option<f64>> {
+        let clock = *self;
+        tokio::task::spawn_local(async move {
+            let pid = pid?;
+            tokio::time::sleep_until(clock.measure_from.into()).await;
+            let start = cpu_time_ns(pid).ok()?;
+            tokio::time::sleep_until(clock.end.into()).await;
+            let end = cpu_time_ns(pid).ok()?;
+            Some(end.saturating_sub(start) as f64 / 1e9)
+        })
     }
 }
 
@@ -562,6 +559,7 @@ async fn round_trips(
         });
     }
     let stalled = join_until(&mut tasks, clock.end + GRACE).await;
+    let server_cpu = server_cpu.await.ok().flatten();
     drop(progress);
     let mut totals = Rc::try_unwrap(totals)
         .map_err(|_| "client tasks outlived the run".to_string())?
@@ -591,8 +589,8 @@ async fn round_trips(
             "round_trips": totals.completed,
             "msg_per_s": round3(rate),
             "server_pid": args.server_pid,
-            "server_cpu_s": server_cpu.get().map(round3),
-            "server_cpu_us_per_msg": cpu_per_message(server_cpu.get(), totals.completed),
+            "server_cpu_s": server_cpu.map(round3),
+            "server_cpu_us_per_msg": cpu_per_message(server_cpu, totals.completed),
             "latency_us": latency_json,
             "mismatches": totals.mismatches,
             "connection_errors": totals.connection_errors,
@@ -612,7 +610,7 @@ async fn round_trips(
             args.warmup.as_secs_f64()
         );
         println!("  {rate:.0} {unit}/s ({} round trips)", totals.completed);
-        if let Some(per) = cpu_per_message(server_cpu.get(), totals.completed) {
+        if let Some(per) = cpu_per_message(server_cpu, totals.completed) {
             println!("  server CPU: {per:.2} µs per {}", &unit[..unit.len() - 1]);
         }
         println!("  round trip: {latency_text}");
@@ -913,6 +911,7 @@ async fn room(args: &SocketIoArgs, target: &Target, uri: &http::Uri) -> Result<E
     };
     let publisher_result = published.await;
     let stalled = join_until(&mut tasks, clock.end + GRACE).await;
+    let server_cpu = server_cpu.await.ok().flatten();
     drop(progress);
     let mut totals = Rc::try_unwrap(totals)
         .map_err(|_| "member tasks outlived the run".to_string())?
@@ -947,8 +946,8 @@ async fn room(args: &SocketIoArgs, target: &Target, uri: &http::Uri) -> Result<E
             "msg_per_s": round3(rate),
             "deliveries_per_s": round3(rate),
             "server_pid": args.server_pid,
-            "server_cpu_s": server_cpu.get().map(round3),
-            "server_cpu_us_per_msg": cpu_per_message(server_cpu.get(), deliveries),
+            "server_cpu_s": server_cpu.map(round3),
+            "server_cpu_us_per_msg": cpu_per_message(server_cpu, deliveries),
             "connection_errors": totals.connection_errors,
             "errors": totals.errors,
             "ok": ok,
@@ -968,7 +967,7 @@ async fn room(args: &SocketIoArgs, target: &Target, uri: &http::Uri) -> Result<E
             "  {rate:.0} deliveries/s ({} publications, {deliveries} deliveries measured)",
             state.published.get()
         );
-        if let Some(per) = cpu_per_message(server_cpu.get(), deliveries) {
+        if let Some(per) = cpu_per_message(server_cpu, deliveries) {
             println!("  server CPU: {per:.3} µs per delivery");
         }
         println!("  errors: {} client errors", totals.connection_errors);

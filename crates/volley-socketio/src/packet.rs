@@ -297,7 +297,9 @@ impl Packet {
             PacketType::Ack | PacketType::BinaryAck => PacketType::Ack,
             other => other,
         };
-        let mut out = String::new();
+        // Sized for the whole packet at once (it would otherwise grow several times).
+        let hint = 24 + self.nsp.len() + data.map_or(0, json_len_hint);
+        let mut out = String::with_capacity(hint);
         // Writing to a String cannot fail.
         let _ = write!(out, "{}", kind as u8);
         if kind.is_binary() {
@@ -314,6 +316,22 @@ impl Packet {
             let _ = write!(out, "{data}");
         }
         (out, attachments)
+    }
+}
+
+/// About the length of `value` as JSON (exact for plain ASCII strings, numbers guessed): enough
+/// to size an encoder's buffer in one allocation.
+fn json_len_hint(value: &Value) -> usize {
+    match value {
+        Value::Null | Value::Bool(_) => 5,
+        Value::Number(_) => 20,
+        Value::String(s) => s.len() + 2,
+        Value::Array(items) => 2 + items.iter().map(|v| json_len_hint(v) + 1).sum::<usize>(),
+        Value::Object(map) => {
+            2 + (map.iter())
+                .map(|(k, v)| k.len() + 4 + json_len_hint(v))
+                .sum::<usize>()
+        }
     }
 }
 

@@ -334,27 +334,29 @@ impl EncodedPacket {
         };
         cell.get_or_init(|| {
             frames_of(&self.packet, parser)
-                .into_iter()
                 .map(SharedData::new)
                 .collect()
         })
     }
 }
 
-/// The Engine.IO messages of `packet` in `parser`'s format (for one recipient).
-pub(crate) fn frames_of(packet: &Packet, parser: crate::Parser) -> Vec<Data> {
-    match parser {
+/// The Engine.IO messages of `packet` in `parser`'s format (for one recipient): the packet,
+/// then its attachments (an iterator: no list is allocated for the usual single message).
+pub(crate) fn frames_of(
+    packet: &Packet,
+    parser: crate::Parser,
+) -> impl Iterator<Item = Data> + use<> {
+    let (first, attachments) = match parser {
         crate::Parser::Default => {
             let (text, attachments) = packet.encode();
-            let mut frames = Vec::with_capacity(1 + attachments.len());
-            frames.push(Data::Text(text));
-            frames.extend(attachments.into_iter().map(Data::Binary));
-            frames
+            (Data::Text(text), attachments)
         }
-        crate::Parser::MsgPack => vec![Data::Binary(Bytes::from(crate::packet::encode_msgpack(
-            packet,
-        )))],
-    }
+        crate::Parser::MsgPack => (
+            Data::Binary(Bytes::from(crate::packet::encode_msgpack(packet))),
+            Vec::new(),
+        ),
+    };
+    std::iter::once(first).chain(attachments.into_iter().map(Data::Binary))
 }
 
 /// An event handler, sync or async: parses the payload for the user's handler; returns the

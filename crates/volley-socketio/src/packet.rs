@@ -321,7 +321,7 @@ impl Packet {
 
 /// About the length of `value` as JSON (exact for plain ASCII strings, numbers guessed): enough
 /// to size an encoder's buffer in one allocation.
-fn json_len_hint(value: &Value) -> usize {
+pub(crate) fn json_len_hint(value: &Value) -> usize {
     match value {
         Value::Null | Value::Bool(_) => 5,
         Value::Number(_) => 20,

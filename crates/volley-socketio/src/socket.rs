@@ -897,6 +897,22 @@ impl Socket {
     /// attachments: see [`FromPayload`] for the mapping), e.g. `socket.emit("score", &score)`,
     /// `socket.emit("move", (x, y))`. A [`Payload`] is sent as it is.
     pub fn emit(&self, event: &str, data: impl Serialize) -> Result<(), EmitError> {
+        if self.0.ns.recovery().is_none() && self.0.client.parser() == crate::Parser::Default {
+            // The usual case, encoded straight to its text: no packet is built.
+            if RESERVED_EVENTS.contains(&event) {
+                return Err(EmitError::Reserved(event.to_owned()));
+            }
+            let payload = to_payload(&data).map_err(EmitError::Data)?;
+            if payload.attachments.is_empty() {
+                if !self.connected() {
+                    return Err(EmitError::Disconnected);
+                }
+                let text = event_text(self.nsp(), event, &payload.args);
+                return (self.0.client.sender().send(Data::Text(text))).map_err(EmitError::Send);
+            }
+            let packet = packet_of(self.nsp(), event, payload, None);
+            return self.send_packet(&packet, false);
+        }
         let packet = event_packet(self.nsp(), event, &data, None)?;
         if self.0.ns.recovery().is_some() {
             // As Node: through the adapter (to the socket's own room), so that the packet gets
@@ -1302,10 +1318,15 @@ pub(crate) fn event_packet<T: Serialize + ?Sized>(
         return Err(EmitError::Reserved(event.to_owned()));
     }
     let payload = to_payload(data).map_err(EmitError::Data)?;
+    Ok(packet_of(nsp, event, payload, id))
+}
+
+/// The EVENT packet of `event` with `payload` in namespace `nsp`.
+fn packet_of(nsp: &str, event: &str, payload: Payload, id: Option<u64>) -> Packet {
     let mut args = Vec::with_capacity(payload.args.len() + 1);
     args.push(Value::String(event.to_owned()));
     args.extend(payload.args);
-    Ok(Packet {
+    Packet {
         kind: if payload.attachments.is_empty() {
             PacketType::Event
         } else {
@@ -1315,7 +1336,34 @@ pub(crate) fn event_packet<T: Serialize + ?Sized>(
         id,
         data: Some(Value::Array(args)),
         attachments: payload.attachments,
-    })
+    }
+}
+
+/// The text of an EVENT packet without ack id or attachments, as [`Packet::encode`] writes it:
+/// `2`, the namespace and a comma unless it is `/`, then `[event, ...args]` as compact JSON.
+fn event_text(nsp: &str, event: &str, args: &[Value]) -> String {
+    let hint = 24
+        + nsp.len()
+        + event.len()
+        + (args.iter())
+            .map(crate::packet::json_len_hint)
+            .sum::<usize>();
+    let mut out = Vec::with_capacity(hint);
+    out.push(b'2');
+    if !nsp.is_empty() && nsp != "/" {
+        out.extend_from_slice(nsp.as_bytes());
+        out.push(b',');
+    }
+    out.push(b'[');
+    // Writing JSON to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, event);
+    for arg in args {
+        out.push(b',');
+        let _ = serde_json::to_writer(&mut out, arg);
+    }
+    out.push(b']');
+    // serde_json writes UTF-8, and the namespace is a str.
+    String::from_utf8(out).expect("JSON is UTF-8")
 }
 
 /// Polls a future, turning a panic into an `Err`.
@@ -1456,5 +1504,36 @@ impl<R: FromPayload + Send + 'static> IntoFuture for AckRequest<R> {
             drop(guard);
             result
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_text_is_what_the_packet_encoder_writes() {
+        let cases: Vec<(&str, &str, Vec<Value>)> = vec![
+            ("/", "message", vec![]),
+            ("/", "message-back", vec![Value::from("x".repeat(20))]),
+            (
+                "/chat",
+                "say",
+                vec![Value::from(1), Value::Null, Value::from(2.5)],
+            ),
+            (
+                "/a-b",
+                "quote \" and \\ and é 😀",
+                vec![serde_json::json!({"k": ["\n", {"z": true}], "é": "\u{1}"})],
+            ),
+            ("", "empty nsp", vec![Value::from(false)]),
+        ];
+        for (nsp, event, args) in cases {
+            let payload = Payload::new(args.clone());
+            let packet = packet_of(nsp, event, payload, None);
+            let (encoded, attachments) = packet.encode();
+            assert!(attachments.is_empty());
+            assert_eq!(event_text(nsp, event, &args), encoded, "{nsp} {event}");
+        }
     }
 }

@@ -18,8 +18,7 @@
 //!    valid stream fail with exactly the right error and code after delivering what came before.
 //!
 //! The case counts keep the whole file at about 12 s of CPU in a debug build (18 s of wall time on
-//! the shared 2-core CI machine);
-//! `PROPTEST_CASES=n` sets every property's count to `n` instead.
+//! the shared 2-core CI machine); `PROPTEST_CASES=n` sets every property's count to `n` instead.
 
 mod common;
 
@@ -734,7 +733,7 @@ fn run_messages(case: &MessagesCase) -> TestResult {
     };
 
     let (got, err) = deliver(&mut receiver, &wire, &case.delivery);
-    prop_assert_eq!(err, None);
+    prop_assert_eq!(err, None, "the receiver rejected valid input");
     same_messages("receiver", &got, &expected)?;
     prop_assert_eq!(receiver.state(), State::Open);
 
@@ -753,7 +752,7 @@ fn run_messages(case: &MessagesCase) -> TestResult {
     }
     // And the sender takes the pongs.
     let back = sender.read_all(&encode_frames(&answers, case.sender == Role::Server));
-    prop_assert_eq!(back.1, None);
+    prop_assert_eq!(back.1, None, "the sender rejected the pongs");
     let want: Vec<Message> = pings
         .iter()
         .map(|p| Message::Pong(Bytes::copy_from_slice(p)))
@@ -1046,6 +1045,9 @@ fn run_close(case: &CloseCase) -> TestResult {
         client.poll();
         server.poll();
     }
+    for p in &mut peers {
+        p.flush();
+    }
 
     for (x, y) in [(0, 1), (1, 0)] {
         let (me, peer) = (&peers[x], &peers[y]);
@@ -1080,7 +1082,9 @@ fn run_close(case: &CloseCase) -> TestResult {
         );
 
         // The peer saw it as its last event, after everything sent before it.
-        let (last_event, before) = peer.got.split_last().expect("the close event");
+        let Some((last_event, before)) = peer.got.split_last() else {
+            return Err(TestCaseError::fail(format!("{:?} saw no close", peer.role)));
+        };
         prop_assert_eq!(
             last_event,
             &Message::Close(mine),

@@ -17,8 +17,9 @@
 //!    UTF-8, oversized messages, every kind of protocol error) injected at a random point of a
 //!    valid stream fail with exactly the right error and code after delivering what came before.
 //!
-//! The case counts keep the whole file at about 12 s of CPU in a debug build (18 s of wall time on
-//! the shared 2-core CI machine); `PROPTEST_CASES=n` sets every property's count to `n` instead.
+//! The case counts keep the whole file at about 11 s of CPU in a debug build (8–18 s of wall time on
+//! the shared 2-core CI machine, depending on its load); `PROPTEST_CASES=n` sets every property's
+//! count to `n` instead. Each run draws new cases; a failure prints the minimal failing input.
 
 mod common;
 

@@ -636,7 +636,10 @@ impl InMemoryAdapter {
 
     fn targets(&self, opts: &BroadcastOptions) -> Vec<Socket> {
         let ids = lock(&self.state).matching(opts);
-        ids.iter().filter_map(|id| self.ns.socket(id)).collect()
+        match self.ns.upgrade() {
+            Some(ns) => ns.get_sockets(ids.iter().map(|id| &**id)),
+            None => Vec::new(),
+        }
     }
 
     /// Sends `packet` to the local sockets `opts` targets, encoding it once. With connection
@@ -673,13 +676,13 @@ impl InMemoryAdapter {
         };
         let encoded = EncodedPacket::new(&packet);
         let ids = lock(&self.state).matching(opts);
-        for id in ids {
-            if store.hold(&id, missed.as_ref()) {
-                continue;
-            }
-            if let Some(socket) = self.ns.socket(&id) {
-                let _ = socket.send_encoded(&encoded, opts.flags.volatile);
-            }
+        // Those not held for a session being restored get it now.
+        let now: Vec<&str> = (ids.iter().map(|id| &**id))
+            .filter(|id| !store.hold(id, missed.as_ref()))
+            .collect();
+        let sockets = (self.ns.upgrade()).map_or_else(Vec::new, |ns| ns.get_sockets(now));
+        for socket in sockets {
+            let _ = socket.send_encoded(&encoded, opts.flags.volatile);
         }
     }
 

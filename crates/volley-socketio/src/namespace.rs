@@ -77,7 +77,8 @@ pub(crate) struct NsHandlers {
 pub(crate) struct NsInner {
     name: String,
     handlers: Arc<NsHandlers>,
-    sockets: RwLock<HashMap<String, Socket>>,
+    /// id -> socket (a fast hash: broadcasts look up every recipient).
+    sockets: RwLock<HashMap<String, Socket, foldhash::fast::RandomState>>,
     adapter: Arc<dyn Adapter>,
     ids: AtomicU64,
     ack_timeout: Duration,
@@ -119,7 +120,7 @@ impl Namespace {
             adapter: factory(ns_ref(weak)),
             name: name.clone(),
             handlers,
-            sockets: RwLock::new(HashMap::new()),
+            sockets: RwLock::new(HashMap::default()),
             ids: AtomicU64::new(0),
             ack_timeout,
             cleanup,
@@ -285,6 +286,14 @@ impl Namespace {
     /// The connected local socket with id `id`.
     pub fn get_socket(&self, id: &str) -> Option<Socket> {
         read(&self.0.sockets).get(id).cloned()
+    }
+
+    /// The connected local sockets among `ids` (one lookup of the socket table for all).
+    pub(crate) fn get_sockets<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Vec<Socket> {
+        let sockets = read(&self.0.sockets);
+        ids.into_iter()
+            .filter_map(|id| sockets.get(id).cloned())
+            .collect()
     }
 
     /// The connected local sockets.

@@ -514,17 +514,23 @@ impl Rooms {
 
     /// The ids of the sockets `opts` targets.
     fn matching(&self, opts: &BroadcastOptions) -> Vec<Arc<str>> {
+        let mut out = Vec::new();
+        self.matching_each(opts, |id| out.push(id.clone()));
+        out
+    }
+
+    /// Calls `f` with the id of each socket `opts` targets, once each.
+    fn matching_each<'a>(&'a self, opts: &BroadcastOptions, mut f: impl FnMut(&'a Arc<str>)) {
         let mut excluded: HashSet<&str> = HashSet::new();
         for room in &opts.except {
             self.members(room, |id| {
                 excluded.insert(id);
             });
         }
-        let mut out: Vec<Arc<str>> = Vec::new();
         if opts.rooms.is_empty() {
             for id in self.sids.keys() {
                 if !excluded.contains(&**id) {
-                    out.push(id.clone());
+                    f(id);
                 }
             }
         } else if opts.rooms.len() == 1 {
@@ -532,7 +538,7 @@ impl Rooms {
             let room = opts.rooms.first().expect("one room");
             self.members(room, |id| {
                 if !excluded.contains(&**id) {
-                    out.push(id.clone());
+                    f(id);
                 }
             });
         } else {
@@ -540,12 +546,11 @@ impl Rooms {
             for room in &opts.rooms {
                 self.members(room, |id| {
                     if !excluded.contains(&**id) && seen.insert(id) {
-                        out.push(id.clone());
+                        f(id);
                     }
                 });
             }
         }
-        out
     }
 }
 
@@ -635,11 +640,19 @@ impl InMemoryAdapter {
     }
 
     fn targets(&self, opts: &BroadcastOptions) -> Vec<Socket> {
-        let ids = lock(&self.state).matching(opts);
-        match self.ns.upgrade() {
-            Some(ns) => ns.get_sockets(ids.iter().map(|id| &**id)),
-            None => Vec::new(),
-        }
+        let Some(ns) = self.ns.upgrade() else {
+            return Vec::new();
+        };
+        // Lock order: the rooms, then the namespace's socket table (never the other way).
+        let state = lock(&self.state);
+        let table = ns.socket_table();
+        let mut out = Vec::new();
+        state.matching_each(opts, |id| {
+            if let Some(socket) = table.get(&**id) {
+                out.push(socket.clone());
+            }
+        });
+        out
     }
 
     /// Sends `packet` to the local sockets `opts` targets, encoding it once. With connection

@@ -288,6 +288,14 @@ impl Namespace {
         read(&self.0.sockets).get(id).cloned()
     }
 
+    /// The table of connected local sockets, read-locked: hold it briefly, and take no lock
+    /// that a socket's removal takes (an adapter's own state may be locked before it).
+    pub(crate) fn socket_table(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, HashMap<String, Socket, foldhash::fast::RandomState>> {
+        read(&self.0.sockets)
+    }
+
     /// The connected local sockets among `ids` (one lookup of the socket table for all).
     pub(crate) fn get_sockets<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Vec<Socket> {
         let sockets = read(&self.0.sockets);

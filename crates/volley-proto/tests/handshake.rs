@@ -963,3 +963,20 @@ fn client_rejects_an_oversized_response() {
         Some(HandshakeError::HeadersTooLarge(8192))
     );
 }
+
+#[test]
+fn client_rejects_a_complete_response_over_the_limit() {
+    // A valid 101 response whose header block, complete in one read, is larger than the limit:
+    // refused even though nothing is missing, and accepted once the limit allows it.
+    let hs = client("ws://h/", &[]);
+    let fill = format!("X-Fill: {}", "a".repeat(300));
+    let resp = response_with(&hs, &[], &[&fill]);
+    let small = HeaderLimits::default().max_bytes(resp.len() - 1);
+    assert_eq!(
+        hs.parse_response(&resp, &small).err(),
+        Some(HandshakeError::HeadersTooLarge(resp.len() - 1))
+    );
+    let exact = HeaderLimits::default().max_bytes(resp.len());
+    let (_, len) = hs.parse_response(&resp, &exact).unwrap().unwrap();
+    assert_eq!(len, resp.len());
+}

@@ -647,6 +647,29 @@ fn each_half_releases_its_idle_buffers() {
     assert!(conn.read_buffer_released());
 }
 
+#[test]
+fn idle_release_frees_an_emptied_read_buffer_but_keeps_a_partial_frame() {
+    let mut conn = Connection::new(Role::Server, ProtocolConfig::default());
+    let frame = cframe(TEXT, "hello, buffered world");
+    let buf = conn.read_buffer();
+    buf.reserve(16 * 1024);
+    buf.extend_from_slice(&frame[..9]);
+    conn.handle_buffered().unwrap();
+    assert_eq!(events(&mut conn), []);
+    // Half a frame waits in the buffer: releasing must not drop it.
+    conn.release_idle_buffers();
+    assert!(!conn.read_buffer_released());
+    conn.read_buffer().extend_from_slice(&frame[9..]);
+    conn.handle_buffered().unwrap();
+    assert_eq!(events(&mut conn), [Message::text("hello, buffered world")]);
+    // Now the buffer is empty but still holds its capacity: released, and reading goes on.
+    assert!(!conn.read_buffer_released());
+    assert!(conn.release_idle_buffers());
+    assert!(conn.read_buffer_released());
+    conn.handle_read(&cframe(TEXT, "again")).unwrap();
+    assert_eq!(events(&mut conn), [Message::text("again")]);
+}
+
 fn assert_send<T: Send + 'static>() {}
 
 /// The receive half inflates a large compressed message, in pieces, on this thread, while the

@@ -5,12 +5,19 @@
 //! [`HandshakeError::response`] the rejection. Client: [`ClientHandshake::new`] builds the request
 //! and [`ClientHandshake::parse_response`] validates the server's answer.
 
+use std::mem::MaybeUninit;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use sha1::{Digest, Sha1};
 
 use crate::deflate::{DeflateConfig, DeflateParams, EXTENSION_NAME};
+
+/// Header lines parsed into an array on the stack; a larger [`HeaderLimits::max_headers`] uses
+/// one on the heap.
+const STACK_HEADERS: usize = 128;
 
 /// The GUID that RFC 6455 §1.3 appends to the key.
 const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -156,10 +163,21 @@ pub fn error_response(status: StatusCode, extra_headers: &str, body: &str) -> Ve
 
 /// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key` (RFC 6455 §4.2.2).
 pub fn accept_key(key: &[u8]) -> String {
+    let mut out = [0u8; ACCEPT_KEY_LEN];
+    String::from_utf8_lossy(accept_key_bytes(key, &mut out)).into_owned()
+}
+
+/// Length of a `Sec-WebSocket-Accept` value: a SHA-1 digest in base64.
+const ACCEPT_KEY_LEN: usize = 28;
+
+/// [`accept_key`] written into `out`, without allocating.
+fn accept_key_bytes<'a>(key: &[u8], out: &'a mut [u8; ACCEPT_KEY_LEN]) -> &'a [u8] {
     let mut sha = Sha1::new();
     sha.update(key);
     sha.update(GUID);
-    BASE64.encode(sha.finalize())
+    // 20 bytes encode to exactly 28: the buffer always fits.
+    let n = BASE64.encode_slice(sha.finalize(), out).unwrap_or(0);
+    &out[..n]
 }
 
 /// One extension offered or accepted in `Sec-WebSocket-Extensions`, with its parameters.
@@ -346,13 +364,26 @@ impl UpgradeRequest {
     ///
     /// Returns `Ok(None)` while the header block is incomplete (and still under the limits), or the
     /// request and the number of bytes it used; bytes after that belong to the WebSocket stream.
+    ///
+    /// The header block is copied once: the URI and every header value of the request share
+    /// that copy (no allocation per header), and up to 128 header lines are parsed on the stack.
     pub fn parse(
         buf: &[u8],
         limits: &HeaderLimits,
     ) -> Result<Option<(Self, usize)>, HandshakeError> {
-        let mut raw = vec![httparse::EMPTY_HEADER; limits.max_headers];
-        let mut req = httparse::Request::new(&mut raw);
-        let len = match req.parse(buf).map_err(|e| map_httparse(e, limits))? {
+        let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
+        let mut heap = Vec::new();
+        let slots = if limits.max_headers <= STACK_HEADERS {
+            &mut stack[..limits.max_headers]
+        } else {
+            heap.resize(limits.max_headers, MaybeUninit::uninit());
+            &mut heap[..]
+        };
+        let mut req = httparse::Request::new(&mut []);
+        let len = match req
+            .parse_with_uninit_headers(buf, slots)
+            .map_err(|e| map_httparse(e, limits))?
+        {
             httparse::Status::Partial => {
                 if buf.len() > limits.max_bytes {
                     return Err(HandshakeError::HeadersTooLarge(limits.max_bytes));
@@ -364,24 +395,36 @@ impl UpgradeRequest {
         if len > limits.max_bytes {
             return Err(HandshakeError::HeadersTooLarge(limits.max_bytes));
         }
-        let method = req.method.unwrap_or_default();
-        let path = req.path.unwrap_or("/");
         if req.version != Some(1) {
             return Err(HandshakeError::HttpVersion);
         }
-        let mut builder = Request::builder()
-            .method(
-                Method::from_bytes(method.as_bytes())
-                    .map_err(|_| HandshakeError::Malformed("bad method".into()))?,
-            )
-            .uri(path)
-            .version(http::Version::HTTP_11);
-        if let Some(h) = builder.headers_mut() {
-            *h = parse_headers(req.headers)?;
+        let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
+            .map_err(|_| HandshakeError::Malformed("bad method".into()))?;
+        let head = Bytes::copy_from_slice(&buf[..len]);
+        // Where a slice of `buf` (as httparse returns them) lies in `head`.
+        let shared = |part: &[u8]| {
+            let start = (part.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
+            head.slice(start..start + part.len())
+        };
+        let uri = match req.path {
+            Some(path) => Uri::from_maybe_shared(shared(path.as_bytes()))
+                .map_err(|e| HandshakeError::Malformed(http::Error::from(e).to_string()))?,
+            None => Uri::from_static("/"),
+        };
+        let mut headers = HeaderMap::with_capacity(req.headers.len());
+        for h in req.headers.iter() {
+            let name = HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| HandshakeError::Malformed(format!("bad header name {:?}", h.name)))?;
+            let value = HeaderValue::from_maybe_shared(shared(h.value)).map_err(|_| {
+                HandshakeError::Malformed(format!("bad value for header {}", h.name))
+            })?;
+            headers.append(name, value);
         }
-        let request = builder
-            .body(())
-            .map_err(|e| HandshakeError::Malformed(e.to_string()))?;
+        let mut request = Request::new(());
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.version_mut() = http::Version::HTTP_11;
+        *request.headers_mut() = headers;
         Ok(Some((Self::from_request(request)?, len)))
     }
 
@@ -435,6 +478,13 @@ impl UpgradeRequest {
         &self.request
     }
 
+    /// Takes the request out (to hand it on without a copy), leaving an empty `GET /` request
+    /// without headers in its place. The key, the offered subprotocols and extensions stay:
+    /// [`accept`](Self::accept) and [`negotiate_deflate`](Self::negotiate_deflate) still work.
+    pub fn take_request(&mut self) -> Request<()> {
+        std::mem::replace(&mut self.request, Request::new(()))
+    }
+
     /// The subprotocols the client offered, in its order of preference.
     pub fn protocols(&self) -> &[String] {
         &self.protocols
@@ -464,7 +514,8 @@ impl UpgradeRequest {
         out.extend_from_slice(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
         );
-        out.extend_from_slice(self.accept_key().as_bytes());
+        let mut key = [0u8; ACCEPT_KEY_LEN];
+        out.extend_from_slice(accept_key_bytes(self.key.as_bytes().trim_ascii(), &mut key));
         out.extend_from_slice(b"\r\n");
         if let Some(p) = protocol {
             out.extend_from_slice(b"Sec-WebSocket-Protocol: ");
@@ -584,8 +635,15 @@ impl ClientHandshake {
         limits: &HeaderLimits,
     ) -> Result<Option<(UpgradeResponse, usize)>, HandshakeError> {
         use http::header;
-        let mut raw = vec![httparse::EMPTY_HEADER; limits.max_headers];
-        let mut resp = httparse::Response::new(&mut raw);
+        let mut stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
+        let mut heap = Vec::new();
+        let raw = if limits.max_headers <= STACK_HEADERS {
+            &mut stack[..limits.max_headers]
+        } else {
+            heap.resize(limits.max_headers, httparse::EMPTY_HEADER);
+            &mut heap[..]
+        };
+        let mut resp = httparse::Response::new(raw);
         let len = match resp.parse(buf).map_err(|e| map_httparse(e, limits))? {
             httparse::Status::Partial => {
                 if buf.len() > limits.max_bytes {

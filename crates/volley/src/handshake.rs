@@ -146,8 +146,8 @@ where
     let handshake = async {
         let parsed = read_head(&mut stream, &mut buf, |b| UpgradeRequest::parse(b, &limits)).await;
         match parsed {
-            Ok((upgrade, len)) => {
-                let (request, protocol, mut extra) = match policy.decide(&upgrade).await {
+            Ok((mut upgrade, len)) => {
+                let (request, protocol, mut extra) = match policy.decide(&mut upgrade).await {
                     Ok(decided) => decided,
                     Err(reject) => {
                         let _ = stream.write_all(&reject.response()).await;

@@ -188,11 +188,12 @@ impl Policy {
         Ok(())
     }
 
-    /// Applies the policy to a parsed request: the request to hand to the handler (with a
-    /// [`Subprotocol`] extension if one was selected) and the extra 101 headers, or the rejection.
+    /// Applies the policy to a parsed request: the request to hand to the handler (taken out of
+    /// `upgrade`, not copied; with a [`Subprotocol`] extension if one was selected) and the
+    /// extra 101 headers, or the rejection.
     pub(crate) async fn decide(
         &self,
-        upgrade: &UpgradeRequest,
+        upgrade: &mut UpgradeRequest,
     ) -> Result<(Request<()>, Option<String>, HeaderMap), Reject> {
         self.check_stopping()?;
         let request = upgrade.request();
@@ -208,7 +209,7 @@ impl Policy {
                 }
             }
         }
-        let mut request = request.clone();
+        let mut request = upgrade.take_request();
         if let Some(auth) = &self.auth {
             request = auth(request).await?;
             self.check_stopping()?;

@@ -253,24 +253,30 @@ impl Server {
             tls: self.tls.clone(),
         });
         let mut tasks = JoinSet::new();
+        let mut batch = Vec::with_capacity(ACCEPT_BATCH);
         tokio::pin!(shutdown);
         loop {
-            let (stream, peer) = tokio::select! {
+            tokio::select! {
+                biased;
                 () = &mut shutdown => break,
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
-                accepted = self.listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) if is_per_connection(&e) => continue,
-                    Err(e) => {
+                accepted = accept_batch(&self.listener, &mut batch) => {
+                    if let Err(e) = accepted {
                         // Out of file descriptors and the like: back off instead of spinning.
                         tracing::warn!("accept failed: {e}");
                         tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
                     }
-                },
-            };
-            ctx.stats.0.accepted.fetch_add(1, Ordering::Relaxed);
-            tasks.spawn(ctx.clone().connection(stream, peer));
+                }
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+            ctx.stats
+                .0
+                .accepted
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            for (stream, peer) in batch.drain(..) {
+                tasks.spawn(ctx.clone().connection(stream, peer));
+            }
+            // The handshakes of the previous batch that are done: reaped without waiting.
+            while tasks.try_join_next().is_some() {}
         }
 
         // Graceful shutdown: handshakes still in flight are answered 503.
@@ -503,12 +509,12 @@ impl Ctx {
                 self.config.open_timeout,
                 read_head(&mut stream, &mut head, max),
             );
-            if !matches!(read.await, Ok(true)) {
+            let Ok(Some(end)) = read.await else {
                 tracing::debug!(%peer, "no complete request head within the open timeout");
                 self.stats.refuse(Refusal::Timeout);
                 return None;
-            }
-            if !is_upgrade(&head) {
+            };
+            if !is_upgrade(&head[..end]) {
                 return Some(Opened::Http(head, stream));
             }
         }
@@ -702,6 +708,38 @@ impl Ctx {
     }
 }
 
+/// Most connections taken from the listen queue per wake-up of the accept loop (tokio's
+/// cooperative budget also ends a batch: the loop then yields to the connections' tasks).
+const ACCEPT_BATCH: usize = 256;
+
+/// Accepts connections into `batch` until the listen queue is empty (`accept` would block) or
+/// the batch is full; waits only while it has none. A connection that failed before it was
+/// accepted (reset, aborted) is skipped; another error ends the batch, and is returned if the
+/// batch is empty (it will recur on the next call otherwise).
+///
+/// Cancel-safe: accepted connections are in `batch` as soon as they are accepted.
+async fn accept_batch(
+    listener: &TcpListener,
+    batch: &mut Vec<(TcpStream, SocketAddr)>,
+) -> std::io::Result<()> {
+    std::future::poll_fn(|cx| {
+        while batch.len() < ACCEPT_BATCH {
+            match listener.poll_accept(cx) {
+                std::task::Poll::Ready(Ok(accepted)) => batch.push(accepted),
+                std::task::Poll::Ready(Err(e)) if is_per_connection(&e) => {}
+                std::task::Poll::Ready(Err(e)) if batch.is_empty() => {
+                    return std::task::Poll::Ready(Err(e));
+                }
+                std::task::Poll::Ready(Err(_)) => break,
+                std::task::Poll::Pending if batch.is_empty() => return std::task::Poll::Pending,
+                std::task::Poll::Pending => break,
+            }
+        }
+        std::task::Poll::Ready(Ok(()))
+    })
+    .await
+}
+
 /// Reads from `stream` until the first request line is complete (a `\n`), `max` bytes were
 /// read, or the peer stops; returns what was read (`None` if the peer sent nothing usable).
 async fn read_request_line(stream: &mut MaybeTlsStream, max: usize) -> Option<Vec<u8>> {
@@ -717,40 +755,50 @@ async fn read_request_line(stream: &mut MaybeTlsStream, max: usize) -> Option<Ve
 }
 
 /// Reads from `stream` into `head` until the request head is complete (a blank line) or
-/// `max` bytes were read; whether it is complete.
+/// `max` bytes were read; where the head ends, once it is complete.
 #[cfg(feature = "hyper")]
-async fn read_head(stream: &mut MaybeTlsStream, head: &mut Vec<u8>, max: usize) -> bool {
+async fn read_head(stream: &mut MaybeTlsStream, head: &mut Vec<u8>, max: usize) -> Option<usize> {
     let mut chunk = [0u8; 2048];
+    let mut searched = 0;
     loop {
-        if head_end(head).is_some() {
-            return true;
+        if let Some(end) = head_end(head, searched) {
+            return Some(end);
         }
         if head.len() >= max {
-            return false;
+            return None;
         }
+        // A blank line ends at most 2 bytes after the last line feed seen: search on from it.
+        searched = head.len().saturating_sub(2);
         match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return false,
+            Ok(0) | Err(_) => return None,
             Ok(n) => head.extend_from_slice(&chunk[..n]),
         }
     }
 }
 
-/// Where the request head in `buf` ends (after its blank line), once it does.
+/// Where the request head in `buf` ends (after its blank line: `\n\n` or `\n\r\n`), once it
+/// does; the search starts at `from` (bytes before it were searched already).
 #[cfg(feature = "hyper")]
-fn head_end(buf: &[u8]) -> Option<usize> {
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    match (crlf, lf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut at = from;
+    while let Some(n) = buf.get(at..)?.iter().position(|&b| b == b'\n') {
+        let lf = at + n;
+        match buf.get(lf + 1..lf + 3) {
+            Some([b'\n', _]) => return Some(lf + 2),
+            Some([b'\r', b'\n']) => return Some(lf + 3),
+            None if buf.get(lf + 1) == Some(&b'\n') => return Some(lf + 2),
+            _ => {}
+        }
+        at = lf + 1;
     }
+    None
 }
 
 /// Whether the complete request head `head` asks for a WebSocket upgrade (an `Upgrade`
 /// header naming `websocket`).
 #[cfg(feature = "hyper")]
 fn is_upgrade(head: &[u8]) -> bool {
-    let end = head_end(head).unwrap_or(head.len());
+    let end = head_end(head, 0).unwrap_or(head.len());
     (head[..end].split(|&b| b == b'\n').skip(1))
         .filter_map(|line| {
             let colon = line.iter().position(|&b| b == b':')?;
@@ -817,6 +865,30 @@ mod tests {
         assert!(!is_upgrade(
             b"POST / HTTP/1.1\r\n\r\nUpgrade: websocket\r\n"
         ));
+    }
+
+    #[cfg(feature = "hyper")]
+    #[test]
+    fn a_head_ends_at_its_first_blank_line() {
+        use super::head_end;
+        let crlf = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody";
+        assert_eq!(head_end(crlf, 0), Some(crlf.len() - 4));
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\nbody", 0), Some(24));
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\r\n", 0), Some(25));
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\n", 0), Some(24));
+        for partial in [
+            &b"GET / HTTP/1.1\r\nHost: a\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r",
+            b"GET / HTTP/1.1\r\nHost: a\r",
+            b"",
+        ] {
+            assert_eq!(head_end(partial, 0), None, "{partial:?}");
+        }
+        // Resuming the search near the end of what was searched finds a head completed later.
+        let mut head = b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec();
+        let from = head.len() - 2;
+        head.extend_from_slice(b"\r\n");
+        assert_eq!(head_end(&head, from), Some(head.len()));
     }
 
     #[test]

@@ -165,12 +165,12 @@ impl WebSocketUpgrade {
     /// Applies the policy (its auth hook must not wait) and builds the 101.
     fn accept_now(self) -> Result<(Response, Accepted), Rejection> {
         let Self {
-            upgrade,
+            mut upgrade,
             on_upgrade,
             config,
             policy,
         } = self;
-        let (request, protocol, extra) = match now_or_never(policy.decide(&upgrade)) {
+        let (request, protocol, extra) = match now_or_never(policy.decide(&mut upgrade)) {
             Some(decided) => decided?,
             None => {
                 tracing::error!(
@@ -196,12 +196,12 @@ impl WebSocketUpgrade {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let Self {
-            upgrade,
+            mut upgrade,
             on_upgrade,
             config,
             policy,
         } = self;
-        let accepted = match policy.decide(&upgrade).await {
+        let accepted = match policy.decide(&mut upgrade).await {
             Ok((request, protocol, extra)) => {
                 finish(upgrade, on_upgrade, config, request, protocol, extra)
             }

@@ -13,14 +13,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
-use volley_proto::handshake::error_response;
+use volley_proto::handshake::{UpgradeRequest, error_response};
 use volley_proto::{CloseCode, CloseFrame, Role};
 
-use crate::callback::Io;
+use crate::callback::{Io, OpenRequest};
 use crate::config::Config;
-use crate::handshake::{Accepted, accept_parts};
+use crate::handshake::{Accepted, accept_parts, negotiate_deflate};
 use crate::maybe_tls::MaybeTlsStream;
-use crate::policy::Policy;
+use crate::policy::{Policy, now_or_never};
 use crate::router::{Endpoint, PeerAddr, Router, Routes, Target, TaskFn, not_found_body};
 use crate::task::{CloseHandle, WebSocket};
 
@@ -254,6 +254,7 @@ impl Server {
         });
         let mut tasks = JoinSet::new();
         let mut batch = Vec::with_capacity(ACCEPT_BATCH);
+        let mut response = Vec::with_capacity(256);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -273,7 +274,10 @@ impl Server {
                 .accepted
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
             for (stream, peer) in batch.drain(..) {
-                tasks.spawn(ctx.clone().connection(stream, peer));
+                // Handshakes that complete at once are done here; the others get a task.
+                if let Some((stream, head)) = ctx.open_inline(stream, peer, &mut response) {
+                    tasks.spawn(ctx.clone().connection(stream, peer, head));
+                }
             }
             // The handshakes of the previous batch that are done: reaped without waiting.
             while tasks.try_join_next().is_some() {}
@@ -444,11 +448,13 @@ impl Ctx {
         }
     }
 
-    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
-        let _ = stream.set_nodelay(true);
+    /// Serves a connection from which `head` was read already (see [`open_inline`]).
+    ///
+    /// [`open_inline`]: Self::open_inline
+    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, head: Vec<u8>) {
         // Boxed: the handshake's state (read buffer, TLS) is freed once it is done instead of
         // sizing the task for the connection's whole life.
-        let Some(opened) = Box::pin(self.open(stream, peer)).await else {
+        let Some(opened) = Box::pin(self.open(stream, peer, head)).await else {
             return;
         };
         match opened {
@@ -458,14 +464,94 @@ impl Ctx {
         }
     }
 
+    /// The opening handshake of a plain TCP connection to a callbacks route, done at once in
+    /// the accept loop when the whole request has arrived (as it has under load, by the time a
+    /// connection is accepted) and the policy has no auth hook: one read, the 101 written with
+    /// one write, the connection handed to its driver; no task, no timer, no allocation beyond
+    /// the connection's own state and its request. `response` is a buffer reused across calls.
+    ///
+    /// Anything else (TLS, another kind of route, a request not complete yet, a request to
+    /// refuse or answer over HTTP, a socket that would block) returns the stream and what was
+    /// read from it, for [`connection`](Self::connection) to go on from there.
+    fn open_inline(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        response: &mut Vec<u8>,
+    ) -> Option<(TcpStream, Vec<u8>)> {
+        use std::io::{Read, Write};
+        let _ = stream.set_nodelay(true);
+        #[cfg(feature = "tls")]
+        if self.tls.is_some() {
+            return Some((stream, Vec::new()));
+        }
+        if self.policy.has_auth() {
+            return Some((stream, Vec::new()));
+        }
+        let mut buf = [0u8; 2048];
+        // Straight from the socket: tokio learns the socket's readiness only at its next poll
+        // of the I/O driver. Nothing is read past the request if the client sent more.
+        let socket = socket2::SockRef::from(&stream);
+        let n = match (&*socket).read(&mut buf) {
+            Ok(n) if n > 0 => n,
+            // Not there yet (or closed, or failed): the task waits for it, or sees the error.
+            _ => return Some((stream, Vec::new())),
+        };
+        let head = &buf[..n];
+        let handed_back = |stream| Some((stream, head.to_vec()));
+        let Some(routed) = request_path(head).and_then(|path| self.router.find(path)) else {
+            return handed_back(stream);
+        };
+        let Target::Callbacks(drivers) = &routed.target else {
+            return handed_back(stream);
+        };
+        let config = drivers.config();
+        // Incomplete, malformed or not an upgrade (a request for the route's HTTP service):
+        // the task reads on, answers the error or hands it to the service.
+        let Ok(Some((mut upgrade, used))) = UpgradeRequest::parse(head, &config.headers) else {
+            return handed_back(stream);
+        };
+        // Refused (the Origin allow-list, shutdown): the task answers it.
+        let Some(Ok(mut decision)) = now_or_never(self.policy.decide(&mut upgrade)) else {
+            return handed_back(stream);
+        };
+        let deflate = negotiate_deflate(&upgrade, config, &mut decision.extra);
+        response.clear();
+        upgrade.write_accept(decision.protocol.as_deref(), &decision.extra, response);
+        match (&*socket).write(response) {
+            Ok(written) if written == response.len() => {
+                drop(socket);
+                let io = Io::Stream(MaybeTlsStream::Plain(stream));
+                adopt(drivers, io, upgrade, &mut decision, deflate, &head[used..]);
+            }
+            Ok(written) => {
+                // The socket's send buffer is full (hardly ever, on a fresh connection): a task
+                // writes the rest.
+                drop(socket);
+                let (rest, leftover) = (response[written..].to_vec(), head[used..].to_vec());
+                let drivers = drivers.clone();
+                tokio::spawn(async move {
+                    let mut stream = MaybeTlsStream::Plain(stream);
+                    if stream.write_all(&rest).await.is_ok() {
+                        let io = Io::Stream(stream);
+                        adopt(&drivers, io, upgrade, &mut decision, deflate, &leftover);
+                    }
+                });
+            }
+            Err(e) => tracing::debug!(%peer, "writing the 101 failed: {e}"),
+        }
+        None
+    }
+
     /// TLS (if configured), the first request line and its route, and for a WebSocket route
-    /// the opening handshake; `None` (answered and logged) if any of it fails.
-    async fn open(&self, stream: TcpStream, peer: SocketAddr) -> Option<Opened> {
+    /// the opening handshake, going on from `head` (what was read already); `None` (answered
+    /// and logged) if any of it fails.
+    async fn open(&self, stream: TcpStream, peer: SocketAddr, head: Vec<u8>) -> Option<Opened> {
         let mut stream = self.tls(stream, peer).await?;
         let max = self.config.headers.max_bytes;
         let read = tokio::time::timeout(
             self.config.open_timeout,
-            read_request_line(&mut stream, max),
+            read_request_line(&mut stream, max, head),
         );
         let head = match read.await {
             Ok(Some(head)) => head,
@@ -575,28 +661,31 @@ impl Ctx {
         accepted: Accepted<MaybeTlsStream>,
         peer: SocketAddr,
     ) {
-        let Accepted {
-            stream,
-            mut request,
-            deflate,
-            leftover,
-        } = accepted;
+        let mut accepted = accepted;
         match target {
             Target::Task(handler) => {
+                let mut request = accepted.request();
                 request.extensions_mut().insert(PeerAddr(peer));
                 let ws = WebSocket::from_raw_shared(
-                    stream,
+                    accepted.stream,
                     Role::Server,
                     self.config.clone(),
-                    deflate,
-                    &leftover,
+                    accepted.deflate,
+                    &accepted.leftover,
                 );
                 self.run_task(&*handler, ws, request).await;
             }
             // The callback connection reads its peer from the socket: no extension (an idle
             // connection keeps its extensions).
             Target::Callbacks(drivers) => {
-                drivers.adopt(Io::Stream(stream), request, deflate, &leftover);
+                let Accepted {
+                    stream,
+                    upgrade,
+                    mut decision,
+                    deflate,
+                    leftover,
+                } = accepted;
+                adopt(&drivers, Io::Stream(stream), upgrade, &mut decision, deflate, &leftover);
             }
             #[cfg(feature = "hyper")]
             Target::Service(_) => {}
@@ -708,6 +797,24 @@ impl Ctx {
     }
 }
 
+/// Hands a connection whose handshake completed to its drivers: the request as parsed (built
+/// only if `on_open` asks) or as the auth hook returned it, and the policy's extensions.
+fn adopt(
+    drivers: &crate::callback::Drivers,
+    io: Io,
+    upgrade: UpgradeRequest,
+    decision: &mut crate::policy::Decision,
+    deflate: Option<volley_proto::DeflateParams>,
+    leftover: &[u8],
+) {
+    let (extensions, authed) = decision.take_extensions();
+    let request = match authed {
+        Some(request) => OpenRequest::Built(request),
+        None => OpenRequest::Parsed(upgrade),
+    };
+    drivers.adopt_open(io, request, extensions, deflate, leftover);
+}
+
 /// Most connections taken from the listen queue per wake-up of the accept loop (tokio's
 /// cooperative budget also ends a batch: the loop then yields to the connections' tasks).
 const ACCEPT_BATCH: usize = 256;
@@ -740,15 +847,24 @@ async fn accept_batch(
     .await
 }
 
-/// Reads from `stream` until the first request line is complete (a `\n`), `max` bytes were
-/// read, or the peer stops; returns what was read (`None` if the peer sent nothing usable).
-async fn read_request_line(stream: &mut MaybeTlsStream, max: usize) -> Option<Vec<u8>> {
-    let mut head = Vec::new();
-    let mut chunk = [0u8; 2048];
+/// The read buffer of a request head: most opening handshakes fit in one read of this size.
+const HEAD_CAPACITY: usize = 2048;
+
+/// Reads from `stream` after `head` (what was read already) until the first request line is
+/// complete (a `\n`), `max` bytes were read, or the peer stops; returns what was read (`None`
+/// if the peer sent nothing usable).
+async fn read_request_line(
+    stream: &mut MaybeTlsStream,
+    max: usize,
+    mut head: Vec<u8>,
+) -> Option<Vec<u8>> {
+    // Read straight into the buffer (no chunk on the stack: this future lives in a task).
+    head.reserve(HEAD_CAPACITY);
     while !head.contains(&b'\n') && head.len() < max {
-        match stream.read(&mut chunk).await {
+        head.reserve(HEAD_CAPACITY / 2);
+        match stream.read_buf(&mut head).await {
             Ok(0) | Err(_) => return None,
-            Ok(n) => head.extend_from_slice(&chunk[..n]),
+            Ok(_) => {}
         }
     }
     Some(head)
@@ -758,7 +874,6 @@ async fn read_request_line(stream: &mut MaybeTlsStream, max: usize) -> Option<Ve
 /// `max` bytes were read; where the head ends, once it is complete.
 #[cfg(feature = "hyper")]
 async fn read_head(stream: &mut MaybeTlsStream, head: &mut Vec<u8>, max: usize) -> Option<usize> {
-    let mut chunk = [0u8; 2048];
     let mut searched = 0;
     loop {
         if let Some(end) = head_end(head, searched) {
@@ -769,9 +884,10 @@ async fn read_head(stream: &mut MaybeTlsStream, head: &mut Vec<u8>, max: usize) 
         }
         // A blank line ends at most 2 bytes after the last line feed seen: search on from it.
         searched = head.len().saturating_sub(2);
-        match stream.read(&mut chunk).await {
+        head.reserve(HEAD_CAPACITY / 2);
+        match stream.read_buf(head).await {
             Ok(0) | Err(_) => return None,
-            Ok(n) => head.extend_from_slice(&chunk[..n]),
+            Ok(_) => {}
         }
     }
 }

@@ -30,8 +30,6 @@
 //! [`volley::hyper`](crate::hyper) for what happens underneath.
 
 use std::future::Future;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 
 use ::axum::body::Body;
 use ::axum::extract::FromRequestParts;
@@ -46,7 +44,7 @@ use crate::config::Config;
 use crate::integrations::hyper::{
     Accepted, HyperWebSocket, Rejection, finish, spawn_upgrade, validate_parts,
 };
-use crate::policy::Policy;
+use crate::policy::{Policy, now_or_never};
 
 /// Extracts a WebSocket upgrade request in an axum handler; answer it with
 /// [`on_upgrade`](Self::on_upgrade) (or [`on_upgrade_with`](Self::on_upgrade_with)).
@@ -170,7 +168,7 @@ impl WebSocketUpgrade {
             config,
             policy,
         } = self;
-        let (request, protocol, extra) = match now_or_never(policy.decide(&mut upgrade)) {
+        let (request, protocol, extra) = match now_or_never(policy.decide_request(&mut upgrade)) {
             Some(decided) => decided?,
             None => {
                 tracing::error!(
@@ -201,7 +199,7 @@ impl WebSocketUpgrade {
             config,
             policy,
         } = self;
-        let accepted = match policy.decide(&mut upgrade).await {
+        let accepted = match policy.decide_request(&mut upgrade).await {
             Ok((request, protocol, extra)) => {
                 finish(upgrade, on_upgrade, config, request, protocol, extra)
             }
@@ -223,14 +221,3 @@ fn rejected(rejection: Rejection) -> Response {
     IntoResponse::into_response(rejection)
 }
 
-/// Polls `future` once: its output if it completed without waiting.
-fn now_or_never<F: Future>(future: F) -> Option<F::Output> {
-    let mut future = pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(output) => Some(output),
-        Poll::Pending => None,
-    }
-}

@@ -256,7 +256,7 @@ pub(crate) async fn decide<R: Default>(
     config: Config,
     policy: &Policy,
 ) -> Result<(Response<R>, Accepted), Rejection> {
-    let (request, protocol, extra) = policy.decide(&mut upgrade).await?;
+    let (request, protocol, extra) = policy.decide_request(&mut upgrade).await?;
     finish(upgrade, on_upgrade, config, request, protocol, extra)
 }
 

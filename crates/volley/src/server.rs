@@ -1,17 +1,20 @@
 //! A TCP server: accepts connections (over TLS if configured), routes each by the path of its
 //! first request ([`router`](crate::router)) and shuts down gracefully.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use http::{Request, StatusCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio::task::JoinSet;
 use volley_proto::handshake::{UpgradeRequest, error_response};
 use volley_proto::{CloseCode, CloseFrame, Role};
@@ -234,6 +237,10 @@ impl Server {
                 "the server has no routes: add one with Server::route",
             ));
         }
+        // Accepted sockets inherit TCP_NODELAY from the listener on Linux (one system call
+        // less per connection); elsewhere each accepted socket gets it.
+        #[cfg(target_os = "linux")]
+        let _ = socket2::SockRef::from(&self.listener).set_tcp_nodelay(true);
         let stopping = Arc::new(AtomicBool::new(false));
         let config = Arc::new(self.config.clone());
         let router = self.routes.build(&config);
@@ -254,7 +261,7 @@ impl Server {
         });
         let mut tasks = JoinSet::new();
         let mut batch = Vec::with_capacity(ACCEPT_BATCH);
-        let mut response = Vec::with_capacity(256);
+        let mut pending = Pending::new(ctx.config.open_timeout);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -267,6 +274,7 @@ impl Server {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 }
+                () = pending.woken() => {}
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
             ctx.stats
@@ -274,15 +282,23 @@ impl Server {
                 .accepted
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
             for (stream, peer) in batch.drain(..) {
-                // Handshakes that complete at once are done here; the others get a task.
-                if let Some((stream, head)) = ctx.open_inline(stream, peer, &mut response) {
-                    tasks.spawn(ctx.clone().connection(stream, peer, head));
+                #[cfg(not(target_os = "linux"))]
+                let _ = stream.set_nodelay(true);
+                #[cfg(feature = "tls")]
+                if ctx.tls.is_some() {
+                    tasks.spawn(ctx.clone().connection(stream, peer, Vec::new()));
+                    continue;
                 }
+                pending.add(&ctx, stream, peer, &mut tasks);
             }
+            pending.run(&ctx, &mut tasks);
             // The handshakes of the previous batch that are done: reaped without waiting.
             while tasks.try_join_next().is_some() {}
         }
 
+        // Handshakes the accept loop was waiting for go on in tasks (which answer 503).
+        ctx.stopping.store(true, Ordering::Release);
+        pending.hand_over(&ctx, &mut tasks);
         // Graceful shutdown: handshakes still in flight are answered 503.
         ctx.stopping.store(true, Ordering::Release);
         ctx.stop.notify_waiters();
@@ -448,9 +464,7 @@ impl Ctx {
         }
     }
 
-    /// Serves a connection from which `head` was read already (see [`open_inline`]).
-    ///
-    /// [`open_inline`]: Self::open_inline
+    /// Serves a connection from which `head` was read already (see [`Pending`]).
     async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, head: Vec<u8>) {
         // Boxed: the handshake's state (read buffer, TLS) is freed once it is done instead of
         // sizing the task for the connection's whole life.
@@ -464,71 +478,62 @@ impl Ctx {
         }
     }
 
-    /// The opening handshake of a plain TCP connection to a callbacks route, done at once in
-    /// the accept loop when the whole request has arrived (as it has under load, by the time a
-    /// connection is accepted) and the policy has no auth hook: one read, the 101 written with
-    /// one write, the connection handed to its driver; no task, no timer, no allocation beyond
-    /// the connection's own state and its request. `response` is a buffer reused across calls.
+    /// The opening handshake of a plain TCP connection to a callbacks route, done by the accept
+    /// loop itself once `head` (the bytes read so far) holds the whole request and the policy
+    /// has no auth hook: the 101 written at once from `response` (a buffer reused across calls),
+    /// the connection handed to its driver. No task, no allocation beyond the connection's own
+    /// state and a copy of the request head (built into a request only if `on_open` asks).
     ///
-    /// Anything else (TLS, another kind of route, a request not complete yet, a request to
-    /// refuse or answer over HTTP, a socket that would block) returns the stream and what was
-    /// read from it, for [`connection`](Self::connection) to go on from there.
-    fn open_inline(
+    /// The stream comes back with [`Inline::Incomplete`] while the request is not complete, and
+    /// with [`Inline::Elsewhere`] for anything the connection's task does (another kind of
+    /// route, a request to refuse, a request for the route's HTTP service).
+    fn handshake_inline(
         &self,
-        stream: TcpStream,
-        peer: SocketAddr,
+        mut stream: TcpStream,
+        head: &[u8],
         response: &mut Vec<u8>,
-    ) -> Option<(TcpStream, Vec<u8>)> {
-        use std::io::{Read, Write};
-        let _ = stream.set_nodelay(true);
-        #[cfg(feature = "tls")]
-        if self.tls.is_some() {
-            return Some((stream, Vec::new()));
-        }
+        cx: &mut Context<'_>,
+    ) -> Result<(), (TcpStream, Inline)> {
+        let Some(path) = request_path(head) else {
+            let line_done = head.contains(&b'\n') || head.len() >= self.config.headers.max_bytes;
+            return Err((stream, if line_done { Inline::Elsewhere } else { Inline::Incomplete }));
+        };
+        let Some(Target::Callbacks(drivers)) = self.router.find(path).map(|r| &r.target) else {
+            return Err((stream, Inline::Elsewhere));
+        };
         if self.policy.has_auth() {
-            return Some((stream, Vec::new()));
+            return Err((stream, Inline::Elsewhere));
         }
-        let mut buf = [0u8; 2048];
-        // Straight from the socket: tokio learns the socket's readiness only at its next poll
-        // of the I/O driver. Nothing is read past the request if the client sent more.
-        let socket = socket2::SockRef::from(&stream);
-        let n = match (&*socket).read(&mut buf) {
-            Ok(n) if n > 0 => n,
-            // Not there yet (or closed, or failed): the task waits for it, or sees the error.
-            _ => return Some((stream, Vec::new())),
-        };
-        let head = &buf[..n];
-        let handed_back = |stream| Some((stream, head.to_vec()));
-        let Some(routed) = request_path(head).and_then(|path| self.router.find(path)) else {
-            return handed_back(stream);
-        };
-        let Target::Callbacks(drivers) = &routed.target else {
-            return handed_back(stream);
-        };
         let config = drivers.config();
-        // Incomplete, malformed or not an upgrade (a request for the route's HTTP service):
-        // the task reads on, answers the error or hands it to the service.
-        let Ok(Some((mut upgrade, used))) = UpgradeRequest::parse(head, &config.headers) else {
-            return handed_back(stream);
+        let (mut upgrade, used) = match UpgradeRequest::parse(head, &config.headers) {
+            Ok(Some(parsed)) => parsed,
+            Ok(None) => return Err((stream, Inline::Incomplete)),
+            // Malformed or not an upgrade (a request for the route's HTTP service): the task
+            // answers the error or hands it to the service.
+            Err(_) => return Err((stream, Inline::Elsewhere)),
         };
         // Refused (the Origin allow-list, shutdown): the task answers it.
         let Some(Ok(mut decision)) = now_or_never(self.policy.decide(&mut upgrade)) else {
-            return handed_back(stream);
+            return Err((stream, Inline::Elsewhere));
         };
         let deflate = negotiate_deflate(&upgrade, config, &mut decision.extra);
         response.clear();
         upgrade.write_accept(decision.protocol.as_deref(), &decision.extra, response);
-        match (&*socket).write(response) {
-            Ok(written) if written == response.len() => {
-                drop(socket);
+        let leftover = &head[used..];
+        match Pin::new(&mut stream).poll_write(cx, response) {
+            Poll::Ready(Ok(written)) if written == response.len() => {
                 let io = Io::Stream(MaybeTlsStream::Plain(stream));
-                adopt(drivers, io, upgrade, &mut decision, deflate, &head[used..]);
+                adopt(drivers, io, upgrade, &mut decision, deflate, leftover);
             }
-            Ok(written) => {
+            Poll::Ready(Err(e)) => tracing::debug!("writing the 101 failed: {e}"),
+            progress => {
                 // The socket's send buffer is full (hardly ever, on a fresh connection): a task
                 // writes the rest.
-                drop(socket);
-                let (rest, leftover) = (response[written..].to_vec(), head[used..].to_vec());
+                let written = match progress {
+                    Poll::Ready(Ok(written)) => written,
+                    _ => 0,
+                };
+                let (rest, leftover) = (response[written..].to_vec(), leftover.to_vec());
                 let drivers = drivers.clone();
                 tokio::spawn(async move {
                     let mut stream = MaybeTlsStream::Plain(stream);
@@ -538,9 +543,8 @@ impl Ctx {
                     }
                 });
             }
-            Err(e) => tracing::debug!(%peer, "writing the 101 failed: {e}"),
         }
-        None
+        Ok(())
     }
 
     /// TLS (if configured), the first request line and its route, and for a WebSocket route
@@ -794,6 +798,256 @@ impl Ctx {
             Target::Service(_) => {}
         }
         response
+    }
+}
+
+/// Why [`Ctx::handshake_inline`] gave the stream back.
+enum Inline {
+    /// The request is not complete yet: read on.
+    Incomplete,
+    /// The connection's task takes it from here.
+    Elsewhere,
+}
+
+/// Handshakes the accept loop runs itself while their request arrives (plain TCP only): each
+/// accepted connection waits here, woken by its socket, until its request is complete, and is
+/// then handed to its callbacks' driver ([`Ctx::handshake_inline`]) or, for anything else, to a
+/// task of its own ([`Ctx::connection`]) with what was read. Like a driver's connections, they
+/// cost no task and no timer each: one waker, and a place in a deadline queue
+/// (`open_timeout`).
+struct Pending {
+    slots: Vec<Option<Waiting>>,
+    free: Vec<usize>,
+    woken: Arc<Woken>,
+    /// Slots woken by their socket, taken from `woken` for one turn.
+    turn: Vec<usize>,
+    /// (deadline, slot, generation), in deadline order: every handshake gets the same timeout.
+    deadlines: VecDeque<(Instant, usize, u64)>,
+    timeout: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    generation: u64,
+    /// Every read lands here first; a request that takes more than one read is copied out.
+    scratch: Box<[u8]>,
+    /// Every 101 is written from here.
+    response: Vec<u8>,
+}
+
+/// A connection whose request is awaited.
+struct Waiting {
+    stream: TcpStream,
+    peer: SocketAddr,
+    /// What was read of a request that did not come in one read.
+    head: Vec<u8>,
+    generation: u64,
+    waker: Waker,
+}
+
+/// Slots woken since the accept loop last looked, and the accept loop's waker.
+#[derive(Default)]
+struct Woken(Mutex<(Vec<usize>, Option<Waker>)>);
+
+/// The waker of one pending handshake: queues its slot and wakes the accept loop.
+struct SlotWaker {
+    slot: usize,
+    woken: Arc<Woken>,
+}
+
+impl std::task::Wake for SlotWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let mut woken = lock(&self.woken.0);
+        woken.0.push(self.slot);
+        let task = woken.1.take();
+        drop(woken);
+        if let Some(task) = task {
+            task.wake();
+        }
+    }
+}
+
+/// Bytes read from a socket at once while its request is awaited.
+const SCRATCH: usize = 4096;
+
+impl Pending {
+    fn new(timeout: Duration) -> Self {
+        Self {
+            slots: Vec::new(),
+            free: Vec::new(),
+            woken: Arc::default(),
+            turn: Vec::new(),
+            deadlines: VecDeque::new(),
+            timeout,
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            generation: 0,
+            scratch: vec![0; SCRATCH].into_boxed_slice(),
+            response: Vec::with_capacity(256),
+        }
+    }
+
+    /// Completes when a pending handshake's socket woke it, or the earliest deadline passed.
+    /// Cancel-safe: what woke it stays queued for [`run`](Self::run).
+    async fn woken(&mut self) {
+        std::future::poll_fn(|cx| {
+            {
+                let mut woken = lock(&self.woken.0);
+                if !woken.0.is_empty() {
+                    return Poll::Ready(());
+                }
+                if !woken.1.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    woken.1 = Some(cx.waker().clone());
+                }
+            }
+            if let Some(&(at, _, _)) = self.deadlines.front() {
+                if self.timer.deadline() != at {
+                    self.timer.as_mut().reset(at);
+                }
+                if self.timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(());
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Takes a newly accepted connection and reads what it sent.
+    fn add(
+        &mut self,
+        ctx: &Arc<Ctx>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        tasks: &mut JoinSet<()>,
+    ) {
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.slots.len() - 1
+        });
+        self.generation += 1;
+        let waker = Waker::from(Arc::new(SlotWaker {
+            slot,
+            woken: self.woken.clone(),
+        }));
+        self.slots[slot] = Some(Waiting {
+            stream,
+            peer,
+            head: Vec::new(),
+            generation: self.generation,
+            waker,
+        });
+        let deadline = Instant::now() + self.timeout;
+        self.deadlines.push_back((deadline, slot, self.generation));
+        self.advance(ctx, slot, tasks);
+    }
+
+    /// Advances the handshakes whose socket woke them, and drops those past their deadline.
+    fn run(&mut self, ctx: &Arc<Ctx>, tasks: &mut JoinSet<()>) {
+        std::mem::swap(&mut lock(&self.woken.0).0, &mut self.turn);
+        let mut turn = std::mem::take(&mut self.turn);
+        for slot in turn.drain(..) {
+            self.advance(ctx, slot, tasks);
+        }
+        self.turn = turn;
+        let now = Instant::now();
+        while let Some(&(at, slot, generation)) = self.deadlines.front() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            if self.slots[slot]
+                .as_ref()
+                .is_some_and(|w| w.generation == generation)
+            {
+                let waiting = self.release(slot);
+                tracing::debug!(peer = %waiting.peer, "no complete request within the open timeout");
+                ctx.stats.refuse(Refusal::Timeout);
+            }
+        }
+    }
+
+    /// Frees `slot`, returning what waited there.
+    fn release(&mut self, slot: usize) -> Waiting {
+        self.free.push(slot);
+        self.slots[slot]
+            .take()
+            .expect("a released slot holds a connection")
+    }
+
+    /// Reads what the connection in `slot` sent, until its request is complete (then handled
+    /// at once or handed to a task) or the socket has nothing more for now.
+    fn advance(&mut self, ctx: &Arc<Ctx>, slot: usize, tasks: &mut JoinSet<()>) {
+        let Some(waiting) = self.slots[slot].as_mut() else {
+            // Woken after it was handled.
+            return;
+        };
+        let waker = waiting.waker.clone();
+        let mut cx = Context::from_waker(&waker);
+        loop {
+            let Some(waiting) = self.slots[slot].as_mut() else {
+                return;
+            };
+            let mut buf = ReadBuf::new(&mut self.scratch);
+            // A read shorter than the buffer tells tokio the socket is drained: no read that
+            // would block is needed before the next wake-up.
+            let read = Pin::new(&mut waiting.stream).poll_read(&mut cx, &mut buf);
+            let n = buf.filled().len();
+            match read {
+                Poll::Pending => return,
+                Poll::Ready(Ok(())) if n > 0 => {}
+                // Closed or failed before its request: as a task would, count it as a request
+                // that never came.
+                Poll::Ready(_) => {
+                    let waiting = self.release(slot);
+                    tracing::debug!(peer = %waiting.peer, "closed before its request");
+                    ctx.stats.refuse(Refusal::Timeout);
+                    return;
+                }
+            }
+            let Some(mut waiting) = self.slots[slot].take() else {
+                return;
+            };
+            let head: &[u8] = if waiting.head.is_empty() {
+                &self.scratch[..n]
+            } else {
+                waiting.head.extend_from_slice(&self.scratch[..n]);
+                &waiting.head
+            };
+            match ctx.handshake_inline(waiting.stream, head, &mut self.response, &mut cx) {
+                Ok(()) => {
+                    self.free.push(slot);
+                    return;
+                }
+                Err((stream, Inline::Elsewhere)) => {
+                    let head = if waiting.head.is_empty() {
+                        self.scratch[..n].to_vec()
+                    } else {
+                        waiting.head
+                    };
+                    self.free.push(slot);
+                    tasks.spawn(ctx.clone().connection(stream, waiting.peer, head));
+                    return;
+                }
+                Err((stream, Inline::Incomplete)) => {
+                    if waiting.head.is_empty() {
+                        waiting.head.extend_from_slice(&self.scratch[..n]);
+                    }
+                    // Same slot, same deadline: read on.
+                    waiting.stream = stream;
+                    self.slots[slot] = Some(waiting);
+                }
+            }
+        }
+    }
+
+    /// Hands every handshake still waiting to a task of its own (at shutdown).
+    fn hand_over(&mut self, ctx: &Arc<Ctx>, tasks: &mut JoinSet<()>) {
+        for waiting in self.slots.drain(..).flatten() {
+            tasks.spawn(ctx.clone().connection(waiting.stream, waiting.peer, waiting.head));
+        }
+        self.free.clear();
+        self.deadlines.clear();
     }
 }
 

@@ -230,6 +230,7 @@ impl Policy {
 
     /// [`decide`](Self::decide), with the request to hand to the handler built: the auth hook's,
     /// else taken out of `upgrade`, with a [`Subprotocol`] extension if one was selected.
+    #[cfg(feature = "hyper")]
     pub(crate) async fn decide_request(
         &self,
         upgrade: &mut UpgradeRequest,

@@ -261,7 +261,10 @@ impl Progress {
         // Bounded: the run ends by `total` plus its grace period; stop a little after.
         let limit = total * 2 + CONNECT_TIMEOUT;
         Self::spawn(show, limit, counter, unit, move |elapsed, _| {
-            (elapsed.as_millis().min(u128::from(u64::MAX)) as u64, total.as_millis() as u64)
+            (
+                elapsed.as_millis().min(u128::from(u64::MAX)) as u64,
+                total.as_millis() as u64,
+            )
         })
     }
 

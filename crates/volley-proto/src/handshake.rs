@@ -556,7 +556,11 @@ impl UpgradeRequest {
             return Err(HandshakeError::HttpVersion);
         }
         let headers = request.headers();
-        let lines = || headers.iter().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+        let lines = || {
+            headers
+                .iter()
+                .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+        };
         let valid = Valid::check(request.method(), lines)?;
         Ok(Self {
             method: request.method().clone(),
@@ -601,7 +605,8 @@ impl UpgradeRequest {
             &mut heap[..]
         };
         let mut req = httparse::Request::new(&mut []);
-        if let Ok(httparse::Status::Complete(_)) = req.parse_with_uninit_headers(&self.head, slots) {
+        if let Ok(httparse::Status::Complete(_)) = req.parse_with_uninit_headers(&self.head, slots)
+        {
             let headers = request.headers_mut();
             headers.reserve(req.headers.len());
             for h in req.headers.iter() {

@@ -4,9 +4,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -14,8 +14,8 @@ use http::{Request, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio::sync::Notify;
-use tokio::time::Instant;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use volley_proto::handshake::{UpgradeRequest, error_response};
 use volley_proto::{CloseCode, CloseFrame, Role};
 
@@ -496,7 +496,14 @@ impl Ctx {
     ) -> Result<(), (TcpStream, Inline)> {
         let Some(path) = request_path(head) else {
             let line_done = head.contains(&b'\n') || head.len() >= self.config.headers.max_bytes;
-            return Err((stream, if line_done { Inline::Elsewhere } else { Inline::Incomplete }));
+            return Err((
+                stream,
+                if line_done {
+                    Inline::Elsewhere
+                } else {
+                    Inline::Incomplete
+                },
+            ));
         };
         let Some(Target::Callbacks(drivers)) = self.router.find(path).map(|r| &r.target) else {
             return Err((stream, Inline::Elsewhere));
@@ -689,7 +696,14 @@ impl Ctx {
                     deflate,
                     leftover,
                 } = accepted;
-                adopt(&drivers, Io::Stream(stream), upgrade, &mut decision, deflate, &leftover);
+                adopt(
+                    &drivers,
+                    Io::Stream(stream),
+                    upgrade,
+                    &mut decision,
+                    deflate,
+                    &leftover,
+                );
             }
             #[cfg(feature = "hyper")]
             Target::Service(_) => {}
@@ -1044,7 +1058,10 @@ impl Pending {
     /// Hands every handshake still waiting to a task of its own (at shutdown).
     fn hand_over(&mut self, ctx: &Arc<Ctx>, tasks: &mut JoinSet<()>) {
         for waiting in self.slots.drain(..).flatten() {
-            tasks.spawn(ctx.clone().connection(waiting.stream, waiting.peer, waiting.head));
+            tasks.spawn(
+                ctx.clone()
+                    .connection(waiting.stream, waiting.peer, waiting.head),
+            );
         }
         self.free.clear();
         self.deadlines.clear();
@@ -1215,6 +1232,24 @@ fn is_per_connection(e: &std::io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::request_path;
+
+    /// What `run_until` relies on instead of setting TCP_NODELAY on every accepted socket.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn accepted_sockets_inherit_nodelay_from_the_listener() {
+        for nodelay in [false, true] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            socket2::SockRef::from(&listener)
+                .set_tcp_nodelay(nodelay)
+                .expect("TCP_NODELAY");
+            let addr = listener.local_addr().expect("addr");
+            let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let (accepted, _) = listener.accept().await.expect("accept");
+            assert_eq!(accepted.nodelay().expect("TCP_NODELAY"), nodelay);
+        }
+    }
 
     #[cfg(feature = "hyper")]
     #[test]

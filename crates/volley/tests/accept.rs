@@ -31,7 +31,10 @@ impl Callbacks for Echo {
             "{} {:?} host={:?} x-pad={pad} protocol={protocol:?} headers={}",
             request.uri().path(),
             request.uri().query(),
-            request.headers().get("host").map(|h| h.to_str().unwrap_or("?")),
+            request
+                .headers()
+                .get("host")
+                .map(|h| h.to_str().unwrap_or("?")),
             request.headers().len(),
         );
         let _ = conn.send(text);
@@ -87,7 +90,10 @@ async fn serve(config: Config, policy: Policy, describe: bool) -> Running {
 async fn echoes(raw: &mut Raw, text: &str) {
     raw.write(&client_frame(OP_TEXT, text.as_bytes())).await;
     let frame = raw.read_frame().await;
-    assert_eq!((frame.opcode, &frame.payload[..]), (OP_TEXT, text.as_bytes()));
+    assert_eq!(
+        (frame.opcode, &frame.payload[..]),
+        (OP_TEXT, text.as_bytes())
+    );
 }
 
 /// Waits until `stats` counts `n` refusals for `reason`.
@@ -120,7 +126,10 @@ async fn a_request_that_arrives_in_pieces_completes_the_handshake() {
     raw.write(&rest).await;
     let head = raw.read_http_head().await;
     assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
-    assert!(head.contains(&format!("Sec-WebSocket-Accept: {ACCEPT}\r\n")), "{head}");
+    assert!(
+        head.contains(&format!("Sec-WebSocket-Accept: {ACCEPT}\r\n")),
+        "{head}"
+    );
     let frame = raw.read_frame().await;
     assert_eq!(frame.payload, b"first");
     echoes(&mut raw, "second").await;
@@ -143,7 +152,10 @@ async fn on_open_gets_the_request_as_sent_even_one_longer_than_a_read() {
         raw.write(request.as_bytes()).await;
         let head = raw.read_http_head().await;
         assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
-        assert!(head.contains("Sec-WebSocket-Protocol: chat.v2\r\n"), "{head}");
+        assert!(
+            head.contains("Sec-WebSocket-Protocol: chat.v2\r\n"),
+            "{head}"
+        );
         let described = raw.read_frame().await;
         assert_eq!(
             String::from_utf8_lossy(&described.payload),
@@ -175,7 +187,10 @@ async fn clients_that_send_nothing_or_too_little_are_closed_at_the_open_timeout(
         let got = raw.expect_eof_within(Duration::from_secs(5)).await;
         assert!(got.is_empty(), "{got:?}");
     }
-    assert!(started.elapsed() >= timeout, "closed before the open timeout");
+    assert!(
+        started.elapsed() >= timeout,
+        "closed before the open timeout"
+    );
     refused(&server.stats, Refusal::Timeout, 2).await;
     // The good connection outlives the deadline that was set when it was accepted.
     echoes(&mut good, "after the timeout").await;

@@ -368,9 +368,9 @@ pub(super) async fn connect_socket(
         SocketAddr::V6(_) => TcpSocket::new_v6(),
     }?;
     if let Some(source) = source {
-        socket.bind(source).map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot bind {source}: {e}"))
-        })?;
+        socket
+            .bind(source)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind {source}: {e}")))?;
     }
     socket.connect(addr).await
 }

@@ -238,7 +238,8 @@ async fn read_echo(
                             )));
                         }
                         0x88 => {
-                            let code = (body.len() >= 2).then(|| u16::from_be_bytes([body[0], body[1]]));
+                            let code =
+                                (body.len() >= 2).then(|| u16::from_be_bytes([body[0], body[1]]));
                             return Err(bad(format!(
                                 "the server closed the connection instead of echoing (close code {})",
                                 code.map_or("none".into(), |c| c.to_string())

@@ -220,4 +220,3 @@ fn rejected(rejection: Rejection) -> Response {
     tracing::debug!("WebSocket upgrade refused: {rejection}");
     IntoResponse::into_response(rejection)
 }
-

@@ -137,6 +137,8 @@ struct Failure {
     kind: Kind,
     message: String,
     ended: Instant,
+    /// From the start of the attempt to the 101, if the handshake completed.
+    upgraded: Option<Duration>,
 }
 
 impl Failure {
@@ -145,6 +147,7 @@ impl Failure {
             kind,
             message,
             ended: Instant::now(),
+            upgraded: None,
         }
     }
 }
@@ -272,6 +275,33 @@ async fn read_echo(
     }
 }
 
+/// Whether the server frames in `bytes` (as read, complete or not) include a close frame.
+fn has_close_frame(mut bytes: &[u8]) -> bool {
+    while bytes.len() >= 2 {
+        if bytes[0] & 0x0f == 0x8 {
+            return true;
+        }
+        let (len, header): (usize, usize) = match bytes[1] & 0x7f {
+            126 if bytes.len() >= 4 => (usize::from(u16::from_be_bytes([bytes[2], bytes[3]])), 4),
+            127 if bytes.len() >= 10 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&bytes[2..10]);
+                (
+                    usize::try_from(u64::from_be_bytes(b)).unwrap_or(usize::MAX),
+                    10,
+                )
+            }
+            126 | 127 => return false,
+            n => (usize::from(n), 2),
+        };
+        match bytes.get(header.saturating_add(len)..) {
+            Some(rest) => bytes = rest,
+            None => return false,
+        }
+    }
+    false
+}
+
 /// One client: connect (from `source`), handshake, one verified echo, within the time limit.
 async fn attempt(
     index: usize,
@@ -302,7 +332,12 @@ async fn attempt(
             .write_all(&masked_frame(index, &payload))
             .await
             .map_err(|e| Failure::new(Kind::of_io(&e), format!("sending the message: {e}")))?;
-        read_echo(&mut stream, leftover, &payload).await?;
+        read_echo(&mut stream, leftover, &payload)
+            .await
+            .map_err(|failure| Failure {
+                upgraded: Some(upgraded),
+                ..failure
+            })?;
         Ok(Opened {
             stream,
             connected,
@@ -426,6 +461,9 @@ pub(super) fn run(args: StormArgs) -> Result<ExitCode, String> {
                 Err(e) => Failure::new(Kind::Other, format!("client task: {e}")),
             };
             last_end = last_end.max(failure.ended);
+            if let Some(upgraded) = failure.upgraded {
+                record(&mut upgraded_h, upgraded);
+            }
             failures[Kind::ALL
                 .iter()
                 .position(|k| *k == failure.kind)
@@ -450,21 +488,28 @@ pub(super) fn run(args: StormArgs) -> Result<ExitCode, String> {
     });
     let storm_secs = last_end.duration_since(started).as_secs_f64();
     // Held until every attempt ended and --hold passed (the runtime keeps polling, so a close
-    // by the server is seen); then a connection whose stream ended or failed was closed early.
+    // by the server is seen); then a connection whose stream ended, failed or brought a close
+    // frame was closed early.
     let closed_early = runtime.block_on(async {
         tokio::time::sleep(args.hold).await;
         let mut closed = 0u64;
-        let mut scratch = [0u8; 512];
+        let mut scratch = vec![0u8; 4096];
         for stream in &held {
-            loop {
+            let mut got = Vec::new();
+            let open = loop {
                 match stream.try_read(&mut scratch) {
-                    // Pings (or anything else the server sent meanwhile): read on.
-                    Ok(n) if n > 0 => continue,
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                    _ => closed += 1,
+                    Ok(0) => break false,
+                    Ok(n) => got.extend_from_slice(&scratch[..n]),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break true,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => break false,
                 }
-                break;
+                if got.len() > MAX_FRAME {
+                    break true;
+                }
+            };
+            if !open || has_close_frame(&got) {
+                closed += 1;
             }
         }
         closed
@@ -568,6 +613,22 @@ mod tests {
             .collect();
         assert_eq!(unmasked, b);
         assert_eq!(frame[..2], [0x81, 0x80 | PAYLOAD as u8]);
+    }
+
+    #[test]
+    fn close_frames_are_found_behind_other_frames() {
+        let ping = [0x89, 0x02, b'h', b'i'];
+        let close = [0x88, 0x02, 0x03, 0xe8];
+        assert!(has_close_frame(&close));
+        assert!(has_close_frame(&[&ping[..], &close[..]].concat()));
+        assert!(!has_close_frame(&ping));
+        assert!(!has_close_frame(&[0x81, 0x7e, 0x01]));
+        // A 300-byte text frame, then a close.
+        let mut text = vec![0x81, 0x7e, 0x01, 0x2c];
+        text.extend(std::iter::repeat_n(b'x', 300));
+        assert!(!has_close_frame(&text));
+        text.extend_from_slice(&close);
+        assert!(has_close_frame(&text));
     }
 
     #[test]

@@ -130,7 +130,7 @@ class Storm(unittest.TestCase):
                 storm("fastwebsockets", rnd, 10000 * scale, p99=1020.0),
                 storm("tokio-websockets", rnd, 12000 * scale, p99=1030.0),
                 storm("node-ws", rnd, 6000 * scale, p99=1240.0,
-                      failures={"timeout": 2, "reset": 1} if rnd == 3 else None),
+                      failures={1: {"reset": 1}, 3: {"timeout": 2}}.get(rnd)),
             ]
         s = bench_report.storm_summary(storm_results(runs))
         volley = s["rows"]["volley"]

@@ -109,7 +109,10 @@ pub(crate) use driver::Io;
 use driver::Pool;
 
 /// The handshake request of a new connection, kept until [`Callbacks::on_open`] has seen it:
-/// built already, or parsed and built only if `on_open` asks for it ([`Conn::request`]).
+/// built already, or parsed and built only if `on_open` asks for it ([`Conn::request`]). It
+/// lives only in a driver's queue of new connections: its size does not matter, an allocation
+/// per connection would.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum OpenRequest {
     Built(Request<()>),
     Parsed(UpgradeRequest),

@@ -53,6 +53,11 @@ use crate::task::{CloseHandle, WebSocket};
 /// [`serve`](Self::serve) is the short form for one task handler on every path.
 pub struct Server {
     listener: TcpListener,
+    /// The listener had TCP_NODELAY before it listened (see [`bind_with_backlog`]): accepted
+    /// sockets have it already.
+    ///
+    /// [`bind_with_backlog`]: Self::bind_with_backlog
+    nodelay_inherited: bool,
     stats: ServerStats,
     config: Config,
     shutdown_frame: CloseFrame,
@@ -88,6 +93,8 @@ impl Server {
 
     /// Binds to `addr` (the first of its addresses that binds) with `backlog` connections
     /// waiting to be accepted at most, and `SO_REUSEADDR` (a restarted server binds at once).
+    /// Accepted connections get `TCP_NODELAY` (on Linux from the listener, which has it before
+    /// it listens).
     ///
     /// Not cancel-safe in a meaningful way: dropping it leaves nothing bound.
     pub async fn bind_with_backlog(
@@ -101,8 +108,15 @@ impl Server {
                 SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
             };
             socket.set_reuseaddr(true)?;
+            // Set before `listen`: every accepted socket inherits it (on Linux), which spares a
+            // system call per connection.
+            let nodelay = cfg!(target_os = "linux") && socket.set_nodelay(true).is_ok();
             match socket.bind(addr).and_then(|()| socket.listen(backlog)) {
-                Ok(listener) => return Ok(Self::from_listener(listener)),
+                Ok(listener) => {
+                    let mut server = Self::from_listener(listener);
+                    server.nodelay_inherited = nodelay;
+                    return Ok(server);
+                }
                 Err(e) => last = Some(e),
             }
         }
@@ -111,10 +125,12 @@ impl Server {
         }))
     }
 
-    /// Wraps an already bound listener.
+    /// Wraps an already bound listener. Each accepted connection gets `TCP_NODELAY` (one system
+    /// call: connections may have been queued before the server could set it on the listener).
     pub fn from_listener(listener: TcpListener) -> Self {
         Self {
             listener,
+            nodelay_inherited: false,
             stats: ServerStats::default(),
             config: Config::default(),
             shutdown_frame: CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down"),
@@ -237,10 +253,6 @@ impl Server {
                 "the server has no routes: add one with Server::route",
             ));
         }
-        // Accepted sockets inherit TCP_NODELAY from the listener on Linux (one system call
-        // less per connection); elsewhere each accepted socket gets it.
-        #[cfg(target_os = "linux")]
-        let _ = socket2::SockRef::from(&self.listener).set_tcp_nodelay(true);
         let stopping = Arc::new(AtomicBool::new(false));
         let config = Arc::new(self.config.clone());
         let router = self.routes.build(&config);
@@ -282,8 +294,9 @@ impl Server {
                 .accepted
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
             for (stream, peer) in batch.drain(..) {
-                #[cfg(not(target_os = "linux"))]
-                let _ = stream.set_nodelay(true);
+                if !self.nodelay_inherited {
+                    let _ = stream.set_nodelay(true);
+                }
                 #[cfg(feature = "tls")]
                 if ctx.tls.is_some() {
                     tasks.spawn(ctx.clone().connection(stream, peer, Vec::new()));
@@ -1233,7 +1246,8 @@ fn is_per_connection(e: &std::io::Error) -> bool {
 mod tests {
     use super::request_path;
 
-    /// What `run_until` relies on instead of setting TCP_NODELAY on every accepted socket.
+    /// What a server from `bind_with_backlog` relies on instead of setting TCP_NODELAY on
+    /// every accepted socket.
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn accepted_sockets_inherit_nodelay_from_the_listener() {
@@ -1270,6 +1284,23 @@ mod tests {
         assert!(!is_upgrade(
             b"POST / HTTP/1.1\r\n\r\nUpgrade: websocket\r\n"
         ));
+    }
+
+    #[tokio::test]
+    async fn a_bound_server_hands_its_connections_nodelay_and_a_wrapped_listener_does_not() {
+        let server = super::Server::bind("127.0.0.1:0").await.expect("bind");
+        assert_eq!(server.nodelay_inherited, cfg!(target_os = "linux"));
+        let addr = server.local_addr().expect("addr");
+        let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (accepted, _) = server.listener.accept().await.expect("accept");
+        if server.nodelay_inherited {
+            assert!(accepted.nodelay().expect("TCP_NODELAY"));
+        }
+        // A listener bound elsewhere may have queued connections already: each gets it.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        assert!(!super::Server::from_listener(listener).nodelay_inherited);
     }
 
     #[cfg(feature = "hyper")]

@@ -21,9 +21,11 @@ Usage:
       "stacks": ["volley", ...],          # display order
       "workloads": ["100x20", ...],       # "<connections>x<bytes>"
       "runs":   [{"kind": "echo", "stack", "workload", "round", "ok", "error", "bench": {...}}],
-      "memory": [{"kind": "memory", "stack", "count", "ok", "error", "bench": {...}}]
+      "memory": [{"kind": "memory", "stack", "count", "ok", "error", "bench": {...}}],
+      "storm":  {"stacks": [...], "clients": N,
+                 "runs": [{"kind": "storm", "stack", "round", "count", "ok", "error", "bench": {...}}]}
     }
-`bench` is the JSON object `volley bench echo|connections --json` printed.
+`bench` is the JSON object `volley bench echo|connections|storm --json` printed.
 """
 
 from __future__ import annotations
@@ -551,6 +553,176 @@ def sio_goals(summary: dict) -> str:
     return "\n".join(head + rows)
 
 
+# The reconnect storm (issue #15): `volley bench storm --json` per stack and round.
+STORM_BASELINE = "volley"
+# Issue #15's goals for the storm: Volley ÷ the best Rust peer in the same run, handshakes/s
+# against the figure the issue measured, p99 connect time, failures.
+STORM_GOAL_VS_BEST_PEER = 1.5
+STORM_ISSUE_RATE = 9100.0
+STORM_GOAL_VS_ISSUE = 2.0
+STORM_GOAL_P99_MS = 100.0
+STORM_FAILURE_KINDS = ("refused", "reset", "timeout", "bad_handshake", "bad_echo", "other")
+
+
+def storm_summary(results: dict) -> dict | None:
+    """The reconnect-storm rows: per stack, handshakes/s (median over rounds, paired ratio vs
+    Volley), median p99 connect times (to the 101, to the echo), failures by kind summed over
+    rounds; Volley ÷ the best Rust peer; issue #15's goals. None without storm results."""
+    storm = results.get("storm")
+    if not isinstance(storm, dict) or not storm.get("runs"):
+        return None
+    runs = storm["runs"]
+    if not isinstance(runs, list):
+        raise ReportError("'storm.runs' must be a list")
+    stacks = [s for s in (storm.get("stacks") or []) if s != CEILING]
+    rows: dict[str, dict] = {}
+    failures: list[str] = []
+    for r in runs:
+        if not isinstance(r, dict) or "stack" not in r:
+            raise ReportError(f"malformed storm entry (no 'stack'): {r!r:.200}")
+        stack = r["stack"]
+        if stack not in stacks:
+            stacks.append(stack)
+        row = rows.setdefault(stack, {
+            "by_round": {}, "p99_101": [], "p99_echo": [], "failed_rounds": 0,
+            "failures": {k: 0 for k in STORM_FAILURE_KINDS}, "clients": 0, "closed_before_end": 0,
+        })
+        bench = r.get("bench") if isinstance(r.get("bench"), dict) else {}
+        rate = _num(bench, "handshakes_per_s")
+        if not r.get("ok") or rate is None:
+            row["failed_rounds"] += 1
+            failures.append(
+                f"{label(stack)} storm round {r.get('round')}: "
+                f"{r.get('error') or 'no handshakes_per_s in the output'}"
+            )
+            continue
+        row["by_round"][r.get("round", len(row["by_round"]) + 1)] = rate
+        for key, path in (("p99_101", ("handshake_ms", "p99")), ("p99_echo", ("echo_ms", "p99"))):
+            v = _num(bench, *path)
+            if v is not None:
+                row[key].append(v)
+        for k in STORM_FAILURE_KINDS:
+            row["failures"][k] += int(_num(bench, "failures", k) or 0)
+        row["clients"] += int(_num(bench, "count") or 0)
+        row["closed_before_end"] += int(_num(bench, "closed_before_end") or 0)
+    base = rows.get(STORM_BASELINE, {}).get("by_round", {})
+    out: dict[str, Any] = {"stacks": stacks, "rows": {}, "failures": failures}
+    for stack, row in rows.items():
+        rates = list(row["by_round"].values())
+        paired = _paired(row["by_round"], base)
+        out["rows"][stack] = {
+            "rounds": len(rates),
+            "failed_rounds": row["failed_rounds"],
+            "handshakes_per_s_all": rates,
+            "handshakes_per_s_median": _median(rates),
+            "ratio_vs_volley": _median(paired),
+            "ratio_vs_volley_range": _range(paired),
+            "p99_101_ms_median": _median(row["p99_101"]),
+            "p99_echo_ms_median": _median(row["p99_echo"]),
+            "p99_101_ms_max": max(row["p99_101"]) if row["p99_101"] else None,
+            "p99_echo_ms_max": max(row["p99_echo"]) if row["p99_echo"] else None,
+            "failures": row["failures"],
+            "failed_connections": sum(row["failures"].values()),
+            "clients": row["clients"],
+            "closed_before_end": row["closed_before_end"],
+        }
+    candidates = []
+    for peer in RUST_PEERS:
+        if peer not in rows or not base:
+            continue
+        paired = _paired(base, rows[peer]["by_round"])
+        if paired:
+            candidates.append({"stack": peer, "ratio": _median(paired), "range": _range(paired),
+                               "rounds": len(paired)})
+    out["best_rust_peer"] = min(candidates, key=lambda v: v["ratio"]) if candidates else None
+    out["goals"] = storm_goal_rows(out)
+    return out
+
+
+def storm_goal_rows(summary: dict) -> list[dict]:
+    """Issue #15's storm goals with Volley's measured values; `met` is None when not measured."""
+    v = summary["rows"].get(STORM_BASELINE)
+    best = summary.get("best_rust_peer")
+    rate = v["handshakes_per_s_median"] if v else None
+    rows = [
+        {"goal": "zero failures",
+         "value": None if v is None or not v["rounds"] else v["failed_connections"],
+         "met": None if v is None or not v["rounds"] else v["failed_connections"] == 0},
+        {"goal": f"p99 connect → 101 < {STORM_GOAL_P99_MS:.0f} ms", "value": v and v["p99_101_ms_median"],
+         "met": None if not v or v["p99_101_ms_median"] is None
+         else v["p99_101_ms_median"] < STORM_GOAL_P99_MS},
+        {"goal": f"p99 connect → echo < {STORM_GOAL_P99_MS:.0f} ms", "value": v and v["p99_echo_ms_median"],
+         "met": None if not v or v["p99_echo_ms_median"] is None
+         else v["p99_echo_ms_median"] < STORM_GOAL_P99_MS},
+        {"goal": f"handshakes/s ≥ {STORM_GOAL_VS_ISSUE:g}× the issue's {STORM_ISSUE_RATE:,.0f}",
+         "value": rate,
+         "met": None if rate is None else rate >= STORM_GOAL_VS_ISSUE * STORM_ISSUE_RATE},
+        {"goal": f"handshakes/s ≥ {STORM_GOAL_VS_BEST_PEER:g}× the best Rust peer (paired)",
+         "value": best and best["ratio"],
+         "met": None if not best else best["ratio"] >= STORM_GOAL_VS_BEST_PEER},
+    ]
+    return rows
+
+
+def _fmt_ms(v: float | None) -> str:
+    return "—" if v is None else (f"{v:,.0f}" if v >= 100 else f"{v:.1f}")
+
+
+def storm_markdown(summary: dict) -> str:
+    """The storm table (a row per stack) and Volley against the goals of issue #15."""
+    head = ["Stack", "handshakes/s", "p99 connect → 101 ms", "p99 connect → echo ms",
+            "failed connections (refused / reset / timeout / bad handshake / bad echo / other)"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---:|---:|---:|---|"]
+    for stack in summary["stacks"]:
+        row = summary["rows"].get(stack)
+        if row is None:
+            continue
+        if row["handshakes_per_s_median"] is None:
+            rate = "FAILED"
+        else:
+            rate = _fmt_rate(row["handshakes_per_s_median"]) + _fmt_ratio(row["ratio_vs_volley"])
+            if row["failed_rounds"]:
+                rate += f" [{row['failed_rounds']} failed]"
+        f = row["failures"]
+        kinds = " / ".join(str(f[k]) for k in STORM_FAILURE_KINDS)
+        lines.append(
+            f"| {label(stack)} | {rate} | {_fmt_ms(row['p99_101_ms_median'])} | "
+            f"{_fmt_ms(row['p99_echo_ms_median'])} | {row['failed_connections']:,} of "
+            f"{row['clients']:,} ({kinds}) |"
+        )
+    out = "\n".join(lines)
+    out += (
+        "\n\nhandshakes/s and p99: medians over rounds; (×) = median over rounds of the stack's "
+        "handshakes/s ÷ Volley's in the same round. Failed connections: summed over rounds."
+    )
+    best = summary.get("best_rust_peer")
+    if best:
+        lo, hi = best["range"]
+        out += (
+            f"\n\nVolley ÷ best Rust peer ({label(best['stack'])}): **{best['ratio']:.2f}×** "
+            f"({lo:.2f}–{hi:.2f}, {best['rounds']} rounds)"
+        )
+    rows = []
+    for g in summary["goals"]:
+        verdict = {None: "not measured", True: "**met**", False: "**missed**"}[g["met"]]
+        value = g["value"]
+        if value is None:
+            text = "—"
+        elif "×" in g["goal"] and "best" in g["goal"]:
+            text = f"{value:.2f}×"
+        elif "ms" in g["goal"]:
+            text = f"{value:.1f} ms"
+        elif "handshakes/s" in g["goal"]:
+            text = f"{value:,.0f}/s ({value / STORM_ISSUE_RATE:.2f}×)"
+        else:
+            text = f"{value:,}"
+        rows.append(f"| {g['goal']} | {text} | {verdict} |")
+    out += "\n\n" + "\n".join(["| Goal (issue #15, storm) | Volley | |", "|---|---:|---|"] + rows)
+    if summary["failures"]:
+        out += "\n\nFAILURES:\n" + "\n".join(f"- {f}" for f in summary["failures"])
+    return out
+
+
 def svg_chart(summary: dict, title: str = "") -> str:
     """Grouped bars: msg/s per workload per stack, normalised to Volley's median (= 1.0) in each
     workload (the workloads differ by orders of magnitude); every bar is labelled with its ratio,
@@ -672,7 +844,7 @@ def assemble(runs_path: str, meta_path: str | None) -> dict:
             meta = json.load(f)
         if not isinstance(meta, dict):
             raise ReportError(f"{meta_path}: expected a JSON object")
-    runs, memory, sio_runs, sio_memory = [], [], [], []
+    runs, memory, sio_runs, sio_memory, storm_runs = [], [], [], [], []
     with open(runs_path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             line = line.strip()
@@ -691,6 +863,8 @@ def assemble(runs_path: str, meta_path: str | None) -> dict:
                 sio_runs.append(entry)
             elif kind == "sio-memory":
                 sio_memory.append(entry)
+            elif kind == "storm":
+                storm_runs.append(entry)
             else:
                 runs.append(entry)
     return {
@@ -700,6 +874,11 @@ def assemble(runs_path: str, meta_path: str | None) -> dict:
         "workloads": meta.get("workloads", []),
         "runs": runs,
         "memory": memory,
+        "storm": {
+            "stacks": [s for s in meta.get("stacks", []) if s not in SIO_STACKS and s != CEILING],
+            "clients": meta.get("storm_clients"),
+            "runs": storm_runs,
+        },
         "socketio": {
             "stacks": [s for s in meta.get("stacks", []) if s in SIO_STACKS],
             "workloads": meta.get("sio_workloads", []),
@@ -735,7 +914,8 @@ def main(argv: list[str]) -> int:
             p.error("give results.json or --assemble RUNS.jsonl")
         summary = summarise(results)
         sio = sio_summary(results)
-        if not summary["stacks"] and sio is None:
+        storm = storm_summary(results)
+        if not summary["stacks"] and sio is None and storm is None:
             raise ReportError("no results")
         if args.svg and summary["echo"]:
             with open(args.svg, "w", encoding="utf-8") as f:
@@ -743,6 +923,13 @@ def main(argv: list[str]) -> int:
         if args.markdown:
             if summary["echo"] or summary["memory"]:
                 print(markdown_table(summary))
+            if storm is not None:
+                if summary["echo"] or summary["memory"]:
+                    print()
+                clients = (results.get("storm") or {}).get("clients")
+                count = f" of {clients:,} clients" if isinstance(clients, int) else ""
+                print(f"Reconnect storm{count} (volley bench storm):\n")
+                print(storm_markdown(storm))
             if sio is not None:
                 if summary["echo"] or summary["memory"]:
                     print()

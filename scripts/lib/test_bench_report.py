@@ -129,5 +129,84 @@ class SocketIoServerCpu(unittest.TestCase):
         self.assertIn("| 5.6 (1.40×) |", table)
         self.assertIn("in server CPU per message | 1.40× (1.10–1.50, 3 rounds) | **met** |", table)
 
+def storm(stack: str, rnd: int, rate: float | None, p99: float = 50.0, echo_p99: float = 60.0,
+          failures: dict | None = None, ok: bool = True) -> dict:
+    kinds = {k: 0 for k in bench_report.STORM_FAILURE_KINDS}
+    kinds.update(failures or {})
+    bench = {"mode": "storm", "count": 1000, "handshakes_per_s": rate,
+             "handshake_ms": {"p50": 5.0, "p99": p99}, "echo_ms": {"p50": 6.0, "p99": echo_p99},
+             "failed": sum(kinds.values()), "failures": kinds, "closed_before_end": 0}
+    return {"kind": "storm", "stack": stack, "round": rnd, "count": 1000, "ok": ok,
+            "error": None if ok else "boom", "bench": bench if rate is not None else None}
+
+
+def storm_results(runs: list[dict]) -> dict:
+    stacks = ["volley", "fastwebsockets", "tokio-websockets", "node-ws", "raw-tcp"]
+    return {"version": 1, "meta": {}, "stacks": [], "workloads": [], "runs": [], "memory": [],
+            "storm": {"stacks": stacks, "clients": 1000, "runs": runs}}
+
+
+class Storm(unittest.TestCase):
+    def test_the_storm_table_pairs_rounds_and_sums_failures(self):
+        runs = []
+        # Round 2 is slow for everyone: the paired ratios do not move.
+        for rnd, scale in ((1, 1.0), (2, 0.5), (3, 1.0)):
+            runs += [
+                storm("volley", rnd, 30000 * scale, p99=40.0 + rnd),
+                storm("fastwebsockets", rnd, 10000 * scale, p99=1020.0),
+                storm("tokio-websockets", rnd, 12000 * scale, p99=1030.0),
+                storm("node-ws", rnd, 6000 * scale, p99=1240.0,
+                      failures={1: {"reset": 1}, 3: {"timeout": 2}}.get(rnd)),
+            ]
+        s = bench_report.storm_summary(storm_results(runs))
+        volley = s["rows"]["volley"]
+        self.assertEqual(volley["handshakes_per_s_median"], 30000.0)
+        self.assertEqual(volley["p99_101_ms_median"], 42.0)
+        self.assertEqual(volley["failed_connections"], 0)
+        self.assertAlmostEqual(s["rows"]["tokio-websockets"]["ratio_vs_volley"], 0.4)
+        self.assertEqual(s["rows"]["node-ws"]["failures"]["timeout"], 2)
+        self.assertEqual(s["rows"]["node-ws"]["failed_connections"], 3)
+        # The best Rust peer is the one Volley compares worst against (Node is not a Rust peer).
+        best = s["best_rust_peer"]
+        self.assertEqual(best["stack"], "tokio-websockets")
+        self.assertAlmostEqual(best["ratio"], 2.5)
+        self.assertEqual(best["range"], [2.5, 2.5])
+        goals = {g["goal"]: g for g in s["goals"]}
+        self.assertIs(goals["zero failures"]["met"], True)
+        self.assertIs(goals["p99 connect → 101 < 100 ms"]["met"], True)
+        self.assertIs(goals["handshakes/s ≥ 1.5× the best Rust peer (paired)"]["met"], True)
+        self.assertIs(goals["handshakes/s ≥ 2× the issue's 9,100"]["met"], True)
+        table = bench_report.storm_markdown(s)
+        self.assertIn("| Volley | 30,000 (1.00×) | 42.0 | 60.0 | 0 of 3,000 (0 / 0 / 0 / 0 / 0 / 0) |", table)
+        self.assertIn("| Node ws | 6,000 (0.20×) | 1,240 | 60.0 | 3 of 3,000 (0 / 1 / 2 / 0 / 0 / 0) |", table)
+        self.assertIn("Volley ÷ best Rust peer (tokio-websockets): **2.50×** (2.50–2.50, 3 rounds)", table)
+        self.assertNotIn("raw TCP", table)
+
+    def test_missed_goals_and_failed_rounds_are_reported(self):
+        runs = [
+            storm("volley", 1, 15000, p99=150.0, failures={"refused": 4}),
+            storm("fastwebsockets", 1, 12000),
+            storm("volley", 2, None, ok=False),
+            storm("fastwebsockets", 2, 11000),
+        ]
+        s = bench_report.storm_summary(storm_results(runs))
+        goals = {g["goal"]: g for g in s["goals"]}
+        self.assertIs(goals["zero failures"]["met"], False)
+        self.assertIs(goals["p99 connect → 101 < 100 ms"]["met"], False)
+        self.assertIs(goals["handshakes/s ≥ 1.5× the best Rust peer (paired)"]["met"], False)
+        self.assertIs(goals["handshakes/s ≥ 2× the issue's 9,100"]["met"], False)
+        self.assertEqual(s["rows"]["volley"]["failed_rounds"], 1)
+        # Only round 1 pairs: 15,000 ÷ 12,000.
+        self.assertAlmostEqual(s["best_rust_peer"]["ratio"], 1.25)
+        table = bench_report.storm_markdown(s)
+        self.assertIn("FAILURES:", table)
+        self.assertIn("Volley storm round 2: boom", table)
+        self.assertIn("| 15,000 (1.00×) [1 failed] |", table)
+        self.assertIn("| zero failures | 4 | **missed** |", table)
+
+    def test_no_storm_results_no_table(self):
+        self.assertIsNone(bench_report.storm_summary(results([])))
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -1,6 +1,6 @@
 //! `volley bench`: a load generator for WebSocket servers (see docs/BENCH.md).
 //!
-//! Four modes:
+//! Five modes:
 //! - [`echo`]: N connections keep K messages in flight each against an echo server and verify
 //!   every echo byte for byte; msg/s, MB/s and round-trip latency percentiles. With a `tcp://`
 //!   target (`--raw`) it skips the HTTP handshake and expects its masked frames back verbatim:
@@ -9,6 +9,8 @@
 //! - [`connections`]: N idle connections and the server's memory growth per connection.
 //! - [`socketio`]: a Socket.IO server over WebSocket: `message` → `message-back` and
 //!   `emitWithAck` round trips, broadcasts to a room, idle clients' memory.
+//! - [`storm`]: a reconnect storm: N clients connect at once, each completes the handshake and
+//!   one echo; handshakes/s, connect-time percentiles and failures by kind.
 //!
 //! Each mode builds its own tokio runtimes (`current_thread`, one per `--threads`), so that the
 //! generator's cost is known and can be pinned to one core.
@@ -17,6 +19,7 @@ mod connections;
 mod echo;
 mod fanout;
 mod socketio;
+mod storm;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -28,7 +31,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use volley::proto::handshake::{ClientHandshake, HeaderLimits};
+use volley::proto::handshake::{ClientHandshake, HandshakeError, HeaderLimits};
 
 /// Upper bound on connecting and on the opening handshake of one connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,6 +47,9 @@ pub(crate) enum BenchCommand {
     Connections(connections::ConnectionsArgs),
     /// Socket.IO v4 over WebSocket: event or ack round trips, room broadcasts, idle clients.
     Socketio(socketio::SocketIoArgs),
+    /// Reconnect storm: N clients connect at once (K attempts in flight), each completes the
+    /// handshake and one echo and stays open; handshakes/s, connect times, failures by kind.
+    Storm(storm::StormArgs),
 }
 
 /// Runs one `volley bench` mode to completion (it builds its own runtimes).
@@ -53,6 +59,7 @@ pub(crate) fn run(command: BenchCommand) -> ExitCode {
         BenchCommand::Fanout(args) => fanout::run(args),
         BenchCommand::Connections(args) => connections::run(args),
         BenchCommand::Socketio(args) => socketio::run(args),
+        BenchCommand::Storm(args) => storm::run(args),
     };
     match result {
         Ok(code) => code,
@@ -147,33 +154,65 @@ pub(crate) async fn ws_handshake(
 ) -> Result<Vec<u8>, String> {
     let handshake = ClientHandshake::new(uri, &[], &http::HeaderMap::new())
         .map_err(|e| format!("handshake: {e}"))?;
-    let limits = HeaderLimits::default();
-    let work = async {
-        stream
-            .write_all(handshake.request())
-            .await
-            .map_err(|e| format!("sending the handshake: {e}"))?;
-        let mut buf = Vec::with_capacity(1024);
-        let mut chunk = [0u8; 1024];
-        loop {
-            let n = stream
-                .read(&mut chunk)
-                .await
-                .map_err(|e| format!("reading the handshake response: {e}"))?;
-            if n == 0 {
-                return Err("the server closed the connection during the handshake".to_string());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            match handshake.parse_response(&buf, &limits) {
-                Ok(Some((_, used))) => return Ok(buf.split_off(used)),
-                Ok(None) => {}
-                Err(e) => return Err(format!("handshake refused: {e}")),
-            }
-        }
-    };
-    tokio::time::timeout(CONNECT_TIMEOUT, work)
+    tokio::time::timeout(CONNECT_TIMEOUT, client_handshake(stream, &handshake))
         .await
         .map_err(|_| format!("no handshake response within {CONNECT_TIMEOUT:?}"))?
+        .map_err(|e| e.to_string())
+}
+
+/// Why a client's opening handshake failed (see [`client_handshake`]).
+#[derive(Debug)]
+pub(crate) enum HandshakeFailure {
+    /// Writing the request failed.
+    Send(std::io::Error),
+    /// Reading the response failed.
+    Receive(std::io::Error),
+    /// The server closed the connection before its response was complete.
+    Closed,
+    /// The response was not an acceptable `101 Switching Protocols`.
+    Refused(HandshakeError),
+}
+
+impl std::fmt::Display for HandshakeFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Send(e) => write!(f, "sending the handshake: {e}"),
+            Self::Receive(e) => write!(f, "reading the handshake response: {e}"),
+            Self::Closed => f.write_str("the server closed the connection during the handshake"),
+            Self::Refused(e) => write!(f, "handshake refused: {e}"),
+        }
+    }
+}
+
+/// Sends `handshake`'s request on `stream` and reads and validates the response (no time
+/// limit: the caller sets one); returns the bytes read after the response (the first frames,
+/// if any).
+pub(crate) async fn client_handshake(
+    stream: &mut TcpStream,
+    handshake: &ClientHandshake,
+) -> Result<Vec<u8>, HandshakeFailure> {
+    let limits = HeaderLimits::default();
+    stream
+        .write_all(handshake.request())
+        .await
+        .map_err(HandshakeFailure::Send)?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(HandshakeFailure::Receive)?;
+        if n == 0 {
+            return Err(HandshakeFailure::Closed);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        match handshake.parse_response(&buf, &limits) {
+            Ok(Some((_, used))) => return Ok(buf.split_off(used)),
+            Ok(None) => {}
+            Err(e) => return Err(HandshakeFailure::Refused(e)),
+        }
+    }
 }
 
 /// A latency histogram in nanoseconds (1 ns to 10 minutes, 3 significant digits).
@@ -218,13 +257,46 @@ pub(crate) struct Progress {
 impl Progress {
     /// Starts the bar for a run of `total`; `counter` counts completed operations (`unit`).
     pub(crate) fn start(total: Duration, json: bool, counter: Arc<AtomicU64>, unit: &str) -> Self {
-        let done = Arc::new(AtomicBool::new(false));
         let show = !json && total > Duration::from_secs(2) && std::io::stderr().is_terminal();
+        // Bounded: the run ends by `total` plus its grace period; stop a little after.
+        let limit = total * 2 + CONNECT_TIMEOUT;
+        Self::spawn(show, limit, counter, unit, move |elapsed, _| {
+            (
+                elapsed.as_millis().min(u128::from(u64::MAX)) as u64,
+                total.as_millis() as u64,
+            )
+        })
+    }
+
+    /// Starts a bar that fills as `counter` goes to `total` operations (`unit`), for a run whose
+    /// length is not known beforehand (at most `limit`); shown for at least `min_total`
+    /// operations when stderr is a terminal and JSON output was not asked for.
+    pub(crate) fn counting(
+        total: u64,
+        min_total: u64,
+        limit: Duration,
+        json: bool,
+        counter: Arc<AtomicU64>,
+        unit: &str,
+    ) -> Self {
+        let show = !json && total >= min_total && std::io::stderr().is_terminal();
+        Self::spawn(show, limit, counter, unit, move |_, count| (count, total))
+    }
+
+    /// The bar's thread: every 200 ms, `position(elapsed, count)` gives (position, length).
+    fn spawn(
+        show: bool,
+        limit: Duration,
+        counter: Arc<AtomicU64>,
+        unit: &str,
+        position: impl Fn(Duration, u64) -> (u64, u64) + Send + 'static,
+    ) -> Self {
+        let done = Arc::new(AtomicBool::new(false));
         let thread = show.then(|| {
             let done = done.clone();
             let unit = unit.to_owned();
             std::thread::spawn(move || {
-                let bar = indicatif::ProgressBar::new(total.as_millis() as u64);
+                let bar = indicatif::ProgressBar::new(position(Duration::ZERO, 0).1);
                 if let Ok(style) = indicatif::ProgressStyle::with_template(
                     "{spinner} [{elapsed_precise}] {wide_bar} {msg}",
                 ) {
@@ -232,16 +304,16 @@ impl Progress {
                 }
                 let start = Instant::now();
                 let (mut last, mut last_at) = (0u64, start);
-                // Bounded: the run ends by `total` plus its grace period; stop a little after.
-                while !done.load(Ordering::Relaxed) && start.elapsed() < total * 2 + CONNECT_TIMEOUT
-                {
+                while !done.load(Ordering::Relaxed) && start.elapsed() < limit {
                     std::thread::sleep(Duration::from_millis(200));
                     let now = Instant::now();
                     let count = counter.load(Ordering::Relaxed);
                     let rate = (count - last.min(count)) as f64
                         / now.duration_since(last_at).as_secs_f64().max(1e-9);
                     (last, last_at) = (count, now);
-                    bar.set_position((now - start).as_millis().min(u64::MAX as u128) as u64);
+                    let (at, length) = position(now - start, count);
+                    bar.set_length(length);
+                    bar.set_position(at);
                     bar.set_message(format!("{rate:.0} {unit}/s"));
                 }
                 bar.finish_and_clear();

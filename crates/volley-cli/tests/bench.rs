@@ -433,3 +433,195 @@ async fn serve_threads_must_be_at_least_one() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--threads"));
 }
+
+#[tokio::test]
+async fn storm_completes_every_handshake_and_echo_against_volley_serve() {
+    let server = Serve::start_with(&["--threads", "1"]).await;
+    let url = server.url();
+    let output = bench(&[
+        "storm",
+        "--url",
+        &url,
+        "--count",
+        "500",
+        "--in-flight",
+        "100",
+        "--hold",
+        "300ms",
+        "--json",
+    ])
+    .await;
+    let report = json(&output);
+    assert!(output.status.success(), "{report}");
+    assert_eq!(report["mode"], "storm", "{report}");
+    assert_eq!(report["handshakes"], 500, "{report}");
+    assert_eq!(report["echoes"], 500, "{report}");
+    assert_eq!(report["failed"], 0, "{report}");
+    assert_eq!(report["closed_before_end"], 0, "{report}");
+    assert_eq!(report["ok"], true, "{report}");
+    for kind in [
+        "refused",
+        "reset",
+        "timeout",
+        "bad_handshake",
+        "bad_echo",
+        "other",
+    ] {
+        assert_eq!(report["failures"][kind], 0, "{kind}: {report}");
+    }
+    assert!(
+        report["handshakes_per_s"].as_f64().expect("rate") > 0.0,
+        "{report}"
+    );
+    for times in ["tcp_connect_ms", "handshake_ms", "echo_ms"] {
+        let t = &report[times];
+        assert_eq!(t["samples"], 500, "{times}: {report}");
+        let (p50, p99, max) = (t["p50"].as_f64(), t["p99"].as_f64(), t["max"].as_f64());
+        assert!(
+            p50 > Some(0.0) && p99 >= p50 && max >= p99,
+            "{times}: {report}"
+        );
+    }
+    // Each stage ends after the one before it.
+    assert!(
+        report["echo_ms"]["max"].as_f64() >= report["handshake_ms"]["max"].as_f64()
+            && report["handshake_ms"]["p50"].as_f64() >= report["tcp_connect_ms"]["p50"].as_f64(),
+        "{report}"
+    );
+}
+
+/// A WebSocket server whose connections misbehave in turn, by the order they were accepted:
+/// the 1st of every 5 is reset before its handshake, the 2nd answered 400, the 3rd gets a
+/// wrong echo, the 4th is closed right after a good echo, the 5th is served well.
+async fn storm_target() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local_addr");
+    tokio::spawn(async move {
+        let mut n = 0u32;
+        while let Ok((stream, _)) = listener.accept().await {
+            n += 1;
+            let turn = n % 5;
+            tokio::spawn(async move {
+                let mut stream = stream;
+                match turn {
+                    1 => {
+                        // Reset: close with unread data (the request) in the receive queue.
+                        let mut first = [0u8; 1];
+                        let _ = stream.read(&mut first).await;
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        drop(stream);
+                    }
+                    2 => {
+                        let mut buf = vec![0u8; 4096];
+                        let _ = stream.read(&mut buf).await;
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                            .await;
+                        let _ = stream.shutdown().await;
+                    }
+                    _ => {
+                        let Ok(mut ws) = volley::accept(stream).await else {
+                            return;
+                        };
+                        if let Some(Ok(volley::Message::Text(text))) = ws.recv().await {
+                            let reply = if turn == 3 {
+                                text.as_str().replace("storm", "strom")
+                            } else {
+                                text.as_str().to_owned()
+                            };
+                            let _ = ws.send(volley::Message::text(reply)).await;
+                        }
+                        if turn == 4 {
+                            let _ = ws.close(None).await;
+                        } else {
+                            while let Some(Ok(_)) = ws.recv().await {}
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn storm_counts_failures_by_kind_and_connections_closed_before_the_end() {
+    let addr = storm_target().await;
+    let output = bench(&[
+        "storm",
+        "--url",
+        &format!("ws://{addr}/"),
+        "--count",
+        "50",
+        "--in-flight",
+        "10",
+        "--hold",
+        "500ms",
+        "--json",
+    ])
+    .await;
+    let report = json(&output);
+    assert_eq!(output.status.code(), Some(1), "{report}");
+    assert_eq!(report["ok"], false, "{report}");
+    let failures = &report["failures"];
+    assert_eq!(failures["reset"], 10, "{report}");
+    assert_eq!(failures["bad_handshake"], 10, "{report}");
+    assert_eq!(failures["bad_echo"], 10, "{report}");
+    assert_eq!(failures["refused"], 0, "{report}");
+    assert_eq!(failures["timeout"], 0, "{report}");
+    assert_eq!(failures["other"], 0, "{report}");
+    assert_eq!(report["failed"], 30, "{report}");
+    // The handshakes of the wrong echoes completed; only 20 echoes were right.
+    assert_eq!(report["handshakes"], 30, "{report}");
+    assert_eq!(report["echoes"], 20, "{report}");
+    assert_eq!(report["closed_before_end"], 10, "{report}");
+    let errors = report["errors"].to_string();
+    assert!(errors.contains("bad_echo: client"), "{report}");
+    assert!(errors.contains("differs"), "{report}");
+}
+
+#[tokio::test]
+async fn storm_counts_refused_connections_and_timeouts() {
+    // Nothing listens on a port just freed: every connect is refused.
+    let port = common::free_port();
+    let output = bench(&[
+        "storm",
+        "--url",
+        &format!("ws://127.0.0.1:{port}/"),
+        "--count",
+        "20",
+        "--json",
+    ])
+    .await;
+    let report = json(&output);
+    assert_eq!(output.status.code(), Some(1), "{report}");
+    assert_eq!(report["failures"]["refused"], 20, "{report}");
+    assert_eq!(report["handshakes"], 0, "{report}");
+    // A server that accepts and never answers: every attempt times out waiting for its 101.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local_addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let output = bench(&[
+        "storm",
+        "--url",
+        &format!("ws://{addr}/"),
+        "--count",
+        "20",
+        "--timeout",
+        "300ms",
+        "--json",
+    ])
+    .await;
+    let report = json(&output);
+    assert_eq!(output.status.code(), Some(1), "{report}");
+    assert_eq!(report["failures"]["timeout"], 20, "{report}");
+    assert!(
+        report["errors"].to_string().contains("waiting for the 101"),
+        "{report}"
+    );
+}

@@ -5,12 +5,20 @@
 //! [`HandshakeError::response`] the rejection. Client: [`ClientHandshake::new`] builds the request
 //! and [`ClientHandshake::parse_response`] validates the server's answer.
 
+use std::mem::MaybeUninit;
+use std::sync::OnceLock;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use sha1::{Digest, Sha1};
 
 use crate::deflate::{DeflateConfig, DeflateParams, EXTENSION_NAME};
+
+/// Header lines parsed into an array on the stack; a larger [`HeaderLimits::max_headers`] uses
+/// one on the heap.
+const STACK_HEADERS: usize = 128;
 
 /// The GUID that RFC 6455 §1.3 appends to the key.
 const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -156,10 +164,21 @@ pub fn error_response(status: StatusCode, extra_headers: &str, body: &str) -> Ve
 
 /// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key` (RFC 6455 §4.2.2).
 pub fn accept_key(key: &[u8]) -> String {
+    let mut out = [0u8; ACCEPT_KEY_LEN];
+    String::from_utf8_lossy(accept_key_bytes(key, &mut out)).into_owned()
+}
+
+/// Length of a `Sec-WebSocket-Accept` value: a SHA-1 digest in base64.
+const ACCEPT_KEY_LEN: usize = 28;
+
+/// [`accept_key`] written into `out`, without allocating.
+fn accept_key_bytes<'a>(key: &[u8], out: &'a mut [u8; ACCEPT_KEY_LEN]) -> &'a [u8] {
     let mut sha = Sha1::new();
     sha.update(key);
     sha.update(GUID);
-    BASE64.encode(sha.finalize())
+    // 20 bytes encode to exactly 28: the buffer always fits.
+    let n = BASE64.encode_slice(sha.finalize(), out).unwrap_or(0);
+    &out[..n]
 }
 
 /// One extension offered or accepted in `Sec-WebSocket-Extensions`, with its parameters.
@@ -332,27 +351,159 @@ fn map_httparse(e: httparse::Error, limits: &HeaderLimits) -> HandshakeError {
     }
 }
 
-/// A client's opening handshake request, parsed and validated.
-#[derive(Debug, Clone)]
-pub struct UpgradeRequest {
-    request: Request<()>,
-    key: HeaderValue,
+/// What a valid opening handshake request carries, checked from its header lines.
+struct Valid {
+    key: [u8; KEY_LEN],
     protocols: Vec<String>,
     extensions: Vec<Extension>,
 }
+
+impl Valid {
+    /// Checks the header lines (`(name, value)`, names in any case) of a request with `method`
+    /// (RFC 6455 §4.2.1), in this order: GET, `Host`, `Upgrade: websocket`, `Connection:
+    /// upgrade`, one `Sec-WebSocket-Version: 13`, one `Sec-WebSocket-Key` of 16 bytes, then the
+    /// offered subprotocols and extensions (allocated only when offered).
+    fn check<'a, I>(method: &Method, lines: impl Fn() -> I) -> Result<Self, HandshakeError>
+    where
+        I: Iterator<Item = (&'a [u8], &'a [u8])>,
+    {
+        if *method != Method::GET {
+            return Err(HandshakeError::MethodNotAllowed(method.to_string()));
+        }
+        let (mut host, mut upgrade, mut connection) = (false, false, false);
+        let (mut versions, mut version_ok, mut keys) = (0u32, false, 0u32);
+        let mut key: &[u8] = &[];
+        let (mut protocol_lines, mut extension_lines) = (false, false);
+        for (name, value) in lines() {
+            let is = |wanted: &str| name.eq_ignore_ascii_case(wanted.as_bytes());
+            match name.len() {
+                4 if is("host") => host = true,
+                7 if is("upgrade") => upgrade |= has_token(value, b"websocket"),
+                10 if is("connection") => connection |= has_token(value, b"upgrade"),
+                17 if is("sec-websocket-key") => {
+                    keys += 1;
+                    key = value.trim_ascii();
+                }
+                21 if is("sec-websocket-version") => {
+                    versions += 1;
+                    version_ok = value.trim_ascii() == b"13";
+                }
+                22 if is("sec-websocket-protocol") => protocol_lines = true,
+                24 if is("sec-websocket-extensions") => extension_lines = true,
+                _ => {}
+            }
+        }
+        if !host {
+            return Err(HandshakeError::MissingHost);
+        }
+        if !upgrade {
+            return Err(HandshakeError::MissingUpgrade);
+        }
+        if !connection {
+            return Err(HandshakeError::MissingConnectionUpgrade);
+        }
+        if versions != 1 || !version_ok {
+            return Err(HandshakeError::UnsupportedVersion);
+        }
+        let mut decoded = [0u8; 18];
+        let key: [u8; KEY_LEN] = match key.try_into() {
+            Ok(key) if keys == 1 && BASE64.decode_slice(key, &mut decoded) == Ok(16) => key,
+            _ => return Err(HandshakeError::InvalidKey),
+        };
+        let values = |wanted: &'static str| {
+            lines()
+                .filter(move |(name, _)| name.eq_ignore_ascii_case(wanted.as_bytes()))
+                .map(|(_, value)| value)
+        };
+        let mut protocols = Vec::new();
+        if protocol_lines {
+            for token in values("sec-websocket-protocol").flat_map(list_items) {
+                match std::str::from_utf8(token) {
+                    Ok(p) if is_token(p) => protocols.push(p.to_owned()),
+                    _ => return Err(HandshakeError::InvalidSubprotocolHeader),
+                }
+            }
+        }
+        let mut extensions = Vec::new();
+        if extension_lines {
+            for value in values("sec-websocket-extensions") {
+                parse_extension_list(value, &mut extensions)?;
+            }
+        }
+        Ok(Self {
+            key,
+            protocols,
+            extensions,
+        })
+    }
+}
+
+/// The items of a comma-separated header value, trimmed, empty ones dropped.
+fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(|t| t.trim_ascii())
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether a comma-separated header value lists `token` (ASCII case-insensitively).
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    list_items(value).any(|t| t.eq_ignore_ascii_case(token))
+}
+
+/// A client's opening handshake request, parsed and validated.
+///
+/// Parsed from bytes ([`parse`](Self::parse)), it is validated straight from the header lines
+/// and keeps one copy of the header block; the [`http::Request`] with its header map is built
+/// from that copy only when asked for ([`request`](Self::request),
+/// [`take_request`](Self::take_request)): a server that never looks at the request's headers
+/// does not pay for them.
+#[derive(Debug, Clone)]
+pub struct UpgradeRequest {
+    /// The request: given to [`from_request`](Self::from_request), or built from `head` on
+    /// first use.
+    request: OnceLock<Request<()>>,
+    /// The header block as received (empty when the request was given).
+    head: Bytes,
+    /// Header lines in `head` (to parse it again without guessing).
+    head_lines: usize,
+    method: Method,
+    uri: Uri,
+    /// `Sec-WebSocket-Key`, trimmed (24 characters: 16 bytes in base64).
+    key: [u8; KEY_LEN],
+    protocols: Vec<String>,
+    extensions: Vec<Extension>,
+}
+
+/// Length of a valid `Sec-WebSocket-Key`: 16 bytes in base64, padded.
+const KEY_LEN: usize = 24;
 
 impl UpgradeRequest {
     /// Parses and validates a request from the start of `buf`.
     ///
     /// Returns `Ok(None)` while the header block is incomplete (and still under the limits), or the
     /// request and the number of bytes it used; bytes after that belong to the WebSocket stream.
+    ///
+    /// Up to 128 header lines are parsed on the stack, the handshake headers are validated
+    /// where they lie in `buf`, and the header block is copied once (for the request, built
+    /// when first asked for).
     pub fn parse(
         buf: &[u8],
         limits: &HeaderLimits,
     ) -> Result<Option<(Self, usize)>, HandshakeError> {
-        let mut raw = vec![httparse::EMPTY_HEADER; limits.max_headers];
-        let mut req = httparse::Request::new(&mut raw);
-        let len = match req.parse(buf).map_err(|e| map_httparse(e, limits))? {
+        let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
+        let mut heap = Vec::new();
+        let slots = if limits.max_headers <= STACK_HEADERS {
+            &mut stack[..limits.max_headers]
+        } else {
+            heap.resize(limits.max_headers, MaybeUninit::uninit());
+            &mut heap[..]
+        };
+        let mut req = httparse::Request::new(&mut []);
+        let len = match req
+            .parse_with_uninit_headers(buf, slots)
+            .map_err(|e| map_httparse(e, limits))?
+        {
             httparse::Status::Partial => {
                 if buf.len() > limits.max_bytes {
                     return Err(HandshakeError::HeadersTooLarge(limits.max_bytes));
@@ -364,30 +515,38 @@ impl UpgradeRequest {
         if len > limits.max_bytes {
             return Err(HandshakeError::HeadersTooLarge(limits.max_bytes));
         }
-        let method = req.method.unwrap_or_default();
-        let path = req.path.unwrap_or("/");
         if req.version != Some(1) {
             return Err(HandshakeError::HttpVersion);
         }
-        let mut builder = Request::builder()
-            .method(
-                Method::from_bytes(method.as_bytes())
-                    .map_err(|_| HandshakeError::Malformed("bad method".into()))?,
-            )
-            .uri(path)
-            .version(http::Version::HTTP_11);
-        if let Some(h) = builder.headers_mut() {
-            *h = parse_headers(req.headers)?;
-        }
-        let request = builder
-            .body(())
-            .map_err(|e| HandshakeError::Malformed(e.to_string()))?;
-        Ok(Some((Self::from_request(request)?, len)))
+        // httparse accepts exactly the bytes `http` does in methods (tokens), header names
+        // (tokens) and header values (visible ASCII, obs-text, tab): building the request from
+        // them later cannot fail. The URI is checked by `http`'s own parser here.
+        let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
+            .map_err(|_| HandshakeError::Malformed("bad method".into()))?;
+        let uri = match req.path {
+            Some(path) => Uri::from_maybe_shared(Bytes::copy_from_slice(path.as_bytes()))
+                .map_err(|e| HandshakeError::Malformed(http::Error::from(e).to_string()))?,
+            None => Uri::from_static("/"),
+        };
+        let lines = || req.headers.iter().map(|h| (h.name.as_bytes(), h.value));
+        let valid = Valid::check(&method, lines)?;
+        Ok(Some((
+            Self {
+                request: OnceLock::new(),
+                head: Bytes::copy_from_slice(&buf[..len]),
+                head_lines: req.headers.len(),
+                method,
+                uri,
+                key: valid.key,
+                protocols: valid.protocols,
+                extensions: valid.extensions,
+            },
+            len,
+        )))
     }
 
     /// Validates a request already parsed by an HTTP stack (hyper, axum).
     pub fn from_request(request: Request<()>) -> Result<Self, HandshakeError> {
-        use http::header;
         if request.method() != Method::GET {
             return Err(HandshakeError::MethodNotAllowed(
                 request.method().to_string(),
@@ -397,42 +556,72 @@ impl UpgradeRequest {
             return Err(HandshakeError::HttpVersion);
         }
         let headers = request.headers();
-        if headers.get(header::HOST).is_none() {
-            return Err(HandshakeError::MissingHost);
-        }
-        if !header_has_token(headers, &header::UPGRADE, "websocket") {
-            return Err(HandshakeError::MissingUpgrade);
-        }
-        if !header_has_token(headers, &header::CONNECTION, "upgrade") {
-            return Err(HandshakeError::MissingConnectionUpgrade);
-        }
-        let mut versions = headers.get_all(header::SEC_WEBSOCKET_VERSION).iter();
-        match (versions.next(), versions.next()) {
-            (Some(v), None) if v.as_bytes().trim_ascii() == b"13" => {}
-            _ => return Err(HandshakeError::UnsupportedVersion),
-        }
-        let mut keys = headers.get_all(header::SEC_WEBSOCKET_KEY).iter();
-        let key = match (keys.next(), keys.next()) {
-            (Some(k), None) => k.clone(),
-            _ => return Err(HandshakeError::InvalidKey),
+        let lines = || {
+            headers
+                .iter()
+                .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
         };
-        match BASE64.decode(key.as_bytes().trim_ascii()) {
-            Ok(raw) if raw.len() == 16 => {}
-            _ => return Err(HandshakeError::InvalidKey),
-        }
-        let protocols = parse_subprotocols(headers)?;
-        let extensions = parse_extensions(headers)?;
+        let valid = Valid::check(request.method(), lines)?;
         Ok(Self {
-            request,
-            key,
-            protocols,
-            extensions,
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            request: OnceLock::from(request),
+            head: Bytes::new(),
+            head_lines: 0,
+            key: valid.key,
+            protocols: valid.protocols,
+            extensions: valid.extensions,
         })
     }
 
-    /// The request: method, URI (path and query) and headers.
+    /// The request: method, URI (path and query) and headers (built on first use when the
+    /// request was parsed from bytes).
     pub fn request(&self) -> &Request<()> {
-        &self.request
+        self.request.get_or_init(|| self.build())
+    }
+
+    /// Takes the request out (to hand it on without a copy). The key, the offered subprotocols
+    /// and extensions stay: [`accept`](Self::accept) and
+    /// [`negotiate_deflate`](Self::negotiate_deflate) still work. Asked for again,
+    /// [`request`](Self::request) builds it anew from the bytes received (for a request given to
+    /// [`from_request`](Self::from_request): its method and URI, without headers).
+    pub fn take_request(&mut self) -> Request<()> {
+        self.request.take().unwrap_or_else(|| self.build())
+    }
+
+    /// The request from the header block received: method, URI, HTTP/1.1, the headers in order
+    /// (their values share the block's copy).
+    fn build(&self) -> Request<()> {
+        let mut request = Request::new(());
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.version_mut() = http::Version::HTTP_11;
+        let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
+        let mut heap = Vec::new();
+        let slots = if self.head_lines <= STACK_HEADERS {
+            &mut stack[..self.head_lines]
+        } else {
+            heap.resize(self.head_lines, MaybeUninit::uninit());
+            &mut heap[..]
+        };
+        let mut req = httparse::Request::new(&mut []);
+        if let Ok(httparse::Status::Complete(_)) = req.parse_with_uninit_headers(&self.head, slots)
+        {
+            let headers = request.headers_mut();
+            headers.reserve(req.headers.len());
+            for h in req.headers.iter() {
+                let start = (h.value.as_ptr() as usize).wrapping_sub(self.head.as_ptr() as usize);
+                let value = self.head.slice(start..start + h.value.len());
+                // Both were validated by the parse that made this request (see `parse`).
+                if let (Ok(name), Ok(value)) = (
+                    HeaderName::from_bytes(h.name.as_bytes()),
+                    HeaderValue::from_maybe_shared(value),
+                ) {
+                    headers.append(name, value);
+                }
+            }
+        }
+        request
     }
 
     /// The subprotocols the client offered, in its order of preference.
@@ -454,17 +643,25 @@ impl UpgradeRequest {
 
     /// The `Sec-WebSocket-Accept` value for this request.
     pub fn accept_key(&self) -> String {
-        accept_key(self.key.as_bytes().trim_ascii())
+        accept_key(&self.key)
     }
 
     /// The `101 Switching Protocols` response, selecting `protocol` (which should be one the client
     /// offered) and adding `extra` headers.
     pub fn accept(&self, protocol: Option<&str>, extra: &HeaderMap) -> Vec<u8> {
         let mut out = Vec::with_capacity(160);
+        self.write_accept(protocol, extra, &mut out);
+        out
+    }
+
+    /// [`accept`](Self::accept), appended to `out` (a buffer reused across handshakes: no
+    /// allocation once it is large enough).
+    pub fn write_accept(&self, protocol: Option<&str>, extra: &HeaderMap, out: &mut Vec<u8>) {
         out.extend_from_slice(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
         );
-        out.extend_from_slice(self.accept_key().as_bytes());
+        let mut key = [0u8; ACCEPT_KEY_LEN];
+        out.extend_from_slice(accept_key_bytes(&self.key, &mut key));
         out.extend_from_slice(b"\r\n");
         if let Some(p) = protocol {
             out.extend_from_slice(b"Sec-WebSocket-Protocol: ");
@@ -478,7 +675,6 @@ impl UpgradeRequest {
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b"\r\n");
-        out
     }
 }
 
@@ -584,8 +780,15 @@ impl ClientHandshake {
         limits: &HeaderLimits,
     ) -> Result<Option<(UpgradeResponse, usize)>, HandshakeError> {
         use http::header;
-        let mut raw = vec![httparse::EMPTY_HEADER; limits.max_headers];
-        let mut resp = httparse::Response::new(&mut raw);
+        let mut stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
+        let mut heap = Vec::new();
+        let raw = if limits.max_headers <= STACK_HEADERS {
+            &mut stack[..limits.max_headers]
+        } else {
+            heap.resize(limits.max_headers, httparse::EMPTY_HEADER);
+            &mut heap[..]
+        };
+        let mut resp = httparse::Response::new(raw);
         let len = match resp.parse(buf).map_err(|e| map_httparse(e, limits))? {
             httparse::Status::Partial => {
                 if buf.len() > limits.max_bytes {

@@ -454,6 +454,78 @@ fn header_limits_are_configurable() {
     );
 }
 
+#[test]
+fn a_parsed_request_is_built_with_every_header_in_order_when_asked_for() {
+    let buf = request_with(
+        &[],
+        &[
+            "X-Trace: a",
+            "x-trace: b",
+            "Cookie: k=v; other=w",
+            "Sec-WebSocket-Protocol: chat",
+        ],
+    );
+    let mut req = parse_ok(&buf);
+    // Validated without building the request: the key and the offers are there already.
+    assert_eq!(req.accept_key(), RFC_ACCEPT);
+    assert_eq!(req.protocols(), ["chat"]);
+    let built = req.request();
+    assert_eq!(built.method(), http::Method::GET);
+    assert_eq!(built.uri(), "/chat");
+    assert_eq!(built.version(), http::Version::HTTP_11);
+    assert_eq!(built.headers().len(), 9);
+    let traces: Vec<_> = built.headers().get_all("x-trace").iter().collect();
+    assert_eq!(traces, ["a", "b"]);
+    assert_eq!(built.headers()["cookie"], "k=v; other=w");
+    assert_eq!(built.headers()["host"], "server.example.com");
+    // Taken out, it is the same request; asked for again, it is built anew from the bytes.
+    let taken = req.take_request();
+    assert_eq!(taken.headers(), req.request().headers());
+    assert_eq!(taken.uri(), req.request().uri());
+    // The response does not depend on the request having been built.
+    assert!(
+        String::from_utf8(req.accept(None, &HeaderMap::new()))
+            .expect("ASCII")
+            .contains(&format!("Sec-WebSocket-Accept: {RFC_ACCEPT}\r\n"))
+    );
+}
+
+#[test]
+fn more_header_lines_than_fit_on_the_stack_are_parsed_and_built_when_allowed() {
+    let extra: Vec<String> = (0..200).map(|i| format!("X-H{i}: {i}")).collect();
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let buf = request_with(&[], &extra);
+    let limits = HeaderLimits::default()
+        .max_headers(300)
+        .max_bytes(64 * 1024);
+    let (req, _) = UpgradeRequest::parse(&buf, &limits)
+        .expect("valid")
+        .expect("complete");
+    assert_eq!(req.request().headers().len(), 205);
+    assert_eq!(req.request().headers()["x-h199"], "199");
+}
+
+#[test]
+fn a_request_from_an_http_stack_keeps_its_headers_and_extensions() {
+    let mut request = http::Request::get("/x?y=1")
+        .header("host", "h")
+        .header("upgrade", "websocket")
+        .header("connection", "upgrade")
+        .header("sec-websocket-key", RFC_KEY)
+        .header("sec-websocket-version", "13")
+        .body(())
+        .expect("request");
+    request.extensions_mut().insert(7u32);
+    let mut req = UpgradeRequest::from_request(request).expect("valid");
+    assert_eq!(req.request().extensions().get::<u32>(), Some(&7));
+    let taken = req.take_request();
+    assert_eq!(taken.headers().len(), 5);
+    assert_eq!(taken.extensions().get::<u32>(), Some(&7));
+    // What stays: method and URI, no headers.
+    assert_eq!(req.request().uri(), "/x?y=1");
+    assert!(req.request().headers().is_empty());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Subprotocols and extensions
 // ---------------------------------------------------------------------------------------------

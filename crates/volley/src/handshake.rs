@@ -11,7 +11,7 @@ use volley_proto::{CloseCode, CloseFrame, Connection, DeflateParams, Role};
 use crate::config::Config;
 use crate::error::{Error, Result, Timeout};
 use crate::maybe_tls::MaybeTlsStream;
-use crate::policy::Policy;
+use crate::policy::{Decision, Policy};
 use crate::task::WebSocket;
 
 /// Reads from `stream` into `buf` until `parse` yields a value, returning it and its length.
@@ -29,15 +29,15 @@ where
                 return Ok(done);
             }
         }
-        let mut chunk = [0u8; 2048];
-        let n = stream.read(&mut chunk).await?;
+        // Straight into the buffer: no chunk on the stack in this future.
+        buf.reserve(1024);
+        let n = stream.read_buf(buf).await?;
         if n == 0 {
             return Err(Error::Io(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 "connection closed during the opening handshake",
             )));
         }
-        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
@@ -109,7 +109,8 @@ pub(crate) async fn accept_buffered<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let accepted = accept_parts(stream, buf, &config, policy).await?;
+    let mut accepted = accept_parts(stream, buf, &config, policy).await?;
+    let request = accepted.request();
     let ws = WebSocket::from_raw_shared(
         accepted.stream,
         Role::Server,
@@ -117,17 +118,33 @@ where
         accepted.deflate,
         &accepted.leftover,
     );
-    Ok((ws, accepted.request))
+    Ok((ws, request))
 }
 
-/// A completed server handshake, before a [`WebSocket`] is built on it.
+/// A completed server handshake, before a [`WebSocket`] is built on it or its connection is
+/// handed to callbacks.
 pub(crate) struct Accepted<S> {
     pub(crate) stream: S,
-    pub(crate) request: Request<()>,
+    /// The client's request, validated (built only when asked for).
+    pub(crate) upgrade: UpgradeRequest,
+    /// What the policy decided.
+    pub(crate) decision: Decision,
     /// The permessage-deflate parameters agreed on, if any.
     pub(crate) deflate: Option<DeflateParams>,
     /// Bytes read past the request (the first frames).
     pub(crate) leftover: Vec<u8>,
+}
+
+impl<S> Accepted<S> {
+    /// The request for a task handler (see [`Decision::into_request`]); called once.
+    pub(crate) fn request(&mut self) -> Request<()> {
+        let decision = Decision {
+            authed: self.decision.authed.take(),
+            protocol: self.decision.protocol.take(),
+            extra: HeaderMap::new(),
+        };
+        decision.into_request(&mut self.upgrade).0
+    }
 }
 
 /// The server's opening handshake on a transport from which `buf` was already read, within
@@ -142,12 +159,11 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let limits = config.headers;
-    let deflate_config = config.protocol.deflate.clone();
     let handshake = async {
         let parsed = read_head(&mut stream, &mut buf, |b| UpgradeRequest::parse(b, &limits)).await;
         match parsed {
-            Ok((upgrade, len)) => {
-                let (request, protocol, mut extra) = match policy.decide(&upgrade).await {
+            Ok((mut upgrade, len)) => {
+                let mut decision = match policy.decide(&mut upgrade).await {
                     Ok(decided) => decided,
                     Err(reject) => {
                         let _ = stream.write_all(&reject.response()).await;
@@ -155,21 +171,12 @@ where
                         return Err(Error::Rejected(reject.status()));
                     }
                 };
-                let deflate = deflate_config
-                    .as_ref()
-                    .and_then(|d| upgrade.negotiate_deflate(d))
-                    .and_then(|params| {
-                        // Always ASCII; should it ever fail, decline rather than disagree.
-                        let value = HeaderValue::try_from(params.header_value()).ok()?;
-                        extra.insert(header::SEC_WEBSOCKET_EXTENSIONS, value);
-                        Some(params)
-                    });
-                stream
-                    .write_all(&upgrade.accept(protocol.as_deref(), &extra))
-                    .await?;
+                let deflate = negotiate_deflate(&upgrade, config, &mut decision.extra);
+                let response = upgrade.accept(decision.protocol.as_deref(), &decision.extra);
+                stream.write_all(&response).await?;
                 stream.flush().await?;
                 buf.drain(..len);
-                Ok((request, deflate, buf))
+                Ok((upgrade, decision, deflate, buf))
             }
             Err(Error::Handshake(e)) => {
                 let _ = stream.write_all(&e.response()).await;
@@ -179,15 +186,31 @@ where
             Err(e) => Err(e),
         }
     };
-    let (request, deflate, leftover) = tokio::time::timeout(config.open_timeout, handshake)
-        .await
-        .map_err(|_| Error::Timeout(Timeout::Open))??;
+    let (upgrade, decision, deflate, leftover) =
+        tokio::time::timeout(config.open_timeout, handshake)
+            .await
+            .map_err(|_| Error::Timeout(Timeout::Open))??;
     Ok(Accepted {
         stream,
-        request,
+        upgrade,
+        decision,
         deflate,
         leftover,
     })
+}
+
+/// Negotiates permessage-deflate for `upgrade` as `config` allows; the agreed parameters, also
+/// added to the 101's `extra` headers.
+pub(crate) fn negotiate_deflate(
+    upgrade: &UpgradeRequest,
+    config: &Config,
+    extra: &mut HeaderMap,
+) -> Option<DeflateParams> {
+    let params = upgrade.negotiate_deflate(config.protocol.deflate.as_ref()?)?;
+    // Always ASCII; should it ever fail, decline rather than disagree.
+    let value = HeaderValue::try_from(params.header_value()).ok()?;
+    extra.insert(header::SEC_WEBSOCKET_EXTENSIONS, value);
+    Some(params)
 }
 
 /// Connects to a `ws://` URL with the default configuration.

@@ -163,12 +163,18 @@ impl Policy {
         self
     }
 
-    /// Makes handshakes answer 503 once `flag` is set (used by graceful shutdown).
     /// Whether the policy has an Origin allow-list.
     pub(crate) fn has_origins(&self) -> bool {
         self.origins.is_some()
     }
 
+    /// Whether the policy has an auth hook (the only part of [`decide`](Self::decide) that
+    /// may wait).
+    pub(crate) fn has_auth(&self) -> bool {
+        self.auth.is_some()
+    }
+
+    /// Makes handshakes answer 503 once `flag` is set (used by graceful shutdown).
     pub(crate) fn stopping(mut self, flag: Arc<AtomicBool>) -> Self {
         self.stopping = Some(flag);
         self
@@ -188,16 +194,13 @@ impl Policy {
         Ok(())
     }
 
-    /// Applies the policy to a parsed request: the request to hand to the handler (with a
-    /// [`Subprotocol`] extension if one was selected) and the extra 101 headers, or the rejection.
-    pub(crate) async fn decide(
-        &self,
-        upgrade: &UpgradeRequest,
-    ) -> Result<(Request<()>, Option<String>, HeaderMap), Reject> {
+    /// Applies the policy to a parsed request: what it decided (the auth hook's request if it
+    /// ran, the selected subprotocol, the extra 101 headers), or the rejection. Without an auth
+    /// hook the request stays in `upgrade`, not built.
+    pub(crate) async fn decide(&self, upgrade: &mut UpgradeRequest) -> Result<Decision, Reject> {
         self.check_stopping()?;
-        let request = upgrade.request();
         if let Some(allowed) = &self.origins {
-            if let Some(origin) = request.headers().get(http::header::ORIGIN) {
+            if let Some(origin) = upgrade.request().headers().get(http::header::ORIGIN) {
                 let ok = origin.to_str().is_ok_and(|o| {
                     allowed
                         .iter()
@@ -208,9 +211,9 @@ impl Policy {
                 }
             }
         }
-        let mut request = request.clone();
+        let mut authed = None;
         if let Some(auth) = &self.auth {
-            request = auth(request).await?;
+            authed = Some(auth(upgrade.take_request()).await?);
             self.check_stopping()?;
         }
         let protocol = self
@@ -218,9 +221,73 @@ impl Policy {
             .iter()
             .find(|p| upgrade.protocols().iter().any(|o| o == *p))
             .cloned();
-        if let Some(p) = &protocol {
-            request.extensions_mut().insert(Subprotocol(p.clone()));
+        Ok(Decision {
+            authed,
+            protocol,
+            extra: self.headers.clone(),
+        })
+    }
+
+    /// [`decide`](Self::decide), with the request to hand to the handler built: the auth hook's,
+    /// else taken out of `upgrade`, with a [`Subprotocol`] extension if one was selected.
+    #[cfg(feature = "hyper")]
+    pub(crate) async fn decide_request(
+        &self,
+        upgrade: &mut UpgradeRequest,
+    ) -> Result<(Request<()>, Option<String>, HeaderMap), Reject> {
+        let decision = self.decide(upgrade).await?;
+        let protocol = decision.protocol.clone();
+        let (request, extra) = decision.into_request(upgrade);
+        Ok((request, protocol, extra))
+    }
+}
+
+/// What a [`Policy`] decided for an accepted request.
+#[derive(Debug)]
+pub(crate) struct Decision {
+    /// The request the auth hook returned (with what it put in the extensions), if it ran.
+    pub(crate) authed: Option<Request<()>>,
+    /// The subprotocol selected, if any.
+    pub(crate) protocol: Option<String>,
+    /// Headers to add to the 101.
+    pub(crate) extra: HeaderMap,
+}
+
+impl Decision {
+    /// The request for a handler (the auth hook's, else built from `upgrade`) with a
+    /// [`Subprotocol`] extension if one was selected, and the extra 101 headers.
+    pub(crate) fn into_request(self, upgrade: &mut UpgradeRequest) -> (Request<()>, HeaderMap) {
+        let mut request = self.authed.unwrap_or_else(|| upgrade.take_request());
+        if let Some(p) = self.protocol {
+            request.extensions_mut().insert(Subprotocol(p));
         }
-        Ok((request, protocol, self.headers.clone()))
+        (request, self.extra)
+    }
+
+    /// The connection's first extensions: what the auth hook put in the request's, and the
+    /// [`Subprotocol`] if one was selected. The request itself, if the auth hook returned one,
+    /// is returned without them (to show to `on_open`).
+    pub(crate) fn take_extensions(&mut self) -> (http::Extensions, Option<Request<()>>) {
+        let mut authed = self.authed.take();
+        let mut extensions = authed
+            .as_mut()
+            .map(|r| std::mem::take(r.extensions_mut()))
+            .unwrap_or_default();
+        if let Some(p) = &self.protocol {
+            extensions.insert(Subprotocol(p.clone()));
+        }
+        (extensions, authed)
+    }
+}
+
+/// Polls `future` once: its output if it completed without waiting.
+pub(crate) fn now_or_never<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+    {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
     }
 }

@@ -1,26 +1,29 @@
 //! A TCP server: accepts connections (over TLS if configured), routes each by the path of its
 //! first request ([`router`](crate::router)) and shuts down gracefully.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use http::{Request, StatusCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
-use volley_proto::handshake::error_response;
+use tokio::time::Instant;
+use volley_proto::handshake::{UpgradeRequest, error_response};
 use volley_proto::{CloseCode, CloseFrame, Role};
 
-use crate::callback::Io;
+use crate::callback::{Io, OpenRequest};
 use crate::config::Config;
-use crate::handshake::{Accepted, accept_parts};
+use crate::handshake::{Accepted, accept_parts, negotiate_deflate};
 use crate::maybe_tls::MaybeTlsStream;
-use crate::policy::Policy;
+use crate::policy::{Policy, now_or_never};
 use crate::router::{Endpoint, PeerAddr, Router, Routes, Target, TaskFn, not_found_body};
 use crate::task::{CloseHandle, WebSocket};
 
@@ -50,6 +53,11 @@ use crate::task::{CloseHandle, WebSocket};
 /// [`serve`](Self::serve) is the short form for one task handler on every path.
 pub struct Server {
     listener: TcpListener,
+    /// The listener had TCP_NODELAY before it listened (see [`bind_with_backlog`]): accepted
+    /// sockets have it already.
+    ///
+    /// [`bind_with_backlog`]: Self::bind_with_backlog
+    nodelay_inherited: bool,
     stats: ServerStats,
     config: Config,
     shutdown_frame: CloseFrame,
@@ -85,6 +93,8 @@ impl Server {
 
     /// Binds to `addr` (the first of its addresses that binds) with `backlog` connections
     /// waiting to be accepted at most, and `SO_REUSEADDR` (a restarted server binds at once).
+    /// Accepted connections get `TCP_NODELAY` (on Linux from the listener, which has it before
+    /// it listens).
     ///
     /// Not cancel-safe in a meaningful way: dropping it leaves nothing bound.
     pub async fn bind_with_backlog(
@@ -98,8 +108,15 @@ impl Server {
                 SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
             };
             socket.set_reuseaddr(true)?;
+            // Set before `listen`: every accepted socket inherits it (on Linux), which spares a
+            // system call per connection.
+            let nodelay = cfg!(target_os = "linux") && socket.set_nodelay(true).is_ok();
             match socket.bind(addr).and_then(|()| socket.listen(backlog)) {
-                Ok(listener) => return Ok(Self::from_listener(listener)),
+                Ok(listener) => {
+                    let mut server = Self::from_listener(listener);
+                    server.nodelay_inherited = nodelay;
+                    return Ok(server);
+                }
                 Err(e) => last = Some(e),
             }
         }
@@ -108,10 +125,12 @@ impl Server {
         }))
     }
 
-    /// Wraps an already bound listener.
+    /// Wraps an already bound listener. Each accepted connection gets `TCP_NODELAY` (one system
+    /// call: connections may have been queued before the server could set it on the listener).
     pub fn from_listener(listener: TcpListener) -> Self {
         Self {
             listener,
+            nodelay_inherited: false,
             stats: ServerStats::default(),
             config: Config::default(),
             shutdown_frame: CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down"),
@@ -253,26 +272,46 @@ impl Server {
             tls: self.tls.clone(),
         });
         let mut tasks = JoinSet::new();
+        let mut batch = Vec::with_capacity(ACCEPT_BATCH);
+        let mut pending = Pending::new(ctx.config.open_timeout);
         tokio::pin!(shutdown);
         loop {
-            let (stream, peer) = tokio::select! {
+            tokio::select! {
+                biased;
                 () = &mut shutdown => break,
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
-                accepted = self.listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) if is_per_connection(&e) => continue,
-                    Err(e) => {
+                accepted = accept_batch(&self.listener, &mut batch) => {
+                    if let Err(e) = accepted {
                         // Out of file descriptors and the like: back off instead of spinning.
                         tracing::warn!("accept failed: {e}");
                         tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
                     }
-                },
-            };
-            ctx.stats.0.accepted.fetch_add(1, Ordering::Relaxed);
-            tasks.spawn(ctx.clone().connection(stream, peer));
+                }
+                () = pending.woken() => {}
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+            ctx.stats
+                .0
+                .accepted
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            for (stream, peer) in batch.drain(..) {
+                if !self.nodelay_inherited {
+                    let _ = stream.set_nodelay(true);
+                }
+                #[cfg(feature = "tls")]
+                if ctx.tls.is_some() {
+                    tasks.spawn(ctx.clone().connection(stream, peer, Vec::new()));
+                    continue;
+                }
+                pending.add(&ctx, stream, peer, &mut tasks);
+            }
+            pending.run(&ctx, &mut tasks);
+            // The handshakes of the previous batch that are done: reaped without waiting.
+            while tasks.try_join_next().is_some() {}
         }
 
+        // Handshakes the accept loop was waiting for go on in tasks (which answer 503).
+        ctx.stopping.store(true, Ordering::Release);
+        pending.hand_over(&ctx, &mut tasks);
         // Graceful shutdown: handshakes still in flight are answered 503.
         ctx.stopping.store(true, Ordering::Release);
         ctx.stop.notify_waiters();
@@ -438,11 +477,11 @@ impl Ctx {
         }
     }
 
-    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
-        let _ = stream.set_nodelay(true);
+    /// Serves a connection from which `head` was read already (see [`Pending`]).
+    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, head: Vec<u8>) {
         // Boxed: the handshake's state (read buffer, TLS) is freed once it is done instead of
         // sizing the task for the connection's whole life.
-        let Some(opened) = Box::pin(self.open(stream, peer)).await else {
+        let Some(opened) = Box::pin(self.open(stream, peer, head)).await else {
             return;
         };
         match opened {
@@ -452,14 +491,91 @@ impl Ctx {
         }
     }
 
+    /// The opening handshake of a plain TCP connection to a callbacks route, done by the accept
+    /// loop itself once `head` (the bytes read so far) holds the whole request and the policy
+    /// has no auth hook: the 101 written at once from `response` (a buffer reused across calls),
+    /// the connection handed to its driver. No task, no allocation beyond the connection's own
+    /// state and a copy of the request head (built into a request only if `on_open` asks).
+    ///
+    /// The stream comes back with [`Inline::Incomplete`] while the request is not complete, and
+    /// with [`Inline::Elsewhere`] for anything the connection's task does (another kind of
+    /// route, a request to refuse, a request for the route's HTTP service).
+    fn handshake_inline(
+        &self,
+        mut stream: TcpStream,
+        head: &[u8],
+        response: &mut Vec<u8>,
+        cx: &mut Context<'_>,
+    ) -> Result<(), (TcpStream, Inline)> {
+        let Some(path) = request_path(head) else {
+            let line_done = head.contains(&b'\n') || head.len() >= self.config.headers.max_bytes;
+            return Err((
+                stream,
+                if line_done {
+                    Inline::Elsewhere
+                } else {
+                    Inline::Incomplete
+                },
+            ));
+        };
+        let Some(Target::Callbacks(drivers)) = self.router.find(path).map(|r| &r.target) else {
+            return Err((stream, Inline::Elsewhere));
+        };
+        if self.policy.has_auth() {
+            return Err((stream, Inline::Elsewhere));
+        }
+        let config = drivers.config();
+        let (mut upgrade, used) = match UpgradeRequest::parse(head, &config.headers) {
+            Ok(Some(parsed)) => parsed,
+            Ok(None) => return Err((stream, Inline::Incomplete)),
+            // Malformed or not an upgrade (a request for the route's HTTP service): the task
+            // answers the error or hands it to the service.
+            Err(_) => return Err((stream, Inline::Elsewhere)),
+        };
+        // Refused (the Origin allow-list, shutdown): the task answers it.
+        let Some(Ok(mut decision)) = now_or_never(self.policy.decide(&mut upgrade)) else {
+            return Err((stream, Inline::Elsewhere));
+        };
+        let deflate = negotiate_deflate(&upgrade, config, &mut decision.extra);
+        response.clear();
+        upgrade.write_accept(decision.protocol.as_deref(), &decision.extra, response);
+        let leftover = &head[used..];
+        match Pin::new(&mut stream).poll_write(cx, response) {
+            Poll::Ready(Ok(written)) if written == response.len() => {
+                let io = Io::Stream(MaybeTlsStream::Plain(stream));
+                adopt(drivers, io, upgrade, &mut decision, deflate, leftover);
+            }
+            Poll::Ready(Err(e)) => tracing::debug!("writing the 101 failed: {e}"),
+            progress => {
+                // The socket's send buffer is full (hardly ever, on a fresh connection): a task
+                // writes the rest.
+                let written = match progress {
+                    Poll::Ready(Ok(written)) => written,
+                    _ => 0,
+                };
+                let (rest, leftover) = (response[written..].to_vec(), leftover.to_vec());
+                let drivers = drivers.clone();
+                tokio::spawn(async move {
+                    let mut stream = MaybeTlsStream::Plain(stream);
+                    if stream.write_all(&rest).await.is_ok() {
+                        let io = Io::Stream(stream);
+                        adopt(&drivers, io, upgrade, &mut decision, deflate, &leftover);
+                    }
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// TLS (if configured), the first request line and its route, and for a WebSocket route
-    /// the opening handshake; `None` (answered and logged) if any of it fails.
-    async fn open(&self, stream: TcpStream, peer: SocketAddr) -> Option<Opened> {
+    /// the opening handshake, going on from `head` (what was read already); `None` (answered
+    /// and logged) if any of it fails.
+    async fn open(&self, stream: TcpStream, peer: SocketAddr, head: Vec<u8>) -> Option<Opened> {
         let mut stream = self.tls(stream, peer).await?;
         let max = self.config.headers.max_bytes;
         let read = tokio::time::timeout(
             self.config.open_timeout,
-            read_request_line(&mut stream, max),
+            read_request_line(&mut stream, max, head),
         );
         let head = match read.await {
             Ok(Some(head)) => head,
@@ -503,12 +619,12 @@ impl Ctx {
                 self.config.open_timeout,
                 read_head(&mut stream, &mut head, max),
             );
-            if !matches!(read.await, Ok(true)) {
+            let Ok(Some(end)) = read.await else {
                 tracing::debug!(%peer, "no complete request head within the open timeout");
                 self.stats.refuse(Refusal::Timeout);
                 return None;
-            }
-            if !is_upgrade(&head) {
+            };
+            if !is_upgrade(&head[..end]) {
                 return Some(Opened::Http(head, stream));
             }
         }
@@ -569,28 +685,38 @@ impl Ctx {
         accepted: Accepted<MaybeTlsStream>,
         peer: SocketAddr,
     ) {
-        let Accepted {
-            stream,
-            mut request,
-            deflate,
-            leftover,
-        } = accepted;
+        let mut accepted = accepted;
         match target {
             Target::Task(handler) => {
+                let mut request = accepted.request();
                 request.extensions_mut().insert(PeerAddr(peer));
                 let ws = WebSocket::from_raw_shared(
-                    stream,
+                    accepted.stream,
                     Role::Server,
                     self.config.clone(),
-                    deflate,
-                    &leftover,
+                    accepted.deflate,
+                    &accepted.leftover,
                 );
                 self.run_task(&*handler, ws, request).await;
             }
             // The callback connection reads its peer from the socket: no extension (an idle
             // connection keeps its extensions).
             Target::Callbacks(drivers) => {
-                drivers.adopt(Io::Stream(stream), request, deflate, &leftover);
+                let Accepted {
+                    stream,
+                    upgrade,
+                    mut decision,
+                    deflate,
+                    leftover,
+                } = accepted;
+                adopt(
+                    &drivers,
+                    Io::Stream(stream),
+                    upgrade,
+                    &mut decision,
+                    deflate,
+                    &leftover,
+                );
             }
             #[cfg(feature = "hyper")]
             Target::Service(_) => {}
@@ -702,55 +828,377 @@ impl Ctx {
     }
 }
 
-/// Reads from `stream` until the first request line is complete (a `\n`), `max` bytes were
-/// read, or the peer stops; returns what was read (`None` if the peer sent nothing usable).
-async fn read_request_line(stream: &mut MaybeTlsStream, max: usize) -> Option<Vec<u8>> {
-    let mut head = Vec::new();
-    let mut chunk = [0u8; 2048];
+/// Why [`Ctx::handshake_inline`] gave the stream back.
+enum Inline {
+    /// The request is not complete yet: read on.
+    Incomplete,
+    /// The connection's task takes it from here.
+    Elsewhere,
+}
+
+/// Handshakes the accept loop runs itself while their request arrives (plain TCP only): each
+/// accepted connection waits here, woken by its socket, until its request is complete, and is
+/// then handed to its callbacks' driver ([`Ctx::handshake_inline`]) or, for anything else, to a
+/// task of its own ([`Ctx::connection`]) with what was read. Like a driver's connections, they
+/// cost no task and no timer each: one waker, and a place in a deadline queue
+/// (`open_timeout`).
+struct Pending {
+    slots: Vec<Option<Waiting>>,
+    free: Vec<usize>,
+    woken: Arc<Woken>,
+    /// Slots woken by their socket, taken from `woken` for one turn.
+    turn: Vec<usize>,
+    /// (deadline, slot, generation), in deadline order: every handshake gets the same timeout.
+    deadlines: VecDeque<(Instant, usize, u64)>,
+    timeout: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    generation: u64,
+    /// Every read lands here first; a request that takes more than one read is copied out.
+    scratch: Box<[u8]>,
+    /// Every 101 is written from here.
+    response: Vec<u8>,
+}
+
+/// A connection whose request is awaited.
+struct Waiting {
+    stream: TcpStream,
+    peer: SocketAddr,
+    /// What was read of a request that did not come in one read.
+    head: Vec<u8>,
+    generation: u64,
+    waker: Waker,
+}
+
+/// Slots woken since the accept loop last looked, and the accept loop's waker.
+#[derive(Default)]
+struct Woken(Mutex<(Vec<usize>, Option<Waker>)>);
+
+/// The waker of one pending handshake: queues its slot and wakes the accept loop.
+struct SlotWaker {
+    slot: usize,
+    woken: Arc<Woken>,
+}
+
+impl std::task::Wake for SlotWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let mut woken = lock(&self.woken.0);
+        woken.0.push(self.slot);
+        let task = woken.1.take();
+        drop(woken);
+        if let Some(task) = task {
+            task.wake();
+        }
+    }
+}
+
+/// Bytes read from a socket at once while its request is awaited.
+const SCRATCH: usize = 4096;
+
+impl Pending {
+    fn new(timeout: Duration) -> Self {
+        Self {
+            slots: Vec::new(),
+            free: Vec::new(),
+            woken: Arc::default(),
+            turn: Vec::new(),
+            deadlines: VecDeque::new(),
+            timeout,
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            generation: 0,
+            scratch: vec![0; SCRATCH].into_boxed_slice(),
+            response: Vec::with_capacity(256),
+        }
+    }
+
+    /// Completes when a pending handshake's socket woke it, or the earliest deadline passed.
+    /// Cancel-safe: what woke it stays queued for [`run`](Self::run).
+    async fn woken(&mut self) {
+        std::future::poll_fn(|cx| {
+            {
+                let mut woken = lock(&self.woken.0);
+                if !woken.0.is_empty() {
+                    return Poll::Ready(());
+                }
+                if !woken.1.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    woken.1 = Some(cx.waker().clone());
+                }
+            }
+            if let Some(&(at, _, _)) = self.deadlines.front() {
+                if self.timer.deadline() != at {
+                    self.timer.as_mut().reset(at);
+                }
+                if self.timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(());
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Takes a newly accepted connection and reads what it sent.
+    fn add(
+        &mut self,
+        ctx: &Arc<Ctx>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        tasks: &mut JoinSet<()>,
+    ) {
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.slots.len() - 1
+        });
+        self.generation += 1;
+        let waker = Waker::from(Arc::new(SlotWaker {
+            slot,
+            woken: self.woken.clone(),
+        }));
+        self.slots[slot] = Some(Waiting {
+            stream,
+            peer,
+            head: Vec::new(),
+            generation: self.generation,
+            waker,
+        });
+        let deadline = Instant::now() + self.timeout;
+        self.deadlines.push_back((deadline, slot, self.generation));
+        self.advance(ctx, slot, tasks);
+    }
+
+    /// Advances the handshakes whose socket woke them, and drops those past their deadline.
+    fn run(&mut self, ctx: &Arc<Ctx>, tasks: &mut JoinSet<()>) {
+        std::mem::swap(&mut lock(&self.woken.0).0, &mut self.turn);
+        let mut turn = std::mem::take(&mut self.turn);
+        for slot in turn.drain(..) {
+            self.advance(ctx, slot, tasks);
+        }
+        self.turn = turn;
+        let now = Instant::now();
+        while let Some(&(at, slot, generation)) = self.deadlines.front() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            if self.slots[slot]
+                .as_ref()
+                .is_some_and(|w| w.generation == generation)
+            {
+                let waiting = self.release(slot);
+                tracing::debug!(peer = %waiting.peer, "no complete request within the open timeout");
+                ctx.stats.refuse(Refusal::Timeout);
+            }
+        }
+    }
+
+    /// Frees `slot`, returning what waited there.
+    fn release(&mut self, slot: usize) -> Waiting {
+        self.free.push(slot);
+        self.slots[slot]
+            .take()
+            .expect("a released slot holds a connection")
+    }
+
+    /// Reads what the connection in `slot` sent, until its request is complete (then handled
+    /// at once or handed to a task) or the socket has nothing more for now.
+    fn advance(&mut self, ctx: &Arc<Ctx>, slot: usize, tasks: &mut JoinSet<()>) {
+        let Some(waiting) = self.slots[slot].as_mut() else {
+            // Woken after it was handled.
+            return;
+        };
+        let waker = waiting.waker.clone();
+        let mut cx = Context::from_waker(&waker);
+        loop {
+            let Some(waiting) = self.slots[slot].as_mut() else {
+                return;
+            };
+            let mut buf = ReadBuf::new(&mut self.scratch);
+            // A read shorter than the buffer tells tokio the socket is drained: no read that
+            // would block is needed before the next wake-up.
+            let read = Pin::new(&mut waiting.stream).poll_read(&mut cx, &mut buf);
+            let n = buf.filled().len();
+            match read {
+                Poll::Pending => return,
+                Poll::Ready(Ok(())) if n > 0 => {}
+                // Closed or failed before its request: as a task would, count it as a request
+                // that never came.
+                Poll::Ready(_) => {
+                    let waiting = self.release(slot);
+                    tracing::debug!(peer = %waiting.peer, "closed before its request");
+                    ctx.stats.refuse(Refusal::Timeout);
+                    return;
+                }
+            }
+            let Some(mut waiting) = self.slots[slot].take() else {
+                return;
+            };
+            let head: &[u8] = if waiting.head.is_empty() {
+                &self.scratch[..n]
+            } else {
+                waiting.head.extend_from_slice(&self.scratch[..n]);
+                &waiting.head
+            };
+            match ctx.handshake_inline(waiting.stream, head, &mut self.response, &mut cx) {
+                Ok(()) => {
+                    self.free.push(slot);
+                    return;
+                }
+                Err((stream, Inline::Elsewhere)) => {
+                    let head = if waiting.head.is_empty() {
+                        self.scratch[..n].to_vec()
+                    } else {
+                        waiting.head
+                    };
+                    self.free.push(slot);
+                    tasks.spawn(ctx.clone().connection(stream, waiting.peer, head));
+                    return;
+                }
+                Err((stream, Inline::Incomplete)) => {
+                    if waiting.head.is_empty() {
+                        waiting.head.extend_from_slice(&self.scratch[..n]);
+                    }
+                    // Same slot, same deadline: read on.
+                    waiting.stream = stream;
+                    self.slots[slot] = Some(waiting);
+                }
+            }
+        }
+    }
+
+    /// Hands every handshake still waiting to a task of its own (at shutdown).
+    fn hand_over(&mut self, ctx: &Arc<Ctx>, tasks: &mut JoinSet<()>) {
+        for waiting in self.slots.drain(..).flatten() {
+            tasks.spawn(
+                ctx.clone()
+                    .connection(waiting.stream, waiting.peer, waiting.head),
+            );
+        }
+        self.free.clear();
+        self.deadlines.clear();
+    }
+}
+
+/// Hands a connection whose handshake completed to its drivers: the request as parsed (built
+/// only if `on_open` asks) or as the auth hook returned it, and the policy's extensions.
+fn adopt(
+    drivers: &crate::callback::Drivers,
+    io: Io,
+    upgrade: UpgradeRequest,
+    decision: &mut crate::policy::Decision,
+    deflate: Option<volley_proto::DeflateParams>,
+    leftover: &[u8],
+) {
+    let (extensions, authed) = decision.take_extensions();
+    let request = match authed {
+        Some(request) => OpenRequest::Built(request),
+        None => OpenRequest::Parsed(upgrade),
+    };
+    drivers.adopt_open(io, request, extensions, deflate, leftover);
+}
+
+/// Most connections taken from the listen queue per wake-up of the accept loop (tokio's
+/// cooperative budget also ends a batch: the loop then yields to the connections' tasks).
+const ACCEPT_BATCH: usize = 256;
+
+/// Accepts connections into `batch` until the listen queue is empty (`accept` would block) or
+/// the batch is full; waits only while it has none. A connection that failed before it was
+/// accepted (reset, aborted) is skipped; another error ends the batch, and is returned if the
+/// batch is empty (it will recur on the next call otherwise).
+///
+/// Cancel-safe: accepted connections are in `batch` as soon as they are accepted.
+async fn accept_batch(
+    listener: &TcpListener,
+    batch: &mut Vec<(TcpStream, SocketAddr)>,
+) -> std::io::Result<()> {
+    std::future::poll_fn(|cx| {
+        while batch.len() < ACCEPT_BATCH {
+            match listener.poll_accept(cx) {
+                std::task::Poll::Ready(Ok(accepted)) => batch.push(accepted),
+                std::task::Poll::Ready(Err(e)) if is_per_connection(&e) => {}
+                std::task::Poll::Ready(Err(e)) if batch.is_empty() => {
+                    return std::task::Poll::Ready(Err(e));
+                }
+                std::task::Poll::Ready(Err(_)) => break,
+                std::task::Poll::Pending if batch.is_empty() => return std::task::Poll::Pending,
+                std::task::Poll::Pending => break,
+            }
+        }
+        std::task::Poll::Ready(Ok(()))
+    })
+    .await
+}
+
+/// The read buffer of a request head: most opening handshakes fit in one read of this size.
+const HEAD_CAPACITY: usize = 2048;
+
+/// Reads from `stream` after `head` (what was read already) until the first request line is
+/// complete (a `\n`), `max` bytes were read, or the peer stops; returns what was read (`None`
+/// if the peer sent nothing usable).
+async fn read_request_line(
+    stream: &mut MaybeTlsStream,
+    max: usize,
+    mut head: Vec<u8>,
+) -> Option<Vec<u8>> {
+    // Read straight into the buffer (no chunk on the stack: this future lives in a task).
+    head.reserve(HEAD_CAPACITY);
     while !head.contains(&b'\n') && head.len() < max {
-        match stream.read(&mut chunk).await {
+        head.reserve(HEAD_CAPACITY / 2);
+        match stream.read_buf(&mut head).await {
             Ok(0) | Err(_) => return None,
-            Ok(n) => head.extend_from_slice(&chunk[..n]),
+            Ok(_) => {}
         }
     }
     Some(head)
 }
 
 /// Reads from `stream` into `head` until the request head is complete (a blank line) or
-/// `max` bytes were read; whether it is complete.
+/// `max` bytes were read; where the head ends, once it is complete.
 #[cfg(feature = "hyper")]
-async fn read_head(stream: &mut MaybeTlsStream, head: &mut Vec<u8>, max: usize) -> bool {
-    let mut chunk = [0u8; 2048];
+async fn read_head(stream: &mut MaybeTlsStream, head: &mut Vec<u8>, max: usize) -> Option<usize> {
+    let mut searched = 0;
     loop {
-        if head_end(head).is_some() {
-            return true;
+        if let Some(end) = head_end(head, searched) {
+            return Some(end);
         }
         if head.len() >= max {
-            return false;
+            return None;
         }
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => head.extend_from_slice(&chunk[..n]),
+        // A blank line ends at most 2 bytes after the last line feed seen: search on from it.
+        searched = head.len().saturating_sub(2);
+        head.reserve(HEAD_CAPACITY / 2);
+        match stream.read_buf(head).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
         }
     }
 }
 
-/// Where the request head in `buf` ends (after its blank line), once it does.
+/// Where the request head in `buf` ends (after its blank line: `\n\n` or `\n\r\n`), once it
+/// does; the search starts at `from` (bytes before it were searched already).
 #[cfg(feature = "hyper")]
-fn head_end(buf: &[u8]) -> Option<usize> {
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    match (crlf, lf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut at = from;
+    while let Some(n) = buf.get(at..)?.iter().position(|&b| b == b'\n') {
+        let lf = at + n;
+        match buf.get(lf + 1..lf + 3) {
+            Some([b'\n', _]) => return Some(lf + 2),
+            Some([b'\r', b'\n']) => return Some(lf + 3),
+            None if buf.get(lf + 1) == Some(&b'\n') => return Some(lf + 2),
+            _ => {}
+        }
+        at = lf + 1;
     }
+    None
 }
 
 /// Whether the complete request head `head` asks for a WebSocket upgrade (an `Upgrade`
 /// header naming `websocket`).
 #[cfg(feature = "hyper")]
 fn is_upgrade(head: &[u8]) -> bool {
-    let end = head_end(head).unwrap_or(head.len());
+    let end = head_end(head, 0).unwrap_or(head.len());
     (head[..end].split(|&b| b == b'\n').skip(1))
         .filter_map(|line| {
             let colon = line.iter().position(|&b| b == b':')?;
@@ -798,6 +1246,25 @@ fn is_per_connection(e: &std::io::Error) -> bool {
 mod tests {
     use super::request_path;
 
+    /// What a server from `bind_with_backlog` relies on instead of setting TCP_NODELAY on
+    /// every accepted socket.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn accepted_sockets_inherit_nodelay_from_the_listener() {
+        for nodelay in [false, true] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            socket2::SockRef::from(&listener)
+                .set_tcp_nodelay(nodelay)
+                .expect("TCP_NODELAY");
+            let addr = listener.local_addr().expect("addr");
+            let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let (accepted, _) = listener.accept().await.expect("accept");
+            assert_eq!(accepted.nodelay().expect("TCP_NODELAY"), nodelay);
+        }
+    }
+
     #[cfg(feature = "hyper")]
     #[test]
     fn upgrades_are_told_apart_by_their_upgrade_header() {
@@ -817,6 +1284,47 @@ mod tests {
         assert!(!is_upgrade(
             b"POST / HTTP/1.1\r\n\r\nUpgrade: websocket\r\n"
         ));
+    }
+
+    #[tokio::test]
+    async fn a_bound_server_hands_its_connections_nodelay_and_a_wrapped_listener_does_not() {
+        let server = super::Server::bind("127.0.0.1:0").await.expect("bind");
+        assert_eq!(server.nodelay_inherited, cfg!(target_os = "linux"));
+        let addr = server.local_addr().expect("addr");
+        let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (accepted, _) = server.listener.accept().await.expect("accept");
+        if server.nodelay_inherited {
+            assert!(accepted.nodelay().expect("TCP_NODELAY"));
+        }
+        // A listener bound elsewhere may have queued connections already: each gets it.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        assert!(!super::Server::from_listener(listener).nodelay_inherited);
+    }
+
+    #[cfg(feature = "hyper")]
+    #[test]
+    fn a_head_ends_at_its_first_blank_line() {
+        use super::head_end;
+        let crlf = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody";
+        assert_eq!(head_end(crlf, 0), Some(crlf.len() - 4));
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\nbody", 0), Some(24));
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\r\n", 0), Some(25));
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\n", 0), Some(24));
+        for partial in [
+            &b"GET / HTTP/1.1\r\nHost: a\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r",
+            b"GET / HTTP/1.1\r\nHost: a\r",
+            b"",
+        ] {
+            assert_eq!(head_end(partial, 0), None, "{partial:?}");
+        }
+        // Resuming the search near the end of what was searched finds a head completed later.
+        let mut head = b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec();
+        let from = head.len() - 2;
+        head.extend_from_slice(b"\r\n");
+        assert_eq!(head_end(&head, from), Some(head.len()));
     }
 
     #[test]

@@ -357,22 +357,29 @@ pub(super) fn source_address(index: usize, port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, n)), 0)
 }
 
+/// Connects to `addr`, from `source` if given (a failed bind keeps its error kind, with the
+/// address in the message).
+pub(super) async fn connect_socket(
+    addr: SocketAddr,
+    source: Option<SocketAddr>,
+) -> std::io::Result<TcpStream> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }?;
+    if let Some(source) = source {
+        socket
+            .bind(source)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind {source}: {e}")))?;
+    }
+    socket.connect(addr).await
+}
+
 pub(super) async fn connect_from(
     addr: SocketAddr,
     source: Option<SocketAddr>,
 ) -> Result<TcpStream, String> {
-    let socket = match addr {
-        SocketAddr::V4(_) => TcpSocket::new_v4(),
-        SocketAddr::V6(_) => TcpSocket::new_v6(),
-    }
-    .map_err(|e| format!("socket: {e}"))?;
-    if let Some(source) = source {
-        socket
-            .bind(source)
-            .map_err(|e| format!("cannot bind {source}: {e}"))?;
-    }
-    socket
-        .connect(addr)
+    connect_socket(addr, source)
         .await
         .map_err(|e| format!("cannot connect to {addr}: {e}"))
 }

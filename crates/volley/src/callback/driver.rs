@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
 
-use http::Request;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -19,7 +18,7 @@ use tokio::time::Sleep;
 use volley_proto::{CloseFrame, Connection, DeflateParams, Role};
 
 use super::conn::{ConnState, Driven, NEW, lock};
-use super::{Callbacks, Conn, TrafficStats};
+use super::{Callbacks, Conn, OpenRequest, TrafficStats};
 use crate::config::Config;
 use crate::core::{self, Micros, NEVER, Shutdown};
 use crate::error::{Error, Timeout};
@@ -201,7 +200,8 @@ impl Pool {
     pub(super) fn adopt(
         &self,
         io: super::Io,
-        mut request: Request<()>,
+        request: OpenRequest,
+        extensions: http::Extensions,
         deflate: Option<DeflateParams>,
         leftover: &[u8],
     ) {
@@ -210,7 +210,7 @@ impl Pool {
         let mut proto = Connection::with_deflate(Role::Server, config.protocol.clone(), deflate);
         let error = proto.handle_read(leftover).err().map(Error::Protocol);
         let mut state = ConnState::new(io, proto, core::now(), config);
-        state.extensions = std::mem::take(request.extensions_mut());
+        state.extensions = extensions;
         if let Some(error) = error {
             state.fail_with(error);
         }
@@ -325,7 +325,7 @@ struct Ready {
     queue: VecDeque<Arc<Driven>>,
     /// New connections with their handshake request (kept here, not in the connection, until
     /// [`Callbacks::on_open`] has seen it).
-    opening: Vec<(Arc<Driven>, Request<()>)>,
+    opening: Vec<(Arc<Driven>, OpenRequest)>,
     /// The driver's task ended (its shutdown completed, or it died): connections pushed now
     /// are dropped, which closes them.
     exited: bool,
@@ -338,7 +338,7 @@ impl Driver {
 
     /// Queues a woken connection, or a new one with its handshake request, for the driver's
     /// next turn.
-    pub(super) fn push(&self, conn: Arc<Driven>, request: Option<Request<()>>) {
+    pub(super) fn push(&self, conn: Arc<Driven>, request: Option<OpenRequest>) {
         let mut ready = lock(&self.ready);
         if ready.exited {
             drop(ready);
@@ -420,7 +420,7 @@ impl Drop for Registry {
 #[derive(Clone, Copy)]
 enum Why<'r> {
     /// New, with its handshake request (for [`Callbacks::on_open`]).
-    Opened(&'r Request<()>),
+    Opened(&'r OpenRequest),
     /// Woken by I/O or a handle.
     Woken,
     /// Its timer (the deadline it was armed for) fell due.

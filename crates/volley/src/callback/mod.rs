@@ -97,6 +97,7 @@ use std::time::Duration;
 
 use http::{Extensions, Request};
 use tokio::io::{AsyncRead, AsyncWrite};
+use volley_proto::handshake::UpgradeRequest;
 use volley_proto::{CloseFrame, DeflateParams, Message, PreparedMessage, State};
 
 use crate::config::{Config, QueueLimits};
@@ -106,6 +107,25 @@ use crate::error::{Error, Result};
 use conn::{ConnState, Driven, Outgoing};
 pub(crate) use driver::Io;
 use driver::Pool;
+
+/// The handshake request of a new connection, kept until [`Callbacks::on_open`] has seen it:
+/// built already, or parsed and built only if `on_open` asks for it ([`Conn::request`]). It
+/// lives only in a driver's queue of new connections: its size does not matter, an allocation
+/// per connection would.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum OpenRequest {
+    Built(Request<()>),
+    Parsed(UpgradeRequest),
+}
+
+impl OpenRequest {
+    fn get(&self) -> &Request<()> {
+        match self {
+            OpenRequest::Built(request) => request,
+            OpenRequest::Parsed(upgrade) => upgrade.request(),
+        }
+    }
+}
 
 /// The callbacks of the connections of one route.
 ///
@@ -162,7 +182,7 @@ pub struct Conn<'a> {
     config: &'a Config,
     me: &'a Arc<Driven>,
     /// The handshake request, during [`Callbacks::on_open`] only.
-    request: Option<&'a Request<()>>,
+    request: Option<&'a OpenRequest>,
 }
 
 impl std::fmt::Debug for Conn<'_> {
@@ -254,7 +274,7 @@ impl Conn<'_> {
     /// [`Callbacks::on_open`]; `None` in the other callbacks (it is not kept, so that idle
     /// connections stay small). Its extensions were moved to [`extensions`](Self::extensions).
     pub fn request(&self) -> Option<&Request<()>> {
-        self.request
+        self.request.map(OpenRequest::get)
     }
 
     /// The application's value of type `T` for this connection, if [`set_data`](Self::set_data)
@@ -507,11 +527,26 @@ impl Drivers {
     pub(crate) fn adopt(
         &self,
         io: Io,
-        request: Request<()>,
+        mut request: Request<()>,
         deflate: Option<DeflateParams>,
         leftover: &[u8],
     ) {
-        self.pool.adopt(io, request, deflate, leftover);
+        let extensions = std::mem::take(request.extensions_mut());
+        let request = OpenRequest::Built(request);
+        self.pool.adopt(io, request, extensions, deflate, leftover);
+    }
+
+    /// [`adopt`](Self::adopt) with the request kept as it is (a parsed one is built only if
+    /// `on_open` asks for it) and the connection's first `extensions` given apart.
+    pub(crate) fn adopt_open(
+        &self,
+        io: Io,
+        request: OpenRequest,
+        extensions: Extensions,
+        deflate: Option<DeflateParams>,
+        leftover: &[u8],
+    ) {
+        self.pool.adopt(io, request, extensions, deflate, leftover);
     }
 
     /// Serves any transport on which the opening handshake already happened, as

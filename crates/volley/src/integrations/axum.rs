@@ -30,8 +30,6 @@
 //! [`volley::hyper`](crate::hyper) for what happens underneath.
 
 use std::future::Future;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 
 use ::axum::body::Body;
 use ::axum::extract::FromRequestParts;
@@ -46,7 +44,7 @@ use crate::config::Config;
 use crate::integrations::hyper::{
     Accepted, HyperWebSocket, Rejection, finish, spawn_upgrade, validate_parts,
 };
-use crate::policy::Policy;
+use crate::policy::{Policy, now_or_never};
 
 /// Extracts a WebSocket upgrade request in an axum handler; answer it with
 /// [`on_upgrade`](Self::on_upgrade) (or [`on_upgrade_with`](Self::on_upgrade_with)).
@@ -165,12 +163,12 @@ impl WebSocketUpgrade {
     /// Applies the policy (its auth hook must not wait) and builds the 101.
     fn accept_now(self) -> Result<(Response, Accepted), Rejection> {
         let Self {
-            upgrade,
+            mut upgrade,
             on_upgrade,
             config,
             policy,
         } = self;
-        let (request, protocol, extra) = match now_or_never(policy.decide(&upgrade)) {
+        let (request, protocol, extra) = match now_or_never(policy.decide_request(&mut upgrade)) {
             Some(decided) => decided?,
             None => {
                 tracing::error!(
@@ -196,12 +194,12 @@ impl WebSocketUpgrade {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let Self {
-            upgrade,
+            mut upgrade,
             on_upgrade,
             config,
             policy,
         } = self;
-        let accepted = match policy.decide(&upgrade).await {
+        let accepted = match policy.decide_request(&mut upgrade).await {
             Ok((request, protocol, extra)) => {
                 finish(upgrade, on_upgrade, config, request, protocol, extra)
             }
@@ -221,16 +219,4 @@ impl WebSocketUpgrade {
 fn rejected(rejection: Rejection) -> Response {
     tracing::debug!("WebSocket upgrade refused: {rejection}");
     IntoResponse::into_response(rejection)
-}
-
-/// Polls `future` once: its output if it completed without waiting.
-fn now_or_never<F: Future>(future: F) -> Option<F::Output> {
-    let mut future = pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(output) => Some(output),
-        Poll::Pending => None,
-    }
 }

@@ -251,12 +251,12 @@ pub(crate) fn validate_parts(
 
 /// Applies `policy` and builds the 101 response and the [`Accepted`] upgrade.
 pub(crate) async fn decide<R: Default>(
-    upgrade: UpgradeRequest,
+    mut upgrade: UpgradeRequest,
     on_upgrade: Option<OnUpgrade>,
     config: Config,
     policy: &Policy,
 ) -> Result<(Response<R>, Accepted), Rejection> {
-    let (request, protocol, extra) = policy.decide(&upgrade).await?;
+    let (request, protocol, extra) = policy.decide_request(&mut upgrade).await?;
     finish(upgrade, on_upgrade, config, request, protocol, extra)
 }
 

@@ -1,6 +1,6 @@
 //! `volley bench`: a load generator for WebSocket servers (see docs/BENCH.md).
 //!
-//! Four modes:
+//! Five modes:
 //! - [`echo`]: N connections keep K messages in flight each against an echo server and verify
 //!   every echo byte for byte; msg/s, MB/s and round-trip latency percentiles. With a `tcp://`
 //!   target (`--raw`) it skips the HTTP handshake and expects its masked frames back verbatim:
@@ -9,10 +9,14 @@
 //! - [`connections`]: N idle connections and the server's memory growth per connection.
 //! - [`socketio`]: a Socket.IO server over WebSocket: `message` → `message-back` and
 //!   `emitWithAck` round trips, broadcasts to a room, idle clients' memory.
+//! - [`churn`]: connections opened at a fixed rate, each exchanging a few messages and ending
+//!   by one of a mix of close kinds (clean, FIN, resets, half-open), while the server's memory,
+//!   file descriptors and connections are sampled: do they come back to where they started?
 //!
 //! Each mode builds its own tokio runtimes (`current_thread`, one per `--threads`), so that the
 //! generator's cost is known and can be pinned to one core.
 
+mod churn;
 mod connections;
 mod echo;
 mod fanout;
@@ -44,6 +48,9 @@ pub(crate) enum BenchCommand {
     Connections(connections::ConnectionsArgs),
     /// Socket.IO v4 over WebSocket: event or ack round trips, room broadcasts, idle clients.
     Socketio(socketio::SocketIoArgs),
+    /// Connections opened at a fixed rate and closed in a mix of ways (clean, reset, half-open),
+    /// with the server's memory, file descriptors and connections sampled.
+    Churn(churn::ChurnArgs),
 }
 
 /// Runs one `volley bench` mode to completion (it builds its own runtimes).
@@ -53,6 +60,7 @@ pub(crate) fn run(command: BenchCommand) -> ExitCode {
         BenchCommand::Fanout(args) => fanout::run(args),
         BenchCommand::Connections(args) => connections::run(args),
         BenchCommand::Socketio(args) => socketio::run(args),
+        BenchCommand::Churn(args) => churn::run(args),
     };
     match result {
         Ok(code) => code,

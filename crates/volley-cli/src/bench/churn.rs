@@ -353,9 +353,10 @@ struct Totals {
     stages: [u64; Stage::ALL.len()],
     /// Tasks still running at the end of the drain (aborted).
     stalled: u64,
-    /// Half-open connections the server closed, and after how long (ms).
-    freed: Histogram<u64>,
-    not_freed: u64,
+    /// Per close kind: half-open connections the server closed, and after how long (ms).
+    freed: Vec<Histogram<u64>>,
+    /// Per close kind: half-open connections the server had not closed by the limit.
+    not_freed: [u64; Kind::ALL.len()],
     errors: Vec<String>,
 }
 
@@ -365,9 +366,11 @@ impl Totals {
             kinds: [KindCount::default(); Kind::ALL.len()],
             stages: [0; Stage::ALL.len()],
             stalled: 0,
-            // 1 ms to 1 hour.
-            freed: Histogram::new_with_bounds(1, 3_600_000, 3).expect("valid histogram bounds"),
-            not_freed: 0,
+            // 1 ms to 1 hour, 2 significant digits.
+            freed: (Kind::ALL.iter())
+                .map(|_| Histogram::new_with_bounds(1, 3_600_000, 2).expect("valid bounds"))
+                .collect(),
+            not_freed: [0; Kind::ALL.len()],
             errors: Vec::new(),
         }
     }
@@ -385,11 +388,11 @@ impl Totals {
             Outcome::Freed(after) => {
                 count.ok += 1;
                 let ms = after.as_millis().clamp(1, 3_600_000) as u64;
-                self.freed.saturating_record(ms);
+                self.freed[kind as usize].saturating_record(ms);
             }
             Outcome::NotFreed => {
                 count.failed += 1;
-                self.not_freed += 1;
+                self.not_freed[kind as usize] += 1;
             }
             Outcome::Failed(stage, e) => {
                 count.failed += 1;
@@ -1311,7 +1314,7 @@ impl Report {
         let max_established = samples.iter().map(|s| s.sockets.established).max();
         let max_clients = samples.iter().map(|s| s.clients).max().unwrap_or(0);
         let leftover = end.sockets.held.saturating_sub(baseline.sockets.held);
-        let stuck = totals.not_freed + leftover;
+        let stuck = totals.not_freed.iter().sum::<u64>() + leftover;
         let rss = |s: &Option<Sample>| s.and_then(|s| s.memory).and_then(|m| m.vm_rss);
         let checks = args.check.then(|| {
             let rss_limit =
@@ -1382,17 +1385,26 @@ impl Report {
             .map(|(s, n)| (s.name().to_owned(), json!(n)))
             .collect();
         stages.insert("stalled".into(), json!(totals.stalled));
-        let half_open_count: u64 = (Kind::ALL.iter().zip(totals.kinds))
-            .filter(|(k, _)| k.half_open())
-            .map(|(_, c)| c.started)
-            .sum();
-        let freed = &totals.freed;
-        let freed_after = (!freed.is_empty()).then(|| {
-            json!({
-                "p50": round3(freed.value_at_quantile(0.5) as f64 / 1000.0),
-                "max": round3(freed.max() as f64 / 1000.0),
+        let half_open: serde_json::Map<String, serde_json::Value> = (Kind::ALL.iter())
+            .zip(totals.kinds)
+            .filter(|(k, c)| k.half_open() && c.started > 0)
+            .map(|(&k, c)| {
+                let freed = &totals.freed[k as usize];
+                let after = (!freed.is_empty()).then(|| {
+                    json!({
+                        "p50": round3(freed.value_at_quantile(0.5) as f64 / 1000.0),
+                        "max": round3(freed.max() as f64 / 1000.0),
+                    })
+                });
+                let value = json!({
+                    "count": c.started,
+                    "freed": freed.len(),
+                    "not_freed": totals.not_freed[k as usize],
+                    "freed_after_s": after,
+                });
+                (k.name().to_owned(), value)
             })
-        });
+            .collect();
         let checks = self.checks.as_ref().map(|c| {
             json!({
                 "rss": {
@@ -1442,12 +1454,7 @@ impl Report {
             "max_client_sockets": self.max_clients,
             "kinds": kinds,
             "errors_by_stage": stages,
-            "half_open": {
-                "count": half_open_count,
-                "freed": freed.len(),
-                "not_freed": totals.not_freed,
-                "freed_after_s": freed_after,
-            },
+            "half_open": half_open,
             "server": {
                 "vm_rss_kib": memory(|m| m.vm_rss),
                 "rss_anon_kib": memory(|m| m.rss_anon),
@@ -1512,15 +1519,19 @@ impl Report {
         for e in &totals.errors {
             println!("    {e}");
         }
-        let freed = &totals.freed;
-        if !freed.is_empty() || totals.not_freed > 0 {
+        for (&kind, count) in Kind::ALL.iter().zip(totals.kinds) {
+            if !kind.half_open() || count.started == 0 {
+                continue;
+            }
+            let freed = &totals.freed[kind as usize];
             println!(
-                "  half-open: {} freed by the server (after p50 {:.1} s, max {:.1} s), {} not \
-                 freed within {} s",
+                "  {}: {} freed by the server (after p50 {:.1} s, max {:.1} s), {} not freed \
+                 within {} s",
+                kind.name(),
                 freed.len(),
                 freed.value_at_quantile(0.5) as f64 / 1000.0,
                 freed.max() as f64 / 1000.0,
-                totals.not_freed,
+                totals.not_freed[kind as usize],
                 args.half_open_limit.as_secs_f64()
             );
         }

@@ -236,9 +236,10 @@ impl Protocol {
 /// Arguments of `volley bench churn`.
 #[derive(clap::Args)]
 pub(crate) struct ChurnArgs {
-    /// The server: ws://host:port/path.
-    #[arg(long)]
-    url: String,
+    /// The server: ws://host:port/path. Repeat it for several paths of one server
+    /// (connections take them in turn), e.g. --url ws://h:p/ --url ws://h:p/chat.
+    #[arg(long, required = true)]
+    url: Vec<String>,
     /// New connections per second (e.g. 200 or 200/s).
     #[arg(long, value_parser = parse_rate)]
     rate: f64,
@@ -350,6 +351,8 @@ struct KindCount {
 /// What the clients of a run count.
 struct Totals {
     kinds: [KindCount; Kind::ALL.len()],
+    /// Per `--url`.
+    routes: Vec<KindCount>,
     stages: [u64; Stage::ALL.len()],
     /// Tasks still running at the end of the drain (aborted).
     stalled: u64,
@@ -361,9 +364,10 @@ struct Totals {
 }
 
 impl Totals {
-    fn new() -> Self {
+    fn new(routes: usize) -> Self {
         Self {
             kinds: [KindCount::default(); Kind::ALL.len()],
+            routes: vec![KindCount::default(); routes],
             stages: [0; Stage::ALL.len()],
             stalled: 0,
             // 1 ms to 1 hour, 2 significant digits.
@@ -381,7 +385,13 @@ impl Totals {
         }
     }
 
-    fn record(&mut self, index: u64, kind: Kind, outcome: Outcome) {
+    fn record(&mut self, index: u64, kind: Kind, route: usize, outcome: Outcome) {
+        let failed = matches!(outcome, Outcome::NotFreed | Outcome::Failed(..));
+        let count = &mut self.routes[route];
+        match failed {
+            true => count.failed += 1,
+            false => count.ok += 1,
+        }
         let count = &mut self.kinds[kind as usize];
         match outcome {
             Outcome::Done => count.ok += 1,
@@ -411,12 +421,20 @@ impl Totals {
     }
 }
 
-/// What every connection task of a run shares.
-struct Ctx {
-    target: Target,
+/// One `--url`: where a connection goes and what it says there.
+struct Route {
+    /// As given.
+    url: String,
     /// The URI of the opening handshake (the Engine.IO one for Socket.IO).
     uri: http::Uri,
     protocol: Protocol,
+}
+
+/// What every connection task of a run shares.
+struct Ctx {
+    target: Target,
+    /// Connection `i` goes to route `i mod len`.
+    routes: Vec<Route>,
     messages: u32,
     size: usize,
     half_open_limit: Duration,
@@ -450,16 +468,35 @@ struct Sockets {
 }
 
 pub(super) fn run(args: ChurnArgs) -> Result<ExitCode, String> {
-    let target = Target::parse(&args.url)?;
-    let Some(uri) = target.uri.clone() else {
-        return Err("--url must be a ws:// URL".into());
-    };
-    let protocol = args
-        .protocol
-        .unwrap_or_else(|| Protocol::of_path(uri.path()));
-    let uri = match protocol {
-        Protocol::Socketio => engineio_uri(&uri)?,
-        _ => uri,
+    if args.url.len() > 16 {
+        return Err("at most 16 --url".into());
+    }
+    let mut target: Option<Target> = None;
+    let mut routes = Vec::new();
+    for url in &args.url {
+        let parsed = Target::parse(url)?;
+        let Some(uri) = parsed.uri.clone() else {
+            return Err(format!("--url {url}: expected a ws:// URL"));
+        };
+        if target.as_ref().is_some_and(|t| t.addr != parsed.addr) {
+            return Err("every --url must name the same server (host and port)".into());
+        }
+        let protocol = args
+            .protocol
+            .unwrap_or_else(|| Protocol::of_path(uri.path()));
+        let uri = match protocol {
+            Protocol::Socketio => engineio_uri(&uri)?,
+            _ => uri,
+        };
+        routes.push(Route {
+            url: url.clone(),
+            uri,
+            protocol,
+        });
+        target = Some(parsed);
+    }
+    let Some(target) = target else {
+        return Err("--url is required".into());
     };
     if args.duration.is_zero() {
         return Err("--duration must be more than 0".into());
@@ -504,8 +541,7 @@ pub(super) fn run(args: ChurnArgs) -> Result<ExitCode, String> {
     };
     let ctx = Rc::new(Ctx {
         target: target.clone(),
-        uri,
-        protocol,
+        routes,
         messages: args.messages,
         size: args.size,
         half_open_limit: args.half_open_limit,
@@ -542,7 +578,7 @@ pub(super) fn run(args: ChurnArgs) -> Result<ExitCode, String> {
     let progress = Progress::start(args.duration, args.json, counter.clone(), "conn");
     let runtime = current_thread_runtime()?;
     let local = LocalSet::new();
-    let totals = Rc::new(RefCell::new(Totals::new()));
+    let totals = Rc::new(RefCell::new(Totals::new(ctx.routes.len())));
     let (opened, throttled, load_secs) = local.block_on(&runtime, async {
         let mut tasks = JoinSet::new();
         let mut picker = Picker::new(&args.mix);
@@ -563,12 +599,17 @@ pub(super) fn run(args: ChurnArgs) -> Result<ExitCode, String> {
                 continue;
             }
             let kind = picker.next();
-            totals.borrow_mut().kinds[kind as usize].started += 1;
+            let route = index as usize % ctx.routes.len();
+            {
+                let mut totals = totals.borrow_mut();
+                totals.kinds[kind as usize].started += 1;
+                totals.routes[route].started += 1;
+            }
             counter.fetch_add(1, Ordering::Relaxed);
             let (ctx, totals) = (ctx.clone(), totals.clone());
             tasks.spawn_local(async move {
                 let outcome = connection(&ctx, index, kind).await;
-                totals.borrow_mut().record(index, kind, outcome);
+                totals.borrow_mut().record(index, kind, route, outcome);
             });
             index += 1;
             next += interval;
@@ -621,9 +662,12 @@ pub(super) fn run(args: ChurnArgs) -> Result<ExitCode, String> {
         .map_err(|_| "connection tasks outlived the run".to_string())?
         .into_inner();
 
+    let routes = (ctx.routes.iter())
+        .map(|r| (r.url.clone(), r.protocol))
+        .collect();
     let report = Report::new(
         &args,
-        protocol,
+        routes,
         warmup,
         &totals,
         &samples,
@@ -738,6 +782,7 @@ async fn connection(ctx: &Ctx, index: u64, kind: Kind) -> Outcome {
 }
 
 async fn connection_inner(ctx: &Ctx, index: u64, kind: Kind) -> Outcome {
+    let route = &ctx.routes[index as usize % ctx.routes.len()];
     // Round-robin over the source addresses (source_address gives the n-th for n × PER_SOURCE).
     let source = (ctx.sources > 1).then(|| {
         let n = index as usize % ctx.sources;
@@ -759,14 +804,14 @@ async fn connection_inner(ctx: &Ctx, index: u64, kind: Kind) -> Outcome {
         kind,
         Kind::HandshakeReset | Kind::UpgradeReset | Kind::HandshakeSilent
     ) {
-        return partial_handshake(ctx, stream, kind).await;
+        return partial_handshake(ctx, route, stream, kind).await;
     }
-    let leftover = match super::ws_handshake(&mut stream, &ctx.uri).await {
+    let leftover = match super::ws_handshake(&mut stream, &route.uri).await {
         Ok(leftover) => leftover,
         Err(e) => return Outcome::Failed(Stage::Handshake, e),
     };
-    let mut wire = Wire::new(stream, leftover, ctx.protocol == Protocol::Socketio);
-    let exchange = tokio::time::timeout(STEP_TIMEOUT, exchange(ctx, &mut wire, index));
+    let mut wire = Wire::new(stream, leftover, route.protocol == Protocol::Socketio);
+    let exchange = tokio::time::timeout(STEP_TIMEOUT, exchange(ctx, route, &mut wire, index));
     match exchange.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Outcome::Failed(Stage::Exchange, e),
@@ -776,7 +821,7 @@ async fn connection_inner(ctx: &Ctx, index: u64, kind: Kind) -> Outcome {
     }
     match kind {
         Kind::Clean => {
-            if ctx.protocol == Protocol::Socketio {
+            if route.protocol == Protocol::Socketio {
                 // Leave the namespace first, as a Socket.IO client's disconnect() does.
                 wire.push(0x1, format!("41{SIO_NAMESPACE},").as_bytes());
             }
@@ -823,8 +868,8 @@ async fn connection_inner(ctx: &Ctx, index: u64, kind: Kind) -> Outcome {
 
 /// Sends the first half of the opening handshake's request, then resets the connection or
 /// goes silent; or (`upgrade-reset`) the whole request, and a reset once the response starts.
-async fn partial_handshake(ctx: &Ctx, mut stream: TcpStream, kind: Kind) -> Outcome {
-    let handshake = match ClientHandshake::new(&ctx.uri, &[], &http::HeaderMap::new()) {
+async fn partial_handshake(ctx: &Ctx, route: &Route, mut stream: TcpStream, kind: Kind) -> Outcome {
+    let handshake = match ClientHandshake::new(&route.uri, &[], &http::HeaderMap::new()) {
         Ok(handshake) => handshake,
         Err(e) => return Outcome::Failed(Stage::Handshake, format!("handshake: {e}")),
     };
@@ -896,11 +941,11 @@ fn close_payload(code: u16) -> [u8; 2] {
 }
 
 /// The messages of a connection after its handshake, by protocol.
-async fn exchange(ctx: &Ctx, wire: &mut Wire, index: u64) -> Result<(), String> {
+async fn exchange(ctx: &Ctx, route: &Route, wire: &mut Wire, index: u64) -> Result<(), String> {
     let mut scratch = Vec::with_capacity(ctx.size + 128);
     let mut text = Vec::with_capacity(ctx.size);
     let name = format!("{}-{index}", ctx.tag);
-    match ctx.protocol {
+    match route.protocol {
         Protocol::Echo => {
             for seq in 0..u64::from(ctx.messages) {
                 text.clear();
@@ -1258,7 +1303,8 @@ fn describe_close(payload: &[u8]) -> String {
 
 /// The figures of a run and the verdict of its checks.
 struct Report {
-    protocol: Protocol,
+    /// Each `--url` and its protocol.
+    routes: Vec<(String, Protocol)>,
     warmup: Duration,
     opened: u64,
     throttled: u64,
@@ -1294,7 +1340,7 @@ impl Report {
     #[allow(clippy::too_many_arguments)]
     fn new(
         args: &ChurnArgs,
-        protocol: Protocol,
+        routes: Vec<(String, Protocol)>,
         warmup: Duration,
         totals: &Totals,
         samples: &[Sample],
@@ -1337,7 +1383,7 @@ impl Report {
             .is_none_or(|c| c.rss_ok && c.fds_ok && c.stuck_ok);
         let ok = opened > 0 && totals.failures() == 0 && checks_ok;
         Self {
-            protocol,
+            routes,
             warmup,
             opened,
             throttled,
@@ -1405,6 +1451,17 @@ impl Report {
                 (k.name().to_owned(), value)
             })
             .collect();
+        let routes: Vec<serde_json::Value> = (self.routes.iter().zip(&totals.routes))
+            .map(|((url, protocol), c)| {
+                json!({
+                    "url": url,
+                    "protocol": protocol.name(),
+                    "started": c.started,
+                    "ok": c.ok,
+                    "failed": c.failed,
+                })
+            })
+            .collect();
         let checks = self.checks.as_ref().map(|c| {
             json!({
                 "rss": {
@@ -1437,7 +1494,7 @@ impl Report {
         json!({
             "mode": "churn",
             "url": args.url,
-            "protocol": self.protocol.name(),
+            "routes": routes,
             "rate": args.rate,
             "duration_s": args.duration.as_secs_f64(),
             "messages": args.messages,
@@ -1479,10 +1536,12 @@ impl Report {
     }
 
     fn print(&self, args: &ChurnArgs, totals: &Totals) {
+        let routes: Vec<String> = (self.routes.iter())
+            .map(|(url, protocol)| format!("{url} ({})", protocol.name()))
+            .collect();
         println!(
-            "volley bench churn {} ({}): {}/s for {} s, {} message(s) of {} B, mix {}",
-            args.url,
-            self.protocol.name(),
+            "volley bench churn {}: {}/s for {} s, {} message(s) of {} B, mix {}",
+            routes.join(", "),
             args.rate,
             args.duration.as_secs_f64(),
             args.messages,
@@ -1508,6 +1567,12 @@ impl Report {
             .map(|(k, c)| format!("{} {}/{}", k.name(), c.ok, c.started))
             .collect();
         println!("  ended as planned: {}", kinds.join(", "));
+        if self.routes.len() > 1 {
+            let routes: Vec<String> = (self.routes.iter().zip(&totals.routes))
+                .map(|((url, _), c)| format!("{url} {}/{}", c.ok, c.started))
+                .collect();
+            println!("  by URL: {}", routes.join(", "));
+        }
         let stages: Vec<String> = (Stage::ALL.iter().zip(totals.stages))
             .map(|(s, n)| format!("{} {n}", s.name()))
             .collect();

@@ -283,8 +283,9 @@ pub(crate) struct ChurnArgs {
     /// RSS growth allowed by --check, in percent of the value after the warm-up.
     #[arg(long, default_value_t = 5.0)]
     rss_tolerance: f64,
-    /// File descriptors above the baseline allowed by --check at the end.
-    #[arg(long, default_value_t = 2)]
+    /// File descriptors above the baseline allowed by --check at the end (for servers that
+    /// open some lazily, on their first connections).
+    #[arg(long, default_value_t = 0)]
     fd_tolerance: u64,
     /// Print one JSON object on stdout instead of text.
     #[arg(long)]

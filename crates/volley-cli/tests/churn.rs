@@ -113,12 +113,18 @@ async fn a_minute_of_churn_leaves_the_server_where_it_started() {
     assert_eq!(output.status.code(), Some(0), "{report}");
     assert_eq!(report["ok"], true, "{report}");
     // The rate held, and every connection ended as planned, on every route and kind.
-    assert!(report["achieved_rate"].as_f64().expect("rate") >= 140.0, "{report}");
+    assert!(
+        report["achieved_rate"].as_f64().expect("rate") >= 140.0,
+        "{report}"
+    );
     let opened = u64_at(&report, "/opened");
     assert!(opened >= 8_500, "{report}");
     for route in report["routes"].as_array().expect("routes") {
         assert_eq!(route["failed"], 0, "{route}");
-        assert!(route["ok"].as_u64().expect("ok") >= opened / 3 - 1, "{route}");
+        assert!(
+            route["ok"].as_u64().expect("ok") >= opened / 3 - 1,
+            "{route}"
+        );
     }
     let kinds = report["kinds"].as_object().expect("kinds");
     assert_eq!(kinds.len(), 8, "every close kind ran: {report}");
@@ -138,13 +144,19 @@ async fn a_minute_of_churn_leaves_the_server_where_it_started() {
     // the warm-up.
     let baseline_fds = u64_at(&report, "/server/fds/baseline");
     assert_eq!(u64_at(&report, "/server/fds/end"), baseline_fds, "{report}");
-    assert!(u64_at(&report, "/server/fds/max") > baseline_fds + 20, "{report}");
+    assert!(
+        u64_at(&report, "/server/fds/max") > baseline_fds + 20,
+        "{report}"
+    );
     assert_eq!(report["stuck"], 0, "{report}");
     assert_eq!(u64_at(&report, "/server/held_sockets/end"), 0, "{report}");
     let warm = u64_at(&report, "/server/vm_rss_kib/after_warmup") as f64;
     for at in ["end_of_load", "end"] {
         let rss = u64_at(&report, &format!("/server/vm_rss_kib/{at}")) as f64;
-        assert!(rss <= warm * 1.05, "RSS {at} {rss} KiB > 1.05 × {warm} KiB: {report}");
+        assert!(
+            rss <= warm * 1.05,
+            "RSS {at} {rss} KiB > 1.05 × {warm} KiB: {report}"
+        );
     }
     for check in ["rss", "fds", "stuck"] {
         assert_eq!(report["checks"][check]["ok"], true, "{check}: {report}");

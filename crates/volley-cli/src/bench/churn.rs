@@ -80,13 +80,14 @@ enum Kind {
     /// The client sends its close frame and resets the connection at once: a reset during the
     /// close handshake.
     CloseReset,
-    /// A reset during the opening handshake: half of the HTTP request is sent, then a reset.
+    /// A reset during the opening handshake: part of the HTTP request is sent (from nothing to
+    /// all but its last byte, varying from connection to connection), then a reset.
     HandshakeReset,
     /// The whole HTTP request, then a reset as soon as the server's response starts to arrive
     /// (unread): a client gone right after the upgrade.
     UpgradeReset,
-    /// Half of the HTTP request, then silence (half-open during the opening handshake): only the
-    /// server's handshake timeout frees it.
+    /// Part of the HTTP request (as for `handshake-reset`), then silence (half-open during the
+    /// opening handshake): only the server's handshake timeout frees it.
     HandshakeSilent,
 }
 
@@ -589,6 +590,7 @@ pub(super) fn run(args: ChurnArgs) -> Result<ExitCode, String> {
         let mut next = begin;
         let mut index = 0u64;
         let mut throttled = 0u64;
+        let mut nths = vec![[0u64; Kind::ALL.len()]; ctx.routes.len()];
         while next < end {
             tokio::time::sleep_until(next).await;
             // Reap finished tasks (their results are recorded by the tasks themselves).
@@ -601,6 +603,9 @@ pub(super) fn run(args: ChurnArgs) -> Result<ExitCode, String> {
             }
             let kind = picker.next();
             let route = index as usize % ctx.routes.len();
+            // The how-many-th connection of this kind on this route.
+            let nth = nths[route][kind as usize];
+            nths[route][kind as usize] += 1;
             {
                 let mut totals = totals.borrow_mut();
                 totals.kinds[kind as usize].started += 1;
@@ -609,7 +614,7 @@ pub(super) fn run(args: ChurnArgs) -> Result<ExitCode, String> {
             counter.fetch_add(1, Ordering::Relaxed);
             let (ctx, totals) = (ctx.clone(), totals.clone());
             tasks.spawn_local(async move {
-                let outcome = connection(&ctx, index, kind).await;
+                let outcome = connection(&ctx, index, route, kind, nth).await;
                 totals.borrow_mut().record(index, kind, route, outcome);
             });
             index += 1;
@@ -774,16 +779,18 @@ fn parse_proc_addr(s: &str) -> Option<SocketAddr> {
 
 // ---- One connection
 
-/// Runs connection `index` of kind `kind` to its end.
-async fn connection(ctx: &Ctx, index: u64, kind: Kind) -> Outcome {
+/// Runs connection `index` (to route `route`, of kind `kind`, the `nth` of that kind there) to
+/// its end.
+async fn connection(ctx: &Ctx, index: u64, route: usize, kind: Kind, nth: u64) -> Outcome {
     ctx.live.fetch_add(1, Ordering::Relaxed);
-    let outcome = connection_inner(ctx, index, kind).await;
+    let outcome = connection_inner(ctx, index, route, kind, nth).await;
     ctx.live.fetch_sub(1, Ordering::Relaxed);
     outcome
 }
 
-async fn connection_inner(ctx: &Ctx, index: u64, kind: Kind) -> Outcome {
-    let route = &ctx.routes[index as usize % ctx.routes.len()];
+/// Connection `index`, the `nth` of its kind on its route.
+async fn connection_inner(ctx: &Ctx, index: u64, route: usize, kind: Kind, nth: u64) -> Outcome {
+    let route = &ctx.routes[route];
     // Round-robin over the source addresses (source_address gives the n-th for n × PER_SOURCE).
     let source = (ctx.sources > 1).then(|| {
         let n = index as usize % ctx.sources;
@@ -805,7 +812,7 @@ async fn connection_inner(ctx: &Ctx, index: u64, kind: Kind) -> Outcome {
         kind,
         Kind::HandshakeReset | Kind::UpgradeReset | Kind::HandshakeSilent
     ) {
-        return partial_handshake(ctx, route, stream, kind).await;
+        return partial_handshake(ctx, route, stream, nth, kind).await;
     }
     let leftover = match super::ws_handshake(&mut stream, &route.uri).await {
         Ok(leftover) => leftover,
@@ -867,9 +874,15 @@ async fn connection_inner(ctx: &Ctx, index: u64, kind: Kind) -> Outcome {
     }
 }
 
-/// Sends the first half of the opening handshake's request, then resets the connection or
-/// goes silent; or (`upgrade-reset`) the whole request, and a reset once the response starts.
-async fn partial_handshake(ctx: &Ctx, route: &Route, mut stream: TcpStream, kind: Kind) -> Outcome {
+/// Sends a part of the opening handshake's request, then resets the connection or goes
+/// silent; or (`upgrade-reset`) the whole request, and a reset once the response starts.
+async fn partial_handshake(
+    ctx: &Ctx,
+    route: &Route,
+    mut stream: TcpStream,
+    nth: u64,
+    kind: Kind,
+) -> Outcome {
     let handshake = match ClientHandshake::new(&route.uri, &[], &http::HeaderMap::new()) {
         Ok(handshake) => handshake,
         Err(e) => return Outcome::Failed(Stage::Handshake, format!("handshake: {e}")),
@@ -877,7 +890,9 @@ async fn partial_handshake(ctx: &Ctx, route: &Route, mut stream: TcpStream, kind
     let request = handshake.request();
     let sent = match kind {
         Kind::UpgradeReset => request,
-        _ => &request[..request.len() / 2],
+        // Every length from 0 to all but the last byte, spread over the connections: a part of
+        // the request line, of the headers, or nothing at all.
+        _ => &request[..cut(nth, request.len())],
     };
     if let Err(e) = stream.write_all(sent).await {
         return Outcome::Failed(Stage::Handshake, format!("sending the request: {e}"));
@@ -904,6 +919,12 @@ async fn partial_handshake(ctx: &Ctx, route: &Route, mut stream: TcpStream, kind
     tokio::time::sleep(Duration::from_millis(5)).await;
     reset(stream);
     Outcome::Done
+}
+
+/// How many bytes of a request of `len` bytes the `nth` connection of a kind on a route sends
+/// before it stops: 0, 1, … `len - 1`, then again.
+fn cut(nth: u64, len: usize) -> usize {
+    (nth % len.max(1) as u64) as usize
 }
 
 /// Closes `stream` with a TCP reset.
@@ -1683,6 +1704,14 @@ mod tests {
             assert_eq!(count(Kind::Reset), 1, "{window:?}");
             assert_eq!(count(Kind::Silent), 1, "{window:?}");
         }
+    }
+
+    #[test]
+    fn request_cuts_cover_every_length() {
+        let len = 37;
+        let cuts: std::collections::BTreeSet<usize> = (0..1000).map(|i| cut(i, len)).collect();
+        assert_eq!(cuts.len(), len, "0 to len - 1: {cuts:?}");
+        assert!(cuts.iter().all(|&c| c < len));
     }
 
     #[test]

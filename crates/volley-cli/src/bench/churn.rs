@@ -601,6 +601,7 @@ pub(super) fn run(args: ChurnArgs) -> Result<ExitCode, String> {
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
+            ctx.live.fetch_add(1, Ordering::Relaxed);
             let kind = picker.next();
             let route = index as usize % ctx.routes.len();
             // The how-many-th connection of this kind on this route.
@@ -782,7 +783,8 @@ fn parse_proc_addr(s: &str) -> Option<SocketAddr> {
 /// Runs connection `index` (to route `route`, of kind `kind`, the `nth` of that kind there) to
 /// its end.
 async fn connection(ctx: &Ctx, index: u64, route: usize, kind: Kind, nth: u64) -> Outcome {
-    ctx.live.fetch_add(1, Ordering::Relaxed);
+    // Counted in `live` by the pacer when it spawned this (so that spawned tasks that have not
+    // run yet count against the open-files limit too).
     let outcome = connection_inner(ctx, index, route, kind, nth).await;
     ctx.live.fetch_sub(1, Ordering::Relaxed);
     outcome

@@ -11,10 +11,14 @@
 //!   `emitWithAck` round trips, broadcasts to a room, idle clients' memory.
 //! - [`storm`]: a reconnect storm: N clients connect at once, each completes the handshake and
 //!   one echo; handshakes/s, connect-time percentiles and failures by kind.
+//! - [`churn`]: connections opened at a fixed rate, each exchanging a few messages and ending
+//!   by one of a mix of close kinds (clean, FIN, resets, half-open), while the server's memory,
+//!   file descriptors and connections are sampled: do they come back to where they started?
 //!
 //! Each mode builds its own tokio runtimes (`current_thread`, one per `--threads`), so that the
 //! generator's cost is known and can be pinned to one core.
 
+mod churn;
 mod connections;
 mod echo;
 mod fanout;
@@ -50,6 +54,9 @@ pub(crate) enum BenchCommand {
     /// Reconnect storm: N clients connect at once (K attempts in flight), each completes the
     /// handshake and one echo and stays open; handshakes/s, connect times, failures by kind.
     Storm(storm::StormArgs),
+    /// Connections opened at a fixed rate and closed in a mix of ways (clean, reset, half-open),
+    /// with the server's memory, file descriptors and connections sampled.
+    Churn(churn::ChurnArgs),
 }
 
 /// Runs one `volley bench` mode to completion (it builds its own runtimes).
@@ -60,6 +67,7 @@ pub(crate) fn run(command: BenchCommand) -> ExitCode {
         BenchCommand::Connections(args) => connections::run(args),
         BenchCommand::Socketio(args) => socketio::run(args),
         BenchCommand::Storm(args) => storm::run(args),
+        BenchCommand::Churn(args) => churn::run(args),
     };
     match result {
         Ok(code) => code,

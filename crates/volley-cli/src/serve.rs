@@ -113,7 +113,9 @@ pub(crate) async fn serve(s: Settings) -> ExitCode {
     let hub_config = HubConfig::default()
         .history(s.history)
         .queue(s.queue.clone());
-    let mut io = volley_socketio::SocketIo::builder();
+    let mut io = volley_socketio::SocketIo::builder()
+        .ping_interval(s.socketio_ping_interval)
+        .ping_timeout(s.socketio_ping_timeout);
     if !s.origins.is_empty() {
         io = io.cors(Some(volley_engineio::Cors::origins(s.origins.clone())));
     }

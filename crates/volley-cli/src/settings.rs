@@ -61,6 +61,14 @@ pub(crate) struct ServeArgs {
     /// Seconds open connections get to finish their close handshake at shutdown [default: 10].
     #[arg(long, value_name = "SECONDS", value_parser = seconds, help_heading = "Connections")]
     pub(crate) drain_timeout: Option<f64>,
+    /// Seconds between the heartbeat pings of Socket.IO (Engine.IO) sessions; more than 0
+    /// [default: 25, as Node's].
+    #[arg(long, value_name = "SECONDS", value_parser = seconds, help_heading = "Connections")]
+    pub(crate) socketio_ping_interval: Option<f64>,
+    /// Seconds a Socket.IO client has to answer a heartbeat before its session is closed; more
+    /// than 0 [default: 20].
+    #[arg(long, value_name = "SECONDS", value_parser = seconds, help_heading = "Connections")]
+    pub(crate) socketio_ping_timeout: Option<f64>,
     /// Enable permessage-deflate compression (RFC 7692) for clients that offer it.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", help_heading = "Connections")]
     pub(crate) deflate: Option<bool>,
@@ -180,6 +188,8 @@ pub(crate) struct Settings {
     pub(crate) open_timeout: Duration,
     pub(crate) close_timeout: Duration,
     pub(crate) drain_timeout: Duration,
+    pub(crate) socketio_ping_interval: Duration,
+    pub(crate) socketio_ping_timeout: Duration,
     pub(crate) deflate: Option<volley::DeflateConfig>,
     /// `None`: no history.
     pub(crate) history: Option<volley::hub::History>,
@@ -226,6 +236,8 @@ fn read_file(path: &Path) -> Result<ServeArgs, String> {
         ("open-timeout", parsed.open_timeout),
         ("close-timeout", parsed.close_timeout),
         ("drain-timeout", parsed.drain_timeout),
+        ("socketio-ping-interval", parsed.socketio_ping_interval),
+        ("socketio-ping-timeout", parsed.socketio_ping_timeout),
         ("history-age", parsed.history_age),
         ("sse-keep-alive", parsed.sse_keep_alive),
         ("metrics-interval", parsed.metrics_interval),
@@ -260,6 +272,8 @@ impl ServeArgs {
             open_timeout,
             close_timeout,
             drain_timeout,
+            socketio_ping_interval,
+            socketio_ping_timeout,
             deflate,
             deflate_no_context_takeover,
             history_messages,
@@ -312,6 +326,15 @@ impl ServeArgs {
         if no_context_takeover && !deflate {
             return Err("--deflate-no-context-takeover needs --deflate".into());
         }
+        let socketio_ping_interval = self.socketio_ping_interval.unwrap_or(25.0);
+        let socketio_ping_timeout = self.socketio_ping_timeout.unwrap_or(20.0);
+        if socketio_ping_interval <= 0.0 || socketio_ping_timeout <= 0.0 {
+            return Err(
+                "--socketio-ping-interval and --socketio-ping-timeout must be more than 0 \
+                 (Socket.IO clients expect heartbeats)"
+                    .into(),
+            );
+        }
         let history_messages = self.history_messages.unwrap_or(1000);
         let history_age = self.history_age.unwrap_or(120.0);
         // Across servers the history would miss the others' publications: none, so that a
@@ -336,6 +359,8 @@ impl ServeArgs {
             open_timeout: Duration::from_secs_f64(self.open_timeout.unwrap_or(10.0)),
             close_timeout: Duration::from_secs_f64(self.close_timeout.unwrap_or(10.0)),
             drain_timeout: Duration::from_secs_f64(self.drain_timeout.unwrap_or(10.0)),
+            socketio_ping_interval: Duration::from_secs_f64(socketio_ping_interval),
+            socketio_ping_timeout: Duration::from_secs_f64(socketio_ping_timeout),
             deflate: deflate
                 .then(|| volley::DeflateConfig::default().no_context_takeover(no_context_takeover)),
             history,

@@ -473,10 +473,14 @@ impl Engine {
     }
 
     fn ws_config(&self) -> volley::Config {
+        // The close handshake gets WS_CLOSE_WAIT, as on the task path (not volley's default
+        // 10 s): after a heartbeat timeout the peer is likely gone, and its socket would be held
+        // that long for nothing.
         volley::Config::default()
             .max_message_size(self.inner.config.max_payload)
             .ping_interval(None)
             .ping_timeout(None)
+            .close_timeout(WS_CLOSE_WAIT)
     }
 
     /// Registers a new session under a fresh id, made by `make`.

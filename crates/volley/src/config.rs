@@ -18,6 +18,8 @@ pub struct Config {
     /// Limits on the HTTP header block of the opening handshake: 8 KiB, 128 headers.
     pub headers: HeaderLimits,
     /// How long the opening handshake may take, from accept (or connect) to the 101. Default 10 s.
+    /// On a [`Server`](crate::Server), it also bounds each HTTP request head of a service
+    /// route, and the idle time of an HTTP keep-alive connection between two requests.
     pub open_timeout: Duration,
     /// How long to wait for the peer's side of the close handshake (its close frame, and for a
     /// client the server's TCP close) after sending ours. Default 10 s.

@@ -384,8 +384,10 @@ struct Inner {
     /// The highest offset forgotten with a whole topic (aged out, or dropped for
     /// [`History::max_idle_topics`]): a subscriber that saw less may have missed something.
     forgotten: AtomicU64,
-    /// Topics kept without subscribers for their history, oldest first.
-    idle: Mutex<VecDeque<Arc<Topic>>>,
+    /// Topics kept without subscribers for their history, each with the time it was listed
+    /// (or moved back: published to since), oldest first; a topic is listed once at most
+    /// ([`Topic::idle_listed`]).
+    idle: Mutex<VecDeque<(Arc<Topic>, Micros)>>,
     members: RwLock<HashMap<MemberId, Arc<Entry>>>,
     topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
     backend: Option<Arc<dyn Backend>>,
@@ -401,6 +403,8 @@ struct Topic {
     subscribers: RwLock<BTreeMap<MemberId, Arc<Entry>>>,
     /// Taken out of the hub's topics (it became empty): subscribing must find it anew.
     removed: AtomicBool,
+    /// In the hub's list of idle topics (read and written under that list's lock).
+    idle_listed: AtomicBool,
     /// Its history, with [`HubConfig::history`]. Numbered publications to the topic take this
     /// lock first and hold it while they fan out, so offsets reach subscribers in order and a
     /// resuming member's replay and live messages neither overlap nor leave a hole.
@@ -752,6 +756,7 @@ impl Hub {
                 name: name.clone(),
                 subscribers: RwLock::default(),
                 removed: AtomicBool::new(false),
+                idle_listed: AtomicBool::new(false),
                 log,
             })
         });
@@ -873,7 +878,7 @@ impl Hub {
         }
         let has_history = (topic.log.as_ref()).is_some_and(|log| !lock(log).entries.is_empty());
         if has_history {
-            lock(&self.inner.idle).push_back(topic.clone());
+            self.list_idle(topic);
             self.forget_idle();
             return;
         }
@@ -901,33 +906,63 @@ impl Hub {
         }
     }
 
+    /// Lists `topic` among the idle topics (kept for their history alone), unless it is
+    /// listed already.
+    fn list_idle(&self, topic: &Arc<Topic>) {
+        let mut idle = lock(&self.inner.idle);
+        if !topic.idle_listed.swap(true, Ordering::Relaxed) {
+            idle.push_back((topic.clone(), core::now()));
+        }
+    }
+
     /// Forgets the topics kept for their history alone whose history aged out, and the oldest
     /// ones past [`History::max_idle_topics`].
+    ///
+    /// The list is in the order topics became idle, but one published to since (such as
+    /// `volley serve`'s `$metrics`, which nobody may listen to) stays young: it is moved to the
+    /// back when it reaches the front, so that it does not keep the aged ones behind it from
+    /// being forgotten.
     fn forget_idle(&self) {
         let Some(history) = self.inner.config.history else {
             return;
         };
         let now = core::now();
+        // Each listed topic is moved back at most once per call.
+        let mut moves = lock(&self.inner.idle).len();
         loop {
             let topic = {
                 let mut idle = lock(&self.inner.idle);
-                let Some(front) = idle.front() else {
+                let Some((front, listed_at)) = idle.front() else {
                     return;
                 };
                 let subscribed = !read(&front.subscribers).is_empty();
-                let aged = (front.log.as_ref()).is_none_or(|log| {
+                let newest = front.log.as_ref().and_then(|log| {
                     let mut log = lock(log);
                     log.trim(&history, now);
-                    log.entries.is_empty()
+                    log.entries.back().map(|l| l.at)
                 });
+                let aged = newest.is_none();
                 if !(subscribed || aged || idle.len() > history.max_idle_topics) {
+                    match newest {
+                        Some(at) if at > *listed_at && moves > 0 => {
+                            moves -= 1;
+                            if let Some((topic, _)) = idle.pop_front() {
+                                idle.push_back((topic, at));
+                            }
+                            continue;
+                        }
+                        _ => return,
+                    }
+                }
+                let Some((topic, _)) = idle.pop_front() else {
                     return;
-                }
-                match idle.pop_front() {
-                    Some(topic) if !subscribed => topic,
+                };
+                topic.idle_listed.store(false, Ordering::Relaxed);
+                if subscribed {
                     // Subscribed again: no longer idle (listed anew when it empties).
-                    _ => continue,
+                    continue;
                 }
+                topic
             };
             self.remove_topic(&topic);
         }
@@ -963,10 +998,7 @@ impl Hub {
                 let published = self.settle(published, leaving);
                 if read(&topic.subscribers).is_empty() {
                     // Published to a topic nobody listens to: kept for its history alone.
-                    let idle = &mut lock(&self.inner.idle);
-                    if !idle.iter().any(|t| Arc::ptr_eq(t, &topic)) {
-                        idle.push_back(topic);
-                    }
+                    self.list_idle(&topic);
                 }
                 self.forget_idle();
                 (offset, message, published)
@@ -1593,6 +1625,37 @@ mod tests {
         assert_eq!(member.resume("t", seen), Resume::Gap);
         let member = hub.join(Arc::new(Probe::default()));
         assert_eq!(member.resume("t", missed), Resume::Complete { replayed: 0 });
+    }
+
+    #[test]
+    fn a_topic_kept_young_by_publications_does_not_hold_back_aged_ones() {
+        // Regression: `volley serve` publishes `$metrics` every second whether anyone listens
+        // or not; listed idle first and never aging, it kept every topic behind it (a /chat
+        // topic per client under churn) until there were `max_idle_topics` of them.
+        let hub = with_history(History::default().max_age(Duration::from_millis(50)));
+        let names = |hub: &Hub| {
+            let mut names: Vec<String> = read(&hub.inner.topics)
+                .keys()
+                .map(|k| k.to_string())
+                .collect();
+            names.sort();
+            names
+        };
+        hub.publish_numbered("busy", numbered);
+        for i in 0..5 {
+            let member = hub.join(Arc::new(Probe::default()));
+            member.subscribe(&format!("t{i}"));
+            hub.publish_numbered(&format!("t{i}"), numbered);
+            drop(member);
+        }
+        assert_eq!(names(&hub).len(), 6);
+        std::thread::sleep(Duration::from_millis(80));
+        hub.publish_numbered("busy", numbered);
+        assert_eq!(names(&hub), ["busy"]);
+        // It ages out too once nothing is published to it.
+        std::thread::sleep(Duration::from_millis(80));
+        hub.publish_numbered("other", numbered);
+        assert_eq!(names(&hub), ["other"]);
     }
 
     #[test]

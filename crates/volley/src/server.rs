@@ -760,7 +760,8 @@ impl Ctx {
                 ctx.answer(request).await
             }
         };
-        serve_connection(head, stream, answer, stop).await;
+        let head_timeout = self.config.open_timeout;
+        serve_connection(head, stream, answer, stop, head_timeout).await;
     }
 
     /// Answers one request of an HTTP connection.

@@ -410,7 +410,7 @@ impl Client {
 
 /// The payload of event `seq` of client `client`: `size` ASCII letters, the first 12 encoding
 /// the client and the sequence number, the rest varying with both.
-fn payload(out: &mut Vec<u8>, client: usize, seq: u64, size: usize) {
+pub(super) fn payload(out: &mut Vec<u8>, client: usize, seq: u64, size: usize) {
     let tag = ((client as u64) << 40) ^ seq;
     let mut x = tag.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     for i in 0..size {
@@ -471,7 +471,7 @@ pub(super) fn run(args: SocketIoArgs) -> Result<ExitCode, String> {
 
 /// `ws://host:port` or `ws://host:port/` → the Engine.IO WebSocket URI at `/socket.io/`;
 /// another path is kept (the query is replaced).
-fn engineio_uri(uri: &http::Uri) -> Result<http::Uri, String> {
+pub(super) fn engineio_uri(uri: &http::Uri) -> Result<http::Uri, String> {
     let path = match uri.path() {
         "" | "/" => "/socket.io/",
         other => other,

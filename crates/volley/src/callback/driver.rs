@@ -458,6 +458,9 @@ impl Ord for TimerEntry {
 struct Turn<'a> {
     registry: &'a mut Registry,
     timers: &'a mut BinaryHeap<TimerEntry>,
+    /// When the timer queue holds more entries than this, those of closed connections are
+    /// pruned (see [`prune_timers`]).
+    prune_above: &'a mut usize,
     now: Micros,
     shutdown: Option<&'a CloseFrame>,
 }
@@ -469,6 +472,7 @@ impl Driver {
             conns: Vec::new(),
         };
         let mut timers = BinaryHeap::<TimerEntry>::new();
+        let mut prune_above = PRUNE_MIN;
         let mut batch = VecDeque::new();
         let mut opening = Vec::new();
         let mut sleep: Option<Pin<Box<Sleep>>> = None;
@@ -497,6 +501,7 @@ impl Driver {
             let mut turn = Turn {
                 registry: &mut registry,
                 timers: &mut timers,
+                prune_above: &mut prune_above,
                 now,
                 shutdown: frame,
             };
@@ -633,10 +638,26 @@ impl Driver {
                 st.drop_data();
                 drop(guard);
                 turn.registry.remove(slot);
+                prune_timers(turn.timers, turn.prune_above);
             }
         }
     }
 }
+
+/// Drops the timer entries of closed connections once they are many. An entry stays in the
+/// queue until its deadline (a keep-alive ping 20 s away by default) and its `Weak` keeps the
+/// closed connection's allocation until then: under churn that was up to rate × ping interval
+/// connections' worth of memory held for nothing. Pruning only when the queue has doubled since
+/// the last pruning keeps the cost at O(1) per close, amortized.
+fn prune_timers(timers: &mut BinaryHeap<TimerEntry>, prune_above: &mut usize) {
+    if timers.len() > *prune_above {
+        timers.retain(|t| t.conn.strong_count() > 0);
+        *prune_above = (2 * timers.len()).max(PRUNE_MIN);
+    }
+}
+
+/// The smallest timer queue that is pruned of closed connections' entries.
+const PRUNE_MIN: usize = 64;
 
 #[cfg(test)]
 mod tests {
@@ -653,5 +674,22 @@ mod tests {
         }
         let order: Vec<_> = std::iter::from_fn(|| heap.pop().map(|t| t.at)).collect();
         assert_eq!(order, [1000, 2000, 3000]);
+    }
+
+    #[test]
+    fn closed_connections_timer_entries_are_pruned_once_many() {
+        // Entries whose connection is gone (a `Weak` that no longer upgrades).
+        let dead = |at| TimerEntry {
+            at,
+            conn: Weak::new(),
+        };
+        let mut heap: BinaryHeap<TimerEntry> = (0..PRUNE_MIN as u64).map(dead).collect();
+        let mut above = PRUNE_MIN;
+        prune_timers(&mut heap, &mut above);
+        assert_eq!(heap.len(), PRUNE_MIN, "not yet many: left alone");
+        heap.push(dead(1));
+        prune_timers(&mut heap, &mut above);
+        assert!(heap.is_empty());
+        assert_eq!(above, PRUNE_MIN);
     }
 }

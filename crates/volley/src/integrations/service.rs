@@ -57,11 +57,16 @@ impl Service {
 /// Serves a whole connection (every request on it, and upgrades) with hyper, each request
 /// answered by `answer`. `head` holds the bytes already read from `stream`. Once `stop`
 /// completes, the connection finishes the request in progress and closes (no keep-alive).
+///
+/// Every request head must arrive within `head_timeout`, counted from when the connection
+/// starts waiting for it: a peer that sends half a head and goes silent, or an idle keep-alive
+/// connection, is closed then instead of being held forever.
 pub(crate) async fn serve_connection<S, F, Fut>(
     head: Vec<u8>,
     stream: S,
     answer: F,
     stop: impl Future<Output = ()>,
+    head_timeout: std::time::Duration,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
@@ -76,6 +81,8 @@ pub(crate) async fn serve_connection<S, F, Fut>(
         async move { Ok::<_, std::convert::Infallible>(response.await) }
     });
     let conn = ::hyper::server::conn::http1::Builder::new()
+        .timer(::hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(head_timeout)
         .serve_connection(io, svc)
         .with_upgrades();
     tokio::pin!(conn, stop);

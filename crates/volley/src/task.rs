@@ -86,6 +86,9 @@ impl<S: AsyncRead + AsyncWrite> Shared<S> {
     /// check happens under the protocol lock, so a reader that queued a reply and failed to get
     /// the writer is always covered).
     async fn flush_and_release(&self, mut w: tokio::sync::MutexGuard<'_, Writer<S>>) -> Result<()> {
+        // A write cancelled midway may have left bytes in the transport's own buffer (TLS keeps
+        // the records it could not write) even if the queue is empty: flush the transport then.
+        let mut flushed = !self.unflushed.load(Ordering::Acquire);
         loop {
             {
                 let mut proto = self.proto();
@@ -93,7 +96,7 @@ impl<S: AsyncRead + AsyncWrite> Shared<S> {
                     w.queue.push_back(bytes);
                 }
             }
-            if w.queue.is_empty() {
+            if w.queue.is_empty() && flushed {
                 let proto = self.proto();
                 if proto.pending_transmit() == 0 {
                     self.unflushed.store(false, Ordering::Release);
@@ -103,10 +106,12 @@ impl<S: AsyncRead + AsyncWrite> Shared<S> {
                 }
                 continue;
             }
-            // Set until the queue is drained: a write cancelled midway leaves bytes in the
-            // writer's queue that `try_flush` must not skip.
+            // Set until the queue is drained and the transport flushed: a write cancelled midway
+            // leaves bytes in the writer's queue (or the transport's) that `try_flush` must not
+            // skip.
             self.unflushed.store(true, Ordering::Release);
             write_queue(&mut w).await?;
+            flushed = true;
         }
     }
 
@@ -213,6 +218,9 @@ pub struct WsReceiver<S> {
     /// An item already polled, returned once the bytes polling queued are flushed.
     ready: Option<Result<Message>>,
     done: bool,
+    /// [`finish`](Self::finish) started and did not end (its future was dropped): the next
+    /// `recv` resumes it before it returns `None`.
+    finishing: bool,
     /// Keep-alive, idle, close and buffer-release timers: the shared per-connection core,
     /// driven while a `recv` is pending.
     timers: Timers,
@@ -301,6 +309,7 @@ impl<S: AsyncRead + AsyncWrite> WebSocket<S> {
                 error,
                 ready: None,
                 done: false,
+                finishing: false,
                 timers,
                 timer: None,
                 read_target: READ_TARGET,
@@ -539,12 +548,18 @@ impl<S: AsyncRead + AsyncWrite> WsReceiver<S> {
                 }
                 return Some(item);
             }
-            if self.done {
+            if self.done && !self.finishing {
                 return None;
             }
-            if self.timers.abandoned() || matches!(state, State::Closed | State::Failed) {
+            if self.finishing
+                || self.timers.abandoned()
+                || matches!(state, State::Closed | State::Failed)
+            {
                 self.done = true;
-                return Box::pin(self.finish()).await.err().map(Err);
+                self.finishing = true;
+                let result = Box::pin(self.finish()).await;
+                self.finishing = false;
+                return result.err().map(Err);
             }
             let open = state == State::Open;
             if !open {

@@ -345,6 +345,8 @@ struct Peer {
     shut: bool,
     /// A server closes the transport once the close handshake is over (RFC 6455 §7.1.1).
     closes_transport: bool,
+    /// Whether it reads at all (a peer that does not makes the connection's writes wait).
+    reading: bool,
     calm: Arc<AtomicBool>,
 }
 
@@ -361,6 +363,13 @@ impl Peer {
         let len = self.rng.range(HEADER, self.max_len);
         self.send(numbered(id, len));
         id
+    }
+
+    /// Whether every ping it sent was answered.
+    fn pings_answered(&self) -> bool {
+        let pings = self.sent.iter().filter(|m| matches!(m, Message::Ping(_)));
+        let pongs = self.events.iter().filter(|m| matches!(m, Message::Pong(_)));
+        pings.count() == pongs.count()
     }
 
     fn send_ping(&mut self) {
@@ -382,7 +391,7 @@ impl Peer {
     fn pump_with(&mut self, cx: &mut Context<'_>) -> bool {
         let calm = self.calm.load(Ordering::Relaxed);
         let mut moved = false;
-        if !self.eof {
+        if self.reading && !self.eof {
             let n = if calm {
                 64 * 1024
             } else {
@@ -656,9 +665,32 @@ async fn pair(setup: Setup, seed: u64, config: Config) -> (WebSocket<BoxIo>, Pee
         io_error: None,
         shut: false,
         closes_transport: peer_role == Role::Server,
+        reading: true,
         calm,
     };
     (ws, peer)
+}
+
+/// A peer over a plain pipe, without compression, moving everything it can at each step.
+fn plain_peer(io: BoxIo, role: Role) -> Peer {
+    Peer {
+        io,
+        proto: Connection::new(role, ProtocolConfig::default()),
+        out: BytesMut::new(),
+        rng: Rng::new(0, 4),
+        read_max: 1,
+        write_max: 1,
+        max_len: 100,
+        sent: Vec::new(),
+        events: Vec::new(),
+        next_id: 1_000_000,
+        eof: false,
+        io_error: None,
+        shut: false,
+        closes_transport: role == Role::Server,
+        reading: true,
+        calm: Arc::new(AtomicBool::new(true)),
+    }
 }
 
 /// The configuration under test: no timers unless a test asks for them.
@@ -1027,6 +1059,151 @@ async fn send_and_recv_dropped_at_every_poll_count_over_tls() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Regressions: what the harness found, pinned
+// ---------------------------------------------------------------------------------------------
+
+/// A transport that keeps what is written until it is flushed, and needs two flushes for it
+/// (as TLS keeps the records it could not write yet).
+struct Buffering<T> {
+    inner: T,
+    held: Vec<u8>,
+    first_flush: bool,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Buffering<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Buffering<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        this.held.extend_from_slice(data);
+        this.first_flush = true;
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if std::mem::take(&mut this.first_flush) {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        while !this.held.is_empty() {
+            let n = std::task::ready!(Pin::new(&mut this.inner).poll_write(cx, &this.held))?;
+            this.held.drain(..n);
+        }
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Regression: a `send` dropped while the transport was flushing left its bytes in the
+/// transport's buffer, and the next `flush` saw an empty queue and returned without flushing
+/// the transport (over TLS: the message, or a close frame, stuck until some later write).
+#[tokio::test(start_paused = true)]
+async fn a_flush_after_a_send_dropped_in_the_transport_flush_flushes_the_transport() {
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let io: BoxIo = Box::new(Buffering {
+        inner: a,
+        held: Vec::new(),
+        first_flush: false,
+    });
+    let mut ws = WebSocket::from_raw(io, Role::Server, quiet(), &[]);
+    let mut peer = plain_peer(Box::new(b), Role::Client);
+    // One poll: the frame is written into the transport's buffer, whose flush is pending.
+    assert!(poll_k(&mut peer, ws.send(numbered(0, 100)), 1).is_none());
+    drive(&mut peer, ws.flush()).await.expect("flush");
+    peer.pump();
+    let got: Vec<_> = peer.events.iter().map(describe).collect();
+    assert_eq!(got, ["#0"], "the flush left the message in the transport");
+}
+
+/// Regression: a `recv` dropped while it closed the transport after the close handshake (a
+/// client waits for the server to close first) left the next `recv` returning `None` at once,
+/// with the transport still open: "call `recv` until `None`" did not finish a dropped `close`.
+#[tokio::test(start_paused = true)]
+async fn recv_after_a_close_dropped_while_finishing_still_closes_the_transport() {
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let mut ws = WebSocket::from_raw(Box::new(a) as BoxIo, Role::Client, quiet(), &[]);
+    let mut peer = plain_peer(Box::new(b), Role::Server);
+    // The server answers the close frame but keeps the transport open for now.
+    peer.closes_transport = false;
+    assert!(poll_k(&mut peer, ws.close(None), 50).is_none());
+    assert_eq!(ws.state(), State::Closed, "the close handshake is over");
+    assert_eq!(peer.proto.state(), State::Closed);
+    // Now the server closes the transport; the client's next `recv` finishes its side.
+    peer.closes_transport = true;
+    assert!(drive(&mut peer, ws.recv()).await.is_none());
+    let start = Instant::now();
+    while !peer.eof {
+        peer.pump();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "recv returned None with the transport still open"
+        );
+    }
+}
+
+/// Regression: a pong the receiver queued while a `send` held the writer stayed queued when
+/// that `send` was dropped, while the receiver waited for the peer (which was waiting for the
+/// pong): it went out only when a timer woke the receiver (or never, on an idle connection).
+#[tokio::test(start_paused = true)]
+async fn a_pong_queued_behind_a_dropped_send_goes_out_while_recv_waits() {
+    let (a, b) = tokio::io::duplex(64);
+    let ws = WebSocket::from_raw(Box::new(a) as BoxIo, Role::Server, quiet(), &[]);
+    let (mut tx, mut rx) = ws.split();
+    let mut peer = plain_peer(Box::new(b), Role::Client);
+    let mut cx = Context::from_waker(Waker::noop());
+    // A send that waits: 10 KB into a pipe of 64 bytes that the peer does not read.
+    peer.reading = false;
+    let mut send = Box::pin(tx.send(numbered(0, 10_000)));
+    assert!(poll_once(send.as_mut(), &mut cx).is_pending());
+    // The peer pings; the receiver hands the ping out, its pong queued behind the send.
+    peer.send_ping();
+    peer.pump();
+    let ping = poll_once(pin!(rx.recv()), &mut cx);
+    assert!(
+        matches!(ping, Poll::Ready(Some(Ok(Message::Ping(_))))),
+        "{ping:?}"
+    );
+    // The next `recv` waits for the peer, which waits for its pong; the send is dropped.
+    let wakes = Arc::new(Wakes::default());
+    let waker = Waker::from(wakes.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut recv = Box::pin(rx.recv());
+    assert!(poll_once(recv.as_mut(), &mut cx).is_pending());
+    drop(send);
+    peer.reading = true;
+    let start = Instant::now();
+    while !peer.pings_answered() {
+        if wakes.take() {
+            assert!(poll_once(recv.as_mut(), &mut cx).is_pending());
+        }
+        if !peer.pump() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(
+            start.elapsed() < Duration::from_millis(100),
+            "the pong stayed queued while recv waited"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Sequences: both halves at once, futures dropped at random points, time moving
 // ---------------------------------------------------------------------------------------------
 
@@ -1128,7 +1305,58 @@ async fn sequence(setup: Setup, seed: u64, steps: usize) {
         }
     }
     drop(tx_op);
-    drop(rx_op);
+    // With the sending half left alone (its last future dropped), the receiver alone (the `recv`
+    // that was waiting, if there is one) gets every pong out, and at once: no timer needed.
+    let mut rx_fut = rx_op.unwrap_or_else(|| Box::pin(async { rx.borrow_mut().recv().await }));
+    let mut back = None;
+    let wakes = Arc::new(Wakes::default());
+    let waker = Waker::from(wakes.clone());
+    let mut cx = Context::from_waker(&waker);
+    let start = Instant::now();
+    let mut woken = true;
+    let mut idle = 0;
+    loop {
+        if woken {
+            if let Poll::Ready(item) = poll_once(rx_fut.as_mut(), &mut cx) {
+                let m = match item {
+                    Some(Ok(m)) => m,
+                    other => panic!("recv after the cancellations: {other:?}"),
+                };
+                let done = m.is_data() && Some(check_numbered(&m)) == back;
+                got.push(m);
+                if done {
+                    break;
+                }
+                rx_fut = Box::pin(async { rx.borrow_mut().recv().await });
+                continue;
+            }
+        }
+        let moved = peer.pump();
+        if back.is_none() && peer.pings_answered() {
+            back = Some(peer.send_numbered());
+        }
+        tokio::task::yield_now().await;
+        woken = wakes.take();
+        if moved || woken {
+            idle = 0;
+        } else {
+            idle += 1;
+            if idle > 8 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                woken = wakes.take();
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_millis(100),
+            "the receiver alone did not get the pongs out (pings {}, peer got {:?})",
+            peer.sent
+                .iter()
+                .filter(|m| matches!(m, Message::Ping(_)))
+                .count(),
+            peer.events.iter().map(describe).collect::<Vec<_>>()
+        );
+    }
+    drop(rx_fut);
     let (mut tx, mut rx) = (tx.into_inner(), rx.into_inner());
     drive(&mut peer, tx.flush())
         .await
@@ -1138,19 +1366,6 @@ async fn sequence(setup: Setup, seed: u64, steps: usize) {
         .await
         .expect("send after the cancellations");
     sent.ok.push(last);
-    let back = peer.send_numbered();
-    loop {
-        match drive(&mut peer, rx.recv()).await {
-            Some(Ok(m)) => {
-                let done = m.is_data() && check_numbered(&m) == back;
-                got.push(m);
-                if done {
-                    break;
-                }
-            }
-            other => panic!("recv after the cancellations: {other:?}"),
-        }
-    }
     drive(&mut peer, tx.close(None)).await.expect("close");
     loop {
         match drive(&mut peer, rx.recv()).await {

@@ -34,6 +34,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio::time::Instant;
 use volley::proto::{Connection, ProtocolConfig};
+use volley::reconnect::{Event, Reconnect, ReconnectingClient};
 use volley::{
     CloseCode, CloseFrame, Config, DeflateConfig, DeflateParams, Message, PreparedMessage, Role,
     State, WebSocket,
@@ -1306,13 +1307,18 @@ async fn sequence(setup: Setup, seed: u64, steps: usize) {
     }
     drop(tx_op);
     // With the sending half left alone (its last future dropped), the receiver alone (the `recv`
-    // that was waiting, if there is one) gets every pong out, and at once: no timer needed.
+    // that was waiting, if there is one) writes whatever is queued: every pong, and what dropped
+    // sends left behind. At once, not when a timer goes off (the first one is the release of
+    // idle buffers, a second after the last read): once nothing moves for 50 ms, the peer has
+    // everything it will get before our next write (checked below), and sends its last message.
     let mut rx_fut = rx_op.unwrap_or_else(|| Box::pin(async { rx.borrow_mut().recv().await }));
     let mut back = None;
+    let mut quiet_at = usize::MAX;
     let wakes = Arc::new(Wakes::default());
     let waker = Waker::from(wakes.clone());
     let mut cx = Context::from_waker(&waker);
     let start = Instant::now();
+    let mut last_move = Instant::now();
     let mut woken = true;
     let mut idle = 0;
     loop {
@@ -1331,13 +1337,18 @@ async fn sequence(setup: Setup, seed: u64, steps: usize) {
                 continue;
             }
         }
-        let moved = peer.pump();
-        if back.is_none() && peer.pings_answered() {
+        if peer.pump() {
+            last_move = Instant::now();
+        }
+        let quiet = last_move.elapsed() >= Duration::from_millis(50);
+        if back.is_none() && quiet && peer.pings_answered() {
+            quiet_at = peer.events.len();
             back = Some(peer.send_numbered());
         }
         tokio::task::yield_now().await;
         woken = wakes.take();
-        if moved || woken {
+        if woken {
+            last_move = Instant::now();
             idle = 0;
         } else {
             idle += 1;
@@ -1347,7 +1358,7 @@ async fn sequence(setup: Setup, seed: u64, steps: usize) {
             }
         }
         assert!(
-            start.elapsed() < Duration::from_millis(100),
+            start.elapsed() < Duration::from_millis(500),
             "the receiver alone did not get the pongs out (pings {}, peer got {:?})",
             peer.sent
                 .iter()
@@ -1361,6 +1372,15 @@ async fn sequence(setup: Setup, seed: u64, steps: usize) {
     drive(&mut peer, tx.flush())
         .await
         .expect("flush after the cancellations");
+    let late: Vec<_> = peer.events[quiet_at..]
+        .iter()
+        .filter(|m| !matches!(m, Message::Ping(_))) // keep-alive
+        .map(describe)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "{late:?} stayed queued while the receiver waited, until the next write"
+    );
     let last = sent.next();
     drive(&mut peer, tx.send(numbered(last, 30)))
         .await
@@ -1396,4 +1416,247 @@ async fn random_sequences_on_split_halves() {
 #[tokio::test(start_paused = true)]
 async fn random_sequences_on_split_halves_over_tls() {
     sequences(&Setup::all(true), seeds(4)).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The reconnecting client (over loopback TCP, in real time: its connection lives in a task)
+// ---------------------------------------------------------------------------------------------
+
+/// Polls `fut` by hand at most `k` times, letting the runtime run (the client's task, the
+/// server, the sockets) between polls, then drops it.
+async fn poll_k_yielding<F: Future>(fut: F, k: usize) -> Option<F::Output> {
+    let mut fut = pin!(fut);
+    let mut cx = Context::from_waker(Waker::noop());
+    for _ in 0..k {
+        if let Poll::Ready(out) = poll_once(fut.as_mut(), &mut cx) {
+            return Some(out);
+        }
+        tokio::task::yield_now().await;
+    }
+    None
+}
+
+async fn connected_client(addr: std::net::SocketAddr) -> ReconnectingClient {
+    let builder = volley::ClientBuilder::new(format!("ws://{addr}/")).config(quiet());
+    let mut client = Reconnect::new(builder).start();
+    match common::within(client.next()).await {
+        Some(Event::Connected { .. }) => client,
+        other => panic!("expected to connect, got {other:?}"),
+    }
+}
+
+/// `ReconnectingClient::send` is documented as not cancel-safe: a dropped send may still be sent
+/// once handed over. Checked: such a message arrives at most once and whole, one never polled
+/// never does, and every send reported `Ok` arrives exactly once, in order.
+#[tokio::test]
+async fn reconnecting_client_send_dropped_at_every_poll_count() {
+    let (addr, mut seen) = common::recording_server(quiet()).await;
+    let client = connected_client(addr).await;
+    let (mut ok, mut never_polled, mut id) = (Vec::new(), Vec::new(), 0);
+    for seed in seeds(4) {
+        let len = Rng::new(seed, 9).range(HEADER, 100_000);
+        for k in 0..MAX_POLLS {
+            let result = poll_k_yielding(client.send(numbered(id, len)), k).await;
+            match &result {
+                Some(Ok(())) => ok.push(id),
+                Some(Err(e)) => panic!("send: {e}"),
+                None if k == 0 => never_polled.push(id),
+                None => {}
+            }
+            id += 1;
+            if result.is_some() {
+                break;
+            }
+        }
+    }
+    common::within(client.send("end")).await.expect("send");
+    let mut received = Vec::new();
+    loop {
+        match common::within(seen.recv()).await {
+            Some(common::Seen::Open(_)) => {}
+            Some(common::Seen::Msg(Message::Text(t))) if t == "end" => break,
+            Some(common::Seen::Msg(m)) => received.push(check_numbered(&m)),
+            other => panic!("after {received:?}: {other:?}"),
+        }
+    }
+    assert!(
+        received.windows(2).all(|w| w[0] < w[1]),
+        "duplicated or out of order: {received:?}"
+    );
+    for id in &ok {
+        assert!(
+            received.contains(id),
+            "send {id} returned Ok and never arrived"
+        );
+    }
+    for id in &never_polled {
+        assert!(
+            !received.contains(id),
+            "send {id} was never polled and arrived"
+        );
+    }
+    let dropped_midway = id as usize - ok.len() - never_polled.len();
+    eprintln!(
+        "{id} sends: {} completed, {} never polled, {dropped_midway} dropped midway; {} arrived",
+        ok.len(),
+        never_polled.len(),
+        received.len()
+    );
+    assert!(dropped_midway > 0, "no send was dropped midway");
+    common::within(client.close(None)).await;
+}
+
+/// `ReconnectingClient::next` is cancel-safe: dropped after any number of polls, no event is lost.
+#[tokio::test]
+async fn reconnecting_client_next_dropped_at_every_poll_count_loses_nothing() {
+    const N: u64 = 300;
+    let addr = common::start_server(quiet(), |mut ws, _| async move {
+        for i in 0..N {
+            if i % 10 == 0 && ws.send(Message::Ping(Bytes::from("p"))).await.is_err() {
+                return;
+            }
+            if ws
+                .send(numbered(i, 20 + (i as usize * 7919) % 5000))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        while let Some(Ok(_)) = ws.recv().await {}
+    })
+    .await;
+    let mut client = connected_client(addr).await;
+    let (mut next, mut k, mut dropped) = (0, 0, 0);
+    common::within_for(Duration::from_secs(60), async {
+        while next < N {
+            k = (k + 1) % 6;
+            match poll_k_yielding(client.next(), k).await {
+                Some(Some(Event::Message(m))) if m.is_data() => {
+                    assert_eq!(check_numbered(&m), next, "lost, duplicated or reordered");
+                    next += 1;
+                }
+                Some(Some(Event::Message(Message::Ping(_)))) => {}
+                None => dropped += 1,
+                Some(other) => panic!("after {next} messages: {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(dropped > 0, "no next() was dropped");
+    common::within(client.close(None)).await;
+}
+
+/// `ReconnectingClient::close` dropped after its first poll still stops the client (with its
+/// frame); one never polled does nothing.
+#[tokio::test]
+async fn reconnecting_client_close_dropped_after_its_first_poll_still_stops_it() {
+    let (addr, mut seen) = common::recording_server(quiet()).await;
+    for k in 0..4 {
+        let mut client = connected_client(addr).await;
+        let frame = CloseFrame::new(CloseCode::NORMAL, format!("k={k}"));
+        let _ = poll_k_yielding(client.close(Some(frame)), k).await;
+        if k == 0 {
+            common::within(client.send("still connected"))
+                .await
+                .expect("a close never polled does nothing");
+            common::within(client.close(Some(CloseFrame::new(CloseCode::NORMAL, "k=0")))).await;
+        }
+        let mut last = None;
+        while let Some(event) = common::within(client.next()).await {
+            last = Some(event);
+        }
+        assert!(
+            matches!(last, Some(Event::Disconnected { retry_in: None, .. })),
+            "k={k}: {last:?}"
+        );
+        let close = loop {
+            match common::within(seen.recv()).await {
+                Some(common::Seen::Msg(Message::Close(frame))) => break frame,
+                Some(_) => {}
+                None => panic!("the server stopped"),
+            }
+        };
+        assert_eq!(close.map(|f| f.reason.to_string()), Some(format!("k={k}")));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Callbacks: `ConnHandle` sends are synchronous offers, so a task cancelled around them
+// ---------------------------------------------------------------------------------------------
+
+struct GiveHandles(tokio::sync::mpsc::UnboundedSender<volley::callback::ConnHandle>);
+
+impl volley::callback::Callbacks for GiveHandles {
+    fn on_open(&self, conn: &mut volley::callback::Conn<'_>) {
+        let _ = self.0.send(conn.handle());
+    }
+
+    fn on_message(&self, _conn: &mut volley::callback::Conn<'_>, _message: Message) {}
+}
+
+/// A callback connection has no futures to cancel on the server side: `ConnHandle::send` is a
+/// synchronous offer. Tasks that send through a handle are aborted at random points (over a
+/// chaos transport): every offer that returned `Ok` arrives exactly once, in order, whole, and
+/// nothing else does; the connection then still works and closes cleanly.
+#[tokio::test]
+async fn conn_handle_sends_from_cancelled_tasks_arrive_exactly_once() {
+    for seed in seeds(4) {
+        let (tx, mut handles) = tokio::sync::mpsc::unbounded_channel();
+        let drivers = volley::callback::Drivers::new(GiveHandles(tx), quiet());
+        let k = Knobs::new(seed);
+        let (a, b) = tokio::io::duplex(k.duplex);
+        let calm = Arc::new(AtomicBool::new(false));
+        let chaos = Chaos {
+            inner: a,
+            rng: Rng::new(seed, 2),
+            pending: k.pending,
+            chunk: k.chunk,
+            calm,
+        };
+        drivers.adopt_transport(chaos, http::Request::new(()), None, &[]);
+        let handle = common::within(handles.recv()).await.expect("on_open");
+        let mut peer = WebSocket::from_raw(b, Role::Client, quiet(), &[]);
+        let reader = tokio::spawn(async move {
+            let mut ids = Vec::new();
+            loop {
+                match peer.recv().await {
+                    Some(Ok(Message::Text(t))) if t == "end" => break,
+                    Some(Ok(m)) if m.is_data() => ids.push(check_numbered(&m)),
+                    Some(Ok(_)) => {}
+                    other => panic!("after {ids:?}: {other:?}"),
+                }
+            }
+            common::within(peer.close(None)).await.expect("close");
+            ids
+        });
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let next = Arc::new(AtomicU64::new(0));
+        let mut rng = Rng::new(seed, 10);
+        for _ in 0..20 {
+            let (h, log, next) = (handle.clone(), log.clone(), next.clone());
+            let len = rng.range(HEADER, 2000);
+            let task = tokio::spawn(async move {
+                loop {
+                    let id = next.fetch_add(1, Ordering::Relaxed);
+                    // No await between the offer and its result: a cancellation lands between
+                    // two messages, never inside one.
+                    h.send(numbered(id, len)).expect("queued");
+                    log.lock().unwrap().push(id);
+                    tokio::task::yield_now().await;
+                }
+            });
+            for _ in 0..rng.range(0, 20) {
+                tokio::task::yield_now().await;
+            }
+            task.abort();
+            assert!(task.await.unwrap_err().is_cancelled());
+        }
+        handle.send("end").expect("send");
+        let ids = common::within_for(Duration::from_secs(30), reader)
+            .await
+            .expect("reader");
+        assert_eq!(ids, *log.lock().unwrap(), "seed {seed}");
+        common::within(drivers.closed()).await;
+    }
 }

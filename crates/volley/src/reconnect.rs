@@ -303,8 +303,10 @@ impl ReconnectingClient {
     /// I/O error of kind `NotConnected` while disconnected (messages are not queued across
     /// reconnections: resend what matters on [`Event::Connected`]).
     ///
-    /// Not cancel-safe: if the future is dropped after the message was handed to the connection,
-    /// it may still be sent.
+    /// Not cancel-safe: if the future is dropped after the message was handed to the
+    /// connection's task (at its first poll, unless 16 sends are already waiting), the message
+    /// may still be sent: once and whole, never torn or twice. A future never polled sends
+    /// nothing.
     pub async fn send(&self, message: impl Into<Message>) -> Result<()> {
         self.sender.send(message).await
     }
@@ -324,8 +326,9 @@ impl ReconnectingClient {
     /// wait; no reconnection follows. The events before it and a final [`Event::Disconnected`]
     /// with `retry_in: None` remain for [`next`](Self::next), which then returns `None`.
     ///
-    /// Cancel-safe in the sense that once called, the client stops even if the future is
-    /// dropped before the close handshake completes.
+    /// Cancel-safe in this sense: once polled (the request is queued at the first poll, unless
+    /// 16 requests are already waiting), the client stops, with `frame`, even if the future is
+    /// dropped before the close handshake completes. A future never polled does nothing.
     pub async fn close(&self, frame: Option<CloseFrame>) {
         self.sender.close(frame).await;
     }

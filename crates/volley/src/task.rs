@@ -3,7 +3,13 @@
 //! Both halves share the protocol state behind a short synchronous lock that is never held across
 //! an `.await`, and the transport's write side behind an async lock. Reading never waits for the
 //! write lock: control replies (pongs, close echoes) produced while reading are flushed by the
-//! reader only when the writer is idle, and otherwise by the sender before it releases the writer.
+//! reader only when the writer is idle, and otherwise by the sender before it releases the writer
+//! (or, if the sender's future is dropped midway, by the reader, which that wakes).
+//!
+//! Cancellation (tests/cancel_fuzz.rs drops every operation after every number of polls): a
+//! dropped operation never tears or duplicates a frame; bytes it left queued (in the writer's
+//! queue or the transport's own buffer, as TLS keeps records) are written by the next operation
+//! on either half, at once by a `recv` already waiting.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -40,8 +46,10 @@ struct Shared<S> {
     config: Arc<Config>,
     /// When our close frame was queued ([`NEVER`] until then): the close deadline runs from it.
     close_queued: AtomicU64,
-    /// Wakes a receiver blocked in a read when our close frame is queued.
-    closing: Notify,
+    /// Wakes a receiver blocked in a read so that it goes round its loop again: when our close
+    /// frame is queued (to start the close deadline), and when a writer was dropped midway
+    /// (to write what it left: bytes of its own, replies the receiver queued behind it).
+    rouse: Notify,
     /// Round trip of the last answered keep-alive ping, in microseconds (`u32::MAX`: none).
     rtt: AtomicU32,
     /// The writer's queue may hold bytes (a write was started and not seen through).
@@ -65,7 +73,7 @@ impl<S> Shared<S> {
                 Ordering::AcqRel,
                 Ordering::Acquire,
             );
-            self.closing.notify_one();
+            self.rouse.notify_one();
         }
     }
 
@@ -86,6 +94,12 @@ impl<S: AsyncRead + AsyncWrite> Shared<S> {
     /// check happens under the protocol lock, so a reader that queued a reply and failed to get
     /// the writer is always covered).
     async fn flush_and_release(&self, mut w: tokio::sync::MutexGuard<'_, Writer<S>>) -> Result<()> {
+        // If this future is dropped midway, the receiver may be waiting in a read with replies
+        // queued behind this writer (or our close frame in it): wake it to write them.
+        let mut rouse = RouseOnDrop(Some(&self.rouse));
+        // A write cancelled midway may have left bytes in the transport's own buffer (TLS keeps
+        // the records it could not write) even if the queue is empty: flush the transport then.
+        let mut flushed = !self.unflushed.load(Ordering::Acquire);
         loop {
             {
                 let mut proto = self.proto();
@@ -93,20 +107,23 @@ impl<S: AsyncRead + AsyncWrite> Shared<S> {
                     w.queue.push_back(bytes);
                 }
             }
-            if w.queue.is_empty() {
+            if w.queue.is_empty() && flushed {
                 let proto = self.proto();
                 if proto.pending_transmit() == 0 {
                     self.unflushed.store(false, Ordering::Release);
+                    rouse.0 = None;
                     drop(w);
                     drop(proto);
                     return Ok(());
                 }
                 continue;
             }
-            // Set until the queue is drained: a write cancelled midway leaves bytes in the
-            // writer's queue that `try_flush` must not skip.
+            // Set until the queue is drained and the transport flushed: a write cancelled midway
+            // leaves bytes in the writer's queue (or the transport's) that `try_flush` must not
+            // skip.
             self.unflushed.store(true, Ordering::Release);
             write_queue(&mut w).await?;
+            flushed = true;
         }
     }
 
@@ -125,6 +142,17 @@ impl<S: AsyncRead + AsyncWrite> Shared<S> {
                 self.flush_and_release(w).await
             }
             Err(_) => Ok(()),
+        }
+    }
+}
+
+/// Wakes the receiver when dropped while armed (see [`Shared::flush_and_release`]).
+struct RouseOnDrop<'a>(Option<&'a Notify>);
+
+impl Drop for RouseOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(rouse) = self.0 {
+            rouse.notify_one();
         }
     }
 }
@@ -176,8 +204,8 @@ impl CloseHandle {
     /// Starts the close handshake with `frame` (`None`: a close frame without a status code)
     /// and waits until the close frame is written (which waits for messages queued before it).
     ///
-    /// Cancel-safe: if dropped early, the close frame stays queued and goes out with the
-    /// connection's next write.
+    /// Cancel-safe: if dropped after its first poll, the close frame stays queued and goes out
+    /// at once through a `recv` waiting on the connection, else with its next write.
     pub async fn close(&self, frame: Option<CloseFrame>) {
         let Some(conn) = self.inner.upgrade() else {
             return;
@@ -213,6 +241,9 @@ pub struct WsReceiver<S> {
     /// An item already polled, returned once the bytes polling queued are flushed.
     ready: Option<Result<Message>>,
     done: bool,
+    /// [`finish`](Self::finish) started and did not end (its future was dropped): the next
+    /// `recv` resumes it before it returns `None`.
+    finishing: bool,
     /// Keep-alive, idle, close and buffer-release timers: the shared per-connection core,
     /// driven while a `recv` is pending.
     timers: Timers,
@@ -285,7 +316,7 @@ impl<S: AsyncRead + AsyncWrite> WebSocket<S> {
                 queue: VecDeque::new(),
             }),
             close_queued: AtomicU64::new(NEVER),
-            closing: Notify::new(),
+            rouse: Notify::new(),
             rtt: AtomicU32::new(u32::MAX),
             unflushed: AtomicBool::new(false),
             config,
@@ -301,6 +332,7 @@ impl<S: AsyncRead + AsyncWrite> WebSocket<S> {
                 error,
                 ready: None,
                 done: false,
+                finishing: false,
                 timers,
                 timer: None,
                 read_target: READ_TARGET,
@@ -323,7 +355,8 @@ impl<S: AsyncRead + AsyncWrite> WebSocket<S> {
     ///
     /// Cancel-safe in this sense: if the future is dropped while waiting for the transport,
     /// either nothing was queued or the whole message was, and its remaining bytes are written
-    /// by the next `send`, `flush` or `recv`. Messages are never interleaved or torn.
+    /// by the next `send`, `flush` or `recv` (at once by a `recv` already waiting on the other
+    /// half). Messages are never interleaved, torn or sent twice.
     pub async fn send(&mut self, message: impl Into<Message>) -> Result<()> {
         self.tx.send(message.into()).await
     }
@@ -344,7 +377,9 @@ impl<S: AsyncRead + AsyncWrite> WebSocket<S> {
     /// handshake to complete, discarding messages that arrive meanwhile.
     ///
     /// Not cancel-safe: if dropped midway the close frame may be sent without the handshake
-    /// completing; call [`recv`](Self::recv) until `None` to finish it.
+    /// completing (a future never polled sends nothing, and the connection stays open); call
+    /// [`recv`](Self::recv) until `None` to finish it: that completes the handshake and closes
+    /// the transport, as this would have.
     pub async fn close(&mut self, frame: Option<CloseFrame>) -> Result<()> {
         self.tx.close(frame).await?;
         loop {
@@ -539,12 +574,18 @@ impl<S: AsyncRead + AsyncWrite> WsReceiver<S> {
                 }
                 return Some(item);
             }
-            if self.done {
+            if self.done && !self.finishing {
                 return None;
             }
-            if self.timers.abandoned() || matches!(state, State::Closed | State::Failed) {
+            if self.finishing
+                || self.timers.abandoned()
+                || matches!(state, State::Closed | State::Failed)
+            {
                 self.done = true;
-                return Box::pin(self.finish()).await.err().map(Err);
+                self.finishing = true;
+                let result = Box::pin(self.finish()).await;
+                self.finishing = false;
+                return result.err().map(Err);
             }
             let open = state == State::Open;
             if !open {
@@ -576,10 +617,11 @@ impl<S: AsyncRead + AsyncWrite> WsReceiver<S> {
                     None => std::future::pending().await,
                 }
             };
-            // A close sent by the other half while this read waits must start the deadline.
+            // A close sent by the other half while this read waits must start the deadline, and
+            // bytes a dropped writer left behind must go out.
             let n = tokio::select! {
                 n = read => n,
-                () = self.shared.closing.notified(), if open => continue,
+                () = self.shared.rouse.notified() => continue,
                 () = sleep => {
                     if let Some(err) = self.on_timer(open) {
                         if !matches!(err, Error::Timeout(_)) {

@@ -340,6 +340,11 @@ impl Conn<'_> {
 /// to the protocol, behind what was queued before. Sending never waits and never takes a lock
 /// that a callback holds, so callbacks of connections on different drivers can send to each
 /// other freely. It is a [`Subscriber`](crate::hub::Subscriber) of a [`Hub`](crate::hub::Hub).
+///
+/// Nothing here is async, so there is no future to cancel: a task that is cancelled (aborted,
+/// or its future dropped at an `.await`) after [`send`](Self::send) returned `Ok` has queued
+/// the message, which is written whole whatever becomes of that task; a task cancelled before
+/// the call sent nothing.
 #[derive(Clone, Debug)]
 pub struct ConnHandle {
     conn: std::sync::Weak<Driven>,

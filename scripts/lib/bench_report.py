@@ -298,6 +298,30 @@ def _fmt_bytes(v: float | None) -> str:
     return f"{v / 1024:,.1f} KiB" if abs(v) >= 1024 else f"{v:,.0f} B"
 
 
+def _rate_cell(cell: dict | None) -> str:
+    """A table cell: the median rate with its paired ratio vs Volley, or why there is none."""
+    if cell is None:
+        return "—"
+    if cell["msg_per_s_median"] is None:
+        return "FAILED"
+    text = _fmt_rate(cell["msg_per_s_median"]) + _fmt_ratio(cell["ratio_vs_volley"])
+    if cell["failed_rounds"]:
+        text += f" [{cell['failed_rounds']} failed]"
+    return text
+
+
+def _memory_cell(m: dict | None, missing: str) -> str:
+    """A table cell: idle memory per connection (anon in parentheses), or `missing`."""
+    if m is None:
+        return missing
+    if m["per_connection_bytes"] is None:
+        return "FAILED"
+    text = _fmt_bytes(m["per_connection_bytes"])
+    if m.get("anon_per_connection_bytes") is not None:
+        text += f" ({_fmt_bytes(m['anon_per_connection_bytes'])})"
+    return text
+
+
 def markdown_table(summary: dict) -> str:
     """One table: a row per stack; msg/s medians with the ratio vs Volley per workload."""
     workloads = summary["workloads"]
@@ -313,31 +337,12 @@ def markdown_table(summary: dict) -> str:
     for stack in summary["stacks"]:
         per_w = summary["echo"].get(stack, {})
         row = [label(stack)]
-        for w in workloads:
-            cell = per_w.get(w)
-            if cell is None:
-                row.append("—")
-            elif cell["msg_per_s_median"] is None:
-                row.append("FAILED")
-            else:
-                text = _fmt_rate(cell["msg_per_s_median"]) + _fmt_ratio(cell["ratio_vs_volley"])
-                if cell["failed_rounds"]:
-                    text += f" [{cell['failed_rounds']} failed]"
-                row.append(text)
+        row += [_rate_cell(per_w.get(w)) for w in workloads]
         if latency_w:
             lat = per_w.get(latency_w, {}).get("latency_us_median", {})
             row.append(f"{_fmt_us(lat.get('p50'))} / {_fmt_us(lat.get('p99'))}")
         if summary["memory"]:
-            m = summary["memory"].get(stack)
-            if m is None:
-                row.append("n/a" if stack == "raw-tcp" else "—")
-            elif m["per_connection_bytes"] is None:
-                row.append("FAILED")
-            else:
-                text = _fmt_bytes(m["per_connection_bytes"])
-                if m.get("anon_per_connection_bytes") is not None:
-                    text += f" ({_fmt_bytes(m['anon_per_connection_bytes'])})"
-                row.append(text)
+            row.append(_memory_cell(summary["memory"].get(stack), "n/a" if stack == "raw-tcp" else "—"))
         lines.append("| " + " | ".join(row) + " |")
     out = "\n".join(lines)
     out += (
@@ -443,17 +448,7 @@ def sio_markdown(summary: dict) -> str:
     for stack in summary["stacks"]:
         per_w = summary["echo"].get(stack, {})
         row = [label(stack)]
-        for w in workloads:
-            cell = per_w.get(w)
-            if cell is None:
-                row.append("—")
-            elif cell["msg_per_s_median"] is None:
-                row.append("FAILED")
-            else:
-                text = _fmt_rate(cell["msg_per_s_median"]) + _fmt_ratio(cell["ratio_vs_volley"])
-                if cell["failed_rounds"]:
-                    text += f" [{cell['failed_rounds']} failed]"
-                row.append(text)
+        row += [_rate_cell(per_w.get(w)) for w in workloads]
         if latency_w:
             lat = per_w.get(latency_w, {}).get("latency_us_median", {})
             row.append(f"{_fmt_us(lat.get('p50'))} / {_fmt_us(lat.get('p99'))}")
@@ -463,16 +458,7 @@ def sio_markdown(summary: dict) -> str:
             paired = cell.get("cpu_ratio_vs_volley_rounds") or []
             row.append("—" if cpu is None else f"{cpu:.3g}" + _fmt_ratio(_median(paired)))
         if summary["memory"]:
-            m = summary["memory"].get(stack)
-            if m is None:
-                row.append("—")
-            elif m["per_connection_bytes"] is None:
-                row.append("FAILED")
-            else:
-                text = _fmt_bytes(m["per_connection_bytes"])
-                if m.get("anon_per_connection_bytes") is not None:
-                    text += f" ({_fmt_bytes(m['anon_per_connection_bytes'])})"
-                row.append(text)
+            row.append(_memory_cell(summary["memory"].get(stack), "—"))
         lines.append("| " + " | ".join(row) + " |")
     out = "\n".join(lines)
     out += (

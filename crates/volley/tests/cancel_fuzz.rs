@@ -90,21 +90,41 @@ impl Rng {
 /// `#0000000042/0000300:`: a numbered message's id and length.
 const HEADER: usize = 20;
 
-fn body_byte(id: u64, k: usize) -> u8 {
-    // Runs of a pattern (compressible) and of noise (not), so deflate has work of both kinds.
-    let h = if (k / 64) % 2 == 0 {
-        id.wrapping_add(k as u64)
-    } else {
-        Rng::new(id, k as u64).next()
-    };
-    b'a' + (h % 26) as u8
+/// Bodies are windows of this, at an offset that depends on the message: runs of a pattern
+/// (compressible) and of noise (not), so that deflate has work of both kinds.
+const TABLE_LEN: usize = 4093;
+
+fn table() -> &'static [u8] {
+    static TABLE: OnceLock<Vec<u8>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut rng = Rng::new(0, 0);
+        (0..TABLE_LEN)
+            .map(|i| match (i / 64) % 2 {
+                0 => b'a' + (i % 26) as u8,
+                _ => b'a' + (rng.next() % 26) as u8,
+            })
+            .collect()
+    })
+}
+
+/// Calls `f` with the pieces of message `id`'s body from byte `from` to byte `to`, in order.
+fn body_pieces(id: u64, from: usize, to: usize, mut f: impl FnMut(&[u8])) {
+    let table = table();
+    let mut at = (id as usize).wrapping_mul(131).wrapping_add(from) % TABLE_LEN;
+    let mut left = to - from;
+    while left > 0 {
+        let n = left.min(TABLE_LEN - at);
+        f(&table[at..at + n]);
+        left -= n;
+        at = 0;
+    }
 }
 
 /// Message `id`, `len` bytes long (at least the header): text for even ids, binary for odd ones.
 fn numbered(id: u64, len: usize) -> Message {
     let len = len.max(HEADER);
     let mut v = format!("#{id:010}/{len:07}:").into_bytes();
-    v.extend((HEADER..len).map(|k| body_byte(id, k)));
+    body_pieces(id, HEADER, len, |piece| v.extend_from_slice(piece));
     if id % 2 == 0 {
         Message::text(String::from_utf8(v).expect("ASCII"))
     } else {
@@ -142,11 +162,13 @@ fn check_numbered(m: &Message) -> u64 {
         "message {id} torn: {} of {len} bytes",
         p.len()
     );
-    let bad = p[HEADER..]
-        .iter()
-        .enumerate()
-        .position(|(i, &b)| b != body_byte(id, HEADER + i));
-    assert_eq!(bad, None, "message {id} corrupted");
+    let mut at = HEADER;
+    let mut whole = true;
+    body_pieces(id, HEADER, len, |piece| {
+        whole &= p[at..at + piece.len()] == *piece;
+        at += piece.len();
+    });
+    assert!(whole, "message {id} corrupted");
     assert_eq!(
         matches!(m, Message::Text(_)),
         id % 2 == 0,
@@ -348,6 +370,8 @@ struct Peer {
     closes_transport: bool,
     /// Whether it reads at all (a peer that does not makes the connection's writes wait).
     reading: bool,
+    /// Where it reads into.
+    scratch: Vec<u8>,
     calm: Arc<AtomicBool>,
 }
 
@@ -398,8 +422,11 @@ impl Peer {
             } else {
                 self.rng.range(1, self.read_max)
             };
-            let mut buf = vec![0u8; n];
-            let mut rb = ReadBuf::new(&mut buf);
+            let mut buf = std::mem::take(&mut self.scratch);
+            if buf.len() < n {
+                buf = vec![0; n];
+            }
+            let mut rb = ReadBuf::new(&mut buf[..n]);
             match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
                 Poll::Ready(Ok(())) if rb.filled().is_empty() => {
                     self.eof = true;
@@ -418,6 +445,7 @@ impl Peer {
                 }
                 Poll::Pending => {}
             }
+            self.scratch = buf;
         }
         while let Some(m) = self.proto.poll_event() {
             self.events.push(m);
@@ -469,17 +497,24 @@ impl Peer {
 }
 
 /// Polls `fut` by hand at most `k` times, the peer moving between polls, then drops it.
-/// Returns its output if it completed.
+/// Returns its output if it completed. The link is calm from then on: what follows checks the
+/// aftermath, and runs faster without chaos.
 fn poll_k<F: Future>(peer: &mut Peer, fut: F, k: usize) -> Option<F::Output> {
-    let mut fut = pin!(fut);
-    let mut cx = Context::from_waker(Waker::noop());
-    for _ in 0..k {
-        if let Poll::Ready(out) = poll_once(fut.as_mut(), &mut cx) {
-            return Some(out);
+    let out = {
+        let mut fut = pin!(fut);
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut out = None;
+        for _ in 0..k {
+            if let Poll::Ready(o) = poll_once(fut.as_mut(), &mut cx) {
+                out = Some(o);
+                break;
+            }
+            peer.step();
         }
-        peer.step();
-    }
-    None
+        out
+    };
+    peer.calm.store(true, Ordering::Relaxed);
+    out
 }
 
 /// Runs `fut` to completion while the peer keeps pumping. `fut` is polled again only once it was
@@ -667,6 +702,7 @@ async fn pair(setup: Setup, seed: u64, config: Config) -> (WebSocket<BoxIo>, Pee
         shut: false,
         closes_transport: peer_role == Role::Server,
         reading: true,
+        scratch: Vec::new(),
         calm,
     };
     (ws, peer)
@@ -690,6 +726,7 @@ fn plain_peer(io: BoxIo, role: Role) -> Peer {
         shut: false,
         closes_transport: role == Role::Server,
         reading: true,
+        scratch: Vec::new(),
         calm: Arc::new(AtomicBool::new(true)),
     }
 }
@@ -872,16 +909,20 @@ enum Op {
     Feed,
     Flush,
     Recv,
+    /// `recv` until `None` while the peer closes: the loop is what is dropped, in whichever
+    /// `recv` it is (the one handing out the peer's close frame writes the echo first).
+    RecvToEnd,
     Close,
     CloseHandle,
 }
 
-const ALL_OPS: [Op; 7] = [
+const ALL_OPS: [Op; 8] = [
     Op::Send,
     Op::SendPrepared,
     Op::Feed,
     Op::Flush,
     Op::Recv,
+    Op::RecvToEnd,
     Op::Close,
     Op::CloseHandle,
 ];
@@ -896,6 +937,9 @@ async fn run_once(setup: Setup, seed: u64, op: Op, k: usize) -> bool {
     let mut rng = Rng::new(seed, 5);
     let mut sent = Sent::default();
     let mut got = Vec::new();
+    // The traffic before the operation runs calm (only the state it leaves matters), the
+    // operation itself in chaos.
+    peer.calm.store(true, Ordering::Relaxed);
     // Mid-stream: traffic both ways before the operation, some of it still in flight.
     if op == Op::Recv && rng.chance(50) {
         peer.send_ping();
@@ -905,6 +949,12 @@ async fn run_once(setup: Setup, seed: u64, op: Op, k: usize) -> bool {
         peer.send_ping();
     }
     peer.send_numbered();
+    let peer_close = CloseFrame::new(CloseCode::GOING_AWAY, "peer");
+    if op == Op::RecvToEnd {
+        peer.proto
+            .close(Some(peer_close.clone()))
+            .expect("peer close");
+    }
     let first = sent.next();
     let max_len = peer.max_len;
     drive(
@@ -925,6 +975,7 @@ async fn run_once(setup: Setup, seed: u64, op: Op, k: usize) -> bool {
     }
     let id = sent.next();
     let message = numbered(id, rng.range(HEADER, max_len));
+    peer.calm.store(false, Ordering::Relaxed);
     let completed = match op {
         Op::Send | Op::SendPrepared | Op::Feed | Op::Flush => {
             let p = prepared(&message);
@@ -954,6 +1005,30 @@ async fn run_once(setup: Setup, seed: u64, op: Op, k: usize) -> bool {
             finish(&mut ws, &mut peer, &mut sent, &mut got).await;
             check_we_got(&got, &peer, false);
             result.is_some()
+        }
+        Op::RecvToEnd => {
+            let to_end = async {
+                while let Some(item) = ws.recv().await {
+                    got.push(item.expect("recv"));
+                }
+            };
+            let completed = poll_k(&mut peer, to_end, k).is_some();
+            // Then as documented: receive until `None`.
+            loop {
+                match drive(&mut peer, ws.recv()).await {
+                    None => break,
+                    Some(Ok(m)) => got.push(m),
+                    Some(Err(e)) => panic!("recv after the peer's close: {e}"),
+                }
+            }
+            closed(ws.state(), &mut peer).await;
+            check_we_got(&got, &peer, false);
+            assert_eq!(
+                got.last().map(describe),
+                Some(describe(&Message::Close(Some(peer_close)))),
+                "the peer's close frame, handed out last"
+            );
+            completed
         }
         Op::Close | Op::CloseHandle => {
             let completed = if op == Op::Close {
@@ -1015,8 +1090,10 @@ async fn exhaust_all(setups: &[Setup], ops: &[Op], seeds: std::ops::Range<u64>) 
     for seed in seeds {
         for &setup in setups {
             for &op in ops {
+                let started = std::time::Instant::now();
                 let polls = exhaust(setup, seed, op).await;
-                eprintln!("{setup:?} seed {seed} {op:?}: completes at poll {polls}");
+                let took = started.elapsed();
+                eprintln!("{setup:?} seed {seed} {op:?}: completes at poll {polls} ({took:.0?})");
             }
         }
     }

@@ -205,19 +205,28 @@ struct Chaos<T> {
     pending: u64,
     /// The most bytes one read or write moves.
     chunk: usize,
+    /// Every other read, write and flush returns `Pending` (besides those drawn): each one is
+    /// then a point where the caller waits, so dropping after every poll count drops there.
+    stutter: bool,
+    /// Whether the last read, write and flush returned `Pending`.
+    stalled: [bool; 3],
     calm: Arc<AtomicBool>,
 }
 
 impl<T> Chaos<T> {
-    /// Whether this call is cut short; else how many bytes it may move.
-    fn step(&mut self, cx: &mut Context<'_>) -> Option<usize> {
+    /// Whether this call (0: read, 1: write, 2: flush) is cut short; else how many bytes it may
+    /// move.
+    fn step(&mut self, cx: &mut Context<'_>, call: usize) -> Option<usize> {
         if self.calm.load(Ordering::Relaxed) {
             return Some(usize::MAX);
         }
-        if self.rng.chance(self.pending) {
+        let stutter = self.stutter && !self.stalled[call];
+        if stutter || self.rng.chance(self.pending) {
+            self.stalled[call] = true;
             cx.waker().wake_by_ref();
             return None;
         }
+        self.stalled[call] = false;
         Some(self.rng.range(1, self.chunk))
     }
 }
@@ -229,7 +238,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Chaos<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        let Some(n) = this.step(cx) else {
+        let Some(n) = this.step(cx, 0) else {
             return Poll::Pending;
         };
         let n = n.min(buf.remaining());
@@ -252,7 +261,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Chaos<T> {
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        let Some(n) = this.step(cx) else {
+        let Some(n) = this.step(cx, 1) else {
             return Poll::Pending;
         };
         Pin::new(&mut this.inner).poll_write(cx, &data[..n.min(data.len())])
@@ -260,7 +269,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Chaos<T> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        if this.step(cx).is_none() {
+        if this.step(cx, 2).is_none() {
             return Poll::Pending;
         }
         Pin::new(&mut this.inner).poll_flush(cx)
@@ -598,6 +607,7 @@ struct Knobs {
     write_limit: usize,
     threshold: usize,
     no_context_takeover: bool,
+    stutter: bool,
 }
 
 impl Knobs {
@@ -622,13 +632,13 @@ impl Knobs {
             write_limit: r.pick(&[1, 256, 32 * 1024]),
             threshold: r.pick(&[0, 64]),
             no_context_takeover: r.chance(30),
+            stutter: r.chance(50),
         }
     }
 }
 
 /// A connection under test and its peer, over a fresh link.
-async fn pair(setup: Setup, seed: u64, config: Config) -> (WebSocket<BoxIo>, Peer) {
-    let k = Knobs::new(seed);
+async fn pair(setup: Setup, seed: u64, k: Knobs, config: Config) -> (WebSocket<BoxIo>, Peer) {
     let calm = Arc::new(AtomicBool::new(false));
     // TLS 1.3 handshakes deadlock over a pipe of a byte or two: rustls reads nothing while it
     // has records to write, and both ends do at the client's ChangeCipherSpec.
@@ -644,6 +654,8 @@ async fn pair(setup: Setup, seed: u64, config: Config) -> (WebSocket<BoxIo>, Pee
             rng: Rng::new(seed, stream),
             pending: k.pending,
             chunk: k.chunk,
+            stutter: k.stutter,
+            stalled: [false; 3],
             calm: calm.clone(),
         }
     }
@@ -933,7 +945,12 @@ async fn run_once(setup: Setup, seed: u64, op: Op, k: usize) -> bool {
     let _context = Context_(format!(
         "{op:?} dropped after {k} polls, {setup:?}, seed {seed}"
     ));
-    let (mut ws, mut peer) = pair(setup, seed, quiet()).await;
+    // Stuttering: every read, write and flush waits once, so every await point is reached.
+    let knobs = Knobs {
+        stutter: true,
+        ..Knobs::new(seed)
+    };
+    let (mut ws, mut peer) = pair(setup, seed, knobs, quiet()).await;
     let mut rng = Rng::new(seed, 5);
     let mut sent = Sent::default();
     let mut got = Vec::new();
@@ -951,6 +968,12 @@ async fn run_once(setup: Setup, seed: u64, op: Op, k: usize) -> bool {
     peer.send_numbered();
     let peer_close = CloseFrame::new(CloseCode::GOING_AWAY, "peer");
     if op == Op::RecvToEnd {
+        // A short message right before the close frame: read together, the message is handed
+        // out first and the close frame (and its echo) waits for the next `recv`, which must
+        // write the echo before handing the close frame out.
+        let id = peer.next_id;
+        peer.next_id += 1;
+        peer.send(numbered(id, HEADER));
         peer.proto
             .close(Some(peer_close.clone()))
             .expect("peer close");
@@ -1299,7 +1322,7 @@ async fn sequence(setup: Setup, seed: u64, steps: usize) {
     let mut rng = Rng::new(seed, 6);
     let keepalive = rng.chance(50);
     let config = quiet().ping_interval(keepalive.then_some(Duration::from_secs(2)));
-    let (ws, mut peer) = pair(setup, seed, config).await;
+    let (ws, mut peer) = pair(setup, seed, Knobs::new(seed), config).await;
     let (tx, rx) = ws.split();
     let (tx, rx) = (RefCell::new(tx), RefCell::new(rx));
     let mut sent = Sent::default();
@@ -1689,6 +1712,8 @@ async fn conn_handle_sends_from_cancelled_tasks_arrive_exactly_once() {
             rng: Rng::new(seed, 2),
             pending: k.pending,
             chunk: k.chunk,
+            stutter: k.stutter,
+            stalled: [false; 3],
             calm,
         };
         drivers.adopt_transport(chaos, http::Request::new(()), None, &[]);

@@ -90,21 +90,41 @@ impl Rng {
 /// `#0000000042/0000300:`: a numbered message's id and length.
 const HEADER: usize = 20;
 
-fn body_byte(id: u64, k: usize) -> u8 {
-    // Runs of a pattern (compressible) and of noise (not), so deflate has work of both kinds.
-    let h = if (k / 64) % 2 == 0 {
-        id.wrapping_add(k as u64)
-    } else {
-        Rng::new(id, k as u64).next()
-    };
-    b'a' + (h % 26) as u8
+/// Bodies are windows of this, at an offset that depends on the message: runs of a pattern
+/// (compressible) and of noise (not), so that deflate has work of both kinds.
+const TABLE_LEN: usize = 4093;
+
+fn table() -> &'static [u8] {
+    static TABLE: OnceLock<Vec<u8>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut rng = Rng::new(0, 0);
+        (0..TABLE_LEN)
+            .map(|i| match (i / 64) % 2 {
+                0 => b'a' + (i % 26) as u8,
+                _ => b'a' + (rng.next() % 26) as u8,
+            })
+            .collect()
+    })
+}
+
+/// Calls `f` with the pieces of message `id`'s body from byte `from` to byte `to`, in order.
+fn body_pieces(id: u64, from: usize, to: usize, mut f: impl FnMut(&[u8])) {
+    let table = table();
+    let mut at = (id as usize).wrapping_mul(131).wrapping_add(from) % TABLE_LEN;
+    let mut left = to - from;
+    while left > 0 {
+        let n = left.min(TABLE_LEN - at);
+        f(&table[at..at + n]);
+        left -= n;
+        at = 0;
+    }
 }
 
 /// Message `id`, `len` bytes long (at least the header): text for even ids, binary for odd ones.
 fn numbered(id: u64, len: usize) -> Message {
     let len = len.max(HEADER);
     let mut v = format!("#{id:010}/{len:07}:").into_bytes();
-    v.extend((HEADER..len).map(|k| body_byte(id, k)));
+    body_pieces(id, HEADER, len, |piece| v.extend_from_slice(piece));
     if id % 2 == 0 {
         Message::text(String::from_utf8(v).expect("ASCII"))
     } else {
@@ -142,11 +162,13 @@ fn check_numbered(m: &Message) -> u64 {
         "message {id} torn: {} of {len} bytes",
         p.len()
     );
-    let bad = p[HEADER..]
-        .iter()
-        .enumerate()
-        .position(|(i, &b)| b != body_byte(id, HEADER + i));
-    assert_eq!(bad, None, "message {id} corrupted");
+    let mut at = HEADER;
+    let mut whole = true;
+    body_pieces(id, HEADER, len, |piece| {
+        whole &= p[at..at + piece.len()] == *piece;
+        at += piece.len();
+    });
+    assert!(whole, "message {id} corrupted");
     assert_eq!(
         matches!(m, Message::Text(_)),
         id % 2 == 0,
@@ -183,19 +205,28 @@ struct Chaos<T> {
     pending: u64,
     /// The most bytes one read or write moves.
     chunk: usize,
+    /// Every other read, write and flush returns `Pending` (besides those drawn): each one is
+    /// then a point where the caller waits, so dropping after every poll count drops there.
+    stutter: bool,
+    /// Whether the last read, write and flush returned `Pending`.
+    stalled: [bool; 3],
     calm: Arc<AtomicBool>,
 }
 
 impl<T> Chaos<T> {
-    /// Whether this call is cut short; else how many bytes it may move.
-    fn step(&mut self, cx: &mut Context<'_>) -> Option<usize> {
+    /// Whether this call (0: read, 1: write, 2: flush) is cut short; else how many bytes it may
+    /// move.
+    fn step(&mut self, cx: &mut Context<'_>, call: usize) -> Option<usize> {
         if self.calm.load(Ordering::Relaxed) {
             return Some(usize::MAX);
         }
-        if self.rng.chance(self.pending) {
+        let stutter = self.stutter && !self.stalled[call];
+        if stutter || self.rng.chance(self.pending) {
+            self.stalled[call] = true;
             cx.waker().wake_by_ref();
             return None;
         }
+        self.stalled[call] = false;
         Some(self.rng.range(1, self.chunk))
     }
 }
@@ -207,7 +238,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Chaos<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        let Some(n) = this.step(cx) else {
+        let Some(n) = this.step(cx, 0) else {
             return Poll::Pending;
         };
         let n = n.min(buf.remaining());
@@ -230,7 +261,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Chaos<T> {
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        let Some(n) = this.step(cx) else {
+        let Some(n) = this.step(cx, 1) else {
             return Poll::Pending;
         };
         Pin::new(&mut this.inner).poll_write(cx, &data[..n.min(data.len())])
@@ -238,7 +269,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Chaos<T> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        if this.step(cx).is_none() {
+        if this.step(cx, 2).is_none() {
             return Poll::Pending;
         }
         Pin::new(&mut this.inner).poll_flush(cx)
@@ -348,6 +379,8 @@ struct Peer {
     closes_transport: bool,
     /// Whether it reads at all (a peer that does not makes the connection's writes wait).
     reading: bool,
+    /// Where it reads into.
+    scratch: Vec<u8>,
     calm: Arc<AtomicBool>,
 }
 
@@ -398,8 +431,11 @@ impl Peer {
             } else {
                 self.rng.range(1, self.read_max)
             };
-            let mut buf = vec![0u8; n];
-            let mut rb = ReadBuf::new(&mut buf);
+            let mut buf = std::mem::take(&mut self.scratch);
+            if buf.len() < n {
+                buf = vec![0; n];
+            }
+            let mut rb = ReadBuf::new(&mut buf[..n]);
             match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
                 Poll::Ready(Ok(())) if rb.filled().is_empty() => {
                     self.eof = true;
@@ -418,6 +454,7 @@ impl Peer {
                 }
                 Poll::Pending => {}
             }
+            self.scratch = buf;
         }
         while let Some(m) = self.proto.poll_event() {
             self.events.push(m);
@@ -469,17 +506,24 @@ impl Peer {
 }
 
 /// Polls `fut` by hand at most `k` times, the peer moving between polls, then drops it.
-/// Returns its output if it completed.
+/// Returns its output if it completed. The link is calm from then on: what follows checks the
+/// aftermath, and runs faster without chaos.
 fn poll_k<F: Future>(peer: &mut Peer, fut: F, k: usize) -> Option<F::Output> {
-    let mut fut = pin!(fut);
-    let mut cx = Context::from_waker(Waker::noop());
-    for _ in 0..k {
-        if let Poll::Ready(out) = poll_once(fut.as_mut(), &mut cx) {
-            return Some(out);
+    let out = {
+        let mut fut = pin!(fut);
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut out = None;
+        for _ in 0..k {
+            if let Poll::Ready(o) = poll_once(fut.as_mut(), &mut cx) {
+                out = Some(o);
+                break;
+            }
+            peer.step();
         }
-        peer.step();
-    }
-    None
+        out
+    };
+    peer.calm.store(true, Ordering::Relaxed);
+    out
 }
 
 /// Runs `fut` to completion while the peer keeps pumping. `fut` is polled again only once it was
@@ -563,6 +607,7 @@ struct Knobs {
     write_limit: usize,
     threshold: usize,
     no_context_takeover: bool,
+    stutter: bool,
 }
 
 impl Knobs {
@@ -587,13 +632,13 @@ impl Knobs {
             write_limit: r.pick(&[1, 256, 32 * 1024]),
             threshold: r.pick(&[0, 64]),
             no_context_takeover: r.chance(30),
+            stutter: r.chance(50),
         }
     }
 }
 
 /// A connection under test and its peer, over a fresh link.
-async fn pair(setup: Setup, seed: u64, config: Config) -> (WebSocket<BoxIo>, Peer) {
-    let k = Knobs::new(seed);
+async fn pair(setup: Setup, seed: u64, k: Knobs, config: Config) -> (WebSocket<BoxIo>, Peer) {
     let calm = Arc::new(AtomicBool::new(false));
     // TLS 1.3 handshakes deadlock over a pipe of a byte or two: rustls reads nothing while it
     // has records to write, and both ends do at the client's ChangeCipherSpec.
@@ -609,6 +654,8 @@ async fn pair(setup: Setup, seed: u64, config: Config) -> (WebSocket<BoxIo>, Pee
             rng: Rng::new(seed, stream),
             pending: k.pending,
             chunk: k.chunk,
+            stutter: k.stutter,
+            stalled: [false; 3],
             calm: calm.clone(),
         }
     }
@@ -667,6 +714,7 @@ async fn pair(setup: Setup, seed: u64, config: Config) -> (WebSocket<BoxIo>, Pee
         shut: false,
         closes_transport: peer_role == Role::Server,
         reading: true,
+        scratch: Vec::new(),
         calm,
     };
     (ws, peer)
@@ -690,6 +738,7 @@ fn plain_peer(io: BoxIo, role: Role) -> Peer {
         shut: false,
         closes_transport: role == Role::Server,
         reading: true,
+        scratch: Vec::new(),
         calm: Arc::new(AtomicBool::new(true)),
     }
 }
@@ -872,16 +921,20 @@ enum Op {
     Feed,
     Flush,
     Recv,
+    /// `recv` until `None` while the peer closes: the loop is what is dropped, in whichever
+    /// `recv` it is (the one handing out the peer's close frame writes the echo first).
+    RecvToEnd,
     Close,
     CloseHandle,
 }
 
-const ALL_OPS: [Op; 7] = [
+const ALL_OPS: [Op; 8] = [
     Op::Send,
     Op::SendPrepared,
     Op::Feed,
     Op::Flush,
     Op::Recv,
+    Op::RecvToEnd,
     Op::Close,
     Op::CloseHandle,
 ];
@@ -892,10 +945,18 @@ async fn run_once(setup: Setup, seed: u64, op: Op, k: usize) -> bool {
     let _context = Context_(format!(
         "{op:?} dropped after {k} polls, {setup:?}, seed {seed}"
     ));
-    let (mut ws, mut peer) = pair(setup, seed, quiet()).await;
+    // Stuttering: every read, write and flush waits once, so every await point is reached.
+    let knobs = Knobs {
+        stutter: true,
+        ..Knobs::new(seed)
+    };
+    let (mut ws, mut peer) = pair(setup, seed, knobs, quiet()).await;
     let mut rng = Rng::new(seed, 5);
     let mut sent = Sent::default();
     let mut got = Vec::new();
+    // The traffic before the operation runs calm (only the state it leaves matters), the
+    // operation itself in chaos.
+    peer.calm.store(true, Ordering::Relaxed);
     // Mid-stream: traffic both ways before the operation, some of it still in flight.
     if op == Op::Recv && rng.chance(50) {
         peer.send_ping();
@@ -905,6 +966,18 @@ async fn run_once(setup: Setup, seed: u64, op: Op, k: usize) -> bool {
         peer.send_ping();
     }
     peer.send_numbered();
+    let peer_close = CloseFrame::new(CloseCode::GOING_AWAY, "peer");
+    if op == Op::RecvToEnd {
+        // A short message right before the close frame: read together, the message is handed
+        // out first and the close frame (and its echo) waits for the next `recv`, which must
+        // write the echo before handing the close frame out.
+        let id = peer.next_id;
+        peer.next_id += 1;
+        peer.send(numbered(id, HEADER));
+        peer.proto
+            .close(Some(peer_close.clone()))
+            .expect("peer close");
+    }
     let first = sent.next();
     let max_len = peer.max_len;
     drive(
@@ -925,6 +998,7 @@ async fn run_once(setup: Setup, seed: u64, op: Op, k: usize) -> bool {
     }
     let id = sent.next();
     let message = numbered(id, rng.range(HEADER, max_len));
+    peer.calm.store(false, Ordering::Relaxed);
     let completed = match op {
         Op::Send | Op::SendPrepared | Op::Feed | Op::Flush => {
             let p = prepared(&message);
@@ -954,6 +1028,30 @@ async fn run_once(setup: Setup, seed: u64, op: Op, k: usize) -> bool {
             finish(&mut ws, &mut peer, &mut sent, &mut got).await;
             check_we_got(&got, &peer, false);
             result.is_some()
+        }
+        Op::RecvToEnd => {
+            let to_end = async {
+                while let Some(item) = ws.recv().await {
+                    got.push(item.expect("recv"));
+                }
+            };
+            let completed = poll_k(&mut peer, to_end, k).is_some();
+            // Then as documented: receive until `None`.
+            loop {
+                match drive(&mut peer, ws.recv()).await {
+                    None => break,
+                    Some(Ok(m)) => got.push(m),
+                    Some(Err(e)) => panic!("recv after the peer's close: {e}"),
+                }
+            }
+            closed(ws.state(), &mut peer).await;
+            check_we_got(&got, &peer, false);
+            assert_eq!(
+                got.last().map(describe),
+                Some(describe(&Message::Close(Some(peer_close)))),
+                "the peer's close frame, handed out last"
+            );
+            completed
         }
         Op::Close | Op::CloseHandle => {
             let completed = if op == Op::Close {
@@ -1015,8 +1113,10 @@ async fn exhaust_all(setups: &[Setup], ops: &[Op], seeds: std::ops::Range<u64>) 
     for seed in seeds {
         for &setup in setups {
             for &op in ops {
+                let started = std::time::Instant::now();
                 let polls = exhaust(setup, seed, op).await;
-                eprintln!("{setup:?} seed {seed} {op:?}: completes at poll {polls}");
+                let took = started.elapsed();
+                eprintln!("{setup:?} seed {seed} {op:?}: completes at poll {polls} ({took:.0?})");
             }
         }
     }
@@ -1222,7 +1322,7 @@ async fn sequence(setup: Setup, seed: u64, steps: usize) {
     let mut rng = Rng::new(seed, 6);
     let keepalive = rng.chance(50);
     let config = quiet().ping_interval(keepalive.then_some(Duration::from_secs(2)));
-    let (ws, mut peer) = pair(setup, seed, config).await;
+    let (ws, mut peer) = pair(setup, seed, Knobs::new(seed), config).await;
     let (tx, rx) = ws.split();
     let (tx, rx) = (RefCell::new(tx), RefCell::new(rx));
     let mut sent = Sent::default();
@@ -1612,6 +1712,8 @@ async fn conn_handle_sends_from_cancelled_tasks_arrive_exactly_once() {
             rng: Rng::new(seed, 2),
             pending: k.pending,
             chunk: k.chunk,
+            stutter: k.stutter,
+            stalled: [false; 3],
             calm,
         };
         drivers.adopt_transport(chaos, http::Request::new(()), None, &[]);

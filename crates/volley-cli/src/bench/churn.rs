@@ -268,6 +268,12 @@ pub(crate) struct ChurnArgs {
     /// [default: a third of --duration, at most 60 s].
     #[arg(long, value_parser = parse_duration)]
     warmup: Option<Duration>,
+    /// At the start, opens this long's worth of connections (rate × it) at once, on top of the
+    /// schedule: the server's memory reaches the high-water mark of such a pile-up (what a stall
+    /// of the server or of this machine causes) within the warm-up, so that a later pile-up no
+    /// larger is not taken for growth.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    warmup_burst: Duration,
     /// How long a half-open client waits for the server to close its connection before
     /// counting it as stuck (must exceed the server's keep-alive or handshake timeout).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
@@ -458,6 +464,8 @@ struct Sample {
     sockets: Sockets,
     /// Client sockets this process had open.
     clients: u64,
+    /// The server's CPU time so far (user + system), in seconds.
+    cpu: Option<f64>,
 }
 
 /// The server's side of TCP connections to the target address, from /proc/net/tcp{,6}.
@@ -521,6 +529,10 @@ pub(super) fn run(args: ChurnArgs) -> Result<ExitCode, String> {
             args.duration
         ));
     }
+    let burst = (args.rate * args.warmup_burst.as_secs_f64()).round() as u64;
+    if args.warmup_burst > warmup {
+        return Err("--warmup-burst must not be longer than --warmup".into());
+    }
     if args.check && args.server_pid.is_none() {
         return Err("--check needs --server-pid (the server's memory and descriptors)".into());
     }
@@ -532,6 +544,12 @@ pub(super) fn run(args: ChurnArgs) -> Result<ExitCode, String> {
     let max_live = limit.saturating_sub(SPARE_FDS).min(1_000_000);
     if max_live < 16 {
         return Err(format!("this process may open only {limit} files"));
+    }
+    if burst > max_live / 2 {
+        return Err(format!(
+            "--warmup-burst: {burst} connections at once is more than half of the {max_live} \
+             this process may open"
+        ));
     }
     // Rotate client sockets over several source addresses when one could run out of ephemeral
     // ports: every connection that might be open or in TIME_WAIT (60 s) at once, at most
@@ -581,7 +599,7 @@ pub(super) fn run(args: ChurnArgs) -> Result<ExitCode, String> {
     let runtime = current_thread_runtime()?;
     let local = LocalSet::new();
     let totals = Rc::new(RefCell::new(Totals::new(ctx.routes.len())));
-    let (opened, throttled, load_secs) = local.block_on(&runtime, async {
+    let (opened, throttled, max_late, load_secs) = local.block_on(&runtime, async {
         let mut tasks = JoinSet::new();
         let mut picker = Picker::new(&args.mix);
         let interval = Duration::from_secs_f64(1.0 / args.rate);
@@ -591,6 +609,8 @@ pub(super) fn run(args: ChurnArgs) -> Result<ExitCode, String> {
         let mut index = 0u64;
         let mut throttled = 0u64;
         let mut nths = vec![[0u64; Kind::ALL.len()]; ctx.routes.len()];
+        let mut max_late = Duration::ZERO;
+        let mut burst_left = burst;
         while next < end {
             tokio::time::sleep_until(next).await;
             // Reap finished tasks (their results are recorded by the tasks themselves).
@@ -601,6 +621,8 @@ pub(super) fn run(args: ChurnArgs) -> Result<ExitCode, String> {
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
+            let late = tokio::time::Instant::now().saturating_duration_since(next);
+            max_late = max_late.max(late);
             ctx.live.fetch_add(1, Ordering::Relaxed);
             let kind = picker.next();
             let route = index as usize % ctx.routes.len();
@@ -619,7 +641,11 @@ pub(super) fn run(args: ChurnArgs) -> Result<ExitCode, String> {
                 totals.borrow_mut().record(index, kind, route, outcome);
             });
             index += 1;
-            next += interval;
+            if burst_left > 0 {
+                burst_left -= 1;
+            } else {
+                next += interval;
+            }
             // Fallen far behind (this process is overloaded): do not make up for it in a burst.
             let now = tokio::time::Instant::now();
             if now > next + Duration::from_secs(1) {
@@ -639,7 +665,7 @@ pub(super) fn run(args: ChurnArgs) -> Result<ExitCode, String> {
             totals.stalled = stalled;
             totals.note(format!("{stalled} connection(s) did not finish in time"));
         }
-        (index, throttled, load_secs)
+        (index, throttled, max_late, load_secs)
     });
     drop(local);
     runtime.shutdown_background();
@@ -681,6 +707,7 @@ pub(super) fn run(args: ChurnArgs) -> Result<ExitCode, String> {
         last,
         opened,
         throttled,
+        max_late,
         load_secs,
         settle_secs,
         sources,
@@ -709,7 +736,20 @@ fn sample(pid: Option<u32>, addr: SocketAddr, started: Instant, clients: u64) ->
         fds: pid.and_then(|pid| count_fds(pid).ok()),
         sockets: server_sockets(addr),
         clients,
+        cpu: pid.and_then(cpu_seconds),
     }
+}
+
+/// The CPU time (user + system) process `pid` used so far, in seconds, from /proc/PID/stat
+/// (in clock ticks of 1/100 s, the value Linux reports on every architecture it runs on).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count from the closing parenthesis.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of the file: utime and stime (here at 11 and 12, after the state).
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
 }
 
 /// The number of open file descriptors of process `pid`.
@@ -1332,6 +1372,8 @@ struct Report {
     warmup: Duration,
     opened: u64,
     throttled: u64,
+    /// How far the pacer fell behind its schedule at worst.
+    max_late: Duration,
     load_secs: f64,
     settle_secs: f64,
     sources: usize,
@@ -1371,6 +1413,7 @@ impl Report {
         end: Sample,
         opened: u64,
         throttled: u64,
+        max_late: Duration,
         load_secs: f64,
         settle_secs: f64,
         sources: usize,
@@ -1411,6 +1454,7 @@ impl Report {
             warmup,
             opened,
             throttled,
+            max_late,
             load_secs,
             settle_secs,
             sources,
@@ -1512,6 +1556,7 @@ impl Report {
                     s.fds,
                     s.sockets.established,
                     s.clients,
+                    s.cpu.map(round3),
                 ])
             })
             .collect();
@@ -1525,6 +1570,7 @@ impl Report {
             "size": args.size,
             "mix": args.mix.describe(),
             "warmup_s": self.warmup.as_secs_f64(),
+            "warmup_burst": (args.rate * args.warmup_burst.as_secs_f64()).round() as u64,
             "half_open_limit_s": args.half_open_limit.as_secs_f64(),
             "settle_s": round3(self.settle_secs),
             "server_pid": args.server_pid,
@@ -1532,6 +1578,7 @@ impl Report {
             "opened": self.opened,
             "achieved_rate": round3(self.achieved_rate()),
             "throttled": self.throttled,
+            "max_late_ms": round3(self.max_late.as_secs_f64() * 1000.0),
             "max_client_sockets": self.max_clients,
             "kinds": kinds,
             "errors_by_stage": stages,
@@ -1552,7 +1599,7 @@ impl Report {
             },
             "stuck": self.stuck,
             "checks": checks,
-            "samples_columns": ["t_s", "vm_rss_kib", "rss_anon_kib", "fds", "established", "client_sockets"],
+            "samples_columns": ["t_s", "vm_rss_kib", "rss_anon_kib", "fds", "established", "client_sockets", "server_cpu_s"],
             "samples": samples,
             "errors": totals.errors,
             "ok": self.ok,
@@ -1573,7 +1620,8 @@ impl Report {
             args.mix.describe()
         );
         println!(
-            "  opened {} connections ({:.1}/s achieved{}), at most {} client sockets at once",
+            "  opened {} connections ({:.1}/s achieved{}, at worst {:.0} ms behind schedule), at \
+             most {} client sockets at once",
             self.opened,
             self.achieved_rate(),
             if self.throttled > 0 {
@@ -1584,6 +1632,7 @@ impl Report {
             } else {
                 String::new()
             },
+            self.max_late.as_secs_f64() * 1000.0,
             self.max_clients
         );
         let kinds: Vec<String> = (Kind::ALL.iter().zip(totals.kinds))
@@ -1754,7 +1803,9 @@ mod tests {
     }
 
     #[test]
-    fn reads_own_descriptors() {
+    fn reads_own_descriptors_and_cpu_time() {
         assert!(count_fds(std::process::id()).unwrap() >= 3);
+        assert!(cpu_seconds(std::process::id()).is_some_and(|s| s >= 0.0));
+        assert_eq!(cpu_seconds(u32::MAX), None);
     }
 }

@@ -951,7 +951,7 @@ const ALL_OPS: [Op; 8] = [
 /// One run: on a fresh connection in mid-stream, `op` polled at most `k` times and dropped, then
 /// the connection finished and checked. Returns whether `op` completed within `k` polls.
 async fn run_once(setup: Setup, seed: u64, op: Op, k: usize) -> bool {
-    let _context = RunName(format!(
+    let _name = RunName(format!(
         "{op:?} dropped after {k} polls, {setup:?}, seed {seed}"
     ));
     // Stuttering: every read, write and flush waits once, so every await point is reached.
@@ -1327,7 +1327,7 @@ type RxFuture<'a> = Pin<Box<dyn Future<Output = Option<volley::Result<Message>>>
 /// connection is finished and checked like above.
 #[allow(clippy::await_holding_refcell_ref)] // one future per half at a time: borrows never overlap
 async fn sequence(setup: Setup, seed: u64, steps: usize) {
-    let _context = RunName(format!("sequence {setup:?}, seed {seed}"));
+    let _name = RunName(format!("sequence {setup:?}, seed {seed}"));
     let mut rng = Rng::new(seed, 6);
     let keepalive = rng.chance(50);
     let config = quiet().ping_interval(keepalive.then_some(Duration::from_secs(2)));

@@ -3,11 +3,12 @@
 //! and the connection is checked afterwards.
 //!
 //! Progress is deterministic: the transport is an in-memory duplex with a small buffer under a
-//! [`Chaos`] wrapper that returns `Pending`, short reads and short writes on a schedule drawn from
-//! a seed, and the peer (a `volley_proto` connection, over TLS or not) moves a seeded number of
-//! bytes between two polls. So run K of an operation replays run K - 1 and goes one poll further:
-//! every await point it has is hit. The clock is paused (timers fire only when the test moves
-//! time), and polls run outside tokio's cooperative budget.
+//! [`Chaos`] wrapper that returns `Pending` (every other read, write and flush, and more drawn
+//! from a seed), short reads and short writes, and the peer (a `volley_proto` connection, over
+//! TLS or not) moves a seeded number of bytes between two polls. So run K of an operation replays
+//! run K - 1 and goes one poll further (up to the order in which `tokio::select!` polls branches
+//! that are ready together): every await point it has is hit. The clock is paused (timers fire
+//! only when the test moves time), and polls run outside tokio's cooperative budget.
 //!
 //! After each cancellation the connection is driven to the end and checked: the peer saw a valid
 //! frame stream (its protocol core fails on any torn frame, and every message carries its number,
@@ -17,6 +18,10 @@
 //! the close handshake completes and the transport is closed. Where an operation is documented as
 //! not cancel-safe (`WebSocket::close`, the reconnecting client's `send`), the documented outcome
 //! is what is checked.
+//!
+//! Also here: random interleavings of both halves' operations with time moving, the
+//! reconnecting client's `send`, `next` and `close`, `ConnHandle` sends from cancelled tasks, and
+//! regression tests for what the harness found. docs/CONFORMANCE.md sums it up.
 //!
 //! `CANCEL_SEEDS=N` runs N seeds per test instead of the default few.
 
@@ -31,7 +36,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use volley::proto::{Connection, ProtocolConfig};
 use volley::reconnect::{Event, Reconnect, ReconnectingClient};
@@ -282,7 +287,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Chaos<T> {
 
 /// The connection's side and the peer's side of an in-memory link, with TLS if asked.
 #[cfg(feature = "tls")]
-async fn tls_link(ours: Chaos<DuplexStream>, theirs: DuplexStream, role: Role) -> (BoxIo, BoxIo) {
+async fn tls_link(
+    ours: Chaos<tokio::io::DuplexStream>,
+    theirs: tokio::io::DuplexStream,
+    role: Role,
+) -> (BoxIo, BoxIo) {
     use rustls::pki_types::ServerName;
     static CONFIGS: OnceLock<(Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>)> =
         OnceLock::new();
@@ -899,9 +908,9 @@ async fn closed(state: State, peer: &mut Peer) {
 }
 
 /// Names the run that failed, if one does.
-struct Context_(String);
+struct RunName(String);
 
-impl Drop for Context_ {
+impl Drop for RunName {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("failed run: {}", self.0);
@@ -942,7 +951,7 @@ const ALL_OPS: [Op; 8] = [
 /// One run: on a fresh connection in mid-stream, `op` polled at most `k` times and dropped, then
 /// the connection finished and checked. Returns whether `op` completed within `k` polls.
 async fn run_once(setup: Setup, seed: u64, op: Op, k: usize) -> bool {
-    let _context = Context_(format!(
+    let _name = RunName(format!(
         "{op:?} dropped after {k} polls, {setup:?}, seed {seed}"
     ));
     // Stuttering: every read, write and flush waits once, so every await point is reached.
@@ -1150,7 +1159,7 @@ async fn every_operation_dropped_at_every_poll_count_deflate() {
 
 #[cfg(feature = "tls")]
 #[tokio::test(start_paused = true)]
-async fn send_and_recv_dropped_at_every_poll_count_over_tls() {
+async fn send_recv_and_close_dropped_at_every_poll_count_over_tls() {
     exhaust_all(
         &Setup::all(true),
         &[Op::Send, Op::Recv, Op::Close],
@@ -1318,7 +1327,7 @@ type RxFuture<'a> = Pin<Box<dyn Future<Output = Option<volley::Result<Message>>>
 /// connection is finished and checked like above.
 #[allow(clippy::await_holding_refcell_ref)] // one future per half at a time: borrows never overlap
 async fn sequence(setup: Setup, seed: u64, steps: usize) {
-    let _context = Context_(format!("sequence {setup:?}, seed {seed}"));
+    let _name = RunName(format!("sequence {setup:?}, seed {seed}"));
     let mut rng = Rng::new(seed, 6);
     let keepalive = rng.chance(50);
     let config = quiet().ping_interval(keepalive.then_some(Duration::from_secs(2)));

@@ -269,3 +269,40 @@ async fn a_route_serves_http_requests_and_websocket_upgrades_apart() {
     assert_eq!(stats.refused(volley::Refusal::NoRoute), 1);
     assert!(stats.accepted() >= 4);
 }
+
+/// Regression (found by `volley bench churn`): a service route's connection was served by hyper
+/// without a head timeout, so a peer that sent its request line and part of the headers and then
+/// went silent was held forever (Socket.IO's `/socket.io/` under churn), and so was an idle HTTP
+/// keep-alive connection. Both now end after the open timeout.
+#[tokio::test]
+async fn a_half_sent_head_or_an_idle_keep_alive_on_a_service_route_ends_after_the_open_timeout() {
+    let open_timeout = std::time::Duration::from_millis(300);
+    let server = Server::bind("127.0.0.1:0").await.expect("bind");
+    let addr = server.local_addr().expect("addr");
+    let server = server
+        .config(volley::Config::default().open_timeout(open_timeout))
+        .route(
+            "/svc/*",
+            Endpoint::service(|_request: Request<hyper::body::Incoming>| async move {
+                Response::new(Full::new(Bytes::from_static(b"ok")))
+            }),
+        );
+    tokio::spawn(server.run());
+    // The request line (routed to the service) and half a header, then nothing.
+    let (mut raw, _) = connect(addr).await;
+    let start = std::time::Instant::now();
+    raw.write(format!("GET /svc/x HTTP/1.1\r\nHost: {addr}\r\nX-Half: ab").as_bytes())
+        .await;
+    raw.expect_eof_within(std::time::Duration::from_secs(5))
+        .await;
+    // Counted from when hyper starts reading the head: after the line, within two timeouts.
+    assert!(start.elapsed() >= open_timeout, "{:?}", start.elapsed());
+    // A keep-alive connection idle after its first request.
+    let (mut raw, _) = connect(addr).await;
+    raw.write(get("/svc/x", addr).as_bytes()).await;
+    assert_eq!(response(&mut raw).await.1, "ok");
+    let idle = std::time::Instant::now();
+    raw.expect_eof_within(std::time::Duration::from_secs(5))
+        .await;
+    assert!(idle.elapsed() >= open_timeout / 2, "{:?}", idle.elapsed());
+}

@@ -11,7 +11,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use http::{Request, StatusCode};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -276,6 +276,11 @@ impl Server {
         let mut pending = Pending::new(ctx.config.open_timeout);
         tokio::pin!(shutdown);
         loop {
+            if pending.has_work() && !tokio::task::coop::has_budget_remaining() {
+                // This turn's reads are spent: let the runtime run its other tasks (the drivers)
+                // and poll for I/O, then go on with the handshakes left.
+                tokio::task::yield_now().await;
+            }
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
@@ -302,7 +307,7 @@ impl Server {
                     tasks.spawn(ctx.clone().connection(stream, peer, Vec::new()));
                     continue;
                 }
-                pending.add(&ctx, stream, peer, &mut tasks);
+                pending.add(stream, peer);
             }
             pending.run(&ctx, &mut tasks);
             // The handshakes of the previous batch that are done: reaped without waiting.
@@ -502,10 +507,9 @@ impl Ctx {
     /// route, a request to refuse, a request for the route's HTTP service).
     fn handshake_inline(
         &self,
-        mut stream: TcpStream,
+        stream: TcpStream,
         head: &[u8],
         response: &mut Vec<u8>,
-        cx: &mut Context<'_>,
     ) -> Result<(), (TcpStream, Inline)> {
         let Some(path) = request_path(head) else {
             let line_done = head.contains(&b'\n') || head.len() >= self.config.headers.max_bytes;
@@ -540,19 +544,21 @@ impl Ctx {
         response.clear();
         upgrade.write_accept(decision.protocol.as_deref(), &decision.extra, response);
         let leftover = &head[used..];
-        match Pin::new(&mut stream).poll_write(cx, response) {
-            Poll::Ready(Ok(written)) if written == response.len() => {
+        // Straight to the socket: a write through tokio would spend the accept loop's
+        // cooperative budget, which its reads need, and a fresh socket's send buffer is empty.
+        let written = std::io::Write::write(&mut &*socket2::SockRef::from(&stream), response);
+        match written {
+            Ok(written) if written == response.len() => {
                 let io = Io::Stream(MaybeTlsStream::Plain(stream));
                 adopt(drivers, io, upgrade, &mut decision, deflate, leftover);
             }
-            Poll::Ready(Err(e)) => tracing::debug!("writing the 101 failed: {e}"),
+            Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => {
+                tracing::debug!("writing the 101 failed: {e}");
+            }
             progress => {
                 // The socket's send buffer is full (hardly ever, on a fresh connection): a task
                 // writes the rest.
-                let written = match progress {
-                    Poll::Ready(Ok(written)) => written,
-                    _ => 0,
-                };
+                let written = progress.unwrap_or(0);
                 let (rest, leftover) = (response[written..].to_vec(), leftover.to_vec());
                 let drivers = drivers.clone();
                 tokio::spawn(async move {
@@ -847,8 +853,9 @@ struct Pending {
     slots: Vec<Option<Waiting>>,
     free: Vec<usize>,
     woken: Arc<Woken>,
-    /// Slots woken by their socket, taken from `woken` for one turn.
-    turn: Vec<usize>,
+    /// Slots to advance: woken by their socket (taken from `woken`), or new. What a turn's
+    /// cooperative budget did not cover waits here for the next turn.
+    turn: VecDeque<usize>,
     /// (deadline, slot, generation), in deadline order: every handshake gets the same timeout.
     deadlines: VecDeque<(Instant, usize, u64)>,
     timeout: Duration,
@@ -905,7 +912,7 @@ impl Pending {
             slots: Vec::new(),
             free: Vec::new(),
             woken: Arc::default(),
-            turn: Vec::new(),
+            turn: VecDeque::new(),
             deadlines: VecDeque::new(),
             timeout,
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
@@ -915,10 +922,19 @@ impl Pending {
         }
     }
 
-    /// Completes when a pending handshake's socket woke it, or the earliest deadline passed.
-    /// Cancel-safe: what woke it stays queued for [`run`](Self::run).
+    /// Whether handshakes are queued to advance.
+    fn has_work(&self) -> bool {
+        !self.turn.is_empty()
+    }
+
+    /// Completes when a pending handshake's socket woke it, handshakes are left from the last
+    /// turn, or the earliest deadline passed. Cancel-safe: what woke it stays queued for
+    /// [`run`](Self::run).
     async fn woken(&mut self) {
         std::future::poll_fn(|cx| {
+            if !self.turn.is_empty() {
+                return Poll::Ready(());
+            }
             {
                 let mut woken = lock(&self.woken.0);
                 if !woken.0.is_empty() {
@@ -941,14 +957,8 @@ impl Pending {
         .await
     }
 
-    /// Takes a newly accepted connection and reads what it sent.
-    fn add(
-        &mut self,
-        ctx: &Arc<Ctx>,
-        stream: TcpStream,
-        peer: SocketAddr,
-        tasks: &mut JoinSet<()>,
-    ) {
+    /// Takes a newly accepted connection; [`run`](Self::run) reads what it sent.
+    fn add(&mut self, stream: TcpStream, peer: SocketAddr) {
         let slot = self.free.pop().unwrap_or_else(|| {
             self.slots.push(None);
             self.slots.len() - 1
@@ -967,17 +977,22 @@ impl Pending {
         });
         let deadline = Instant::now() + self.timeout;
         self.deadlines.push_back((deadline, slot, self.generation));
-        self.advance(ctx, slot, tasks);
+        // Read in this turn (tokio takes an accepted socket for readable), budget permitting.
+        self.turn.push_back(slot);
     }
 
-    /// Advances the handshakes whose socket woke them, and drops those past their deadline.
+    /// Advances the handshakes queued (new, or woken by their socket) as far as this turn's
+    /// cooperative budget goes, and drops those past their deadline.
     fn run(&mut self, ctx: &Arc<Ctx>, tasks: &mut JoinSet<()>) {
-        std::mem::swap(&mut lock(&self.woken.0).0, &mut self.turn);
-        let mut turn = std::mem::take(&mut self.turn);
-        for slot in turn.drain(..) {
+        self.turn.extend(lock(&self.woken.0).0.drain(..));
+        // A read without budget would return at once and wake its handshake again later: stop
+        // here and keep the rest for the next turn (the accept loop yields first).
+        while tokio::task::coop::has_budget_remaining() {
+            let Some(slot) = self.turn.pop_front() else {
+                break;
+            };
             self.advance(ctx, slot, tasks);
         }
-        self.turn = turn;
         let now = Instant::now();
         while let Some(&(at, slot, generation)) = self.deadlines.front() {
             if at > now {
@@ -1042,7 +1057,7 @@ impl Pending {
                 waiting.head.extend_from_slice(&self.scratch[..n]);
                 &waiting.head
             };
-            match ctx.handshake_inline(waiting.stream, head, &mut self.response, &mut cx) {
+            match ctx.handshake_inline(waiting.stream, head, &mut self.response) {
                 Ok(()) => {
                     self.free.push(slot);
                     return;
@@ -1100,9 +1115,10 @@ fn adopt(
     drivers.adopt_open(io, request, extensions, deflate, leftover);
 }
 
-/// Most connections taken from the listen queue per wake-up of the accept loop (tokio's
-/// cooperative budget also ends a batch: the loop then yields to the connections' tasks).
-const ACCEPT_BATCH: usize = 256;
+/// Most connections taken from the listen queue per turn of the accept loop: the rest of the
+/// turn's cooperative budget (128 operations in tokio) goes to reading the requests of the
+/// connections accepted before.
+const ACCEPT_BATCH: usize = 32;
 
 /// Accepts connections into `batch` until the listen queue is empty (`accept` would block) or
 /// the batch is full; waits only while it has none. A connection that failed before it was

@@ -24,6 +24,7 @@ mod echo;
 mod fanout;
 mod socketio;
 mod storm;
+mod wire;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;

@@ -625,3 +625,140 @@ async fn storm_counts_refused_connections_and_timeouts() {
         "{report}"
     );
 }
+
+/// A Socket.IO server in this process with the handlers of `scripts/bench-peers`' Socket.IO
+/// servers (volley-socketio's `bench_server` example): `message` → `message-back`,
+/// `message-with-ack` acknowledged with its data, `join` (acknowledged), `to-room` →
+/// `room-message` to the room (acknowledged). With `broken`, `message-back` carries other data.
+async fn sio_bench_server(broken: bool) -> std::net::SocketAddr {
+    use volley_socketio::{Payload, SocketIo};
+    let io = SocketIo::new();
+    io.of("/").on_connection(move |socket| {
+        socket.on("message", move |socket, payload: Payload, _ack| {
+            if broken {
+                let _ = socket.emit("message-back", "something else");
+            } else {
+                let _ = socket.emit("message-back", &payload);
+            }
+        });
+        socket.on("message-with-ack", |_socket, payload: Payload, ack| {
+            if let Some(ack) = ack {
+                let _ = ack.send(&payload);
+            }
+        });
+        socket.on("join", |socket, room: String, ack| {
+            socket.join(room);
+            if let Some(ack) = ack {
+                let _ = ack.send(());
+            }
+        });
+        socket.on(
+            "to-room",
+            |socket, (room, data): (String, serde_json::Value), ack| {
+                let _ = socket.namespace().to(room).emit("room-message", &data);
+                if let Some(ack) = ack {
+                    let _ = ack.send(());
+                }
+            },
+        );
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local_addr");
+    tokio::spawn(async move { io.serve(listener).await });
+    addr
+}
+
+/// `volley bench socketio --workload <workload> --json` against `addr`, this process being the
+/// server (short runs).
+async fn socketio(addr: std::net::SocketAddr, workload: &str, extra: &[&str]) -> Output {
+    let pid = std::process::id().to_string();
+    let url = format!("ws://{addr}/");
+    let mut args = vec![
+        "socketio",
+        "--url",
+        &url,
+        "--workload",
+        workload,
+        "--server-pid",
+        &pid,
+        "--duration",
+        "1s",
+        "--warmup",
+        "200ms",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    bench(&args).await
+}
+
+/// The report of a run that must have succeeded.
+fn socketio_ok(output: &Output, workload: &str) -> serde_json::Value {
+    let report = json(output);
+    assert!(output.status.success(), "{report}");
+    assert_eq!(report["mode"], "socketio", "{report}");
+    assert_eq!(report["workload"], workload, "{report}");
+    assert_eq!(report["ok"], true, "{report}");
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socketio_workloads_run_against_a_socketio_server() {
+    let addr = sio_bench_server(false).await;
+    for workload in ["echo", "ack"] {
+        let output = socketio(addr, workload, &["--connections", "4", "--in-flight", "3"]).await;
+        let report = socketio_ok(&output, workload);
+        assert!(report["round_trips"].as_u64() > Some(0), "{report}");
+        assert_eq!(report["mismatches"], 0, "{report}");
+        assert_eq!(report["connection_errors"], 0, "{report}");
+        assert!(
+            report["server_cpu_us_per_msg"].as_f64() > Some(0.0),
+            "{report}"
+        );
+    }
+    let output = socketio(addr, "room", &["--connections", "5", "--size", "100"]).await;
+    let report = socketio_ok(&output, "room");
+    assert_eq!(report["members"], 5, "{report}");
+    assert!(report["publications"].as_u64() > Some(0), "{report}");
+    // Every member got every publication of the measured window.
+    assert!(
+        report["deliveries"].as_u64() >= report["publications"].as_u64(),
+        "{report}"
+    );
+    assert_eq!(report["connection_errors"], 0, "{report}");
+    let idle = [
+        "--connections",
+        "50",
+        "--hold",
+        "500ms",
+        "--settle",
+        "300ms",
+    ];
+    let report = socketio_ok(&socketio(addr, "idle", &idle).await, "idle");
+    assert_eq!(report["opened"], 50, "{report}");
+    assert_eq!(report["closed_while_held"], 0, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socketio_detects_wrong_replies_and_servers_that_are_not_socketio() {
+    let addr = sio_bench_server(true).await;
+    let output = socketio(addr, "echo", &["--connections", "2"]).await;
+    let report = json(&output);
+    assert!(!output.status.success(), "{report}");
+    assert!(report["mismatches"].as_u64() > Some(0), "{report}");
+    // A WebSocket echo answers the Engine.IO handshake with silence.
+    let server = Serve::start().await;
+    let url = format!("ws://{}/echo", server.addr);
+    let args = [
+        "socketio",
+        "--url",
+        &url,
+        "--connections",
+        "1",
+        "--duration",
+        "300ms",
+    ];
+    let output = bench(&args).await;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not connected to Socket.IO"), "{stderr}");
+}

@@ -42,6 +42,7 @@ use super::connections::{
     source_address,
 };
 use super::socketio::{engineio_uri, payload};
+use super::wire::Wire;
 use super::{CONNECT_TIMEOUT, Progress, Target, current_thread_runtime, parse_duration, round3};
 
 /// Upper bound on each step of a connection after its handshake: the message exchange, and the
@@ -860,7 +861,7 @@ async fn connection_inner(ctx: &Ctx, index: u64, route: usize, kind: Kind, nth: 
         Ok(leftover) => leftover,
         Err(e) => return Outcome::Failed(Stage::Handshake, e),
     };
-    let mut wire = Wire::new(stream, leftover, route.protocol == Protocol::Socketio);
+    let mut wire = Peer::new(stream, leftover, route.protocol == Protocol::Socketio);
     let exchange = tokio::time::timeout(STEP_TIMEOUT, exchange(ctx, route, &mut wire, index));
     match exchange.await {
         Ok(Ok(())) => {}
@@ -900,7 +901,7 @@ async fn connection_inner(ctx: &Ctx, index: u64, route: usize, kind: Kind, nth: 
             }
         }
         Kind::Reset => {
-            reset(wire.stream);
+            reset(wire.into_stream());
             Outcome::Done
         }
         Kind::CloseReset => {
@@ -908,10 +909,10 @@ async fn connection_inner(ctx: &Ctx, index: u64, route: usize, kind: Kind, nth: 
             if let Err(e) = wire.flush().await {
                 return Outcome::Failed(Stage::Close, e);
             }
-            reset(wire.stream);
+            reset(wire.into_stream());
             Outcome::Done
         }
-        Kind::Silent => half_open(wire.stream, ctx.half_open_limit).await,
+        Kind::Silent => half_open(wire.into_stream(), ctx.half_open_limit).await,
         Kind::HandshakeReset | Kind::UpgradeReset | Kind::HandshakeSilent => Outcome::Done,
     }
 }
@@ -1005,7 +1006,7 @@ fn close_payload(code: u16) -> [u8; 2] {
 }
 
 /// The messages of a connection after its handshake, by protocol.
-async fn exchange(ctx: &Ctx, route: &Route, wire: &mut Wire, index: u64) -> Result<(), String> {
+async fn exchange(ctx: &Ctx, route: &Route, wire: &mut Peer, index: u64) -> Result<(), String> {
     let mut scratch = Vec::with_capacity(ctx.size + 128);
     let mut text = Vec::with_capacity(ctx.size);
     let name = format!("{}-{index}", ctx.tag);
@@ -1111,7 +1112,7 @@ async fn exchange(ctx: &Ctx, route: &Route, wire: &mut Wire, index: u64) -> Resu
 /// Reads Socket.IO packets of [`SIO_NAMESPACE`] until the ack `id` arrives (it must be `ack`);
 /// with `event`, that event must have arrived before it. Other events are skipped.
 async fn sio_await(
-    wire: &mut Wire,
+    wire: &mut Peer,
     id: u64,
     ack: &serde_json::Value,
     event: Option<&serde_json::Value>,
@@ -1154,118 +1155,36 @@ async fn sio_await(
     }
 }
 
-/// A lean WebSocket client connection: masked frames written from one buffer, server frames
-/// parsed in place; pings answered (and, for Engine.IO, its `2` heartbeats with `3`).
-struct Wire {
-    stream: TcpStream,
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
-    out: Vec<u8>,
+/// A client connection of the churn: the shared [`Wire`] plus what the exchanges need (pings
+/// answered and, for Engine.IO, its `2` heartbeats with `3`; JSON; the close handshake).
+struct Peer {
+    wire: Wire,
     engineio: bool,
 }
 
-impl Wire {
+impl std::ops::Deref for Peer {
+    type Target = Wire;
+    fn deref(&self) -> &Wire {
+        &self.wire
+    }
+}
+
+impl std::ops::DerefMut for Peer {
+    fn deref_mut(&mut self) -> &mut Wire {
+        &mut self.wire
+    }
+}
+
+impl Peer {
     fn new(stream: TcpStream, leftover: Vec<u8>, engineio: bool) -> Self {
-        let end = leftover.len();
-        let mut buf = leftover;
-        buf.resize(end.max(4096), 0);
         Self {
-            stream,
-            buf,
-            start: 0,
-            end,
-            out: Vec::with_capacity(256),
+            wire: Wire::new(stream, &leftover, MASK, MAX_FRAME),
             engineio,
         }
     }
 
-    /// Queues a masked frame (FIN set) with `opcode` and `payload`.
-    fn push(&mut self, opcode: u8, payload: &[u8]) {
-        let len = payload.len();
-        self.out.push(0x80 | opcode);
-        if len < 126 {
-            self.out.push(0x80 | len as u8);
-        } else if len <= usize::from(u16::MAX) {
-            self.out.push(0x80 | 126);
-            self.out.extend_from_slice(&(len as u16).to_be_bytes());
-        } else {
-            self.out.push(0x80 | 127);
-            self.out.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-        self.out.extend_from_slice(&MASK);
-        (self.out).extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
-    }
-
-    async fn flush(&mut self) -> Result<(), String> {
-        if !self.out.is_empty() {
-            let write = self.stream.write_all(&self.out);
-            write.await.map_err(|e| format!("write: {e}"))?;
-            self.out.clear();
-        }
-        Ok(())
-    }
-
-    fn slice(&self, range: &Range<usize>) -> &[u8] {
-        &self.buf[range.clone()]
-    }
-
-    /// The next complete frame in the buffer: its first byte and payload range.
-    fn parse(&mut self) -> Result<Option<(u8, Range<usize>)>, String> {
-        let buf = &self.buf[self.start..self.end];
-        if buf.len() < 2 {
-            return Ok(None);
-        }
-        if buf[1] & 0x80 != 0 {
-            return Err("the server sent a masked frame".into());
-        }
-        let (len, header) = match buf[1] & 0x7f {
-            126 if buf.len() >= 4 => (usize::from(u16::from_be_bytes([buf[2], buf[3]])), 4),
-            127 if buf.len() >= 10 => {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&buf[2..10]);
-                let len = u64::from_be_bytes(b);
-                (usize::try_from(len).unwrap_or(usize::MAX), 10)
-            }
-            126 | 127 => return Ok(None),
-            n => (usize::from(n), 2),
-        };
-        if len > MAX_FRAME {
-            return Err(format!("the server sent a frame of {len} bytes"));
-        }
-        if buf.len() < header + len {
-            return Ok(None);
-        }
-        let first = buf[0];
-        let range = self.start + header..self.start + header + len;
-        self.start += header + len;
-        Ok(Some((first, range)))
-    }
-
-    /// Reads more bytes (moving a partial frame to the front first); an error at the end of the
-    /// stream.
-    async fn fill(&mut self) -> Result<(), String> {
-        if self.start == self.end {
-            (self.start, self.end) = (0, 0);
-        } else if self.end == self.buf.len() {
-            self.buf.copy_within(self.start..self.end, 0);
-            (self.start, self.end) = (0, self.end - self.start);
-            if self.end == self.buf.len() {
-                let bigger = (self.buf.len() * 2).min(MAX_FRAME + 16);
-                if bigger <= self.buf.len() {
-                    return Err("a server frame does not fit the read buffer".into());
-                }
-                self.buf.resize(bigger, 0);
-            }
-        }
-        match self.stream.read(&mut self.buf[self.end..]).await {
-            Ok(0) => Err("the server closed the connection".into()),
-            Ok(n) => {
-                self.end += n;
-                Ok(())
-            }
-            Err(e) => Err(format!("read: {e}")),
-        }
+    fn into_stream(self) -> TcpStream {
+        self.wire.stream
     }
 
     /// The next frame that is not a ping, pong or Engine.IO heartbeat (those are answered or
@@ -1274,12 +1193,9 @@ impl Wire {
         loop {
             while let Some((first, range)) = self.parse()? {
                 match first {
-                    0x89 => {
-                        let data = self.buf[range].to_vec();
-                        self.push(0xA, &data[..data.len().min(125)]);
-                    }
+                    0x89 => self.pong(range),
                     0x8a => {}
-                    0x81 if self.engineio && self.buf[range.clone()] == *b"2" => {
+                    0x81 if self.engineio && self.slice(&range) == b"2" => {
                         self.push(0x1, b"3");
                     }
                     _ => {
@@ -1300,7 +1216,7 @@ impl Wire {
             0x81 => Ok(range),
             0x88 => Err(format!(
                 "the server closed the WebSocket ({})",
-                describe_close(&self.buf[range])
+                describe_close(self.slice(&range))
             )),
             other => Err(format!(
                 "unexpected frame (first byte {other:#04x}; fragments are not expected)"
@@ -1311,10 +1227,10 @@ impl Wire {
     /// The next text message, parsed as JSON.
     async fn next_json(&mut self) -> Result<serde_json::Value, String> {
         let range = self.next_text().await?;
-        serde_json::from_slice(&self.buf[range.clone()]).map_err(|e| {
+        serde_json::from_slice(self.slice(&range)).map_err(|e| {
             format!(
                 "not JSON ({e}): {:?}",
-                String::from_utf8_lossy(&self.buf[range])
+                String::from_utf8_lossy(self.slice(&range))
             )
         })
     }
@@ -1326,7 +1242,7 @@ impl Wire {
         loop {
             let (first, range) = self.next_frame().await?;
             if first == 0x88 {
-                let payload = &self.buf[range];
+                let payload = self.slice(&range);
                 if payload.len() >= 2 && payload[..2] != close_payload(1000) {
                     return Err(format!(
                         "the server answered our close with {}",

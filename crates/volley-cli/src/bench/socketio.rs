@@ -33,8 +33,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::task::{JoinSet, LocalSet};
 
@@ -42,6 +40,7 @@ use super::connections::{
     Memory, PER_SOURCE, SPARE_FDS, connect_from, is_loopback_v4, raise_nofile, read_memory,
     source_address,
 };
+use super::wire::Wire;
 use super::{
     CONNECT_TIMEOUT, Progress, Target, current_thread_runtime, latency_histogram, latency_summary,
     parse_duration, round3, ws_handshake,
@@ -221,11 +220,7 @@ enum Frame {
 
 /// A lean Engine.IO client over WebSocket, joined to `/`.
 struct Client {
-    stream: TcpStream,
-    inbuf: Vec<u8>,
-    rpos: usize,
-    rend: usize,
-    out: Vec<u8>,
+    wire: Wire,
     /// Text frames of the server's heartbeat answered (Engine.IO `2` → `3`).
     pings: u64,
 }
@@ -242,14 +237,10 @@ impl Client {
             let _ = stream.set_nodelay(true);
             let leftover = ws_handshake(&mut stream, uri).await?;
             let mut client = Client {
-                stream,
-                inbuf: vec![0; 4096.max(leftover.len())],
-                rpos: 0,
-                rend: leftover.len(),
-                out: Vec::with_capacity(256),
+                // Mask key 0: the payload goes out as it is (the generator is the bottleneck).
+                wire: Wire::new(stream, &leftover, [0; 4], MAX_FRAME),
                 pings: 0,
             };
-            client.inbuf[..leftover.len()].copy_from_slice(&leftover);
             let open = client.next_text().await?;
             if !open.starts_with(b"0{") {
                 return Err(format!(
@@ -273,66 +264,32 @@ impl Client {
             .map_err(|_| format!("not connected to Socket.IO within {CONNECT_TIMEOUT:?}"))?
     }
 
-    /// Appends a masked text frame (mask key 0: the payload as it is) to the output.
+    /// Queues a text frame.
     fn push_text(&mut self, payload: &[u8]) {
-        let len = payload.len();
-        self.out.push(0x81);
-        if len < 126 {
-            self.out.push(0x80 | len as u8);
-        } else if len <= usize::from(u16::MAX) {
-            self.out.push(0x80 | 126);
-            self.out.extend_from_slice(&(len as u16).to_be_bytes());
-        } else {
-            self.out.push(0x80 | 127);
-            self.out.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-        self.out.extend_from_slice(&[0; 4]);
-        self.out.extend_from_slice(payload);
+        self.wire.push(0x1, payload);
     }
 
-    /// Writes the output.
+    /// Writes what is queued.
     async fn flush(&mut self) -> Result<(), String> {
-        if !self.out.is_empty() {
-            let write = self.stream.write_all(&self.out);
-            write.await.map_err(|e| format!("write: {e}"))?;
-            self.out.clear();
-        }
-        Ok(())
+        self.wire.flush().await
+    }
+
+    /// Reads more bytes.
+    async fn fill(&mut self) -> Result<(), String> {
+        self.wire.fill().await
+    }
+
+    /// The payload of a text frame [`parse`](Self::parse) returned.
+    fn slice(&self, range: &std::ops::Range<usize>) -> &[u8] {
+        self.wire.slice(range)
     }
 
     /// Parses the next complete frame in the read buffer, if any.
     fn parse(&mut self) -> Result<Option<Frame>, String> {
-        let buf = &self.inbuf[self.rpos..self.rend];
-        if buf.len() < 2 {
+        let Some((first, range)) = self.wire.parse()? else {
             return Ok(None);
-        }
-        let (b0, b1) = (buf[0], buf[1]);
-        if b1 & 0x80 != 0 {
-            return Err("the server sent a masked frame".into());
-        }
-        let (len, header) = match b1 & 0x7f {
-            126 if buf.len() >= 4 => (usize::from(u16::from_be_bytes([buf[2], buf[3]])), 4),
-            127 if buf.len() >= 10 => {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&buf[2..10]);
-                (
-                    usize::try_from(u64::from_be_bytes(b)).unwrap_or(usize::MAX),
-                    10,
-                )
-            }
-            126 | 127 => return Ok(None),
-            n => (usize::from(n), 2),
         };
-        if len > MAX_FRAME {
-            return Err(format!("the server sent a frame of {len} bytes"));
-        }
-        if buf.len() < header + len {
-            return Ok(None);
-        }
-        let start = self.rpos + header;
-        let range = start..start + len;
-        self.rpos += header + len;
-        match b0 {
+        match first {
             0x81 => Ok(Some(Frame::Text(range))),
             0x89 => Ok(Some(Frame::Ping(range))),
             0x88 => Err("the server closed the WebSocket".into()),
@@ -343,37 +300,12 @@ impl Client {
         }
     }
 
-    /// Reads more bytes into the buffer (moving a partial frame to its start first).
-    async fn fill(&mut self) -> Result<(), String> {
-        if self.rpos == self.rend {
-            (self.rpos, self.rend) = (0, 0);
-        } else if self.rend == self.inbuf.len() {
-            self.inbuf.copy_within(self.rpos..self.rend, 0);
-            (self.rpos, self.rend) = (0, self.rend - self.rpos);
-            if self.rend == self.inbuf.len() {
-                let bigger = (self.inbuf.len() * 2).min(MAX_FRAME + 16);
-                if bigger <= self.inbuf.len() {
-                    return Err("a server frame does not fit the read buffer".into());
-                }
-                self.inbuf.resize(bigger, 0);
-            }
-        }
-        match self.stream.read(&mut self.inbuf[self.rend..]).await {
-            Ok(0) => Err("the server closed the connection".into()),
-            Ok(n) => {
-                self.rend += n;
-                Ok(())
-            }
-            Err(e) => Err(format!("read: {e}")),
-        }
-    }
-
     /// Handles a frame that is not an application packet: a WebSocket ping (pong queued) or
     /// an Engine.IO ping (`3` queued). Returns the text range of any other text frame.
     fn control(&mut self, frame: Frame) -> Option<std::ops::Range<usize>> {
         match frame {
             Frame::Text(range) => {
-                if self.inbuf[range.clone()] == *b"2" {
+                if self.slice(&range) == b"2" {
                     self.pings += 1;
                     self.push_text(b"3");
                     None
@@ -382,11 +314,7 @@ impl Client {
                 }
             }
             Frame::Ping(range) => {
-                let data = self.inbuf[range].to_vec();
-                self.out.push(0x8a);
-                self.out.push(0x80 | data.len().min(125) as u8);
-                self.out.extend_from_slice(&[0; 4]);
-                self.out.extend_from_slice(&data[..data.len().min(125)]);
+                self.wire.pong(range);
                 None
             }
             Frame::Skip => None,
@@ -399,7 +327,7 @@ impl Client {
             while let Some(frame) = self.parse()? {
                 if let Some(range) = self.control(frame) {
                     self.flush().await?;
-                    return Ok(self.inbuf[range].to_vec());
+                    return Ok(self.slice(&range).to_vec());
                 }
             }
             self.flush().await?;
@@ -693,13 +621,13 @@ async fn drive_round_trips(
             let Some(sent) = sent_at.pop_front() else {
                 return Err("a reply to an event that was never sent".into());
             };
-            if client.inbuf[range.clone()] != expected[..] {
+            if client.slice(&range) != &expected[..] {
                 let mut totals = totals.borrow_mut();
                 totals.mismatches += 1;
                 totals.note(format!(
                     "client {index}, event {next_recv}: expected {:?}, got {:?}",
                     String::from_utf8_lossy(&expected),
-                    String::from_utf8_lossy(&client.inbuf[range])
+                    String::from_utf8_lossy(client.slice(&range))
                 ));
                 return Err("a reply differs from what the server must send".into());
             }
@@ -1017,11 +945,11 @@ async fn drive_member(
             expected.extend_from_slice(b"42[\"room-message\",\"");
             publication(&mut expected, next, size);
             expected.extend_from_slice(b"\"]");
-            if member.inbuf[range.clone()] != expected[..] {
+            if member.slice(&range) != &expected[..] {
                 return Err(format!(
                     "expected {:?}, got {:?}",
                     String::from_utf8_lossy(&expected),
-                    String::from_utf8_lossy(&member.inbuf[range])
+                    String::from_utf8_lossy(member.slice(&range))
                 ));
             }
             state.delivered(next);

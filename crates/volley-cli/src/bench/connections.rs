@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinSet;
 
+use super::wire::frame_header;
 use super::{
     CONNECT_TIMEOUT, Progress, Target, current_thread_runtime, parse_duration, round3, ws_handshake,
 };
@@ -54,6 +55,23 @@ pub(crate) struct ConnectionsArgs {
     /// Print one JSON object on stdout instead of text.
     #[arg(long)]
     json: bool,
+}
+
+/// The growth of VmRSS and of RssAnon from `before` to `after` per connection of `opened`, in
+/// bytes (each `None` where a reading is missing or nothing was opened).
+pub(super) fn per_connection(
+    before: &Option<Memory>,
+    after: &Option<Memory>,
+    opened: usize,
+) -> (Option<f64>, Option<f64>) {
+    let delta = |f: fn(&Memory) -> Option<u64>| match (
+        before.as_ref().and_then(f),
+        after.as_ref().and_then(f),
+    ) {
+        (Some(b), Some(a)) if opened > 0 => Some((a as f64 - b as f64) * 1024.0 / opened as f64),
+        _ => None,
+    };
+    (delta(|m| m.vm_rss), delta(|m| m.rss_anon))
 }
 
 /// Memory figures of a process, in KiB (as /proc reports them).
@@ -206,15 +224,7 @@ pub(super) fn run(args: ConnectionsArgs) -> Result<ExitCode, String> {
         while holders.join_next().await.is_some() {}
     });
     runtime.shutdown_background();
-    let delta = |f: fn(&Memory) -> Option<u64>| match (
-        before.as_ref().and_then(f),
-        after.as_ref().and_then(f),
-    ) {
-        (Some(b), Some(a)) if opened > 0 => Some((a as f64 - b as f64) * 1024.0 / opened as f64),
-        _ => None,
-    };
-    let rss_per = delta(|m| m.vm_rss);
-    let anon_per = delta(|m| m.rss_anon);
+    let (rss_per, anon_per) = per_connection(&before, &after, opened);
     let ok = failures == 0 && opened > 0 && closed == 0;
     if args.json {
         let kib = |m: &Option<Memory>, f: fn(&Memory) -> Option<u64>| m.as_ref().and_then(f);
@@ -299,18 +309,8 @@ async fn hold(mut stream: TcpStream, closed: Arc<AtomicU64>) {
         }
         // Walk the complete frames (unmasked, from the server).
         while buf.len() >= 2 {
-            let (len, header) = match buf[1] & 0x7f {
-                126 if buf.len() >= 4 => (usize::from(u16::from_be_bytes([buf[2], buf[3]])), 4),
-                127 if buf.len() >= 10 => {
-                    let mut b = [0u8; 8];
-                    b.copy_from_slice(&buf[2..10]);
-                    (
-                        usize::try_from(u64::from_be_bytes(b)).unwrap_or(usize::MAX),
-                        10,
-                    )
-                }
-                126 | 127 => break,
-                n => (usize::from(n), 2),
+            let Some((header, len)) = frame_header(&buf) else {
+                break;
             };
             if len > 1 << 16 {
                 // Not an idle connection's traffic: give up on it.

@@ -37,8 +37,8 @@ use tokio::sync::Notify;
 use tokio::task::{JoinSet, LocalSet};
 
 use super::connections::{
-    Memory, PER_SOURCE, SPARE_FDS, connect_from, is_loopback_v4, raise_nofile, read_memory,
-    source_address,
+    Memory, PER_SOURCE, SPARE_FDS, connect_from, is_loopback_v4, per_connection, raise_nofile,
+    read_memory, source_address,
 };
 use super::wire::Wire;
 use super::{
@@ -1004,15 +1004,7 @@ async fn idle(args: &SocketIoArgs, target: &Target, uri: &http::Uri) -> Result<E
     let closed = closed.get();
     holders.abort_all();
     while holders.join_next().await.is_some() {}
-    let delta = |f: fn(&Memory) -> Option<u64>| match (
-        before.as_ref().and_then(f),
-        after.as_ref().and_then(f),
-    ) {
-        (Some(b), Some(a)) if opened > 0 => Some((a as f64 - b as f64) * 1024.0 / opened as f64),
-        _ => None,
-    };
-    let rss_per = delta(|m| m.vm_rss);
-    let anon_per = delta(|m| m.rss_anon);
+    let (rss_per, anon_per) = per_connection(&before, &after, opened);
     let ok = opened == args.connections && closed == 0;
     if args.json {
         let kib = |m: &Option<Memory>, f: fn(&Memory) -> Option<u64>| m.as_ref().and_then(f);

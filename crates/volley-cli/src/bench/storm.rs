@@ -33,6 +33,7 @@ use volley::proto::handshake::ClientHandshake;
 use super::connections::{
     PER_SOURCE, SPARE_FDS, connect_socket, is_loopback_v4, raise_nofile, source_address,
 };
+use super::wire::frame_header;
 use super::{
     HandshakeFailure, Progress, Target, client_handshake, current_thread_runtime,
     latency_histogram, parse_duration, round3,
@@ -205,20 +206,7 @@ async fn read_echo(
             if buf[1] & 0x80 != 0 {
                 return Err(bad("the server sent a masked frame".into()));
             }
-            let (len, header) = match buf[1] & 0x7f {
-                126 if buf.len() >= 4 => (usize::from(u16::from_be_bytes([buf[2], buf[3]])), 4),
-                127 if buf.len() >= 10 => {
-                    let mut b = [0u8; 8];
-                    b.copy_from_slice(&buf[2..10]);
-                    (
-                        usize::try_from(u64::from_be_bytes(b)).unwrap_or(usize::MAX),
-                        10,
-                    )
-                }
-                126 | 127 => (usize::MAX, 0),
-                n => (usize::from(n), 2),
-            };
-            if len != usize::MAX {
+            if let Some((header, len)) = frame_header(&buf) {
                 if len > MAX_FRAME {
                     return Err(bad(format!(
                         "a frame of {len} bytes where the {PAYLOAD}-byte echo was expected"

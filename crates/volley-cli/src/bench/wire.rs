@@ -7,6 +7,25 @@ use std::ops::Range;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// The header of the server frame at the start of `buf`: `Some((header length, payload
+/// length))`, or `None` while the header is incomplete. Whether the frame is masked is the
+/// caller's to check (`buf[1] & 0x80`); a length beyond `usize` is `usize::MAX`.
+pub(super) fn frame_header(buf: &[u8]) -> Option<(usize, usize)> {
+    match *buf.get(1)? & 0x7f {
+        126 if buf.len() >= 4 => Some((4, usize::from(u16::from_be_bytes([buf[2], buf[3]])))),
+        127 if buf.len() >= 10 => {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&buf[2..10]);
+            Some((
+                10,
+                usize::try_from(u64::from_be_bytes(b)).unwrap_or(usize::MAX),
+            ))
+        }
+        126 | 127 => None,
+        n => Some((2, usize::from(n))),
+    }
+}
+
 /// A client's connection after its opening handshake.
 pub(super) struct Wire {
     pub(super) stream: TcpStream,
@@ -84,22 +103,11 @@ impl Wire {
     /// The next complete frame in the buffer: its first byte and payload range.
     pub(super) fn parse(&mut self) -> Result<Option<(u8, Range<usize>)>, String> {
         let buf = &self.buf[self.start..self.end];
-        if buf.len() < 2 {
-            return Ok(None);
-        }
-        if buf[1] & 0x80 != 0 {
+        if buf.len() >= 2 && buf[1] & 0x80 != 0 {
             return Err("the server sent a masked frame".into());
         }
-        let (len, header) = match buf[1] & 0x7f {
-            126 if buf.len() >= 4 => (usize::from(u16::from_be_bytes([buf[2], buf[3]])), 4),
-            127 if buf.len() >= 10 => {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&buf[2..10]);
-                let len = u64::from_be_bytes(b);
-                (usize::try_from(len).unwrap_or(usize::MAX), 10)
-            }
-            126 | 127 => return Ok(None),
-            n => (usize::from(n), 2),
+        let Some((header, len)) = frame_header(buf) else {
+            return Ok(None);
         };
         if len > self.max_frame {
             return Err(format!("the server sent a frame of {len} bytes"));
@@ -206,6 +214,20 @@ mod tests {
             .map(|(i, b)| b ^ head[2 + i % 4])
             .collect();
         assert_eq!(unmasked, b"abcdef");
+    }
+
+    #[test]
+    fn headers_of_every_length_form() {
+        assert_eq!(frame_header(&[0x81]), None);
+        assert_eq!(frame_header(&[0x81, 5]), Some((2, 5)));
+        assert_eq!(frame_header(&[0x81, 126, 1]), None);
+        assert_eq!(frame_header(&[0x81, 126, 1, 0]), Some((4, 256)));
+        assert_eq!(frame_header(&[0x82, 127, 0, 0, 0, 0, 0, 1, 0]), None);
+        assert_eq!(
+            frame_header(&[0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0]),
+            Some((10, 65_536))
+        );
+        assert_eq!(frame_header(&[0x81, 0x85]), Some((2, 5)));
     }
 
     #[tokio::test]

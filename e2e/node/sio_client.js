@@ -194,7 +194,10 @@ async function heartbeatTimeout(url, transports) {
   const limit = interval + timeout + 1500;
   const [reason] = await peer.next("disconnect", limit);
   const took = Date.now() - started;
-  assert.ok(dropped >= 1, "the server sent no ping to withhold a pong from");
+  assert.ok(
+    dropped >= 1,
+    `the server sent no ping to withhold a pong from (disconnected after ${took} ms, reason ${JSON.stringify(reason)})`,
+  );
   assert.ok(
     reason === "transport close" || reason === "transport error",
     `disconnect reason ${JSON.stringify(reason)}, expected a server-side close ("transport close")`,

@@ -489,7 +489,10 @@ impl Task {
         let mut schedule = Schedule::default();
         let mut failures = 0u32;
         loop {
-            let attempt = match self.idle(open(self.client.clone(), self.connector.clone())).await {
+            let attempt = match self
+                .idle(open(self.client.clone(), self.connector.clone()))
+                .await
+            {
                 Ok(attempt) => attempt,
                 Err(stop) => return self.stopped(stop, None, None).await,
             };
@@ -678,10 +681,7 @@ async fn read_into(
 }
 
 /// Writes what the application sends until it asks to stop (or goes away).
-async fn write_from(
-    tx: &mut WsSender<Transport>,
-    commands: &mut mpsc::Receiver<Command>,
-) -> Stop {
+async fn write_from(tx: &mut WsSender<Transport>, commands: &mut mpsc::Receiver<Command>) -> Stop {
     loop {
         match commands.recv().await {
             Some(Command::Send(message, reply)) => {

@@ -41,6 +41,10 @@ const URL: &str = "ws://server:9000/feed";
 const QUEUE_MESSAGES: usize = 256;
 /// A publication every this long (simulated).
 const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+/// Publications per run.
+const MESSAGES: u32 = 100;
+/// Seeds per scenario (`NETSIM_SEEDS` to change it).
+const SEEDS: u64 = 40;
 /// Longest simulated time a run may take before it counts as stuck.
 const SIM_LIMIT: Duration = Duration::from_secs(900);
 /// How long nothing must change, after the faults stopped, for a run to be over.
@@ -185,7 +189,11 @@ async fn server(shared: Arc<Shared>, history: usize) -> turmoil::Result {
         // A hub numbers from the wall clock's microseconds, so that offsets grow across
         // restarts; the simulation restarts much faster than a real server (simulated time),
         // so wait until the wall clock has passed the previous incarnation's offsets.
-        let newest = server.log.iter().map(|l| l.1).chain(server.marks.iter().map(|m| m.1));
+        let newest = server
+            .log
+            .iter()
+            .map(|l| l.1)
+            .chain(server.marks.iter().map(|m| m.1));
         let newest = newest.max().unwrap_or(0);
         while wall_micros() <= newest {
             std::thread::sleep(Duration::from_micros(100));
@@ -263,7 +271,10 @@ async fn serve(
 fn resume(member: &Member, shared: &Shared, incarnation: u32, history: usize, after: u64) {
     let (expect_gap, missed) = {
         let server = lock(&shared.server);
-        let known = (server.log.iter().any(|l| (l.0, l.1) == (incarnation, after)))
+        let known = (server
+            .log
+            .iter()
+            .any(|l| (l.0, l.1) == (incarnation, after)))
             || server.marks.contains(&(incarnation, after));
         let following = (server.log.iter())
             .filter(|l| l.0 == incarnation && l.1 > after)
@@ -284,7 +295,8 @@ fn resume(member: &Member, shared: &Shared, incarnation: u32, history: usize, af
     let gap = !matches!(resume, Resume::Complete { .. });
     let mut server = lock(&shared.server);
     if gap != expect_gap {
-        let message = format!("resume after {after}: the hub said gap={gap}, the model {expect_gap}");
+        let message =
+            format!("resume after {after}: the hub said gap={gap}, the model {expect_gap}");
         server.mismatches.push(message);
     }
     server.resumes.push(ResumeRecord { after, gap, missed });
@@ -409,6 +421,8 @@ struct Outcome {
     faults: usize,
     reconnects: usize,
     gaps: usize,
+    /// Resumes answered "resumed".
+    resumed: usize,
     repeats: usize,
     sim_secs: f64,
 }
@@ -424,7 +438,7 @@ fn run(scenario: &Scenario, seed: u64) -> Result<Outcome, String> {
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
         .simulation_duration(SIM_LIMIT + Duration::from_secs(60))
-        .tick_duration(ms(5))
+        .tick_duration(ms(10))
         .min_message_latency(ms(1))
         .max_message_latency(ms(20))
         .build();
@@ -463,7 +477,9 @@ fn run(scenario: &Scenario, seed: u64) -> Result<Outcome, String> {
                 }
                 match fault {
                     Active::Partition(host) => sim.repair(*host, "server"),
-                    Active::Latency(host) => sim.set_link_max_message_latency(*host, "server", ms(20)),
+                    Active::Latency(host) => {
+                        sim.set_link_max_message_latency(*host, "server", ms(20))
+                    }
                 }
                 active = None;
                 next_fault = now + Duration::from_millis(rng.random_range(500..4000));
@@ -538,13 +554,17 @@ fn run(scenario: &Scenario, seed: u64) -> Result<Outcome, String> {
     let publisher = lock(&shared.publisher);
     outcome.reconnects = (sub.connections + publisher.connections).saturating_sub(2);
     outcome.gaps = sub.gaps.len();
+    outcome.resumed = server.resumes.iter().filter(|r| !r.gap).count();
     outcome.repeats = sub.repeats;
     check(scenario, &server, &sub).map_err(|e| {
         if std::env::var_os("NETSIM_TRACE").is_some() {
             eprintln!("log: {:?}", server.log);
             eprintln!("marks: {:?}", server.marks);
             for r in &server.resumes {
-                eprintln!("resume after {} gap {} missed {:?}", r.after, r.gap, r.missed);
+                eprintln!(
+                    "resume after {} gap {} missed {:?}",
+                    r.after, r.gap, r.missed
+                );
             }
             eprintln!("subscriber: {sub:?}");
         }
@@ -562,7 +582,10 @@ fn check(scenario: &Scenario, server: &Server, sub: &Subscriber) -> Result<(), S
         ));
     }
     if !sub.delivered.windows(2).all(|w| w[0] < w[1]) {
-        return Err(format!("delivered out of order or twice: {:?}", sub.delivered));
+        return Err(format!(
+            "delivered out of order or twice: {:?}",
+            sub.delivered
+        ));
     }
     let n = scenario.messages;
     let delivered: BTreeSet<u32> = sub.delivered.iter().copied().collect();
@@ -578,7 +601,10 @@ fn check(scenario: &Scenario, server: &Server, sub: &Subscriber) -> Result<(), S
     for (gap, resume) in sub.gaps.iter().zip(gap_resumes) {
         let range: BTreeSet<u32> = (gap.first..=gap.last.unwrap_or(n)).collect();
         if resume.after != gap.after {
-            return Err(format!("gap {gap:?}: the server resumed after {}", resume.after));
+            return Err(format!(
+                "gap {gap:?}: the server resumed after {}",
+                resume.after
+            ));
         }
         let missed: BTreeSet<u32> = (resume.missed.range(gap.first..))
             .filter(|s| !delivered.contains(s))
@@ -609,7 +635,11 @@ fn check(scenario: &Scenario, server: &Server, sub: &Subscriber) -> Result<(), S
 fn seeds(count: u64) -> Vec<u64> {
     match std::env::var("NETSIM_SEED") {
         Ok(seed) => vec![seed.parse().expect("NETSIM_SEED: a number")],
-        Err(_) => (1..=count).collect(),
+        Err(_) => {
+            let count = std::env::var("NETSIM_SEEDS")
+                .map_or(count, |n| n.parse().expect("NETSIM_SEEDS: a number"));
+            (1..=count).collect()
+        }
     }
 }
 
@@ -623,6 +653,7 @@ fn run_seeds(scenario: &Scenario, count: u64) -> Outcome {
                 total.faults += outcome.faults;
                 total.reconnects += outcome.reconnects;
                 total.gaps += outcome.gaps;
+                total.resumed += outcome.resumed;
                 total.repeats += outcome.repeats;
                 total.sim_secs += outcome.sim_secs;
             }
@@ -634,12 +665,13 @@ fn run_seeds(scenario: &Scenario, count: u64) -> Outcome {
         }
     }
     eprintln!(
-        "netsim {}: {} seeds, {} faults, {} reconnects, {} gaps, {} repeats dropped, {:.0} s \
-         simulated in {:.1} s",
+        "netsim {}: {} seeds, {} faults, {} reconnects, {} complete resumes, {} gaps, {} repeats \
+         dropped, {:.0} s simulated in {:.1} s",
         scenario.name,
         seeds(count).len(),
         total.faults,
         total.reconnects,
+        total.resumed,
         total.gaps,
         total.repeats,
         total.sim_secs,
@@ -648,6 +680,16 @@ fn run_seeds(scenario: &Scenario, count: u64) -> Outcome {
     total
 }
 
+const NO_FAULTS: Faults = Faults {
+    partitions: false,
+    latency: false,
+    resets: false,
+    restarts: false,
+};
+
+/// Partitions (of either client from the server, 0.1 to 8 s) and latency spikes (up to 4 s):
+/// keep-alive notices the stalled connections, the clients reconnect, and the subscriber
+/// resumes within the history: every message exactly once, in order, and no gap.
 #[test]
 fn partitions_and_latency_lose_nothing() {
     let scenario = Scenario {
@@ -655,14 +697,82 @@ fn partitions_and_latency_lose_nothing() {
         faults: Faults {
             partitions: true,
             latency: true,
-            resets: false,
-            restarts: false,
+            ..NO_FAULTS
         },
         history: 1000,
-        messages: 150,
+        messages: MESSAGES,
         gaps_allowed: false,
     };
-    let total = run_seeds(&scenario, 50);
-    assert!(total.reconnects > 0, "the faults never cut a connection");
+    let total = run_seeds(&scenario, SEEDS);
+    assert!(
+        total.reconnects >= SEEDS as usize,
+        "too few reconnects: {total:?}"
+    );
 }
 
+/// The server drops connections at random (a reset, or a FIN without a close frame), among
+/// partitions: no message lost, none repeated, no gap.
+#[test]
+fn resets_lose_nothing() {
+    let scenario = Scenario {
+        name: "resets_lose_nothing",
+        faults: Faults {
+            partitions: true,
+            resets: true,
+            ..NO_FAULTS
+        },
+        history: 1000,
+        messages: MESSAGES,
+        gaps_allowed: false,
+    };
+    let total = run_seeds(&scenario, SEEDS);
+    assert!(
+        total.reconnects >= SEEDS as usize,
+        "too few reconnects: {total:?}"
+    );
+}
+
+/// Server restarts (the hub and its history are gone) among resets and latency spikes: a
+/// resume after a restart is told of a gap, which covers exactly what the subscriber missed;
+/// everything else arrives exactly once.
+#[test]
+fn restarts_report_the_gap() {
+    let scenario = Scenario {
+        name: "restarts_report_the_gap",
+        faults: Faults {
+            latency: true,
+            resets: true,
+            restarts: true,
+            ..NO_FAULTS
+        },
+        history: 1000,
+        messages: MESSAGES,
+        gaps_allowed: true,
+    };
+    let total = run_seeds(&scenario, SEEDS);
+    assert!(total.gaps >= SEEDS as usize / 2, "too few gaps: {total:?}");
+}
+
+/// A history of 5 messages: an outage longer than half a second loses publications from the
+/// history, and the resume must say so, with the right range; shorter ones still resume
+/// completely.
+#[test]
+fn short_history_reports_the_gap() {
+    let scenario = Scenario {
+        name: "short_history_reports_the_gap",
+        faults: Faults {
+            partitions: true,
+            resets: true,
+            ..NO_FAULTS
+        },
+        history: 5,
+        messages: MESSAGES,
+        gaps_allowed: true,
+    };
+    let total = run_seeds(&scenario, SEEDS);
+    assert!(total.gaps >= SEEDS as usize / 2, "too few gaps: {total:?}");
+    assert!(
+        total.resumed >= SEEDS as usize / 4,
+        "too few complete resumes: {total:?}"
+    );
+}

@@ -11,6 +11,12 @@
 //!   (`redis: connection lost … cross-server delivery paused`), retries with exponential backoff
 //!   (100 ms doubling up to 5 s by default), then resubscribes to every registered subscription
 //!   and logs `redis: connected` again;
+//! - a connection that goes silent without an error (a network partition, a Redis host gone
+//!   without a reset, a NAT or firewall that forgot the flow) counts as dropped: every
+//!   [`health_check`](RedisConfig::health_check) (5 s) the supervisor sends a `PING`, and a
+//!   connection that does not answer within the response timeout is made again — without it, a
+//!   subscriber's connection could stay half-open, and "ready", for as long as TCP takes to
+//!   notice (forever for one that only reads);
 //! - meanwhile [`Publisher::send`] drops what it cannot publish (counted, logged once per
 //!   outage) and [`Redis::query`] fails fast with [`RedisError::Unavailable`]: callers keep
 //!   serving their local clients.
@@ -64,7 +70,9 @@ pub struct RedisConfig {
     pub connector: Option<Connector>,
     /// How often the supervisor checks that the connection still answers (a `PING` that must
     /// be answered within [`response_timeout`](Self::response_timeout)); a connection that
-    /// does not is dropped and made again. Default 5 s; `None` never checks.
+    /// does not is dropped and made again. Default 5 s; `None` never checks. On a connection
+    /// that blocks (`XREAD BLOCK`) the answer waits for the blocking command: its response
+    /// timeout must exceed the blocking time (the streams adapter's reader is configured so).
     pub health_check: Option<Duration>,
 }
 

@@ -62,11 +62,14 @@ fn now() -> Duration {
 // ---------------------------------------------------------------------------------------------
 // The broker: RESP3 pub/sub, just enough for the supervisor.
 
+/// A broker connection's outgoing queue.
+type Outgoing = mpsc::UnboundedSender<Vec<u8>>;
+
 #[derive(Default)]
 struct Channels {
     next_id: u64,
     /// Subscribers of each channel: connection id and its outgoing queue.
-    subscribers: HashMap<String, Vec<(u64, mpsc::UnboundedSender<Vec<u8>>)>>,
+    subscribers: HashMap<String, Vec<(u64, Outgoing)>>,
 }
 
 async fn broker() -> turmoil::Result {
@@ -260,8 +263,8 @@ fn watch_state(redis: &Redis, node: usize, shared: Arc<Shared>) {
                 if was_ready && !s.ready {
                     outages.push((node, now(), None));
                 } else if !was_ready && s.ready {
-                    let open = outages.iter_mut().rev();
-                    if let Some(o) = open.filter(|o| o.0 == node && o.2.is_none()).next() {
+                    let mut open = outages.iter_mut().rev();
+                    if let Some(o) = open.find(|o| o.0 == node && o.2.is_none()) {
                         o.2 = Some(now());
                     }
                 }

@@ -403,7 +403,7 @@ fn check(shared: &Shared, outcome: &mut Outcome) -> Result<(), String> {
         if b > a + 1 {
             outcome.missed += (b - a - 1) as usize;
             // Missed: some session since must have been a fresh one.
-            let fresh = (sessions[sa + 1..=sb].iter()).any(|s| *s == Some(false));
+            let fresh = sessions[sa + 1..=sb].contains(&Some(false));
             if sb == sa || !fresh {
                 return Err(format!(
                     "events {}..{} missed within recovered sessions (sessions {sa}..={sb}: {:?})",

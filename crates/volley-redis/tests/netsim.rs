@@ -5,8 +5,8 @@
 //! the supervisor's health check must notice), and broker restarts (every connection reset,
 //! every subscription gone).
 //!
-//! The broker is a minimal RESP3 pub/sub server written here (`HELLO`, `CLIENT`, `PING`,
-//! `SUBSCRIBE`, `UNSUBSCRIBE`, `PUBLISH`): just what the supervisor and its [`Publisher`] use.
+//! The broker is a minimal RESP3 server written for these simulations (`common/sim_broker.rs`:
+//! pub/sub, keys, streams), just what the supervisor and the adapters use.
 //! Node 1 publishes numbered messages to a channel; node 2 subscribes to it.
 //!
 //! Redis pub/sub delivers at most once: what is published while a link is down is lost. What
@@ -21,15 +21,15 @@
 //! Each scenario runs over many seeds; a failure names its seed: replay it with
 //! `NETSIM_SEED=<seed> cargo test -p volley-redis --test netsim`.
 
-use std::collections::HashMap;
+#[path = "common/sim_broker.rs"]
+mod sim_broker;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
 use volley_redis::{Connector, Message, PublishKind, Redis, RedisConfig, Subscription};
 
 const CHANNEL: &str = "feed";
@@ -57,163 +57,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Simulated time, from inside a host.
 fn now() -> Duration {
     turmoil::sim_elapsed().unwrap_or_default()
-}
-
-// ---------------------------------------------------------------------------------------------
-// The broker: RESP3 pub/sub, just enough for the supervisor.
-
-/// A broker connection's outgoing queue.
-type Outgoing = mpsc::UnboundedSender<Vec<u8>>;
-
-#[derive(Default)]
-struct Channels {
-    next_id: u64,
-    /// Subscribers of each channel: connection id and its outgoing queue.
-    subscribers: HashMap<String, Vec<(u64, Outgoing)>>,
-}
-
-async fn broker() -> turmoil::Result {
-    // A restart forgets every subscription, as a Redis restart does.
-    let channels = Arc::new(Mutex::new(Channels::default()));
-    let listener = turmoil::net::TcpListener::bind(("0.0.0.0", 6379)).await?;
-    loop {
-        let (stream, _) = listener.accept().await?;
-        tokio::spawn(broker_conn(stream, channels.clone()));
-    }
-}
-
-fn bulk(out: &mut Vec<u8>, s: &[u8]) {
-    out.extend_from_slice(format!("${}\r\n", s.len()).as_bytes());
-    out.extend_from_slice(s);
-    out.extend_from_slice(b"\r\n");
-}
-
-fn push(kind: &str, channel: &str, last: Result<&[u8], i64>) -> Vec<u8> {
-    let mut out = b">3\r\n".to_vec();
-    bulk(&mut out, kind.as_bytes());
-    bulk(&mut out, channel.as_bytes());
-    match last {
-        Ok(payload) => bulk(&mut out, payload),
-        Err(n) => out.extend_from_slice(format!(":{n}\r\n").as_bytes()),
-    }
-    out
-}
-
-/// Parses one command (an array of bulk strings) from the front of `buf`.
-fn parse(buf: &mut Vec<u8>) -> Option<Vec<Vec<u8>>> {
-    fn line(buf: &[u8], at: usize) -> Option<(&[u8], usize)> {
-        let end = buf[at..].windows(2).position(|w| w == b"\r\n")? + at;
-        Some((&buf[at..end], end + 2))
-    }
-    let (head, mut at) = line(buf, 0)?;
-    assert_eq!(head.first(), Some(&b'*'), "the broker takes arrays only");
-    let n: usize = std::str::from_utf8(&head[1..]).ok()?.parse().ok()?;
-    let mut args = Vec::with_capacity(n);
-    for _ in 0..n {
-        let (len, next) = line(buf, at)?;
-        let len: usize = std::str::from_utf8(&len[1..]).ok()?.parse().ok()?;
-        if buf.len() < next + len + 2 {
-            return None;
-        }
-        args.push(buf[next..next + len].to_vec());
-        at = next + len + 2;
-    }
-    buf.drain(..at);
-    Some(args)
-}
-
-async fn broker_conn(stream: turmoil::net::TcpStream, channels: Arc<Mutex<Channels>>) {
-    let id = {
-        let mut c = lock(&channels);
-        c.next_id += 1;
-        c.next_id
-    };
-    let (mut rd, mut wr) = stream.into_split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    let writer = tokio::spawn(async move {
-        while let Some(bytes) = rx.recv().await {
-            if wr.write_all(&bytes).await.is_err() {
-                break;
-            }
-        }
-    });
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let mut subscribed: Vec<String> = Vec::new();
-    'read: loop {
-        match rd.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-        while let Some(args) = parse(&mut buf) {
-            let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
-            let arg = |i: usize| String::from_utf8_lossy(&args[i]).into_owned();
-            let reply = match name.as_str() {
-                "HELLO" => {
-                    let mut out = b"%3\r\n".to_vec();
-                    for (k, v) in [
-                        ("server", "sim"),
-                        ("version", "7.2.0"),
-                        ("mode", "standalone"),
-                    ] {
-                        bulk(&mut out, k.as_bytes());
-                        bulk(&mut out, v.as_bytes());
-                    }
-                    out
-                }
-                "CLIENT" => b"+OK\r\n".to_vec(),
-                "PING" => b"+PONG\r\n".to_vec(),
-                "SUBSCRIBE" => {
-                    let mut out = Vec::new();
-                    for i in 1..args.len() {
-                        let channel = arg(i);
-                        if !subscribed.contains(&channel) {
-                            let mut c = lock(&channels);
-                            let subs = c.subscribers.entry(channel.clone()).or_default();
-                            subs.push((id, tx.clone()));
-                            subscribed.push(channel.clone());
-                        }
-                        out.extend(push("subscribe", &channel, Err(subscribed.len() as i64)));
-                    }
-                    out
-                }
-                "UNSUBSCRIBE" => {
-                    let mut out = Vec::new();
-                    for i in 1..args.len() {
-                        let channel = arg(i);
-                        subscribed.retain(|c| *c != channel);
-                        if let Some(subs) = lock(&channels).subscribers.get_mut(&channel) {
-                            subs.retain(|(s, _)| *s != id);
-                        }
-                        out.extend(push("unsubscribe", &channel, Err(subscribed.len() as i64)));
-                    }
-                    out
-                }
-                "PUBLISH" => {
-                    let channel = arg(1);
-                    let message = push("message", &channel, Ok(&args[2]));
-                    let c = lock(&channels);
-                    let subs = c.subscribers.get(&channel).map_or(&[][..], |s| &s[..]);
-                    for (_, sub) in subs {
-                        let _ = sub.send(message.clone());
-                    }
-                    format!(":{}\r\n", subs.len()).into_bytes()
-                }
-                other => format!("-ERR unknown command '{other}'\r\n").into_bytes(),
-            };
-            if tx.send(reply).is_err() {
-                break 'read;
-            }
-        }
-    }
-    let mut c = lock(&channels);
-    for channel in subscribed {
-        if let Some(subs) = c.subscribers.get_mut(&channel) {
-            subs.retain(|(s, _)| *s != id);
-        }
-    }
-    drop(c);
-    writer.abort();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -366,7 +209,7 @@ fn run(scenario: Scenario, seed: u64) -> Result<Outcome, String> {
         .min_message_latency(ms(1))
         .max_message_latency(ms(20))
         .build();
-    sim.host("broker", broker);
+    sim.host("broker", || sim_broker::serve(6379));
     sim.client("node1", publisher_node(shared.clone()));
     sim.client("node2", subscriber_node(shared.clone()));
 

@@ -15,6 +15,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
+/// The fields of every entry appended to any stream, in order.
+pub(crate) type Log = Arc<Mutex<Vec<Vec<Vec<u8>>>>>;
+
 /// A connection's outgoing queue.
 type Outgoing = mpsc::UnboundedSender<Vec<u8>>;
 
@@ -40,6 +43,8 @@ struct Stream {
 #[derive(Clone, Default)]
 pub(crate) struct Broker {
     state: Arc<Mutex<State>>,
+    /// Every entry appended to a stream (its fields), for the tests' oracles.
+    log: Log,
     /// Woken by every `XADD` (blocked `XREAD`s look again).
     appended: Arc<Notify>,
     started: Arc<Mutex<Option<Instant>>>,
@@ -51,7 +56,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Serves a broker on `port` (call it from a turmoil host).
 pub(crate) async fn serve(port: u16) -> turmoil::Result {
-    let broker = Broker::default();
+    serve_logged(port, Log::default()).await
+}
+
+/// [`serve`], appending the fields of every stream entry to `log`.
+pub(crate) async fn serve_logged(port: u16, log: Log) -> turmoil::Result {
+    let broker = Broker {
+        log,
+        ..Broker::default()
+    };
     *lock(&broker.started) = Some(Instant::now());
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", port)).await?;
     loop {
@@ -318,6 +331,7 @@ impl Broker {
                 };
                 stream.last = id;
                 stream.entries.push_back((id, args[6..].to_vec()));
+                lock(&self.log).push(args[6..].to_vec());
                 while stream.entries.len() > max_len {
                     stream.entries.pop_front();
                 }

@@ -25,6 +25,8 @@ pub(crate) struct Record {
     pub(crate) received: Mutex<Vec<(u32, usize)>>,
     /// Per Engine.IO session: `Some(recovered)` once its CONNECT was answered.
     pub(crate) sessions: Mutex<Vec<Option<bool>>>,
+    /// Per Engine.IO session: the server it was opened on.
+    pub(crate) servers: Mutex<Vec<String>>,
 }
 
 impl Record {
@@ -172,6 +174,7 @@ async fn session(
         let index = {
             let mut sessions = lock(&record.sessions);
             sessions.push(None);
+            lock(&record.servers).push(host.to_owned());
             sessions.len() - 1
         };
         let path = format!("{base}&sid={eio}");
@@ -254,6 +257,8 @@ fn receive(record: &Record, state: &mut State, index: usize, packet: &str) -> Re
 #[derive(Debug, Default)]
 pub(crate) struct Tally {
     pub(crate) recovered: usize,
+    /// Sessions recovered on another server than the one before.
+    pub(crate) recovered_elsewhere: usize,
     pub(crate) fresh: usize,
     pub(crate) missed: usize,
 }
@@ -286,6 +291,10 @@ pub(crate) fn check(record: &Record, broadcast: impl Fn(u32) -> bool) -> Result<
         }
     }
     tally.recovered = sessions.iter().filter(|s| **s == Some(true)).count();
+    let servers = lock(&record.servers);
+    tally.recovered_elsewhere = (1..sessions.len())
+        .filter(|i| sessions[*i] == Some(true) && servers[*i] != servers[i - 1])
+        .count();
     // The first session is fresh by definition.
     tally.fresh = (sessions.iter().filter(|s| **s == Some(false)).count()).saturating_sub(1);
     Ok(tally)

@@ -44,7 +44,7 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_millis(1000);
 const DETECTION: Duration = Duration::from_millis(2500);
 const SIM_LIMIT: Duration = Duration::from_secs(300);
 /// Seeds per scenario (`NETSIM_SEEDS` to change it).
-const SEEDS: u64 = 50;
+const SEEDS: u64 = 40;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)

@@ -44,7 +44,7 @@ const PING_INTERVAL: Duration = Duration::from_millis(1000);
 const PING_TIMEOUT: Duration = Duration::from_millis(2000);
 const SIM_LIMIT: Duration = Duration::from_secs(300);
 /// Seeds per scenario (`NETSIM_SEEDS` to change it).
-const SEEDS: u64 = 30;
+const SEEDS: u64 = 20;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)

@@ -253,7 +253,8 @@ impl Reconnect {
     /// transport; the opening handshake then runs over it with the URL's path, query and host
     /// (`Host` header), the client's subprotocols, headers and configuration. The URL's scheme
     /// must still be `ws://` or `wss://`, but the TLS of a `wss://` URL is then the connector's
-    /// job: the client speaks WebSocket directly over what it returns.
+    /// job (and so are socket options such as `TCP_NODELAY`, which the built-in dialling sets):
+    /// the client speaks WebSocket directly over what it returns.
     ///
     /// An error from the future is reported as [`Event::ConnectFailed`] (and retried like any
     /// failed attempt); so is a future that takes longer than the configuration's

@@ -439,6 +439,7 @@ struct Outcome {
 enum Active {
     Partition(&'static str),
     Latency(&'static str),
+    Hold(&'static str),
 }
 
 fn run(scenario: &Scenario, seed: u64) -> Result<Outcome, String> {
@@ -490,6 +491,7 @@ fn run(scenario: &Scenario, seed: u64) -> Result<Outcome, String> {
                     Active::Latency(host) => {
                         sim.set_link_max_message_latency(*host, "server", ms(20))
                     }
+                    Active::Hold(host) => sim.release(*host, "server"),
                 }
                 active = None;
                 next_fault = now + Duration::from_millis(rng.random_range(500..4000));
@@ -514,7 +516,7 @@ fn run(scenario: &Scenario, seed: u64) -> Result<Outcome, String> {
             next_fault = now + Duration::from_millis(rng.random_range(1000..6000));
             let kind = kinds[rng.random_range(0..kinds.len())];
             if std::env::var_os("NETSIM_TRACE").is_some() {
-                let name = ["partition", "latency", "reset", "restart"][kind];
+                let name = ["partition", "latency or hold", "reset", "restart"][kind];
                 eprintln!("[{:>9.3}] fault: {name} {host}", now.as_secs_f64());
             }
             match kind {
@@ -523,12 +525,19 @@ fn run(scenario: &Scenario, seed: u64) -> Result<Outcome, String> {
                     let lasts = Duration::from_millis(rng.random_range(100..8000));
                     active = Some((Active::Partition(host), now + lasts));
                 }
-                1 => {
+                1 if rng.random_bool(0.5) => {
                     // A spike: some segments wait up to 4 s (beyond the ping timeout, now and
                     // then); TCP keeps them in order.
                     sim.set_link_max_message_latency(host, "server", ms(4000));
                     let lasts = Duration::from_millis(rng.random_range(500..5000));
                     active = Some((Active::Latency(host), now + lasts));
+                }
+                1 => {
+                    // A stall: every segment held, then all delivered at once (after the
+                    // connection was given up, if it lasted past the ping timeout).
+                    sim.hold(host, "server");
+                    let lasts = Duration::from_millis(rng.random_range(200..5000));
+                    active = Some((Active::Hold(host), now + lasts));
                 }
                 2 => {
                     // The server drops a connection at random: a reset (or a FIN) without a

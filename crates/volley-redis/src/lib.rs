@@ -11,6 +11,12 @@
 //!   (`redis: connection lost … cross-server delivery paused`), retries with exponential backoff
 //!   (100 ms doubling up to 5 s by default), then resubscribes to every registered subscription
 //!   and logs `redis: connected` again;
+//! - a connection that goes silent without an error (a network partition, a Redis host gone
+//!   without a reset, a NAT or firewall that forgot the flow) counts as dropped: every
+//!   [`health_check`](RedisConfig::health_check) (5 s) the supervisor sends a `PING`, and a
+//!   connection that does not answer within the response timeout is made again — without it, a
+//!   subscriber's connection could stay half-open, and "ready", for as long as TCP takes to
+//!   notice (forever for one that only reads);
 //! - meanwhile [`Publisher::send`] drops what it cannot publish (counted, logged once per
 //!   outage) and [`Redis::query`] fails fast with [`RedisError::Unavailable`]: callers keep
 //!   serving their local clients.
@@ -31,6 +37,8 @@
 pub mod hub;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -38,6 +46,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, PushInfo, PushKind};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 
 /// Connection settings.
@@ -55,6 +64,51 @@ pub struct RedisConfig {
     pub response_timeout: Duration,
     /// The most messages a [`Publisher`] holds while Redis is slow (100,000); more are dropped.
     pub publish_queue: usize,
+    /// Dials the connection instead of redis-rs' own TCP (and TLS for `rediss://`) dialling:
+    /// a Unix socket, a tunnel, a simulated network (`None`, the default: the URL's host and
+    /// port). The URL still gives the database, the credentials and the protocol.
+    pub connector: Option<Connector>,
+    /// How often the supervisor checks that the connection still answers (a `PING` that must
+    /// be answered within [`response_timeout`](Self::response_timeout)); a connection that
+    /// does not is dropped and made again. Default 5 s; `None` never checks. On a connection
+    /// that blocks (`XREAD BLOCK`) the answer waits for the blocking command: its response
+    /// timeout must exceed the blocking time (the streams adapter's reader is configured so).
+    pub health_check: Option<Duration>,
+}
+
+/// A connection to the Redis transport, opened by a [`Connector`].
+trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+type Dialing = Pin<Box<dyn Future<Output = std::io::Result<Box<dyn Io>>> + Send>>;
+
+/// Opens the transport of each connection to Redis ([`RedisConfig::connector`]).
+#[derive(Clone)]
+pub struct Connector(Arc<dyn Fn() -> Dialing + Send + Sync>);
+
+impl Connector {
+    /// A connector that calls `connect` for each connection attempt; its future yields the
+    /// transport, over which the connection speaks RESP3 (`HELLO 3`, then the commands). The
+    /// attempt, this future included, is bounded by [`RedisConfig::connect_timeout`]: the
+    /// future is dropped if it takes longer, so dropping it must abandon the attempt.
+    pub fn new<F, Fut, S>(connect: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::io::Result<S>> + Send + 'static,
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        Connector(Arc::new(move || {
+            let dialing = connect();
+            Box::pin(async move { Ok(Box::new(dialing.await?) as Box<dyn Io>) })
+        }))
+    }
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Connector(..)")
+    }
 }
 
 impl RedisConfig {
@@ -67,6 +121,8 @@ impl RedisConfig {
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(5),
             publish_queue: 100_000,
+            connector: None,
+            health_check: Some(Duration::from_secs(5)),
         }
     }
 }
@@ -756,10 +812,28 @@ async fn connect_once(
         .set_connection_timeout(Some(config.connect_timeout))
         .set_response_timeout(Some(config.response_timeout))
         .set_push_sender(push_tx);
-    let conn = client
-        .get_multiplexed_async_connection_with_config(&cfg)
-        .await
-        .map_err(|e| e.to_string())?;
+    let conn = match &config.connector {
+        None => client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await
+            .map_err(|e| e.to_string())?,
+        Some(connector) => {
+            let info = client.get_connection_info().redis_settings().clone();
+            let dial = async {
+                let stream = (connector.0)().await.map_err(|e| e.to_string())?;
+                let (conn, driver) = MultiplexedConnection::new_with_config(&info, stream, cfg)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                // What redis-rs spawns itself when it dials: the task that drives the socket
+                // (it ends when the last handle on the connection is dropped).
+                tokio::spawn(driver);
+                Ok::<_, String>(conn)
+            };
+            tokio::time::timeout(config.connect_timeout, dial)
+                .await
+                .map_err(|_| format!("not connected within {:?}", config.connect_timeout))??
+        }
+    };
     Ok((conn, push_rx))
 }
 
@@ -833,9 +907,34 @@ async fn supervise(
         );
         was_connected = true;
         drop(inner);
+        // A link that went silent (a partition, a peer gone without a reset, a NAT that forgot
+        // the flow) raises no error by itself: only a health check notices it.
+        let mut health = config.health_check.map(|every| {
+            let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            interval
+        });
         // Serve until the connection drops.
         loop {
             tokio::select! {
+                () = tick(&mut health) => {
+                    let ping = redis::cmd("PING");
+                    let ping = ping.query_async::<redis::Value>(&mut conn);
+                    match tokio::time::timeout(config.response_timeout, ping).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => {
+                            tracing::warn!("redis: health check failed ({e})");
+                            break;
+                        }
+                        Err(_) => {
+                            tracing::warn!(
+                                "redis: no answer to the health check within {:?}",
+                                config.response_timeout
+                            );
+                            break;
+                        }
+                    }
+                }
                 push = pushes.recv() => match push {
                     Some(p) if p.kind == PushKind::Disconnection => break,
                     Some(p) => match weak.upgrade() {
@@ -879,6 +978,16 @@ async fn supervise(
              continues; reconnecting with backoff"
         );
         backoff = Some(config.min_backoff);
+    }
+}
+
+/// The next tick of the health check, or never without one.
+async fn tick(health: &mut Option<tokio::time::Interval>) {
+    match health {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -274,20 +274,20 @@ impl ClientBuilder {
     ///
     /// Not cancel-safe: dropping it midway abandons the connection attempt.
     pub async fn connect(self) -> Result<(WebSocket<MaybeTlsStream>, UpgradeResponse)> {
+        let (stream, uri) = self.dial().await?;
+        self.handshake(stream, &uri).await
+    }
+
+    /// The URL, parsed and checked: a `ws://` or `wss://` URL with a host. Says whether it is
+    /// `wss://`.
+    pub(crate) fn uri(&self) -> Result<(Uri, bool)> {
         let uri: Uri = self
             .url
             .parse()
             .map_err(|e| HandshakeError::InvalidUrl(format!("{}: {e}", self.url)))?;
         let secure = match uri.scheme_str() {
             Some("ws") => false,
-            Some("wss") if cfg!(feature = "tls") => true,
-            Some("wss") => {
-                return Err(HandshakeError::InvalidUrl(format!(
-                    "{}: wss:// needs volley's `tls` feature",
-                    self.url
-                ))
-                .into());
-            }
+            Some("wss") => true,
             _ => {
                 return Err(HandshakeError::InvalidUrl(format!(
                     "{}: the scheme must be ws:// or wss://",
@@ -296,6 +296,23 @@ impl ClientBuilder {
                 .into());
             }
         };
+        if uri.host().is_none() {
+            return Err(HandshakeError::InvalidUrl(format!("{}: missing host", self.url)).into());
+        }
+        Ok((uri, secure))
+    }
+
+    /// Opens the transport to the URL's host and port (TCP, and TLS for `wss://`) within
+    /// `open_timeout`, without the opening handshake.
+    pub(crate) async fn dial(&self) -> Result<(MaybeTlsStream, Uri)> {
+        let (uri, secure) = self.uri()?;
+        if secure && !cfg!(feature = "tls") {
+            return Err(HandshakeError::InvalidUrl(format!(
+                "{}: wss:// needs volley's `tls` feature",
+                self.url
+            ))
+            .into());
+        }
         let host = uri
             .host()
             .ok_or_else(|| HandshakeError::InvalidUrl(format!("{}: missing host", self.url)))?
@@ -329,7 +346,12 @@ impl ClientBuilder {
         let stream = tokio::time::timeout(self.config.open_timeout, connecting)
             .await
             .map_err(|_| Error::Timeout(Timeout::Connect))??;
-        self.handshake(stream, &uri).await
+        Ok((stream, uri))
+    }
+
+    /// The configuration connections get.
+    pub(crate) fn configuration(&self) -> &Config {
+        &self.config
     }
 
     /// Performs the client handshake over an already connected transport (for custom transports

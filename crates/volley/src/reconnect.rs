@@ -45,22 +45,52 @@
 //! Events wait in a bounded queue ([`Reconnect::event_capacity`]): while the application does
 //! not call [`next`](ReconnectingClient::next), the connection is not read and TCP pushes back
 //! on the server. Sends never wait for events to be consumed.
+//!
+//! # Transports
+//!
+//! By default each connection is a TCP connection (with TLS for `wss://`) to the URL's host and
+//! port. [`Reconnect::connector`] dials something else instead: a Unix socket, a proxy tunnel,
+//! a simulated network (the deterministic network simulation in `tests/netsim.rs` runs the
+//! client over [turmoil](https://docs.rs/turmoil)'s simulated TCP).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use volley_proto::handshake::UpgradeResponse;
 use volley_proto::{CloseCode, CloseFrame, Message};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Timeout};
 use crate::handshake::ClientBuilder;
-use crate::maybe_tls::MaybeTlsStream;
 use crate::task::{WebSocket, WsReceiver, WsSender};
+
+/// A connection's transport, whatever dialled it.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// The transport of the reconnecting client's connections.
+type Transport = Box<dyn Io>;
+
+/// A connection attempt of a [`Reconnect::connector`].
+type Dialing = Pin<Box<dyn Future<Output = std::io::Result<Transport>> + Send>>;
+
+/// What [`Reconnect::connector`] installs: a function that starts a connection attempt.
+#[derive(Clone)]
+struct Connector(Arc<dyn Fn() -> Dialing + Send + Sync>);
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Connector(..)")
+    }
+}
 
 /// Reconnection delays: exponential growth from `base` by `factor`, capped at `cap`, with full
 /// jitter; reset after a connection that lasted `stable`.
@@ -196,6 +226,7 @@ pub enum Event {
 #[derive(Debug, Clone)]
 pub struct Reconnect {
     client: ClientBuilder,
+    connector: Option<Connector>,
     backoff: Backoff,
     seed: Option<u64>,
     max_retries: Option<u32>,
@@ -208,11 +239,55 @@ impl Reconnect {
     pub fn new(client: ClientBuilder) -> Self {
         Self {
             client,
+            connector: None,
             backoff: Backoff::default(),
             seed: None,
             max_retries: None,
             event_capacity: 32,
         }
+    }
+
+    /// Dials each connection with `connect` instead of TCP (and TLS for `wss://`) to the URL's
+    /// host and port: a Unix socket, a proxy tunnel, a TLS configuration of your own, a
+    /// simulated network. `connect` is called once per attempt and its future yields the
+    /// transport; the opening handshake then runs over it with the URL's path, query and host
+    /// (`Host` header), the client's subprotocols, headers and configuration. The URL's scheme
+    /// must still be `ws://` or `wss://`, but the TLS of a `wss://` URL is then the connector's
+    /// job (and so are socket options such as `TCP_NODELAY`, which the built-in dialling sets):
+    /// the client speaks WebSocket directly over what it returns.
+    ///
+    /// An error from the future is reported as [`Event::ConnectFailed`] (and retried like any
+    /// failed attempt); so is a future that takes longer than the configuration's
+    /// [`open_timeout`](crate::Config::open_timeout), as [`Timeout::Connect`].
+    ///
+    /// Its future must be cancel-safe in this sense: it is dropped before it completes when the
+    /// client is [closed](ReconnectingClient::close) or dropped, or when the open timeout
+    /// expires, and dropping it must abandon the attempt (as dropping tokio's
+    /// `TcpStream::connect` does).
+    ///
+    /// ```no_run
+    /// # async fn run() {
+    /// use volley::ClientBuilder;
+    /// use volley::reconnect::Reconnect;
+    ///
+    /// // Over a Unix socket; the URL gives the request's path and `Host` header.
+    /// let client = Reconnect::new(ClientBuilder::new("ws://localhost/feed"))
+    ///     .connector(|| tokio::net::UnixStream::connect("/run/feed.sock"))
+    ///     .start();
+    /// # drop(client);
+    /// # }
+    /// ```
+    pub fn connector<F, Fut, S>(mut self, connect: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::io::Result<S>> + Send + 'static,
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        self.connector = Some(Connector(Arc::new(move || {
+            let dialing = connect();
+            Box::pin(async move { Ok(Box::new(dialing.await?) as Transport) })
+        })));
+        self
     }
 
     /// Sets the backoff (default [`Backoff::default`]: 1 s base, factor 2, 30 s cap, 30 s stable).
@@ -257,6 +332,7 @@ impl Reconnect {
         };
         let task = Task {
             client: self.client,
+            connector: self.connector,
             backoff: self.backoff,
             max_retries: self.max_retries,
             rng,
@@ -400,6 +476,7 @@ struct Ended {
 /// The background task that owns the connections.
 struct Task {
     client: ClientBuilder,
+    connector: Option<Connector>,
     backoff: Backoff,
     max_retries: Option<u32>,
     rng: StdRng,
@@ -413,7 +490,10 @@ impl Task {
         let mut schedule = Schedule::default();
         let mut failures = 0u32;
         loop {
-            let attempt = match self.idle(self.client.clone().connect()).await {
+            let attempt = match self
+                .idle(open(self.client.clone(), self.connector.clone()))
+                .await
+            {
                 Ok(attempt) => attempt,
                 Err(stop) => return self.stopped(stop, None, None).await,
             };
@@ -517,7 +597,7 @@ impl Task {
 
     /// Runs a connection until it ends: reads into events while writing what the application
     /// sends, each without waiting for the other.
-    async fn serve(&mut self, ws: WebSocket<MaybeTlsStream>) -> Ended {
+    async fn serve(&mut self, ws: WebSocket<Transport>) -> Ended {
         let (mut tx, mut rx) = ws.split();
         let mut ended = Ended {
             close: None,
@@ -555,9 +635,32 @@ impl Task {
     }
 }
 
+/// Opens a connection: dials it (with `connector`, or TCP and TLS to the URL) and performs the
+/// opening handshake, each within the configuration's `open_timeout`.
+async fn open(
+    client: ClientBuilder,
+    connector: Option<Connector>,
+) -> Result<(WebSocket<Transport>, UpgradeResponse)> {
+    let (stream, uri) = match connector {
+        None => {
+            let (stream, uri) = client.dial().await?;
+            (Box::new(stream) as Transport, uri)
+        }
+        Some(connector) => {
+            let (uri, _) = client.uri()?;
+            let timeout = client.configuration().open_timeout;
+            let stream = tokio::time::timeout(timeout, (connector.0)())
+                .await
+                .map_err(|_| Error::Timeout(Timeout::Connect))??;
+            (stream, uri)
+        }
+    };
+    client.handshake(stream, &uri).await
+}
+
 /// Reads messages into events until the connection ends, noting its close frame and error.
 async fn read_into(
-    rx: &mut WsReceiver<MaybeTlsStream>,
+    rx: &mut WsReceiver<Transport>,
     events: &mpsc::Sender<Event>,
     close: &mut Option<CloseFrame>,
     error: &mut Option<Error>,
@@ -579,10 +682,7 @@ async fn read_into(
 }
 
 /// Writes what the application sends until it asks to stop (or goes away).
-async fn write_from(
-    tx: &mut WsSender<MaybeTlsStream>,
-    commands: &mut mpsc::Receiver<Command>,
-) -> Stop {
+async fn write_from(tx: &mut WsSender<Transport>, commands: &mut mpsc::Receiver<Command>) -> Stop {
     loop {
         match commands.recv().await {
             Some(Command::Send(message, reply)) => {

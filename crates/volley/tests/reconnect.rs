@@ -271,3 +271,110 @@ async fn dropping_the_client_closes_the_connection_with_1001() {
     drop(client);
     assert_eq!(within(seen.recv()).await, Some(Some(1001)));
 }
+
+/// `Reconnect::connector`: each attempt dials through the connector (here a Unix socket); its
+/// errors are `ConnectFailed` events and are retried; the handshake uses the URL's path.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_connector_dials_each_attempt_over_a_unix_socket() {
+    let dir = std::env::temp_dir().join(format!("volley-connector-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("ws.sock");
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path).expect("bind");
+    // The server: answers with the request's path, then drops the first connection.
+    tokio::spawn(async move {
+        let mut n = 0;
+        while let Ok((stream, _)) = listener.accept().await {
+            n += 1;
+            tokio::spawn(async move {
+                let Ok((mut ws, request)) =
+                    volley::accept_with_config(stream, Config::default()).await
+                else {
+                    return;
+                };
+                let _ = ws.send(format!("{} {n}", request.uri().path())).await;
+                if n > 1 {
+                    while let Some(Ok(_)) = ws.recv().await {}
+                }
+            });
+        }
+    });
+
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let counter = attempts.clone();
+    let target = path.clone();
+    let mut client = Reconnect::new(ClientBuilder::new("ws://localhost/feed"))
+        .connector(move || {
+            let attempt = counter.fetch_add(1, Ordering::SeqCst);
+            let target = target.clone();
+            async move {
+                if attempt == 0 {
+                    return Err(std::io::Error::other("the first attempt fails"));
+                }
+                tokio::net::UnixStream::connect(target).await
+            }
+        })
+        .backoff(fast_backoff())
+        .seed(7)
+        .start();
+    let mut seen = Vec::new();
+    within(async {
+        while seen.len() < 2 {
+            match client.next().await.expect("the client runs") {
+                Event::ConnectFailed { error, retry_in } => {
+                    assert!(
+                        error.to_string().contains("the first attempt fails"),
+                        "{error}"
+                    );
+                    assert!(retry_in.is_some());
+                    assert!(seen.is_empty(), "only the first attempt fails");
+                }
+                Event::Message(Message::Text(t)) => seen.push(t.as_str().to_owned()),
+                _ => {}
+            }
+        }
+    })
+    .await;
+    // Two connections, both dialled by the connector; the handshake carried the URL's path.
+    assert_eq!(seen, ["/feed 1", "/feed 2"]);
+    assert_eq!(attempts.load(Ordering::SeqCst), 3);
+    within(client.close(None)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A connector that never completes is cut off at the open timeout and retried.
+#[tokio::test(start_paused = true)]
+async fn a_connector_that_hangs_times_out_and_is_retried() {
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let counter = attempts.clone();
+    let config = Config::default().open_timeout(ms(500));
+    let mut client = Reconnect::new(ClientBuilder::new("ws://sim/").config(config))
+        .connector(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            std::future::pending::<std::io::Result<tokio::net::TcpStream>>()
+        })
+        .backoff(fast_backoff())
+        .seed(1)
+        .start();
+    let started = tokio::time::Instant::now();
+    for _ in 0..2 {
+        match within(client.next()).await.expect("the client runs") {
+            Event::ConnectFailed { error, retry_in } => {
+                assert!(
+                    matches!(error, Error::Timeout(volley::Timeout::Connect)),
+                    "{error:?}"
+                );
+                assert!(retry_in.is_some());
+            }
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= ms(1000) && waited < ms(1200),
+        "two timeouts: {waited:?}"
+    );
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+    client.close(None).await;
+}

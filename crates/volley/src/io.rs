@@ -170,7 +170,10 @@ fn poll_write_slices<W: AsyncWrite>(
 }
 
 /// Reads once from `io` into the connection and processes what arrived (a protocol error lands
-/// in `error`). A connection with a read buffer reads straight into it, with room for the rest
+/// in `error`). With `scratch_first` (a transport that must zero the memory it reads into, see
+/// the callback drivers' plain TCP), frames that fit this thread's scratch buffer are
+/// read into it and copied (the bytes that arrived) rather than read into a fresh part of the
+/// connection's buffer (which would be zeroed first, all of it). A connection with a read buffer reads straight into it, with room for the rest
 /// of the frame being received; one without (idle) reads into this thread's scratch buffer and
 /// keeps only the bytes of a frame still incomplete — unless it is `warm` (it read recently:
 /// more reads are likely), then it keeps a read buffer of the usual size. `target` is the free space to have before a read (see
@@ -181,9 +184,12 @@ pub(crate) fn poll_fill<R: AsyncRead>(
     error: &mut Option<Error>,
     target: &mut usize,
     warm: bool,
+    scratch_first: bool,
     cx: &mut Context<'_>,
 ) -> Poll<std::io::Result<usize>> {
-    let n = if proto.read_buffer_released() {
+    let scratch = proto.read_buffer_released()
+        || scratch_first && proto.read_hint().max(*target) <= SCRATCH_LEN;
+    let n = if scratch {
         ready!(SCRATCH.with_borrow_mut(|scratch| {
             let mut buf = ReadBuf::new(scratch);
             ready!(io.as_mut().poll_read(cx, &mut buf))?;

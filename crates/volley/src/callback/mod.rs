@@ -88,6 +88,8 @@
 
 mod conn;
 mod driver;
+#[cfg(unix)]
+mod evloop;
 
 use std::any::Any;
 use std::net::SocketAddr;
@@ -566,7 +568,7 @@ impl Drivers {
     ) where
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        self.adopt(Io::Boxed(Box::new(transport)), request, deflate, leftover);
+        self.adopt(Io::boxed(transport), request, deflate, leftover);
     }
 
     #[cfg(test)]

@@ -25,7 +25,7 @@ use crate::error::{Error, Timeout};
 use crate::maybe_tls::MaybeTlsStream;
 
 #[cfg(unix)]
-use super::evloop::{EventLoop, PlainTcp};
+use super::evloop::{EventLoop, PlainTcp, Readiness};
 
 /// The transport of a callback connection: plain TCP in the driver's own poll, a server's TLS
 /// stream (or plain TCP on tokio, when the driver's poll is switched off), anything else (a
@@ -487,9 +487,9 @@ enum Why<'r> {
     Opened(&'r OpenRequest),
     /// Woken by I/O or a handle.
     Woken,
-    /// Its socket in the driver's poll had an event; `true`: it should read.
+    /// Its socket in the driver's poll had an event.
     #[cfg(unix)]
-    Event(bool),
+    Event(Readiness),
     /// Its timer (the deadline it was armed for) fell due.
     Timer(Micros),
 }
@@ -573,7 +573,13 @@ impl Driver {
             if let Some(poll) = poll.as_mut() {
                 more_events = std::future::poll_fn(|cx| Poll::Ready(poll.take(cx))).await;
             }
-            let busy = !batch.is_empty() || !opening.is_empty();
+            // Connections run from the poll count too: one that used up its read budget is in
+            // the ready queue now, and the runtime must get its turn before the driver's next.
+            #[cfg(unix)]
+            let polled = poll.as_ref().is_some_and(EventLoop::has_events);
+            #[cfg(not(unix))]
+            let polled = false;
+            let busy = !batch.is_empty() || !opening.is_empty() || polled;
             let frame = shared.shutdown.frame();
             if !shutting_down && self.stopping.load(Ordering::Acquire) {
                 if let Some(frame) = frame {
@@ -711,8 +717,8 @@ impl Driver {
             }
         }
         #[cfg(unix)]
-        if let (Why::Event(true), Some(Io::Plain(tcp))) = (why, st.io.as_mut()) {
-            tcp.set_readable();
+        if let (Why::Event(readiness), Some(Io::Plain(tcp))) = (why, st.io.as_mut()) {
+            tcp.on_event(readiness);
         }
         if let Why::Timer(at) = why {
             if st.armed != at {

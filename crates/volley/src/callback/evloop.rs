@@ -48,6 +48,20 @@ pub(crate) struct PlainTcp {
     stream: std::net::TcpStream,
     /// The last event said readable and no read since came back short or would block.
     readable: bool,
+    /// An event said the peer is done sending (or the socket failed): reads no longer wait
+    /// for an edge, the next one (after the bytes before the end) tells how it ended. A read
+    /// that comes back short just before the end was received must not wait for an edge
+    /// that came already.
+    ended: bool,
+}
+
+/// What an event said about a socket.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Readiness {
+    /// Bytes (or the end) to read.
+    pub(super) read: bool,
+    /// The peer is done sending, or the socket failed.
+    pub(super) ended: bool,
 }
 
 impl PlainTcp {
@@ -60,6 +74,7 @@ impl PlainTcp {
             stream,
             // Bytes may have arrived before the registration: the first turn reads.
             readable: true,
+            ended: false,
         })
     }
 
@@ -71,9 +86,10 @@ impl PlainTcp {
         registry.register(&mut SourceFd(&fd), Token(token), interest)
     }
 
-    /// An event said the socket is readable (or closed, or failed: a read tells which).
-    pub(super) fn set_readable(&mut self) {
-        self.readable = true;
+    /// What an event said about the socket.
+    pub(super) fn on_event(&mut self, readiness: Readiness) {
+        self.readable |= readiness.read;
+        self.ended |= readiness.ended;
     }
 
     pub(super) fn peer_addr(&self) -> Option<SocketAddr> {
@@ -100,7 +116,7 @@ impl AsyncRead for PlainTcp {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.readable {
+        if !this.readable && !this.ended {
             return Poll::Pending;
         }
         // Safe code reads into initialized memory only: zeroed here, at most `MAX_READ` bytes
@@ -217,12 +233,18 @@ impl EventLoop {
         full
     }
 
-    /// The events [`take`](Self::take) found: the registry index of a connection, and whether
-    /// it should read.
-    pub(super) fn events(&self) -> impl Iterator<Item = (usize, bool)> + '_ {
+    /// Whether [`take`](Self::take) found events.
+    pub(super) fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
+    /// The events [`take`](Self::take) found: the registry index of a connection, and what
+    /// its socket is ready for.
+    pub(super) fn events(&self) -> impl Iterator<Item = (usize, Readiness)> + '_ {
         self.events.iter().map(|event| {
-            let read = event.is_readable() || event.is_read_closed() || event.is_error();
-            (event.token().0, read)
+            let ended = event.is_read_closed() || event.is_error();
+            let read = event.is_readable() || ended;
+            (event.token().0, Readiness { read, ended })
         })
     }
 

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use volley::callback::{Callbacks, Conn, ConnHandle};
 use volley::{CloseCode, CloseFrame, Config, Endpoint, Error, Message, Result, Server};
@@ -128,16 +128,28 @@ fn config() -> Config {
     Config::default().ping_interval(None)
 }
 
-/// The descriptors this process has open.
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count())
+/// The sockets on local port `port` that a descriptor still holds (connected ones and the
+/// listener): the server's (tests run in parallel in this process, so its descriptor count
+/// says nothing). Sockets the server closed first linger in TIME_WAIT without a descriptor
+/// (inode 0).
+fn held_sockets(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let local = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.len() > 9 && fields[1].ends_with(&local) && fields[9] != "0"
+        })
+        .count()
 }
 
-/// Waits (bounded) until the process has `want` descriptors open or fewer; returns the count.
-async fn fds_back_to(want: usize) -> usize {
+/// Waits (bounded) until at most `want` sockets on `port` are held; returns how many are.
+async fn held_sockets_down_to(port: u16, want: usize) -> usize {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let now = open_fds();
+        let now = held_sockets(port);
         if now <= want || tokio::time::Instant::now() > deadline {
             return now;
         }
@@ -166,46 +178,53 @@ async fn data_and_the_end_of_stream_seen_together_are_both_handled() {
     raw.expect_eof_within(Duration::from_secs(2)).await;
 }
 
-/// A peer that stops reading fills the socket: writes would block, the driver keeps what is
-/// left and writes it on the socket's next event (its send buffer draining), in order.
+/// A peer that stops reading fills the socket: writes would block and the driver stops reading
+/// (backpressure), so only the socket's next event (its send buffer draining) can resume it; it
+/// then writes the rest, in order, and reads again.
 #[tokio::test]
 async fn writes_that_would_block_resume_when_the_peer_reads_again() {
-    let mut server = start(config().write_limit(1 << 20));
+    let mut server = start(config().write_limit(256 * 1024));
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     socket.set_recv_buffer_size(16 * 1024).expect("rcvbuf");
     let stream = within(socket.connect(server.addr)).await.expect("connect");
     let mut raw = Raw::new(stream);
     raw.write(upgrade_request(server.addr).as_bytes()).await;
     assert!(raw.read_http_head().await.starts_with("HTTP/1.1 101 "));
+    assert!(raw.buf.is_empty());
     let id = server.opened().await.id();
-    // 4 MiB of echoes, sent before the client reads any of it: far more than the two sockets'
-    // buffers hold (the client's receive buffer is 16 KiB).
-    let count = 64;
-    let payload = |i: usize| vec![i as u8; 64 * 1024];
+    // 16 MiB of echoes, far more than the sockets' buffers hold (the kernel's default maximum
+    // send buffer is 4 MiB, the client's receive buffer 16 KiB): the server runs into a full
+    // socket, then into its write limit, and stops reading.
+    let count = 256;
+    let len = 64 * 1024;
     let mut sent = Vec::new();
     for i in 0..count {
-        sent.extend(client_frame(OP_BINARY, &payload(i)));
+        sent.extend(client_frame(OP_BINARY, &vec![i as u8; len]));
     }
-    let (rd, mut wr) = raw.stream.into_split();
+    let (mut rd, mut wr) = raw.stream.into_split();
     let writer = tokio::spawn(async move {
-        wr.write_all(&sent).await.expect("write");
+        tokio::time::timeout(Duration::from_secs(30), wr.write_all(&sent))
+            .await
+            .expect("the client's writes timed out")
+            .expect("write");
         wr
     });
-    // Let the server run into a full socket before reading anything.
+    // Nothing is read until the server is stuck.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut reader = Raw {
-        stream: within(async {
-            let wr = writer.await.expect("writer");
-            rd.reunite(wr).expect("reunite")
-        })
-        .await,
-        buf: raw.buf,
-    };
+    assert!(!writer.is_finished(), "the server took everything in");
+    let mut echo = vec![0u8; 10 + len];
     for i in 0..count {
-        let frame = reader.read_frame().await;
-        assert_eq!(frame.payload, payload(i), "echo {i}");
+        // Promptly: without the socket's writable event the driver would only come back to the
+        // connection at its next timer (its buffers' release, a second after its last read).
+        within_for(Duration::from_millis(600), rd.read_exact(&mut echo))
+            .await
+            .expect("echo");
+        assert_eq!(echo[..2], [0x82, 127], "echo {i}");
+        assert_eq!(echo[2..10], (len as u64).to_be_bytes(), "echo {i}");
+        assert!(echo[10..].iter().all(|&b| b == i as u8), "echo {i}");
     }
-    drop(reader);
+    let wr = within(writer).await.expect("writer");
+    drop((rd, wr));
     assert_eq!(server.closed(id).await, "abnormal");
 }
 
@@ -216,7 +235,9 @@ async fn a_send_from_another_thread_reaches_an_idle_connection() {
     let mut server = start(config());
     let mut raw = raw_client(server.addr).await;
     let handle = server.opened().await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Past the release of the connection's buffers (1 s after its last read): from then on it
+    // has no deadline in the driver's timer queue, only its socket in the poll and the handle.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
     let sender = handle.clone();
     std::thread::spawn(move || sender.send("from a thread").expect("send"))
         .join()
@@ -236,8 +257,8 @@ async fn a_send_from_another_thread_reaches_an_idle_connection() {
 #[tokio::test]
 async fn every_way_a_connection_ends_releases_its_socket() {
     let mut server = start(config());
-    // The listener and the runtime are open already.
-    let before = open_fds();
+    let port = server.addr.port();
+    assert_eq!(held_sockets(port), 1, "the listener");
 
     // 1. Close handshake started by the client.
     let mut raw = raw_client(server.addr).await;
@@ -282,8 +303,8 @@ async fn every_way_a_connection_ends_releases_its_socket() {
     assert!(server.closed(handle.id()).await.starts_with("ok"));
     drop(raw);
 
-    let after = fds_back_to(before).await;
-    assert!(after <= before, "{before} descriptors before, {after} after");
+    // Only the listener is left.
+    assert_eq!(held_sockets_down_to(port, 1).await, 1);
 
     // 6. Shutdown: connections still open are closed with 1001, answered or not.
     let mut answering = raw_client(server.addr).await;
@@ -306,7 +327,6 @@ async fn every_way_a_connection_ends_releases_its_socket() {
     assert!(outcomes[0].1.starts_with("ok"), "{outcomes:?}");
     assert!(outcomes[1].1.starts_with("error"), "{outcomes:?}");
     drop((answering, silent));
-    let after = fds_back_to(before).await;
-    // The server's own descriptors (listener, runtime) are gone too now.
-    assert!(after < before, "{before} descriptors before, {after} after shutdown");
+    // The listener is gone too.
+    assert_eq!(held_sockets_down_to(port, 0).await, 0);
 }

@@ -32,7 +32,7 @@ impl Callbacks for Probe {
     }
 
     fn on_message(&self, conn: &mut Conn<'_>, message: Message) {
-        if message.payload().as_ref() == b"slow" {
+        if message.payload() == &b"slow"[..] {
             std::thread::sleep(Duration::from_millis(100));
         }
         let _ = conn.send(message);
@@ -104,7 +104,9 @@ fn start(config: Config) -> Running {
                 .config(config)
                 .drain_timeout(Duration::from_secs(2))
                 .route("/", Endpoint::callbacks(Probe(seen_tx)));
-            addr_tx.send(server.local_addr().expect("addr")).expect("addr");
+            addr_tx
+                .send(server.local_addr().expect("addr"))
+                .expect("addr");
             let _ = server
                 .run_until(async {
                     let _ = stopped.await;
@@ -263,7 +265,8 @@ async fn every_way_a_connection_ends_releases_its_socket() {
     // 1. Close handshake started by the client.
     let mut raw = raw_client(server.addr).await;
     let id = server.opened().await.id();
-    raw.write(&client_frame(OP_CLOSE, &close_payload(1000, ""))).await;
+    raw.write(&client_frame(OP_CLOSE, &close_payload(1000, "")))
+        .await;
     assert_eq!(raw.read_close().await.close_code(), Some(1000));
     raw.expect_eof_within(Duration::from_secs(2)).await;
     assert!(server.closed(id).await.starts_with("ok"));
@@ -282,7 +285,10 @@ async fn every_way_a_connection_ends_releases_its_socket() {
     raw.stream.set_zero_linger().expect("linger");
     drop(raw);
     let outcome = server.closed(id).await;
-    assert!(outcome == "abnormal" || outcome.starts_with("error"), "{outcome}");
+    assert!(
+        outcome == "abnormal" || outcome.starts_with("error"),
+        "{outcome}"
+    );
 
     // 4. Protocol violation (an unmasked frame): failed with 1002.
     let mut raw = raw_client(server.addr).await;
@@ -323,7 +329,11 @@ async fn every_way_a_connection_ends_releases_its_socket() {
     let mut server = within(stopping).await.expect("shutdown");
     let mut outcomes = [server.any_closed().await, server.any_closed().await];
     outcomes.sort();
-    assert_eq!([outcomes[0].0, outcomes[1].0], [first, second], "{outcomes:?}");
+    assert_eq!(
+        [outcomes[0].0, outcomes[1].0],
+        [first, second],
+        "{outcomes:?}"
+    );
     assert!(outcomes[0].1.starts_with("ok"), "{outcomes:?}");
     assert!(outcomes[1].1.starts_with("error"), "{outcomes:?}");
     drop((answering, silent));

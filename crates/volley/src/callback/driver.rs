@@ -405,6 +405,9 @@ struct Registry {
     conns: Vec<Option<Arc<Driven>>>,
     /// Free indexes of `conns`.
     free: Vec<u32>,
+    /// Connections registered in the driver's poll.
+    #[cfg(unix)]
+    plain: usize,
 }
 
 impl Registry {
@@ -541,18 +544,14 @@ impl Driver {
             driver: self.clone(),
             conns: Vec::new(),
             free: Vec::new(),
+            #[cfg(unix)]
+            plain: 0,
         };
         #[cfg(unix)]
-        let mut poll = match EventLoop::new() {
-            Ok(poll) => Some(poll),
-            Err(e) => {
-                // Its plain TCP connections fail to register, one by one.
-                tracing::error!("a callback driver could not make its poll: {e}");
-                None
-            }
-        };
-        #[cfg(unix)]
-        let mut more_events = false;
+        // Made for the first plain TCP connection, dropped with the last: a driver without
+        // any (a route's drivers before its first connection, or serving only upgraded
+        // transports) holds no descriptor.
+        let mut poll: Option<EventLoop> = None;
         #[cfg(not(unix))]
         let poll: Option<()> = None;
         let mut timers = BinaryHeap::<TimerEntry>::new();
@@ -570,9 +569,19 @@ impl Driver {
             }
             let now = core::now();
             #[cfg(unix)]
-            if let Some(poll) = poll.as_mut() {
-                more_events = std::future::poll_fn(|cx| Poll::Ready(poll.take(cx))).await;
+            if poll.is_none() && opening.iter().any(|(conn, _)| lock(&conn.state).is_plain()) {
+                poll = EventLoop::new()
+                    .inspect_err(|e| {
+                        // Its plain TCP connections fail to register, one by one.
+                        tracing::error!("a callback driver could not make its poll: {e}");
+                    })
+                    .ok();
             }
+            #[cfg(unix)]
+            let more_events = match poll.as_mut() {
+                Some(poll) => std::future::poll_fn(|cx| Poll::Ready(poll.take(cx))).await,
+                None => false,
+            };
             // Connections run from the poll count too: one that used up its read budget is in
             // the ready queue now, and the runtime must get its turn before the driver's next.
             #[cfg(unix)]
@@ -624,6 +633,10 @@ impl Driver {
                 if let Some(conn) = entry.conn.upgrade() {
                     self.run_conn(&conn, &mut turn, Why::Timer(entry.at));
                 }
+            }
+            #[cfg(unix)]
+            if registry.plain == 0 {
+                poll = None;
             }
             let ending = shutting_down || self.orphaned.load(Ordering::Acquire);
             if ending && registry.is_empty() {
@@ -697,6 +710,7 @@ impl Driver {
                     turn.registry.remove(slot as usize);
                     return;
                 }
+                turn.registry.plain += 1;
             }
             st.slot = slot;
             let mut opened = Conn {
@@ -755,6 +769,10 @@ impl Driver {
             }
             Some(result) => {
                 conn.open.store(false, Ordering::Release);
+                #[cfg(unix)]
+                if st.is_plain() {
+                    turn.registry.plain -= 1;
+                }
                 st.io = None;
                 st.proto.release_idle_buffers();
                 conn.clear_outbox();

@@ -549,7 +549,7 @@ impl Ctx {
         let written = std::io::Write::write(&mut &*socket2::SockRef::from(&stream), response);
         match written {
             Ok(written) if written == response.len() => {
-                let io = Io::Stream(MaybeTlsStream::Plain(stream));
+                let io = MaybeTlsStream::Plain(stream);
                 adopt(drivers, io, upgrade, &mut decision, deflate, leftover);
             }
             Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => {
@@ -564,8 +564,7 @@ impl Ctx {
                 tokio::spawn(async move {
                     let mut stream = MaybeTlsStream::Plain(stream);
                     if stream.write_all(&rest).await.is_ok() {
-                        let io = Io::Stream(stream);
-                        adopt(&drivers, io, upgrade, &mut decision, deflate, &leftover);
+                        adopt(&drivers, stream, upgrade, &mut decision, deflate, &leftover);
                     }
                 });
             }
@@ -715,14 +714,7 @@ impl Ctx {
                     deflate,
                     leftover,
                 } = accepted;
-                adopt(
-                    &drivers,
-                    Io::Stream(stream),
-                    upgrade,
-                    &mut decision,
-                    deflate,
-                    &leftover,
-                );
+                adopt(&drivers, stream, upgrade, &mut decision, deflate, &leftover);
             }
             #[cfg(feature = "hyper")]
             Target::Service(_) => {}
@@ -1101,12 +1093,20 @@ impl Pending {
 /// only if `on_open` asks) or as the auth hook returned it, and the policy's extensions.
 fn adopt(
     drivers: &crate::callback::Drivers,
-    io: Io,
+    stream: MaybeTlsStream,
     upgrade: UpgradeRequest,
     decision: &mut crate::policy::Decision,
     deflate: Option<volley_proto::DeflateParams>,
     leftover: &[u8],
 ) {
+    let io = match Io::stream(stream) {
+        Ok(io) => io,
+        Err(e) => {
+            // Not served: the socket is closed (tokio could not let it go).
+            tracing::debug!("handing a connection to its driver failed: {e}");
+            return;
+        }
+    };
     let (extensions, authed) = decision.take_extensions();
     let request = match authed {
         Some(request) => OpenRequest::Built(request),

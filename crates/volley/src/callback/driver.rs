@@ -24,11 +24,20 @@ use crate::core::{self, Micros, NEVER, Shutdown};
 use crate::error::{Error, Timeout};
 use crate::maybe_tls::MaybeTlsStream;
 
-/// The transport of a callback connection: a server's TCP (or TLS) stream inline, anything else
-/// (a hyper upgrade, a custom transport) boxed.
+#[cfg(unix)]
+use super::evloop::{EventLoop, PlainTcp, Readiness};
+
+/// The transport of a callback connection: plain TCP in the driver's own poll, a server's TLS
+/// stream (or plain TCP on tokio, when the driver's poll is switched off), anything else (a
+/// hyper upgrade, a custom transport). Boxed but for plain TCP, so that it takes two words in
+/// every connection (a TLS stream is far larger than a box anyway).
 pub(crate) enum Io {
-    Stream(MaybeTlsStream),
-    Boxed(Box<dyn Transport>),
+    Stream(Box<MaybeTlsStream>),
+    #[allow(clippy::redundant_allocation)]
+    Boxed(Box<Box<dyn Transport>>),
+    /// Plain TCP in the driver's own poll (see [`evloop`](super::evloop)).
+    #[cfg(unix)]
+    Plain(PlainTcp),
 }
 
 /// What a boxed transport must be.
@@ -41,7 +50,28 @@ impl Io {
         match self {
             Self::Stream(s) => s.tcp()?.peer_addr().ok(),
             Self::Boxed(_) => None,
+            #[cfg(unix)]
+            Self::Plain(s) => s.peer_addr(),
         }
+    }
+
+    /// A server's stream: plain TCP leaves tokio for the driver's own poll (unless that is
+    /// switched off). Fails only if tokio could not let the socket go (it is closed then).
+    pub(crate) fn stream(stream: MaybeTlsStream) -> std::io::Result<Self> {
+        #[cfg(unix)]
+        #[allow(irrefutable_let_patterns)] // without the `tls` and `hyper` features
+        if let MaybeTlsStream::Plain(tcp) = stream {
+            if super::evloop::enabled() {
+                return Ok(Self::Plain(PlainTcp::from_tokio(tcp)?));
+            }
+            return Ok(Self::Stream(Box::new(MaybeTlsStream::Plain(tcp))));
+        }
+        Ok(Self::Stream(Box::new(stream)))
+    }
+
+    /// Any other transport.
+    pub(crate) fn boxed(transport: impl Transport) -> Self {
+        Self::Boxed(Box::new(Box::new(transport)))
     }
 }
 
@@ -50,6 +80,8 @@ macro_rules! each {
         match $self.get_mut() {
             Io::Stream($s) => $e,
             Io::Boxed($s) => $e,
+            #[cfg(unix)]
+            Io::Plain($s) => $e,
         }
     };
 }
@@ -85,6 +117,8 @@ impl AsyncWrite for Io {
         match self {
             Self::Stream(s) => s.is_write_vectored(),
             Self::Boxed(s) => s.is_write_vectored(),
+            #[cfg(unix)]
+            Self::Plain(_) => true,
         }
     }
 
@@ -366,15 +400,48 @@ impl Driver {
 /// marks the driver dead and closes every connection left.
 struct Registry {
     driver: Arc<Driver>,
-    conns: Vec<Arc<Driven>>,
+    /// By index (a connection keeps its index while it lives: it is also its token in the
+    /// driver's poll); `None` for free indexes.
+    conns: Vec<Option<Arc<Driven>>>,
+    /// Free indexes of `conns`.
+    free: Vec<u32>,
+    /// Connections registered in the driver's poll.
+    #[cfg(unix)]
+    plain: usize,
 }
 
 impl Registry {
-    /// Removes the connection at `slot` (its lock must not be held).
+    /// Adds a connection; returns its index.
+    fn insert(&mut self, conn: Arc<Driven>) -> u32 {
+        match self.free.pop() {
+            Some(slot) => {
+                self.conns[slot as usize] = Some(conn);
+                slot
+            }
+            None => {
+                self.conns.push(Some(conn));
+                (self.conns.len() - 1) as u32
+            }
+        }
+    }
+
+    /// The connection at `slot`, if there is one.
+    fn get(&self, slot: usize) -> Option<&Arc<Driven>> {
+        self.conns.get(slot)?.as_ref()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.conns.len() == self.free.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Arc<Driven>> {
+        self.conns.iter().flatten()
+    }
+
+    /// Removes the connection at `slot`.
     fn remove(&mut self, slot: usize) {
-        self.conns.swap_remove(slot);
-        if let Some(moved) = self.conns.get(slot) {
-            lock(&moved.state).slot = slot as u32;
+        if self.conns[slot].take().is_some() {
+            self.free.push(slot as u32);
         }
         self.driver.shared.finished();
     }
@@ -392,7 +459,7 @@ impl Drop for Registry {
             self.driver.shared.finished();
         }
         let config = &*self.driver.config;
-        for conn in self.conns.drain(..) {
+        for conn in self.conns.drain(..).flatten() {
             let mut st = lock(&conn.state);
             if st.io.take().is_some() {
                 conn.open.store(false, Ordering::Release);
@@ -423,6 +490,9 @@ enum Why<'r> {
     Opened(&'r OpenRequest),
     /// Woken by I/O or a handle.
     Woken,
+    /// Its socket in the driver's poll had an event.
+    #[cfg(unix)]
+    Event(Readiness),
     /// Its timer (the deadline it was armed for) fell due.
     Timer(Micros),
 }
@@ -463,6 +533,9 @@ struct Turn<'a> {
     prune_above: &'a mut usize,
     now: Micros,
     shutdown: Option<&'a CloseFrame>,
+    /// The driver's own poll, for plain TCP connections.
+    #[cfg(unix)]
+    poll: Option<&'a EventLoop>,
 }
 
 impl Driver {
@@ -470,7 +543,17 @@ impl Driver {
         let mut registry = Registry {
             driver: self.clone(),
             conns: Vec::new(),
+            free: Vec::new(),
+            #[cfg(unix)]
+            plain: 0,
         };
+        #[cfg(unix)]
+        // Made for the first plain TCP connection, dropped with the last: a driver without
+        // any (a route's drivers before its first connection, or serving only upgraded
+        // transports) holds no descriptor.
+        let mut poll: Option<EventLoop> = None;
+        #[cfg(not(unix))]
+        let poll: Option<()> = None;
         let mut timers = BinaryHeap::<TimerEntry>::new();
         let mut prune_above = PRUNE_MIN;
         let mut batch = VecDeque::new();
@@ -485,12 +568,32 @@ impl Driver {
                 std::mem::swap(&mut ready.opening, &mut opening);
             }
             let now = core::now();
-            let busy = !batch.is_empty() || !opening.is_empty();
+            #[cfg(unix)]
+            if poll.is_none() && opening.iter().any(|(conn, _)| lock(&conn.state).is_plain()) {
+                poll = EventLoop::new()
+                    .inspect_err(|e| {
+                        // Its plain TCP connections fail to register, one by one.
+                        tracing::error!("a callback driver could not make its poll: {e}");
+                    })
+                    .ok();
+            }
+            #[cfg(unix)]
+            let more_events = match poll.as_mut() {
+                Some(poll) => std::future::poll_fn(|cx| Poll::Ready(poll.take(cx))).await,
+                None => false,
+            };
+            // Connections run from the poll count too: one that used up its read budget is in
+            // the ready queue now, and the runtime must get its turn before the driver's next.
+            #[cfg(unix)]
+            let polled = poll.as_ref().is_some_and(EventLoop::has_events);
+            #[cfg(not(unix))]
+            let polled = false;
+            let busy = !batch.is_empty() || !opening.is_empty() || polled;
             let frame = shared.shutdown.frame();
             if !shutting_down && self.stopping.load(Ordering::Acquire) {
                 if let Some(frame) = frame {
                     shutting_down = true;
-                    for conn in &registry.conns {
+                    for conn in registry.iter() {
                         let _ = lock(&conn.state).proto.close(Some(frame.clone()));
                         if !conn.queued.swap(true, Ordering::AcqRel) {
                             batch.push_back(conn.clone());
@@ -504,10 +607,20 @@ impl Driver {
                 prune_above: &mut prune_above,
                 now,
                 shutdown: frame,
+                #[cfg(unix)]
+                poll: poll.as_ref(),
             };
             for (conn, request) in opening.drain(..) {
                 conn.queued.store(false, Ordering::Release);
                 self.run_conn(&conn, &mut turn, Why::Opened(&request));
+            }
+            #[cfg(unix)]
+            if let Some(poll) = poll.as_ref() {
+                for (slot, read) in poll.events() {
+                    if let Some(conn) = turn.registry.get(slot).cloned() {
+                        self.run_conn(&conn, &mut turn, Why::Event(read));
+                    }
+                }
             }
             while let Some(conn) = batch.pop_front() {
                 conn.queued.store(false, Ordering::Release);
@@ -521,8 +634,12 @@ impl Driver {
                     self.run_conn(&conn, &mut turn, Why::Timer(entry.at));
                 }
             }
+            #[cfg(unix)]
+            if registry.plain == 0 {
+                poll = None;
+            }
             let ending = shutting_down || self.orphaned.load(Ordering::Acquire);
-            if ending && registry.conns.is_empty() {
+            if ending && registry.is_empty() {
                 let ready = lock(&self.ready);
                 if ready.queue.is_empty() && ready.opening.is_empty() {
                     // `registry`'s drop marks the driver as exited.
@@ -530,10 +647,14 @@ impl Driver {
                 }
                 continue;
             }
-            if busy && {
-                let ready = lock(&self.ready);
-                !ready.queue.is_empty() || !ready.opening.is_empty()
-            } {
+            #[cfg(not(unix))]
+            let more_events = false;
+            if more_events
+                || busy && {
+                    let ready = lock(&self.ready);
+                    !ready.queue.is_empty() || !ready.opening.is_empty()
+                }
+            {
                 // Connections that used up their read budget woke themselves: let the runtime
                 // poll for I/O and run its other tasks (accepting, other drivers) first. With
                 // nothing left, the driver waits below instead: yielding after every turn made
@@ -550,9 +671,13 @@ impl Driver {
                     tokio::select! {
                         () = self.notify.notified() => {}
                         () = timer.as_mut() => {}
+                        () = events(poll.as_ref()) => {}
                     }
                 }
-                None => self.notify.notified().await,
+                None => tokio::select! {
+                    () = self.notify.notified() => {}
+                    () = events(poll.as_ref()) => {}
+                },
             }
         }
     }
@@ -569,8 +694,25 @@ impl Driver {
             return;
         }
         if st.slot == NEW {
-            st.slot = turn.registry.conns.len() as u32;
-            turn.registry.conns.push(conn.clone());
+            let slot = turn.registry.insert(conn.clone());
+            #[cfg(unix)]
+            if let Some(Io::Plain(tcp)) = st.io.as_mut() {
+                let registered = match turn.poll {
+                    Some(poll) => tcp.register(poll, slot as usize),
+                    None => Err(std::io::Error::other("the driver has no poll")),
+                };
+                if let Err(e) = registered {
+                    // Never opened: closed without callbacks, as if the driver were gone.
+                    tracing::error!("registering a connection in its driver's poll failed: {e}");
+                    st.io = None;
+                    conn.open.store(false, Ordering::Release);
+                    drop(guard);
+                    turn.registry.remove(slot as usize);
+                    return;
+                }
+                turn.registry.plain += 1;
+            }
+            st.slot = slot;
             let mut opened = Conn {
                 st: &mut *st,
                 config,
@@ -587,6 +729,10 @@ impl Driver {
             if let Some(frame) = turn.shutdown {
                 let _ = st.proto.close(Some(frame.clone()));
             }
+        }
+        #[cfg(unix)]
+        if let (Why::Event(readiness), Some(Io::Plain(tcp))) = (why, st.io.as_mut()) {
+            tcp.on_event(readiness);
         }
         if let Why::Timer(at) = why {
             if st.armed != at {
@@ -623,6 +769,10 @@ impl Driver {
             }
             Some(result) => {
                 conn.open.store(false, Ordering::Release);
+                #[cfg(unix)]
+                if st.is_plain() {
+                    turn.registry.plain -= 1;
+                }
                 st.io = None;
                 st.proto.release_idle_buffers();
                 conn.clear_outbox();
@@ -642,6 +792,20 @@ impl Driver {
             }
         }
     }
+}
+
+/// Waits for events in the driver's poll (forever without one). Cancel-safe.
+#[cfg(unix)]
+async fn events(poll: Option<&EventLoop>) {
+    match poll {
+        Some(poll) => poll.ready().await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(not(unix))]
+async fn events(_: Option<&()>) {
+    std::future::pending().await
 }
 
 /// Drops the timer entries of closed connections once they are many. An entry stays in the

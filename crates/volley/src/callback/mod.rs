@@ -5,8 +5,15 @@
 //! route: [`Endpoint::callbacks`](crate::Endpoint::callbacks) on a [`Server`](crate::Server), or
 //! [`Drivers`] behind a hyper or axum upgrade. Those connections get no task of their own: one
 //! driver task per runtime worker runs every connection's reads, writes and timers and calls
-//! the callbacks. An idle connection costs its protocol state, its socket's registration with
-//! the runtime and a few words in the driver: under 1 KiB (docs/PERFORMANCE.md).
+//! the callbacks. An idle connection costs its protocol state and a few words in the driver:
+//! about 500 B (docs/PERFORMANCE.md).
+//!
+//! On Unix a plain TCP connection does not even register with tokio: each driver has its own
+//! `mio` poll (one descriptor that tokio watches), and runs the connections whose sockets it
+//! reports in place, without a waker per event. TLS connections and transports upgraded by
+//! hyper or axum stay on tokio's I/O. Setting the environment variable
+//! `VOLLEY_CALLBACK_IO=tokio` (read once per process) puts plain TCP back on tokio too, for
+//! comparison: a connection then costs tokio's registration as well (~0.9 KiB in all).
 //!
 //! ```no_run
 //! use volley::callback::{Callbacks, Conn};
@@ -88,6 +95,8 @@
 
 mod conn;
 mod driver;
+#[cfg(unix)]
+mod evloop;
 
 use std::any::Any;
 use std::net::SocketAddr;
@@ -566,7 +575,7 @@ impl Drivers {
     ) where
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        self.adopt(Io::Boxed(Box::new(transport)), request, deflate, leftover);
+        self.adopt(Io::boxed(transport), request, deflate, leftover);
     }
 
     #[cfg(test)]

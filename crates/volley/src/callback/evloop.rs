@@ -1,0 +1,256 @@
+//! The callback drivers' own event loop for plain TCP connections (issue #15): each driver owns
+//! a `mio::Poll` whose epoll descriptor is registered once with tokio, and reads, writes and
+//! runs the connections its events name in place. A plain-TCP connection thus costs no tokio
+//! I/O registration (`ScheduledIo`, 256 B with its alignment, and a waker wake per event into
+//! the driver's ready queue): its socket is registered, edge-triggered, for reading and
+//! writing once, in the driver's own poll, under its index in the driver's registry.
+//!
+//! TLS connections and boxed transports (hyper upgrades, custom transports) stay on tokio.
+//! Handles ([`ConnHandle`](super::ConnHandle) sends, hub offers) still wake a connection through
+//! the driver's ready queue, and timers stay in the driver's timer queue.
+//!
+//! Readiness is edge-triggered: a connection reads until a read comes back short or would
+//! block (a short read of a stream socket means its receive queue was emptied; anything that
+//! arrives after it is a new edge), and a write that would block waits for the next event (the
+//! socket's send buffer draining is an edge too). No `unsafe`: reads go to initialized memory.
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::sync::OnceLock;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Token};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Most bytes one read takes (and zeroes first).
+const MAX_READ: usize = 64 * 1024;
+
+/// Events taken from the poll in one go; more wait for the next call.
+const EVENTS: usize = 256;
+
+/// Whether plain-TCP connections of callback routes use the drivers' own event loop: yes
+/// unless the environment variable `VOLLEY_CALLBACK_IO` is `tokio` (read once; for comparing
+/// the two in benchmarks).
+pub(crate) fn enabled() -> bool {
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var("VOLLEY_CALLBACK_IO").map_or(true, |v| v != "tokio"))
+}
+
+/// A plain TCP connection in a driver's own poll.
+#[derive(Debug)]
+pub(crate) struct PlainTcp {
+    /// Non-blocking; registered through its descriptor (a `mio` stream would be larger).
+    stream: std::net::TcpStream,
+    /// The last event said readable and no read since came back short or would block.
+    readable: bool,
+    /// An event said the peer is done sending (or the socket failed): reads no longer wait
+    /// for an edge, the next one (after the bytes before the end) tells how it ended. A read
+    /// that comes back short just before the end was received must not wait for an edge
+    /// that came already.
+    ended: bool,
+}
+
+/// What an event said about a socket.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Readiness {
+    /// Bytes (or the end) to read.
+    pub(super) read: bool,
+    /// The peer is done sending, or the socket failed.
+    pub(super) ended: bool,
+}
+
+impl PlainTcp {
+    /// Takes a socket away from tokio (its registration is dropped): the driver registers it in
+    /// its own poll when it first runs the connection.
+    pub(crate) fn from_tokio(stream: tokio::net::TcpStream) -> io::Result<Self> {
+        // Still non-blocking.
+        let stream = stream.into_std()?;
+        Ok(Self {
+            stream,
+            // Bytes may have arrived before the registration: the first turn reads.
+            readable: true,
+            ended: false,
+        })
+    }
+
+    /// Registers the socket in `poll` under `token`, for reading and writing, edge-triggered.
+    pub(super) fn register(&mut self, poll: &EventLoop, token: usize) -> io::Result<()> {
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        let fd = self.stream.as_raw_fd();
+        let registry = poll.fd.get_ref().0.registry();
+        registry.register(&mut SourceFd(&fd), Token(token), interest)
+    }
+
+    /// What an event said about the socket.
+    pub(super) fn on_event(&mut self, readiness: Readiness) {
+        self.readable |= readiness.read;
+        self.ended |= readiness.ended;
+    }
+
+    pub(super) fn peer_addr(&self) -> Option<SocketAddr> {
+        self.stream.peer_addr().ok()
+    }
+}
+
+/// Retries `op` while it is interrupted; `Pending` when it would block.
+fn nonblocking<T>(mut op: impl FnMut() -> io::Result<T>) -> Poll<io::Result<T>> {
+    loop {
+        match op() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
+            result => return Poll::Ready(result),
+        }
+    }
+}
+
+/// The waker is not used: the driver runs the connection again on its socket's next event.
+impl AsyncRead for PlainTcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.readable && !this.ended {
+            return Poll::Pending;
+        }
+        // Safe code reads into initialized memory only: zeroed here, at most `MAX_READ` bytes
+        // (small frames are read into an initialized scratch buffer instead, see `poll_fill`).
+        let room = buf.remaining().min(MAX_READ);
+        let dst = buf.initialize_unfilled_to(room);
+        let room = dst.len();
+        let read = nonblocking(|| (&this.stream).read(dst));
+        match read {
+            Poll::Ready(Ok(n)) => {
+                if n < room {
+                    // The receive queue is empty (or the peer is done): wait for the next edge.
+                    this.readable = false;
+                }
+                buf.advance(n);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                this.readable = false;
+                Poll::Pending
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+/// The waker is not used: a write that would block is retried on the socket's next event.
+impl AsyncWrite for PlainTcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let stream = &self.stream;
+        nonblocking(|| (&*stream).write(buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let stream = &self.stream;
+        nonblocking(|| (&*stream).write_vectored(bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.stream.shutdown(std::net::Shutdown::Write))
+    }
+}
+
+/// A `mio::Poll` as tokio sees it: one descriptor, readable when the poll has events.
+struct PollFd(mio::Poll);
+
+impl AsRawFd for PollFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// One driver's poll, registered with tokio.
+pub(super) struct EventLoop {
+    fd: AsyncFd<PollFd>,
+    events: Events,
+}
+
+impl EventLoop {
+    /// Must be called inside a tokio runtime.
+    pub(super) fn new() -> io::Result<Self> {
+        let poll = mio::Poll::new()?;
+        // tokio 1.54 deprecated its safe `AsyncFd` constructors (an `AsRawFd` value could close
+        // its descriptor while registered) for `unsafe` ones. I/O safety holds here: the
+        // descriptor is the `mio::Poll`'s own, which the `AsyncFd` owns, deregisters and only
+        // then drops, and nothing else closes it.
+        #[allow(deprecated)]
+        let fd = AsyncFd::with_interest(PollFd(poll), tokio::io::Interest::READABLE)?;
+        Ok(Self {
+            fd,
+            events: Events::with_capacity(EVENTS),
+        })
+    }
+
+    /// Takes the events ready now, without waiting, if tokio saw the poll readable; `cx`'s
+    /// task is woken when it becomes readable otherwise. Returns whether there may be more
+    /// (the batch was full).
+    pub(super) fn take(&mut self, cx: &mut Context<'_>) -> bool {
+        let Self { fd, events } = self;
+        events.clear();
+        let Poll::Ready(Ok(mut guard)) = fd.poll_read_ready_mut(cx) else {
+            return false;
+        };
+        match guard.get_inner_mut().0.poll(events, Some(Duration::ZERO)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return true,
+            Err(e) => {
+                tracing::error!("polling a callback driver's sockets failed: {e}");
+                events.clear();
+                return false;
+            }
+        }
+        let full = events.iter().count() >= EVENTS;
+        if !full {
+            // Drained: tokio reports the poll readable again at its next event.
+            guard.clear_ready();
+        }
+        full
+    }
+
+    /// Whether [`take`](Self::take) found events.
+    pub(super) fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
+    /// The events [`take`](Self::take) found: the registry index of a connection, and what
+    /// its socket is ready for.
+    pub(super) fn events(&self) -> impl Iterator<Item = (usize, Readiness)> + '_ {
+        self.events.iter().map(|event| {
+            let ended = event.is_read_closed() || event.is_error();
+            let read = event.is_readable() || ended;
+            (event.token().0, Readiness { read, ended })
+        })
+    }
+
+    /// Waits until the poll has events. Cancel-safe.
+    pub(super) async fn ready(&self) {
+        // Not cleared here: `take` clears it once it has drained the poll.
+        let _ = self.fd.readable().await;
+    }
+}

@@ -24,6 +24,9 @@
 #[path = "common/sim_broker.rs"]
 mod sim_broker;
 
+#[path = "../../volley/tests/support/netsim_seeds.rs"]
+mod netsim_seeds;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -184,6 +187,15 @@ struct Outcome {
     sim_secs: f64,
 }
 
+impl netsim_seeds::Tally for Outcome {
+    fn add(&mut self, other: Self) {
+        self.faults += other.faults;
+        self.reconnects += other.reconnects;
+        self.lost += other.lost;
+        self.sim_secs += other.sim_secs;
+    }
+}
+
 #[derive(Clone, Copy)]
 struct Scenario {
     name: &'static str,
@@ -324,36 +336,13 @@ fn check(shared: &Shared, outcome: &mut Outcome) -> Result<(), String> {
     Ok(())
 }
 
-fn seeds() -> Vec<u64> {
-    match std::env::var("NETSIM_SEED") {
-        Ok(seed) => vec![seed.parse().expect("NETSIM_SEED: a number")],
-        Err(_) => {
-            let count = std::env::var("NETSIM_SEEDS")
-                .map_or(SEEDS, |n| n.parse().expect("NETSIM_SEEDS: a number"));
-            (1..=count).collect()
-        }
-    }
-}
-
 fn run_seeds(scenario: Scenario) -> Outcome {
     let started = std::time::Instant::now();
-    let mut total = Outcome::default();
-    for seed in seeds() {
-        total.seeds += 1;
-        match run(scenario, seed) {
-            Ok(o) => {
-                total.faults += o.faults;
-                total.reconnects += o.reconnects;
-                total.lost += o.lost;
-                total.sim_secs += o.sim_secs;
-            }
-            Err(e) => panic!(
-                "netsim {}: seed {seed} failed: {e}\n  replay: NETSIM_SEED={seed} cargo test -p \
-                 volley-redis --test netsim {}",
-                scenario.name, scenario.name
-            ),
-        }
-    }
+    let (mut total, seeds) =
+        netsim_seeds::run_seeds("volley-redis", scenario.name, SEEDS, |seed| {
+            run(scenario, seed)
+        });
+    total.seeds = seeds;
     eprintln!(
         "netsim {}: {} seeds, {} faults, {} reconnects, {} messages lost (all reported), {:.0} s \
          simulated in {:.1} s",

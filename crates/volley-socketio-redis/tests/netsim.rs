@@ -20,6 +20,9 @@ mod sim_broker;
 #[path = "../../volley-socketio/tests/sim/client.rs"]
 mod sim_client;
 
+#[path = "../../volley/tests/support/netsim_seeds.rs"]
+mod netsim_seeds;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -142,6 +145,17 @@ struct Outcome {
     fresh: usize,
     missed: usize,
     sim_secs: f64,
+}
+
+impl netsim_seeds::Tally for Outcome {
+    fn add(&mut self, other: Self) {
+        self.faults += other.faults;
+        self.recovered += other.recovered;
+        self.recovered_elsewhere += other.recovered_elsewhere;
+        self.fresh += other.fresh;
+        self.missed += other.missed;
+        self.sim_secs += other.sim_secs;
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -295,38 +309,13 @@ fn tick_of(fields: &[Vec<u8>]) -> Option<u32> {
     digits.parse().ok()
 }
 
-fn seeds() -> Vec<u64> {
-    match std::env::var("NETSIM_SEED") {
-        Ok(seed) => vec![seed.parse().expect("NETSIM_SEED: a number")],
-        Err(_) => {
-            let count = std::env::var("NETSIM_SEEDS")
-                .map_or(SEEDS, |n| n.parse().expect("NETSIM_SEEDS: a number"));
-            (1..=count).collect()
-        }
-    }
-}
-
 fn run_seeds(scenario: Scenario) -> Outcome {
     let started = std::time::Instant::now();
-    let mut total = Outcome::default();
-    for seed in seeds() {
-        total.seeds += 1;
-        match run(scenario, seed) {
-            Ok(o) => {
-                total.faults += o.faults;
-                total.recovered += o.recovered;
-                total.recovered_elsewhere += o.recovered_elsewhere;
-                total.fresh += o.fresh;
-                total.missed += o.missed;
-                total.sim_secs += o.sim_secs;
-            }
-            Err(e) => panic!(
-                "netsim {}: seed {seed} failed: {e}\n  replay: NETSIM_SEED={seed} cargo test -p \
-                 volley-socketio-redis --test netsim {}",
-                scenario.name, scenario.name
-            ),
-        }
-    }
+    let (mut total, seeds) =
+        netsim_seeds::run_seeds("volley-socketio-redis", scenario.name, SEEDS, |seed| {
+            run(scenario, seed)
+        });
+    total.seeds = seeds;
     eprintln!(
         "netsim {}: {} seeds, {} faults, {} sessions recovered ({} on the other server), {} fresh, {} events missed (each \
          followed by a fresh session), {:.0} s simulated in {:.1} s",

@@ -18,6 +18,9 @@
 #[path = "sim/client.rs"]
 mod sim_client;
 
+#[path = "../../volley/tests/support/netsim_seeds.rs"]
+mod netsim_seeds;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
@@ -124,6 +127,16 @@ struct Outcome {
     sim_secs: f64,
 }
 
+impl netsim_seeds::Tally for Outcome {
+    fn add(&mut self, other: Self) {
+        self.faults += other.faults;
+        self.recovered += other.recovered;
+        self.fresh += other.fresh;
+        self.missed += other.missed;
+        self.sim_secs += other.sim_secs;
+    }
+}
+
 #[derive(Clone, Copy)]
 struct Scenario {
     name: &'static str,
@@ -224,37 +237,13 @@ fn check(shared: &Shared, outcome: &mut Outcome) -> Result<(), String> {
     Ok(())
 }
 
-fn seeds() -> Vec<u64> {
-    match std::env::var("NETSIM_SEED") {
-        Ok(seed) => vec![seed.parse().expect("NETSIM_SEED: a number")],
-        Err(_) => {
-            let count = std::env::var("NETSIM_SEEDS")
-                .map_or(SEEDS, |n| n.parse().expect("NETSIM_SEEDS: a number"));
-            (1..=count).collect()
-        }
-    }
-}
-
 fn run_seeds(scenario: Scenario) -> Outcome {
     let started = std::time::Instant::now();
-    let mut total = Outcome::default();
-    for seed in seeds() {
-        total.seeds += 1;
-        match run(scenario, seed) {
-            Ok(o) => {
-                total.faults += o.faults;
-                total.recovered += o.recovered;
-                total.fresh += o.fresh;
-                total.missed += o.missed;
-                total.sim_secs += o.sim_secs;
-            }
-            Err(e) => panic!(
-                "netsim {}: seed {seed} failed: {e}\n  replay: NETSIM_SEED={seed} cargo test -p \
-                 volley-socketio --test netsim {}",
-                scenario.name, scenario.name
-            ),
-        }
-    }
+    let (mut total, seeds) =
+        netsim_seeds::run_seeds("volley-socketio", scenario.name, SEEDS, |seed| {
+            run(scenario, seed)
+        });
+    total.seeds = seeds;
     eprintln!(
         "netsim {}: {} seeds, {} faults, {} sessions recovered, {} fresh, {} events missed (each \
          followed by a fresh session), {:.0} s simulated in {:.1} s",

@@ -24,6 +24,9 @@
 //! Each scenario runs over many seeds (turmoil's and the fault schedule's). A failure names its
 //! seed: replay it alone with `NETSIM_SEED=<seed> cargo test -p volley --test netsim`.
 
+#[path = "../../volley/tests/support/netsim_seeds.rs"]
+mod netsim_seeds;
+
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -435,6 +438,17 @@ struct Outcome {
     sim_secs: f64,
 }
 
+impl netsim_seeds::Tally for Outcome {
+    fn add(&mut self, other: Self) {
+        self.faults += other.faults;
+        self.reconnects += other.reconnects;
+        self.gaps += other.gaps;
+        self.resumed += other.resumed;
+        self.repeats += other.repeats;
+        self.sim_secs += other.sim_secs;
+    }
+}
+
 /// A fault in progress, and when it ends.
 enum Active {
     Partition(&'static str),
@@ -654,40 +668,12 @@ fn check(scenario: &Scenario, server: &Server, sub: &Subscriber) -> Result<(), S
     Ok(())
 }
 
-/// The seeds to run: `NETSIM_SEED` alone, or `count` seeds.
-fn seeds(count: u64) -> Vec<u64> {
-    match std::env::var("NETSIM_SEED") {
-        Ok(seed) => vec![seed.parse().expect("NETSIM_SEED: a number")],
-        Err(_) => {
-            let count = std::env::var("NETSIM_SEEDS")
-                .map_or(count, |n| n.parse().expect("NETSIM_SEEDS: a number"));
-            (1..=count).collect()
-        }
-    }
-}
-
 /// Runs `scenario` over `count` seeds; panics with the failing seed. Returns the totals.
 fn run_seeds(scenario: &Scenario, count: u64) -> Outcome {
     let started = std::time::Instant::now();
-    let mut total = Outcome::default();
-    for seed in seeds(count) {
-        total.seeds += 1;
-        match run(scenario, seed) {
-            Ok(outcome) => {
-                total.faults += outcome.faults;
-                total.reconnects += outcome.reconnects;
-                total.gaps += outcome.gaps;
-                total.resumed += outcome.resumed;
-                total.repeats += outcome.repeats;
-                total.sim_secs += outcome.sim_secs;
-            }
-            Err(e) => panic!(
-                "netsim {}: seed {seed} failed: {e}\n  replay: NETSIM_SEED={seed} cargo test -p volley \
-                 --test netsim {}",
-                scenario.name, scenario.name
-            ),
-        }
-    }
+    let (mut total, seeds) =
+        netsim_seeds::run_seeds("volley", scenario.name, count, |seed| run(scenario, seed));
+    total.seeds = seeds;
     eprintln!(
         "netsim {}: {} seeds, {} faults, {} reconnects, {} complete resumes, {} gaps, {} repeats \
          dropped, {:.0} s simulated in {:.1} s",

@@ -206,7 +206,7 @@ const NODES: [&str; 2] = ["node1", "node2"];
 
 /// Prints what the driver does with `NETSIM_TRACE=1`.
 fn trace(now: Duration, what: &str) {
-    if std::env::var_os("NETSIM_TRACE").is_some() {
+    if netsim_seeds::tracing() {
         eprintln!("[{:>9.3}] {what}", now.as_secs_f64());
     }
 }
@@ -214,13 +214,7 @@ fn trace(now: Duration, what: &str) {
 fn run(scenario: Scenario, seed: u64) -> Result<Outcome, String> {
     let seed = (scenario.name.bytes()).fold(seed, |h, b| h.rotate_left(5) ^ u64::from(b));
     let shared = Arc::new(Shared::default());
-    let mut sim = turmoil::Builder::new()
-        .rng_seed(seed)
-        .simulation_duration(SIM_LIMIT + Duration::from_secs(60))
-        .tick_duration(ms(10))
-        .min_message_latency(ms(1))
-        .max_message_latency(ms(20))
-        .build();
+    let mut sim = netsim_seeds::sim(seed, SIM_LIMIT);
     sim.host("broker", || sim_broker::serve(6379));
     sim.client("node1", publisher_node(shared.clone()));
     sim.client("node2", subscriber_node(shared.clone()));
@@ -309,7 +303,7 @@ fn check(shared: &Shared, outcome: &mut Outcome) -> Result<(), String> {
         return Err(format!("the final batch after recovery: {finals:?}"));
     }
     let outages = lock(&shared.outages);
-    if std::env::var_os("NETSIM_TRACE").is_some() {
+    if netsim_seeds::tracing() {
         eprintln!("outages: {outages:?}");
         let lost: Vec<_> = (lock(&shared.published).iter())
             .filter(|(s, _)| received.binary_search(s).is_err())

@@ -53,10 +53,6 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-fn tracing() -> bool {
-    std::env::var_os("NETSIM_TRACE").is_some()
-}
-
 #[derive(Default)]
 struct Shared {
     /// Events broadcast by server 1 so far.
@@ -175,13 +171,7 @@ enum Active {
 fn run(scenario: Scenario, seed: u64) -> Result<Outcome, String> {
     let seed = (scenario.name.bytes()).fold(seed, |h, b| h.rotate_left(5) ^ u64::from(b));
     let shared = Arc::new(Shared::default());
-    let mut sim = turmoil::Builder::new()
-        .rng_seed(seed)
-        .simulation_duration(SIM_LIMIT + Duration::from_secs(60))
-        .tick_duration(ms(10))
-        .min_message_latency(ms(1))
-        .max_message_latency(ms(20))
-        .build();
+    let mut sim = netsim_seeds::sim(seed, SIM_LIMIT);
     let log = shared.stream.clone();
     sim.host("broker", move || {
         sim_broker::serve_logged(6379, log.clone())
@@ -226,7 +216,7 @@ fn run(scenario: Scenario, seed: u64) -> Result<Outcome, String> {
                     Active::Partition(a, b) => sim.repair(*a, *b),
                     Active::Latency(a) => sim.set_link_max_message_latency("client", *a, ms(20)),
                 }
-                if tracing() {
+                if netsim_seeds::tracing() {
                     eprintln!("[{:>9.3}] fault over", now.as_secs_f64());
                 }
                 active = None;
@@ -263,7 +253,7 @@ fn run(scenario: Scenario, seed: u64) -> Result<Outcome, String> {
                     Active::Partition(server, "broker")
                 }
             };
-            if tracing() {
+            if netsim_seeds::tracing() {
                 let what = match &fault {
                     Active::Isolated => "client isolated".to_owned(),
                     Active::Partition(a, b) => format!("partition {a} / {b}"),

@@ -47,10 +47,6 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-fn tracing() -> bool {
-    std::env::var_os("NETSIM_TRACE").is_some()
-}
-
 #[derive(Default)]
 struct Shared {
     /// Events broadcast so far.
@@ -146,13 +142,7 @@ struct Scenario {
 fn run(scenario: Scenario, seed: u64) -> Result<Outcome, String> {
     let seed = (scenario.name.bytes()).fold(seed, |h, b| h.rotate_left(5) ^ u64::from(b));
     let shared = Arc::new(Shared::default());
-    let mut sim = turmoil::Builder::new()
-        .rng_seed(seed)
-        .simulation_duration(SIM_LIMIT + Duration::from_secs(60))
-        .tick_duration(ms(10))
-        .min_message_latency(ms(1))
-        .max_message_latency(ms(20))
-        .build();
+    let mut sim = netsim_seeds::sim(seed, SIM_LIMIT);
     let s = shared.clone();
     sim.host("server", move || server(s.clone()));
     let timing = sim_client::Timing {
@@ -187,7 +177,7 @@ fn run(scenario: Scenario, seed: u64) -> Result<Outcome, String> {
                 } else {
                     sim.repair("client", "server");
                 }
-                if tracing() {
+                if netsim_seeds::tracing() {
                     eprintln!("[{:>9.3}] fault over", now.as_secs_f64());
                 }
                 active = None;
@@ -199,7 +189,7 @@ fn run(scenario: Scenario, seed: u64) -> Result<Outcome, String> {
             next_fault = now + ms(rng.random_range(1000..5000));
             let kind = rng.random_range(0..if scenario.restarts { 3 } else { 2 });
             let lasts = ms(rng.random_range(100..6000));
-            if tracing() {
+            if netsim_seeds::tracing() {
                 let name = ["partition", "latency spike", "server restart"][kind];
                 eprintln!("[{:>9.3}] {name} ({lasts:?})", now.as_secs_f64());
             }

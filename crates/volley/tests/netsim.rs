@@ -56,7 +56,7 @@ const QUIET: Duration = Duration::from_secs(5);
 /// Prints what happens with `NETSIM_TRACE=1` (with simulated time).
 macro_rules! trace {
     ($($arg:tt)*) => {
-        if std::env::var_os("NETSIM_TRACE").is_some() {
+        if netsim_seeds::tracing() {
             eprintln!("[{:>9.3}] {}", turmoil::sim_elapsed().unwrap_or_default().as_secs_f64(), format_args!($($arg)*));
         }
     };
@@ -460,13 +460,7 @@ fn run(scenario: &Scenario, seed: u64) -> Result<Outcome, String> {
     // Scenarios with the same faults still see different schedules for the same seed.
     let seed = (scenario.name.bytes()).fold(seed, |h, b| h.rotate_left(5) ^ u64::from(b));
     let shared = Arc::new(Shared::default());
-    let mut sim = turmoil::Builder::new()
-        .rng_seed(seed)
-        .simulation_duration(SIM_LIMIT + Duration::from_secs(60))
-        .tick_duration(ms(10))
-        .min_message_latency(ms(1))
-        .max_message_latency(ms(20))
-        .build();
+    let mut sim = netsim_seeds::sim(seed, SIM_LIMIT);
     let history = scenario.history;
     let s = shared.clone();
     sim.host("server", move || server(s.clone(), history));
@@ -497,7 +491,7 @@ fn run(scenario: &Scenario, seed: u64) -> Result<Outcome, String> {
         }
         if let Some((fault, until)) = &active {
             if now >= *until || !publishing {
-                if std::env::var_os("NETSIM_TRACE").is_some() {
+                if netsim_seeds::tracing() {
                     eprintln!("[{:>9.3}] fault over", now.as_secs_f64());
                 }
                 match fault {
@@ -529,7 +523,7 @@ fn run(scenario: &Scenario, seed: u64) -> Result<Outcome, String> {
             outcome.faults += 1;
             next_fault = now + Duration::from_millis(rng.random_range(1000..6000));
             let kind = kinds[rng.random_range(0..kinds.len())];
-            if std::env::var_os("NETSIM_TRACE").is_some() {
+            if netsim_seeds::tracing() {
                 let name = ["partition", "latency or hold", "reset", "restart"][kind];
                 eprintln!("[{:>9.3}] fault: {name} {host}", now.as_secs_f64());
             }
@@ -579,7 +573,7 @@ fn run(scenario: &Scenario, seed: u64) -> Result<Outcome, String> {
         }
     }
     outcome.sim_secs = sim.elapsed().as_secs_f64();
-    if std::env::var_os("NETSIM_TRACE").is_some() {
+    if netsim_seeds::tracing() {
         eprintln!("[{:>9.3}] over", outcome.sim_secs);
     }
     let server = lock(&shared.server);
@@ -590,7 +584,7 @@ fn run(scenario: &Scenario, seed: u64) -> Result<Outcome, String> {
     outcome.resumed = server.resumes.iter().filter(|r| !r.gap).count();
     outcome.repeats = sub.repeats;
     check(scenario, &server, &sub).inspect_err(|_| {
-        if std::env::var_os("NETSIM_TRACE").is_some() {
+        if netsim_seeds::tracing() {
             eprintln!("log: {:?}", server.log);
             eprintln!("marks: {:?}", server.marks);
             for r in &server.resumes {

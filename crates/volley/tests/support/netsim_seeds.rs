@@ -1,4 +1,4 @@
-//! The seeds of the network simulations: the `tests/netsim.rs` of volley, volley-redis,
+//! What the network simulations share (seeds, the simulation, tracing): the `tests/netsim.rs` of volley, volley-redis,
 //! volley-socketio and volley-socketio-redis include this file. `NETSIM_SEED=N` replays one
 //! seed, `NETSIM_SEEDS=N` runs seeds 1 to N instead of the file's default.
 
@@ -41,4 +41,22 @@ pub(crate) fn run_seeds<O: Tally>(
         }
     }
     (total, seeds.len())
+}
+
+/// The simulation every scenario runs in: seeded by `seed`, ending `limit` (plus a minute of
+/// grace) of simulated time after its start, 10 ms ticks, 1–20 ms of latency per message.
+pub(crate) fn sim(seed: u64, limit: std::time::Duration) -> turmoil::Sim<'static> {
+    let ms = std::time::Duration::from_millis;
+    turmoil::Builder::new()
+        .rng_seed(seed)
+        .simulation_duration(limit + std::time::Duration::from_secs(60))
+        .tick_duration(ms(10))
+        .min_message_latency(ms(1))
+        .max_message_latency(ms(20))
+        .build()
+}
+
+/// Whether `NETSIM_TRACE` asks for what happens to be printed.
+pub(crate) fn tracing() -> bool {
+    std::env::var_os("NETSIM_TRACE").is_some()
 }

@@ -1,6 +1,7 @@
-//! What the network simulations share (seeds, the simulation, tracing): the `tests/netsim.rs` of volley, volley-redis,
-//! volley-socketio and volley-socketio-redis include this file. `NETSIM_SEED=N` replays one
-//! seed, `NETSIM_SEEDS=N` runs seeds 1 to N instead of the file's default.
+//! What the network simulations share (seeds, the simulation, tracing): the `tests/netsim.rs`
+//! of volley, volley-redis, volley-socketio and volley-socketio-redis include this file.
+//! `NETSIM_SEED=N` replays one seed, `NETSIM_SEEDS=N` runs seeds 1 to N instead of the file's
+//! default.
 
 /// What the runs of a scenario add up to.
 pub(crate) trait Tally: Default {

@@ -5,6 +5,9 @@ use bytes::Bytes;
 use crate::close::CloseFrame;
 
 /// Immutable bytes that are guaranteed to be valid UTF-8; cheap to clone (a [`Bytes`] inside).
+///
+/// It dereferences to `str`, at the cost of a validation pass each time (see
+/// [`as_str`](Self::as_str)); its own [`len`](Self::len) and [`is_empty`](Self::is_empty) are free.
 #[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Utf8Bytes(Bytes);
 
@@ -21,7 +24,10 @@ impl Utf8Bytes {
 
     /// Validates `bytes` as UTF-8.
     pub fn try_from_bytes(bytes: Bytes) -> Result<Self, std::str::Utf8Error> {
-        std::str::from_utf8(&bytes)?;
+        if simdutf8::basic::from_utf8(&bytes).is_err() {
+            // The standard library's validation says where and why.
+            std::str::from_utf8(&bytes)?;
+        }
         Ok(Self(bytes))
     }
 
@@ -32,10 +38,24 @@ impl Utf8Bytes {
     }
 
     /// The text as a `&str`.
+    ///
+    /// Costs a validation pass over the bytes (SIMD, several GB/s: without `unsafe` a `&str`
+    /// cannot be had from bytes otherwise); [`len`](Self::len), [`is_empty`](Self::is_empty)
+    /// and [`as_bytes`](Self::as_bytes) are free.
     pub fn as_str(&self) -> &str {
         // The only constructors validate the bytes (or take a `str`), so this cannot fail;
         // fall back to an empty string rather than panic if that invariant were ever broken.
-        std::str::from_utf8(&self.0).unwrap_or_default()
+        simdutf8::basic::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// The length in bytes (without validating again, unlike `str::len` through `Deref`).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the string is empty (without validating again).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     /// The underlying bytes.
@@ -82,13 +102,13 @@ impl From<&str> for Utf8Bytes {
 
 impl PartialEq<str> for Utf8Bytes {
     fn eq(&self, other: &str) -> bool {
-        self.as_str() == other
+        self.0 == other.as_bytes()
     }
 }
 
 impl PartialEq<&str> for Utf8Bytes {
     fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
+        self.0 == other.as_bytes()
     }
 }
 
@@ -155,5 +175,37 @@ impl From<Vec<u8>> for Message {
 impl From<Bytes> for Message {
     fn from(b: Bytes) -> Self {
         Self::Binary(b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utf8_bytes_length_is_bytes_and_comparisons_are_bytewise() {
+        let text = Utf8Bytes::from("héllo ✓");
+        assert_eq!(text.len(), "héllo ✓".len());
+        assert_eq!(text.len(), 10);
+        assert!(!text.is_empty());
+        assert!(Utf8Bytes::new().is_empty());
+        assert_eq!(text.as_str(), "héllo ✓");
+        assert!(text == *"héllo ✓");
+        assert!(text == "héllo ✓");
+        assert!(text != "héllo");
+    }
+
+    #[test]
+    fn utf8_bytes_rejects_invalid_input_with_the_standard_error() {
+        let mut long = vec![b'a'; 300];
+        long.push(0xC3); // truncated two-byte sequence after 300 valid bytes
+        let err = Utf8Bytes::try_from_bytes(Bytes::from(long)).unwrap_err();
+        assert_eq!(err.valid_up_to(), 300);
+        assert_eq!(err.error_len(), None);
+        let err = Utf8Bytes::try_from_bytes(Bytes::from_static(b"ok\xFFok")).unwrap_err();
+        assert_eq!((err.valid_up_to(), err.error_len()), (2, Some(1)));
+        let long_ok = "✓".repeat(100);
+        let ok = Utf8Bytes::try_from_bytes(Bytes::from(long_ok.clone())).unwrap();
+        assert_eq!(ok.as_str(), long_ok);
     }
 }

@@ -170,26 +170,22 @@ fn poll_write_slices<W: AsyncWrite>(
 }
 
 /// Reads once from `io` into the connection and processes what arrived (a protocol error lands
-/// in `error`). With `scratch_first` (a transport that must be given initialized memory: the
-/// callback drivers' plain TCP), frames that fit this thread's scratch buffer are read into it
-/// and copied (the bytes that arrived), larger ones into the connection's buffer zeroed first
-/// (the free space wanted only). A connection with a read buffer reads straight into it, with room for the rest
-/// of the frame being received; one without (idle) reads into this thread's scratch buffer and
-/// keeps only the bytes of a frame still incomplete — unless it is `warm` (it read recently:
-/// more reads are likely), then it keeps a read buffer of the usual size. `target` is the free space to have before a read (see
-/// [`READ_TARGET`]); it follows the size of the frames that needed more than one read.
+/// in `error`). A connection with a read buffer reads straight into it (its spare capacity,
+/// uninitialized: every transport reads into such memory without zeroing it first), with room
+/// for the rest of the frame being received; one without (idle) reads into this thread's
+/// scratch buffer and keeps only the bytes of a frame still incomplete — unless it is `warm`
+/// (it read recently: more reads are likely), then it keeps a read buffer of the usual size.
+/// `target` is the free space to have before a read (see [`READ_TARGET`]); it follows the size
+/// of the frames that needed more than one read.
 pub(crate) fn poll_fill<R: AsyncRead>(
     proto: &mut impl Incoming,
     mut io: Pin<&mut R>,
     error: &mut Option<Error>,
     target: &mut usize,
     warm: bool,
-    scratch_first: bool,
     cx: &mut Context<'_>,
 ) -> Poll<std::io::Result<usize>> {
-    let scratch = proto.read_buffer_released()
-        || scratch_first && proto.read_hint().max(*target) <= SCRATCH_LEN;
-    let n = if scratch {
+    let n = if proto.read_buffer_released() {
         ready!(SCRATCH.with_borrow_mut(|scratch| {
             let mut buf = ReadBuf::new(scratch);
             ready!(io.as_mut().poll_read(cx, &mut buf))?;
@@ -219,19 +215,7 @@ pub(crate) fn poll_fill<R: AsyncRead>(
         if buf.capacity() - buf.len() < want {
             buf.reserve(want);
         }
-        let n = if scratch_first {
-            // Zeroed first (what it needs only, not the buffer's whole spare capacity).
-            let start = buf.len();
-            buf.resize(start + want, 0);
-            let mut read = ReadBuf::new(&mut buf[start..]);
-            let polled = io.poll_read(cx, &mut read);
-            let n = read.filled().len();
-            buf.truncate(start + n);
-            ready!(polled)?;
-            n
-        } else {
-            ready!(tokio_util::io::poll_read_buf(io, cx, buf))?
-        };
+        let n = ready!(tokio_util::io::poll_read_buf(io, cx, buf))?;
         if n > 0 {
             if let Err(e) = proto.handle_buffered() {
                 *error = Some(Error::Protocol(e));

@@ -599,15 +599,7 @@ impl<S: AsyncRead + AsyncWrite> WsReceiver<S> {
             let (recv, io, error) = (&mut self.recv, &mut self.io, &mut self.error);
             let (target, warm) = (&mut self.read_target, self.timers.warm());
             let read = std::future::poll_fn(|cx| {
-                poll_fill(
-                    &mut *recv,
-                    Pin::new(&mut *io),
-                    error,
-                    target,
-                    warm,
-                    false,
-                    cx,
-                )
+                poll_fill(&mut *recv, Pin::new(&mut *io), error, target, warm, cx)
             });
             let timer = (at != NEVER).then(|| {
                 let at = core::instant(at);

@@ -493,17 +493,12 @@ impl ConnState {
             let mut error = None;
             let mut target = self.read_target as usize;
             let warm = self.timers.warm();
-            #[cfg(unix)]
-            let scratch_first = matches!(io, Io::Plain(_));
-            #[cfg(not(unix))]
-            let scratch_first = false;
             let read = poll_fill(
                 &mut self.proto,
                 Pin::new(io),
                 &mut error,
                 &mut target,
                 warm,
-                scratch_first,
                 cx,
             );
             self.read_target = target as u32;

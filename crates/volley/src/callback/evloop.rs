@@ -22,7 +22,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::OnceLock;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Token};
@@ -287,6 +287,7 @@ mod tests {
     use std::mem::MaybeUninit;
     use std::net::{TcpListener, TcpStream};
     use std::task::Waker;
+    use std::time::Instant;
 
     /// A connected pair: the writing end, and the reading end as a `PlainTcp` (non-blocking).
     fn pair() -> (TcpStream, PlainTcp) {

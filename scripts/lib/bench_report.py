@@ -172,7 +172,7 @@ def summarise(results: dict, baseline: str = BASELINE) -> dict:
         cell = cells.setdefault(
             key,
             {"msg_per_s": [], "by_round": {}, "p50": [], "p99": [], "p999": [], "failed": 0,
-             "cpu": [], "cpu_by_round": {}},
+             "cpu": [], "cpu_by_round": {}, "gen_cpu": []},
         )
         bench = r.get("bench") if isinstance(r.get("bench"), dict) else {}
         rate = msg_per_s(bench)
@@ -191,6 +191,9 @@ def summarise(results: dict, baseline: str = BASELINE) -> dict:
             cell["cpu"].append(float(cpu))
             if isinstance(r.get("round"), int):
                 cell["cpu_by_round"][r["round"]] = float(cpu)
+        gen = bench.get("generator_cpu_percent")
+        if isinstance(gen, (int, float)) and not isinstance(gen, bool):
+            cell["gen_cpu"].append(float(gen))
         for q in ("p50", "p99", "p999"):
             v = latency(bench, q)
             if v is not None:
@@ -206,6 +209,9 @@ def summarise(results: dict, baseline: str = BASELINE) -> dict:
             "latency_us_median": {q: _median(cell[q]) for q in ("p50", "p99", "p999")},
             # Server CPU per message (when the generator was given the server's pid).
             "server_cpu_us_median": _median(cell["cpu"]),
+            # The load generator's own CPU use, % of one core (≥ 90: it, not the server, may
+            # set the rate).
+            "generator_cpu_percent_median": _median(cell["gen_cpu"]),
         }
     for (stack, w), cell in cells.items():
         out = summary["echo"][stack][w]
@@ -357,6 +363,9 @@ def markdown_table(summary: dict) -> str:
     goals = goals_table(summary)
     if goals:
         out += "\n\n" + goals
+    cpu = echo_cpu_table(summary)
+    if cpu:
+        out += "\n\n" + cpu
     if summary["failures"]:
         out += "\n\nFAILURES:\n" + "\n".join(f"- {f}" for f in summary["failures"])
     return out
@@ -395,6 +404,45 @@ def goals_table(summary: dict) -> str:
         "system calls can beat that peer by more."
     )
     return "\n".join(head + rows) + "\n" + foot
+
+
+def echo_cpu_table(summary: dict) -> str:
+    """Server CPU per echo (µs, median) per workload and stack, with the paired ratio of the
+    stack's CPU to Volley's (> 1: Volley does the same work with less), and the generator's own
+    CPU use; empty when no run measured the server's CPU."""
+    stacks = [s for s in summary["stacks"] if s in summary["echo"]]
+    workloads = [
+        w for w in summary["workloads"]
+        if any(summary["echo"].get(s, {}).get(w, {}).get("server_cpu_us_median") for s in stacks)
+    ]
+    if not workloads:
+        return ""
+    head = ["Workload", "generator CPU"] + [label(s) for s in stacks]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    for w in workloads:
+        gens = [
+            summary["echo"].get(s, {}).get(w, {}).get("generator_cpu_percent_median") for s in stacks
+        ]
+        gens = [g for g in gens if g is not None]
+        row = [workload_label(w), f"{min(gens):.0f}–{max(gens):.0f} %" if gens else "—"]
+        for s in stacks:
+            cell = summary["echo"].get(s, {}).get(w, {})
+            cpu = cell.get("server_cpu_us_median")
+            if cpu is None:
+                row.append("—")
+                continue
+            paired = cell.get("cpu_ratio_vs_volley_rounds") or []
+            ratio = f" ({_median(paired):.2f}×)" if paired and s != BASELINE else ""
+            row.append(f"{cpu:.2f}{ratio}")
+        lines.append("| " + " | ".join(row) + " |")
+    foot = (
+        "\nServer CPU per echo, µs (median over rounds; /proc/PID/task/*/schedstat over the measured "
+        "window); (×) = median over rounds of the stack's CPU per echo ÷ Volley's in the same "
+        "round: above 1, Volley spends less. Generator CPU: the load generator's own use of its "
+        "core (range of the stacks' medians); near 100 % it, not the server, sets msg/s, and "
+        "CPU per echo is the comparison that still tells the servers apart."
+    )
+    return "\n".join(lines) + "\n" + foot
 
 
 SIO_STACKS = ("volley-sio", "socketioxide", "node-sio")

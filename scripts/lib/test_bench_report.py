@@ -147,6 +147,26 @@ def storm_results(runs: list[dict]) -> dict:
 
 
 class Storm(unittest.TestCase):
+    def test_the_echo_cpu_table_pairs_cpu_per_echo_and_shows_the_generator(self):
+        def run(stack, rnd, rate, cpu, gen):
+            r = echo(stack, "100x20", rnd, rate)
+            r["bench"].update(server_cpu_us_per_msg=cpu, generator_cpu_percent=gen)
+            return r
+        runs = [
+            run("volley", 1, 100.0, 3.0, 99.0), run("raw-tcp", 1, 100.0, 2.7, 98.0),
+            run("volley", 2, 100.0, 2.0, 99.5), run("raw-tcp", 2, 100.0, 2.2, 99.0),
+            run("volley", 3, 100.0, 4.0, 97.0), run("raw-tcp", 3, 100.0, 4.4, 96.0),
+        ]
+        s = bench_report.summarise(results(runs))
+        self.assertEqual(s["echo"]["volley"]["100x20"]["generator_cpu_percent_median"], 99.0)
+        table = bench_report.echo_cpu_table(s)
+        # raw ÷ Volley per round: 0.9, 1.1, 1.1 -> 1.10, not the ratio of the medians (2.7 / 3.0).
+        self.assertIn("| 100×20 B | 98–99 % | 3.00 | 2.70 (1.10×) |", table)
+        self.assertIn(table, bench_report.markdown_table(s))
+        # Without CPU numbers (older results) there is no table.
+        plain = bench_report.summarise(results([echo("volley", "100x20", 1, 100.0)]))
+        self.assertEqual(bench_report.echo_cpu_table(plain), "")
+
     def test_the_storm_table_pairs_rounds_and_sums_failures(self):
         runs = []
         # Round 2 is slow for everyone: the paired ratios do not move.

@@ -252,6 +252,26 @@ pub(crate) fn latency_summary(h: &Histogram<u64>) -> (serde_json::Value, String)
 }
 
 /// Rounds to 3 decimals, for JSON output.
+/// The CPU time process `pid` has used, in nanoseconds: the sum over its threads of the first
+/// field of `/proc/<pid>/task/<tid>/schedstat` (time spent running).
+pub(crate) fn cpu_time_ns(pid: u32) -> Result<u64, String> {
+    let dir = format!("/proc/{pid}/task");
+    let entries = std::fs::read_dir(&dir).map_err(|e| format!("{dir}: {e}"))?;
+    let mut total = 0u64;
+    for entry in entries.flatten() {
+        let path = entry.path().join("schedstat");
+        // A thread that ended meanwhile is skipped.
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let ns = (text.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| format!("{}: unexpected content {text:?}", path.display()))?;
+        total += ns;
+    }
+    Ok(total)
+}
+
 pub(crate) fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
 }

@@ -120,6 +120,7 @@ async fn corrupting_ws_echo() -> std::net::SocketAddr {
 #[tokio::test]
 async fn echo_against_volley_serve_completes_messages_without_errors() {
     let server = Serve::start_with(&["--threads", "1"]).await;
+    let pid = server.child.id().expect("server pid").to_string();
     let url = server.url();
     let output = bench(&[
         "echo",
@@ -135,6 +136,8 @@ async fn echo_against_volley_serve_completes_messages_without_errors() {
         "1s",
         "--warmup",
         "200ms",
+        "--server-pid",
+        &pid,
         "--json",
     ])
     .await;
@@ -158,6 +161,40 @@ async fn echo_against_volley_serve_completes_messages_without_errors() {
         latency["p99"].as_f64() >= latency["p50"].as_f64(),
         "{report}"
     );
+    // The server worked for the echoes over the measured second: some CPU per echo, at most
+    // the whole of one core (its one thread), and the generator's own use beside it.
+    let per_echo = report["server_cpu_us_per_msg"]
+        .as_f64()
+        .expect("server CPU");
+    let messages = report["messages"].as_f64().expect("messages");
+    assert!(per_echo > 0.0 && per_echo * messages <= 1.05e6, "{report}");
+    let server = report["server_cpu_percent"].as_f64().expect("server %");
+    assert!(server > 0.0 && server <= 105.0, "{report}");
+    let generator = report["generator_cpu_percent"]
+        .as_f64()
+        .expect("generator %");
+    assert!(generator > 0.0, "{report}");
+}
+
+#[tokio::test]
+async fn echo_fails_clearly_when_the_server_pid_cannot_be_read() {
+    let server = Serve::start_with(&["--threads", "1"]).await;
+    let url = server.url();
+    let output = bench(&[
+        "echo",
+        "--url",
+        &url,
+        "--duration",
+        "300ms",
+        "--warmup",
+        "100ms",
+        "--server-pid",
+        "4000000000",
+    ])
+    .await;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("CPU time of the server"), "{stderr}");
 }
 
 #[tokio::test]

@@ -27,8 +27,8 @@ use tokio::net::TcpStream;
 use tokio::task::{JoinSet, LocalSet};
 
 use super::{
-    CONNECT_TIMEOUT, Progress, Target, current_thread_runtime, latency_histogram, latency_summary,
-    parse_duration, round3, ws_handshake,
+    CONNECT_TIMEOUT, Progress, Target, cpu_time_ns, current_thread_runtime, latency_histogram,
+    latency_summary, parse_duration, round3, ws_handshake,
 };
 
 /// Time a connection may take past the end of the run to notice it (one more echo).
@@ -85,6 +85,84 @@ pub(crate) struct EchoArgs {
     /// compare the generator's own cost.
     #[arg(long, value_enum, default_value = "lean")]
     client: ClientImpl,
+    /// The server's process id: its CPU time over the measured window (from
+    /// /proc/<pid>/task/*/schedstat) is reported as server CPU per echo, which stays comparable
+    /// between servers when the load generator, not the server, sets the rate (the generator's
+    /// own CPU use is reported beside it).
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
+/// CPU used over the measured window, in seconds: the server's (with `--server-pid`) and this
+/// process's own.
+#[derive(Clone, Copy, Default)]
+struct CpuUse {
+    server_s: Option<f64>,
+    generator_s: Option<f64>,
+}
+
+/// The CPU time this process has used, in nanoseconds, its ended threads included (a
+/// load-generator thread may end before the last sample): utime + stime of /proc/self/stat,
+/// in the kernel's fixed 1/100 s units (USER_HZ).
+fn own_cpu_time_ns() -> Result<u64, String> {
+    let text =
+        std::fs::read_to_string("/proc/self/stat").map_err(|e| format!("/proc/self/stat: {e}"))?;
+    // The command name (field 2) may hold spaces: the fields that follow start after its ')'.
+    let rest = text
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of the line (utime, stime) are the 12th and 13th after the name.
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+    match (ticks(11), ticks(12)) {
+        (Some(user), Some(system)) => Ok((user + system) * 10_000_000),
+        _ => Err(format!("/proc/self/stat: unexpected content {text:?}")),
+    }
+}
+
+/// Samples the CPU time of the server and of this process at the start and at the end of the
+/// measured window, on a thread of its own: the window starts `warmup` after `start` is set.
+fn sample_cpu(
+    start: Arc<OnceLock<Instant>>,
+    warmup: Duration,
+    duration: Duration,
+    server_pid: Option<u32>,
+    failed: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<CpuUse> {
+    std::thread::spawn(move || {
+        let begin = loop {
+            if let Some(begin) = start.get() {
+                break *begin;
+            }
+            if failed.load(Ordering::SeqCst) {
+                return CpuUse::default();
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        let sleep_until = |at: Instant| {
+            let now = Instant::now();
+            if at > now {
+                std::thread::sleep(at - now);
+            }
+        };
+        let sample = || (server_pid.map(cpu_time_ns), own_cpu_time_ns());
+        sleep_until(begin + warmup);
+        let (server0, me0) = sample();
+        sleep_until(begin + warmup + duration);
+        let (server1, me1) = sample();
+        let seconds = |a: Result<u64, String>, b: Result<u64, String>| match (a, b) {
+            (Ok(a), Ok(b)) => Some(b.saturating_sub(a) as f64 / 1e9),
+            _ => None,
+        };
+        CpuUse {
+            server_s: match (server0, server1) {
+                (Some(a), Some(b)) => seconds(a, b),
+                _ => None,
+            },
+            generator_s: seconds(me0, me1),
+        }
+    })
 }
 
 /// How `echo` drives a ws:// connection after the handshake.
@@ -398,6 +476,13 @@ pub(super) fn run(args: EchoArgs) -> Result<ExitCode, String> {
             Ok(totals)
         }));
     }
+    let sampler = sample_cpu(
+        start.clone(),
+        warmup,
+        duration,
+        args.server_pid,
+        failed.clone(),
+    );
     let progress = Progress::start(warmup + duration, args.json, progress_counter, "msg");
     let mut totals = Totals::new();
     let mut first_error = None;
@@ -416,7 +501,14 @@ pub(super) fn run(args: EchoArgs) -> Result<ExitCode, String> {
     if let Some(e) = first_error {
         return Err(e);
     }
-    Ok(report(&args, &url, threads, &totals))
+    let cpu = sampler.join().unwrap_or_default();
+    if args.server_pid.is_some() && cpu.server_s.is_none() {
+        return Err(format!(
+            "could not read the CPU time of the server (pid {}) from /proc",
+            args.server_pid.unwrap_or_default()
+        ));
+    }
+    Ok(report(&args, &url, threads, &totals, cpu))
 }
 
 type Opened = (usize, TcpStream, Vec<u8>);
@@ -784,8 +876,14 @@ fn parse_server_frame(buf: &[u8], plan: &Plan) -> Result<Option<Frame>, String> 
     }
 }
 
-fn report(args: &EchoArgs, url: &str, threads: usize, totals: &Totals) -> ExitCode {
+fn report(args: &EchoArgs, url: &str, threads: usize, totals: &Totals, cpu: CpuUse) -> ExitCode {
     let secs = args.duration.as_secs_f64();
+    // Microseconds of server CPU per echo, and CPU use as a percentage of one core.
+    let per_echo = |s: Option<f64>| {
+        s.filter(|_| totals.completed > 0)
+            .map(|s| round3(s * 1e6 / totals.completed as f64))
+    };
+    let percent = |s: Option<f64>| s.map(|s| round3(s * 100.0 / secs));
     let msg_per_s = totals.completed as f64 / secs;
     let one_way = totals.completed as f64 * args.size as f64 / secs / 1e6;
     let errors = totals.mismatches + totals.connection_errors + totals.stalled;
@@ -809,6 +907,11 @@ fn report(args: &EchoArgs, url: &str, threads: usize, totals: &Totals) -> ExitCo
             "mb_per_s_one_way": round3(one_way),
             "mb_per_s_both_ways": round3(2.0 * one_way),
             "latency_us": latency_json,
+            "server_pid": args.server_pid,
+            "server_cpu_s": cpu.server_s.map(round3),
+            "server_cpu_us_per_msg": per_echo(cpu.server_s),
+            "server_cpu_percent": percent(cpu.server_s),
+            "generator_cpu_percent": percent(cpu.generator_s),
             "mismatches": totals.mismatches,
             "connection_errors": totals.connection_errors,
             "stalled_connections": totals.stalled,
@@ -833,6 +936,23 @@ fn report(args: &EchoArgs, url: &str, threads: usize, totals: &Totals) -> ExitCo
             2.0 * one_way
         );
         println!("  round trip: {latency_text}");
+        if let Some(per) = per_echo(cpu.server_s) {
+            println!(
+                "  server CPU: {per:.3} µs per echo ({:.0} % of a core)",
+                percent(cpu.server_s).unwrap_or_default()
+            );
+        }
+        if let Some(me) = percent(cpu.generator_s) {
+            println!(
+                "  generator CPU: {me:.0} % of a core{}",
+                if me >= 90.0 * threads as f64 {
+                    " (saturated: the generator, not the server, may set the rate; compare \
+                     server CPU per echo)"
+                } else {
+                    ""
+                }
+            );
+        }
         println!(
             "  errors: {} mismatched echoes, {} connection errors, {} stalled connections",
             totals.mismatches, totals.connection_errors, totals.stalled

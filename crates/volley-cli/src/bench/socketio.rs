@@ -42,8 +42,8 @@ use super::connections::{
 };
 use super::wire::Wire;
 use super::{
-    CONNECT_TIMEOUT, Progress, Target, current_thread_runtime, latency_histogram, latency_summary,
-    parse_duration, round3, ws_handshake,
+    CONNECT_TIMEOUT, Progress, Target, cpu_time_ns, current_thread_runtime, latency_histogram,
+    latency_summary, parse_duration, round3, ws_handshake,
 };
 
 /// Time the clients get past the end of the run for their last replies.
@@ -153,26 +153,6 @@ impl Clock {
             Some(end.saturating_sub(start) as f64 / 1e9)
         })
     }
-}
-
-/// The CPU time process `pid` has used, in nanoseconds: the sum over its threads of the first
-/// field of `/proc/<pid>/task/<tid>/schedstat` (time spent running).
-fn cpu_time_ns(pid: u32) -> Result<u64, String> {
-    let dir = format!("/proc/{pid}/task");
-    let entries = std::fs::read_dir(&dir).map_err(|e| format!("{dir}: {e}"))?;
-    let mut total = 0u64;
-    for entry in entries.flatten() {
-        let path = entry.path().join("schedstat");
-        // A thread that ended meanwhile is skipped.
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            continue;
-        };
-        let ns = (text.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-            .ok_or_else(|| format!("{}: unexpected content {text:?}", path.display()))?;
-        total += ns;
-    }
-    Ok(total)
 }
 
 /// Server CPU microseconds per message, when measured.

@@ -18,7 +18,7 @@ use std::io::ErrorKind;
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Barrier, OnceLock};
+use std::sync::{Arc, Barrier, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -101,36 +101,53 @@ struct CpuUse {
     generator_s: Option<f64>,
 }
 
-/// The CPU time this process has used, in nanoseconds, its ended threads included (a
-/// load-generator thread may end before the last sample): utime + stime of /proc/self/stat,
-/// in the kernel's fixed 1/100 s units (USER_HZ).
-fn own_cpu_time_ns() -> Result<u64, String> {
-    let text =
-        std::fs::read_to_string("/proc/self/stat").map_err(|e| format!("/proc/self/stat: {e}"))?;
-    // The command name (field 2) may hold spaces: the fields that follow start after its ')'.
-    let rest = text
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .unwrap_or_default();
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // Fields 14 and 15 of the line (utime, stime) are the 12th and 13th after the name.
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
-    match (ticks(11), ticks(12)) {
-        (Some(user), Some(system)) => Ok((user + system) * 10_000_000),
-        _ => Err(format!("/proc/self/stat: unexpected content {text:?}")),
+/// Set once the last CPU sample is taken: load-generator threads wait for it before they end,
+/// so that their CPU time is still in /proc/self/task when it is read.
+#[derive(Default)]
+struct Sampled {
+    done: Mutex<bool>,
+    cond: Condvar,
+}
+
+impl Sampled {
+    fn set(&self) {
+        *self.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.cond.notify_all();
+    }
+
+    /// Waits until set, at most `limit`.
+    fn wait(&self, limit: Duration) {
+        let done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = self.cond.wait_timeout_while(done, limit, |done| !*done);
     }
 }
 
-/// Samples the CPU time of the server and of this process at the start and at the end of the
-/// measured window, on a thread of its own: the window starts `warmup` after `start` is set.
+/// Samples the CPU time of the server and of this process (its threads' schedstat) at the
+/// start and at the end of the measured window, on a thread of its own: the window starts
+/// `warmup` after `start` is set.
 fn sample_cpu(
     start: Arc<OnceLock<Instant>>,
     warmup: Duration,
     duration: Duration,
     server_pid: Option<u32>,
     failed: Arc<AtomicBool>,
+    sampled: Arc<Sampled>,
 ) -> std::thread::JoinHandle<CpuUse> {
     std::thread::spawn(move || {
+        let cpu = measure_cpu(&start, warmup, duration, server_pid, &failed);
+        sampled.set();
+        cpu
+    })
+}
+
+fn measure_cpu(
+    start: &OnceLock<Instant>,
+    warmup: Duration,
+    duration: Duration,
+    server_pid: Option<u32>,
+    failed: &AtomicBool,
+) -> CpuUse {
+    {
         let begin = loop {
             if let Some(begin) = start.get() {
                 break *begin;
@@ -146,7 +163,8 @@ fn sample_cpu(
                 std::thread::sleep(at - now);
             }
         };
-        let sample = || (server_pid.map(cpu_time_ns), own_cpu_time_ns());
+        let me = std::process::id();
+        let sample = || (server_pid.map(cpu_time_ns), cpu_time_ns(me));
         sleep_until(begin + warmup);
         let (server0, me0) = sample();
         sleep_until(begin + warmup + duration);
@@ -162,7 +180,7 @@ fn sample_cpu(
             },
             generator_s: seconds(me0, me1),
         }
-    })
+    }
 }
 
 /// How `echo` drives a ws:// connection after the handshake.
@@ -390,16 +408,18 @@ pub(super) fn run(args: EchoArgs) -> Result<ExitCode, String> {
     let failed = Arc::new(AtomicBool::new(false));
     let (warmup, duration) = (args.warmup, args.duration);
 
+    let sampled = Arc::new(Sampled::default());
     let mut handles = Vec::with_capacity(threads);
     for t in 0..threads {
         let indices: Vec<usize> = (t..args.connections).step_by(threads).collect();
-        let (plan, counter, start, barrier, failed, target) = (
+        let (plan, counter, start, barrier, failed, target, sampled) = (
             plan.clone(),
             progress_counter.clone(),
             start.clone(),
             barrier.clone(),
             failed.clone(),
             target.clone(),
+            sampled.clone(),
         );
         handles.push(std::thread::spawn(move || -> Result<Totals, String> {
             let runtime = current_thread_runtime();
@@ -468,6 +488,8 @@ pub(super) fn run(args: EchoArgs) -> Result<ExitCode, String> {
                 }
                 tasks.abort_all();
             });
+            // The last CPU sample counts this thread: it ends only after it.
+            sampled.wait(GRACE);
             drop(local);
             runtime.shutdown_background();
             let totals = Rc::try_unwrap(totals)
@@ -482,6 +504,7 @@ pub(super) fn run(args: EchoArgs) -> Result<ExitCode, String> {
         duration,
         args.server_pid,
         failed.clone(),
+        sampled,
     );
     let progress = Progress::start(warmup + duration, args.json, progress_counter, "msg");
     let mut totals = Totals::new();

@@ -307,18 +307,29 @@ mod tests {
         (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
     }
 
-    /// Reads until `want` bytes have arrived (the writer's bytes may come in pieces).
-    fn read_exactly(tcp: &mut PlainTcp, buf: &mut ReadBuf<'_>, want: usize) {
+    /// Polls `read` until it is ready (the bytes may still be on their way), at most 10 s.
+    fn until_ready<T>(mut read: impl FnMut(&mut Context<'_>) -> Poll<io::Result<T>>) -> T {
         let mut cx = Context::from_waker(Waker::noop());
         let deadline = Instant::now() + Duration::from_secs(10);
-        while buf.filled().len() < want {
-            assert!(Instant::now() < deadline, "the bytes did not arrive");
-            tcp.readable = true; // as an edge would say
-            match Pin::new(&mut *tcp).poll_read(&mut cx, buf) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Pending => std::thread::sleep(Duration::from_millis(1)),
+        loop {
+            match read(&mut cx) {
+                Poll::Ready(Ok(value)) => return value,
                 Poll::Ready(Err(e)) => panic!("read failed: {e}"),
+                Poll::Pending => {
+                    assert!(Instant::now() < deadline, "the bytes did not arrive");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
             }
+        }
+    }
+
+    /// Reads until `want` bytes have arrived (the writer's bytes may come in pieces).
+    fn read_exactly(tcp: &mut PlainTcp, buf: &mut ReadBuf<'_>, want: usize) {
+        while buf.filled().len() < want {
+            until_ready(|cx| {
+                tcp.readable = true; // as an edge would say
+                Pin::new(&mut *tcp).poll_read(cx, buf)
+            });
         }
     }
 
@@ -367,19 +378,15 @@ mod tests {
         let sender = std::thread::spawn(move || writer.write_all(&sent).map(|()| sent));
         let mut buffer = bytes::BytesMut::with_capacity(1024);
         buffer.extend_from_slice(b"head");
-        let mut cx = Context::from_waker(Waker::noop());
-        let deadline = Instant::now() + Duration::from_secs(10);
         while buffer.len() < 4 + 70_000 {
-            assert!(Instant::now() < deadline, "the bytes did not arrive");
             if buffer.capacity() == buffer.len() {
                 buffer.reserve(4096);
             }
-            tcp.readable = true;
-            match tokio_util::io::poll_read_buf(Pin::new(&mut tcp), &mut cx, &mut buffer) {
-                Poll::Ready(Ok(n)) => assert!(n > 0 && n <= MAX_READ),
-                Poll::Pending => std::thread::sleep(Duration::from_millis(1)),
-                Poll::Ready(Err(e)) => panic!("read failed: {e}"),
-            }
+            let n = until_ready(|cx| {
+                tcp.readable = true;
+                tokio_util::io::poll_read_buf(Pin::new(&mut tcp), cx, &mut buffer)
+            });
+            assert!(n > 0 && n <= MAX_READ);
         }
         let sent = sender.join().unwrap().unwrap();
         assert_eq!(&buffer[..4], b"head");
@@ -392,19 +399,10 @@ mod tests {
         drop(writer);
         let mut memory = vec![MaybeUninit::<u8>::uninit(); 64];
         let mut buf = ReadBuf::uninit(&mut memory);
-        let mut cx = Context::from_waker(Waker::noop());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        until_ready(|cx| {
             tcp.ended = true; // as the event would say
-            match Pin::new(&mut tcp).poll_read(&mut cx, &mut buf) {
-                Poll::Ready(Ok(())) => break,
-                Poll::Pending => {
-                    assert!(Instant::now() < deadline);
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Poll::Ready(Err(e)) => panic!("read failed: {e}"),
-            }
-        }
+            Pin::new(&mut tcp).poll_read(cx, &mut buf)
+        });
         assert!(buf.filled().is_empty());
         assert!(buf.initialized().is_empty());
     }

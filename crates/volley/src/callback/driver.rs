@@ -561,6 +561,10 @@ impl Driver {
         let mut sleep: Option<Pin<Box<Sleep>>> = None;
         let mut shutting_down = false;
         let shared = self.shared.clone();
+        // Kept across turns and replaced only once it fired: a fresh `Notified` per turn
+        // registered and unregistered a waiter every time the driver went back to wait.
+        let notified = self.notify.notified();
+        tokio::pin!(notified);
         loop {
             {
                 let mut ready = lock(&self.ready);
@@ -668,14 +672,18 @@ impl Driver {
                     if timer.deadline() != at {
                         timer.as_mut().reset(at);
                     }
+                    // `biased`: the order does not matter (the next turn looks at everything),
+                    // and polling in order spares the random start.
                     tokio::select! {
-                        () = self.notify.notified() => {}
-                        () = timer.as_mut() => {}
+                        biased;
+                        () = notified.as_mut() => notified.set(self.notify.notified()),
                         () = events(poll.as_ref()) => {}
+                        () = timer.as_mut() => {}
                     }
                 }
                 None => tokio::select! {
-                    () = self.notify.notified() => {}
+                    biased;
+                    () = notified.as_mut() => notified.set(self.notify.notified()),
                     () = events(poll.as_ref()) => {}
                 },
             }

@@ -171,8 +171,8 @@ fn poll_write_slices<W: AsyncWrite>(
 
 /// Reads once from `io` into the connection and processes what arrived (a protocol error lands
 /// in `error`). A connection with a read buffer reads straight into it (its spare capacity,
-/// uninitialized: every transport reads into such memory without zeroing it first), with room
-/// for the rest of the frame being received; one without (idle) reads into this thread's
+/// handed over uninitialized, as tokio's sockets and the callback drivers' own take it), with
+/// room for the rest of the frame being received; one without (idle) reads into this thread's
 /// scratch buffer and keeps only the bytes of a frame still incomplete — unless it is `warm`
 /// (it read recently: more reads are likely), then it keeps a read buffer of the usual size.
 /// `target` is the free space to have before a read (see [`READ_TARGET`]); it follows the size

@@ -140,6 +140,8 @@ fn sample_cpu(
     })
 }
 
+/// The CPU the server and this process use over the measured window (see [`sample_cpu`]);
+/// nothing if the run failed before it started.
 fn measure_cpu(
     start: &OnceLock<Instant>,
     warmup: Duration,
@@ -147,39 +149,29 @@ fn measure_cpu(
     server_pid: Option<u32>,
     failed: &AtomicBool,
 ) -> CpuUse {
-    {
-        let begin = loop {
-            if let Some(begin) = start.get() {
-                break *begin;
-            }
-            if failed.load(Ordering::SeqCst) {
-                return CpuUse::default();
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        };
-        let sleep_until = |at: Instant| {
-            let now = Instant::now();
-            if at > now {
-                std::thread::sleep(at - now);
-            }
-        };
-        let me = std::process::id();
-        let sample = || (server_pid.map(cpu_time_ns), cpu_time_ns(me));
-        sleep_until(begin + warmup);
-        let (server0, me0) = sample();
-        sleep_until(begin + warmup + duration);
-        let (server1, me1) = sample();
-        let seconds = |a: Result<u64, String>, b: Result<u64, String>| match (a, b) {
-            (Ok(a), Ok(b)) => Some(b.saturating_sub(a) as f64 / 1e9),
-            _ => None,
-        };
-        CpuUse {
-            server_s: match (server0, server1) {
-                (Some(a), Some(b)) => seconds(a, b),
-                _ => None,
-            },
-            generator_s: seconds(me0, me1),
+    let begin = loop {
+        if let Some(begin) = start.get() {
+            break *begin;
         }
+        if failed.load(Ordering::SeqCst) {
+            return CpuUse::default();
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let sleep_until =
+        |at: Instant| std::thread::sleep(at.saturating_duration_since(Instant::now()));
+    let me = std::process::id();
+    let sample = || (server_pid.map(cpu_time_ns), cpu_time_ns(me));
+    sleep_until(begin + warmup);
+    let (server0, me0) = sample();
+    sleep_until(begin + warmup + duration);
+    let (server1, me1) = sample();
+    let seconds = |a: Result<u64, String>, b: Result<u64, String>| {
+        Some(b.ok()?.saturating_sub(a.ok()?) as f64 / 1e9)
+    };
+    CpuUse {
+        server_s: server0.zip(server1).and_then(|(a, b)| seconds(a, b)),
+        generator_s: seconds(me0, me1),
     }
 }
 

@@ -19,7 +19,7 @@
 //! |---|---|---|
 //! | core | `core.rs` | what every live connection needs besides the frame codec, once, sans-IO (time is an argument): keep-alive pings and pong deadline, idle timeout, close deadline, buffer release, the write limit, bounded send queues with their [`Overflow`] policy, shutdown state |
 //! | transport | `io.rs`, `maybe_tls.rs`, `tls.rs` | moving bytes between a transport and the protocol (vectored writes, reads into the protocol's buffer); TCP or TLS |
-//! | drivers | `task.rs`, `callback/` | two ways to run a connection over the same core: a task per connection ([`WebSocket`], its [`split`](WebSocket::split) halves, [`CloseHandle`]), or [`callback`]s on one driver task per worker ([`callback::Callbacks`], [`callback::ConnHandle`], [`callback::Drivers`]) |
+//! | drivers | `task.rs`, `callback/` | two ways to run a connection over the same core: a task per connection ([`WebSocket`], its [`split`](WebSocket::split) halves, [`CloseHandle`]), or [`callback`]s on one driver per worker ([`callback::Callbacks`], [`callback::ConnHandle`], [`callback::Drivers`]) |
 //! | handshake | `handshake.rs`, `policy.rs` | the opening handshake over a transport, both roles ([`accept`], [`connect`], [`ClientBuilder`]) and what a server accepts ([`Policy`]) |
 //! | routing | `router.rs`, `server.rs`, `integrations/` | [`Server`]: accept, TLS, route each connection by path to an [`Endpoint`] (task, callbacks, or an HTTP service), graceful shutdown; hyper/axum upgrades into either driver |
 //! | fan-out | `hub.rs`, `sse.rs` | topics with encode-once fan-out to any [`hub::Subscriber`] (a task's sender, a callback connection's handle, a server-sent events stream, …), every queue bounded |

@@ -83,7 +83,7 @@ impl Endpoint {
         Self::of(Kind::Task(Arc::new(handler)))
     }
 
-    /// WebSocket connections served by `callbacks` on shared driver tasks (see
+    /// WebSocket connections served by `callbacks` on shared drivers (see
     /// [`callback`](crate::callback)), with the server's configuration.
     pub fn callbacks(callbacks: impl Callbacks) -> Self {
         Self::of(Kind::Callbacks(Arc::new(callbacks)))

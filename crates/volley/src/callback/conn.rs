@@ -361,12 +361,6 @@ impl ConnState {
         self.proto.state() == State::Open
     }
 
-    /// Whether its transport is plain TCP in the driver's poll.
-    #[cfg(unix)]
-    pub(super) fn is_plain(&self) -> bool {
-        matches!(self.io, Some(Io::Plain(_)))
-    }
-
     /// When the driver must look at this connection again without I/O ([`NEVER`]: only on I/O).
     pub(super) fn deadline(&self, config: &Config) -> Micros {
         let own = self.timers.deadline(self.is_open(), config);

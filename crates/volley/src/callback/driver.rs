@@ -1,7 +1,12 @@
-//! The scheduler of callback connections: one driver task per runtime worker, each with a ready
-//! queue (connections woken by I/O or handles), a timer queue (each connection's next deadline)
-//! and a registry (its connections, closed if the driver ends); and the [`Pool`] of drivers of
-//! one route, which hands new connections to live drivers and replaces dead ones.
+//! The scheduler of callback connections: drivers, each with a ready queue (connections woken
+//! by I/O or handles), a timer queue (each connection's next deadline) and a registry (its
+//! connections, closed if the driver ends); and the [`Pool`] of drivers of one route, which
+//! hands new connections to live drivers and replaces dead ones.
+//!
+//! Two kinds of drivers, one per runtime worker of each: plain TCP connections run on driver
+//! *threads* blocking in their own poll (see [`evloop`](super::evloop)); TLS streams and boxed
+//! transports, whose I/O is tokio's, run on driver *tasks*. Both run the same turn
+//! ([`Driver::turn`]); they differ in how they wait for the next one.
 
 use std::collections::{BinaryHeap, VecDeque};
 use std::net::SocketAddr;
@@ -10,6 +15,8 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
+#[cfg(unix)]
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
@@ -137,10 +144,18 @@ pub(crate) struct Pool {
     callbacks: Arc<dyn Callbacks>,
     pub(super) config: Arc<Config>,
     shared: Arc<Shared>,
-    /// Started with the first connection (on its runtime).
-    drivers: Mutex<Vec<(Arc<Driver>, JoinHandle<()>)>>,
+    /// Driver tasks, started with the first connection that needs one (on its runtime).
+    tasks: Mutex<Vec<(Arc<Driver>, JoinHandle<()>)>>,
+    /// Driver threads (each with the task that stops it with the runtime), started with the
+    /// first plain TCP connection; a thread that ran out of connections ends after
+    /// [`LINGER`] and is replaced when the next one comes.
+    threads: Mutex<Vec<(Arc<Driver>, JoinHandle<()>)>>,
     next: AtomicUsize,
 }
+
+/// How long a driver thread without connections waits for a new one before it ends (and
+/// closes its poll).
+const LINGER: Micros = 1_000_000;
 
 /// What a pool's drivers share with it.
 #[derive(Default)]
@@ -165,10 +180,10 @@ impl Shared {
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        for (driver, _) in lock(&self.drivers).iter() {
+        self.each(|driver, _| {
             driver.orphaned.store(true, Ordering::Release);
-            driver.notify.notify_one();
-        }
+            driver.wake();
+        });
     }
 }
 
@@ -178,8 +193,18 @@ impl Pool {
             callbacks,
             config,
             shared: Arc::default(),
-            drivers: Mutex::new(Vec::new()),
+            tasks: Mutex::new(Vec::new()),
+            threads: Mutex::new(Vec::new()),
             next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Calls `f` with every driver (tasks, then threads) and its task.
+    fn each(&self, mut f: impl FnMut(&Arc<Driver>, &JoinHandle<()>)) {
+        for list in [&self.tasks, &self.threads] {
+            for (driver, task) in lock(list).iter() {
+                f(driver, task);
+            }
         }
     }
 
@@ -190,44 +215,62 @@ impl Pool {
     /// The traffic of every driver, dead ones included.
     pub(super) fn traffic(&self) -> TrafficStats {
         let mut total = self.shared.retired.snapshot();
-        for (driver, _) in lock(&self.drivers).iter() {
-            total.add(&driver.traffic.snapshot());
-        }
+        self.each(|driver, _| total.add(&driver.traffic.snapshot()));
         total
     }
 
-    /// A live driver for the next connection: round robin over the runtime's workers; a driver
-    /// found dead is replaced by a fresh one first.
-    fn pick(&self) -> Arc<Driver> {
-        let mut drivers = lock(&self.drivers);
+    /// A live driver of `kind` for the next connection, which it is reserved for (it does not
+    /// end before [`Driver::push`] has handed the connection over): round robin over the
+    /// runtime's workers; a driver found ended is replaced by a fresh one first.
+    fn pick(&self, kind: Kind) -> Arc<Driver> {
+        let list = match kind {
+            Kind::Task => &self.tasks,
+            Kind::Thread => &self.threads,
+        };
+        let mut drivers = lock(list);
         if drivers.is_empty() {
             let workers = tokio::runtime::Handle::current()
                 .metrics()
                 .num_workers()
                 .max(1);
-            drivers.extend((0..workers).map(|_| self.spawn_driver()));
+            drivers.extend((0..workers).map(|_| self.spawn_driver(kind)));
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % drivers.len();
-        if drivers[i].0.is_dead() && self.shared.shutdown.frame().is_none() {
-            tracing::error!("a callback driver died: starting a new one");
-            let dead = std::mem::replace(&mut drivers[i], self.spawn_driver());
-            self.shared.retired.add(&dead.0.traffic.snapshot());
+        match drivers[i].0.reserve() {
+            Reserved::Yes => {}
+            // Shutting down: the connection is closed as the ended driver drops it.
+            _ if self.shared.shutdown.frame().is_some() => {}
+            ended => {
+                if ended == Reserved::Died {
+                    tracing::error!("a callback driver died: starting a new one");
+                }
+                let (old, _) = std::mem::replace(&mut drivers[i], self.spawn_driver(kind));
+                self.shared.retired.add(&old.traffic.snapshot());
+                drivers[i].0.reserve();
+            }
         }
         drivers[i].0.clone()
     }
 
-    fn spawn_driver(&self) -> (Arc<Driver>, JoinHandle<()>) {
+    fn spawn_driver(&self, kind: Kind) -> (Arc<Driver>, JoinHandle<()>) {
         let driver = Arc::new(Driver {
             shared: self.shared.clone(),
             callbacks: self.callbacks.clone(),
             config: self.config.clone(),
+            kind,
             ready: Mutex::new(Ready::default()),
             notify: Notify::new(),
+            parked: AtomicBool::new(false),
             stopping: AtomicBool::new(self.shared.shutdown.frame().is_some()),
             orphaned: AtomicBool::new(false),
+            aborted: AtomicBool::new(false),
             traffic: Traffic::default(),
         });
-        let task = tokio::spawn(driver.clone().run());
+        let task = match kind {
+            Kind::Task => tokio::spawn(driver.clone().run_task()),
+            #[cfg(unix)]
+            Kind::Thread => start_thread(driver.clone()),
+        };
         (driver, task)
     }
 
@@ -239,7 +282,12 @@ impl Pool {
         deflate: Option<DeflateParams>,
         leftover: &[u8],
     ) {
-        let driver = self.pick();
+        let kind = match io {
+            #[cfg(unix)]
+            Io::Plain(_) => Kind::Thread,
+            _ => Kind::Task,
+        };
+        let driver = self.pick(kind);
         let config = &*self.config;
         let mut proto = Connection::with_deflate(Role::Server, config.protocol.clone(), deflate);
         let error = proto.handle_read(leftover).err().map(Error::Protocol);
@@ -255,10 +303,10 @@ impl Pool {
 
     pub(super) fn shutdown(&self, frame: CloseFrame) {
         self.shared.shutdown.begin(frame);
-        for (driver, _) in lock(&self.drivers).iter() {
+        self.each(|driver, _| {
             driver.stopping.store(true, Ordering::Release);
-            driver.notify.notify_one();
-        }
+            driver.wake();
+        });
     }
 
     pub(super) async fn closed(&self) {
@@ -274,16 +322,65 @@ impl Pool {
     }
 
     pub(super) fn abort(&self) {
-        for (_, task) in lock(&self.drivers).iter() {
-            // Its connections are closed when its task is dropped.
-            task.abort();
-        }
+        // Its connections are closed when a driver task is dropped, and when a driver thread
+        // sees that its task was.
+        self.each(|_, task| task.abort());
     }
 
-    /// Aborts the task of driver `i` (as a bug would kill it), for tests.
+    /// Aborts the task of driver task `i` (as a bug would kill it), for tests.
     #[cfg(test)]
     pub(crate) fn abort_driver(&self, i: usize) {
-        lock(&self.drivers)[i].1.abort();
+        lock(&self.tasks)[i].1.abort();
+    }
+
+    /// Driver thread `i`, for tests.
+    #[cfg(all(test, unix))]
+    pub(crate) fn thread_driver(&self, i: usize) -> Arc<Driver> {
+        lock(&self.threads)[i].0.clone()
+    }
+}
+
+/// Starts a driver thread, in the current runtime; returns the task that ends with it. That
+/// task is the thread's tie to the runtime: aborting it (or the runtime shutting down, which
+/// drops it) stops the thread, which closes its connections.
+#[cfg(unix)]
+fn start_thread(driver: Arc<Driver>) -> JoinHandle<()> {
+    let runtime = tokio::runtime::Handle::current();
+    let (done, ended) = tokio::sync::oneshot::channel::<()>();
+    let started = EventLoop::new().and_then(|(poll, waker)| {
+        lock(&driver.ready).waker = Some(Arc::new(waker));
+        let thread = driver.clone();
+        std::thread::Builder::new()
+            .name("volley-driver".into())
+            .spawn(move || {
+                // Dropped when the thread ends, however it ends.
+                let _done = done;
+                thread.run_thread(poll, &runtime);
+            })
+    });
+    if let Err(e) = started {
+        // Its connections are closed, and the next one starts another.
+        tracing::error!("could not start a callback driver thread: {e}");
+        let mut ready = lock(&driver.ready);
+        ready.exited = true;
+        ready.waker = None;
+    }
+    let tie = StopOnDrop(driver);
+    tokio::spawn(async move {
+        let _tie = tie;
+        let _ = ended.await;
+    })
+}
+
+/// Stops a driver thread when dropped.
+#[cfg(unix)]
+struct StopOnDrop(Arc<Driver>);
+
+#[cfg(unix)]
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.aborted.store(true, Ordering::Release);
+        self.0.wake();
     }
 }
 
@@ -335,22 +432,39 @@ impl Traffic {
     }
 }
 
-/// One driver: a task that runs the connections it was given.
+/// How a driver waits for its next turn.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    /// A tokio task, woken through [`Driver::notify`] and by its connections' tokio I/O.
+    Task,
+    /// A thread of its own blocking in its poll, woken by socket events and its poll's waker.
+    #[cfg(unix)]
+    Thread,
+}
+
+/// One driver: a task or a thread that runs the connections it was given.
 pub(crate) struct Driver {
     shared: Arc<Shared>,
     callbacks: Arc<dyn Callbacks>,
     pub(super) config: Arc<Config>,
+    kind: Kind,
     /// Connections woken since the driver last looked.
     ready: Mutex<Ready>,
-    /// Wakes the driver's task when `ready` gets a connection, shutdown begins or its pool is
+    /// Wakes a driver task when `ready` gets a connection, shutdown begins or its pool is
     /// dropped.
     notify: Notify,
+    /// A driver thread is about to wait in its poll, or waits there: what wakes it must use
+    /// the poll's waker.
+    parked: AtomicBool,
     /// Shutdown began: close every connection.
     stopping: AtomicBool,
     /// The pool was dropped: no connection will come; end once the last one is gone.
     orphaned: AtomicBool,
-    /// What its connections received and sent: written by this driver's task only (no
-    /// contention), read by [`Pool::traffic`].
+    /// A driver thread must end now (its task was aborted, or the runtime shut down), closing
+    /// its connections.
+    aborted: AtomicBool,
+    /// What its connections received and sent: written by this driver only (no contention),
+    /// read by [`Pool::traffic`].
     pub(super) traffic: Traffic,
 }
 
@@ -360,20 +474,50 @@ struct Ready {
     /// New connections with their handshake request (kept here, not in the connection, until
     /// [`Callbacks::on_open`] has seen it).
     opening: Vec<(Arc<Driven>, OpenRequest)>,
-    /// The driver's task ended (its shutdown completed, or it died): connections pushed now
-    /// are dropped, which closes them.
+    /// Connections [`Pool::pick`] chose the driver for and not yet pushed: a driver thread
+    /// without connections does not end while there are any.
+    reserved: usize,
+    /// The driver ended (its shutdown completed, it ran out of connections, or it died):
+    /// connections pushed now are dropped, which closes them.
     exited: bool,
+    /// It ended because it ran out of connections (a driver thread).
+    retired: bool,
+    /// A driver thread's poll's waker, while the thread runs.
+    #[cfg(unix)]
+    waker: Option<Arc<mio::Waker>>,
+}
+
+/// What [`Driver::reserve`] found.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Reserved {
+    Yes,
+    /// The driver thread ran out of connections and ended.
+    Retired,
+    /// The driver ended otherwise (shutdown, or it died).
+    Died,
 }
 
 impl Driver {
-    fn is_dead(&self) -> bool {
-        lock(&self.ready).exited
+    /// Reserves the driver for a new connection (see [`Ready::reserved`]), unless it ended.
+    fn reserve(&self) -> Reserved {
+        let mut ready = lock(&self.ready);
+        if !ready.exited {
+            ready.reserved += 1;
+            Reserved::Yes
+        } else if ready.retired {
+            Reserved::Retired
+        } else {
+            Reserved::Died
+        }
     }
 
     /// Queues a woken connection, or a new one with its handshake request, for the driver's
     /// next turn.
     pub(super) fn push(&self, conn: Arc<Driven>, request: Option<OpenRequest>) {
         let mut ready = lock(&self.ready);
+        if request.is_some() {
+            ready.reserved = ready.reserved.saturating_sub(1);
+        }
         if ready.exited {
             drop(ready);
             if request.is_some() {
@@ -387,12 +531,74 @@ impl Driver {
             Some(request) => ready.opening.push((conn, request)),
             None => ready.queue.push_back(conn),
         }
-        drop(ready);
         // Only the first connection of a turn needs to wake the driver: it takes the whole
-        // queue when it runs.
-        if first {
-            self.notify.notify_one();
+        // queue when it runs. A driver thread that is not parked looks at its queue before it
+        // parks (and `parked` is set before that look: see `run_thread`).
+        #[cfg(unix)]
+        let waker = match self.kind {
+            Kind::Thread if first && self.parked.load(Ordering::SeqCst) => ready.waker.clone(),
+            _ => None,
+        };
+        drop(ready);
+        match self.kind {
+            Kind::Task if first => self.notify.notify_one(),
+            Kind::Task => {}
+            #[cfg(unix)]
+            Kind::Thread => {
+                if let Some(waker) = waker {
+                    wake_poll(&waker);
+                }
+            }
         }
+    }
+
+    /// Makes the driver look at its flags (shutdown, an orphaned pool, an abort) soon.
+    fn wake(&self) {
+        match self.kind {
+            Kind::Task => self.notify.notify_one(),
+            #[cfg(unix)]
+            Kind::Thread => {
+                let waker = lock(&self.ready).waker.clone();
+                if let Some(waker) = waker {
+                    wake_poll(&waker);
+                }
+            }
+        }
+    }
+
+    /// Whether it ended, and whether for want of connections; for tests.
+    #[cfg(test)]
+    pub(crate) fn state(&self) -> (bool, bool) {
+        let ready = lock(&self.ready);
+        (ready.exited, ready.retired)
+    }
+
+    /// Whether connections wait in the ready queue.
+    fn has_ready(&self) -> bool {
+        let ready = lock(&self.ready);
+        !ready.queue.is_empty() || !ready.opening.is_empty()
+    }
+
+    /// Ends a driver thread that ran out of connections, unless one came meanwhile.
+    #[cfg(unix)]
+    fn retire(&self) -> bool {
+        let mut ready = lock(&self.ready);
+        if ready.queue.is_empty() && ready.opening.is_empty() && ready.reserved == 0 {
+            ready.exited = true;
+            ready.retired = true;
+            ready.waker = None;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Wakes a driver thread out of its poll.
+#[cfg(unix)]
+fn wake_poll(waker: &mio::Waker) {
+    if let Err(e) = waker.wake() {
+        tracing::error!("waking a callback driver thread failed: {e}");
     }
 }
 
@@ -405,9 +611,6 @@ struct Registry {
     conns: Vec<Option<Arc<Driven>>>,
     /// Free indexes of `conns`.
     free: Vec<u32>,
-    /// Connections registered in the driver's poll.
-    #[cfg(unix)]
-    plain: usize,
 }
 
 impl Registry {
@@ -452,6 +655,10 @@ impl Drop for Registry {
         let unserved = {
             let mut ready = lock(&self.driver.ready);
             ready.exited = true;
+            #[cfg(unix)]
+            {
+                ready.waker = None;
+            }
             ready.queue.clear();
             std::mem::take(&mut ready.opening).len()
         };
@@ -533,141 +740,69 @@ struct Turn<'a> {
     prune_above: &'a mut usize,
     now: Micros,
     shutdown: Option<&'a CloseFrame>,
-    /// The driver's own poll, for plain TCP connections.
+    /// A driver thread's poll, for plain TCP connections.
     #[cfg(unix)]
     poll: Option<&'a EventLoop>,
 }
 
+/// What a driver keeps from turn to turn.
+struct Loop {
+    registry: Registry,
+    timers: BinaryHeap<TimerEntry>,
+    prune_above: usize,
+    /// The ready queue taken for a turn (kept for its allocation).
+    batch: VecDeque<Arc<Driven>>,
+    opening: Vec<(Arc<Driven>, OpenRequest)>,
+    shutting_down: bool,
+}
+
+/// What a driver does after a turn.
+enum Next {
+    /// It is done: its connections are gone and it is shutting down or orphaned.
+    Exit,
+    /// More is ready (connections that used up their read budget, or woken meanwhile).
+    Again,
+    /// Nothing is ready: wait for a wake-up, an event or the earliest timer (if any).
+    Wait(Option<Micros>),
+}
+
 impl Driver {
-    async fn run(self: Arc<Self>) {
-        let mut registry = Registry {
-            driver: self.clone(),
-            conns: Vec::new(),
-            free: Vec::new(),
-            #[cfg(unix)]
-            plain: 0,
-        };
-        #[cfg(unix)]
-        // Made for the first plain TCP connection, dropped with the last: a driver without
-        // any (a route's drivers before its first connection, or serving only upgraded
-        // transports) holds no descriptor.
-        let mut poll: Option<EventLoop> = None;
-        #[cfg(not(unix))]
-        let poll: Option<()> = None;
-        let mut timers = BinaryHeap::<TimerEntry>::new();
-        let mut prune_above = PRUNE_MIN;
-        let mut batch = VecDeque::new();
-        let mut opening = Vec::new();
+    fn start(self: &Arc<Self>) -> Loop {
+        Loop {
+            registry: Registry {
+                driver: self.clone(),
+                conns: Vec::new(),
+                free: Vec::new(),
+            },
+            timers: BinaryHeap::new(),
+            prune_above: PRUNE_MIN,
+            batch: VecDeque::new(),
+            opening: Vec::new(),
+            shutting_down: false,
+        }
+    }
+
+    /// A driver task: waits for its notify, the earliest timer, or (its connections' tokio
+    /// I/O waking them into) its ready queue.
+    async fn run_task(self: Arc<Self>) {
+        let mut state = self.start();
         let mut sleep: Option<Pin<Box<Sleep>>> = None;
-        let mut shutting_down = false;
-        let shared = self.shared.clone();
         // Kept across turns and replaced only once it fired: a fresh `Notified` per turn
         // registered and unregistered a waiter every time the driver went back to wait.
         let notified = self.notify.notified();
         tokio::pin!(notified);
         loop {
-            {
-                let mut ready = lock(&self.ready);
-                std::mem::swap(&mut ready.queue, &mut batch);
-                std::mem::swap(&mut ready.opening, &mut opening);
-            }
-            let now = core::now();
             #[cfg(unix)]
-            if poll.is_none() && opening.iter().any(|(conn, _)| lock(&conn.state).is_plain()) {
-                poll = EventLoop::new()
-                    .inspect_err(|e| {
-                        // Its plain TCP connections fail to register, one by one.
-                        tracing::error!("a callback driver could not make its poll: {e}");
-                    })
-                    .ok();
-            }
-            #[cfg(unix)]
-            let more_events = match poll.as_mut() {
-                Some(poll) => std::future::poll_fn(|cx| Poll::Ready(poll.take(cx))).await,
-                None => false,
-            };
-            // Connections run from the poll count too: one that used up its read budget is in
-            // the ready queue now, and the runtime must get its turn before the driver's next.
-            #[cfg(unix)]
-            let polled = poll.as_ref().is_some_and(EventLoop::has_events);
+            let next = self.turn(&mut state, None);
             #[cfg(not(unix))]
-            let polled = false;
-            let busy = !batch.is_empty() || !opening.is_empty() || polled;
-            let frame = shared.shutdown.frame();
-            if !shutting_down && self.stopping.load(Ordering::Acquire) {
-                if let Some(frame) = frame {
-                    shutting_down = true;
-                    for conn in registry.iter() {
-                        let _ = lock(&conn.state).proto.close(Some(frame.clone()));
-                        if !conn.queued.swap(true, Ordering::AcqRel) {
-                            batch.push_back(conn.clone());
-                        }
-                    }
-                }
-            }
-            let mut turn = Turn {
-                registry: &mut registry,
-                timers: &mut timers,
-                prune_above: &mut prune_above,
-                now,
-                shutdown: frame,
-                #[cfg(unix)]
-                poll: poll.as_ref(),
-            };
-            for (conn, request) in opening.drain(..) {
-                conn.queued.store(false, Ordering::Release);
-                self.run_conn(&conn, &mut turn, Why::Opened(&request));
-            }
-            #[cfg(unix)]
-            if let Some(poll) = poll.as_ref() {
-                for (slot, read) in poll.events() {
-                    if let Some(conn) = turn.registry.get(slot).cloned() {
-                        self.run_conn(&conn, &mut turn, Why::Event(read));
-                    }
-                }
-            }
-            while let Some(conn) = batch.pop_front() {
-                conn.queued.store(false, Ordering::Release);
-                self.run_conn(&conn, &mut turn, Why::Woken);
-            }
-            while turn.timers.peek().is_some_and(|t| t.at <= now) {
-                let Some(entry) = turn.timers.pop() else {
-                    break;
-                };
-                if let Some(conn) = entry.conn.upgrade() {
-                    self.run_conn(&conn, &mut turn, Why::Timer(entry.at));
-                }
-            }
-            #[cfg(unix)]
-            if registry.plain == 0 {
-                poll = None;
-            }
-            let ending = shutting_down || self.orphaned.load(Ordering::Acquire);
-            if ending && registry.is_empty() {
-                let ready = lock(&self.ready);
-                if ready.queue.is_empty() && ready.opening.is_empty() {
-                    // `registry`'s drop marks the driver as exited.
-                    return;
-                }
-                continue;
-            }
-            #[cfg(not(unix))]
-            let more_events = false;
-            if more_events
-                || busy && {
-                    let ready = lock(&self.ready);
-                    !ready.queue.is_empty() || !ready.opening.is_empty()
-                }
-            {
+            let next = self.turn(&mut state);
+            match next {
+                Next::Exit => return,
                 // Connections that used up their read budget woke themselves: let the runtime
-                // poll for I/O and run its other tasks (accepting, other drivers) first. With
-                // nothing left, the driver waits below instead: yielding after every turn made
-                // the runtime poll epoll once per turn, with few events each time.
-                tokio::task::yield_now().await;
-                continue;
-            }
-            match timers.peek().map(|t| core::instant(t.at)) {
-                Some(at) => {
+                // poll for I/O and run its other tasks (accepting, other drivers) first.
+                Next::Again => tokio::task::yield_now().await,
+                Next::Wait(Some(at)) => {
+                    let at = core::instant(at);
                     let timer = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
                     if timer.deadline() != at {
                         timer.as_mut().reset(at);
@@ -677,17 +812,139 @@ impl Driver {
                     tokio::select! {
                         biased;
                         () = notified.as_mut() => notified.set(self.notify.notified()),
-                        () = events(poll.as_ref()) => {}
                         () = timer.as_mut() => {}
                     }
                 }
-                None => tokio::select! {
-                    biased;
-                    () = notified.as_mut() => notified.set(self.notify.notified()),
-                    () = events(poll.as_ref()) => {}
-                },
+                Next::Wait(None) => {
+                    notified.as_mut().await;
+                    notified.set(self.notify.notified());
+                }
             }
         }
+    }
+
+    /// A driver thread: blocks in its poll until a socket event, its waker or the earliest
+    /// timer, within the runtime (callbacks may spawn tasks and arm tokio timers). Ends when
+    /// its task is aborted (its connections are closed), and after [`LINGER`] without
+    /// connections.
+    #[cfg(unix)]
+    fn run_thread(self: Arc<Self>, mut poll: EventLoop, runtime: &tokio::runtime::Handle) {
+        let _runtime = runtime.enter();
+        let mut state = self.start();
+        let mut full = false;
+        let mut empty_since: Option<Micros> = None;
+        loop {
+            if self.aborted.load(Ordering::Acquire) {
+                // `state`'s registry closes the connections.
+                return;
+            }
+            let next = self.turn(&mut state, Some(&poll));
+            let timeout = match next {
+                Next::Exit => return,
+                Next::Again => Some(Duration::ZERO),
+                Next::Wait(_) if full => Some(Duration::ZERO),
+                Next::Wait(mut at) => {
+                    let now = core::now();
+                    if state.registry.is_empty() {
+                        let end = empty_since.get_or_insert(now).saturating_add(LINGER);
+                        if now >= end && self.retire() {
+                            return;
+                        }
+                        at = Some(at.map_or(end, |at| at.min(end)));
+                    } else {
+                        empty_since = None;
+                    }
+                    // Set before the last look at the queue: a push after that look sees it
+                    // and wakes the poll (see `push`).
+                    self.parked.store(true, Ordering::SeqCst);
+                    if self.has_ready() || self.aborted.load(Ordering::Acquire) {
+                        Some(Duration::ZERO)
+                    } else {
+                        // Rounded up to whole milliseconds by the poll: never early.
+                        at.map(|at| Duration::from_micros(at.saturating_sub(now)))
+                    }
+                }
+            };
+            full = poll.wait(timeout);
+            self.parked.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// One turn: takes the ready queue, opens new connections, runs those the poll's events
+    /// (of a driver thread), the queue and due timers name, and says what next.
+    fn turn(&self, state: &mut Loop, #[cfg(unix)] poll: Option<&EventLoop>) -> Next {
+        {
+            let mut ready = lock(&self.ready);
+            std::mem::swap(&mut ready.queue, &mut state.batch);
+            std::mem::swap(&mut ready.opening, &mut state.opening);
+        }
+        let now = core::now();
+        // Connections run from the poll count too: one that used up its read budget is in the
+        // ready queue now.
+        #[cfg(unix)]
+        let polled = poll.is_some_and(EventLoop::has_events);
+        #[cfg(not(unix))]
+        let polled = false;
+        let busy = !state.batch.is_empty() || !state.opening.is_empty() || polled;
+        let frame = self.shared.shutdown.frame();
+        if !state.shutting_down && self.stopping.load(Ordering::Acquire) {
+            if let Some(frame) = frame {
+                state.shutting_down = true;
+                for conn in state.registry.iter() {
+                    let _ = lock(&conn.state).proto.close(Some(frame.clone()));
+                    if !conn.queued.swap(true, Ordering::AcqRel) {
+                        state.batch.push_back(conn.clone());
+                    }
+                }
+            }
+        }
+        let mut turn = Turn {
+            registry: &mut state.registry,
+            timers: &mut state.timers,
+            prune_above: &mut state.prune_above,
+            now,
+            shutdown: frame,
+            #[cfg(unix)]
+            poll,
+        };
+        for (conn, request) in state.opening.drain(..) {
+            conn.queued.store(false, Ordering::Release);
+            self.run_conn(&conn, &mut turn, Why::Opened(&request));
+        }
+        #[cfg(unix)]
+        if let Some(poll) = poll {
+            for (slot, read) in poll.events() {
+                if let Some(conn) = turn.registry.get(slot).cloned() {
+                    self.run_conn(&conn, &mut turn, Why::Event(read));
+                }
+            }
+        }
+        while let Some(conn) = state.batch.pop_front() {
+            conn.queued.store(false, Ordering::Release);
+            self.run_conn(&conn, &mut turn, Why::Woken);
+        }
+        while turn.timers.peek().is_some_and(|t| t.at <= now) {
+            let Some(entry) = turn.timers.pop() else {
+                break;
+            };
+            if let Some(conn) = entry.conn.upgrade() {
+                self.run_conn(&conn, &mut turn, Why::Timer(entry.at));
+            }
+        }
+        let ending = state.shutting_down || self.orphaned.load(Ordering::Acquire);
+        if ending && state.registry.is_empty() {
+            if self.has_ready() {
+                return Next::Again;
+            }
+            // `registry`'s drop marks the driver as exited.
+            return Next::Exit;
+        }
+        if busy && self.has_ready() {
+            // With nothing left, the driver waits instead: yielding after every turn made the
+            // runtime poll epoll once per turn, with few events each time.
+            return Next::Again;
+        }
+        Next::Wait(state.timers.peek().map(|t| t.at))
     }
 
     /// Runs one connection: registers it if new (calling `on_open` with its request), acts on
@@ -718,7 +975,6 @@ impl Driver {
                     turn.registry.remove(slot as usize);
                     return;
                 }
-                turn.registry.plain += 1;
             }
             st.slot = slot;
             let mut opened = Conn {
@@ -777,10 +1033,6 @@ impl Driver {
             }
             Some(result) => {
                 conn.open.store(false, Ordering::Release);
-                #[cfg(unix)]
-                if st.is_plain() {
-                    turn.registry.plain -= 1;
-                }
                 st.io = None;
                 st.proto.release_idle_buffers();
                 conn.clear_outbox();
@@ -800,20 +1052,6 @@ impl Driver {
             }
         }
     }
-}
-
-/// Waits for events in the driver's poll (forever without one). Cancel-safe.
-#[cfg(unix)]
-async fn events(poll: Option<&EventLoop>) {
-    match poll {
-        Some(poll) => poll.ready().await,
-        None => std::future::pending().await,
-    }
-}
-
-#[cfg(not(unix))]
-async fn events(_: Option<&()>) {
-    std::future::pending().await
 }
 
 /// Drops the timer entries of closed connections once they are many. An entry stays in the

@@ -1,13 +1,15 @@
-//! The callback drivers' own event loop for plain TCP connections (issue #15): each driver owns
-//! a `mio::Poll` whose epoll descriptor is registered once with tokio, and reads, writes and
-//! runs the connections its events name in place. A plain-TCP connection thus costs no tokio
-//! I/O registration (`ScheduledIo`, 256 B with its alignment, and a waker wake per event into
-//! the driver's ready queue): its socket is registered, edge-triggered, for reading and
-//! writing once, in the driver's own poll, under its index in the driver's registry.
+//! The callback drivers' own event loop for plain TCP connections (issue #15): plain TCP
+//! connections of callback routes run on driver threads, one per runtime worker, each blocking
+//! in its own `mio::Poll` (uWebSockets' model): one `epoll_wait` per wake-up, timers as its
+//! timeout, no tokio task to wake or poll. The thread enters the runtime, so callbacks can still
+//! spawn tasks and arm tokio timers. A plain-TCP connection thus costs no tokio I/O registration
+//! (`ScheduledIo`, 256 B with its alignment): its socket is registered, edge-triggered, for
+//! reading and writing once, in its driver's poll, under its index in the driver's registry.
 //!
-//! TLS connections and boxed transports (hyper upgrades, custom transports) stay on tokio.
-//! Handles ([`ConnHandle`](super::ConnHandle) sends, hub offers) still wake a connection through
-//! the driver's ready queue, and timers stay in the driver's timer queue.
+//! TLS connections and boxed transports (hyper upgrades, custom transports) stay on tokio, with
+//! drivers that are tokio tasks. Handles ([`ConnHandle`](super::ConnHandle) sends, hub offers)
+//! wake a connection through its driver's ready queue, and its poll's [`mio::Waker`] when the
+//! driver thread sleeps; timers stay in the driver's timer queue.
 //!
 //! Readiness is edge-triggered: a connection reads until a read comes back short or would
 //! block (a short read of a stream socket means its receive queue was emptied; anything that
@@ -18,7 +20,7 @@
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::OnceLock;
 use std::task::{Context, Poll};
@@ -26,7 +28,6 @@ use std::time::Duration;
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Token};
-use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Most bytes one read takes.
@@ -84,8 +85,8 @@ impl PlainTcp {
     pub(super) fn register(&mut self, poll: &EventLoop, token: usize) -> io::Result<()> {
         let interest = Interest::READABLE | Interest::WRITABLE;
         let fd = self.stream.as_raw_fd();
-        let registry = poll.fd.get_ref().0.registry();
-        registry.register(&mut SourceFd(&fd), Token(token), interest)
+        poll.registry()
+            .register(&mut SourceFd(&fd), Token(token), interest)
     }
 
     /// What an event said about the socket.
@@ -202,82 +203,68 @@ impl AsyncWrite for PlainTcp {
     }
 }
 
-/// A `mio::Poll` as tokio sees it: one descriptor, readable when the poll has events.
-struct PollFd(mio::Poll);
+/// The token of a driver's [`mio::Waker`] (registry indexes are `u32`, so it names no
+/// connection).
+const WAKER: Token = Token(usize::MAX);
 
-impl AsRawFd for PollFd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.as_raw_fd()
-    }
-}
-
-/// One driver's poll, registered with tokio.
+/// One driver's poll: its thread blocks in it (see the driver's `run_thread`), and its
+/// [`mio::Waker`] wakes it for what does not come through a socket (a connection woken by a
+/// handle, a new connection, shutdown).
 pub(super) struct EventLoop {
-    fd: AsyncFd<PollFd>,
+    poll: mio::Poll,
     events: Events,
 }
 
 impl EventLoop {
-    /// Must be called inside a tokio runtime.
-    pub(super) fn new() -> io::Result<Self> {
+    /// A poll and the waker that interrupts its waits.
+    pub(super) fn new() -> io::Result<(Self, mio::Waker)> {
         let poll = mio::Poll::new()?;
-        // tokio 1.54 deprecated its safe `AsyncFd` constructors (an `AsRawFd` value could close
-        // its descriptor while registered) for `unsafe` ones. I/O safety holds here: the
-        // descriptor is the `mio::Poll`'s own, which the `AsyncFd` owns, deregisters and only
-        // then drops, and nothing else closes it.
-        #[allow(deprecated)]
-        let fd = AsyncFd::with_interest(PollFd(poll), tokio::io::Interest::READABLE)?;
-        Ok(Self {
-            fd,
-            events: Events::with_capacity(EVENTS),
-        })
+        let waker = mio::Waker::new(poll.registry(), WAKER)?;
+        let events = Events::with_capacity(EVENTS);
+        Ok((Self { poll, events }, waker))
     }
 
-    /// Takes the events ready now, without waiting, if tokio saw the poll readable; `cx`'s
-    /// task is woken when it becomes readable otherwise. Returns whether there may be more
-    /// (the batch was full).
-    pub(super) fn take(&mut self, cx: &mut Context<'_>) -> bool {
-        let Self { fd, events } = self;
+    /// Waits for events, at most `timeout` (forever for `None`), and keeps them for
+    /// [`events`](Self::events). Returns whether there may be more (the batch was full).
+    pub(super) fn wait(&mut self, timeout: Option<Duration>) -> bool {
+        let Self { poll, events } = self;
         events.clear();
-        let Poll::Ready(Ok(mut guard)) = fd.poll_read_ready_mut(cx) else {
-            return false;
-        };
-        match guard.get_inner_mut().0.poll(events, Some(Duration::ZERO)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return true,
+        match poll.poll(events, timeout) {
+            Ok(()) => events.iter().count() >= EVENTS,
+            // A signal: the driver looks again at once.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
             Err(e) => {
                 tracing::error!("polling a callback driver's sockets failed: {e}");
                 events.clear();
-                return false;
+                if timeout.is_none_or(|t| !t.is_zero()) {
+                    // Not a busy loop on a poll that keeps failing.
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                false
             }
         }
-        let full = events.iter().count() >= EVENTS;
-        if !full {
-            // Drained: tokio reports the poll readable again at its next event.
-            guard.clear_ready();
-        }
-        full
     }
 
-    /// Whether [`take`](Self::take) found events.
+    /// Whether the last [`wait`](Self::wait) found events for connections.
     pub(super) fn has_events(&self) -> bool {
-        !self.events.is_empty()
+        self.events.iter().any(|event| event.token() != WAKER)
     }
 
-    /// The events [`take`](Self::take) found: the registry index of a connection, and what
-    /// its socket is ready for.
+    /// The events the last [`wait`](Self::wait) found: the registry index of a connection,
+    /// and what its socket is ready for.
     pub(super) fn events(&self) -> impl Iterator<Item = (usize, Readiness)> + '_ {
-        self.events.iter().map(|event| {
-            let ended = event.is_read_closed() || event.is_error();
-            let read = event.is_readable() || ended;
-            (event.token().0, Readiness { read, ended })
-        })
+        self.events
+            .iter()
+            .filter(|event| event.token() != WAKER)
+            .map(|event| {
+                let ended = event.is_read_closed() || event.is_error();
+                let read = event.is_readable() || ended;
+                (event.token().0, Readiness { read, ended })
+            })
     }
 
-    /// Waits until the poll has events. Cancel-safe.
-    pub(super) async fn ready(&self) {
-        // Not cleared here: `take` clears it once it has drained the poll.
-        let _ = self.fd.readable().await;
+    fn registry(&self) -> &mio::Registry {
+        self.poll.registry()
     }
 }
 

@@ -1,19 +1,23 @@
-//! Connections served by callbacks on a few shared driver tasks instead of a task each: the
+//! Connections served by callbacks on a few shared drivers instead of a task each: the
 //! lightest way to hold many mostly idle WebSocket connections (uWebSockets' model).
 //!
 //! A [`Callbacks`] value (`on_open`, `on_message`, `on_close`) serves every connection of a
 //! route: [`Endpoint::callbacks`](crate::Endpoint::callbacks) on a [`Server`](crate::Server), or
 //! [`Drivers`] behind a hyper or axum upgrade. Those connections get no task of their own: one
-//! driver task per runtime worker runs every connection's reads, writes and timers and calls
-//! the callbacks. An idle connection costs its protocol state and a few words in the driver:
-//! about 500 B (docs/PERFORMANCE.md).
+//! driver per runtime worker runs every connection's reads, writes and timers and calls the
+//! callbacks. An idle connection costs its protocol state and a few words in the driver: about
+//! 500 B (docs/PERFORMANCE.md).
 //!
-//! On Unix a plain TCP connection does not even register with tokio: each driver has its own
-//! `mio` poll (one descriptor that tokio watches), and runs the connections whose sockets it
-//! reports in place, without a waker per event. TLS connections and transports upgraded by
-//! hyper or axum stay on tokio's I/O. Setting the environment variable
-//! `VOLLEY_CALLBACK_IO=tokio` (read once per process) puts plain TCP back on tokio too, for
-//! comparison: a connection then costs tokio's registration as well (~0.9 KiB in all).
+//! On Unix a plain TCP connection does not even register with tokio: it runs on a driver
+//! *thread* (one per runtime worker, named `volley-driver`) that blocks in its own `mio` poll,
+//! with the connections' timers as its timeout, and runs the connections whose sockets it
+//! reports in place: one `epoll_wait` per wake-up and no task to wake. The thread enters the
+//! runtime, so callbacks can spawn tasks and use tokio's timers and channels; it ends a second
+//! after its last connection and with the runtime. TLS connections and transports upgraded by
+//! hyper or axum stay on tokio's I/O, on driver *tasks*. Setting the environment variable
+//! `VOLLEY_CALLBACK_IO=tokio` (read once per process) puts plain TCP back on tokio and driver
+//! tasks too, for comparison: a connection then costs tokio's registration as well (~0.9 KiB
+//! in all).
 //!
 //! ```no_run
 //! use volley::callback::{Callbacks, Conn};
@@ -45,7 +49,8 @@
 //! While more than [`Config::write_limit`](crate::Config::write_limit) bytes wait to be written
 //! the connection is not read, so a peer that sends without reading is slowed down by TCP.
 //!
-//! Callbacks run on the driver's task, one at a time per driver: they must not block or wait.
+//! Callbacks run on the driver's thread or task, one at a time per driver: they must not block
+//! or wait.
 //! A callback that panics fails only its own connection (close code 1011).
 //!
 //! Nothing a callback or a [`ConnHandle`] sends waits for room, so what may queue for one
@@ -138,7 +143,8 @@ impl OpenRequest {
 
 /// The callbacks of the connections of one route.
 ///
-/// Every method runs on a driver task shared by many connections: return quickly, never block.
+/// Every method runs on a driver (a thread or a task) shared by many connections: return
+/// quickly, never block.
 pub trait Callbacks: Send + Sync + 'static {
     /// A connection completed its opening handshake. Messages sent here go out first.
     fn on_open(&self, conn: &mut Conn<'_>) {
@@ -465,8 +471,9 @@ impl TrafficStats {
     }
 }
 
-/// The driver tasks that run the connections of one [`Callbacks`] value: one per runtime
-/// worker, started on the runtime of the first connection. Cheap to clone.
+/// The drivers that run the connections of one [`Callbacks`] value: one thread per runtime
+/// worker for plain TCP and one task per runtime worker for other transports, each started
+/// with the first connection that needs it, on that connection's runtime. Cheap to clone.
 ///
 /// A [`Server`](crate::Server) route makes its own ([`Endpoint::callbacks`](crate::Endpoint::callbacks));
 /// make one yourself to serve connections upgraded by hyper or axum
@@ -617,7 +624,7 @@ mod tests {
     }
 
     /// Sends `text` from a client and waits (bounded) for its echo.
-    async fn echo(io: &mut DuplexStream, text: &str) -> Option<String> {
+    async fn echo<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S, text: &str) -> Option<String> {
         let mut client = Connection::new(Role::Client, volley_proto::ProtocolConfig::default());
         client.send(Message::text(text.to_owned())).ok()?;
         while let Some(bytes) = client.poll_transmit() {
@@ -676,5 +683,108 @@ mod tests {
             open.push(next);
         }
         assert_eq!(drivers.connections(), 3);
+    }
+
+    /// Hands the server's end of a loopback TCP connection to `drivers` as plain TCP (a driver
+    /// thread's); returns the client's end. Inside a runtime.
+    #[cfg(unix)]
+    async fn connect_tcp(drivers: &Drivers) -> tokio::net::TcpStream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let io = Io::stream(crate::maybe_tls::MaybeTlsStream::Plain(accepted.unwrap().0));
+        drivers.adopt(io.unwrap(), Request::new(()), None, &[]);
+        client.unwrap()
+    }
+
+    /// The state of driver thread `i`: (ended, ended for want of connections).
+    #[cfg(unix)]
+    fn thread_state(drivers: &Drivers, i: usize) -> (Arc<driver::Driver>, bool, bool) {
+        let driver = drivers.pool().thread_driver(i);
+        let (exited, retired) = driver.state();
+        (driver, exited, retired)
+    }
+
+    /// A driver thread whose connections are gone ends after its linger (closing its poll's
+    /// descriptors), and the next plain TCP connection is served by a fresh one.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_driver_thread_without_connections_retires_and_a_fresh_one_serves_the_next() {
+        let closed = Arc::new(AtomicUsize::new(0));
+        let drivers = Drivers::new(
+            Echo {
+                closed: closed.clone(),
+            },
+            Config::default().ping_interval(None),
+        );
+        let mut first = connect_tcp(&drivers).await;
+        assert_eq!(echo(&mut first, "one").await.as_deref(), Some("one"));
+        let (before, exited, _) = thread_state(&drivers, 0);
+        assert!(!exited);
+        drop(first);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, exited, retired) = thread_state(&drivers, 0);
+            if exited {
+                assert!(retired, "it ended for want of connections, not otherwise");
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never retired");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(closed.load(Ordering::SeqCst), 1);
+        assert_eq!(drivers.connections(), 0);
+
+        let mut next = connect_tcp(&drivers).await;
+        assert_eq!(echo(&mut next, "two").await.as_deref(), Some("two"));
+        let (after, exited, _) = thread_state(&drivers, 0);
+        assert!(!Arc::ptr_eq(&before, &after), "a fresh driver");
+        assert!(!exited);
+        assert_eq!(drivers.connections(), 1);
+    }
+
+    /// A driver thread's tie to the runtime: when the runtime shuts down (dropping every
+    /// task), the thread closes its connections and ends, as a driver task would.
+    #[cfg(unix)]
+    #[test]
+    fn a_runtime_shutting_down_closes_the_connections_of_its_driver_threads() {
+        use std::io::Read;
+        let closed = Arc::new(AtomicUsize::new(0));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let drivers = Drivers::new(
+            Echo {
+                closed: closed.clone(),
+            },
+            Config::default().ping_interval(None),
+        );
+        let client = runtime.block_on(async {
+            let mut client = connect_tcp(&drivers).await;
+            assert_eq!(echo(&mut client, "up").await.as_deref(), Some("up"));
+            client
+        });
+        let client = client.into_std().unwrap();
+        drop(runtime);
+        client.set_nonblocking(false).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let end = (&client).read(&mut buf);
+        assert!(
+            matches!(end, Ok(0))
+                || end
+                    .as_ref()
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "the server's end was closed: {end:?}"
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while closed.load(Ordering::SeqCst) == 0 {
+            assert!(std::time::Instant::now() < deadline, "on_close never ran");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(drivers.connections(), 0);
     }
 }

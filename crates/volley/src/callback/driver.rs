@@ -153,6 +153,14 @@ pub(crate) struct Pool {
     next: AtomicUsize,
 }
 
+/// New connections waiting for a driver thread past which the thread that hands them over
+/// yields its core.
+#[cfg(unix)]
+const MAX_OPENING: usize = 16;
+
+/// Most entries a driver keeps room for in its queues between turns.
+const KEEP_QUEUED: usize = 256;
+
 /// How long a driver thread without connections waits for a new one before it ends (and
 /// closes its poll).
 const LINGER: Micros = 1_000_000;
@@ -298,7 +306,15 @@ impl Pool {
         }
         self.shared.live.fetch_add(1, Ordering::AcqRel);
         let conn = Arc::new(Driven::new(driver.clone(), state));
-        driver.push(conn, Some(request));
+        let waiting = driver.push(conn, Some(request));
+        #[cfg(unix)]
+        if kind == Kind::Thread && waiting >= MAX_OPENING {
+            // The driver thread is behind (it shares a core with this thread, or has more to
+            // do): let it run rather than pile up handshake requests (~250 B each) it has yet to
+            // open. A storm of 15,000 on one core piled up thousands, and the memory they held
+            // stayed in the allocator's free lists: +20-30 B per idle connection measured.
+            std::thread::yield_now();
+        }
     }
 
     pub(super) fn shutdown(&self, frame: CloseFrame) {
@@ -512,8 +528,8 @@ impl Driver {
     }
 
     /// Queues a woken connection, or a new one with its handshake request, for the driver's
-    /// next turn.
-    pub(super) fn push(&self, conn: Arc<Driven>, request: Option<OpenRequest>) {
+    /// next turn. Returns how many new connections wait for it.
+    pub(super) fn push(&self, conn: Arc<Driven>, request: Option<OpenRequest>) -> usize {
         let mut ready = lock(&self.ready);
         if request.is_some() {
             ready.reserved = ready.reserved.saturating_sub(1);
@@ -524,13 +540,14 @@ impl Driver {
                 // Never opened: dropping it closes the transport.
                 self.shared.finished();
             }
-            return;
+            return 0;
         }
         let first = ready.queue.is_empty() && ready.opening.is_empty();
         match request {
             Some(request) => ready.opening.push((conn, request)),
             None => ready.queue.push_back(conn),
         }
+        let opening = ready.opening.len();
         // Only the first connection of a turn needs to wake the driver: it takes the whole
         // queue when it runs. A driver thread that is not parked looks at its queue before it
         // parks (and `parked` is set before that look: see `run_thread`).
@@ -550,6 +567,7 @@ impl Driver {
                 }
             }
         }
+        opening
     }
 
     /// Makes the driver look at its flags (shutdown, an orphaned pool, an abort) soon.
@@ -930,6 +948,15 @@ impl Driver {
             if let Some(conn) = entry.conn.upgrade() {
                 self.run_conn(&conn, &mut turn, Why::Timer(entry.at));
             }
+        }
+        // A burst of new connections (a storm: the accept loop runs beside a driver thread, not
+        // between its turns) grows these to thousands of entries, a handshake request each
+        // (~250 B): not kept once handled.
+        if state.opening.capacity() > KEEP_QUEUED {
+            state.opening.shrink_to(KEEP_QUEUED);
+        }
+        if state.batch.capacity() > KEEP_QUEUED {
+            state.batch.shrink_to(KEEP_QUEUED);
         }
         let ending = state.shutting_down || self.orphaned.load(Ordering::Acquire);
         if ending && state.registry.is_empty() {

@@ -503,6 +503,13 @@ struct Ready {
     waker: Option<Arc<mio::Waker>>,
 }
 
+impl Ready {
+    /// No connection waits: neither woken nor new.
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty() && self.opening.is_empty()
+    }
+}
+
 /// What [`Driver::reserve`] found.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Reserved {
@@ -542,7 +549,7 @@ impl Driver {
             }
             return 0;
         }
-        let first = ready.queue.is_empty() && ready.opening.is_empty();
+        let first = ready.is_empty();
         match request {
             Some(request) => ready.opening.push((conn, request)),
             None => ready.queue.push_back(conn),
@@ -593,15 +600,14 @@ impl Driver {
 
     /// Whether connections wait in the ready queue.
     fn has_ready(&self) -> bool {
-        let ready = lock(&self.ready);
-        !ready.queue.is_empty() || !ready.opening.is_empty()
+        !lock(&self.ready).is_empty()
     }
 
     /// Ends a driver thread that ran out of connections, unless one came meanwhile.
     #[cfg(unix)]
     fn retire(&self) -> bool {
         let mut ready = lock(&self.ready);
-        if ready.queue.is_empty() && ready.opening.is_empty() && ready.reserved == 0 {
+        if ready.is_empty() && ready.reserved == 0 {
             ready.exited = true;
             ready.retired = true;
             ready.waker = None;

@@ -615,6 +615,19 @@ mod tests {
         }
     }
 
+    /// Drivers of an echo without keep-alive pings, and the count of the connections it saw
+    /// close.
+    fn echo_drivers() -> (Drivers, Arc<AtomicUsize>) {
+        let closed = Arc::new(AtomicUsize::new(0));
+        let echo = Echo {
+            closed: closed.clone(),
+        };
+        (
+            Drivers::new(echo, Config::default().ping_interval(None)),
+            closed,
+        )
+    }
+
     /// Hands one end of an in-memory pipe to `drivers` as an upgraded connection; returns the
     /// client's end.
     fn connect(drivers: &Drivers) -> DuplexStream {
@@ -653,13 +666,7 @@ mod tests {
     /// that nobody served.
     #[tokio::test]
     async fn a_dead_driver_closes_its_connections_and_gets_no_new_ones() {
-        let closed = Arc::new(AtomicUsize::new(0));
-        let drivers = Drivers::new(
-            Echo {
-                closed: closed.clone(),
-            },
-            Config::default().ping_interval(None),
-        );
+        let (drivers, closed) = echo_drivers();
         let mut first = connect(&drivers);
         assert_eq!(echo(&mut first, "before").await.as_deref(), Some("before"));
         assert_eq!(drivers.connections(), 1);
@@ -710,13 +717,7 @@ mod tests {
     #[cfg(unix)]
     #[tokio::test]
     async fn a_driver_thread_without_connections_retires_and_a_fresh_one_serves_the_next() {
-        let closed = Arc::new(AtomicUsize::new(0));
-        let drivers = Drivers::new(
-            Echo {
-                closed: closed.clone(),
-            },
-            Config::default().ping_interval(None),
-        );
+        let (drivers, closed) = echo_drivers();
         let mut first = connect_tcp(&drivers).await;
         assert_eq!(echo(&mut first, "one").await.as_deref(), Some("one"));
         let (before, exited, _) = thread_state(&drivers, 0);
@@ -749,17 +750,11 @@ mod tests {
     #[test]
     fn a_runtime_shutting_down_closes_the_connections_of_its_driver_threads() {
         use std::io::Read;
-        let closed = Arc::new(AtomicUsize::new(0));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        let drivers = Drivers::new(
-            Echo {
-                closed: closed.clone(),
-            },
-            Config::default().ping_interval(None),
-        );
+        let (drivers, closed) = echo_drivers();
         let client = runtime.block_on(async {
             let mut client = connect_tcp(&drivers).await;
             assert_eq!(echo(&mut client, "up").await.as_deref(), Some("up"));

@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::num::NonZeroU32;
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -43,8 +44,10 @@ struct Deflate {
 pub struct SendHalf {
     role: Role,
     state: State,
-    /// [`ProtocolConfig::fragment_size`], `usize::MAX` for none.
-    fragment: usize,
+    /// [`ProtocolConfig::fragment_size`], `None` for none; 32 bits (a size beyond is taken as
+    /// 4 GiB − 1, which fragments only messages larger than that, as RFC 6455 allows) so that
+    /// it packs with the two fields before it: idle memory per connection is a measured goal.
+    fragment: Option<NonZeroU32>,
     out: VecDeque<Bytes>,
     out_buf: BytesMut,
     out_len: usize,
@@ -53,6 +56,11 @@ pub struct SendHalf {
 }
 
 impl SendHalf {
+    /// The largest payload of one frame (`usize::MAX`: messages are not fragmented).
+    fn fragment(&self) -> usize {
+        self.fragment.map_or(usize::MAX, |f| f.get() as usize)
+    }
+
     /// The send half of a new connection; `deflate` as in
     /// [`Connection::with_deflate`](super::Connection::with_deflate).
     pub(super) fn new(role: Role, config: &ProtocolConfig, deflate: Option<DeflateParams>) -> Self {
@@ -78,7 +86,10 @@ impl SendHalf {
         Self {
             role,
             state: State::Open,
-            fragment: config.fragment_size.unwrap_or(usize::MAX).max(1),
+            fragment: config
+                .fragment_size
+                .map(|size| NonZeroU32::new(u32::try_from(size).unwrap_or(u32::MAX)))
+                .map(|size| size.unwrap_or(NonZeroU32::MIN)),
             out: VecDeque::new(),
             out_buf: BytesMut::new(),
             out_len: 0,
@@ -210,7 +221,7 @@ impl SendHalf {
         if self.state != State::Open {
             return Err(SendError::Closed);
         }
-        let fits = prepared.payload_len() <= self.fragment;
+        let fits = prepared.payload_len() <= self.fragment();
         if self.role == Role::Client || !fits {
             return self.send(prepared.to_message());
         }
@@ -266,7 +277,7 @@ impl SendHalf {
             }
             _ => (payload, 0),
         };
-        let fragment = self.fragment;
+        let fragment = self.fragment();
         if payload.len() <= fragment {
             self.queue_frame_rsv(true, rsv, opcode, payload);
             return Ok(());

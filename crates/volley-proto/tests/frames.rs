@@ -1020,6 +1020,24 @@ fn fragment_size_zero_means_one() {
     assert_eq!(transmitted(&mut s).len(), 3);
 }
 
+/// A fragment size beyond 32 bits (the connection keeps it in 32 to stay small) fragments
+/// nothing smaller than 4 GiB: a message goes out whole.
+#[cfg(target_pointer_width = "64")]
+#[test]
+fn fragment_size_beyond_four_gib_leaves_messages_whole() {
+    let mut s = Connection::new(
+        Role::Server,
+        ProtocolConfig::default().fragment_size(Some(1 << 40)),
+    );
+    s.send(Message::binary(vec![7u8; 70_000])).unwrap();
+    s.send_prepared(&volley_proto::PreparedMessage::text("prepared"))
+        .unwrap();
+    let frames = transmitted(&mut s);
+    assert_eq!(frames.len(), 2);
+    assert!(frames.iter().all(|f| f.fin));
+    assert_eq!(frames[0].payload.len(), 70_000);
+}
+
 #[test]
 fn large_fragmented_server_message_is_intact() {
     // Exercises the zero-copy transmit path (payloads ≥ 1 KiB) together with fragmentation.

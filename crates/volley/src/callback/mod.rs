@@ -5,7 +5,7 @@
 //! route: [`Endpoint::callbacks`](crate::Endpoint::callbacks) on a [`Server`](crate::Server), or
 //! [`Drivers`] behind a hyper or axum upgrade. Those connections get no task of their own: one
 //! driver per runtime worker runs every connection's reads, writes and timers and calls the
-//! callbacks. An idle connection costs its protocol state and a few words in the driver: about
+//! callbacks. An idle connection costs its protocol state and a few words in the driver: under
 //! 500 B (docs/PERFORMANCE.md).
 //!
 //! On Unix a plain TCP connection does not even register with tokio: it runs on a driver

@@ -898,6 +898,14 @@ impl std::task::Wake for SlotWaker {
 /// Bytes read from a socket at once while its request is awaited.
 const SCRATCH: usize = 4096;
 
+/// Whether `slot` of `slots` still holds the handshake of `generation` (not done, not timed
+/// out).
+fn waits(slots: &[Option<Waiting>], slot: usize, generation: u64) -> bool {
+    slots[slot]
+        .as_ref()
+        .is_some_and(|w| w.generation == generation)
+}
+
 /// Deadline entries the accept loop keeps room for after a burst of handshakes (and the most
 /// entries of finished handshakes it lets pile up behind a slow one).
 const DEADLINES_KEPT: usize = 256;
@@ -999,7 +1007,7 @@ impl Pending {
     /// the deadline entries of handshakes done since.
     fn expire(&mut self, now: Instant, mut timed_out: impl FnMut(Waiting)) {
         while let Some(&(at, slot, generation)) = self.deadlines.front() {
-            let waits = self.waits(slot, generation);
+            let waits = waits(&self.slots, slot, generation);
             if waits && at > now {
                 break;
             }
@@ -1018,22 +1026,12 @@ impl Pending {
         let live = self.slots.len() - self.free.len();
         if self.deadlines.len() > 2 * live + DEADLINES_KEPT {
             let slots = &self.slots;
-            self.deadlines.retain(|&(_, slot, generation)| {
-                slots[slot]
-                    .as_ref()
-                    .is_some_and(|w| w.generation == generation)
-            });
+            self.deadlines
+                .retain(|&(_, slot, generation)| waits(slots, slot, generation));
         }
         if self.deadlines.capacity() > DEADLINES_KEPT && self.deadlines.len() < DEADLINES_KEPT / 2 {
             self.deadlines.shrink_to(DEADLINES_KEPT);
         }
-    }
-
-    /// Whether `slot` still holds the handshake of `generation` (not done, not timed out).
-    fn waits(&self, slot: usize, generation: u64) -> bool {
-        self.slots[slot]
-            .as_ref()
-            .is_some_and(|w| w.generation == generation)
     }
 
     /// Frees `slot`, returning what waited there.

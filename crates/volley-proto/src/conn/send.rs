@@ -88,8 +88,8 @@ impl SendHalf {
             state: State::Open,
             fragment: config
                 .fragment_size
-                .map(|size| NonZeroU32::new(u32::try_from(size).unwrap_or(u32::MAX)))
-                .map(|size| size.unwrap_or(NonZeroU32::MIN)),
+                .map(|size| u32::try_from(size).unwrap_or(u32::MAX))
+                .map(|size| NonZeroU32::new(size).unwrap_or(NonZeroU32::MIN)),
             out: VecDeque::new(),
             out_buf: BytesMut::new(),
             out_len: 0,

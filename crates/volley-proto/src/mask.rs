@@ -1,9 +1,11 @@
 //! Payload masking (RFC 6455 §5.3), with SIMD paths chosen at run time.
 //!
-//! [`apply_mask`] is what the rest of Volley calls. On x86_64 it uses AVX2 (32 bytes per step)
-//! when the CPU has it, SSE2 (16 bytes per step, always present on x86_64) otherwise, and a
-//! scalar word-at-a-time loop for short buffers, for the tail of the SIMD loops (loads and stores
-//! are unaligned, so there is no head to peel), and on other architectures. The CPU check runs once; its result is cached in an atomic.
+//! [`apply_mask`] is what the rest of Volley calls. On x86_64 it uses AVX-512 (64 bytes per step)
+//! on CPUs where 512-bit instructions run at full speed (see [`Implementation::selected`]), AVX2
+//! (32 bytes per step) when the CPU has it, SSE2 (16 bytes per step, always present on x86_64)
+//! otherwise, and a scalar word-at-a-time loop for short buffers, for the tail of the SIMD loops
+//! (loads and stores are unaligned, so there is no head to peel), and on other architectures. The
+//! CPU check runs once; its result is cached in an atomic.
 //!
 //! [`Implementation`] exposes each path on its own so that tests and benchmarks can compare them.
 //!
@@ -53,6 +55,9 @@ pub enum Implementation {
     Sse2,
     /// x86_64 AVX2, 32 bytes per step, when the CPU supports it.
     Avx2,
+    /// x86_64 AVX-512 (the foundation instructions, AVX-512F), 64 bytes per step, when the CPU
+    /// supports it.
+    Avx512,
 }
 
 /// Error from [`Implementation::apply`]: this CPU cannot run the requested implementation.
@@ -73,7 +78,7 @@ impl std::error::Error for Unavailable {}
 
 impl Implementation {
     /// Every implementation, available or not.
-    pub const ALL: [Self; 3] = [Self::Scalar, Self::Sse2, Self::Avx2];
+    pub const ALL: [Self; 4] = [Self::Scalar, Self::Sse2, Self::Avx2, Self::Avx512];
 
     /// Whether this CPU can run the implementation.
     pub fn is_available(self) -> bool {
@@ -82,9 +87,11 @@ impl Implementation {
             #[cfg(target_arch = "x86_64")]
             Self::Sse2 => true,
             #[cfg(target_arch = "x86_64")]
-            Self::Avx2 => x86::has_avx2(),
+            Self::Avx2 => x86::level() >= x86::Level::Avx2,
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512 => x86::level() >= x86::Level::Avx512,
             #[cfg(not(target_arch = "x86_64"))]
-            Self::Sse2 | Self::Avx2 => false,
+            Self::Sse2 | Self::Avx2 | Self::Avx512 => false,
         }
     }
 
@@ -94,14 +101,18 @@ impl Implementation {
     }
 
     /// The implementation [`apply_mask`] uses for buffers of at least 32 bytes (shorter ones
-    /// always take the scalar path).
+    /// always take the scalar path): the widest available, except that AVX-512 is chosen only on
+    /// CPUs that also have AVX-512 VBMI (Intel from Ice Lake on, AMD from Zen 4 on). The
+    /// Skylake-era server parts that have AVX-512F without it lower the core's clock for a
+    /// while after 512-bit instructions, which costs the rest of the server more than 64-byte
+    /// steps save; there AVX2 is chosen.
     pub fn selected() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
-            if x86::has_avx2() {
-                Self::Avx2
-            } else {
-                Self::Sse2
+            match x86::level() {
+                x86::Level::Sse2 => Self::Sse2,
+                x86::Level::Avx2 | x86::Level::Avx512 => Self::Avx2,
+                x86::Level::Avx512Fast => Self::Avx512,
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -121,14 +132,22 @@ impl Implementation {
             Self::Sse2 => x86::sse2(buf, key),
             #[cfg(target_arch = "x86_64")]
             Self::Avx2 => {
-                if !x86::has_avx2() {
+                if x86::level() < x86::Level::Avx2 {
                     return Err(Unavailable(self));
                 }
                 // SAFETY: AVX2 support was just checked at run time.
                 unsafe { x86::avx2(buf, key) }
             }
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512 => {
+                if x86::level() < x86::Level::Avx512 {
+                    return Err(Unavailable(self));
+                }
+                // SAFETY: AVX-512F support (which implies AVX2) was just checked at run time.
+                unsafe { x86::avx512(buf, key) }
+            }
             #[cfg(not(target_arch = "x86_64"))]
-            Self::Sse2 | Self::Avx2 => return Err(Unavailable(self)),
+            Self::Sse2 | Self::Avx2 | Self::Avx512 => return Err(Unavailable(self)),
         }
         Ok(())
     }
@@ -171,41 +190,72 @@ fn scalar(buf: &mut [u8], key: [u8; 4]) {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::{
-        __m128i, __m256i, _mm_loadu_si128, _mm_storeu_si128, _mm_xor_si128, _mm256_loadu_si256,
-        _mm256_storeu_si256, _mm256_xor_si256,
+        __m128i, __m256i, __m512i, _mm_loadu_si128, _mm_storeu_si128, _mm_xor_si128,
+        _mm256_loadu_si256, _mm256_storeu_si256, _mm256_xor_si256, _mm512_loadu_si512,
+        _mm512_set1_epi32, _mm512_storeu_si512, _mm512_xor_si512,
     };
     use std::sync::atomic::{AtomicU8, Ordering};
 
-    const UNKNOWN: u8 = 0;
-    const NO_AVX2: u8 = 1;
-    const AVX2: u8 = 2;
+    /// What the CPU offers for masking, widest last.
+    #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+    #[repr(u8)]
+    pub(super) enum Level {
+        /// The x86_64 baseline.
+        Sse2 = 1,
+        Avx2 = 2,
+        /// AVX-512F, on a CPU without AVX-512 VBMI: 512-bit instructions may lower its clock.
+        Avx512 = 3,
+        /// AVX-512F and VBMI.
+        Avx512Fast = 4,
+    }
 
-    /// The cached result of the AVX2 check.
+    /// Not detected yet.
+    const UNKNOWN: u8 = 0;
+
+    /// The cached result of the CPU check.
     static LEVEL: AtomicU8 = AtomicU8::new(UNKNOWN);
 
-    /// Whether the CPU has AVX2, detected once and cached. (A race only repeats the detection,
-    /// which always gives the same answer, so relaxed ordering is enough.)
+    /// What the CPU offers, detected once and cached. (A race only repeats the detection, which
+    /// always gives the same answer, so relaxed ordering is enough.)
     #[inline]
-    pub(super) fn has_avx2() -> bool {
+    pub(super) fn level() -> Level {
         match LEVEL.load(Ordering::Relaxed) {
-            AVX2 => true,
-            NO_AVX2 => false,
-            _ => {
-                let yes = std::is_x86_feature_detected!("avx2");
-                LEVEL.store(if yes { AVX2 } else { NO_AVX2 }, Ordering::Relaxed);
-                yes
-            }
+            1 => Level::Sse2,
+            2 => Level::Avx2,
+            3 => Level::Avx512,
+            4 => Level::Avx512Fast,
+            _ => detect(),
         }
     }
 
-    /// `apply_mask`'s choice for buffers of at least `SIMD_MIN_LEN` bytes.
+    #[cold]
+    fn detect() -> Level {
+        let level = if std::is_x86_feature_detected!("avx512f") {
+            if std::is_x86_feature_detected!("avx512vbmi") {
+                Level::Avx512Fast
+            } else {
+                Level::Avx512
+            }
+        } else if std::is_x86_feature_detected!("avx2") {
+            Level::Avx2
+        } else {
+            Level::Sse2
+        };
+        LEVEL.store(level as u8, Ordering::Relaxed);
+        level
+    }
+
+    /// `apply_mask`'s choice for buffers of at least `SIMD_MIN_LEN` bytes (see
+    /// `Implementation::selected`).
     #[inline]
     pub(super) fn dispatch(buf: &mut [u8], key: [u8; 4]) {
-        if has_avx2() {
-            // SAFETY: `has_avx2` checked at run time that the CPU supports AVX2.
-            unsafe { avx2(buf, key) }
-        } else {
-            sse2(buf, key)
+        match level() {
+            // SAFETY: `level` checked at run time that the CPU supports AVX-512F.
+            Level::Avx512Fast => unsafe { avx512(buf, key) },
+            // SAFETY: `level` checked at run time that the CPU supports AVX2 (AVX-512F
+            // implies it).
+            Level::Avx2 | Level::Avx512 => unsafe { avx2(buf, key) },
+            Level::Sse2 => sse2(buf, key),
         }
     }
 
@@ -272,6 +322,33 @@ mod x86 {
         }
         // 64 and 32 are multiples of 4: the key phase at the tail is the same as at the start.
         sse2(chunks.into_remainder(), key);
+    }
+
+    /// AVX-512: 64 bytes per step (one 512-bit vector), then AVX2, SSE2 and the scalar loop for
+    /// the rest (under 64 bytes). Unaligned loads and stores throughout.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn avx512(buf: &mut [u8], key: [u8; 4]) {
+        let pattern = _mm512_set1_epi32(i32::from_ne_bytes(key));
+        let mut chunks = buf.chunks_exact_mut(64);
+        for chunk in &mut chunks {
+            let p = chunk.as_mut_ptr().cast::<__m512i>();
+            // SAFETY: `chunk` is exactly 64 bytes long, valid for reads and writes and borrowed
+            // mutably, so `p` points at 64 bytes we may read and write.
+            // `_mm512_loadu_si512`/`_mm512_storeu_si512` allow any alignment. The caller
+            // guarantees AVX-512F support, and this function is compiled with it enabled.
+            unsafe {
+                let v = _mm512_loadu_si512(p);
+                _mm512_storeu_si512(p, _mm512_xor_si512(v, pattern));
+            }
+        }
+        // 64 is a multiple of 4: the key phase at the tail is the same as at the start.
+        // SAFETY: AVX-512F implies AVX2 (this function is compiled with both enabled), and the
+        // caller guarantees AVX-512F support.
+        unsafe { avx2(chunks.into_remainder(), key) }
     }
 }
 
@@ -355,16 +432,58 @@ mod tests {
                 Implementation::Avx2.is_available(),
                 std::is_x86_feature_detected!("avx2")
             );
+            assert_eq!(
+                Implementation::Avx512.is_available(),
+                std::is_x86_feature_detected!("avx512f")
+            );
         }
+    }
+
+    /// AVX-512 only where it runs at full speed (with VBMI); AVX2 otherwise when present.
+    #[test]
+    fn the_widest_full_speed_implementation_is_selected() {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let expected = if std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512vbmi")
+            {
+                Implementation::Avx512
+            } else if std::is_x86_feature_detected!("avx2") {
+                Implementation::Avx2
+            } else {
+                Implementation::Sse2
+            };
+            assert_eq!(Implementation::selected(), expected);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        assert_eq!(Implementation::selected(), Implementation::Scalar);
     }
 
     /// Miri sees only the CPU features enabled at compile time: `scripts/miri` runs these tests a
     /// second time with `-C target-feature=+avx2`, and this makes sure that run covers AVX2.
-    #[cfg(all(miri, target_arch = "x86_64", target_feature = "avx2"))]
+    #[cfg(all(
+        miri,
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        not(target_feature = "avx512f")
+    ))]
     #[test]
     fn avx2_path_runs_under_miri_when_enabled_at_compile_time() {
         assert!(Implementation::Avx2.is_available());
         assert_eq!(Implementation::selected(), Implementation::Avx2);
+    }
+
+    /// And a third time with AVX-512F and VBMI enabled, which this makes sure covers AVX-512.
+    #[cfg(all(
+        miri,
+        target_arch = "x86_64",
+        target_feature = "avx512f",
+        target_feature = "avx512vbmi"
+    ))]
+    #[test]
+    fn avx512_path_runs_under_miri_when_enabled_at_compile_time() {
+        assert!(Implementation::Avx512.is_available());
+        assert_eq!(Implementation::selected(), Implementation::Avx512);
     }
 
     #[test]

@@ -67,10 +67,10 @@ async fn tcp_echo(corrupt: Option<usize>) -> std::net::SocketAddr {
                     if n == 0 {
                         break;
                     }
-                    if let Some(at) = corrupt {
-                        if (total..total + n).contains(&at) {
-                            buf[at - total] ^= 0x01;
-                        }
+                    if let Some(at) = corrupt
+                        && (total..total + n).contains(&at)
+                    {
+                        buf[at - total] ^= 0x01;
                     }
                     total += n;
                     if stream.write_all(&buf[..n]).await.is_err() {

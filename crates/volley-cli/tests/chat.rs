@@ -30,12 +30,11 @@ async fn recv(ws: &mut Client) -> Message {
 /// be a number) is taken out, so that they compare equal to what the test expects.
 async fn recv_json(ws: &mut Client) -> Value {
     let mut value = recv_raw_json(ws).await;
-    if let Some(object) = value.as_object_mut() {
-        if object.contains_key("from") || object.contains_key("joined") {
-            if let Some(offset) = object.remove("offset") {
-                assert!(offset.is_u64(), "offset {offset}");
-            }
-        }
+    if let Some(object) = value.as_object_mut()
+        && (object.contains_key("from") || object.contains_key("joined"))
+        && let Some(offset) = object.remove("offset")
+    {
+        assert!(offset.is_u64(), "offset {offset}");
     }
     value
 }

@@ -407,10 +407,10 @@ impl Engine {
             (request.extensions().get::<volley::PeerAddr>().map(|p| p.0))
                 .or_else(|| request.extensions().get::<SocketAddr>().copied()),
         );
-        if let Some(allow) = &config.allow_request {
-            if !allow(&info) {
-                return fail(EngineError::Forbidden);
-            }
+        if let Some(allow) = &config.allow_request
+            && !allow(&info)
+        {
+            return fail(EngineError::Forbidden);
         }
         if upgrade && transport == TransportKind::Polling {
             return self.accept_and_close(request).await;
@@ -1187,14 +1187,13 @@ impl volley::callback::Callbacks for WsCallbacks {
                 Ok(Packet::Message(data)) => data,
                 Ok(Packet::Pong(_)) => {
                     // Only the pong of the outstanding ping counts.
-                    if awaiting {
-                        if let (Some(inner), Some(ws)) =
+                    if awaiting
+                        && let (Some(inner), Some(ws)) =
                             (self.engine.upgrade(), conn.data_mut::<WsSession>())
-                        {
-                            ws.ping_sent = None;
-                            ws.extended = false;
-                            Self::arm(conn, &inner.config);
-                        }
+                    {
+                        ws.ping_sent = None;
+                        ws.extended = false;
+                        Self::arm(conn, &inner.config);
                     }
                     return;
                 }

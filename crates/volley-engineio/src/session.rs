@@ -141,16 +141,16 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
-        if b == b'%' {
-            if let (Some(h), Some(l)) = (
+        if b == b'%'
+            && let (Some(h), Some(l)) = (
                 bytes.get(i + 1).copied().and_then(hex),
                 bytes.get(i + 2).copied().and_then(hex),
-            ) {
-                // Two hex digits: at most 255.
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
+            )
+        {
+            // Two hex digits: at most 255.
+            out.push((h * 16 + l) as u8);
+            i += 3;
+            continue;
         }
         out.push(if b == b'+' { b' ' } else { b });
         i += 1;

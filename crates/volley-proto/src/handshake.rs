@@ -826,10 +826,10 @@ impl ClientHandshake {
             return Err(HandshakeError::InvalidSubprotocolHeader);
         }
         let protocol = selected.pop();
-        if let Some(p) = &protocol {
-            if !self.protocols.iter().any(|o| o == p) {
-                return Err(HandshakeError::UnexpectedSubprotocol(p.clone()));
-            }
+        if let Some(p) = &protocol
+            && !self.protocols.iter().any(|o| o == p)
+        {
+            return Err(HandshakeError::UnexpectedSubprotocol(p.clone()));
         }
         let mut deflate = None;
         for ext in parse_extensions(&headers)? {

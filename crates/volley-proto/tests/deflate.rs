@@ -220,7 +220,7 @@ fn texty(len: usize, seed: u32) -> Vec<u8> {
     let mut data: Vec<u8> = Vec::with_capacity(len);
     for i in 0..len {
         x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-        let c = if (x >> 16) % 3 == 0 || i < 600 {
+        let c = if (x >> 16).is_multiple_of(3) || i < 600 {
             b'a' + ((x >> 8) % 26) as u8
         } else {
             data[i - 1 - ((x >> 4) % 600) as usize]

@@ -562,14 +562,15 @@ fn recut_frames(
                     .mask(key(&mut rng));
                 wire.push(&frame, !fin);
                 pieces += 1;
-                if let Some(every) = cut.ping_every {
-                    if !fin && pieces % every == 0 {
-                        injected += 1;
-                        let payload = format!("injected {injected}");
-                        wire.expected
-                            .push(Message::Ping(Bytes::from(payload.clone())));
-                        wire.push(&RawFrame::new(PING, payload).mask(key(&mut rng)), true);
-                    }
+                if let Some(every) = cut.ping_every
+                    && !fin
+                    && pieces.is_multiple_of(every)
+                {
+                    injected += 1;
+                    let payload = format!("injected {injected}");
+                    wire.expected
+                        .push(Message::Ping(Bytes::from(payload.clone())));
+                    wire.push(&RawFrame::new(PING, payload).mask(key(&mut rng)), true);
                 }
                 if last_piece {
                     break;

@@ -236,12 +236,12 @@ fn run(scenario: Scenario, seed: u64) -> Result<Outcome, String> {
             ));
         }
         let publishing = lock(&shared.published).len() < MESSAGES as usize;
-        if let Some((node, until)) = active {
-            if now >= until || !publishing {
-                sim.repair(node, "broker");
-                active = None;
-                next_fault = now + ms(rng.random_range(500..4000));
-            }
+        if let Some((node, until)) = active
+            && (now >= until || !publishing)
+        {
+            sim.repair(node, "broker");
+            active = None;
+            next_fault = now + ms(rng.random_range(500..4000));
         }
         if publishing && active.is_none() && now >= next_fault {
             outcome.faults += 1;

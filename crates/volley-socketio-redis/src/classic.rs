@@ -630,11 +630,11 @@ impl Adapter for RedisAdapter {
             let msg = json!([inner.uid, packet_to_node(packet), opts_to_node(opts, true)]);
             let bytes = msgpack::encode(&msg, &packet.attachments);
             let mut channel = inner.channels.broadcast.clone();
-            if opts.rooms.len() == 1 {
-                if let Some(room) = opts.rooms.iter().next() {
-                    channel.push_str(room);
-                    channel.push('#');
-                }
+            if opts.rooms.len() == 1
+                && let Some(room) = opts.rooms.iter().next()
+            {
+                channel.push_str(room);
+                channel.push('#');
             }
             result = inner.publish(channel, bytes);
         }

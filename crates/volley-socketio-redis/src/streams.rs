@@ -260,10 +260,10 @@ async fn run_appender(shared: Weak<Shared>, mut rx: mpsc::Receiver<Append>) {
         };
         drop(s);
         for (append, id) in batch.drain(..).zip(ids) {
-            if let Some((inner, packet, opts)) = append.local {
-                if let Some(inner) = inner.upgrade() {
-                    inner.deliver(&packet, &opts, id.as_deref());
-                }
+            if let Some((inner, packet, opts)) = append.local
+                && let Some(inner) = inner.upgrade()
+            {
+                inner.deliver(&packet, &opts, id.as_deref());
             }
         }
     }
@@ -923,10 +923,10 @@ impl Adapter for RedisStreamsAdapter {
             let mut floor = h.after;
             for (id, packet) in h.packets {
                 // Sent already among the missed packets?
-                if let (Some(id), Some(after)) = (id, h.after) {
-                    if id <= after {
-                        continue;
-                    }
+                if let (Some(id), Some(after)) = (id, h.after)
+                    && id <= after
+                {
+                    continue;
                 }
                 floor = floor.max(id);
                 send(packet);

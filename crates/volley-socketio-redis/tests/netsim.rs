@@ -205,23 +205,23 @@ fn run(scenario: Scenario, seed: u64) -> Result<Outcome, String> {
             ));
         }
         let faulty = shared.broadcast.load(Ordering::SeqCst) < FAULTS_UNTIL;
-        if let Some((fault, until)) = &active {
-            if now >= *until || !faulty {
-                match fault {
-                    Active::Isolated => {
-                        for server in SERVERS {
-                            sim.repair("client", *server);
-                        }
+        if let Some((fault, until)) = &active
+            && (now >= *until || !faulty)
+        {
+            match fault {
+                Active::Isolated => {
+                    for server in SERVERS {
+                        sim.repair("client", *server);
                     }
-                    Active::Partition(a, b) => sim.repair(*a, *b),
-                    Active::Latency(a) => sim.set_link_max_message_latency("client", *a, ms(20)),
                 }
-                if netsim_seeds::tracing() {
-                    eprintln!("[{:>9.3}] fault over", now.as_secs_f64());
-                }
-                active = None;
-                next_fault = now + ms(rng.random_range(500..4000));
+                Active::Partition(a, b) => sim.repair(*a, *b),
+                Active::Latency(a) => sim.set_link_max_message_latency("client", *a, ms(20)),
             }
+            if netsim_seeds::tracing() {
+                eprintln!("[{:>9.3}] fault over", now.as_secs_f64());
+            }
+            active = None;
+            next_fault = now + ms(rng.random_range(500..4000));
         }
         if faulty && active.is_none() && now >= next_fault {
             outcome.faults += 1;

@@ -116,13 +116,13 @@ fn setup(ns: &Namespace) {
                 mut args,
                 attachments,
             } = payload;
-            if !args.is_empty() {
-                if let Value::String(room) = args.remove(0) {
-                    let _ = socket
-                        .namespace()
-                        .to(room)
-                        .emit("room-message", Payload::with_attachments(args, attachments));
-                }
+            if !args.is_empty()
+                && let Value::String(room) = args.remove(0)
+            {
+                let _ = socket
+                    .namespace()
+                    .to(room)
+                    .emit("room-message", Payload::with_attachments(args, attachments));
             }
             if let Some(ack) = ack {
                 let _ = ack.send(());

@@ -196,10 +196,8 @@ impl Namespace {
             sockets.remove(id);
             sockets.is_empty()
         };
-        if empty {
-            if let Some(io) = self.0.cleanup.as_ref().and_then(Weak::upgrade) {
-                crate::io::remove_namespace(&io, self);
-            }
+        if empty && let Some(io) = self.0.cleanup.as_ref().and_then(Weak::upgrade) {
+            crate::io::remove_namespace(&io, self);
         }
     }
 

@@ -170,19 +170,19 @@ fn run(scenario: Scenario, seed: u64) -> Result<Outcome, String> {
             ));
         }
         let faulty = shared.broadcast.load(Ordering::SeqCst) < FAULTS_UNTIL;
-        if let Some((latency, until)) = active {
-            if now >= until || !faulty {
-                if latency {
-                    sim.set_link_max_message_latency("client", "server", ms(20));
-                } else {
-                    sim.repair("client", "server");
-                }
-                if netsim_seeds::tracing() {
-                    eprintln!("[{:>9.3}] fault over", now.as_secs_f64());
-                }
-                active = None;
-                next_fault = now + ms(rng.random_range(500..4000));
+        if let Some((latency, until)) = active
+            && (now >= until || !faulty)
+        {
+            if latency {
+                sim.set_link_max_message_latency("client", "server", ms(20));
+            } else {
+                sim.repair("client", "server");
             }
+            if netsim_seeds::tracing() {
+                eprintln!("[{:>9.3}] fault over", now.as_secs_f64());
+            }
+            active = None;
+            next_fault = now + ms(rng.random_range(500..4000));
         }
         if faulty && active.is_none() && now >= next_fault {
             outcome.faults += 1;

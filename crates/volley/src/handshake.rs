@@ -24,10 +24,10 @@ where
     S: AsyncRead + Unpin,
 {
     loop {
-        if !buf.is_empty() {
-            if let Some(done) = parse(buf)? {
-                return Ok(done);
-            }
+        if !buf.is_empty()
+            && let Some(done) = parse(buf)?
+        {
+            return Ok(done);
         }
         // Straight into the buffer: no chunk on the stack in this future.
         buf.reserve(1024);

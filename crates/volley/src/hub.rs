@@ -762,10 +762,8 @@ impl Hub {
         });
         let topic = topic.clone();
         drop(topics);
-        if created {
-            if let Some(backend) = &self.inner.backend {
-                backend.subscribe(name);
-            }
+        if created && let Some(backend) = &self.inner.backend {
+            backend.subscribe(name);
         }
         topic
     }
@@ -1269,10 +1267,10 @@ impl Writer {
             notified.as_mut().enable();
             {
                 let mut q = self.lock();
-                if matches!(q.stop, Some(Stop::Slow(_) | Stop::Left)) || q.outbox.is_empty() {
-                    if let Some(stop) = q.stop.take() {
-                        return Some(stop);
-                    }
+                if (matches!(q.stop, Some(Stop::Slow(_) | Stop::Left)) || q.outbox.is_empty())
+                    && let Some(stop) = q.stop.take()
+                {
+                    return Some(stop);
                 }
                 let mut bytes = 0;
                 while batch.len() < BATCH_MESSAGES {

@@ -216,10 +216,10 @@ pub(crate) fn poll_fill<R: AsyncRead>(
             buf.reserve(want);
         }
         let n = ready!(tokio_util::io::poll_read_buf(io, cx, buf))?;
-        if n > 0 {
-            if let Err(e) = proto.handle_buffered() {
-                *error = Some(Error::Protocol(e));
-            }
+        if n > 0
+            && let Err(e) = proto.handle_buffered()
+        {
+            *error = Some(Error::Protocol(e));
         }
         n
     };

@@ -199,16 +199,16 @@ impl Policy {
     /// hook the request stays in `upgrade`, not built.
     pub(crate) async fn decide(&self, upgrade: &mut UpgradeRequest) -> Result<Decision, Reject> {
         self.check_stopping()?;
-        if let Some(allowed) = &self.origins {
-            if let Some(origin) = upgrade.request().headers().get(http::header::ORIGIN) {
-                let ok = origin.to_str().is_ok_and(|o| {
-                    allowed
-                        .iter()
-                        .any(|a| a.eq_ignore_ascii_case(o.trim_end_matches('/')))
-                });
-                if !ok {
-                    return Err(Reject::new(StatusCode::FORBIDDEN, "origin not allowed"));
-                }
+        if let Some(allowed) = &self.origins
+            && let Some(origin) = upgrade.request().headers().get(http::header::ORIGIN)
+        {
+            let ok = origin.to_str().is_ok_and(|o| {
+                allowed
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(o.trim_end_matches('/')))
+            });
+            if !ok {
+                return Err(Reject::new(StatusCode::FORBIDDEN, "origin not allowed"));
             }
         }
         let mut authed = None;

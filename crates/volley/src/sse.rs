@@ -316,12 +316,11 @@ impl Shared {
         let key = message.frame().as_ptr() as usize;
         let slot = &self.cache[(key >> 4) % CACHE_SLOTS];
         let mut cached = lock(slot);
-        if let Some((m, encoded)) = cached.as_ref() {
-            if m.frame().as_ptr() == message.frame().as_ptr()
-                && m.frame().len() == message.frame().len()
-            {
-                return encoded.clone();
-            }
+        if let Some((m, encoded)) = cached.as_ref()
+            && m.frame().as_ptr() == message.frame().as_ptr()
+            && m.frame().len() == message.frame().len()
+        {
+            return encoded.clone();
         }
         let encoded = (self.encode)(message);
         *cached = Some((message.clone(), encoded.clone()));

@@ -81,10 +81,11 @@ impl<S> Shared<S> {
     /// elsewhere keeps its queue until the next release.
     fn release_idle_buffers(&self) {
         self.proto().release_idle_buffers();
-        if let Ok(mut w) = self.writer.try_lock() {
-            if w.queue.is_empty() && w.queue.capacity() > 0 {
-                w.queue = VecDeque::new();
-            }
+        if let Ok(mut w) = self.writer.try_lock()
+            && w.queue.is_empty()
+            && w.queue.capacity() > 0
+        {
+            w.queue = VecDeque::new();
         }
     }
 }
@@ -542,11 +543,11 @@ impl<S: AsyncRead + AsyncWrite> WsReceiver<S> {
             // lost. If the transport is broken, the messages already received are still handed
             // out first.
             self.hand_over_replies();
-            if !self.done {
-                if let Err(e) = self.shared.try_flush().await {
-                    self.done = true;
-                    self.error.get_or_insert(e);
-                }
+            if !self.done
+                && let Err(e) = self.shared.try_flush().await
+            {
+                self.done = true;
+                self.error.get_or_insert(e);
             }
             if let Some(item) = self.ready.take() {
                 return Some(item);

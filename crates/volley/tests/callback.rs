@@ -1495,7 +1495,7 @@ async fn fifty_concurrent_clients_echo_on_a_two_worker_runtime() {
             // Pipelined: 50 sent before any is read, then the rest one by one.
             let message = |i: usize| {
                 let data = payload((c * 131 + i * 37) % 3000, c + i);
-                if i % 2 == 0 {
+                if i.is_multiple_of(2) {
                     Message::text(String::from_utf8(data).expect("ascii"))
                 } else {
                     Message::binary(data)
@@ -1605,10 +1605,10 @@ async fn the_server_compresses_its_echo_on_the_wire() {
     // Read the echo's header by hand: RSV1 set, and much smaller than the text.
     let frame = within(async {
         loop {
-            if let Some((h, len)) = FrameHeader::parse(&raw.buf).expect("header") {
-                if raw.buf.len() >= len + h.payload_len as usize {
-                    return h;
-                }
+            if let Some((h, len)) = FrameHeader::parse(&raw.buf).expect("header")
+                && raw.buf.len() >= len + h.payload_len as usize
+            {
+                return h;
             }
             let mut chunk = [0u8; 8192];
             let n = raw.stream.read(&mut chunk).await.expect("read");

@@ -130,7 +130,7 @@ fn numbered(id: u64, len: usize) -> Message {
     let len = len.max(HEADER);
     let mut v = format!("#{id:010}/{len:07}:").into_bytes();
     body_pieces(id, HEADER, len, |piece| v.extend_from_slice(piece));
-    if id % 2 == 0 {
+    if id.is_multiple_of(2) {
         Message::text(String::from_utf8(v).expect("ASCII"))
     } else {
         Message::binary(v)
@@ -493,14 +493,17 @@ impl Peer {
             let _ = Pin::new(&mut self.io).poll_flush(cx);
         }
         let closed = self.proto.state() == State::Closed;
-        if self.closes_transport && closed && !self.shut && self.out.is_empty() {
-            if let Poll::Ready(r) = Pin::new(&mut self.io).poll_shutdown(cx) {
-                if let Err(e) = r {
-                    self.io_error.get_or_insert(e);
-                }
-                self.shut = true;
-                moved = true;
+        if self.closes_transport
+            && closed
+            && !self.shut
+            && self.out.is_empty()
+            && let Poll::Ready(r) = Pin::new(&mut self.io).poll_shutdown(cx)
+        {
+            if let Err(e) = r {
+                self.io_error.get_or_insert(e);
             }
+            self.shut = true;
+            moved = true;
         }
         moved
     }
@@ -550,10 +553,8 @@ fn drive<'a, F: Future + 'a>(peer: &'a mut Peer, fut: F) -> impl Future<Output =
         let mut idle = 0u32;
         let mut woken = true;
         loop {
-            if woken {
-                if let Poll::Ready(out) = poll_once(fut.as_mut(), &mut cx) {
-                    return out;
-                }
+            if woken && let Poll::Ready(out) = poll_once(fut.as_mut(), &mut cx) {
+                return out;
             }
             let moved = peer.pump();
             tokio::task::yield_now().await;
@@ -1431,20 +1432,18 @@ async fn sequence(setup: Setup, seed: u64, steps: usize) {
     let mut woken = true;
     let mut idle = 0;
     loop {
-        if woken {
-            if let Poll::Ready(item) = poll_once(rx_fut.as_mut(), &mut cx) {
-                let m = match item {
-                    Some(Ok(m)) => m,
-                    other => panic!("recv after the cancellations: {other:?}"),
-                };
-                let done = m.is_data() && Some(check_numbered(&m)) == back;
-                got.push(m);
-                if done {
-                    break;
-                }
-                rx_fut = Box::pin(async { rx.borrow_mut().recv().await });
-                continue;
+        if woken && let Poll::Ready(item) = poll_once(rx_fut.as_mut(), &mut cx) {
+            let m = match item {
+                Some(Ok(m)) => m,
+                other => panic!("recv after the cancellations: {other:?}"),
+            };
+            let done = m.is_data() && Some(check_numbered(&m)) == back;
+            got.push(m);
+            if done {
+                break;
             }
+            rx_fut = Box::pin(async { rx.borrow_mut().recv().await });
+            continue;
         }
         if peer.pump() {
             last_move = Instant::now();

@@ -29,7 +29,7 @@ fn compressible(len: usize) -> String {
     let mut i = 0usize;
     while s.len() < len {
         s.push_str(words[(i * 7 + i / 5) % words.len()]);
-        s.push(if i % 11 == 0 { '\n' } else { ' ' });
+        s.push(if i.is_multiple_of(11) { '\n' } else { ' ' });
         i += 1;
     }
     s.truncate(len);

@@ -489,21 +489,19 @@ fn run(scenario: &Scenario, seed: u64) -> Result<Outcome, String> {
         if !publishing && settled.is_none() {
             settled = Some(now);
         }
-        if let Some((fault, until)) = &active {
-            if now >= *until || !publishing {
-                if netsim_seeds::tracing() {
-                    eprintln!("[{:>9.3}] fault over", now.as_secs_f64());
-                }
-                match fault {
-                    Active::Partition(host) => sim.repair(*host, "server"),
-                    Active::Latency(host) => {
-                        sim.set_link_max_message_latency(*host, "server", ms(20))
-                    }
-                    Active::Hold(host) => sim.release(*host, "server"),
-                }
-                active = None;
-                next_fault = now + Duration::from_millis(rng.random_range(500..4000));
+        if let Some((fault, until)) = &active
+            && (now >= *until || !publishing)
+        {
+            if netsim_seeds::tracing() {
+                eprintln!("[{:>9.3}] fault over", now.as_secs_f64());
             }
+            match fault {
+                Active::Partition(host) => sim.repair(*host, "server"),
+                Active::Latency(host) => sim.set_link_max_message_latency(*host, "server", ms(20)),
+                Active::Hold(host) => sim.release(*host, "server"),
+            }
+            active = None;
+            next_fault = now + Duration::from_millis(rng.random_range(500..4000));
         }
         if publishing && active.is_none() && now >= next_fault {
             let host = if rng.random_bool(0.5) { "sub" } else { "pub" };

@@ -175,10 +175,10 @@ pub(super) fn run(args: ConnectionsArgs) -> Result<ExitCode, String> {
                 }
             };
         for index in 0..args.count {
-            if tasks.len() >= args.concurrency {
-                if let Some(done) = tasks.join_next().await {
-                    collect(done);
-                }
+            if tasks.len() >= args.concurrency
+                && let Some(done) = tasks.join_next().await
+            {
+                collect(done);
             }
             let source = spread.then(|| source_address(index, target.addr.port()));
             let (addr, uri) = (target.addr, uri.clone());

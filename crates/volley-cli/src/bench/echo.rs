@@ -533,10 +533,10 @@ async fn open_all(target: &Target, indices: Vec<usize>) -> Result<Vec<Opened>, S
     let mut opened = Vec::with_capacity(indices.len());
     let mut tasks = JoinSet::new();
     for index in indices {
-        if tasks.len() >= CONNECT_CONCURRENCY {
-            if let Some(done) = tasks.join_next().await {
-                opened.push(done.map_err(|e| format!("connecting: {e}"))??);
-            }
+        if tasks.len() >= CONNECT_CONCURRENCY
+            && let Some(done) = tasks.join_next().await
+        {
+            opened.push(done.map_err(|e| format!("connecting: {e}"))??);
         }
         let target = target.clone();
         tasks.spawn_local(async move {

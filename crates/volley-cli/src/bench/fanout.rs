@@ -154,10 +154,10 @@ pub(super) fn run(args: FanoutArgs) -> Result<ExitCode, String> {
         let mut joining = JoinSet::new();
         let mut joined = Vec::with_capacity(args.subscribers);
         for index in 0..args.subscribers {
-            if joining.len() >= JOIN_CONCURRENCY {
-                if let Some(done) = joining.join_next().await {
-                    joined.push(done.map_err(|e| format!("joining: {e}"))??);
-                }
+            if joining.len() >= JOIN_CONCURRENCY
+                && let Some(done) = joining.join_next().await
+            {
+                joined.push(done.map_err(|e| format!("joining: {e}"))??);
             }
             let (url, topic) = (args.url.clone(), topic.clone());
             joining.spawn_local(async move {

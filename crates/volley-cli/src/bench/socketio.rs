@@ -403,11 +403,11 @@ async fn open_clients(
     let mut tasks = JoinSet::new();
     let mut indexed: Vec<(usize, Client)> = Vec::with_capacity(count);
     for index in 0..count {
-        if tasks.len() >= CONNECT_CONCURRENCY {
-            if let Some(done) = tasks.join_next().await {
-                indexed.push(done.map_err(|e| format!("connecting: {e}"))??);
-                counter.fetch_add(1, Ordering::Relaxed);
-            }
+        if tasks.len() >= CONNECT_CONCURRENCY
+            && let Some(done) = tasks.join_next().await
+        {
+            indexed.push(done.map_err(|e| format!("connecting: {e}"))??);
+            counter.fetch_add(1, Ordering::Relaxed);
         }
         let source = spread.then(|| source_address(index, target.addr.port()));
         let (target, uri) = (target.clone(), uri.clone());

@@ -632,10 +632,10 @@ impl RecvHalf {
         let Some(message) = self.message.take() else {
             return Ok(());
         };
-        if message.compressed {
-            if let Some(d) = &mut self.inflate {
-                d.inflater.end_message();
-            }
+        if message.compressed
+            && let Some(d) = &mut self.inflate
+        {
+            d.inflater.end_message();
         }
         let payload = message.buf.freeze();
         let event = if message.text {

@@ -911,14 +911,15 @@ impl Driver {
         let polled = false;
         let busy = !state.batch.is_empty() || !state.opening.is_empty() || polled;
         let frame = self.shared.shutdown.frame();
-        if !state.shutting_down && self.stopping.load(Ordering::Acquire) {
-            if let Some(frame) = frame {
-                state.shutting_down = true;
-                for conn in state.registry.iter() {
-                    let _ = lock(&conn.state).proto.close(Some(frame.clone()));
-                    if !conn.queued.swap(true, Ordering::AcqRel) {
-                        state.batch.push_back(conn.clone());
-                    }
+        if !state.shutting_down
+            && self.stopping.load(Ordering::Acquire)
+            && let Some(frame) = frame
+        {
+            state.shutting_down = true;
+            for conn in state.registry.iter() {
+                let _ = lock(&conn.state).proto.close(Some(frame.clone()));
+                if !conn.queued.swap(true, Ordering::AcqRel) {
+                    state.batch.push_back(conn.clone());
                 }
             }
         }

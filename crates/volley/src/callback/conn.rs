@@ -481,7 +481,9 @@ impl ConnState {
                 return None;
             }
             if reads == READ_BUDGET {
-                cx.waker().wake_by_ref();
+                // Its own wake, not the context's: a connection in a driver thread's poll runs
+                // with a waker that does nothing (see `Driver::run_conn`).
+                Wake::wake_by_ref(me);
                 return None;
             }
             let mut error = None;

@@ -253,6 +253,39 @@ async fn a_send_from_another_thread_reaches_an_idle_connection() {
     assert_eq!(raw.read_close().await.close_code(), Some(1000));
 }
 
+/// A connection that used up its turn's budget (16 writes of what handles queued, here) runs
+/// again without a socket event: it wakes itself. Many sends queued by a handle while the
+/// driver is held (the `slow` message) go out a write limit's worth per write, 16 writes per
+/// turn; nothing on the socket would bring the connection back (its writes never block: the
+/// client reads everything), so a lost self-wake would leave the rest in the outbox.
+#[tokio::test]
+async fn a_connection_past_its_turn_budget_runs_again_without_a_socket_event() {
+    let mut server = start(config().write_limit(1024));
+    let mut raw = raw_client(server.addr).await;
+    let handle = server.opened().await;
+    raw.write(&client_frame(OP_TEXT, b"slow")).await;
+    // While the driver sleeps in `on_message`: 200 sends of 1 KiB (within the default send
+    // queue of 256 messages), a hundred writes' worth.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let count = 200;
+    let sender = handle.clone();
+    std::thread::spawn(move || {
+        for i in 0..count {
+            sender.send(vec![i as u8; 1024]).expect("send");
+        }
+    })
+    .join()
+    .expect("thread");
+    for i in 0..count {
+        let frame = within_for(Duration::from_secs(2), raw.read_frame()).await;
+        assert_eq!(frame.payload, vec![i as u8; 1024], "message {i}");
+    }
+    // The echo was sent after them (`on_message` returned once they were queued).
+    assert_eq!(raw.read_frame().await.payload, b"slow");
+    handle.close(Some(CloseFrame::new(CloseCode::NORMAL, "bye")));
+    assert_eq!(raw.read_close().await.close_code(), Some(1000));
+}
+
 /// Every way a connection ends releases its socket: a completed close handshake, the peer's
 /// EOF, a reset in the middle of a frame, a protocol violation, a handle's close, and the
 /// server's shutdown for the ones left.
